@@ -1,0 +1,300 @@
+"""Settings from the environment (and a `.env` file), and the LLMsRouter-style `config.yaml`."""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(Exception):
+    """A configuration problem, worded for the operator: where it is and what is wrong."""
+
+
+def _env_bool(value: str) -> bool:
+    lowered = value.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError(f"expected true/false, got {value!r}")
+
+
+def _env_list(value: str) -> list[str]:
+    return [item.strip() for item in value.split(",") if item.strip()]
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the router reads from its environment, validated once at start-up."""
+
+    host: str = "0.0.0.0"
+    port: int = 3000
+    host_explicit: bool = False
+    workers: int = 1
+    data_dir: str = "./data"
+    core_db_url: str = ""
+    analytics_db_url: str = ""
+    config_file: str | None = None
+
+    max_request_body_mb: float = 32.0
+    proxy_allowlist: list[str] = field(default_factory=list)
+    routing_strategy: str = "weighted"  # or "least_busy"
+    upstream_connect_timeout_s: float = 10.0
+    upstream_timeout_s: float = 600.0
+    max_attempts: int = 3
+    health_failure_threshold: int = 3
+    health_cooldown_s: float = 30.0
+    model_refresh_interval_s: float = 60.0
+    catalog_poll_interval_s: float = 2.0
+
+    log_batch_size: int = 500
+    log_flush_interval_s: float = 0.2
+    log_buffer_max: int = 100_000
+    shutdown_grace_s: float = 30.0
+    subscriber_queue_size: int = 1000
+
+    admin_password: str | None = None
+    admin_session_ttl_s: float = 12 * 3600
+    admin_session_secret: str | None = None
+    cors_origins: list[str] = field(default_factory=list)
+    graphql_max_depth: int = 10
+    graphql_max_page: int = 500
+
+    enable_account_management: bool = True
+    model_list_style: str = "plain"  # or "aliased"
+
+    script_timeout_ms: float = 50.0
+    script_max_memory_mb: int = 64
+
+    langfuse_public_key: str | None = None
+    langfuse_secret_key: str | None = None
+    langfuse_host: str | None = None
+    langfuse_capture_content: bool = True
+    metrics_user_labels: bool = False
+
+    redis_url: str | None = None
+    log_format: str = "text"
+    log_level: str = "INFO"
+    upstream_transport: str = "aiohttp"  # or "httpx"
+
+    @property
+    def max_request_body_bytes(self) -> int:
+        return int(self.max_request_body_mb * 1024 * 1024)
+
+    @property
+    def langfuse_enabled(self) -> bool:
+        return bool(self.langfuse_public_key and self.langfuse_secret_key and self.langfuse_host)
+
+    def with_overrides(self, **changes: Any) -> Settings:
+        """A copy with some values replaced (CLI flags win over the environment)."""
+        return replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+
+# env var name -> (field name, parser)
+_ENV: dict[str, tuple[str, Any]] = {
+    "SERVER_HOST": ("host", str),
+    "SERVER_PORT": ("port", int),
+    "WORKERS": ("workers", int),
+    "DATA_DIR": ("data_dir", str),
+    "CORE_DB_URL": ("core_db_url", str),
+    "ANALYTICS_DB_URL": ("analytics_db_url", str),
+    "CONFIG_FILE": ("config_file", str),
+    "MAX_REQUEST_BODY_MB": ("max_request_body_mb", float),
+    "PROXY_ALLOWLIST": ("proxy_allowlist", _env_list),
+    "ROUTING_STRATEGY": ("routing_strategy", str),
+    "UPSTREAM_CONNECT_TIMEOUT_S": ("upstream_connect_timeout_s", float),
+    "UPSTREAM_TIMEOUT_S": ("upstream_timeout_s", float),
+    "MAX_ATTEMPTS": ("max_attempts", int),
+    "HEALTH_FAILURE_THRESHOLD": ("health_failure_threshold", int),
+    "HEALTH_COOLDOWN_S": ("health_cooldown_s", float),
+    "MODEL_REFRESH_INTERVAL_S": ("model_refresh_interval_s", float),
+    "CATALOG_POLL_INTERVAL_S": ("catalog_poll_interval_s", float),
+    "LOG_BATCH_SIZE": ("log_batch_size", int),
+    "LOG_FLUSH_INTERVAL_S": ("log_flush_interval_s", float),
+    "SHUTDOWN_GRACE_S": ("shutdown_grace_s", float),
+    "SUBSCRIBER_QUEUE_SIZE": ("subscriber_queue_size", int),
+    "ADMIN_PASSWORD": ("admin_password", str),
+    "ADMIN_SESSION_TTL_S": ("admin_session_ttl_s", float),
+    "ADMIN_SESSION_SECRET": ("admin_session_secret", str),
+    "CORS_ORIGINS": ("cors_origins", _env_list),
+    "GRAPHQL_MAX_DEPTH": ("graphql_max_depth", int),
+    "ENABLE_ACCOUNT_MANAGEMENT": ("enable_account_management", _env_bool),
+    "MODEL_LIST_STYLE": ("model_list_style", str),
+    "SCRIPT_TIMEOUT_MS": ("script_timeout_ms", float),
+    "SCRIPT_MAX_MEMORY_MB": ("script_max_memory_mb", int),
+    "LANGFUSE_PUBLIC_KEY": ("langfuse_public_key", str),
+    "LANGFUSE_SECRET_KEY": ("langfuse_secret_key", str),
+    "LANGFUSE_HOST": ("langfuse_host", str),
+    "LANGFUSE_CAPTURE_CONTENT": ("langfuse_capture_content", _env_bool),
+    "METRICS_USER_LABELS": ("metrics_user_labels", _env_bool),
+    "REDIS_URL": ("redis_url", str),
+    "LOG_FORMAT": ("log_format", str),
+    "LOG_LEVEL": ("log_level", str),
+    "UPSTREAM_TRANSPORT": ("upstream_transport", str),
+}
+
+_CHOICES = {
+    "routing_strategy": ("weighted", "least_busy"),
+    "model_list_style": ("plain", "aliased"),
+    "log_format": ("text", "json"),
+    "upstream_transport": ("aiohttp", "httpx"),
+}
+
+
+def load_settings(environ: dict[str, str] | None = None, dotenv: bool = True) -> Settings:
+    """Read settings from `environ` (default: the process environment plus `./.env`)."""
+    if environ is None:
+        if dotenv:
+            from dotenv import load_dotenv
+
+            load_dotenv(override=False)
+        environ = dict(os.environ)
+    values: dict[str, Any] = {}
+    for name, (attr, parse) in _ENV.items():
+        raw = environ.get(name)
+        if raw is None or (raw == "" and parse is not _env_list):
+            continue
+        try:
+            values[attr] = parse(raw)
+        except ValueError as exc:
+            raise ConfigError(f"environment variable {name}: {exc}") from None
+    if "host" in values:
+        values["host_explicit"] = True
+    data_dir = values.get("data_dir", Settings.data_dir)
+    for url_attr, path_var, filename in (
+        ("core_db_url", "CORE_DB_PATH", "core.db"),
+        ("analytics_db_url", "ANALYTICS_DB_PATH", "analytics.db"),
+    ):
+        if not values.get(url_attr):
+            path = environ.get(path_var) or str(Path(data_dir) / filename)
+            values[url_attr] = sqlite_url(path)
+    settings = Settings(**values)
+    validate_settings(settings)
+    return settings
+
+
+def sqlite_url(path: str) -> str:
+    """A Tortoise SQLite URL for a file, tuned for concurrent readers and batched writes."""
+    return f"sqlite://{Path(path).expanduser().absolute()}?busy_timeout=10000&synchronous=NORMAL"
+
+
+def validate_settings(settings: Settings) -> None:
+    for attr, allowed in _CHOICES.items():
+        value = getattr(settings, attr)
+        if value not in allowed:
+            env_name = next(k for k, (a, _) in _ENV.items() if a == attr)
+            raise ConfigError(f"environment variable {env_name}: {value!r} is not one of {', '.join(allowed)}")
+    for f in fields(settings):
+        value = getattr(settings, f.name)
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and value < 0:
+            raise ConfigError(f"setting {f.name}: must not be negative")
+    if settings.max_attempts < 1:
+        raise ConfigError("environment variable MAX_ATTEMPTS: must be at least 1")
+    for prefix in settings.proxy_allowlist:
+        if not re.match(r"^https?://[^/]+", prefix):
+            raise ConfigError(f"environment variable PROXY_ALLOWLIST: {prefix!r} is not an http(s) URL prefix")
+
+
+# --- config.yaml (LLMsRouter's format) -------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BackendSpec:
+    """One `servers:` entry of config.yaml."""
+
+    name: str
+    base_url: str
+    api_key: str | None = None
+    model_filter: str | None = None
+    model_override: list[str] | None = None
+    model_append: list[str] | None = None
+    weight: int = 1
+
+
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+_SERVER_KEYS = {"url", "api_key", "filter", "override", "append", "weight"}
+
+
+def _expand_env(value: Any, where: str, environ: dict[str, str]) -> Any:
+    if isinstance(value, str):
+
+        def substitute(match: re.Match[str]) -> str:
+            name = match.group(1)
+            if name not in environ:
+                raise ConfigError(f"{where}: environment variable ${{{name}}} is not set")
+            return environ[name]
+
+        return _ENV_REF.sub(substitute, value)
+    if isinstance(value, list):
+        return [_expand_env(item, f"{where}[{i}]", environ) for i, item in enumerate(value)]
+    return value
+
+
+def _string_list(value: Any, where: str) -> list[str]:
+    if isinstance(value, str):
+        return [value]
+    if not isinstance(value, list) or not all(isinstance(item, str) and item for item in value):
+        raise ConfigError(f"{where}: must be a list of model names")
+    return list(value)
+
+
+def load_config_file(path: str, environ: dict[str, str] | None = None) -> list[BackendSpec]:
+    """Parse LLMsRouter's config.yaml; any problem raises ConfigError naming the file and key."""
+    environ = dict(os.environ) if environ is None else environ
+    try:
+        text = Path(path).read_text()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping with a 'servers' key")
+    servers = data.get("servers")
+    if not isinstance(servers, dict) or not servers:
+        raise ConfigError(f"{path}: 'servers' must be a mapping of alias -> server settings")
+    specs = []
+    for alias, entry in servers.items():
+        where = f"{path}: servers.{alias}"
+        if not isinstance(alias, str) or not re.fullmatch(r"[A-Za-z0-9_.\-]+", alias):
+            raise ConfigError(f"{where}: alias must be letters, digits, '.', '_' or '-'")
+        if not isinstance(entry, dict):
+            raise ConfigError(f"{where}: must be a mapping with at least 'url'")
+        unknown = set(entry) - _SERVER_KEYS
+        if unknown:
+            raise ConfigError(f"{where}: unknown key(s) {', '.join(sorted(unknown))}")
+        entry = {key: _expand_env(value, f"{where}.{key}", environ) for key, value in entry.items()}
+        url = entry.get("url")
+        if not isinstance(url, str) or not re.match(r"^https?://[^/]+", url):
+            raise ConfigError(f"{where}.url: must be an http(s) URL, got {url!r}")
+        weight = entry.get("weight", 1)
+        if not isinstance(weight, int) or isinstance(weight, bool) or weight < 0:
+            raise ConfigError(f"{where}.weight: must be a non-negative integer")
+        model_filter = entry.get("filter")
+        if model_filter is not None and not isinstance(model_filter, str):
+            raise ConfigError(f"{where}.filter: must be a string of space-separated terms")
+        api_key = entry.get("api_key")
+        if api_key is not None and not isinstance(api_key, str):
+            raise ConfigError(f"{where}.api_key: must be a string")
+        specs.append(
+            BackendSpec(
+                name=alias,
+                base_url=url.rstrip("/"),
+                api_key=api_key or None,
+                model_filter=model_filter or None,
+                model_override=_string_list(entry["override"], f"{where}.override")
+                if entry.get("override") is not None
+                else None,
+                model_append=_string_list(entry["append"], f"{where}.append")
+                if entry.get("append") is not None
+                else None,
+                weight=weight,
+            )
+        )
+    return specs

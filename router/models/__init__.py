@@ -1,0 +1,1 @@
+"""Tortoise models: `core` (users, backends, permissions, scripts) and `analytics` (request logs)."""

@@ -1,0 +1,36 @@
+"""The analytics database: one row per finished /v1 request."""
+
+from __future__ import annotations
+
+from tortoise import fields
+from tortoise.indexes import Index
+from tortoise.models import Model
+
+
+class RequestLog(Model):
+    id = fields.BigIntField(primary_key=True)
+    request_id = fields.CharField(max_length=128, db_index=True)
+    created_at = fields.DatetimeField(db_index=True)
+    user_id = fields.IntField(null=True)
+    user_name = fields.CharField(max_length=128, null=True)
+    backend_id = fields.IntField(null=True)
+    backend_name = fields.CharField(max_length=128, null=True)
+    model = fields.CharField(max_length=256, null=True)
+    endpoint = fields.CharField(max_length=64)
+    status_code = fields.IntField()
+    stream = fields.BooleanField(default=False)
+    prompt_tokens = fields.IntField(default=0)
+    completion_tokens = fields.IntField(default=0)
+    total_tokens = fields.IntField(default=0)
+    latency_ms = fields.FloatField(default=0.0)
+    ttft_ms = fields.FloatField(null=True)
+    attempts = fields.IntField(default=1)
+    error = fields.TextField(null=True)
+
+    class Meta:
+        app = "analytics"
+        table = "request_logs"
+        indexes = (
+            Index(fields=("user_id", "created_at")),
+            Index(fields=("backend_id", "created_at")),
+        )

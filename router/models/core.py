@@ -1,0 +1,99 @@
+"""The core database: who may use what, where requests go, and the scripts that rewrite them."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+from tortoise import fields
+from tortoise.models import Model
+
+
+class ScriptType(StrEnum):
+    PER_USER = "PER_USER"
+    PER_BACKEND = "PER_BACKEND"
+    PER_USER_BACKEND = "PER_USER_BACKEND"
+
+
+class User(Model):
+    id = fields.IntField(primary_key=True)
+    name = fields.CharField(max_length=128, unique=True)
+    email = fields.CharField(max_length=255, null=True)
+    is_active = fields.BooleanField(default=True)
+    all_backends = fields.BooleanField(default=False)
+    api_key_hash = fields.CharField(max_length=64, unique=True)
+    api_key_prefix = fields.CharField(max_length=16)
+    created_at = fields.DatetimeField(auto_now_add=True)
+    updated_at = fields.DatetimeField(auto_now=True)
+
+    class Meta:
+        app = "core"
+        table = "users"
+
+
+class Backend(Model):
+    id = fields.IntField(primary_key=True)
+    name = fields.CharField(max_length=128, unique=True)
+    base_url = fields.CharField(max_length=2048)
+    api_key = fields.TextField(null=True)
+    model_filter = fields.CharField(max_length=1024, null=True)
+    model_override = fields.JSONField(null=True)
+    model_append = fields.JSONField(null=True)
+    weight = fields.IntField(default=1)
+    is_active = fields.BooleanField(default=True)
+    created_at = fields.DatetimeField(auto_now_add=True)
+    updated_at = fields.DatetimeField(auto_now=True)
+
+    class Meta:
+        app = "core"
+        table = "backends"
+
+    def __str__(self) -> str:  # never shows the upstream key
+        return f"Backend({self.name})"
+
+
+class Permission(Model):
+    id = fields.IntField(primary_key=True)
+    user: fields.ForeignKeyRelation[User] = fields.ForeignKeyField(
+        "core.User", related_name="permissions", on_delete=fields.CASCADE
+    )
+    backend: fields.ForeignKeyRelation[Backend] = fields.ForeignKeyField(
+        "core.Backend", related_name="permissions", on_delete=fields.CASCADE
+    )
+    created_at = fields.DatetimeField(auto_now_add=True)
+
+    class Meta:
+        app = "core"
+        table = "permissions"
+        unique_together = (("user", "backend"),)
+
+
+class Script(Model):
+    id = fields.IntField(primary_key=True)
+    name = fields.CharField(max_length=128)
+    type = fields.CharEnumField(ScriptType, max_length=32)
+    user: fields.ForeignKeyNullableRelation[User] = fields.ForeignKeyField(
+        "core.User", related_name="scripts", null=True, on_delete=fields.CASCADE
+    )
+    backend: fields.ForeignKeyNullableRelation[Backend] = fields.ForeignKeyField(
+        "core.Backend", related_name="scripts", null=True, on_delete=fields.CASCADE
+    )
+    code = fields.TextField()
+    is_active = fields.BooleanField(default=False)
+    priority = fields.IntField(default=0)
+    created_at = fields.DatetimeField(auto_now_add=True)
+    updated_at = fields.DatetimeField(auto_now=True)
+
+    class Meta:
+        app = "core"
+        table = "scripts"
+
+
+class CatalogRevision(Model):
+    """One row whose counter every admin change bumps, so other processes notice and reload."""
+
+    id = fields.IntField(primary_key=True)
+    revision = fields.BigIntField(default=0)
+
+    class Meta:
+        app = "core"
+        table = "catalog_revision"
