@@ -1,0 +1,85 @@
+"""Builds the Starlette app: /v1, /graphql, /admin, /healthz, /metrics, and the lifespan. Wiring only."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from router import errors, proxy
+from router.config import Settings, load_settings
+from router.db import close_db, init_db
+from router.logging_setup import setup_logging
+from router.models.core import User
+from router.runtime import LOCAL_USER_NAME, Runtime
+from router.services import AdminService
+
+log = logging.getLogger("router")
+
+
+async def healthz(request: Request) -> Response:
+    rt: Runtime = request.app.state.runtime
+    return JSONResponse({"status": "ok", "backends": len(rt.catalog.snapshot.backends_by_id)})
+
+
+async def v1_not_found(request: Request) -> Response:
+    return errors.ApiError(
+        404, f"Unknown endpoint {request.method} {request.url.path}.", "invalid_request_error", "unknown_url"
+    ).response()
+
+
+async def ensure_local_user(service: AdminService) -> int:
+    """The built-in user that personal mode acts as (allowed every backend)."""
+    user = await User.get_or_none(name=LOCAL_USER_NAME)
+    if user is None:
+        user, _key = await service.create_user(LOCAL_USER_NAME, all_backends=True)
+    elif not user.all_backends or not user.is_active:
+        await service.update_user(user.id, all_backends=True, is_active=True)
+    return user.id
+
+
+def create_app(settings: Settings | None = None) -> Starlette:
+    settings = settings or load_settings()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        await init_db(settings)
+        runtime = Runtime(settings)
+        app.state.runtime = runtime
+        app.state.admin = AdminService(runtime.catalog.changed)
+        if not settings.enable_account_management:
+            runtime.local_user_id = await ensure_local_user(app.state.admin)
+        await runtime.start()
+        log.info(
+            "llm-router ready: %d backends, %d users",
+            len(runtime.catalog.snapshot.backends_by_id),
+            len(runtime.catalog.snapshot.users_by_id),
+        )
+        try:
+            yield
+        finally:
+            await runtime.stop()
+            await close_db()
+            log.info("llm-router stopped")
+
+    routes = [
+        Route("/healthz", healthz, methods=["GET"]),
+        Route("/v1/models", proxy.list_models, methods=["GET"]),
+        Route("/v1/chat/completions", proxy.handle_generation, methods=["POST"]),
+        Route("/v1/completions", proxy.handle_generation, methods=["POST"]),
+        Route("/v1/embeddings", proxy.handle_generation, methods=["POST"]),
+        Route("/v1/{rest:path}", v1_not_found, methods=["GET", "POST", "PUT", "DELETE", "PATCH"]),
+    ]
+    return Starlette(routes=routes, lifespan=lifespan)
+
+
+def create_app_from_env() -> Starlette:
+    """The uvicorn factory (`--workers` re-imports the app in each worker from the environment)."""
+    settings = load_settings()
+    setup_logging(settings)
+    return create_app(settings)

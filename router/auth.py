@@ -1,0 +1,80 @@
+"""API keys for /v1 users, and tokens for the admin API."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import secrets
+import time
+
+API_KEY_PREFIX_LEN = 10  # "sk-" + 7 characters: enough to recognise a key, useless to guess it
+
+
+def generate_api_key() -> str:
+    """A new user key: `sk-` and 32 random bytes, URL-safe."""
+    return "sk-" + secrets.token_urlsafe(32)
+
+
+def hash_api_key(key: str) -> str:
+    """The stored form of a key. Keys carry 256 random bits, so one SHA-256 is enough (no salt needed)."""
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def api_key_prefix(key: str) -> str:
+    return key[:API_KEY_PREFIX_LEN]
+
+
+def bearer_token(authorization: str | None) -> str | None:
+    """The token of an `Authorization: Bearer <token>` header, if any."""
+    if not authorization:
+        return None
+    scheme, _, token = authorization.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        return None
+    return token.strip()
+
+
+class AdminTokens:
+    """Verifies the admin password and issues expiring session tokens signed with it.
+
+    Tokens are `<expiry>.<signature>`, where the HMAC key is derived from the admin password and
+    `session_secret`: changing the password revokes every session; so does a restart unless the
+    operator pins ADMIN_SESSION_SECRET (needed when several processes must accept one session).
+    """
+
+    def __init__(self, password: str | None, ttl_s: float, session_secret: str | None = None) -> None:
+        self.password = password
+        self.ttl_s = ttl_s
+        secret = session_secret or secrets.token_hex(32)
+        self._key = hashlib.sha256(f"{secret}\0{password or ''}".encode()).digest() if password else b""
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.password)
+
+    def check_password(self, candidate: str) -> bool:
+        if not self.password:
+            return False
+        return hmac.compare_digest(candidate.encode(), self.password.encode())
+
+    def issue(self, now: float | None = None) -> tuple[str, float]:
+        """A new session token and its expiry (unix seconds)."""
+        expires = (now or time.time()) + self.ttl_s
+        payload = str(int(expires))
+        return f"{payload}.{self._sign(payload)}", float(int(expires))
+
+    def verify(self, token: str | None, now: float | None = None) -> bool:
+        """True for the admin password itself or a valid, unexpired session token."""
+        if not token or not self.enabled:
+            return False
+        if self.check_password(token):
+            return True
+        payload, _, signature = token.partition(".")
+        if not payload.isdigit() or not hmac.compare_digest(signature, self._sign(payload)):
+            return False
+        return int(payload) > (now or time.time())
+
+    def _sign(self, payload: str) -> str:
+        digest = hmac.new(self._key, payload.encode(), hashlib.sha256).digest()
+        return base64.urlsafe_b64encode(digest).decode().rstrip("=")

@@ -1,0 +1,227 @@
+"""The in-memory picture of who may use what: users, keys, permissions, backends, scripts, models.
+
+The /v1 hot path reads only this snapshot; it never queries the database. The snapshot is
+rebuilt when something changes: at once after a change made through this process, and within
+`CATALOG_POLL_INTERVAL_S` after one made elsewhere (another worker, the CLI), detected through
+the `catalog_revision` row (or a Redis broadcast when configured).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fnmatch
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from router.models.core import Backend, CatalogRevision, Permission, Script, User
+
+log = logging.getLogger("router.catalog")
+
+
+# --- model lists (pure) -----------------------------------------------------------------------
+
+
+def model_matches_filter(model: str, model_filter: str | None) -> bool:
+    """LLMsRouter's filter: every space-separated term must match; `*` is a wildcard.
+
+    A term without `*` matches when it is contained in the model id; with `*` it must match the
+    whole id as a glob. Case-insensitive.
+    """
+    if not model_filter or not model_filter.strip():
+        return True
+    name = model.lower()
+    for term in model_filter.lower().split():
+        if "*" in term:
+            if not fnmatch.fnmatchcase(name, term):
+                return False
+        elif term not in name:
+            return False
+    return True
+
+
+def resolve_models(
+    upstream_models: Iterable[str] | None,
+    model_filter: str | None,
+    model_override: list[str] | None,
+    model_append: list[str] | None,
+) -> tuple[str, ...]:
+    """The models a backend serves: `override`, else upstream filtered; then `append`. No duplicates."""
+    if model_override is not None:
+        base = list(model_override)
+    else:
+        base = [m for m in (upstream_models or ()) if model_matches_filter(m, model_filter)]
+    return tuple(dict.fromkeys([*base, *(model_append or ())]))
+
+
+def split_alias(model: str) -> tuple[str | None, str]:
+    """`[alias]model` -> ("alias", "model"); a plain name -> (None, name)."""
+    if model.startswith("[") and "]" in model:
+        end = model.index("]")
+        return model[1:end], model[end + 1 :]
+    return None, model
+
+
+# --- the snapshot ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class UserEntry:
+    id: int
+    name: str
+    email: str | None
+    is_active: bool
+    all_backends: bool
+    permitted_backend_ids: frozenset[int]
+
+    def may_use(self, backend_id: int) -> bool:
+        return self.all_backends or backend_id in self.permitted_backend_ids
+
+
+@dataclass(frozen=True, slots=True)
+class BackendEntry:
+    id: int
+    name: str
+    base_url: str
+    api_key: str | None = field(repr=False)
+    model_filter: str | None
+    model_override: tuple[str, ...] | None
+    model_append: tuple[str, ...] | None
+    weight: int
+    is_active: bool
+
+    @property
+    def asks_upstream_for_models(self) -> bool:
+        return self.model_override is None
+
+
+@dataclass(frozen=True, slots=True)
+class ScriptEntry:
+    id: int
+    name: str
+    type: str
+    user_id: int | None
+    backend_id: int | None
+    code: str
+    priority: int
+    version: str
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """An immutable view of the core database; replaced whole, never mutated."""
+
+    users_by_key_hash: dict[str, UserEntry] = field(default_factory=dict)
+    users_by_id: dict[int, UserEntry] = field(default_factory=dict)
+    backends_by_id: dict[int, BackendEntry] = field(default_factory=dict)
+    backends_by_name: dict[str, BackendEntry] = field(default_factory=dict)
+    active_scripts: tuple[ScriptEntry, ...] = ()
+    revision: int = 0
+
+
+async def load_snapshot() -> Snapshot:
+    """Read the whole core database into a Snapshot (a handful of queries, not per request)."""
+    revision_row = await CatalogRevision.get_or_none(id=1)
+    users = await User.all()
+    perms: dict[int, set[int]] = {}
+    for user_id, backend_id in await Permission.all().values_list("user_id", "backend_id"):
+        perms.setdefault(user_id, set()).add(backend_id)
+    user_entries = {
+        u.id: UserEntry(
+            id=u.id,
+            name=u.name,
+            email=u.email,
+            is_active=u.is_active,
+            all_backends=u.all_backends,
+            permitted_backend_ids=frozenset(perms.get(u.id, ())),
+        )
+        for u in users
+    }
+    backends = [
+        BackendEntry(
+            id=b.id,
+            name=b.name,
+            base_url=b.base_url.rstrip("/"),
+            api_key=b.api_key,
+            model_filter=b.model_filter,
+            model_override=tuple(b.model_override) if b.model_override is not None else None,
+            model_append=tuple(b.model_append) if b.model_append else None,
+            weight=b.weight,
+            is_active=b.is_active,
+        )
+        for b in await Backend.all().order_by("id")
+    ]
+    scripts = tuple(
+        ScriptEntry(
+            id=s.id,
+            name=s.name,
+            type=str(s.type),
+            user_id=s.user_id,
+            backend_id=s.backend_id,
+            code=s.code,
+            priority=s.priority,
+            version=s.updated_at.isoformat(),
+        )
+        for s in await Script.filter(is_active=True).order_by("priority", "id")
+    )
+    return Snapshot(
+        users_by_key_hash={u.api_key_hash: user_entries[u.id] for u in users},
+        users_by_id=user_entries,
+        backends_by_id={b.id: b for b in backends},
+        backends_by_name={b.name: b for b in backends},
+        active_scripts=scripts,
+        revision=revision_row.revision if revision_row else 0,
+    )
+
+
+async def bump_revision() -> int:
+    """Record that the core data changed, so every process reloads its snapshot."""
+    from tortoise.expressions import F
+
+    updated = await CatalogRevision.filter(id=1).update(revision=F("revision") + 1)
+    if not updated:
+        await CatalogRevision.get_or_create(id=1, defaults={"revision": 1})
+    row = await CatalogRevision.get(id=1)
+    return row.revision
+
+
+class Catalog:
+    """Holds the current Snapshot and reloads it when told to or when the revision moves."""
+
+    def __init__(self) -> None:
+        self.snapshot = Snapshot()
+        self._reload_lock = asyncio.Lock()
+        self._listeners: list = []
+
+    def on_reload(self, callback) -> None:
+        """Call `callback(snapshot)` after every reload (e.g. to refresh model lists)."""
+        self._listeners.append(callback)
+
+    async def reload(self) -> Snapshot:
+        async with self._reload_lock:
+            self.snapshot = await load_snapshot()
+        for callback in self._listeners:
+            callback(self.snapshot)
+        return self.snapshot
+
+    async def changed(self) -> None:
+        """Called after this process changed the core data: bump the revision, reload now."""
+        await bump_revision()
+        await self.reload()
+
+    async def reload_if_stale(self) -> bool:
+        """Reload when another process bumped the revision; True if it did."""
+        row = await CatalogRevision.get_or_none(id=1)
+        current = row.revision if row else 0
+        if current != self.snapshot.revision:
+            await self.reload()
+            return True
+        return False
+
+    async def poll_forever(self, interval_s: float) -> None:
+        while True:
+            await asyncio.sleep(interval_s)
+            try:
+                await self.reload_if_stale()
+            except Exception as exc:  # the database may be briefly away: keep serving the old snapshot
+                log.warning("catalog refresh failed: %s", exc)

@@ -1,0 +1,250 @@
+"""`llm-router serve | users ... | backends ...` — the command line, LLMsRouter-compatible."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import csv
+import json
+import logging
+import os
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from router.config import ConfigError, Settings, load_config_file, load_settings
+from router.db import close_db, init_db, is_postgres
+from router.services import AdminService, ServiceError, parse_permissions
+
+log = logging.getLogger("router")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="llm-router", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="serve /v1, /graphql and /admin")
+    serve.add_argument("--host", help="address to bind (SERVER_HOST; default 0.0.0.0)")
+    serve.add_argument("--port", type=int, help="port (SERVER_PORT; default 3000)")
+    serve.add_argument("--workers", type=int, help="worker processes sharing the port (WORKERS; default 1)")
+    serve.add_argument("--config", help="LLMsRouter-style config.yaml whose servers are synced at start-up")
+
+    users = commands.add_parser("users", help="manage users and their API keys").add_subparsers(
+        dest="action", required=True
+    )
+    add = users.add_parser("add", help="create a user and print its API key")
+    add.add_argument("name")
+    add.add_argument("--email")
+    add.add_argument("--permissions", default="*", help='"*" (every backend, default) or "backend1,backend2"')
+    users.add_parser("delete", help="delete a user").add_argument("name")
+    users.add_parser("list", help="list users")
+    modify = users.add_parser("modify", help="change a user's permissions, e-mail or state")
+    modify.add_argument("name")
+    modify.add_argument("--permissions")
+    modify.add_argument("--email")
+    state = modify.add_mutually_exclusive_group()
+    state.add_argument("--activate", action="store_true")
+    state.add_argument("--deactivate", action="store_true")
+    users.add_parser("regenerate-key", help="issue a new API key (the old one stops working)").add_argument("name")
+    users.add_parser("import", help="create users from CSV (username,email[,permissions]) or JSON").add_argument("file")
+
+    backends = commands.add_parser("backends", help="inspect backends").add_subparsers(dest="action", required=True)
+    backends.add_parser("list", help="list backends (upstream keys are never shown)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    try:
+        settings = load_settings()
+        if args.command == "serve":
+            serve(settings, args)
+        else:
+            sys.exit(asyncio.run(run_admin_command(settings, args)))
+    except ConfigError as exc:
+        print(f"llm-router: configuration error: {exc}", file=sys.stderr)
+        sys.exit(2)
+
+
+# --- serve ------------------------------------------------------------------------------------
+
+
+def serve(settings: Settings, args: argparse.Namespace) -> None:
+    import uvicorn
+
+    from router.logging_setup import setup_logging
+
+    overrides: dict[str, Any] = {"port": args.port, "workers": args.workers, "config_file": args.config}
+    if args.host:
+        overrides.update(host=args.host, host_explicit=True)
+    settings = settings.with_overrides(**overrides)
+    if not settings.enable_account_management and not settings.host_explicit:
+        settings = settings.with_overrides(host="127.0.0.1")
+    setup_logging(settings)
+    check_workers(settings)
+    if settings.config_file:
+        specs = load_config_file(settings.config_file)  # fails before anything starts
+        asyncio.run(_with_db(settings, lambda service: service.sync_backends(specs)))
+        log.info("synced %d backends from %s", len(specs), settings.config_file)
+    if not settings.enable_account_management:
+        log.warning(
+            "ACCOUNTS ARE OFF (ENABLE_ACCOUNT_MANAGEMENT=false): /v1 needs no key and anyone who can reach "
+            "%s:%d can use every backend.%s",
+            settings.host,
+            settings.port,
+            "" if settings.host_explicit else " Listening on 127.0.0.1 only; set SERVER_HOST/--host to change.",
+        )
+    # Workers re-read the environment: hand them the effective values.
+    os.environ.update(
+        SERVER_HOST=settings.host,
+        SERVER_PORT=str(settings.port),
+        CORE_DB_URL=settings.core_db_url,
+        ANALYTICS_DB_URL=settings.analytics_db_url,
+    )
+    uvicorn.run(
+        "router.app:create_app_from_env",
+        factory=True,
+        host=settings.host,
+        port=settings.port,
+        workers=settings.workers if settings.workers > 1 else None,
+        loop="uvloop",
+        http="httptools",
+        log_config=None,
+        access_log=False,
+        timeout_graceful_shutdown=int(settings.shutdown_grace_s),
+        proxy_headers=True,
+    )
+
+
+def check_workers(settings: Settings) -> None:
+    """Several workers on SQLite are safe here (WAL, busy timeout, batched log writes); say what it costs."""
+    if settings.workers > 1 and not (is_postgres(settings.core_db_url) and is_postgres(settings.analytics_db_url)):
+        log.info(
+            "%d workers on SQLite: WAL mode and a busy timeout make this safe; writes are serialized by SQLite. "
+            "Use PostgreSQL (CORE_DB_URL/ANALYTICS_DB_URL) for heavy write loads or several hosts.",
+            settings.workers,
+        )
+
+
+# --- users / backends -------------------------------------------------------------------------
+
+
+async def _with_db(settings: Settings, action: Callable[[AdminService], Awaitable[Any]]) -> Any:
+    await init_db(settings)
+    try:
+        return await action(AdminService())
+    finally:
+        await close_db()
+
+
+async def run_admin_command(settings: Settings, args: argparse.Namespace) -> int:
+    handlers = {
+        ("users", "add"): users_add,
+        ("users", "delete"): users_delete,
+        ("users", "list"): users_list,
+        ("users", "modify"): users_modify,
+        ("users", "regenerate-key"): users_regenerate_key,
+        ("users", "import"): users_import,
+        ("backends", "list"): backends_list,
+    }
+    handler = handlers[(args.command, args.action)]
+    try:
+        await _with_db(settings, lambda service: handler(service, args))
+    except ServiceError as exc:
+        print(f"llm-router: {exc.message}", file=sys.stderr)
+        return 1
+    return 0
+
+
+async def users_add(service: AdminService, args: argparse.Namespace) -> None:
+    all_backends, names = parse_permissions(args.permissions)
+    user, key = await service.create_user(args.name, args.email, all_backends, backend_names=names)
+    print(f"Created user {user.name}. API key (shown only now, store it safely):")
+    print(key)
+
+
+async def users_delete(service: AdminService, args: argparse.Namespace) -> None:
+    user = await service.get_user_by_name(args.name)
+    await service.delete_user(user.id)
+    print(f"Deleted user {args.name}.")
+
+
+async def users_list(service: AdminService, args: argparse.Namespace) -> None:
+    from router.models.core import User
+
+    users = await User.all().order_by("name").prefetch_related("permissions__backend")
+    print(f"{'NAME':<24} {'EMAIL':<28} {'ACTIVE':<7} {'KEY':<12} PERMISSIONS")
+    for user in users:
+        permissions = "*" if user.all_backends else ",".join(sorted(p.backend.name for p in user.permissions))
+        print(
+            f"{user.name:<24} {user.email or '-':<28} {'yes' if user.is_active else 'no':<7} "
+            f"{user.api_key_prefix + '…':<12} {permissions or '-'}"
+        )
+
+
+async def users_modify(service: AdminService, args: argparse.Namespace) -> None:
+    user = await service.get_user_by_name(args.name)
+    if args.permissions is not None:
+        all_backends, names = parse_permissions(args.permissions)
+        await service.set_permissions(user.id, all_backends, names)
+    changes: dict[str, Any] = {}
+    if args.email is not None:
+        changes["email"] = args.email
+    if args.activate or args.deactivate:
+        changes["is_active"] = bool(args.activate)
+    if changes:
+        await service.update_user(user.id, **changes)
+    print(f"Updated user {args.name}.")
+
+
+async def users_regenerate_key(service: AdminService, args: argparse.Namespace) -> None:
+    user = await service.get_user_by_name(args.name)
+    _, key = await service.regenerate_key(user.id)
+    print(f"New API key for {user.name} (the old one no longer works; shown only now):")
+    print(key)
+
+
+def read_user_rows(path: str) -> list[dict[str, Any]]:
+    """Rows of a CSV (header `username,email[,permissions]`) or a JSON list of objects."""
+    text = Path(path).read_text()
+    if path.lower().endswith(".json") or text.lstrip().startswith("["):
+        try:
+            rows = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ServiceError("BAD_USER_INPUT", f"{path}: not valid JSON: {exc}") from None
+        if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
+            raise ServiceError("BAD_USER_INPUT", f"{path}: must be a JSON list of objects")
+        return rows
+    reader = csv.DictReader(text.splitlines())
+    if not reader.fieldnames or "username" not in reader.fieldnames:
+        raise ServiceError("BAD_USER_INPUT", f"{path}: the CSV header must be username,email[,permissions]")
+    return list(reader)
+
+
+async def users_import(service: AdminService, args: argparse.Namespace) -> None:
+    try:
+        rows = read_user_rows(args.file)
+    except OSError as exc:
+        raise ServiceError("BAD_USER_INPUT", f"{args.file}: cannot read: {exc.strerror}") from None
+    created = await service.import_users(rows)
+    print(f"Imported {len(created)} users. API keys (shown only now):")
+    for name, key in created:
+        print(f"{name}\t{key}")
+
+
+async def backends_list(service: AdminService, args: argparse.Namespace) -> None:
+    from router.models.core import Backend
+
+    print(f"{'NAME':<20} {'ACTIVE':<7} {'WEIGHT':<7} {'KEY':<4} {'URL':<40} MODELS")
+    for b in await Backend.all().order_by("name"):
+        if b.model_override is not None:
+            models = "override: " + ", ".join(b.model_override)
+        else:
+            models = f"from /models, filter: {b.model_filter or '-'}"
+        if b.model_append:
+            models += " + " + ", ".join(b.model_append)
+        print(
+            f"{b.name:<20} {'yes' if b.is_active else 'no':<7} {b.weight:<7} {'yes' if b.api_key else 'no':<4} "
+            f"{b.base_url:<40} {models}"
+        )

@@ -1,0 +1,130 @@
+"""The one object that owns the router's live state: created at start-up, closed at shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+
+from router.catalog import BackendEntry, Catalog, UserEntry
+from router.config import Settings
+from router.model_lists import ModelDirectory
+from router.routing import HealthTracker, InFlight, WeightedRoundRobin, order_least_busy
+from router.upstream import UpstreamClient, make_upstream_client
+from router.usage import EventBus, LogWriter, RequestRecord
+
+log = logging.getLogger("router.requests")
+
+LOCAL_USER_NAME = "local"
+
+
+class NullTracer:
+    """Tracing off: nothing collected, nothing sent."""
+
+    enabled = False
+
+    def record(self, record: RequestRecord) -> None:
+        pass
+
+    async def close(self) -> None:
+        pass
+
+
+class Runtime:
+    """Caches, counters, clients and background tasks shared by every request of this process."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.catalog = Catalog()
+        self.upstream: UpstreamClient = make_upstream_client(
+            settings.upstream_transport, settings.upstream_connect_timeout_s, settings.upstream_timeout_s
+        )
+        self.models = ModelDirectory(self.upstream)
+        self.health = HealthTracker(settings.health_failure_threshold, settings.health_cooldown_s)
+        self.in_flight = InFlight()
+        self.round_robin = WeightedRoundRobin()
+        self.bus = EventBus(settings.subscriber_queue_size)
+        self.writer = LogWriter(
+            settings.log_batch_size,
+            settings.log_flush_interval_s,
+            settings.log_buffer_max,
+            on_written=self.bus.publish,
+        )
+        self.tracer = NullTracer()
+        # Personal mode (ENABLE_ACCOUNT_MANAGEMENT=false): every request acts as this user.
+        self.local_user_id: int | None = None
+        self._tasks: list[asyncio.Task] = []
+        self.catalog.on_reload(self.models.use_snapshot)
+
+    # --- lifecycle ---
+
+    async def start(self) -> None:
+        await self.catalog.reload()
+        # Give the upstream model lists a moment so the first requests can be routed by model.
+        try:
+            await asyncio.wait_for(self.models.refresh_all(), timeout=3.0)
+        except TimeoutError:
+            log.warning("some backends did not list their models within 3 s; continuing")
+        self.writer.start()
+        loop = asyncio.get_running_loop()
+        self._tasks = [
+            loop.create_task(self.catalog.poll_forever(self.settings.catalog_poll_interval_s)),
+            loop.create_task(self.models.refresh_forever(self.settings.model_refresh_interval_s)),
+        ]
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.writer.close(self.settings.shutdown_grace_s)
+        await self.tracer.close()
+        await self.upstream.aclose()
+
+    @property
+    def local_user(self) -> UserEntry | None:
+        if self.local_user_id is None:
+            return None
+        return self.catalog.snapshot.users_by_id.get(self.local_user_id)
+
+    # --- routing state ---
+
+    def order_backends(self, candidates: Sequence[BackendEntry]) -> list[BackendEntry]:
+        if self.settings.routing_strategy == "least_busy":
+            return order_least_busy(candidates, self.in_flight.get)
+        return self.round_robin.order(candidates)
+
+    def enter(self, backend: BackendEntry | None) -> None:
+        if backend is not None:
+            self.in_flight.enter(backend.id)
+
+    def leave(self, backend: BackendEntry | None) -> None:
+        if backend is not None:
+            self.in_flight.leave(backend.id)
+
+    def record_failure(self, backend: BackendEntry | None) -> None:
+        if backend is not None and self.health.record_failure(backend.id):
+            log.warning("backend %s marked unhealthy for %.0f s", backend.name, self.settings.health_cooldown_s)
+
+    def record_success(self, backend: BackendEntry | None) -> None:
+        if backend is not None:
+            self.health.record_success(backend.id)
+
+    # --- accounting ---
+
+    def finish(self, record: RequestRecord, status: int, error: str | None = None) -> None:
+        """A request is over: log it, queue its row, trace it. Never raises, never waits."""
+        record.finish(status, error)
+        self.writer.submit(record)
+        self.tracer.record(record)
+        log.info(
+            "request id=%s user=%s backend=%s model=%s status=%d tokens=%d/%d latency_ms=%.1f%s",
+            record.request_id,
+            record.user_name,
+            record.backend_name,
+            record.model,
+            record.status_code,
+            record.prompt_tokens,
+            record.completion_tokens,
+            record.latency_ms,
+            f" error={record.error[:200]!r}" if record.error else "",
+        )

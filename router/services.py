@@ -1,0 +1,407 @@
+"""Admin operations on the core database, shared by the GraphQL API and the CLI.
+
+Every change bumps the catalog revision, so the /v1 hot path of this and every other process
+picks it up (this process at once, others within the poll interval or via Redis).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any
+from urllib.parse import urlsplit
+
+from tortoise.exceptions import IntegrityError
+from tortoise.transactions import in_transaction
+
+from router.auth import api_key_prefix, generate_api_key, hash_api_key
+from router.catalog import bump_revision
+from router.config import BackendSpec
+from router.models.core import Backend, Permission, Script, ScriptType, User
+
+
+class ServiceError(Exception):
+    """A refused admin operation. `code` is one of NOT_FOUND, CONFLICT, BAD_USER_INPUT."""
+
+    def __init__(self, code: str, message: str, field: str | None = None, **extra: Any) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.field = field
+        self.extra = extra
+
+
+def not_found(kind: str, ident: Any) -> ServiceError:
+    return ServiceError("NOT_FOUND", f"{kind} {ident} does not exist", "id")
+
+
+_NAME = re.compile(r"^[A-Za-z0-9_.@\-]{1,128}$")
+
+
+def check_name(name: str, field: str = "name") -> str:
+    name = (name or "").strip()
+    if not _NAME.match(name):
+        raise ServiceError("BAD_USER_INPUT", f"{field} must be 1-128 letters, digits or '_', '.', '@', '-'", field)
+    return name
+
+
+def check_base_url(url: str, field: str = "baseUrl") -> str:
+    parts = urlsplit((url or "").strip())
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ServiceError("BAD_USER_INPUT", f"{field} must be an http(s) URL, got {url!r}", field)
+    return url.strip().rstrip("/")
+
+
+def check_weight(weight: int, field: str = "weight") -> int:
+    if weight < 0:
+        raise ServiceError("BAD_USER_INPUT", f"{field} must not be negative", field)
+    return weight
+
+
+def check_email(email: str | None) -> str | None:
+    if email is None or email == "":
+        return None
+    if not re.match(r"^[^@\s]+@[^@\s]+$", email):
+        raise ServiceError("BAD_USER_INPUT", f"email {email!r} is not an e-mail address", "email")
+    return email
+
+
+class AdminService:
+    """The operations; `on_change` reloads this process's catalog (and broadcasts, when configured)."""
+
+    def __init__(self, on_change: Callable[[], Awaitable[Any]] | None = None) -> None:
+        self._on_change = on_change or bump_revision
+
+    async def changed(self) -> None:
+        await self._on_change()
+
+    # --- users ---
+
+    async def get_user(self, user_id: int | str) -> User:
+        user = await User.get_or_none(id=_int_id(user_id, "user"))
+        if user is None:
+            raise not_found("user", user_id)
+        return user
+
+    async def get_user_by_name(self, name: str) -> User:
+        user = await User.get_or_none(name=name)
+        if user is None:
+            raise ServiceError("NOT_FOUND", f"user {name!r} does not exist", "name")
+        return user
+
+    async def create_user(
+        self,
+        name: str,
+        email: str | None = None,
+        all_backends: bool = False,
+        is_active: bool = True,
+        backend_names: Iterable[str] = (),
+    ) -> tuple[User, str]:
+        """A new user and its API key (the only time the key exists in clear)."""
+        name = check_name(name)
+        email = check_email(email)
+        key = generate_api_key()
+        async with in_transaction("core"):
+            if await User.filter(name=name).exists():
+                raise ServiceError("CONFLICT", f"a user named {name!r} already exists", "name")
+            backends = await self._backends_named(backend_names)
+            user = await User.create(
+                name=name,
+                email=email,
+                all_backends=all_backends,
+                is_active=is_active,
+                api_key_hash=hash_api_key(key),
+                api_key_prefix=api_key_prefix(key),
+            )
+            for backend in backends:
+                await Permission.create(user=user, backend=backend)
+        await self.changed()
+        return user, key
+
+    async def import_users(self, rows: list[dict[str, Any]]) -> list[tuple[str, str]]:
+        """Create many users at once, all or nothing. Each row: name, email, permissions ("*" or "a,b").
+
+        A bad row raises ServiceError naming the row (1-based, as in the file) and nothing is created.
+        """
+        seen: set[str] = set()
+        planned = []
+        for number, row in enumerate(rows, start=1):
+            where = f"row {number}"
+            try:
+                name = check_name(str(row.get("name") or row.get("username") or ""), "username")
+                email = check_email(row.get("email") or None)
+                all_backends, backend_names = parse_permissions(row.get("permissions"))
+            except ServiceError as exc:
+                raise ServiceError(exc.code, f"{where}: {exc.message}", exc.field) from None
+            if name in seen or await User.filter(name=name).exists():
+                raise ServiceError("CONFLICT", f"{where}: a user named {name!r} already exists", "username")
+            seen.add(name)
+            try:
+                backends = await self._backends_named(backend_names)
+            except ServiceError as exc:
+                raise ServiceError(exc.code, f"{where}: {exc.message}", exc.field) from None
+            planned.append((name, email, all_backends, backends))
+        created = []
+        async with in_transaction("core"):
+            for name, email, all_backends, backends in planned:
+                key = generate_api_key()
+                user = await User.create(
+                    name=name,
+                    email=email,
+                    all_backends=all_backends,
+                    api_key_hash=hash_api_key(key),
+                    api_key_prefix=api_key_prefix(key),
+                )
+                for backend in backends:
+                    await Permission.create(user=user, backend=backend)
+                created.append((name, key))
+        await self.changed()
+        return created
+
+    async def update_user(self, user_id: int | str, **changes: Any) -> User:
+        user = await self.get_user(user_id)
+        if changes.get("name") is not None:
+            name = check_name(changes["name"])
+            if name != user.name and await User.filter(name=name).exists():
+                raise ServiceError("CONFLICT", f"a user named {name!r} already exists", "name")
+            user.name = name
+        if "email" in changes:
+            user.email = check_email(changes["email"])
+        for attr in ("is_active", "all_backends"):
+            if changes.get(attr) is not None:
+                setattr(user, attr, bool(changes[attr]))
+        await user.save()
+        await self.changed()
+        return user
+
+    async def delete_user(self, user_id: int | str) -> None:
+        user = await self.get_user(user_id)
+        await user.delete()  # permissions and scripts go with it (ON DELETE CASCADE)
+        await self.changed()
+
+    async def regenerate_key(self, user_id: int | str) -> tuple[User, str]:
+        user = await self.get_user(user_id)
+        key = generate_api_key()
+        user.api_key_hash = hash_api_key(key)
+        user.api_key_prefix = api_key_prefix(key)
+        await user.save()
+        await self.changed()
+        return user, key
+
+    async def set_permissions(self, user_id: int | str, all_backends: bool, backend_names: Iterable[str]) -> User:
+        """Replace a user's permissions: every backend, or exactly the named ones."""
+        user = await self.get_user(user_id)
+        async with in_transaction("core"):
+            backends = await self._backends_named(backend_names)
+            user.all_backends = all_backends
+            await user.save()
+            await Permission.filter(user_id=user.id).delete()
+            for backend in backends:
+                await Permission.create(user=user, backend=backend)
+        await self.changed()
+        return user
+
+    async def _backends_named(self, names: Iterable[str]) -> list[Backend]:
+        names = [n.strip() for n in names if n.strip()]
+        backends = await Backend.filter(name__in=names) if names else []
+        missing = set(names) - {b.name for b in backends}
+        if missing:
+            raise ServiceError("NOT_FOUND", f"no backend named {', '.join(sorted(missing))}", "permissions")
+        return list(backends)
+
+    # --- backends ---
+
+    async def get_backend(self, backend_id: int | str) -> Backend:
+        backend = await Backend.get_or_none(id=_int_id(backend_id, "backend"))
+        if backend is None:
+            raise not_found("backend", backend_id)
+        return backend
+
+    async def create_backend(self, **fields: Any) -> Backend:
+        values = self._backend_values(fields, creating=True)
+        if await Backend.filter(name=values["name"]).exists():
+            raise ServiceError("CONFLICT", f"a backend named {values['name']!r} already exists", "name")
+        try:
+            backend = await Backend.create(**values)
+        except IntegrityError:
+            raise ServiceError("CONFLICT", f"a backend named {values['name']!r} already exists", "name") from None
+        await self.changed()
+        return backend
+
+    async def update_backend(self, backend_id: int | str, **fields: Any) -> Backend:
+        backend = await self.get_backend(backend_id)
+        values = self._backend_values(fields, creating=False)
+        renamed = "name" in values and values["name"] != backend.name
+        if renamed and await Backend.filter(name=values["name"]).exists():
+            raise ServiceError("CONFLICT", f"a backend named {values['name']!r} already exists", "name")
+        for attr, value in values.items():
+            setattr(backend, attr, value)
+        await backend.save()
+        await self.changed()
+        return backend
+
+    async def delete_backend(self, backend_id: int | str) -> None:
+        backend = await self.get_backend(backend_id)
+        await backend.delete()
+        await self.changed()
+
+    @staticmethod
+    def _backend_values(fields: dict[str, Any], creating: bool) -> dict[str, Any]:
+        values: dict[str, Any] = {}
+        if creating or fields.get("name") is not None:
+            values["name"] = check_name(fields.get("name") or "")
+        if creating or fields.get("base_url") is not None:
+            values["base_url"] = check_base_url(fields.get("base_url") or "")
+        if fields.get("weight") is not None:
+            values["weight"] = check_weight(fields["weight"])
+        if fields.get("is_active") is not None:
+            values["is_active"] = bool(fields["is_active"])
+        if "api_key" in fields and (creating or fields["api_key"] is not None):
+            values["api_key"] = fields["api_key"] or None  # "" clears the key
+        if "model_filter" in fields:
+            values["model_filter"] = (fields["model_filter"] or "").strip() or None
+        for attr in ("model_override", "model_append"):
+            if attr in fields:
+                models = fields[attr]
+                if models is not None and not all(isinstance(m, str) and m.strip() for m in models):
+                    field = _camel(attr)
+                    raise ServiceError("BAD_USER_INPUT", f"{field} must hold non-empty model names", field)
+                values[attr] = [m.strip() for m in models] if models is not None else None
+        return values
+
+    async def sync_backends(self, specs: list[BackendSpec]) -> None:
+        """Create or update the backends of config.yaml by name (others are left alone)."""
+        async with in_transaction("core"):
+            for spec in specs:
+                values = {
+                    "base_url": spec.base_url,
+                    "api_key": spec.api_key,
+                    "model_filter": spec.model_filter,
+                    "model_override": spec.model_override,
+                    "model_append": spec.model_append,
+                    "weight": spec.weight,
+                }
+                backend = await Backend.get_or_none(name=spec.name)
+                if backend is None:
+                    await Backend.create(name=spec.name, **values)
+                else:
+                    await Backend.filter(id=backend.id).update(**values)
+        await self.changed()
+
+    # --- permissions ---
+
+    async def create_permission(self, user_id: int | str, backend_id: int | str) -> Permission:
+        user = await self.get_user(user_id)
+        backend = await self.get_backend(backend_id)
+        if await Permission.filter(user_id=user.id, backend_id=backend.id).exists():
+            raise ServiceError("CONFLICT", f"user {user.name!r} already has backend {backend.name!r}", "backendId")
+        try:
+            permission = await Permission.create(user=user, backend=backend)
+        except IntegrityError:
+            raise ServiceError("CONFLICT", "permission already exists", "backendId") from None
+        await self.changed()
+        return permission
+
+    async def delete_permission(self, user_id: int | str, backend_id: int | str) -> bool:
+        deleted = await Permission.filter(
+            user_id=_int_id(user_id, "user"), backend_id=_int_id(backend_id, "backend")
+        ).delete()
+        if not deleted:
+            raise ServiceError("NOT_FOUND", f"user {user_id} has no permission for backend {backend_id}", "backendId")
+        await self.changed()
+        return True
+
+    # --- scripts (syntax is checked by the caller, which knows the engine) ---
+
+    async def get_script(self, script_id: int | str) -> Script:
+        script = await Script.get_or_none(id=_int_id(script_id, "script"))
+        if script is None:
+            raise not_found("script", script_id)
+        return script
+
+    async def check_script_targets(
+        self, script_type: ScriptType, user_id: int | str | None, backend_id: int | str | None
+    ) -> tuple[int | None, int | None]:
+        """The (user id, backend id) a script of this type needs; refused when missing or extra."""
+        needs_user = script_type in (ScriptType.PER_USER, ScriptType.PER_USER_BACKEND)
+        needs_backend = script_type in (ScriptType.PER_BACKEND, ScriptType.PER_USER_BACKEND)
+        if needs_user and user_id is None:
+            raise ServiceError("BAD_USER_INPUT", f"a {script_type.value} script needs userId", "userId")
+        if needs_backend and backend_id is None:
+            raise ServiceError("BAD_USER_INPUT", f"a {script_type.value} script needs backendId", "backendId")
+        uid = (await self.get_user(user_id)).id if needs_user else None
+        bid = (await self.get_backend(backend_id)).id if needs_backend else None
+        return uid, bid
+
+    async def create_script(self, **fields: Any) -> Script:
+        name = (fields.get("name") or "").strip()
+        if not name:
+            raise ServiceError("BAD_USER_INPUT", "name must not be empty", "name")
+        script_type = ScriptType(fields["type"])
+        uid, bid = await self.check_script_targets(script_type, fields.get("user_id"), fields.get("backend_id"))
+        script = await Script.create(
+            name=name,
+            type=script_type,
+            user_id=uid,
+            backend_id=bid,
+            code=fields["code"],
+            is_active=bool(fields.get("is_active") or False),
+            priority=fields.get("priority") or 0,
+        )
+        await self.changed()
+        return script
+
+    async def update_script(self, script_id: int | str, **fields: Any) -> Script:
+        script = await self.get_script(script_id)
+        if fields.get("name") is not None:
+            if not fields["name"].strip():
+                raise ServiceError("BAD_USER_INPUT", "name must not be empty", "name")
+            script.name = fields["name"].strip()
+        if fields.get("code") is not None:
+            script.code = fields["code"]
+        if fields.get("priority") is not None:
+            script.priority = fields["priority"]
+        if fields.get("is_active") is not None:
+            script.is_active = bool(fields["is_active"])
+        if fields.get("user_id") is not None or fields.get("backend_id") is not None:
+            uid, bid = await self.check_script_targets(
+                script.type,
+                fields.get("user_id") if fields.get("user_id") is not None else script.user_id,
+                fields.get("backend_id") if fields.get("backend_id") is not None else script.backend_id,
+            )
+            script.user_id, script.backend_id = uid, bid
+        await script.save()
+        await self.changed()
+        return script
+
+    async def delete_script(self, script_id: int | str) -> None:
+        script = await self.get_script(script_id)
+        await script.delete()
+        await self.changed()
+
+
+def parse_permissions(value: Any) -> tuple[bool, list[str]]:
+    """LLMsRouter's permission strings: "*" (default) for every backend, or "a,b" backend names."""
+    if value is None or (isinstance(value, str) and value.strip() in ("", "*")):
+        return True, []
+    if isinstance(value, list):
+        names = [str(v).strip() for v in value]
+    elif isinstance(value, str):
+        names = [part.strip() for part in value.split(",")]
+    else:
+        raise ServiceError("BAD_USER_INPUT", "permissions must be '*' or comma-separated backend names", "permissions")
+    if "*" in names:
+        return True, []
+    return False, [n for n in names if n]
+
+
+def _int_id(value: int | str | None, kind: str) -> int:
+    try:
+        return int(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise ServiceError("NOT_FOUND", f"{kind} {value!r} does not exist", "id") from None
+
+
+def _camel(attr: str) -> str:
+    head, *rest = attr.split("_")
+    return head + "".join(part.title() for part in rest)

@@ -1,0 +1,256 @@
+"""Usage accounting: request records, token-usage parsing, the batched log writer, the live event bus."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import random
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from router.models.analytics import RequestLog
+
+log = logging.getLogger("router.usage")
+
+
+# --- token usage (pure) -----------------------------------------------------------------------
+
+
+def usage_of(payload: Any) -> tuple[int, int, int] | None:
+    """(prompt, completion, total) tokens from a response or stream chunk with a `usage` object."""
+    if not isinstance(payload, dict):
+        return None
+    usage = payload.get("usage")
+    if not isinstance(usage, dict):
+        return None
+    prompt = _int(usage.get("prompt_tokens", usage.get("input_tokens")))
+    completion = _int(usage.get("completion_tokens", usage.get("output_tokens")))
+    total = _int(usage.get("total_tokens")) or prompt + completion
+    return prompt, completion, total
+
+
+def _int(value: Any) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
+def is_usage_only_chunk(payload: Any) -> bool:
+    """The extra final chunk that `stream_options.include_usage` adds: usage and no choices."""
+    return isinstance(payload, dict) and bool(payload.get("usage")) and not payload.get("choices")
+
+
+# --- records ----------------------------------------------------------------------------------
+
+_EPOCH_MS = 1_704_067_200_000  # 2024-01-01: ids stay below 2**63 for ~69 years
+_worker_bits = random.getrandbits(10)
+_sequence = itertools.count()
+
+
+def new_log_id(now: float | None = None) -> int:
+    """A time-ordered 63-bit id, unique across processes without asking the database.
+
+    milliseconds since 2024 << 22 | 10 random bits per process << 12 | a 12-bit counter.
+    Newest-first pagination by id is then also by time.
+    """
+    millis = int((now if now is not None else time.time()) * 1000) - _EPOCH_MS
+    return (millis << 22) | (_worker_bits << 12) | (next(_sequence) & 0xFFF)
+
+
+@dataclass(slots=True)
+class RequestRecord:
+    """One finished /v1 request, as it goes to the request log, metrics and traces."""
+
+    request_id: str
+    endpoint: str
+    started_at: float = field(default_factory=time.time)
+    user_id: int | None = None
+    user_name: str | None = None
+    backend_id: int | None = None
+    backend_name: str | None = None
+    model: str | None = None
+    status_code: int = 0
+    stream: bool = False
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    total_tokens: int = 0
+    latency_ms: float = 0.0
+    ttft_ms: float | None = None
+    attempts: int = 0
+    error: str | None = None
+    id: int = 0
+    created_at: datetime | None = None
+    # Not stored in the request log; for tracing only.
+    input: Any = field(default=None, repr=False)
+    output: Any = field(default=None, repr=False)
+
+    def set_usage(self, usage: tuple[int, int, int] | None) -> None:
+        if usage:
+            self.prompt_tokens, self.completion_tokens, self.total_tokens = usage
+
+    def finish(self, status_code: int, error: str | None = None) -> None:
+        self.status_code = status_code
+        if error and not self.error:
+            self.error = error
+        now = time.time()
+        self.latency_ms = (now - self.started_at) * 1000.0
+        self.id = new_log_id(now)
+        self.created_at = datetime.fromtimestamp(self.started_at, UTC)
+
+    def as_row(self) -> dict[str, Any]:
+        row = asdict(self)
+        for transient in ("started_at", "input", "output"):
+            row.pop(transient)
+        return row
+
+
+# --- the batched writer -----------------------------------------------------------------------
+
+
+class LogWriter:
+    """Collects records in memory and writes them in batches, off the request path.
+
+    `submit` never waits. If the database is away, rows wait (up to `max_buffer`; beyond that the
+    oldest are dropped with an error in the log) and are retried with backoff. `close` flushes all.
+    """
+
+    def __init__(
+        self,
+        batch_size: int = 500,
+        flush_interval_s: float = 0.2,
+        max_buffer: int = 100_000,
+        on_written: Callable[[list[RequestRecord]], None] | None = None,
+    ) -> None:
+        self.batch_size = batch_size
+        self.flush_interval_s = flush_interval_s
+        self.max_buffer = max_buffer
+        self.on_written = on_written
+        self._pending: deque[RequestRecord] = deque()
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task | None = None
+        self._closing = False
+        self.dropped = 0
+        self.written = 0
+
+    @property
+    def queue_depth(self) -> int:
+        return len(self._pending)
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="log-writer")
+
+    def submit(self, record: RequestRecord) -> None:
+        if len(self._pending) >= self.max_buffer:
+            self._pending.popleft()
+            self.dropped += 1
+            log.error("request log buffer full (%d rows): dropped the oldest row", self.max_buffer)
+        self._pending.append(record)
+        if len(self._pending) >= self.batch_size:
+            self._wake.set()
+
+    async def _run(self) -> None:
+        backoff = self.flush_interval_s
+        while True:
+            if not self._pending:
+                if self._closing:
+                    return
+                self._wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), self.flush_interval_s)
+                continue
+            if await self._write_batch():
+                backoff = self.flush_interval_s
+            else:
+                if self._closing and backoff > 5:
+                    return
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 10.0)
+
+    async def _write_batch(self) -> bool:
+        batch = [self._pending.popleft() for _ in range(min(self.batch_size, len(self._pending)))]
+        try:
+            await RequestLog.bulk_create([RequestLog(**record.as_row()) for record in batch])
+        except Exception as exc:
+            self._pending.extendleft(reversed(batch))
+            log.warning("writing %d request log rows failed (will retry): %s", len(batch), exc)
+            return False
+        self.written += len(batch)
+        if self.on_written:
+            try:
+                self.on_written(batch)
+            except Exception:
+                log.exception("request-log listener failed")
+        return True
+
+    async def flush(self) -> None:
+        """Write everything pending now (used by tests and on shutdown)."""
+        while self._pending:
+            if not await self._write_batch():
+                break
+
+    async def close(self, timeout_s: float = 30.0) -> None:
+        self._closing = True
+        self._wake.set()
+        if self._task:
+            try:
+                await asyncio.wait_for(self._task, timeout_s)
+            except TimeoutError:
+                self._task.cancel()
+        if self._pending:
+            log.error("%d request log rows could not be written before exit", len(self._pending))
+
+
+# --- the live event bus -----------------------------------------------------------------------
+
+
+class Subscription:
+    """One subscriber's bounded queue. When full, the oldest event is dropped (and counted)."""
+
+    def __init__(self, bus: EventBus, maxsize: int, predicate: Callable[[RequestRecord], bool]) -> None:
+        self._bus = bus
+        self.queue: asyncio.Queue[RequestRecord] = asyncio.Queue(maxsize)
+        self.predicate = predicate
+        self.dropped = 0
+
+    def offer(self, record: RequestRecord) -> None:
+        if not self.predicate(record):
+            return
+        if self.queue.full():
+            self.queue.get_nowait()
+            self.dropped += 1
+        self.queue.put_nowait(record)
+
+    async def get(self) -> RequestRecord:
+        return await self.queue.get()
+
+    def close(self) -> None:
+        self._bus.unsubscribe(self)
+
+
+class EventBus:
+    """In-process fan-out of logged requests to live subscribers."""
+
+    def __init__(self, queue_size: int = 1000) -> None:
+        self.queue_size = queue_size
+        self._subscribers: set[Subscription] = set()
+
+    def subscribe(self, predicate: Callable[[RequestRecord], bool] = lambda _: True) -> Subscription:
+        subscription = Subscription(self, self.queue_size, predicate)
+        self._subscribers.add(subscription)
+        return subscription
+
+    def unsubscribe(self, subscription: Subscription) -> None:
+        self._subscribers.discard(subscription)
+
+    def publish(self, records: list[RequestRecord]) -> None:
+        for subscription in tuple(self._subscribers):
+            for record in records:
+                subscription.offer(record)
+
+    @property
+    def subscriber_count(self) -> int:
+        return len(self._subscribers)

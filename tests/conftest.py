@@ -1,0 +1,262 @@
+"""Fixtures that start the real router (a subprocess) and real upstreams (aiohttp, in-thread).
+
+Environment:
+- TEST_POSTGRES_URL: a PostgreSQL server URL (e.g. postgres://postgres@127.0.0.1:5432/postgres);
+  tests that need it skip with a reason when it is unset or unreachable.
+- TEST_REDIS_URL: likewise for Redis.
+- TEST_DB=postgres: run every router of the suite on PostgreSQL (a fresh database each).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.upstream import UpstreamServer, free_port
+
+ADMIN_PASSWORD = "test-admin-password"
+
+
+# --- PostgreSQL / Redis -----------------------------------------------------------------------
+
+
+def postgres_url() -> str | None:
+    return os.environ.get("TEST_POSTGRES_URL")
+
+
+def redis_url() -> str | None:
+    return os.environ.get("TEST_REDIS_URL")
+
+
+def _pg_admin(url: str, sql: str) -> None:
+    import asyncpg
+
+    async def run() -> None:
+        conn = await asyncpg.connect(url, timeout=5)
+        try:
+            await conn.execute(sql)
+        finally:
+            await conn.close()
+
+    asyncio.run(run())
+
+
+def create_pg_database(url: str) -> str:
+    """A new empty database on the server of `url`; returns its URL."""
+    name = f"llmrouter_test_{uuid.uuid4().hex[:12]}"
+    _pg_admin(url, f'CREATE DATABASE "{name}"')
+    base = url.rsplit("/", 1)[0]
+    return f"{base}/{name}"
+
+
+def drop_pg_database(url: str, db_url: str) -> None:
+    name = db_url.rsplit("/", 1)[1]
+    with contextlib.suppress(Exception):
+        _pg_admin(url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def require_postgres() -> str:
+    url = postgres_url()
+    if not url:
+        pytest.skip("PostgreSQL test skipped: TEST_POSTGRES_URL is not set")
+    try:
+        _pg_admin(url, "SELECT 1")
+    except Exception as exc:
+        pytest.skip(f"PostgreSQL test skipped: {url} is not reachable ({exc.__class__.__name__})")
+    return url
+
+
+def require_redis() -> str:
+    url = redis_url()
+    if not url:
+        pytest.skip("Redis test skipped: TEST_REDIS_URL is not set")
+    import redis
+
+    try:
+        redis.Redis.from_url(url, socket_connect_timeout=2).ping()
+    except Exception as exc:
+        pytest.skip(f"Redis test skipped: {url} is not reachable ({exc.__class__.__name__})")
+    return url
+
+
+# --- the router as a subprocess ---------------------------------------------------------------
+
+
+class RouterProcess:
+    """`python -m router serve` on a free loopback port, with its own data directory."""
+
+    def __init__(self, data_dir: Path, env: dict[str, str] | None = None, config: Path | None = None) -> None:
+        self.data_dir = data_dir
+        self.port = free_port()
+        self.config = config
+        self.env = {
+            **os.environ,
+            "DATA_DIR": str(data_dir),
+            "ADMIN_PASSWORD": ADMIN_PASSWORD,
+            "LOG_LEVEL": "INFO",
+            "CATALOG_POLL_INTERVAL_S": "0.5",
+            "HEALTH_COOLDOWN_S": "30",
+            "PYTHONUNBUFFERED": "1",
+            **(env or {}),
+        }
+        self.proc: subprocess.Popen | None = None
+        self.log_path = data_dir / f"router-{self.port}.log"
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def v1(self) -> str:
+        return f"{self.url}/v1"
+
+    def start(self, timeout: float = 30.0, extra_args: list[str] | None = None) -> RouterProcess:
+        args = [sys.executable, "-m", "router", "serve", "--host", "127.0.0.1", "--port", str(self.port)]
+        if self.config:
+            args += ["--config", str(self.config)]
+        args += extra_args or []
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self._log = open(self.log_path, "ab")  # noqa: SIM115
+        self.proc = subprocess.Popen(args, env=self.env, stdout=self._log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"router exited with {self.proc.returncode}:\n{self.log()}")
+            try:
+                if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.05)
+        raise RuntimeError(f"router did not become ready:\n{self.log()}")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int:
+        if self.proc is None or self.proc.poll() is not None:
+            return self.proc.returncode if self.proc else 0
+        self.proc.send_signal(sig)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return self.proc.wait()
+        finally:
+            self._log.close()
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+        """Run `python -m router ...` against the same databases."""
+        result = subprocess.run(
+            [sys.executable, "-m", "router", *args], env=self.env, capture_output=True, text=True, timeout=60
+        )
+        if check and result.returncode != 0:
+            raise AssertionError(f"llm-router {' '.join(args)} failed: {result.stderr}")
+        return result
+
+    def add_user(self, name: str, permissions: str = "*") -> str:
+        """Create a user with the CLI and return its API key."""
+        out = self.cli("users", "add", name, "--permissions", permissions).stdout
+        key = out.strip().splitlines()[-1]
+        if self.proc is not None and self.proc.poll() is None:
+            self.wait_for_key(key)
+        return key
+
+    def wait_for_key(self, key: str, timeout: float = 10.0) -> None:
+        """Wait until the running router has picked up a key created by another process."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            response = httpx.get(f"{self.v1}/models", headers={"Authorization": f"Bearer {key}"}, timeout=5)
+            if response.status_code != 401:
+                return
+            time.sleep(0.05)
+        raise AssertionError("the router did not pick up the new key")
+
+    def graphql(self, query: str, variables: dict | None = None, token: str | None = ADMIN_PASSWORD) -> dict:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        response = httpx.post(
+            f"{self.url}/graphql", json={"query": query, "variables": variables or {}}, headers=headers, timeout=30
+        )
+        return response.json()
+
+    def gql_ok(self, query: str, variables: dict | None = None) -> dict:
+        result = self.graphql(query, variables)
+        assert not result.get("errors"), result["errors"]
+        return result["data"]
+
+
+def write_config(path: Path, servers: dict[str, dict]) -> Path:
+    import yaml
+
+    path.write_text(yaml.safe_dump({"servers": servers}))
+    return path
+
+
+@pytest.fixture
+def upstream_factory() -> Iterator:
+    servers: list[UpstreamServer] = []
+
+    def make(**kwargs) -> UpstreamServer:
+        server = UpstreamServer(**kwargs).start()
+        servers.append(server)
+        return server
+
+    yield make
+    for server in servers:
+        server.stop()
+
+
+@pytest.fixture
+def upstream(upstream_factory) -> UpstreamServer:
+    return upstream_factory(name="alpha", models=["test-model", "shared-model"])
+
+
+@pytest.fixture
+def router_factory(tmp_path: Path) -> Iterator:
+    routers: list[RouterProcess] = []
+    databases: list[str] = []
+    use_pg = os.environ.get("TEST_DB") == "postgres"
+
+    def make(
+        env: dict[str, str] | None = None, config: Path | None = None, start: bool = True, data_dir: Path | None = None
+    ) -> RouterProcess:
+        env = dict(env or {})
+        if use_pg and "CORE_DB_URL" not in env:
+            server = require_postgres()
+            core, analytics = create_pg_database(server), create_pg_database(server)
+            databases.extend([core, analytics])
+            env.update(CORE_DB_URL=core, ANALYTICS_DB_URL=analytics)
+        router = RouterProcess(data_dir or tmp_path / f"router{len(routers)}", env, config)
+        routers.append(router)
+        return router.start() if start else router
+
+    yield make
+    for router in routers:
+        router.stop()
+    for db in databases:
+        drop_pg_database(postgres_url(), db)
+
+
+@pytest.fixture
+def router_with_backend(router_factory, upstream, tmp_path):
+    """A router with one config.yaml backend ("alpha") and a user allowed everything."""
+    config = write_config(tmp_path / "config.yaml", {"alpha": {"url": upstream.base_url}})
+    router = router_factory(config=config)
+    router.api_key = router.add_user("alice")
+    return router
+
+
+def dump(obj) -> str:
+    return json.dumps(obj, indent=2, default=str)

@@ -1,0 +1,236 @@
+"""A real OpenAI-compatible upstream for tests: an aiohttp server on loopback, in its own thread.
+
+It answers /v1/models, /v1/chat/completions (plain and streamed), /v1/completions and
+/v1/embeddings, and echoes what it received (headers and body) so tests can see what the router
+forwarded. Behaviour is set per server (`fail_status`, `stream_delay_s`, ...).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass
+class Received:
+    method: str
+    path: str
+    headers: dict[str, str]
+    body: Any
+
+
+@dataclass
+class UpstreamServer:
+    name: str = "upstream"
+    models: list[str] = field(default_factory=lambda: ["test-model"])
+    fail_status: int | None = None
+    stream_chunks: int = 3
+    stream_delay_s: float = 0.0
+    required_key: str | None = None
+    received: list[Received] = field(default_factory=list)
+    streams_cancelled: int = 0
+    port: int = 0
+
+    def __post_init__(self) -> None:
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._runner: web.AppRunner | None = None
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+        self.stream_cancelled = threading.Event()
+
+    # --- lifecycle ---
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    def start(self) -> UpstreamServer:
+        ready = threading.Event()
+        self.port = self.port or free_port()
+
+        def run() -> None:
+            self._loop = asyncio.new_event_loop()
+            asyncio.set_event_loop(self._loop)
+            self._loop.run_until_complete(self._start_app())
+            ready.set()
+            self._loop.run_forever()
+
+        self._thread = threading.Thread(target=run, name=f"upstream-{self.name}", daemon=True)
+        self._thread.start()
+        if not ready.wait(10):
+            raise RuntimeError("upstream did not start")
+        return self
+
+    async def _start_app(self) -> None:
+        app = web.Application()
+        app.router.add_get("/v1/models", self._models)
+        app.router.add_post("/v1/chat/completions", self._chat)
+        app.router.add_post("/v1/completions", self._completions)
+        app.router.add_post("/v1/embeddings", self._embeddings)
+        self._runner = web.AppRunner(app, handle_signals=False)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
+
+    def stop(self) -> None:
+        if self._loop is None:
+            return
+        asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+        self._loop = None
+
+    def requests_to(self, path: str) -> list[Received]:
+        with self._lock:
+            return [r for r in self.received if r.path == path]
+
+    # --- handlers ---
+
+    async def _record(self, request: web.Request) -> Received:
+        raw = await request.read()
+        try:
+            body = json.loads(raw) if raw else None
+        except ValueError:
+            body = raw.decode(errors="replace")
+        received = Received(request.method, request.path, dict(request.headers), body)
+        with self._lock:
+            self.received.append(received)
+        return received
+
+    def _refusal(self, request: web.Request) -> web.Response | None:
+        if self.required_key and request.headers.get("Authorization") != f"Bearer {self.required_key}":
+            return web.json_response({"error": {"message": "bad upstream key", "type": "auth"}}, status=401)
+        if self.fail_status:
+            return web.json_response(
+                {"error": {"message": f"{self.name} failing", "type": "server_error"}}, status=self.fail_status
+            )
+        return None
+
+    async def _models(self, request: web.Request) -> web.Response:
+        await self._record(request)
+        refusal = self._refusal(request)
+        if refusal is not None:
+            return refusal
+        return web.json_response(
+            {"object": "list", "data": [{"id": m, "object": "model", "owned_by": self.name} for m in self.models]}
+        )
+
+    def _usage(self, body: dict) -> dict[str, int]:
+        prompt = len(json.dumps(body.get("messages") or body.get("prompt") or body.get("input")).split())
+        completion = self.stream_chunks
+        return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+
+    async def _chat(self, request: web.Request) -> web.StreamResponse:
+        received = await self._record(request)
+        refusal = self._refusal(request)
+        if refusal is not None:
+            return refusal
+        body = received.body
+        last = body["messages"][-1].get("content") if body.get("messages") else ""
+        if body.get("stream"):
+            return await self._stream(request, body, chat=True)
+        return web.json_response(
+            {
+                "id": "chatcmpl-test",
+                "object": "chat.completion",
+                "created": int(time.time()),
+                "model": body.get("model"),
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": {"role": "assistant", "content": f"{self.name} says: {last}"},
+                        "finish_reason": "stop",
+                    }
+                ],
+                "usage": self._usage(body),
+                "echo": {"headers": received.headers, "body": body, "server": self.name},
+            }
+        )
+
+    async def _completions(self, request: web.Request) -> web.StreamResponse:
+        received = await self._record(request)
+        refusal = self._refusal(request)
+        if refusal is not None:
+            return refusal
+        body = received.body
+        if body.get("stream"):
+            return await self._stream(request, body, chat=False)
+        return web.json_response(
+            {
+                "id": "cmpl-test",
+                "object": "text_completion",
+                "created": int(time.time()),
+                "model": body.get("model"),
+                "choices": [{"index": 0, "text": f"{self.name} completes", "finish_reason": "stop"}],
+                "usage": self._usage(body),
+                "echo": {"headers": received.headers, "body": body, "server": self.name},
+            }
+        )
+
+    async def _embeddings(self, request: web.Request) -> web.Response:
+        received = await self._record(request)
+        refusal = self._refusal(request)
+        if refusal is not None:
+            return refusal
+        body = received.body
+        inputs = body["input"] if isinstance(body["input"], list) else [body["input"]]
+        usage = self._usage(body)
+        return web.json_response(
+            {
+                "object": "list",
+                "model": body.get("model"),
+                "data": [{"object": "embedding", "index": i, "embedding": [0.1, 0.2, 0.3]} for i in range(len(inputs))],
+                "usage": {"prompt_tokens": usage["prompt_tokens"], "total_tokens": usage["prompt_tokens"]},
+            }
+        )
+
+    async def _stream(self, request: web.Request, body: dict, chat: bool) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "X-Upstream": self.name})
+        await response.prepare(request)
+        created = int(time.time())
+        try:
+            for i in range(self.stream_chunks):
+                if self.stream_delay_s:
+                    await asyncio.sleep(self.stream_delay_s)
+                if chat:
+                    choice = {"index": 0, "delta": {"content": f"tok{i} "}, "finish_reason": None}
+                    obj = "chat.completion.chunk"
+                else:
+                    choice = {"index": 0, "text": f"tok{i} ", "finish_reason": None}
+                    obj = "text_completion"
+                chunk = {
+                    "id": "chunk",
+                    "object": obj,
+                    "created": created,
+                    "model": body.get("model"),
+                    "choices": [choice],
+                }
+                await response.write(b"data: " + json.dumps(chunk).encode() + b"\n\n")
+            if (body.get("stream_options") or {}).get("include_usage"):
+                usage_chunk = {
+                    "id": "chunk",
+                    "object": "chat.completion.chunk",
+                    "created": created,
+                    "model": body.get("model"),
+                    "choices": [],
+                    "usage": self._usage(body),
+                }
+                await response.write(b"data: " + json.dumps(usage_chunk).encode() + b"\n\n")
+            await response.write(b"data: [DONE]\n\n")
+        except (asyncio.CancelledError, ConnectionResetError):
+            self.streams_cancelled += 1
+            self.stream_cancelled.set()
+            raise
+        return response
