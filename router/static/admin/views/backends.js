@@ -1,0 +1,194 @@
+// Backends: list with health, models and weight; create/edit (upstream key write-only); enable/disable; delete.
+
+import { gql } from "../graphql.js";
+import {
+  badge, busy, checkbox, clear, confirmDialog, emptyRow, errorBox, field, h, modal, splitList,
+  tableWrap, toast, toastError,
+} from "../ui.js";
+
+const BACKEND_FIELDS =
+  "id name baseUrl hasApiKey modelFilter modelOverride modelAppend models weight isActive healthy createdAt updatedAt";
+const MODELS_SHOWN = 4;
+const REFRESH_MS = 10000;
+
+export function healthBadge(backend) {
+  if (!backend.isActive) return badge("disabled", "off");
+  return backend.healthy ? badge("healthy", "ok") : badge("unhealthy", "bad");
+}
+
+export async function mount(el) {
+  let backends = [];
+  const status = h("div.status-area");
+  const tbody = h("tbody");
+  clear(el).append(
+    h("div.toolbar", h("p.muted", "Upstream OpenAI-compatible servers. Health and model lists refresh on their own."), h("span.spacer"), h("button.primary#new-backend", { type: "button", onclick: () => edit(null) }, "New backend")),
+    status,
+    tableWrap(
+      h(
+        "table.data.backends-table",
+        h("thead", h("tr", h("th", "Name"), h("th.hide-sm", "Base URL"), h("th", "Health"), h("th", "Models"), h("th", "Weight"), h("th.hide-sm", "Key"), h("th.actions-col", "Actions"))),
+        tbody,
+      ),
+    ),
+  );
+
+  async function load({ quiet = false } = {}) {
+    try {
+      const data = await gql(`query Backends { backends { ${BACKEND_FIELDS} } }`);
+      backends = data.backends;
+      clear(status);
+      draw();
+    } catch (err) {
+      if (!quiet || !backends.length) clear(status).append(errorBox(err, { retry: load }));
+    }
+  }
+
+  function modelsCell(backend) {
+    if (!backend.models.length) return h("span.muted", "none found");
+    const shown = backend.models.slice(0, MODELS_SHOWN).map((m) => h("span.chip", m));
+    const rest = backend.models.length - MODELS_SHOWN;
+    return h("div.chips", { title: backend.models.join("\n") }, shown, rest > 0 ? h("span.chip.more", `+${rest}`) : null);
+  }
+
+  function draw() {
+    clear(tbody);
+    if (!backends.length) {
+      tbody.append(emptyRow(7, "No backends yet: add the first upstream server."));
+      return;
+    }
+    for (const b of backends) {
+      tbody.append(
+        h(
+          "tr",
+          { dataset: { backendId: b.id, backendName: b.name } },
+          h("td.name", b.name),
+          h("td.hide-sm", h("code.url", b.baseUrl)),
+          h("td", healthBadge(b)),
+          h("td", modelsCell(b)),
+          h("td.num", String(b.weight)),
+          h("td.hide-sm", b.hasApiKey ? "set" : h("span.muted", "none")),
+          h(
+            "td.actions",
+            h("button.small", { type: "button", onclick: () => edit(b) }, "Edit"),
+            h("button.small", { type: "button", onclick: () => setActive(b, !b.isActive) }, b.isActive ? "Disable" : "Enable"),
+            h("button.small.danger", { type: "button", onclick: () => remove(b) }, "Delete"),
+          ),
+        ),
+      );
+    }
+  }
+
+  async function edit(backend) {
+    const creating = !backend;
+    const b = backend || { name: "", baseUrl: "", modelFilter: "", modelOverride: null, modelAppend: null, weight: 1, isActive: true, hasApiKey: false };
+    const name = h("input", { name: "name", required: true, value: b.name, autocomplete: "off", placeholder: "e.g. local" });
+    const baseUrl = h("input", { name: "baseUrl", type: "url", required: true, value: b.baseUrl, placeholder: "http://127.0.0.1:8000/v1", autocomplete: "off" });
+    const apiKey = h("input", {
+      name: "apiKey",
+      type: "password",
+      autocomplete: "new-password",
+      placeholder: b.hasApiKey ? "A key is stored: leave empty to keep it" : "None: leave empty if the server needs none",
+    });
+    const modelFilter = h("input", { name: "modelFilter", value: b.modelFilter || "", placeholder: "e.g. llama* instruct", autocomplete: "off" });
+    const modelOverride = h("textarea", { name: "modelOverride", rows: 2, placeholder: "One per line or comma-separated" });
+    modelOverride.value = (b.modelOverride || []).join("\n");
+    const modelAppend = h("textarea", { name: "modelAppend", rows: 2, placeholder: "One per line or comma-separated" });
+    modelAppend.value = (b.modelAppend || []).join("\n");
+    const weight = h("input", { name: "weight", type: "number", min: 0, step: 1, value: String(b.weight), required: true });
+    const active = checkbox("Enabled", b.isActive, { name: "isActive" });
+
+    const saved = await modal(creating ? "New backend" : `Edit ${b.name}`, (close) => {
+      const form = h(
+        "form.form",
+        {
+          onsubmit: async (event) => {
+            event.preventDefault();
+            const overrides = splitList(modelOverride.value);
+            const appended = splitList(modelAppend.value);
+            const input = {
+              name: name.value.trim(),
+              baseUrl: baseUrl.value.trim(),
+              modelFilter: modelFilter.value.trim() || null,
+              modelOverride: overrides.length ? overrides : null,
+              modelAppend: appended.length ? appended : null,
+              weight: Number.parseInt(weight.value, 10),
+              isActive: active.input.checked,
+            };
+            if (!creating) {
+              // Send only what changed, so that empty optional fields don't reset what was left alone.
+              for (const key of Object.keys(input)) {
+                if (JSON.stringify(input[key] ?? null) === JSON.stringify(b[key] ?? null)) delete input[key];
+              }
+              // An emptied list or filter is sent as an empty value, which clears it.
+              if ("modelOverride" in input && input.modelOverride === null) input.modelOverride = [];
+              if ("modelAppend" in input && input.modelAppend === null) input.modelAppend = [];
+              if ("modelFilter" in input && input.modelFilter === null) input.modelFilter = "";
+            }
+            if (apiKey.value) input.apiKey = apiKey.value; // write-only: never read back
+            try {
+              await busy(form, async () => {
+                const data = creating
+                  ? await gql(`mutation CreateBackend($input: CreateBackendInput!) { createBackend(input: $input) { ${BACKEND_FIELDS} } }`, { input })
+                  : await gql(`mutation UpdateBackend($id: ID!, $input: UpdateBackendInput!) { updateBackend(id: $id, input: $input) { ${BACKEND_FIELDS} } }`, { id: b.id, input });
+                close(creating ? data.createBackend : data.updateBackend);
+              });
+            } catch {
+              /* shown in the form */
+            }
+          },
+        },
+        field("Name", name, "Unique alias; also usable as [name]model in model names."),
+        field("Base URL", baseUrl, "The OpenAI-compatible root, usually ending in /v1."),
+        field("Upstream API key", apiKey, "Write-only: it is stored but never shown again."),
+        field("Model filter", modelFilter, "Space-separated terms every listed model must contain; * is a wildcard."),
+        field("Model override", modelOverride, "When set, exactly these models are served and /models is not asked."),
+        field("Extra models", modelAppend, "Appended after the (filtered) model list."),
+        field("Weight", weight, "Share of traffic relative to other backends serving the same model."),
+        active.el,
+        h("div.actions", h("button", { type: "button", onclick: () => close() }, "Cancel"), h("button.primary", { type: "submit" }, creating ? "Create backend" : "Save")),
+      );
+      return form;
+    }, { wide: true });
+    if (!saved) return;
+    if (creating) backends.push(saved);
+    else backends = backends.map((x) => (x.id === saved.id ? saved : x));
+    draw();
+    toast(`${creating ? "Created" : "Saved"} backend ${saved.name}.`, "ok");
+  }
+
+  async function setActive(b, isActive) {
+    try {
+      const data = await gql(
+        `mutation SetBackendActive($id: ID!, $input: UpdateBackendInput!) { updateBackend(id: $id, input: $input) { ${BACKEND_FIELDS} } }`,
+        { id: b.id, input: { isActive } },
+      );
+      backends = backends.map((x) => (x.id === b.id ? data.updateBackend : x));
+      draw();
+      toast(`${b.name} is now ${isActive ? "enabled" : "disabled"}.`, "ok");
+    } catch (err) {
+      toastError(err);
+    }
+  }
+
+  async function remove(b) {
+    const ok = await confirmDialog("Delete backend", `Delete ${b.name}? Its permissions and per-backend scripts go with it. This cannot be undone.`, {
+      confirmLabel: "Delete backend",
+      danger: true,
+    });
+    if (!ok) return;
+    try {
+      await gql("mutation DeleteBackend($id: ID!) { deleteBackend(id: $id) }", { id: b.id });
+      backends = backends.filter((x) => x.id !== b.id);
+      draw();
+      toast(`Deleted ${b.name}.`, "ok");
+    } catch (err) {
+      toastError(err);
+    }
+  }
+
+  await load();
+  const timer = setInterval(() => {
+    if (!document.querySelector(".backdrop")) load({ quiet: true });
+  }, REFRESH_MS);
+  return () => clearInterval(timer);
+}

@@ -1,0 +1,274 @@
+// Usage: requests, tokens and errors over the last hour / day / month, grouped by user, model or
+// backend (from `usage`), and the backends' current metrics (from `backendMetrics`).
+
+import { gql } from "../graphql.js";
+import { PALETTE, lineChart } from "../chart.js";
+import { healthBadge } from "./backends.js";
+import { clear, errorBox, fmtInt, fmtMs, fmtPct, fmtTime, h, tableWrap } from "../ui.js";
+
+const RANGES = {
+  hour: { label: "Last hour", ms: 3600e3, bucket: "MINUTE", step: 60e3 },
+  day: { label: "Last day", ms: 86400e3, bucket: "HOUR", step: 3600e3 },
+  month: { label: "Last month", ms: 30 * 86400e3, bucket: "DAY", step: 86400e3 },
+};
+const GROUPS = {
+  USER: { label: "User", key: (r) => r.userId ?? null, name: (r) => r.userName || (r.userId ? `#${r.userId}` : "(no user)") },
+  MODEL: { label: "Model", key: (r) => r.model ?? null, name: (r) => r.model || "(no model)" },
+  BACKEND: { label: "Backend", key: (r) => r.backendId ?? null, name: (r) => r.backendName || (r.backendId ? `#${r.backendId}` : "(no backend)") },
+};
+const METRICS = [
+  { key: "requests", title: "Requests", get: (r) => r.requests },
+  { key: "tokens", title: "Tokens", get: (r) => r.totalTokens },
+  { key: "errors", title: "Errors", get: (r) => r.errors },
+];
+const MAX_SERIES = 8;
+const REFRESH_MS = 15000;
+
+const USAGE_QUERY = `query Usage($filter: UsageFilter, $groupBy: [UsageGroupBy!], $bucket: TimeBucket, $since: DateTime) {
+  usage(filter: $filter, groupBy: $groupBy, bucket: $bucket) {
+    bucketStart userId userName backendId backendName model requests errors promptTokens completionTokens totalTokens avgLatencyMs
+  }
+  backendMetrics(since: $since) {
+    backend { id name isActive healthy }
+    inFlight requests errors p50LatencyMs p95LatencyMs
+  }
+}`;
+
+function segmented(name, options, value, onChange) {
+  const el = h("div.segmented", { role: "radiogroup", "aria-label": name });
+  for (const [v, label] of options) {
+    el.append(
+      h(`button${v === value ? ".on" : ""}`, {
+        type: "button",
+        role: "radio",
+        "aria-checked": String(v === value),
+        dataset: { value: v },
+        onclick: (event) => {
+          el.querySelectorAll("button").forEach((b) => {
+            b.classList.toggle("on", b === event.currentTarget);
+            b.setAttribute("aria-checked", String(b === event.currentTarget));
+          });
+          onChange(v);
+        },
+      }, label),
+    );
+  }
+  return el;
+}
+
+function floorTo(ms, step) {
+  return Math.floor(ms / step) * step;
+}
+
+export async function mount(el) {
+  let range = "hour";
+  let groupBy = "USER";
+  let charts = [];
+  let timer = null;
+
+  const status = h("div.status-area");
+  const updated = h("span.muted.updated");
+  const summary = h("div.cards");
+  const legend = h("div.legend");
+  const chartsHost = h("div.charts");
+  const totalsHost = h("div.totals");
+  const metricsBody = h("tbody#backend-metrics");
+
+  clear(el).append(
+    h(
+      "div.toolbar",
+      segmented("Time range", Object.entries(RANGES).map(([k, r]) => [k, r.label]), range, (v) => { range = v; refresh(); }),
+      segmented("Group by", Object.entries(GROUPS).map(([k, g]) => [k, `By ${g.label.toLowerCase()}`]), groupBy, (v) => { groupBy = v; refresh(); }),
+      h("span.spacer"),
+      updated,
+      h("button#refresh-usage", { type: "button", onclick: () => refresh() }, "Refresh"),
+    ),
+    status,
+    summary,
+    legend,
+    chartsHost,
+    h("section", h("h2", "Totals"), totalsHost),
+    h(
+      "section",
+      h("h2", "Backends"),
+      tableWrap(
+        h(
+          "table.data.metrics-table",
+          h("thead", h("tr", h("th", "Backend"), h("th", "Health"), h("th.num", "In flight"), h("th.num", "Requests"), h("th.num", "Errors"), h("th.num", "Error rate"), h("th.num", "p50"), h("th.num", "p95"))),
+          metricsBody,
+        ),
+      ),
+    ),
+  );
+
+  function formatTime(ms, long) {
+    const d = new Date(ms);
+    if (range === "hour") return d.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
+    if (range === "day") return long ? d.toLocaleString([], { weekday: "short", hour: "2-digit", minute: "2-digit" }) : d.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
+    return d.toLocaleDateString([], { month: "short", day: "numeric" });
+  }
+
+  function build(rows) {
+    const r = RANGES[range];
+    const g = GROUPS[groupBy];
+    const now = Date.now();
+    const first = floorTo(now - r.ms, r.step) + r.step;
+    const times = [];
+    for (let t = first; t <= now; t += r.step) times.push(t);
+    const index = new Map(times.map((t, i) => [t, i]));
+    const groups = new Map(); // key -> {name, values per metric, totals}
+    for (const row of rows) {
+      const key = String(g.key(row));
+      if (!groups.has(key)) {
+        groups.set(key, { name: g.name(row), values: METRICS.map(() => new Array(times.length).fill(0)), totals: { requests: 0, errors: 0, totalTokens: 0, promptTokens: 0, completionTokens: 0, latencySum: 0, latencyN: 0 } });
+      }
+      const grp = groups.get(key);
+      const t = row.bucketStart ? floorTo(Date.parse(row.bucketStart), r.step) : null;
+      const i = index.has(t) ? index.get(t) : t !== null && t < first ? -1 : times.length - 1;
+      if (i >= 0) METRICS.forEach((metric, k) => (grp.values[k][i] += metric.get(row)));
+      grp.totals.requests += row.requests;
+      grp.totals.errors += row.errors;
+      grp.totals.totalTokens += row.totalTokens;
+      grp.totals.promptTokens += row.promptTokens;
+      grp.totals.completionTokens += row.completionTokens;
+      if (row.avgLatencyMs !== null && row.avgLatencyMs !== undefined) {
+        grp.totals.latencySum += row.avgLatencyMs * row.requests;
+        grp.totals.latencyN += row.requests;
+      }
+    }
+    let list = [...groups.values()].sort((a, b) => b.totals.requests - a.totals.requests || b.totals.totalTokens - a.totals.totalTokens);
+    if (list.length > MAX_SERIES) {
+      const rest = list.slice(MAX_SERIES - 1);
+      const other = { name: `${rest.length} others`, values: METRICS.map((_, k) => times.map((_, i) => rest.reduce((a, x) => a + x.values[k][i], 0))), totals: {} };
+      for (const key of Object.keys(rest[0].totals)) other.totals[key] = rest.reduce((a, x) => a + x.totals[key], 0);
+      list = [...list.slice(0, MAX_SERIES - 1), other];
+    }
+    list.forEach((grp, i) => (grp.color = PALETTE[i % PALETTE.length]));
+    return { times, list };
+  }
+
+  function drawSummary(list) {
+    const t = list.reduce(
+      (a, g) => ({
+        requests: a.requests + g.totals.requests,
+        errors: a.errors + g.totals.errors,
+        tokens: a.tokens + g.totals.totalTokens,
+        latencySum: a.latencySum + g.totals.latencySum,
+        latencyN: a.latencyN + g.totals.latencyN,
+      }),
+      { requests: 0, errors: 0, tokens: 0, latencySum: 0, latencyN: 0 },
+    );
+    const card = (label, value, cls) => h(`div.card${cls ? `.${cls}` : ""}`, h("div.card-value", value), h("div.card-label", label));
+    clear(summary).append(
+      card("Requests", fmtInt(t.requests)),
+      card("Tokens", fmtInt(t.tokens)),
+      card("Errors", fmtInt(t.errors), t.errors ? "bad" : null),
+      card("Error rate", t.requests ? fmtPct(t.errors / t.requests) : "–"),
+      card("Avg latency", t.latencyN ? fmtMs(t.latencySum / t.latencyN) : "–"),
+    );
+  }
+
+  function drawCharts({ times, list }) {
+    clear(legend).append(
+      list.length
+        ? list.map((g) => h("span.legend-item", h("i", { style: { background: g.color } }), g.name))
+        : h("span.muted", `No requests in the ${RANGES[range].label.toLowerCase()}.`),
+    );
+    const datasets = METRICS.map((metric, k) => ({
+      title: metric.title,
+      times,
+      formatTime,
+      series: list.map((g) => ({ name: g.name, color: g.color, values: g.values[k] })),
+    }));
+    if (charts.length !== datasets.length) {
+      charts.forEach((c) => c.destroy());
+      clear(chartsHost);
+      charts = datasets.map((d) => {
+        const panel = h("figure.chart-panel", { dataset: { metric: d.title.toLowerCase() } }, h("figcaption", d.title));
+        chartsHost.append(panel);
+        return lineChart(panel, d);
+      });
+    } else {
+      charts.forEach((c, i) => c.update(datasets[i]));
+    }
+  }
+
+  function drawTotals(list) {
+    const max = Math.max(1, ...list.map((g) => g.totals.requests));
+    clear(totalsHost).append(
+      list.length
+        ? tableWrap(
+          h(
+            "table.data.totals-table",
+            h("thead", h("tr", h("th", GROUPS[groupBy].label), h("th", "Requests"), h("th.num", "Prompt tokens"), h("th.num", "Completion tokens"), h("th.num", "Errors"), h("th.num", "Avg latency"))),
+            h(
+              "tbody",
+              list.map((g) =>
+                h(
+                  "tr",
+                  h("td", h("span.legend-item", h("i", { style: { background: g.color } }), g.name)),
+                  h("td.bar-cell", h("div.bar", h("div.bar-fill", { style: { width: `${(100 * g.totals.requests) / max}%`, background: g.color } }), h("span", fmtInt(g.totals.requests)))),
+                  h("td.num", fmtInt(g.totals.promptTokens)),
+                  h("td.num", fmtInt(g.totals.completionTokens)),
+                  h("td.num", fmtInt(g.totals.errors)),
+                  h("td.num", g.totals.latencyN ? fmtMs(g.totals.latencySum / g.totals.latencyN) : "–"),
+                ),
+              ),
+            ),
+          ),
+        )
+        : h("p.muted", "Nothing yet."),
+    );
+  }
+
+  function drawMetrics(metrics) {
+    clear(metricsBody);
+    if (!metrics.length) metricsBody.append(h("tr.empty", h("td", { colSpan: 8 }, "No backends.")));
+    for (const m of metrics) {
+      metricsBody.append(
+        h(
+          "tr",
+          { dataset: { backendId: m.backend.id } },
+          h("td", m.backend.name),
+          h("td", healthBadge(m.backend)),
+          h("td.num", fmtInt(m.inFlight)),
+          h("td.num", fmtInt(m.requests)),
+          h("td.num", fmtInt(m.errors)),
+          h("td.num", m.requests ? fmtPct(m.errors / m.requests) : "–"),
+          h("td.num", fmtMs(m.p50LatencyMs)),
+          h("td.num", fmtMs(m.p95LatencyMs)),
+        ),
+      );
+    }
+  }
+
+  let seq = 0;
+  async function refresh() {
+    const mine = ++seq;
+    const r = RANGES[range];
+    const since = new Date(floorTo(Date.now() - r.ms, r.step) + r.step).toISOString();
+    try {
+      const data = await gql(USAGE_QUERY, { filter: { since }, groupBy: [groupBy], bucket: r.bucket, since });
+      if (mine !== seq) return;
+      const built = build(data.usage);
+      drawSummary(built.list);
+      drawCharts(built);
+      drawTotals(built.list);
+      drawMetrics(data.backendMetrics);
+      clear(status);
+      updated.textContent = `Updated ${fmtTime(new Date())}`;
+    } catch (err) {
+      if (mine === seq) clear(status).append(errorBox(err, { retry: refresh }));
+    }
+    if (mine !== seq) return;
+    clearTimeout(timer);
+    timer = setTimeout(refresh, REFRESH_MS);
+  }
+
+  await refresh();
+  return () => {
+    seq += 1;
+    clearTimeout(timer);
+    charts.forEach((c) => c.destroy());
+  };
+}

@@ -1,0 +1,200 @@
+// Users: list, search, create (key shown once), edit, activate/deactivate, regenerate key, delete.
+
+import { gql } from "../graphql.js";
+import {
+  badge, busy, checkbox, clear, confirmDialog, emptyRow, errorBox, field, fmtDate, h, modal,
+  showSecretOnce, tableWrap, toast, toastError,
+} from "../ui.js";
+
+const USER_FIELDS = "id name email isActive allBackends apiKeyPrefix createdAt updatedAt permissions { id backend { id name } }";
+
+export async function mount(el) {
+  let users = [];
+  let query = "";
+
+  const search = h("input.search", {
+    type: "search",
+    placeholder: "Search by name, e-mail or key prefix",
+    "aria-label": "Search users",
+    oninput: () => {
+      query = search.value.trim().toLowerCase();
+      draw();
+    },
+  });
+  const status = h("div.status-area");
+  const tbody = h("tbody");
+  const table = h(
+    "table.data.users-table",
+    h("thead", h("tr", h("th", "Name"), h("th", "E-mail"), h("th", "Key"), h("th", "Status"), h("th", "Backends"), h("th.hide-sm", "Created"), h("th.actions-col", "Actions"))),
+    tbody,
+  );
+  clear(el).append(
+    h("div.toolbar", search, h("span.spacer"), h("button.primary#new-user", { type: "button", onclick: () => editUser(null) }, "New user")),
+    status,
+    tableWrap(table),
+  );
+
+  async function load() {
+    try {
+      const data = await gql(`query Users { users { ${USER_FIELDS} } }`);
+      users = data.users;
+      clear(status);
+      draw();
+    } catch (err) {
+      clear(status).append(errorBox(err, { retry: load }));
+    }
+  }
+
+  function matches(user) {
+    if (!query) return true;
+    return [user.name, user.email, user.apiKeyPrefix].some((v) => v && v.toLowerCase().includes(query));
+  }
+
+  function draw() {
+    clear(tbody);
+    const shown = users.filter(matches);
+    if (!shown.length) {
+      tbody.append(emptyRow(7, users.length ? "No user matches the search." : "No users yet: create the first one."));
+      return;
+    }
+    for (const user of shown) {
+      const backends = user.allBackends
+        ? badge("all backends", "info")
+        : user.permissions.length
+          ? user.permissions.map((p) => p.backend.name).join(", ")
+          : h("span.muted", "none");
+      tbody.append(
+        h(
+          "tr",
+          { dataset: { userId: user.id, userName: user.name } },
+          h("td.name", user.name),
+          h("td", user.email || h("span.muted", "–")),
+          h("td", h("code", `${user.apiKeyPrefix}…`)),
+          h("td", user.isActive ? badge("active", "ok") : badge("inactive", "off")),
+          h("td.backends", backends),
+          h("td.hide-sm", fmtDate(user.createdAt)),
+          h(
+            "td.actions",
+            h("button.small", { type: "button", onclick: () => editUser(user) }, "Edit"),
+            h("button.small", { type: "button", onclick: () => setActive(user, !user.isActive) }, user.isActive ? "Deactivate" : "Activate"),
+            h("button.small", { type: "button", onclick: () => regenerate(user) }, "New key"),
+            h("button.small.danger", { type: "button", onclick: () => remove(user) }, "Delete"),
+          ),
+        ),
+      );
+    }
+  }
+
+  async function editUser(user) {
+    const creating = !user;
+    const name = h("input", { name: "name", required: true, value: user ? user.name : "", autocomplete: "off" });
+    const email = h("input", { name: "email", type: "email", value: (user && user.email) || "", autocomplete: "off" });
+    const all = checkbox("May use every backend (all backends)", user ? user.allBackends : false, { name: "allBackends" });
+    const active = checkbox("Active", user ? user.isActive : true, { name: "isActive" });
+    const result = await modal(creating ? "New user" : `Edit ${user.name}`, (close) => {
+      const form = h(
+        "form.form",
+        {
+          onsubmit: async (event) => {
+            event.preventDefault();
+            const input = {
+              name: name.value.trim(),
+              email: email.value.trim() || null,
+              allBackends: all.input.checked,
+              isActive: active.input.checked,
+            };
+            try {
+              await busy(form, async () => {
+                if (creating) {
+                  const data = await gql(
+                    `mutation CreateUser($input: CreateUserInput!) { createUser(input: $input) { apiKey user { ${USER_FIELDS} } } }`,
+                    { input },
+                  );
+                  close(data.createUser);
+                } else {
+                  const data = await gql(
+                    `mutation UpdateUser($id: ID!, $input: UpdateUserInput!) { updateUser(id: $id, input: $input) { ${USER_FIELDS} } }`,
+                    { id: user.id, input },
+                  );
+                  close({ user: data.updateUser });
+                }
+              });
+            } catch {
+              /* shown in the form */
+            }
+          },
+        },
+        field("Name", name),
+        field("E-mail (optional)", email),
+        all.el,
+        active.el,
+        h("div.actions", h("button", { type: "button", onclick: () => close() }, "Cancel"), h("button.primary", { type: "submit" }, creating ? "Create user" : "Save")),
+      );
+      return form;
+    });
+    if (!result) return;
+    if (creating) {
+      users.push(result.user);
+      draw();
+      await showSecretOnce("User created", `API key for ${result.user.name}`, result.apiKey, `${result.user.name} can now call /v1 with this key.`);
+    } else {
+      users = users.map((u) => (u.id === result.user.id ? result.user : u));
+      draw();
+      toast(`Saved ${result.user.name}.`, "ok");
+    }
+  }
+
+  async function setActive(user, isActive) {
+    try {
+      const data = await gql(
+        `mutation SetActive($id: ID!, $input: UpdateUserInput!) { updateUser(id: $id, input: $input) { ${USER_FIELDS} } }`,
+        { id: user.id, input: { isActive } },
+      );
+      users = users.map((u) => (u.id === user.id ? data.updateUser : u));
+      draw();
+      toast(`${user.name} is now ${isActive ? "active" : "inactive"}.`, "ok");
+    } catch (err) {
+      toastError(err);
+    }
+  }
+
+  async function regenerate(user) {
+    const ok = await confirmDialog(
+      "Regenerate API key",
+      `Issue a new API key for ${user.name}? The current key stops working at once.`,
+      { confirmLabel: "Regenerate key", danger: true },
+    );
+    if (!ok) return;
+    try {
+      const data = await gql(
+        `mutation Regenerate($id: ID!) { regenerateApiKey(id: $id) { apiKey user { ${USER_FIELDS} } } }`,
+        { id: user.id },
+      );
+      users = users.map((u) => (u.id === user.id ? data.regenerateApiKey.user : u));
+      draw();
+      await showSecretOnce("New API key", `New API key for ${user.name}`, data.regenerateApiKey.apiKey, "The old key no longer works.");
+    } catch (err) {
+      toastError(err);
+    }
+  }
+
+  async function remove(user) {
+    const ok = await confirmDialog(
+      "Delete user",
+      `Delete ${user.name}? Their API key stops working and their permissions and scripts are removed. This cannot be undone.`,
+      { confirmLabel: "Delete user", danger: true },
+    );
+    if (!ok) return;
+    try {
+      await gql("mutation DeleteUser($id: ID!) { deleteUser(id: $id) }", { id: user.id });
+      users = users.filter((u) => u.id !== user.id);
+      draw();
+      toast(`Deleted ${user.name}.`, "ok");
+    } catch (err) {
+      toastError(err);
+    }
+  }
+
+  await load();
+  return null;
+}
