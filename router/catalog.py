@@ -9,8 +9,9 @@ the `catalog_revision` row (or a Redis broadcast when configured).
 from __future__ import annotations
 
 import asyncio
-import fnmatch
+import functools
 import logging
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -25,19 +26,18 @@ log = logging.getLogger("router.catalog")
 def model_matches_filter(model: str, model_filter: str | None) -> bool:
     """LLMsRouter's filter: every space-separated term must match; `*` is a wildcard.
 
-    A term without `*` matches when it is contained in the model id; with `*` it must match the
-    whole id as a glob. Case-insensitive.
+    A term matches when it occurs anywhere in the model id, `*` standing for any characters
+    (`llama*70b` matches `meta/llama-3-70b-instruct`). Case-insensitive.
     """
     if not model_filter or not model_filter.strip():
         return True
     name = model.lower()
-    for term in model_filter.lower().split():
-        if "*" in term:
-            if not fnmatch.fnmatchcase(name, term):
-                return False
-        elif term not in name:
-            return False
-    return True
+    return all(_term_pattern(term).search(name) for term in model_filter.lower().split())
+
+
+@functools.lru_cache(maxsize=1024)
+def _term_pattern(term: str) -> re.Pattern[str]:
+    return re.compile(".*".join(re.escape(part) for part in term.split("*")))
 
 
 def resolve_models(

@@ -14,6 +14,7 @@ import contextlib
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -153,6 +154,41 @@ class RouterProcess:
             return self.proc.wait()
         finally:
             self._log.close()
+
+    def request_logs(self) -> list[dict]:
+        """Every request-log row, oldest first, read straight from the analytics database."""
+        url = self.env.get("ANALYTICS_DB_URL")
+        if url and url.startswith("postgres"):
+            import asyncpg
+
+            async def fetch() -> list[dict]:
+                conn = await asyncpg.connect(url)
+                try:
+                    return [dict(r) for r in await conn.fetch("SELECT * FROM request_logs ORDER BY id")]
+                finally:
+                    await conn.close()
+
+            return asyncio.run(fetch())
+        path = self.data_dir / "analytics.db"
+        if not path.exists():
+            return []
+        conn = sqlite3.connect(path, timeout=10)
+        conn.row_factory = sqlite3.Row
+        try:
+            return [dict(r) for r in conn.execute("SELECT * FROM request_logs ORDER BY id")]
+        except sqlite3.OperationalError:
+            return []
+        finally:
+            conn.close()
+
+    def wait_for_logs(self, count: int, timeout: float = 10.0) -> list[dict]:
+        """Poll until at least `count` rows are logged (the writer batches every ~0.2 s)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            rows = self.request_logs()
+            if len(rows) >= count or time.monotonic() > deadline:
+                return rows
+            time.sleep(0.05)
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""

@@ -1,0 +1,372 @@
+"""The real router (subprocess) in front of real local upstreams, driven by the openai SDK and httpx."""
+
+from __future__ import annotations
+
+import json
+import signal
+import threading
+import time
+from collections import Counter
+
+import httpx
+import openai
+import pytest
+
+from tests.conftest import require_postgres, write_config
+
+MESSAGES = [{"role": "user", "content": "hello there"}]
+
+
+def client_for(router, key: str | None = None) -> openai.OpenAI:
+    return openai.OpenAI(base_url=router.v1, api_key=key or router.api_key, max_retries=0)
+
+
+def post(router, path: str, body, key: str | None = None, **kwargs) -> httpx.Response:
+    headers = {"Authorization": f"Bearer {key or router.api_key}", **kwargs.pop("headers", {})}
+    if isinstance(body, (bytes, str)):
+        return httpx.post(f"{router.v1}{path}", content=body, headers=headers, timeout=30, **kwargs)
+    return httpx.post(f"{router.v1}{path}", json=body, headers=headers, timeout=30, **kwargs)
+
+
+def assert_openai_error(response: httpx.Response, status: int) -> dict:
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert set(error) >= {"message", "type", "code"} and error["message"]
+    return error
+
+
+# --- the SDK works unchanged --------------------------------------------------------------------
+
+
+def test_openai_sdk_models_chat_stream_completions_embeddings(router_with_backend, upstream):
+    client = client_for(router_with_backend)
+
+    assert {m.id for m in client.models.list()} == {"test-model", "shared-model"}
+    assert all(m.owned_by == "alpha" for m in client.models.list())
+
+    chat = client.chat.completions.create(model="test-model", messages=MESSAGES)
+    assert chat.choices[0].message.content == "alpha says: hello there"
+    assert chat.usage.total_tokens > 0
+
+    chunks = list(client.chat.completions.create(model="test-model", messages=MESSAGES, stream=True))
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "tok0 tok1 tok2 "
+    # The router asked the upstream for usage, but this client did not: no usage-only chunk reaches it.
+    assert all(c.usage is None for c in chunks)
+    assert upstream.requests_to("/v1/chat/completions")[-1].body["stream_options"] == {"include_usage": True}
+
+    completion = client.completions.create(model="test-model", prompt="once upon")
+    assert completion.choices[0].text == "alpha completes"
+
+    embedding = client.embeddings.create(model="test-model", input=["a", "b"])
+    assert len(embedding.data) == 2 and embedding.data[0].embedding == [0.1, 0.2, 0.3]
+
+    rows = router_with_backend.wait_for_logs(4)
+    by_endpoint = Counter(r["endpoint"] for r in rows)
+    assert by_endpoint == {"/v1/chat/completions": 2, "/v1/completions": 1, "/v1/embeddings": 1}
+    stream_row = next(r for r in rows if r["stream"])
+    assert stream_row["completion_tokens"] == 3 and stream_row["prompt_tokens"] > 0
+    assert stream_row["ttft_ms"] is not None and stream_row["user_name"] == "alice"
+    assert all(r["backend_name"] == "alpha" and r["status_code"] == 200 for r in rows)
+
+
+def test_stream_with_client_requested_usage_keeps_the_usage_chunk(router_with_backend):
+    client = client_for(router_with_backend)
+    chunks = list(
+        client.chat.completions.create(
+            model="test-model", messages=MESSAGES, stream=True, stream_options={"include_usage": True}
+        )
+    )
+    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 3
+
+
+def test_upstream_receives_request_id_and_its_key_not_the_users(router_factory, upstream_factory, tmp_path):
+    secured = upstream_factory(name="secured", models=["m"], required_key="upstream-secret")
+    config = write_config(tmp_path / "c.yaml", {"secured": {"url": secured.base_url, "api_key": "${UP_KEY}"}})
+    router = router_factory(config=config, env={"UP_KEY": "upstream-secret"})
+    key = router.add_user("bob")
+    response = post(router, "/chat/completions", {"model": "m", "messages": MESSAGES}, key,
+                    headers={"X-Request-ID": "req-123"})
+    assert response.status_code == 200, response.text
+    assert response.headers["x-request-id"] == "req-123"
+    echoed = response.json()["echo"]["headers"]
+    assert echoed["Authorization"] == "Bearer upstream-secret"
+    assert echoed["X-Request-ID"] == "req-123"
+    assert key not in json.dumps(echoed)
+    assert "upstream-secret" not in router.log()
+
+
+# --- errors -------------------------------------------------------------------------------------
+
+
+def test_auth_failures(router_with_backend):
+    router = router_with_backend
+    body = {"model": "test-model", "messages": MESSAGES}
+    assert_openai_error(httpx.post(f"{router.v1}/chat/completions", json=body), 401)
+    assert_openai_error(post(router, "/chat/completions", body, key="sk-not-a-key"), 401)
+    assert_openai_error(httpx.get(f"{router.v1}/models"), 401)
+    router.cli("users", "modify", "alice", "--deactivate")
+    deadline = time.monotonic() + 10
+    while post(router, "/chat/completions", body).status_code != 401 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    error = assert_openai_error(post(router, "/chat/completions", body), 401)
+    assert "deactivated" in error["message"]
+
+
+def test_bad_requests(router_with_backend):
+    router = router_with_backend
+    assert assert_openai_error(post(router, "/chat/completions", b"{not json"), 400)["code"] == "invalid_json"
+    assert assert_openai_error(post(router, "/chat/completions", b"[1,2]"), 400)["code"] == "invalid_json"
+    error = assert_openai_error(post(router, "/chat/completions", {"messages": MESSAGES}), 400)
+    assert "'model'" in error["message"]
+    error = assert_openai_error(post(router, "/chat/completions", {"model": "test-model"}), 400)
+    assert "'messages'" in error["message"]
+    error = assert_openai_error(post(router, "/embeddings", {"model": "test-model"}), 400)
+    assert "'input'" in error["message"]
+    assert_openai_error(post(router, "/chat/completions", {"model": "nope", "messages": MESSAGES}), 404)
+    assert_openai_error(httpx.get(f"{router.v1}/nothing-here"), 404)
+
+
+def test_oversized_body_is_refused(router_factory, upstream, tmp_path):
+    config = write_config(tmp_path / "c.yaml", {"alpha": {"url": upstream.base_url}})
+    router = router_factory(config=config, env={"MAX_REQUEST_BODY_MB": "0.01"})
+    key = router.add_user("carol")
+    big = {"model": "test-model", "messages": [{"role": "user", "content": "x" * 20_000}]}
+    assert assert_openai_error(post(router, "/chat/completions", big, key), 413)["code"] == "request_too_large"
+    # A streamed body without Content-Length is cut off too.
+    chunked = httpx.post(f"{router.v1}/chat/completions", content=iter([json.dumps(big).encode()]),
+                         headers={"Authorization": f"Bearer {key}"}, timeout=30)
+    assert_openai_error(chunked, 413)
+    assert not upstream.requests_to("/v1/chat/completions")
+
+
+def test_permissions_limit_models_and_backends(router_factory, upstream_factory, tmp_path):
+    alpha = upstream_factory(name="alpha", models=["a-model", "shared"])
+    beta = upstream_factory(name="beta", models=["b-model", "shared"])
+    config = write_config(tmp_path / "c.yaml", {"alpha": {"url": alpha.base_url}, "beta": {"url": beta.base_url}})
+    router = router_factory(config=config)
+    key = router.add_user("dave", permissions="alpha")
+
+    assert {m.id for m in client_for(router, key).models.list()} == {"a-model", "shared"}
+    error = assert_openai_error(post(router, "/chat/completions", {"model": "b-model", "messages": MESSAGES}, key), 403)
+    assert error["type"] == "permission_error"
+    error = assert_openai_error(
+        post(router, "/chat/completions", {"model": "[beta]b-model", "messages": MESSAGES}, key), 403
+    )
+    for _ in range(4):  # "shared" is on both, but dave may only use alpha
+        assert post(router, "/chat/completions", {"model": "shared", "messages": MESSAGES}, key).json()["echo"][
+            "server"
+        ] == "alpha"
+
+
+def test_model_filter_override_and_append(router_factory, upstream_factory, tmp_path):
+    up = upstream_factory(name="up", models=["llama-3-8b", "llama-3-70b", "qwen-7b"])
+    config = write_config(
+        tmp_path / "c.yaml",
+        {
+            "filtered": {"url": up.base_url, "filter": "llama 70*", "append": ["extra-model"]},
+            "fixed": {"url": up.base_url, "override": ["only-this"]},
+        },
+    )
+    router = router_factory(config=config)
+    key = router.add_user("erin")
+    models = {m.id: m.owned_by for m in client_for(router, key).models.list()}
+    assert models == {"llama-3-70b": "filtered", "extra-model": "filtered", "only-this": "fixed"}
+    upstream_listing = [r for r in up.requests_to("/v1/models")]
+    assert len(upstream_listing) >= 1  # asked for "filtered"; never for "fixed" (override)
+    response = post(router, "/chat/completions", {"model": "only-this", "messages": MESSAGES}, key)
+    assert response.status_code == 200 and response.json()["model"] == "only-this"
+
+
+def test_auto_mode_routes_to_the_named_backend_and_strips_the_prefix(router_factory, upstream_factory, tmp_path):
+    alpha = upstream_factory(name="alpha", models=["shared"])
+    beta = upstream_factory(name="beta", models=["shared"])
+    config = write_config(tmp_path / "c.yaml", {"alpha": {"url": alpha.base_url}, "beta": {"url": beta.base_url}})
+    router = router_factory(config=config)
+    key = router.add_user("frank")
+    for _ in range(3):
+        response = post(router, "/chat/completions", {"model": "[beta]shared", "messages": MESSAGES}, key)
+        assert response.json()["echo"]["server"] == "beta"
+        assert response.json()["echo"]["body"]["model"] == "shared"
+    assert_openai_error(post(router, "/chat/completions", {"model": "[gamma]shared", "messages": MESSAGES}, key), 404)
+
+
+def test_proxy_mode_only_to_allowed_targets(router_factory, upstream_factory, tmp_path):
+    allowed = upstream_factory(name="allowed", models=["m"])
+    other = upstream_factory(name="other", models=["m"])
+    config = write_config(tmp_path / "c.yaml", {"alpha": {"url": allowed.base_url}})
+    router = router_factory(config=config, env={"PROXY_ALLOWLIST": f"http://127.0.0.1:{allowed.port}/v1"})
+    key = router.add_user("grace")
+    limited = router.add_user("heidi", permissions="alpha")
+    body = {"model": "anything", "messages": MESSAGES}
+
+    response = post(router, f"/chat/completions?proxy={allowed.base_url}", body, key,
+                    headers={"X-Upstream-Authorization": "Bearer target-key"})
+    assert response.status_code == 200, response.text
+    echo = response.json()["echo"]
+    assert echo["server"] == "allowed" and echo["headers"]["Authorization"] == "Bearer target-key"
+    assert key not in json.dumps(echo)
+
+    bracket = post(router, "/chat/completions", {"model": f"[{allowed.base_url}]m", "messages": MESSAGES}, key)
+    assert bracket.json()["echo"]["body"]["model"] == "m"
+
+    for target in (other.base_url, f"http://127.0.0.1:{allowed.port}/v1evil", "http://127.0.0.1@evil.example/v1",
+                   "file:///etc/passwd"):
+        assert_openai_error(post(router, f"/chat/completions?proxy={target}", body, key), 403)
+    assert_openai_error(post(router, f"/chat/completions?proxy={allowed.base_url}", body, limited), 403)
+    assert not other.received
+
+
+def test_proxy_mode_is_off_without_allowlist(router_with_backend, upstream):
+    response = post(router_with_backend, f"/chat/completions?proxy={upstream.base_url}",
+                    {"model": "x", "messages": MESSAGES})
+    assert "disabled" in assert_openai_error(response, 403)["message"]
+
+
+# --- balancing and failover -----------------------------------------------------------------------
+
+
+def test_weighted_round_robin_distribution(router_factory, upstream_factory, tmp_path):
+    heavy = upstream_factory(name="heavy", models=["m"])
+    light = upstream_factory(name="light", models=["m"])
+    config = write_config(
+        tmp_path / "c.yaml",
+        {"heavy": {"url": heavy.base_url, "weight": 3}, "light": {"url": light.base_url, "weight": 1}},
+    )
+    router = router_factory(config=config)
+    key = router.add_user("ivan")
+    servers = Counter(
+        post(router, "/chat/completions", {"model": "m", "messages": MESSAGES}, key).json()["echo"]["server"]
+        for _ in range(40)
+    )
+    assert servers == {"heavy": 30, "light": 10}
+
+
+def test_failover_from_a_dead_and_a_failing_backend(router_factory, upstream_factory, tmp_path):
+    good = upstream_factory(name="good", models=["m"])
+    failing = upstream_factory(name="failing", models=["m"])
+    dead = upstream_factory(name="dead", models=["m"])
+    config = write_config(
+        tmp_path / "c.yaml",
+        {
+            "dead": {"url": dead.base_url, "weight": 5},
+            "failing": {"url": failing.base_url, "weight": 5},
+            "good": {"url": good.base_url, "weight": 1},
+        },
+    )
+    router = router_factory(config=config)
+    key = router.add_user("judy")
+    dead.stop()  # connection refused from now on
+    failing.fail_status = 503
+    for _ in range(6):
+        response = post(router, "/chat/completions", {"model": "m", "messages": MESSAGES}, key)
+        assert response.status_code == 200, response.text
+        assert response.json()["echo"]["server"] == "good"
+    rows = router.wait_for_logs(6)
+    assert max(r["attempts"] for r in rows) >= 2
+    # After 3 failures each, dead and failing are skipped: later requests need only one attempt.
+    assert rows[-1]["attempts"] == 1
+    assert "marked unhealthy" in router.log()
+
+
+def test_all_backends_down_gives_502_then_503(router_factory, upstream_factory, tmp_path):
+    dead = upstream_factory(name="dead", models=["m"])
+    config = write_config(tmp_path / "c.yaml", {"dead": {"url": dead.base_url}})
+    router = router_factory(config=config)
+    key = router.add_user("ken")
+    dead.stop()
+    codes = [post(router, "/chat/completions", {"model": "m", "messages": MESSAGES}, key).status_code
+             for _ in range(4)]
+    assert codes[:3] == [502, 502, 502] and codes[3] == 503
+
+
+def test_upstream_error_with_body_is_passed_through(router_factory, upstream_factory, tmp_path):
+    picky = upstream_factory(name="picky", models=["m"], fail_status=422)
+    config = write_config(tmp_path / "c.yaml", {"picky": {"url": picky.base_url, "override": ["m"]}})
+    router = router_factory(config=config)
+    key = router.add_user("leo")
+    response = post(router, "/chat/completions", {"model": "m", "messages": MESSAGES}, key)
+    assert response.status_code == 422 and response.json()["error"]["message"] == "picky failing"
+    assert router.wait_for_logs(1)[0]["status_code"] == 422
+
+
+def test_client_disconnect_mid_stream_closes_the_upstream(router_factory, upstream_factory, tmp_path):
+    slow = upstream_factory(name="slow", models=["m"], stream_chunks=200, stream_delay_s=0.05)
+    config = write_config(tmp_path / "c.yaml", {"slow": {"url": slow.base_url}})
+    router = router_factory(config=config)
+    key = router.add_user("mallory")
+    body = {"model": "m", "messages": MESSAGES, "stream": True}
+    with httpx.stream("POST", f"{router.v1}/chat/completions", json=body,
+                      headers={"Authorization": f"Bearer {key}"}, timeout=30) as response:
+        first = next(response.iter_lines())
+        assert first.startswith("data: ")
+    # Leaving the block closed our connection after one event of 200 (10 s of stream).
+    assert slow.stream_cancelled.wait(5), "the upstream stream was not closed"
+    row = router.wait_for_logs(1)[0]
+    assert row["status_code"] == 499 and row["error"] == "client disconnected"
+
+
+# --- lifecycle --------------------------------------------------------------------------------------
+
+
+def test_graceful_stop_loses_no_log_row_and_restart_keeps_data(router_factory, upstream_factory, tmp_path):
+    slow = upstream_factory(name="slow", models=["m"], stream_chunks=10, stream_delay_s=0.05)
+    config = write_config(tmp_path / "c.yaml", {"slow": {"url": slow.base_url}})
+    router = router_factory(config=config, env={"LOG_FLUSH_INTERVAL_S": "5"})  # rows wait in memory
+    key = router.add_user("nina")
+    results: list[int] = []
+
+    def call() -> None:
+        with httpx.stream("POST", f"{router.v1}/chat/completions", headers={"Authorization": f"Bearer {key}"},
+                          json={"model": "m", "messages": MESSAGES, "stream": True}, timeout=30) as response:
+            results.append(len(list(response.iter_lines())))
+
+    for _ in range(5):
+        post(router, "/chat/completions", {"model": "m", "messages": MESSAGES}, key)
+    threads = [threading.Thread(target=call) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    slow.requests_to("/v1/chat/completions")  # streams are now in flight
+    deadline = time.monotonic() + 5
+    while len(slow.requests_to("/v1/chat/completions")) < 8 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    # uvicorn re-raises the signal after its graceful shutdown: the exit status says "terminated".
+    assert router.stop(signal.SIGTERM) in (0, -signal.SIGTERM)
+    assert "llm-router stopped" in router.log()
+    for thread in threads:
+        thread.join(10)
+    assert len(results) == 3 and all(n > 10 for n in results)  # in-flight streams were finished
+    rows = router.request_logs()
+    assert len(rows) == 8 and all(r["status_code"] == 200 for r in rows)
+
+    restarted = router_factory(config=config, data_dir=router.data_dir, env=router.env)
+    assert restarted.request_logs() == rows
+    response = post(restarted, "/chat/completions", {"model": "m", "messages": MESSAGES}, key)
+    assert response.status_code == 200  # the user and its key survived the restart
+
+
+def test_postgres_urls(router_factory, upstream, tmp_path):
+    from tests.conftest import create_pg_database, drop_pg_database
+
+    server = require_postgres()
+    core, analytics = create_pg_database(server), create_pg_database(server)
+    try:
+        config = write_config(tmp_path / "c.yaml", {"alpha": {"url": upstream.base_url}})
+        router = router_factory(config=config, env={"CORE_DB_URL": core, "ANALYTICS_DB_URL": analytics})
+        key = router.add_user("oscar")
+        chat = client_for(router, key).chat.completions.create(model="test-model", messages=MESSAGES)
+        assert chat.choices[0].message.content.startswith("alpha")
+        rows = router.wait_for_logs(1)
+        assert rows[0]["user_name"] == "oscar" and rows[0]["total_tokens"] > 0
+        router.stop()
+    finally:
+        drop_pg_database(server, core)
+        drop_pg_database(server, analytics)
+
+
+def test_bad_config_file_stops_start_up(router_factory, tmp_path):
+    config = tmp_path / "bad.yaml"
+    config.write_text("servers:\n  alpha:\n    url: not-a-url\n")
+    router = router_factory(config=config, start=False)
+    with pytest.raises(RuntimeError) as failure:
+        router.start()
+    assert "bad.yaml: servers.alpha.url" in str(failure.value)
