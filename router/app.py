@@ -11,6 +11,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from graphql_schema import graphql_routes
 from router import errors, proxy
 from router.config import Settings, load_settings
 from router.db import close_db, init_db
@@ -75,6 +76,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         Route("/v1/embeddings", proxy.handle_generation, methods=["POST"]),
         Route("/v1/{rest:path}", v1_not_found, methods=["GET", "POST", "PUT", "DELETE", "PATCH"]),
     ]
+    routes += graphql_routes(settings)
     return Starlette(routes=routes, lifespan=lifespan)
 
 

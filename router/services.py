@@ -379,6 +379,40 @@ class AdminService:
         await script.delete()
         await self.changed()
 
+    # --- listings (read-only; ids that are not integers match nothing) ---
+
+    async def list_users(self) -> list[User]:
+        return await User.all().order_by("id")
+
+    async def list_backends(self) -> list[Backend]:
+        return await Backend.all().order_by("id")
+
+    async def list_permissions(
+        self, user_id: int | str | None = None, backend_id: int | str | None = None
+    ) -> list[Permission]:
+        query = Permission.all()
+        for column, value in (("user_id", user_id), ("backend_id", backend_id)):
+            if value is not None:
+                ident = _maybe_int(value)
+                if ident is None:
+                    return []
+                query = query.filter(**{column: ident})
+        return await query.order_by("id")
+
+    async def list_scripts(self, script_type: ScriptType | None = None, active_only: bool = False) -> list[Script]:
+        query = Script.all()
+        if script_type is not None:
+            query = query.filter(type=script_type)
+        if active_only:
+            query = query.filter(is_active=True)
+        return await query.order_by("type", "priority", "id")
+
+    async def users_by_id(self, ids: Iterable[int]) -> dict[int, User]:
+        return {u.id: u for u in await User.filter(id__in=list(ids))}
+
+    async def backends_by_id(self, ids: Iterable[int]) -> dict[int, Backend]:
+        return {b.id: b for b in await Backend.filter(id__in=list(ids))}
+
 
 def parse_permissions(value: Any) -> tuple[bool, list[str]]:
     """LLMsRouter's permission strings: "*" (default) for every backend, or "a,b" backend names."""
@@ -400,6 +434,13 @@ def _int_id(value: int | str | None, kind: str) -> int:
         return int(value)  # type: ignore[arg-type]
     except (TypeError, ValueError):
         raise ServiceError("NOT_FOUND", f"{kind} {value!r} does not exist", "id") from None
+
+
+def _maybe_int(value: int | str) -> int | None:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None
 
 
 def _camel(attr: str) -> str:

@@ -1,0 +1,209 @@
+"""Mutation root: every change goes through AdminService, which reloads the catalog at once."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime
+from typing import Any
+
+import strawberry
+from strawberry.types import Info
+
+from graphql_schema.context import AdminContext, too_many_attempts
+from graphql_schema.errors import DISABLED_MESSAGE, FORBIDDEN, UNAUTHENTICATED, api_error, bad_input
+from graphql_schema.types import (
+    AdminSession,
+    Backend,
+    CreateBackendInput,
+    CreatePermissionInput,
+    CreateScriptInput,
+    CreateUserInput,
+    Permission,
+    Script,
+    ScriptTestInput,
+    ScriptTestResult,
+    UpdateBackendInput,
+    UpdateScriptInput,
+    UpdateUserInput,
+    User,
+    UserWithKey,
+    given,
+)
+from router.scripts import ScriptEngine, ScriptSource, validate
+
+Ctx = Info[AdminContext, None]
+
+
+async def check_code(code: str) -> None:
+    """Refuse JavaScript that does not parse (BAD_USER_INPUT naming `code`, with the line)."""
+    # The validator parses in its own V8 context under a lock: keep the event loop free meanwhile.
+    problem = await asyncio.to_thread(validate, code)
+    if problem is not None:
+        where = f" (line {problem.line})" if problem.line else ""
+        raise bad_input(f"code has a syntax error{where}: {problem.message}", "code", line=problem.line)
+
+
+def _changes(inp: Any, names: dict[str, str]) -> dict[str, Any]:
+    """Service keyword arguments for the input fields the client sent (absent ones are left out)."""
+    return {service: getattr(inp, attr) for attr, service in names.items() if given(getattr(inp, attr))}
+
+
+_BACKEND_FIELDS = {
+    "name": "name",
+    "base_url": "base_url",
+    "api_key": "api_key",
+    "model_filter": "model_filter",
+    "model_override": "model_override",
+    "model_append": "model_append",
+    "weight": "weight",
+    "is_active": "is_active",
+}
+
+
+@strawberry.type
+class Mutation:
+    @strawberry.mutation(description="Exchange the admin password for an expiring session token.")
+    async def login(self, info: Ctx, password: str) -> AdminSession:
+        context = info.context
+        security = context.security
+        if not security.enabled:
+            raise api_error(FORBIDDEN, DISABLED_MESSAGE)
+        wait = security.throttle.retry_after(context.address)
+        if wait > 0:
+            raise too_many_attempts(wait)
+        if not security.tokens.check_password(password):
+            security.throttle.failure(context.address)
+            raise api_error(UNAUTHENTICATED, "Wrong admin password.")
+        security.throttle.success(context.address)
+        token, expires = security.tokens.issue()
+        return AdminSession(token=token, expires_at=datetime.fromtimestamp(expires, UTC))
+
+    # --- users ---
+
+    @strawberry.mutation(description="Create a user; its API key is in the answer and never again.")
+    async def create_user(self, info: Ctx, input: CreateUserInput) -> UserWithKey:
+        user, key = await info.context.admin.create_user(
+            input.name,
+            email=input.email,
+            all_backends=bool(input.all_backends),
+            is_active=input.is_active is not False,
+        )
+        return UserWithKey(user=User.from_model(user), api_key=key)
+
+    @strawberry.mutation(description="Change a user; isActive false locks its key out from the next request.")
+    async def update_user(self, info: Ctx, id: strawberry.ID, input: UpdateUserInput) -> User:
+        changes = _changes(input, {"name": "name", "email": "email", "all_backends": "all_backends"})
+        if given(input.is_active):
+            changes["is_active"] = input.is_active
+        user = await info.context.admin.update_user(id, **changes)
+        return User.from_model(user)
+
+    @strawberry.mutation(description="Delete a user with its permissions and scripts; its request logs stay.")
+    async def delete_user(self, info: Ctx, id: strawberry.ID) -> bool:
+        await info.context.admin.delete_user(id)
+        return True
+
+    @strawberry.mutation(description="Issue a new API key; the old one stops working at once.")
+    async def regenerate_api_key(self, info: Ctx, id: strawberry.ID) -> UserWithKey:
+        user, key = await info.context.admin.regenerate_key(id)
+        return UserWithKey(user=User.from_model(user), api_key=key)
+
+    # --- backends ---
+
+    @strawberry.mutation
+    async def create_backend(self, info: Ctx, input: CreateBackendInput) -> Backend:
+        fields = {k: v for k, v in _changes(input, _BACKEND_FIELDS).items() if v is not None}
+        backend = await info.context.admin.create_backend(**fields)
+        return Backend.from_model(backend)
+
+    @strawberry.mutation
+    async def update_backend(self, info: Ctx, id: strawberry.ID, input: UpdateBackendInput) -> Backend:
+        backend = await info.context.admin.update_backend(id, **_changes(input, _BACKEND_FIELDS))
+        return Backend.from_model(backend)
+
+    @strawberry.mutation(description="Delete a backend with its permissions and scripts; its request logs stay.")
+    async def delete_backend(self, info: Ctx, id: strawberry.ID) -> bool:
+        await info.context.admin.delete_backend(id)
+        return True
+
+    # --- permissions ---
+
+    @strawberry.mutation
+    async def create_permission(self, info: Ctx, input: CreatePermissionInput) -> Permission:
+        permission = await info.context.admin.create_permission(input.user_id, input.backend_id)
+        return Permission.from_model(permission)
+
+    @strawberry.mutation
+    async def delete_permission(self, info: Ctx, user_id: strawberry.ID, backend_id: strawberry.ID) -> bool:
+        return await info.context.admin.delete_permission(user_id, backend_id)
+
+    # --- scripts ---
+
+    @strawberry.mutation
+    async def create_script(self, info: Ctx, input: CreateScriptInput) -> Script:
+        await check_code(input.code)
+        script = await info.context.admin.create_script(
+            name=input.name,
+            type=input.type.value,
+            user_id=input.user_id,
+            backend_id=input.backend_id,
+            code=input.code,
+            is_active=bool(input.is_active),
+            priority=input.priority,
+        )
+        return Script.from_model(script)
+
+    @strawberry.mutation
+    async def update_script(self, info: Ctx, id: strawberry.ID, input: UpdateScriptInput) -> Script:
+        if given(input.code) and input.code is not None:
+            await check_code(input.code)
+        changes = _changes(
+            input,
+            {
+                "name": "name",
+                "code": "code",
+                "user_id": "user_id",
+                "backend_id": "backend_id",
+                "priority": "priority",
+                "is_active": "is_active",
+            },
+        )
+        script = await info.context.admin.update_script(id, **changes)
+        return Script.from_model(script)
+
+    @strawberry.mutation
+    async def delete_script(self, info: Ctx, id: strawberry.ID) -> bool:
+        await info.context.admin.delete_script(id)
+        return True
+
+    @strawberry.mutation
+    async def activate_script(self, info: Ctx, id: strawberry.ID) -> Script:
+        return Script.from_model(await info.context.admin.update_script(id, is_active=True))
+
+    @strawberry.mutation
+    async def deactivate_script(self, info: Ctx, id: strawberry.ID) -> Script:
+        return Script.from_model(await info.context.admin.update_script(id, is_active=False))
+
+    @strawberry.mutation(
+        description="Runs one hook of a saved script on the given context without touching live traffic."
+    )
+    async def test_script(self, info: Ctx, id: strawberry.ID, input: ScriptTestInput) -> ScriptTestResult:
+        script = await info.context.admin.get_script(id)
+        if not isinstance(input.context, dict):
+            raise bad_input("input.context must be a JSON object", "input.context")
+        # A throw-away engine: the test shares no V8 context, globals or lock with live traffic,
+        # and a runaway script only costs its own (closed) context.
+        settings = info.context.settings
+        engine = ScriptEngine(timeout_ms=settings.script_timeout_ms, max_memory_mb=settings.script_max_memory_mb)
+        source = ScriptSource(script.id, script.name, script.code, script.updated_at.isoformat())
+        try:
+            result = await engine.run_hook(source, input.hook.value, input.context, request_id=None)
+        finally:
+            await engine.close()
+        return ScriptTestResult(
+            ok=result.ok,
+            context=result.context,
+            logs=list(result.logs),
+            error=result.error,
+            duration_ms=result.duration_ms,
+        )

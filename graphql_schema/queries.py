@@ -1,0 +1,172 @@
+"""Query root: entities (through AdminService) and analytics (through router.analytics_queries)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import strawberry
+from strawberry.types import Info
+
+from graphql_schema.context import AdminContext
+from graphql_schema.errors import bad_input
+from graphql_schema.types import (
+    Backend,
+    BackendMetrics,
+    Permission,
+    RequestLog,
+    RequestLogFilter,
+    RequestLogPage,
+    Script,
+    ScriptType,
+    TimeBucket,
+    UsageFilter,
+    UsageGroupBy,
+    UsageRow,
+    User,
+    decode_cursor,
+    encode_cursor,
+)
+from router import analytics_queries
+from router.models.core import ScriptType as ModelScriptType
+from router.services import ServiceError
+
+DEFAULT_PAGE = 50
+
+Ctx = Info[AdminContext, None]
+
+
+def filter_id(value: strawberry.ID | None, field: str) -> int | None:
+    """An id used as a filter: must be an integer (BAD_USER_INPUT otherwise)."""
+    if value is None:
+        return None
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        raise bad_input(f"{field} must be an id, got {value!r}", field) from None
+
+
+def log_filter(flt: RequestLogFilter | UsageFilter | None) -> analytics_queries.LogFilter:
+    if flt is None:
+        return analytics_queries.LogFilter()
+    since, until = flt.since, flt.until
+    if since is not None and until is not None and since > until:
+        raise bad_input("filter.since must not be after filter.until", "filter.since")
+    return analytics_queries.LogFilter(
+        user_id=filter_id(flt.user_id, "filter.userId"),
+        backend_id=filter_id(flt.backend_id, "filter.backendId"),
+        model=flt.model,
+        status_code=getattr(flt, "status_code", None),
+        errors_only=bool(getattr(flt, "errors_only", False)),
+        since=since,
+        until=until,
+    )
+
+
+async def _or_none(awaitable):
+    try:
+        return await awaitable
+    except ServiceError as exc:
+        if exc.code == "NOT_FOUND":
+            return None
+        raise
+
+
+@strawberry.type
+class Query:
+    @strawberry.field(description="Every user, oldest first.")
+    async def users(self, info: Ctx) -> list[User]:
+        return [User.from_model(u) for u in await info.context.admin.list_users()]
+
+    @strawberry.field(description="A user by id; null if there is none.")
+    async def user(self, info: Ctx, id: strawberry.ID) -> User | None:
+        user = await _or_none(info.context.admin.get_user(id))
+        return User.from_model(user) if user else None
+
+    @strawberry.field(description="Every backend, oldest first.")
+    async def backends(self, info: Ctx) -> list[Backend]:
+        return [Backend.from_model(b) for b in await info.context.admin.list_backends()]
+
+    @strawberry.field(description="A backend by id; null if there is none.")
+    async def backend(self, info: Ctx, id: strawberry.ID) -> Backend | None:
+        backend = await _or_none(info.context.admin.get_backend(id))
+        return Backend.from_model(backend) if backend else None
+
+    @strawberry.field(description="Explicit permissions (users with allBackends need none), optionally filtered.")
+    async def permissions(
+        self, info: Ctx, user_id: strawberry.ID | None = None, backend_id: strawberry.ID | None = None
+    ) -> list[Permission]:
+        rows = await info.context.admin.list_permissions(user_id, backend_id)
+        return [Permission.from_model(p) for p in rows]
+
+    @strawberry.field(description="Scripts ordered by type, then priority.")
+    async def scripts(self, info: Ctx, type: ScriptType | None = None, active_only: bool | None = None) -> list[Script]:
+        script_type = ModelScriptType(type.value) if type is not None else None
+        rows = await info.context.admin.list_scripts(script_type, bool(active_only))
+        return [Script.from_model(s) for s in rows]
+
+    @strawberry.field(description="A script by id; null if there is none.")
+    async def script(self, info: Ctx, id: strawberry.ID) -> Script | None:
+        script = await _or_none(info.context.admin.get_script(id))
+        return Script.from_model(script) if script else None
+
+    @strawberry.field(
+        description="Request logs, newest first, keyset-paginated. `first` defaults to 50 and may be at most "
+        "GRAPHQL_MAX_PAGE (500); more is refused with BAD_USER_INPUT."
+    )
+    async def request_logs(
+        self,
+        info: Ctx,
+        filter: RequestLogFilter | None = None,
+        first: int | None = None,
+        after: str | None = None,
+    ) -> RequestLogPage:
+        limit = info.context.settings.graphql_max_page
+        first = DEFAULT_PAGE if first is None else first
+        if first < 1 or first > limit:
+            raise bad_input(f"first must be between 1 and {limit}", "first", max=limit)
+        after_id = decode_cursor(after) if after else None
+        page = await analytics_queries.request_log_page(log_filter(filter), first, after_id)
+        return RequestLogPage(
+            items=[RequestLog.from_row(row) for row in page.items],
+            total_count=page.total_count,
+            next_cursor=encode_cursor(page.next_after_id) if page.next_after_id is not None else None,
+        )
+
+    @strawberry.field(
+        description="Requests, errors, tokens and mean latency per group (user, backend, model) and UTC time "
+        "bucket, computed by the database. Only groups with requests are returned."
+    )
+    async def usage(
+        self,
+        info: Ctx,
+        filter: UsageFilter | None = None,
+        group_by: list[UsageGroupBy] | None = None,
+        bucket: TimeBucket | None = None,
+    ) -> list[UsageRow]:
+        keys = list(dict.fromkeys(g.value for g in group_by or ()))
+        rows = await analytics_queries.usage(log_filter(filter), keys, bucket.value if bucket else None)
+        return [UsageRow.from_data(row) for row in rows]
+
+    @strawberry.field(
+        description="Per backend: requests in flight now, and requests, errors and p50/p95 latency from the "
+        "request logs since `since` (default: the last hour)."
+    )
+    async def backend_metrics(self, info: Ctx, since: datetime | None = None) -> list[BackendMetrics]:
+        backends = await info.context.admin.list_backends()
+        stats = await analytics_queries.backend_stats([b.id for b in backends], since)
+        in_flight = info.context.runtime.in_flight
+        return [
+            BackendMetrics(
+                backend=Backend.from_model(b),
+                in_flight=in_flight.get(b.id),
+                requests=stats[b.id].requests,
+                errors=stats[b.id].errors,
+                p50_latency_ms=stats[b.id].p50_latency_ms,
+                p95_latency_ms=stats[b.id].p95_latency_ms,
+            )
+            for b in backends
+        ]
+
+    @strawberry.field(description="Open requestLogged subscriptions in this router process.")
+    def live_subscribers(self, info: Ctx) -> int:
+        return info.context.runtime.bus.subscriber_count

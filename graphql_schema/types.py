@@ -1,0 +1,451 @@
+"""The admin API's GraphQL types, enums and inputs (names as in the contract)."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from datetime import datetime
+from enum import Enum
+from typing import Any
+
+import strawberry
+from strawberry.scalars import JSON
+from strawberry.types import Info
+
+from graphql_schema.context import AdminContext
+from graphql_schema.errors import bad_input
+from router import analytics_queries
+from router.models.core import Backend as BackendModel
+from router.models.core import Permission as PermissionModel
+from router.models.core import Script as ScriptModel
+from router.models.core import User as UserModel
+
+# --- enums ---------------------------------------------------------------------------------------
+
+
+@strawberry.enum
+class ScriptType(Enum):
+    PER_USER = "PER_USER"
+    PER_BACKEND = "PER_BACKEND"
+    PER_USER_BACKEND = "PER_USER_BACKEND"
+
+
+@strawberry.enum
+class ScriptHook(Enum):
+    ON_REQUEST = "onRequest"
+    ON_RESPONSE = "onResponse"
+
+
+@strawberry.enum
+class UsageGroupBy(Enum):
+    USER = "user"
+    BACKEND = "backend"
+    MODEL = "model"
+
+
+@strawberry.enum
+class TimeBucket(Enum):
+    MINUTE = "minute"
+    HOUR = "hour"
+    DAY = "day"
+
+
+# --- entities --------------------------------------------------------------------------------------
+
+
+@strawberry.type
+class User:
+    id: strawberry.ID
+    name: str
+    email: str | None
+    is_active: bool
+    all_backends: bool = strawberry.field(description="May use every backend, present and future (the '*' permission).")
+    api_key_prefix: str = strawberry.field(
+        description="The first characters of the API key, enough to recognise it; never the whole key."
+    )
+    created_at: datetime
+    updated_at: datetime
+
+    @strawberry.field
+    async def permissions(self, info: Info[AdminContext, None]) -> list[Permission]:
+        rows = await info.context.admin.list_permissions(user_id=self.id)
+        return [Permission.from_model(p) for p in rows]
+
+    @classmethod
+    def from_model(cls, user: UserModel) -> User:
+        return cls(
+            id=strawberry.ID(str(user.id)),
+            name=user.name,
+            email=user.email,
+            is_active=user.is_active,
+            all_backends=user.all_backends,
+            api_key_prefix=user.api_key_prefix,
+            created_at=user.created_at,
+            updated_at=user.updated_at,
+        )
+
+
+@strawberry.type(description="A user together with a freshly issued API key: the only time the whole key is shown.")
+class UserWithKey:
+    user: User
+    api_key: str
+
+
+@strawberry.type
+class Backend:
+    id: strawberry.ID
+    name: str = strawberry.field(
+        description="Unique alias; also the [name] in auto-mode model names such as [local]llama-3."
+    )
+    base_url: str
+    has_api_key: bool
+    model_filter: str | None = strawberry.field(
+        description="Space-separated terms that every listed model must contain; * is a wildcard."
+    )
+    model_override: list[str] | None = strawberry.field(
+        description="When set, the backend's model list is exactly this and /models is not asked."
+    )
+    model_append: list[str] | None = strawberry.field(description="Appended after the (filtered) model list.")
+    weight: int
+    is_active: bool
+    created_at: datetime
+    updated_at: datetime
+
+    @strawberry.field(description="The models this backend serves, resolved from the above.")
+    def models(self, info: Info[AdminContext, None]) -> list[str]:
+        return list(info.context.runtime.models.ordered_models_of(int(self.id)))
+
+    @strawberry.field(description="False while the router avoids this backend after repeated failures.")
+    def healthy(self, info: Info[AdminContext, None]) -> bool:
+        return info.context.runtime.health.is_healthy(int(self.id))
+
+    @classmethod
+    def from_model(cls, backend: BackendModel) -> Backend:
+        return cls(
+            id=strawberry.ID(str(backend.id)),
+            name=backend.name,
+            base_url=backend.base_url,
+            has_api_key=bool(backend.api_key),
+            model_filter=backend.model_filter,
+            model_override=list(backend.model_override) if backend.model_override is not None else None,
+            model_append=list(backend.model_append) if backend.model_append is not None else None,
+            weight=backend.weight,
+            is_active=backend.is_active,
+            created_at=backend.created_at,
+            updated_at=backend.updated_at,
+        )
+
+
+@strawberry.type
+class Permission:
+    id: strawberry.ID
+    created_at: datetime
+    user_id: strawberry.Private[int]
+    backend_id: strawberry.Private[int]
+
+    @strawberry.field
+    async def user(self, info: Info[AdminContext, None]) -> User:
+        return User.from_model(await info.context.loaders.users.load(self.user_id))
+
+    @strawberry.field
+    async def backend(self, info: Info[AdminContext, None]) -> Backend:
+        return Backend.from_model(await info.context.loaders.backends.load(self.backend_id))
+
+    @classmethod
+    def from_model(cls, permission: PermissionModel) -> Permission:
+        return cls(
+            id=strawberry.ID(str(permission.id)),
+            created_at=permission.created_at,
+            user_id=permission.user_id,  # type: ignore[attr-defined]
+            backend_id=permission.backend_id,  # type: ignore[attr-defined]
+        )
+
+
+@strawberry.type
+class Script:
+    id: strawberry.ID
+    name: str
+    type: ScriptType
+    code: str = strawberry.field(
+        description="JavaScript defining onRequest(context) and/or onResponse(context), optionally async and exported."
+    )
+    is_active: bool
+    priority: int = strawberry.field(description="Lower runs first among scripts of the same type.")
+    created_at: datetime
+    updated_at: datetime
+    user_id: strawberry.Private[int | None]
+    backend_id: strawberry.Private[int | None]
+
+    @strawberry.field(description="Set for PER_USER and PER_USER_BACKEND scripts.")
+    async def user(self, info: Info[AdminContext, None]) -> User | None:
+        if self.user_id is None:
+            return None
+        user = await info.context.loaders.users.load(self.user_id)
+        return User.from_model(user) if user else None
+
+    @strawberry.field(description="Set for PER_BACKEND and PER_USER_BACKEND scripts.")
+    async def backend(self, info: Info[AdminContext, None]) -> Backend | None:
+        if self.backend_id is None:
+            return None
+        backend = await info.context.loaders.backends.load(self.backend_id)
+        return Backend.from_model(backend) if backend else None
+
+    @classmethod
+    def from_model(cls, script: ScriptModel) -> Script:
+        return cls(
+            id=strawberry.ID(str(script.id)),
+            name=script.name,
+            type=ScriptType(str(script.type.value if isinstance(script.type, Enum) else script.type)),
+            code=script.code,
+            is_active=script.is_active,
+            priority=script.priority,
+            created_at=script.created_at,
+            updated_at=script.updated_at,
+            user_id=script.user_id,  # type: ignore[attr-defined]
+            backend_id=script.backend_id,  # type: ignore[attr-defined]
+        )
+
+
+@strawberry.type
+class ScriptTestResult:
+    ok: bool
+    context: JSON | None = strawberry.field(description="The context as the hook returned it.")
+    logs: list[str] = strawberry.field(description="What the script wrote with console.log and friends.")
+    error: str | None
+    duration_ms: float
+
+
+# --- analytics -------------------------------------------------------------------------------------
+
+
+def _opt_id(value: int | None) -> strawberry.ID | None:
+    return strawberry.ID(str(value)) if value is not None else None
+
+
+@strawberry.type
+class RequestLog:
+    id: strawberry.ID
+    request_id: str
+    created_at: datetime
+    user_id: strawberry.ID | None
+    user_name: str | None
+    backend_id: strawberry.ID | None
+    backend_name: str | None
+    model: str | None
+    endpoint: str = strawberry.field(description="The /v1 path that was called, e.g. /v1/chat/completions.")
+    status_code: int
+    stream: bool
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+    latency_ms: float
+    time_to_first_token_ms: float | None
+    error: str | None
+    attempts: int = strawberry.field(description="Upstream attempts made (more than 1 after failover).")
+
+    @classmethod
+    def from_row(cls, row: Any) -> RequestLog:
+        """From a stored row (RequestLog model) or a live RequestRecord: same attribute names."""
+        return cls(
+            id=strawberry.ID(str(row.id)),
+            request_id=row.request_id,
+            created_at=row.created_at,
+            user_id=_opt_id(row.user_id),
+            user_name=row.user_name,
+            backend_id=_opt_id(row.backend_id),
+            backend_name=row.backend_name,
+            model=row.model,
+            endpoint=row.endpoint,
+            status_code=row.status_code,
+            stream=bool(row.stream),
+            prompt_tokens=row.prompt_tokens or 0,
+            completion_tokens=row.completion_tokens or 0,
+            total_tokens=row.total_tokens or 0,
+            latency_ms=float(row.latency_ms or 0.0),
+            time_to_first_token_ms=row.ttft_ms,
+            error=row.error,
+            attempts=row.attempts or 0,
+        )
+
+
+@strawberry.type
+class RequestLogPage:
+    items: list[RequestLog] = strawberry.field(description="Newest first.")
+    total_count: int
+    next_cursor: str | None = strawberry.field(description="Pass as `after` for the next page; null on the last page.")
+
+
+_CURSOR_PREFIX = "log:"
+
+
+def encode_cursor(log_id: int) -> str:
+    return base64.urlsafe_b64encode(f"{_CURSOR_PREFIX}{log_id}".encode()).decode()
+
+
+def decode_cursor(cursor: str) -> int:
+    try:
+        text = base64.urlsafe_b64decode(cursor.encode()).decode()
+        if not text.startswith(_CURSOR_PREFIX):
+            raise ValueError(cursor)
+        return int(text[len(_CURSOR_PREFIX) :])
+    except (ValueError, binascii.Error, UnicodeDecodeError):
+        raise bad_input("after is not a cursor returned by requestLogs", "after") from None
+
+
+@strawberry.type
+class UsageRow:
+    bucket_start: datetime | None = strawberry.field(
+        description="Start of the time bucket; null when no bucket was asked for."
+    )
+    user_id: strawberry.ID | None
+    user_name: str | None
+    backend_id: strawberry.ID | None
+    backend_name: str | None
+    model: str | None
+    requests: int
+    errors: int
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+    avg_latency_ms: float | None
+
+    @classmethod
+    def from_data(cls, row: analytics_queries.UsageRow) -> UsageRow:
+        return cls(
+            bucket_start=row.bucket_start,
+            user_id=_opt_id(row.user_id),
+            user_name=row.user_name,
+            backend_id=_opt_id(row.backend_id),
+            backend_name=row.backend_name,
+            model=row.model,
+            requests=row.requests,
+            errors=row.errors,
+            prompt_tokens=row.prompt_tokens,
+            completion_tokens=row.completion_tokens,
+            total_tokens=row.total_tokens,
+            avg_latency_ms=row.avg_latency_ms,
+        )
+
+
+@strawberry.type
+class BackendMetrics:
+    backend: Backend
+    in_flight: int
+    requests: int
+    errors: int
+    p50_latency_ms: float | None
+    p95_latency_ms: float | None
+
+
+@strawberry.type
+class AdminSession:
+    token: str
+    expires_at: datetime
+
+
+# --- inputs ----------------------------------------------------------------------------------------
+
+
+@strawberry.input
+class RequestLogFilter:
+    user_id: strawberry.ID | None = None
+    backend_id: strawberry.ID | None = None
+    model: str | None = None
+    status_code: int | None = None
+    errors_only: bool | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+
+
+@strawberry.input
+class UsageFilter:
+    user_id: strawberry.ID | None = None
+    backend_id: strawberry.ID | None = None
+    model: str | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+
+
+@strawberry.input
+class CreateUserInput:
+    name: str
+    email: str | None = None
+    all_backends: bool | None = strawberry.field(default=None, description="Default false.")
+    is_active: bool | None = strawberry.field(default=None, description="Default true.")
+
+
+@strawberry.input
+class UpdateUserInput:
+    name: str | None = strawberry.UNSET
+    email: str | None = strawberry.field(default=strawberry.UNSET, description="null clears the e-mail.")
+    all_backends: bool | None = strawberry.UNSET
+    is_active: bool | None = strawberry.UNSET
+
+
+@strawberry.input
+class CreateBackendInput:
+    name: str
+    base_url: str
+    api_key: str | None = strawberry.field(default=None, description="Write-only: never readable afterwards.")
+    model_filter: str | None = None
+    model_override: list[str] | None = None
+    model_append: list[str] | None = None
+    weight: int | None = strawberry.field(default=None, description="Default 1; 0 takes it out of rotation.")
+    is_active: bool | None = strawberry.field(default=None, description="Default true.")
+
+
+@strawberry.input
+class UpdateBackendInput:
+    name: str | None = strawberry.UNSET
+    base_url: str | None = strawberry.UNSET
+    api_key: str | None = strawberry.field(
+        default=strawberry.UNSET, description='Write-only. "" removes the key; null or absent keeps it.'
+    )
+    model_filter: str | None = strawberry.field(default=strawberry.UNSET, description="null clears the filter.")
+    model_override: list[str] | None = strawberry.field(
+        default=strawberry.UNSET, description="null clears the override (the list comes from /models again)."
+    )
+    model_append: list[str] | None = strawberry.field(default=strawberry.UNSET, description="null clears it.")
+    weight: int | None = strawberry.UNSET
+    is_active: bool | None = strawberry.UNSET
+
+
+@strawberry.input
+class CreatePermissionInput:
+    user_id: strawberry.ID
+    backend_id: strawberry.ID
+
+
+@strawberry.input
+class CreateScriptInput:
+    name: str
+    type: ScriptType
+    user_id: strawberry.ID | None = None
+    backend_id: strawberry.ID | None = None
+    code: str
+    is_active: bool | None = strawberry.field(default=None, description="Default false: activate when ready.")
+    priority: int | None = strawberry.field(default=None, description="Default 0.")
+
+
+@strawberry.input
+class UpdateScriptInput:
+    name: str | None = strawberry.UNSET
+    code: str | None = strawberry.UNSET
+    user_id: strawberry.ID | None = strawberry.UNSET
+    backend_id: strawberry.ID | None = strawberry.UNSET
+    priority: int | None = strawberry.UNSET
+    is_active: bool | None = strawberry.UNSET
+
+
+@strawberry.input(
+    description="What a script hook is run on: a context shaped like the one the proxy builds "
+    "(user, backend, request, response)."
+)
+class ScriptTestInput:
+    hook: ScriptHook
+    context: JSON
+
+
+def given(value: Any) -> bool:
+    """An input field the client sent (UNSET means absent)."""
+    return value is not strawberry.UNSET

@@ -1,0 +1,298 @@
+"""Read-only queries over the request log: pages of logs, usage aggregates, backend metrics.
+
+The database does the work: filtering, counting, GROUP BY with time buckets (SQLite `strftime`,
+PostgreSQL `date_trunc`) and percentile picks (ORDER BY latency LIMIT 1 OFFSET k). Nothing here
+loads a whole time range of rows into Python. Plain async functions taking filters and returning
+dataclasses, so the GraphQL layer (and anything else) can call them.
+
+"An error" is the same everywhere: a status code of 400 or more, or an error message recorded
+for the request (e.g. a stream that broke after a 200).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from tortoise import connections
+from tortoise.expressions import Q
+from tortoise.queryset import QuerySet
+
+from router.models.analytics import RequestLog
+
+TABLE = "request_logs"
+_ERROR_SQL = "(status_code >= 400 OR error IS NOT NULL)"
+
+GROUP_KEYS = ("user", "backend", "model")
+BUCKETS = ("minute", "hour", "day")
+
+_SQLITE_BUCKET = {"minute": "%Y-%m-%dT%H:%M:00", "hour": "%Y-%m-%dT%H:00:00", "day": "%Y-%m-%dT00:00:00"}
+
+
+# --- filters -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LogFilter:
+    """Which request-log rows: every given condition must hold."""
+
+    user_id: int | None = None
+    backend_id: int | None = None
+    model: str | None = None
+    status_code: int | None = None
+    errors_only: bool = False
+    since: datetime | None = None
+    until: datetime | None = None
+
+
+def _utc(value: datetime) -> datetime:
+    """Aware UTC; a naive datetime is taken to be UTC already."""
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def filtered_logs(flt: LogFilter) -> QuerySet[RequestLog]:
+    query = RequestLog.all()
+    if flt.user_id is not None:
+        query = query.filter(user_id=flt.user_id)
+    if flt.backend_id is not None:
+        query = query.filter(backend_id=flt.backend_id)
+    if flt.model is not None:
+        query = query.filter(model=flt.model)
+    if flt.status_code is not None:
+        query = query.filter(status_code=flt.status_code)
+    if flt.errors_only:
+        query = query.filter(Q(status_code__gte=400) | Q(error__isnull=False))
+    if flt.since is not None:
+        query = query.filter(created_at__gte=_utc(flt.since))
+    if flt.until is not None:
+        query = query.filter(created_at__lt=_utc(flt.until))
+    return query
+
+
+# --- request-log pages -----------------------------------------------------------------------------
+
+
+@dataclass
+class LogPage:
+    items: list[RequestLog]
+    total_count: int
+    """The id to continue after (exclusive), or None on the last page."""
+    next_after_id: int | None
+
+
+async def request_log_page(flt: LogFilter, first: int, after_id: int | None = None) -> LogPage:
+    """Newest first, keyset-paginated on the time-ordered id: `WHERE id < after ORDER BY id DESC`.
+
+    Rows logged while a client pages have larger ids, so they never shift later pages.
+    `total_count` counts every row matching the filter (ignoring the cursor).
+    """
+    query = filtered_logs(flt)
+    total = await query.count()
+    page_query = query.filter(id__lt=after_id) if after_id is not None else query
+    rows = await page_query.order_by("-id").limit(first + 1)
+    more = len(rows) > first
+    rows = rows[:first]
+    return LogPage(rows, total, rows[-1].id if more and rows else None)
+
+
+# --- raw SQL helpers (both dialects) -------------------------------------------------------------
+
+
+class _Sql:
+    """Collects parameters and renders placeholders for the analytics connection's dialect."""
+
+    def __init__(self) -> None:
+        self.conn = connections.get("analytics")
+        self.dialect = self.conn.capabilities.dialect
+        self.params: list[Any] = []
+
+    @property
+    def postgres(self) -> bool:
+        return self.dialect == "postgres"
+
+    def param(self, value: Any) -> str:
+        if isinstance(value, datetime):
+            value = _utc(value)
+            if not self.postgres:
+                # The text form Tortoise stores in SQLite ("YYYY-MM-DD HH:MM:SS[.ffffff]+00:00").
+                value = value.isoformat(" ")
+        self.params.append(value)
+        return f"${len(self.params)}" if self.postgres else "?"
+
+    def bucket(self, bucket: str) -> str:
+        if self.postgres:
+            return f"date_trunc('{bucket}', created_at AT TIME ZONE 'UTC')"
+        return f"strftime('{_SQLITE_BUCKET[bucket]}', created_at)"
+
+    def where(self, flt: LogFilter) -> str:
+        conditions = []
+        if flt.user_id is not None:
+            conditions.append(f"user_id = {self.param(flt.user_id)}")
+        if flt.backend_id is not None:
+            conditions.append(f"backend_id = {self.param(flt.backend_id)}")
+        if flt.model is not None:
+            conditions.append(f"model = {self.param(flt.model)}")
+        if flt.status_code is not None:
+            conditions.append(f"status_code = {self.param(flt.status_code)}")
+        if flt.errors_only:
+            conditions.append(_ERROR_SQL)
+        if flt.since is not None:
+            conditions.append(f"created_at >= {self.param(flt.since)}")
+        if flt.until is not None:
+            conditions.append(f"created_at < {self.param(flt.until)}")
+        return ("WHERE " + " AND ".join(conditions)) if conditions else ""
+
+    async def rows(self, sql: str) -> list[dict[str, Any]]:
+        return await self.conn.execute_query_dict(sql, self.params)
+
+
+def _as_datetime(value: Any) -> datetime | None:
+    if value is None:
+        return None
+    if isinstance(value, datetime):
+        return _utc(value)
+    return datetime.fromisoformat(str(value)).replace(tzinfo=UTC)
+
+
+# --- usage -----------------------------------------------------------------------------------------
+
+
+@dataclass
+class UsageRow:
+    bucket_start: datetime | None
+    user_id: int | None
+    user_name: str | None
+    backend_id: int | None
+    backend_name: str | None
+    model: str | None
+    requests: int
+    errors: int
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+    avg_latency_ms: float | None
+
+
+async def usage(flt: LogFilter, group_by: Sequence[str] = (), bucket: str | None = None) -> list[UsageRow]:
+    """Requests, errors, tokens and mean latency per group and time bucket, by one GROUP BY.
+
+    `group_by` holds any of "user", "backend", "model"; `bucket` one of "minute", "hour", "day"
+    (UTC) or None. Names come from the log rows (the name a user or backend had when logged; the
+    latest alphabetically if it was renamed within a group). Only groups with requests appear:
+    no rows at all gives an empty list. Ordered by bucket, then most requests first.
+    """
+    unknown = set(group_by) - set(GROUP_KEYS)
+    if unknown or (bucket is not None and bucket not in BUCKETS):
+        raise ValueError(f"bad grouping {sorted(unknown)} / bucket {bucket!r}")
+    sql = _Sql()
+    select: list[str] = []
+    group: list[str] = []
+    if bucket is not None:
+        expr = sql.bucket(bucket)
+        select.append(f"{expr} AS bucket_start")
+        group.append(expr)
+    else:
+        select.append("NULL AS bucket_start")
+    for key in GROUP_KEYS:
+        if key in group_by:
+            if key == "model":
+                select.append("model")
+                group.append("model")
+            else:
+                select += [f"{key}_id", f"MAX({key}_name) AS {key}_name"]
+                group.append(f"{key}_id")
+        elif key == "model":
+            select.append("NULL AS model")
+        else:
+            select += [f"NULL AS {key}_id", f"NULL AS {key}_name"]
+    select += [
+        "COUNT(*) AS requests",
+        f"SUM(CASE WHEN {_ERROR_SQL} THEN 1 ELSE 0 END) AS errors",
+        "SUM(prompt_tokens) AS prompt_tokens",
+        "SUM(completion_tokens) AS completion_tokens",
+        "SUM(total_tokens) AS total_tokens",
+        "AVG(latency_ms) AS avg_latency_ms",
+    ]
+    where = sql.where(flt)
+    text = f"SELECT {', '.join(select)} FROM {TABLE} {where}"
+    if group:
+        text += f" GROUP BY {', '.join(group)}"
+        text += " ORDER BY " + (f"{group[0]}, " if bucket is not None else "") + "COUNT(*) DESC"
+    rows = await sql.rows(text)
+    return [
+        UsageRow(
+            bucket_start=_as_datetime(row["bucket_start"]),
+            user_id=row["user_id"],
+            user_name=row["user_name"],
+            backend_id=row["backend_id"],
+            backend_name=row["backend_name"],
+            model=row["model"],
+            requests=int(row["requests"]),
+            errors=int(row["errors"] or 0),
+            prompt_tokens=int(row["prompt_tokens"] or 0),
+            completion_tokens=int(row["completion_tokens"] or 0),
+            total_tokens=int(row["total_tokens"] or 0),
+            avg_latency_ms=float(row["avg_latency_ms"]) if row["avg_latency_ms"] is not None else None,
+        )
+        for row in rows
+        if row["requests"]
+    ]
+
+
+# --- backend metrics -------------------------------------------------------------------------------
+
+
+@dataclass
+class BackendStats:
+    backend_id: int
+    requests: int = 0
+    errors: int = 0
+    p50_latency_ms: float | None = None
+    p95_latency_ms: float | None = None
+
+
+DEFAULT_METRICS_WINDOW = timedelta(hours=1)
+
+
+def percentile_offset(count: int, fraction: float) -> int:
+    """0-based index of the nearest-rank percentile among `count` ascending values."""
+    return max(math.ceil(fraction * count) - 1, 0)
+
+
+async def backend_stats(backend_ids: Iterable[int], since: datetime | None = None) -> dict[int, BackendStats]:
+    """Requests, errors and p50/p95 latency per backend over the logs since `since` (default: 1 h).
+
+    One GROUP BY for the counts; each percentile is one indexed `ORDER BY latency_ms LIMIT 1
+    OFFSET k` per backend, so no latency list is ever loaded. Every asked-for id gets an entry.
+    """
+    since = _utc(since) if since is not None else datetime.now(UTC) - DEFAULT_METRICS_WINDOW
+    stats = {backend_id: BackendStats(backend_id) for backend_id in backend_ids}
+    if not stats:
+        return stats
+    sql = _Sql()
+    text = (
+        f"SELECT backend_id, COUNT(*) AS requests, SUM(CASE WHEN {_ERROR_SQL} THEN 1 ELSE 0 END) AS errors "
+        f"FROM {TABLE} WHERE backend_id IS NOT NULL AND created_at >= {sql.param(since)} GROUP BY backend_id"
+    )
+    for row in await sql.rows(text):
+        entry = stats.get(row["backend_id"])
+        if entry is not None:
+            entry.requests, entry.errors = int(row["requests"]), int(row["errors"] or 0)
+    for entry in stats.values():
+        if entry.requests:
+            entry.p50_latency_ms = await _latency_at(entry.backend_id, since, percentile_offset(entry.requests, 0.5))
+            entry.p95_latency_ms = await _latency_at(entry.backend_id, since, percentile_offset(entry.requests, 0.95))
+    return stats
+
+
+async def _latency_at(backend_id: int, since: datetime, offset: int) -> float | None:
+    sql = _Sql()
+    text = (
+        f"SELECT latency_ms FROM {TABLE} WHERE backend_id = {sql.param(backend_id)} "
+        f"AND created_at >= {sql.param(since)} ORDER BY latency_ms LIMIT 1 OFFSET {int(offset)}"
+    )
+    rows = await sql.rows(text)
+    return float(rows[0]["latency_ms"]) if rows else None
