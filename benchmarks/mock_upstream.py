@@ -1,0 +1,205 @@
+"""A minimal-CPU OpenAI-compatible upstream for benchmarks: a raw asyncio protocol on uvloop.
+
+    python benchmarks/mock_upstream.py --port 9000 [--model bench-model] [--chunk-delay-ms 10]
+
+- POST /v1/chat/completions (and /v1/completions): a fixed JSON answer with `usage`, or, when the
+  body contains `"stream":true`, 20 SSE chunks + a usage chunk + `[DONE]` (chunked encoding).
+  With --chunk-delay-ms the headers go out at once and each chunk follows after the delay.
+- GET /v1/models: one model.
+- Any other POST (e.g. Langfuse's /api/public/otel/v1/traces): 200 `{}`, counted — a tracing sink.
+- GET /__stats: {"sink_posts": n, "sink_bytes": n, "requests": n}.
+
+Responses are pre-built bytes; requests are parsed just enough (request line, Content-Length).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+
+STREAM_CHUNKS = 20
+
+
+def http_response(body: bytes, content_type: bytes = b"application/json", status: bytes = b"200 OK") -> bytes:
+    return (
+        b"HTTP/1.1 " + status + b"\r\nContent-Type: " + content_type + b"\r\nContent-Length: "
+        + str(len(body)).encode() + b"\r\n\r\n" + body
+    )
+
+
+def completion_body(model: str) -> bytes:
+    return json.dumps(
+        {
+            "id": "chatcmpl-bench",
+            "object": "chat.completion",
+            "created": 1700000000,
+            "model": model,
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": "Hello! This is a fixed benchmark answer."},
+                    "finish_reason": "stop",
+                }
+            ],
+            "usage": {"prompt_tokens": 12, "completion_tokens": 9, "total_tokens": 21},
+        },
+        separators=(",", ":"),
+    ).encode()
+
+
+def stream_events(model: str) -> list[bytes]:
+    """The SSE events of one streamed answer, each already framed as an HTTP chunk."""
+    events = []
+    for i in range(STREAM_CHUNKS):
+        chunk = {
+            "id": "chatcmpl-bench",
+            "object": "chat.completion.chunk",
+            "created": 1700000000,
+            "model": model,
+            "choices": [{"index": 0, "delta": {"content": f"tok{i} "}, "finish_reason": None}],
+        }
+        events.append(chunk)
+    events[-1]["choices"][0]["finish_reason"] = "stop"
+    events.append(
+        {
+            "id": "chatcmpl-bench",
+            "object": "chat.completion.chunk",
+            "created": 1700000000,
+            "model": model,
+            "choices": [],
+            "usage": {"prompt_tokens": 12, "completion_tokens": STREAM_CHUNKS, "total_tokens": 12 + STREAM_CHUNKS},
+        }
+    )
+    payloads = [b"data: " + json.dumps(e, separators=(",", ":")).encode() + b"\n\n" for e in events]
+    payloads.append(b"data: [DONE]\n\n")
+    return [f"{len(p):x}".encode() + b"\r\n" + p + b"\r\n" for p in payloads]
+
+
+STREAM_HEAD = (
+    b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\n"
+    b"Transfer-Encoding: chunked\r\n\r\n"
+)
+STREAM_END = b"0\r\n\r\n"
+
+
+class Stats:
+    requests = 0
+    sink_posts = 0
+    sink_bytes = 0
+
+
+class MockProtocol(asyncio.Protocol):
+    __slots__ = ("buffer", "server", "transport")
+
+    def __init__(self, server: MockServer) -> None:
+        self.server = server
+        self.buffer = b""
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        self.buffer = self.buffer + data if self.buffer else data
+        while True:
+            head_end = self.buffer.find(b"\r\n\r\n")
+            if head_end < 0:
+                return
+            head = self.buffer[:head_end]
+            length = content_length(head)
+            total = head_end + 4 + length
+            if len(self.buffer) < total:
+                return
+            body = self.buffer[head_end + 4 : total]
+            self.buffer = self.buffer[total:]
+            self.server.handle(self.transport, head, body)  # type: ignore[arg-type]
+
+
+def content_length(head: bytes) -> int:
+    index = head.find(b"ontent-Length:")
+    if index < 0:
+        index = head.find(b"ontent-length:")
+    if index < 0:
+        return 0
+    end = head.find(b"\r\n", index)
+    return int(head[index + 14 : end if end > 0 else None])
+
+
+class MockServer:
+    def __init__(self, model: str, chunk_delay_s: float) -> None:
+        self.chunk_delay_s = chunk_delay_s
+        self.completion = http_response(completion_body(model))
+        self.events = stream_events(model)
+        self.stream_at_once = STREAM_HEAD + b"".join(self.events) + STREAM_END
+        self.models = http_response(
+            json.dumps({"object": "list", "data": [{"id": model, "object": "model", "owned_by": "bench"}]}).encode()
+        )
+        self.sink_ok = http_response(b"{}")
+        self.not_found = http_response(b'{"error":"not found"}', status=b"404 Not Found")
+        self.stats = Stats()
+
+    def handle(self, transport: asyncio.Transport, head: bytes, body: bytes) -> None:
+        self.stats.requests += 1
+        line_end = head.find(b"\r\n")
+        method, path, _ = head[: line_end if line_end > 0 else None].split(b" ", 2)
+        if method == b"POST" and path.startswith(b"/v1/") and path.endswith(b"completions"):
+            if b'"stream":true' in body or b'"stream": true' in body:
+                self.stream(transport)
+            else:
+                transport.write(self.completion)
+        elif method == b"GET" and path == b"/v1/models":
+            transport.write(self.models)
+        elif method == b"POST":
+            self.stats.sink_posts += 1
+            self.stats.sink_bytes += len(body)
+            transport.write(self.sink_ok)
+        elif path == b"/__stats":
+            stats = {"requests": self.stats.requests, "sink_posts": self.stats.sink_posts}
+            stats["sink_bytes"] = self.stats.sink_bytes
+            transport.write(http_response(json.dumps(stats).encode()))
+        else:
+            transport.write(self.not_found)
+
+    def stream(self, transport: asyncio.Transport) -> None:
+        if self.chunk_delay_s <= 0:
+            transport.write(self.stream_at_once)
+            return
+        transport.write(STREAM_HEAD)
+        loop = asyncio.get_running_loop()
+        pieces = [*self.events, STREAM_END]
+        for i, piece in enumerate(pieces):
+            loop.call_later(self.chunk_delay_s * (i + 1), _write_if_open, transport, piece)
+
+
+def _write_if_open(transport: asyncio.Transport, data: bytes) -> None:
+    if not transport.is_closing():
+        transport.write(data)
+
+
+async def serve(host: str, port: int, model: str, chunk_delay_s: float) -> None:
+    server = MockServer(model, chunk_delay_s)
+    loop = asyncio.get_running_loop()
+    listener = await loop.create_server(lambda: MockProtocol(server), host, port, backlog=4096, reuse_address=True)
+    async with listener:
+        await listener.serve_forever()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--model", default="bench-model")
+    parser.add_argument("--chunk-delay-ms", type=float, default=0.0)
+    args = parser.parse_args()
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:
+        pass
+    asyncio.run(serve(args.host, args.port, args.model, args.chunk_delay_ms / 1000.0))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,85 @@
+"""What a process (and its children) costs, read from /proc: CPU seconds, RSS, open file descriptors."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def children_of(pid: int) -> list[int]:
+    """`pid` and every descendant (uvicorn --workers N forks its workers)."""
+    parents: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rfind(")") + 2 :].split()
+        parents[int(entry.name)] = int(fields[1])
+    tree, frontier = [pid], [pid]
+    while frontier:
+        parent = frontier.pop()
+        kids = [child for child, ppid in parents.items() if ppid == parent]
+        tree.extend(kids)
+        frontier.extend(kids)
+    return tree
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of `pid` and its descendants, in seconds."""
+    total = 0
+    for p in children_of(pid):
+        try:
+            stat = Path(f"/proc/{p}/stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rfind(")") + 2 :].split()
+        total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14, 15 of stat)
+    return total / CLOCK_TICKS
+
+
+def _status_kib(pid: int, key: str) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def rss_mib(pid: int) -> float:
+    """Resident memory of `pid` and its descendants."""
+    return sum(_status_kib(p, "VmRSS") for p in children_of(pid)) / 1024
+
+
+def peak_rss_mib(pid: int) -> float:
+    """High-water mark of resident memory (the largest single process of the tree)."""
+    return max(_status_kib(p, "VmHWM") for p in children_of(pid)) / 1024
+
+
+def open_fds(pid: int) -> int:
+    total = 0
+    for p in children_of(pid):
+        with contextlib.suppress(OSError):
+            total += len(os.listdir(f"/proc/{p}/fd"))
+    return total
+
+
+class CpuMeter:
+    """CPU time a process tree used between start() and stop()."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self._start = 0.0
+
+    def start(self) -> None:
+        self._start = cpu_seconds(self.pid)
+
+    def stop(self) -> float:
+        return cpu_seconds(self.pid) - self._start

@@ -1,0 +1,655 @@
+"""The benchmark harness: mock upstream + router (pinned to one core) + load from the other core.
+
+    .venv/bin/python benchmarks/run.py                      # the main matrix (~6 min), README + JSON
+    .venv/bin/python benchmarks/run.py --quick              # 3-second cells, for a smoke run
+    .venv/bin/python benchmarks/run.py --vs-litellm         # also LiteLLM's proxy, same mock, same cells
+    .venv/bin/python benchmarks/run.py --no-matrix --soak 600 --analytics 1000000 --workers-compare
+    .venv/bin/python benchmarks/run.py --no-matrix --profile 15   # py-spy under load, top frames
+
+Results go to benchmarks/results/latest.json (each section keeps its own timestamp; sections not
+run this time are kept) and into the generated part of benchmarks/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import json
+import os
+import shutil
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import loadgen
+import procstat
+import report
+from services import (
+    MODEL,
+    REPO,
+    SLOW_MODEL,
+    GraphQLError,
+    GraphQLUnavailable,
+    Mock,
+    Router,
+    install_litellm,
+    start_litellm,
+    start_mock,
+    stop_process,
+)
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results"
+CHAT = "/v1/chat/completions"
+
+
+@dataclass
+class Cpus:
+    """Router on CPU 0; this process, the load generator and the mock on the others."""
+
+    router: str | None
+    load: set[int] | None
+
+    @classmethod
+    def detect(cls) -> Cpus:
+        available = sorted(os.sched_getaffinity(0))
+        if len(available) < 2 or shutil.which("taskset") is None:
+            return cls(None, None)
+        return cls(str(available[0]), set(available[1:]))
+
+    @property
+    def router_set(self) -> set[int] | None:
+        return {int(self.router)} if self.router is not None else None
+
+    @property
+    def load_str(self) -> str | None:
+        return ",".join(map(str, sorted(self.load))) if self.load else None
+
+
+@dataclass
+class Ctx:
+    args: argparse.Namespace
+    cpus: Cpus
+    work: Path
+    fast: Mock
+    slow: Mock
+
+    @property
+    def duration(self) -> float:
+        return 3.0 if self.args.quick else float(self.args.duration)
+
+    @property
+    def warmup(self) -> float:
+        return 1.0
+
+    def new_router(self, name: str) -> Router:
+        router = Router(
+            self.work / name,
+            Path(self.args.router_src).resolve(),
+            self.cpus.router,
+            {"mock": f"{self.fast.url}/v1", "slow": f"{self.slow.url}/v1"},
+            [MODEL, SLOW_MODEL],
+        )
+        router.prepare()
+        return router
+
+
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+# --- one cell ---------------------------------------------------------------------------------
+
+
+def measure(
+    label: str, url: str, stream: bool, concurrency: int, ctx: Ctx, key: str | None = None, pid: int | None = None,
+    model: str = MODEL,
+) -> dict[str, Any]:
+    """Warm up, then run the load while metering the server's CPU; one row of the matrix."""
+    body = loadgen.chat_body(model, stream)
+    loadgen.run_load(url, body, key, concurrency, ctx.warmup)
+    meter = procstat.CpuMeter(pid) if pid else None
+    if meter:
+        meter.start()
+    result = loadgen.run_load(url, body, key, concurrency, ctx.duration)
+    row: dict[str, Any] = {"target": label, "mode": "stream" if stream else "non-stream", **result.as_dict()}
+    if meter and pid:
+        cpu = meter.stop()
+        row["cpu_ms_per_req"] = round(cpu * 1000 / max(result.requests, 1), 3)
+        row["cpu_busy_pct"] = round(100 * cpu / result.duration_s, 1)
+        row["rss_mib"] = round(procstat.rss_mib(pid), 1)
+    log(
+        f"{label:<16} {row['mode']:<10} c={concurrency:<3} {result.rps:9.0f} req/s  p50 {result.p50_ms:7.2f} ms  "
+        f"p99 {result.p99_ms:7.2f} ms  errors {result.errors}"
+        + (f"  cpu {row['cpu_ms_per_req']:.3f} ms/req ({row['cpu_busy_pct']:.0f} %)" if "cpu_ms_per_req" in row else "")
+    )
+    return row
+
+
+def matrix(label: str, base: str, ctx: Ctx, key: str | None, pid: int | None, conc: tuple[int, ...]) -> list[dict]:
+    return [
+        measure(label, base + CHAT, stream, c, ctx, key, pid) for stream in (False, True) for c in conc
+    ]
+
+
+def ttft(label: str, base: str, ctx: Ctx, key: str | None) -> dict[str, Any]:
+    n = 20 if ctx.args.quick else 60
+    result = asyncio.run(loadgen.time_to_first_token(base + CHAT, loadgen.chat_body(SLOW_MODEL, True), key, n))
+    log(f"{label:<16} TTFT (10 ms/chunk) p50 {result['p50_ms']:.2f} ms  mean {result['mean_ms']:.2f} ms")
+    return {"target": label, **result}
+
+
+# --- the main matrix --------------------------------------------------------------------------
+
+
+def run_matrix(ctx: Ctx) -> dict[str, Any]:
+    section: dict[str, Any] = {"cells": [], "ttft": [], "skipped": {}}
+    cells, conc = section["cells"], (1, 16, 64)
+    log("direct to the mock (mock moved to the router's CPU while the router is idle)")
+    ctx.fast.pin(ctx.cpus.router_set)
+    cells += matrix("direct", ctx.fast.url, ctx, None, ctx.fast.proc.pid, conc)
+    ctx.fast.pin(ctx.cpus.load)
+    section["ttft"].append(ttft("direct", ctx.slow.url, ctx, None))
+
+    router = ctx.new_router("router")
+    router.start()
+    try:
+        log(f"router (aiohttp transport), pid {router.pid}, CPU {ctx.cpus.router}")
+        cells += matrix("router", router.url, ctx, router.key, router.pid, conc)
+        section["ttft"].append(ttft("router", router.url, ctx, router.key))
+        section["peak_rss_mib"] = round(procstat.peak_rss_mib(router.pid), 1)
+        script_cells(ctx, router, section)
+    finally:
+        router.stop()
+
+    for transport in ("httpx",):
+        router.start({"UPSTREAM_TRANSPORT": transport})
+        try:
+            cells += matrix(f"router-{transport}", router.url, ctx, router.key, router.pid, (16, 64))
+        finally:
+            router.stop()
+    langfuse_cells(ctx, router, section)
+    return section
+
+
+def script_cells(ctx: Ctx, router: Router, section: dict[str, Any]) -> None:
+    """The same router with one active no-op PER_BACKEND script (via the GraphQL API)."""
+    try:
+        script_id = create_noop_script(router)
+    except (GraphQLUnavailable, GraphQLError) as exc:
+        section["skipped"]["script"] = f"no-op script cell skipped: {exc}"
+        log(section["skipped"]["script"])
+        return
+    time.sleep(1.0)
+    try:
+        for c in (1, 64):
+            section["cells"].append(measure("router+script", router.url + CHAT, False, c, ctx, router.key, router.pid))
+    finally:
+        router.graphql("mutation($id: ID!) { deleteScript(id: $id) }", {"id": script_id})
+
+
+def create_noop_script(router: Router) -> str:
+    backends = router.graphql("{ backends { id name } }")["backends"]
+    backend_id = next(b["id"] for b in backends if b["name"] == "mock")
+    created = router.graphql(
+        "mutation($input: CreateScriptInput!) { createScript(input: $input) { id } }",
+        {
+            "input": {
+                "name": "bench-noop",
+                "type": "PER_BACKEND",
+                "backendId": backend_id,
+                "code": "function onRequest(c){return c}",
+                "isActive": True,
+            }
+        },
+    )
+    script_id = created["createScript"]["id"]
+    router.graphql("mutation($id: ID!) { activateScript(id: $id) { id isActive } }", {"id": script_id})
+    return script_id
+
+
+def langfuse_cells(ctx: Ctx, router: Router, section: dict[str, Any]) -> None:
+    """Langfuse on, exporting to the mock (which answers 200 to any POST and counts them)."""
+    env = {"LANGFUSE_PUBLIC_KEY": "pk-bench", "LANGFUSE_SECRET_KEY": "sk-bench", "LANGFUSE_HOST": ctx.fast.url}
+    before = ctx.fast.stats()["sink_posts"]
+    router.start(env)
+    rows = []
+    try:
+        for c in (1, 64):
+            rows.append(measure("router+langfuse", router.url + CHAT, False, c, ctx, router.key, router.pid))
+        deadline = time.monotonic() + 15
+        while ctx.fast.stats()["sink_posts"] == before and time.monotonic() < deadline:
+            time.sleep(0.5)
+    finally:
+        router.stop()
+    posts = ctx.fast.stats()["sink_posts"] - before
+    if posts == 0:
+        section["skipped"]["langfuse"] = (
+            "Langfuse cell skipped: with LANGFUSE_* set the router sent nothing to the local sink "
+            "(tracing is not wired into this router build yet); its numbers would equal the plain router's"
+        )
+        log(section["skipped"]["langfuse"])
+        return
+    section["langfuse_sink_posts"] = posts
+    section["cells"] += rows
+
+
+# --- LiteLLM ----------------------------------------------------------------------------------
+
+
+def run_litellm(ctx: Ctx) -> dict[str, Any]:
+    venv = Path(ctx.args.litellm_venv)
+    log(f"installing litellm[proxy] into {venv} (once)")
+    try:
+        exe = install_litellm(venv)
+    except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as exc:
+        return {"skipped": f"could not install litellm[proxy]: {exc}"}
+    version = subprocess.run(
+        [str(venv / "bin" / "python"), "-c", "import importlib.metadata as m; print(m.version('litellm'))"],
+        capture_output=True, text=True,
+    ).stdout.strip()
+    work = ctx.work / "litellm"
+    work.mkdir(exist_ok=True)
+    proxy = start_litellm(exe, work, {MODEL: f"{ctx.fast.url}/v1", SLOW_MODEL: f"{ctx.slow.url}/v1"}, ctx.cpus.router)
+    try:
+        log(f"LiteLLM {version} proxy, pid {proxy.pid}")
+        cells = [measure("litellm", proxy.url + CHAT, s, c, ctx, None, proxy.pid) for s in (False, True) for c in
+                 (1, 16, 64)]
+        return {
+            "version": version,
+            "cells": cells,
+            "ttft": ttft("litellm", proxy.url, ctx, None),
+            "peak_rss_mib": round(procstat.peak_rss_mib(proxy.pid), 1),
+        }
+    finally:
+        stop_process(proxy.proc)
+
+
+# --- soak -------------------------------------------------------------------------------------
+
+
+def run_soak(ctx: Ctx, seconds: int) -> dict[str, Any]:
+    """Steady mixed load (non-stream c32 + stream c16) for `seconds`; RSS and fds every 5 s."""
+    router = ctx.new_router("soak")
+    router.start()
+    samples: list[dict[str, float]] = []
+    try:
+        log(f"soak for {seconds} s against pid {router.pid}")
+        with ThreadPoolExecutor(2) as pool:
+            started = time.monotonic()
+            jobs = [
+                pool.submit(loadgen.run_load, router.url + CHAT, loadgen.chat_body(MODEL, s), router.key, c, seconds)
+                for s, c in ((False, 32), (True, 16))
+            ]
+            while not all(j.done() for j in jobs):
+                samples.append(
+                    {
+                        "t_s": round(time.monotonic() - started, 1),
+                        "rss_mib": round(procstat.rss_mib(router.pid), 1),
+                        "fds": procstat.open_fds(router.pid),
+                    }
+                )
+                time.sleep(5)
+            results = [j.result() for j in jobs]
+        samples.append(
+            {"t_s": round(time.monotonic() - started, 1), "rss_mib": round(procstat.rss_mib(router.pid), 1),
+             "fds": procstat.open_fds(router.pid)}
+        )
+    finally:
+        router.stop()
+    return soak_summary(seconds, samples, results)
+
+
+def soak_summary(seconds: int, samples: list[dict[str, float]], results: list[loadgen.LoadResult]) -> dict[str, Any]:
+    """Flatness: every sample after the first 10 % (warm-up) within ±10 % of the post-warm-up median."""
+    steady = [s for s in samples if s["t_s"] >= max(10.0, seconds * 0.1)] or samples
+    rss = [s["rss_mib"] for s in steady]
+    median = statistics.median(rss)
+    deviation = max(abs(r - median) / median for r in rss) * 100
+    fds = [s["fds"] for s in steady]
+    summary = {
+        "seconds": seconds,
+        "requests": sum(r.requests for r in results),
+        "errors": sum(r.errors for r in results),
+        "rps_non_stream": round(results[0].rps, 1),
+        "rps_stream": round(results[1].rps, 1),
+        "rss_first_mib": samples[0]["rss_mib"],
+        "rss_steady_median_mib": round(median, 1),
+        "rss_steady_min_mib": min(rss),
+        "rss_steady_max_mib": max(rss),
+        "rss_max_deviation_pct": round(deviation, 1),
+        "rss_flat": deviation <= 10.0,
+        "fds_steady_first": fds[0],
+        "fds_steady_last": fds[-1],
+        "fds_max": max(s["fds"] for s in samples),
+        "fd_growth": fds[-1] - fds[0],
+        "samples": samples,
+    }
+    log(f"soak: RSS {min(rss)}-{max(rss)} MiB (±{deviation:.1f} %), fds {fds[0]} -> {fds[-1]}, "
+        f"errors {summary['errors']}")
+    return summary
+
+
+# --- analytics at scale -----------------------------------------------------------------------
+
+
+def run_analytics(ctx: Ctx, rows: int) -> dict[str, Any]:
+    router = ctx.new_router("analytics")
+    router.start()  # creates the tables (and writes a real row to copy the formats from)
+    loadgen.run_load(router.url + CHAT, loadgen.chat_body(MODEL, False), router.key, 1, 1)
+    time.sleep(1.0)
+    router.stop()
+    db = router.data_dir / "analytics.db"
+    log(f"inserting {rows:,} request-log rows into {db}")
+    t0 = time.perf_counter()
+    insert_rows(db, rows)
+    section: dict[str, Any] = {"rows": rows, "insert_s": round(time.perf_counter() - t0, 1)}
+    since = (dt.datetime.now(dt.UTC) - dt.timedelta(hours=24)).isoformat()
+    section["sql"] = time_sql(db, since)
+    router.start()
+    try:
+        section["graphql"] = time_graphql(router, since)
+    except (GraphQLUnavailable, GraphQLError) as exc:
+        section["skipped"] = f"GraphQL timings skipped: {exc}"
+        log(section["skipped"])
+    finally:
+        router.stop()
+    return section
+
+
+def insert_rows(db: Path, rows: int, days: int = 30, batch: int = 100_000) -> None:
+    """N rows spread over `days` (newest now), 100 users, 5 backends, 4 models, ~2 % errors."""
+    conn = sqlite3.connect(db)
+    sample = conn.execute("SELECT created_at FROM request_logs LIMIT 1").fetchone()
+    columns = [c[1] for c in conn.execute("PRAGMA table_info(request_logs)")]
+    now = time.time()
+    span = days * 86400
+    models = ["gpt-4o", "gpt-4o-mini", "llama-3-70b", MODEL]
+    epoch_ms = 1_704_067_200_000
+    conn.execute("PRAGMA synchronous=OFF")
+    for start in range(0, rows, batch):
+        values = []
+        for i in range(start, min(rows, start + batch)):
+            ts = now - span + span * i / rows
+            created = dt.datetime.fromtimestamp(ts, dt.UTC)
+            row = {
+                "id": ((int(ts * 1000) - epoch_ms) << 22) | (i & 0x3FFFFF),
+                "request_id": f"gen{i:010d}",
+                "created_at": format_ts(created, sample[0] if sample else None),
+                "user_id": i % 100 + 1000,
+                "user_name": f"user{i % 100}",
+                "backend_id": i % 5 + 1000,
+                "backend_name": f"backend{i % 5}",
+                "model": models[i % 4],
+                "endpoint": CHAT,
+                "status_code": 500 if i % 50 == 0 else 200,
+                "stream": i % 3 == 0,
+                "prompt_tokens": 100 + i % 400,
+                "completion_tokens": 20 + i % 300,
+                "total_tokens": 120 + i % 400 + i % 300,
+                "latency_ms": 200.0 + i % 1000,
+                "ttft_ms": 50.0 + i % 100,
+                "attempts": 1,
+                "error": "upstream HTTP 500" if i % 50 == 0 else None,
+            }
+            values.append(tuple(row.get(c) for c in columns))
+        marks = ",".join("?" * len(columns))
+        with conn:
+            conn.executemany(f"INSERT INTO request_logs ({','.join(columns)}) VALUES ({marks})", values)
+    conn.execute("ANALYZE")
+    conn.close()
+
+
+def format_ts(value: dt.datetime, sample: str | None) -> str:
+    """A timestamp in the same text format as the router's own rows."""
+    if sample and "T" in sample:
+        return value.isoformat()
+    return value.isoformat(sep=" ")
+
+
+def timed(fn: Callable[[], Any], repeat: int = 5) -> dict[str, float]:
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t0) * 1000)
+    return {"first_ms": round(times[0], 1), "median_ms": round(statistics.median(times), 1)}
+
+
+def time_sql(db: Path, since: str) -> dict[str, Any]:
+    """The floor: what the two queries cost in SQLite itself (a newest-first page + count; GROUP BY user)."""
+    conn = sqlite3.connect(db)
+    page = timed(lambda: (
+        conn.execute("SELECT * FROM request_logs ORDER BY id DESC LIMIT 51").fetchall(),
+        conn.execute("SELECT COUNT(*) FROM request_logs").fetchone(),
+    ))
+    usage = timed(lambda: conn.execute(
+        "SELECT user_id, user_name, COUNT(*), SUM(status_code >= 400), SUM(prompt_tokens), SUM(completion_tokens), "
+        "SUM(total_tokens), AVG(latency_ms) FROM request_logs WHERE created_at >= ? GROUP BY user_id, user_name",
+        (since.replace("T", " ") if " " in (conn.execute("SELECT created_at FROM request_logs LIMIT 1").fetchone()[0])
+         else since,),
+    ).fetchall())
+    conn.close()
+    log(f"SQL floor: requestLogs page {page['median_ms']} ms, usage by user 24 h {usage['median_ms']} ms")
+    return {"request_logs_page": page, "usage_by_user_24h": usage}
+
+
+def time_graphql(router: Router, since: str) -> dict[str, Any]:
+    page_query = "{ requestLogs(first: 50) { totalCount nextCursor items { id requestId createdAt userName " \
+                 "model statusCode latencyMs totalTokens } } }"
+    usage_query = "query($since: DateTime!) { usage(groupBy: [USER], filter: {since: $since}) " \
+                  "{ userId userName requests errors totalTokens avgLatencyMs } }"
+    page = timed(lambda: router.graphql(page_query))
+    usage = timed(lambda: router.graphql(usage_query, {"since": since}))
+    log(f"GraphQL: requestLogs page {page['median_ms']} ms, usage by user 24 h {usage['median_ms']} ms")
+    return {"request_logs_page": page, "usage_by_user_24h": usage}
+
+
+# --- workers ----------------------------------------------------------------------------------
+
+
+def run_workers(ctx: Ctx) -> dict[str, Any]:
+    section: dict[str, Any] = {"sqlite": workers_ratio(ctx, "workers-sqlite", {})}
+    pg = ctx.args.postgres_url or os.environ.get("TEST_POSTGRES_URL")
+    if not pg:
+        section["postgres"] = {"skipped": "PostgreSQL skipped: neither --postgres-url nor TEST_POSTGRES_URL is set"}
+    else:
+        section["postgres"] = workers_on_postgres(ctx, pg)
+    return section
+
+
+def workers_ratio(ctx: Ctx, name: str, env: dict[str, str]) -> dict[str, Any]:
+    router = ctx.new_router(name) if not env else _router_with_env(ctx, name, env)
+    rows = {}
+    all_cpus = ",".join(str(c) for c in sorted(os.sched_getaffinity(0)))
+    for workers, cpus in ((1, ctx.cpus.router), (2, all_cpus)):
+        router.start(env, workers=workers, cpus=cpus)
+        try:
+            rows[workers] = measure(f"workers={workers}", router.url + CHAT, False, 64, ctx, router.key, router.pid)
+        finally:
+            router.stop()
+    ratio = rows[2]["rps"] / rows[1]["rps"] if rows[1]["rps"] else 0.0
+    log(f"{name}: --workers 2 / --workers 1 = {ratio:.2f}x")
+    return {"workers_1": rows[1], "workers_2": rows[2], "ratio": round(ratio, 2)}
+
+
+def _router_with_env(ctx: Ctx, name: str, env: dict[str, str]) -> Router:
+    router = Router(
+        ctx.work / name, Path(ctx.args.router_src).resolve(), ctx.cpus.router,
+        {"mock": f"{ctx.fast.url}/v1", "slow": f"{ctx.slow.url}/v1"}, [MODEL, SLOW_MODEL], extra_env=env,
+    )
+    router.prepare()
+    return router
+
+
+def workers_on_postgres(ctx: Ctx, server_url: str) -> dict[str, Any]:
+    import asyncpg
+
+    name = f"llmrouter_bench_{int(time.time())}"
+    urls = {"CORE_DB_URL": f"{server_url.rsplit('/', 1)[0]}/{name}_core",
+            "ANALYTICS_DB_URL": f"{server_url.rsplit('/', 1)[0]}/{name}_analytics"}
+
+    async def admin(sql: str) -> None:
+        conn = await asyncpg.connect(server_url, timeout=5)
+        try:
+            await conn.execute(sql)
+        finally:
+            await conn.close()
+
+    try:
+        for url in urls.values():
+            asyncio.run(admin(f'CREATE DATABASE "{url.rsplit("/", 1)[1]}"'))
+    except Exception as exc:
+        return {"skipped": f"PostgreSQL skipped: cannot create a database on {server_url}: {exc}"}
+    try:
+        return workers_ratio(ctx, "workers-postgres", urls)
+    finally:
+        for url in urls.values():
+            asyncio.run(admin(f'DROP DATABASE IF EXISTS "{url.rsplit("/", 1)[1]}" WITH (FORCE)'))
+
+
+# --- profile ----------------------------------------------------------------------------------
+
+
+def run_profile(ctx: Ctx, seconds: int) -> dict[str, Any]:
+    import profile_summary
+
+    py_spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    if not Path(py_spy).exists():
+        return {"skipped": "py-spy is not installed (.venv/bin/pip install py-spy)"}
+    router = ctx.new_router("profile")
+    router.start()
+    section: dict[str, Any] = {"seconds": seconds}
+    try:
+        for stream in (False, True):
+            name = "stream" if stream else "nonstream"
+            out = RESULTS / f"profile-{name}.txt"
+            body = loadgen.chat_body(MODEL, stream)
+            loadgen.run_load(router.url + CHAT, body, router.key, 64, 1)
+            load = threading.Thread(
+                target=loadgen.run_load, args=(router.url + CHAT, body, router.key, 64, seconds + 2)
+            )
+            load.start()
+            time.sleep(1)
+            subprocess.run(
+                [py_spy, "record", "--nonblocking", "-r", "250", "-d", str(seconds), "-f", "raw", "-o", str(out),
+                 "--pid", str(router.pid)],
+                check=True, capture_output=True, timeout=seconds + 60,
+            )
+            load.join()
+            section[name] = profile_summary.summarize(out, top=20)
+            log(f"profile {name}: {section[name]['samples']} samples -> {out.name}")
+    finally:
+        router.stop()
+    return section
+
+
+# --- main -------------------------------------------------------------------------------------
+
+
+def machine_info() -> dict[str, Any]:
+    import importlib.metadata as md
+
+    cpu = next(
+        (line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+         if line.startswith("model name")), "unknown",
+    )
+    versions = {}
+    for pkg in ("starlette", "uvicorn", "uvloop", "httptools", "aiohttp", "httpx", "orjson", "tortoise-orm"):
+        try:
+            versions[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            versions[pkg] = "-"
+    wrk = subprocess.run(["wrk", "-v"], capture_output=True, text=True).stdout.split("[")[0].strip() if (
+        loadgen.WRK) else "absent: Python (aiohttp) load generator used"
+    return {
+        "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "python": sys.version.split()[0],
+        "versions": versions,
+        "load_generator": wrk,
+        "git": subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True,
+                              text=True).stdout.strip(),
+    }
+
+
+def parse_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="3-second cells")
+    p.add_argument("--duration", type=float, default=10.0, help="seconds per cell (default 10)")
+    p.add_argument("--no-matrix", action="store_true", help="skip the main matrix (run only the extra modes)")
+    p.add_argument("--vs-litellm", action="store_true", help="also measure LiteLLM's proxy (own venv)")
+    p.add_argument("--litellm-venv", default=str(Path(tempfile.gettempdir()) / "llm-router-bench-litellm"))
+    p.add_argument("--soak", type=int, metavar="SECONDS", help="steady load for N seconds, RSS/fds sampled")
+    p.add_argument("--analytics", type=int, metavar="ROWS", help="time GraphQL analytics over N generated rows")
+    p.add_argument("--workers-compare", action="store_true", help="--workers 2 vs 1 throughput")
+    p.add_argument("--postgres-url", help="server URL for the PostgreSQL workers comparison")
+    p.add_argument("--profile", type=int, metavar="SECONDS", help="py-spy the router under c64 load")
+    p.add_argument("--router-src", default=str(REPO), help="run the router from this checkout (a scratch worktree)")
+    p.add_argument("--output", default=str(RESULTS / "latest.json"))
+    p.add_argument("--no-readme", action="store_true", help="do not rewrite benchmarks/README.md")
+    return p.parse_args()
+
+
+def main() -> None:
+    args = parse_args()
+    cpus = Cpus.detect()
+    if cpus.load:
+        os.sched_setaffinity(0, cpus.load)  # this process and everything it starts without taskset
+    else:
+        log("fewer than 2 CPUs or no taskset: nothing is pinned; numbers mix router and load generator")
+    if not loadgen.WRK:
+        log("wrk is not installed: using the Python (aiohttp) load generator, which saturates first")
+    RESULTS.mkdir(exist_ok=True)
+    output = Path(args.output)
+    results: dict[str, Any] = json.loads(output.read_text()) if output.exists() else {}
+    results["machine"] = machine_info()
+    results["machine"]["pinning"] = (
+        f"router on CPU {cpus.router}; load generator and mock on CPU {cpus.load_str}" if cpus.load else "none"
+    )
+    if args.router_src != str(REPO):
+        results["machine"]["router_src"] = args.router_src
+    with tempfile.TemporaryDirectory(prefix="llm-router-bench-") as tmp:
+        fast = start_mock(cpus.load_str)
+        slow = start_mock(cpus.load_str, SLOW_MODEL, chunk_delay_ms=10)
+        ctx = Ctx(args, cpus, Path(tmp), fast, slow)
+        try:
+            sections: dict[str, Callable[[], dict[str, Any]]] = {}
+            if not args.no_matrix:
+                sections["matrix"] = lambda: run_matrix(ctx)
+            if args.vs_litellm:
+                sections["litellm"] = lambda: run_litellm(ctx)
+            if args.soak:
+                sections["soak"] = lambda: run_soak(ctx, args.soak)
+            if args.analytics:
+                sections["analytics"] = lambda: run_analytics(ctx, args.analytics)
+            if args.workers_compare:
+                sections["workers"] = lambda: run_workers(ctx)
+            if args.profile:
+                sections["profile"] = lambda: run_profile(ctx, args.profile)
+            for name, run in sections.items():
+                results[name] = {"measured_at": results["machine"]["date"], "duration_s": ctx.duration, **run()}
+                output.write_text(json.dumps(results, indent=2))
+        finally:
+            stop_process(fast.proc)
+            stop_process(slow.proc)
+    output.write_text(json.dumps(results, indent=2))
+    log(f"results: {output}")
+    if not args.no_readme:
+        report.update_readme(HERE / "README.md", results)
+        log("README: benchmarks/README.md")
+
+
+if __name__ == "__main__":
+    main()
