@@ -63,7 +63,7 @@ function renderLogin(notice) {
           if (!currentPath()) window.location.hash = `#/${DEFAULT_VIEW}`;
           render();
         } catch (err) {
-          const wrong = err.code === "UNAUTHENTICATED" || err.code === "FORBIDDEN" || err.status === 401;
+          const wrong = err.code === "UNAUTHENTICATED";
           message.append(h("div.alert.error", { role: "alert" }, wrong ? "Wrong password. Try again." : errorText(err)));
           password.select();
         } finally {

@@ -1,4 +1,5 @@
-// Hand-drawn SVG charts: a multi-series line chart over time buckets, with a hover read-out.
+// Hand-drawn SVG charts: a stacked bar chart over time buckets (one colour per series), with a
+// hover read-out.
 // It redraws itself at the width of its host (ResizeObserver), so text stays legible on phones.
 
 const SVG = "http://www.w3.org/2000/svg";
@@ -12,11 +13,12 @@ function s(tag, attrs = {}, text) {
 }
 
 /** A "nice" upper bound and tick step for values up to `max`. */
-export function niceScale(max, ticks = 4) {
-  if (!(max > 0)) return { top: 1, step: 0.25 };
+export function niceScale(max, ticks = 4, integer = true) {
+  if (!(max > 0)) return { top: ticks, step: 1 };
   const raw = max / ticks;
   const mag = 10 ** Math.floor(Math.log10(raw));
-  const step = [1, 2, 2.5, 5, 10].map((m) => m * mag).find((m) => m >= raw);
+  let step = [1, 2, 2.5, 5, 10].map((m) => m * mag).find((m) => m >= raw);
+  if (integer) step = Math.max(1, Math.ceil(step));
   return { top: step * Math.ceil(max / step), step };
 }
 
@@ -29,10 +31,10 @@ export function compactNumber(v) {
 }
 
 /**
- * lineChart(host, {times: [ms...], series: [{name, color, values: [...]}], formatTime(ms), formatValue(v), title})
+ * barChart(host, {times: [ms...], series: [{name, color, values: [...]}], formatTime(ms, long), formatValue(v), title})
  * Returns {update(data), destroy()}.
  */
-export function lineChart(host, data) {
+export function barChart(host, data) {
   let current = data;
   const wrap = document.createElement("div");
   wrap.className = "chart";
@@ -53,11 +55,14 @@ export function lineChart(host, data) {
     const hgt = height - m.top - m.bottom;
     const { times, series } = current;
     const fmtV = current.formatValue || compactNumber;
-    const max = Math.max(0, ...series.flatMap((x) => x.values));
+    const n = times.length;
+    const stacks = times.map((_, i) => series.reduce((acc, ser) => acc + (ser.values[i] || 0), 0));
+    const max = Math.max(0, ...stacks);
     const { top, step } = niceScale(max);
     const total = series.reduce((acc, x) => acc + x.values.reduce((a, b) => a + b, 0), 0);
-    const n = times.length;
-    const x = (i) => m.left + (n <= 1 ? w / 2 : (i * w) / (n - 1));
+    const slot = w / Math.max(1, n);
+    const barW = Math.max(1, slot * (slot > 6 ? 0.72 : 0.9));
+    const x = (i) => m.left + slot * i + slot / 2; // centre of bucket i
     const y = (v) => m.top + hgt - (v / top) * hgt;
 
     const next = s("svg", {
@@ -79,31 +84,30 @@ export function lineChart(host, data) {
     const every = Math.max(1, Math.ceil(n / Math.max(2, Math.floor(w / 90))));
     for (let i = 0; i < n; i += every) {
       next.append(s("text", { class: "tick", x: x(i), y: height - 6, "text-anchor": i === 0 ? "start" : "middle" }, current.formatTime(times[i])));
+      next.append(s("line", { class: "xtick", x1: x(i), x2: x(i), y1: y(0), y2: y(0) + 4 }));
     }
     next.append(s("line", { class: "axis", x1: m.left, x2: m.left + w, y1: y(0), y2: y(0) }));
-    // series
-    series.forEach((ser) => {
-      if (!ser.values.length) return;
-      const d = ser.values.map((v, i) => `${i ? "L" : "M"}${x(i).toFixed(1)},${y(v).toFixed(1)}`).join("");
-      const area = `${d}L${x(n - 1).toFixed(1)},${y(0)}L${x(0).toFixed(1)},${y(0)}Z`;
-      next.append(s("path", { class: "area", d: area, fill: ser.color }));
-      next.append(s("path", { class: "series", d, stroke: ser.color, "data-name": ser.name }));
-      ser.values.forEach((v, i) => {
-        if (v > 0 && (n <= 60 || ser.values[i - 1] === 0 || ser.values[i + 1] === 0)) {
-          next.append(s("circle", { class: "dot", cx: x(i), cy: y(v), r: 2.5, fill: ser.color }));
-        }
+    // stacked bars, biggest series at the bottom
+    times.forEach((_, i) => {
+      let base = 0;
+      series.forEach((ser) => {
+        const v = ser.values[i] || 0;
+        if (v <= 0) return;
+        const y0 = y(base);
+        const y1 = y(base + v);
+        next.append(s("rect", { class: "bar", x: (x(i) - barW / 2).toFixed(1), y: y1.toFixed(1), width: barW.toFixed(1), height: Math.max(1, y0 - y1).toFixed(1), fill: ser.color, "data-name": ser.name }));
+        base += v;
       });
     });
-    const cursor = s("line", { class: "cursor", x1: 0, x2: 0, y1: m.top, y2: m.top + hgt, visibility: "hidden" });
+    const cursor = s("rect", { class: "cursor", x: 0, y: m.top, width: slot, height: hgt, visibility: "hidden" });
     next.append(cursor);
     const overlay = s("rect", { x: m.left, y: m.top, width: w, height: hgt, fill: "transparent" });
     next.append(overlay);
     overlay.addEventListener("mousemove", (event) => {
       const rect = next.getBoundingClientRect();
       const px = event.clientX - rect.left;
-      const i = Math.max(0, Math.min(n - 1, Math.round(((px - m.left) / w) * (n - 1))));
-      cursor.setAttribute("x1", x(i));
-      cursor.setAttribute("x2", x(i));
+      const i = Math.max(0, Math.min(n - 1, Math.floor((px - m.left) / slot)));
+      cursor.setAttribute("x", x(i) - slot / 2);
       cursor.setAttribute("visibility", "visible");
       const lines = series
         .map((ser) => ({ ser, v: ser.values[i] }))
@@ -112,7 +116,7 @@ export function lineChart(host, data) {
         .map(({ ser, v }) => `<div><i style="background:${ser.color}"></i>${escapeHtml(ser.name)}: <b>${fmtV(v)}</b></div>`);
       tip.innerHTML = `<div class="tip-time">${escapeHtml(current.formatTime(times[i], true))}</div>${lines.join("") || "<div>nothing</div>"}`;
       tip.hidden = false;
-      const left = Math.min(Math.max(0, x(i) + 10), width - tip.offsetWidth - 4);
+      const left = x(i) + slot / 2 + 8 + tip.offsetWidth < width ? x(i) + slot / 2 + 8 : Math.max(0, x(i) - slot / 2 - 8 - tip.offsetWidth);
       tip.style.left = `${left}px`;
       tip.style.top = `${m.top}px`;
     });

@@ -237,6 +237,7 @@ export function fmtInt(value) {
 
 export function fmtPct(value) {
   if (value === null || value === undefined || Number.isNaN(value)) return "–";
+  if (value === 0) return "0%";
   return `${(value * 100).toFixed(value < 0.1 ? 1 : 0)}%`;
 }
 

@@ -68,7 +68,7 @@ export async function mount(el) {
           h("td.num", String(b.weight)),
           h("td.hide-sm", b.hasApiKey ? "set" : h("span.muted", "none")),
           h(
-            "td.actions",
+            "td.row-actions",
             h("button.small", { type: "button", onclick: () => edit(b) }, "Edit"),
             h("button.small", { type: "button", onclick: () => setActive(b, !b.isActive) }, b.isActive ? "Disable" : "Enable"),
             h("button.small.danger", { type: "button", onclick: () => remove(b) }, "Delete"),
@@ -96,6 +96,9 @@ export async function mount(el) {
     modelAppend.value = (b.modelAppend || []).join("\n");
     const weight = h("input", { name: "weight", type: "number", min: 0, step: 1, value: String(b.weight), required: true });
     const active = checkbox("Enabled", b.isActive, { name: "isActive" });
+    const clearKey = checkbox("Remove the stored key", false, { name: "clearKey" });
+    clearKey.el.hidden = creating || !b.hasApiKey;
+    apiKey.addEventListener("input", () => (clearKey.input.disabled = Boolean(apiKey.value)));
 
     const saved = await modal(creating ? "New backend" : `Edit ${b.name}`, (close) => {
       const form = h(
@@ -119,12 +122,10 @@ export async function mount(el) {
               for (const key of Object.keys(input)) {
                 if (JSON.stringify(input[key] ?? null) === JSON.stringify(b[key] ?? null)) delete input[key];
               }
-              // An emptied list or filter is sent as an empty value, which clears it.
-              if ("modelOverride" in input && input.modelOverride === null) input.modelOverride = [];
-              if ("modelAppend" in input && input.modelAppend === null) input.modelAppend = [];
-              if ("modelFilter" in input && input.modelFilter === null) input.modelFilter = "";
+              // An emptied field is sent as null, which clears it.
             }
             if (apiKey.value) input.apiKey = apiKey.value; // write-only: never read back
+            else if (clearKey.input.checked) input.apiKey = ""; // "" removes the stored key
             try {
               await busy(form, async () => {
                 const data = creating
@@ -140,6 +141,7 @@ export async function mount(el) {
         field("Name", name, "Unique alias; also usable as [name]model in model names."),
         field("Base URL", baseUrl, "The OpenAI-compatible root, usually ending in /v1."),
         field("Upstream API key", apiKey, "Write-only: it is stored but never shown again."),
+        clearKey.el,
         field("Model filter", modelFilter, "Space-separated terms every listed model must contain; * is a wildcard."),
         field("Model override", modelOverride, "When set, exactly these models are served and /models is not asked."),
         field("Extra models", modelAppend, "Appended after the (filtered) model list."),

@@ -142,8 +142,8 @@ export async function mount(el) {
   function fillOptions() {
     const keepUser = userSel.value;
     const keepBackend = backendSel.value;
-    clear(userSel).append(users.length ? users.map((u) => h("option", { value: u.id }, u.name)) : h("option", { value: "" }, "No users yet"));
-    clear(backendSel).append(backends.length ? backends.map((b) => h("option", { value: b.id }, b.name)) : h("option", { value: "" }, "No backends yet"));
+    clear(userSel).append(...(users.length ? users.map((u) => h("option", { value: u.id }, u.name)) : [h("option", { value: "" }, "No users yet")]));
+    clear(backendSel).append(...(backends.length ? backends.map((b) => h("option", { value: b.id }, b.name)) : [h("option", { value: "" }, "No backends yet")]));
     if (keepUser) userSel.value = keepUser;
     if (keepBackend) backendSel.value = keepBackend;
   }
@@ -343,6 +343,8 @@ export async function mount(el) {
   function drawResult(r) {
     clear(result).append(
       h(
+        "div.result-body",
+        h(
         "div.result-head",
         r.ok ? badge("ok", "ok") : badge("failed", "bad"),
         h("span.muted", `took ${fmtMs(r.durationMs)}`),
@@ -351,7 +353,8 @@ export async function mount(el) {
       h("h3", "Console"),
       r.logs.length ? h("pre.logs", r.logs.join("\n")) : h("p.muted", "Nothing was logged."),
       h("h3", "Returned context"),
-      h("pre.json", r.context === null || r.context === undefined ? "null" : JSON.stringify(r.context, null, 2)),
+        h("pre.json", r.context === null || r.context === undefined ? "null" : JSON.stringify(r.context, null, 2)),
+      ),
     );
   }
 

@@ -2,7 +2,7 @@
 // backend (from `usage`), and the backends' current metrics (from `backendMetrics`).
 
 import { gql } from "../graphql.js";
-import { PALETTE, lineChart } from "../chart.js";
+import { PALETTE, barChart } from "../chart.js";
 import { healthBadge } from "./backends.js";
 import { clear, errorBox, fmtInt, fmtMs, fmtPct, fmtTime, h, tableWrap } from "../ui.js";
 
@@ -170,9 +170,9 @@ export async function mount(el) {
 
   function drawCharts({ times, list }) {
     clear(legend).append(
-      list.length
+      ...(list.length
         ? list.map((g) => h("span.legend-item", h("i", { style: { background: g.color } }), g.name))
-        : h("span.muted", `No requests in the ${RANGES[range].label.toLowerCase()}.`),
+        : [h("span.muted", `No requests in the ${RANGES[range].label.toLowerCase()}.`)]),
     );
     const datasets = METRICS.map((metric, k) => ({
       title: metric.title,
@@ -186,7 +186,7 @@ export async function mount(el) {
       charts = datasets.map((d) => {
         const panel = h("figure.chart-panel", { dataset: { metric: d.title.toLowerCase() } }, h("figcaption", d.title));
         chartsHost.append(panel);
-        return lineChart(panel, d);
+        return barChart(panel, d);
       });
     } else {
       charts.forEach((c, i) => c.update(datasets[i]));

@@ -74,7 +74,7 @@ export async function mount(el) {
           h("td.backends", backends),
           h("td.hide-sm", fmtDate(user.createdAt)),
           h(
-            "td.actions",
+            "td.row-actions",
             h("button.small", { type: "button", onclick: () => editUser(user) }, "Edit"),
             h("button.small", { type: "button", onclick: () => setActive(user, !user.isActive) }, user.isActive ? "Deactivate" : "Activate"),
             h("button.small", { type: "button", onclick: () => regenerate(user) }, "New key"),

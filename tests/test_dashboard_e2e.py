@@ -1,0 +1,292 @@
+"""End-to-end test of the admin dashboard in a real headless browser.
+
+Debian's `chromium` package driven by Playwright for Python (`executable_path`, never a browser
+download). The router and an OpenAI-compatible upstream are the real ones from conftest.py.
+
+Screenshots of the main pages go to test-artifacts/screenshots/ (not committed). With
+UPDATE_DOC_SCREENSHOTS=1 the ones used by the README are also copied to docs/screenshots/.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import ADMIN_PASSWORD
+
+pytestmark = pytest.mark.browser
+
+ROOT = Path(__file__).resolve().parents[1]
+SHOTS = ROOT / "test-artifacts" / "screenshots"
+DOC_SHOTS = ROOT / "docs" / "screenshots"
+DOC_PAGES = ("live.png", "usage.png", "scripts-syntax-error.png")
+CHROMIUM = os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+FEED_DEADLINE_S = 2.0
+
+
+def _require_browser():
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        pytest.skip("dashboard e2e skipped: the `playwright` Python package is not installed (pip install playwright)")
+    if not Path(CHROMIUM).is_file():
+        pytest.skip(
+            f"dashboard e2e skipped: no Chromium at {CHROMIUM} (apt-get install chromium, or set CHROMIUM_PATH)"
+        )
+    return sync_playwright
+
+
+@pytest.fixture
+def browser():
+    sync_playwright = _require_browser()
+    with sync_playwright() as p:
+        instance = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            yield instance
+        finally:
+            instance.close()
+
+
+@pytest.fixture
+def page(browser, router_factory):
+    router = router_factory()
+    context = browser.new_context(viewport={"width": 1280, "height": 860}, base_url=router.url)
+    context.grant_permissions(["clipboard-read", "clipboard-write"], origin=router.url)
+    pg = context.new_page()
+    pg.set_default_timeout(10_000)
+    problems: list[str] = []
+    pg.on("pageerror", lambda exc: problems.append(f"page error: {exc}"))
+    pg.on("console", lambda msg: msg.type == "error" and problems.append(f"console error: {msg.text}"))
+    pg.router_process = router
+    pg.problems = problems
+    yield pg
+    context.close()
+
+
+def shot(page, name: str, full_page: bool = True) -> None:
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    page.evaluate("document.querySelectorAll('#toasts .toast').forEach((t) => t.remove())")
+    page.screenshot(path=str(SHOTS / name), full_page=full_page)
+
+
+def nav(page, view: str) -> None:
+    page.click(f"a.nav-link[data-view={view}]")
+    page.wait_for_selector(f".page[data-page={view}]")
+
+
+def wait_until(predicate, timeout: float, what: str, interval: float = 0.1):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def test_dashboard_end_to_end(page, upstream):
+    from openai import OpenAI
+    from playwright.sync_api import expect
+
+    router = page.router_process
+
+    # --- assets are the router's own ---
+    index = httpx.get(f"{router.url}/admin")
+    assert index.status_code == 200 and "text/html" in index.headers["content-type"]
+    assert httpx.get(f"{router.url}/admin/app.js").headers["content-type"].startswith("text/javascript")
+
+    # --- sign in: a wrong password says so, the right one gets in and the session survives a reload ---
+    page.goto("/admin")
+    page.fill("#password", "not-the-password")
+    page.click("form.login-card button[type=submit]")
+    expect(page.locator(".login-message")).to_contain_text("Wrong password")
+    shot(page, "sign-in.png")
+    page.fill("#password", ADMIN_PASSWORD)
+    page.click("form.login-card button[type=submit]")
+    expect(page.locator("nav.nav")).to_be_visible()
+    page.reload()
+    expect(page.locator("nav.nav")).to_be_visible()
+    assert page.evaluate("localStorage.getItem('llm-router.admin-session')")
+
+    # --- a backend through the UI ---
+    nav(page, "backends")
+    page.click("#new-backend")
+    page.fill(".dialog input[name=name]", "e2e-upstream")
+    page.fill(".dialog input[name=baseUrl]", upstream.base_url)
+    page.fill(".dialog input[name=apiKey]", "upstream-secret")
+    page.click(".dialog button[type=submit]")
+    row = page.locator("tr[data-backend-name=e2e-upstream]")
+    expect(row).to_be_visible()
+    expect(row).to_contain_text("set")  # the key is stored, never shown
+    assert "upstream-secret" not in page.content()
+
+    # --- a user through the UI: the key is shown once, with a copy button ---
+    nav(page, "users")
+    page.click("#new-user")
+    page.fill(".dialog input[name=name]", "e2e-user")
+    page.fill(".dialog input[name=email]", "e2e@example.com")
+    page.click(".dialog button[type=submit]")
+    dialog = page.locator(".dialog")
+    expect(dialog).to_contain_text("you will not see it again")
+    api_key = page.input_value(".dialog input.secret")
+    assert len(api_key) > 20
+    page.click(".dialog button.copy")
+    expect(dialog.locator(".copy-status")).to_contain_text("Copied")
+    shot(page, "users-new-key.png")
+    page.click(".dialog .actions button")
+    expect(page.locator("tr[data-user-name=e2e-user]")).to_be_visible()
+    shot(page, "users.png")
+
+    # --- a permission through the UI ---
+    nav(page, "permissions")
+    box = page.locator("tr[data-user-name=e2e-user] input.perm").first
+    box.check()
+    expect(page.locator("#toasts")).to_contain_text("e2e-user may now use e2e-upstream")
+    shot(page, "permissions.png")
+    perms = router.gql_ok("{ users { name permissions { backend { name } } } }")["users"]
+    assert {"e2e-upstream"} == {
+        p["backend"]["name"] for u in perms if u["name"] == "e2e-user" for p in u["permissions"]
+    }
+
+    # The router must have picked up the new user and the backend's models before /v1 is called.
+    def models_listed():
+        r = httpx.get(f"{router.v1}/models", headers={"Authorization": f"Bearer {api_key}"}, timeout=5)
+        return r.status_code == 200 and any(m["id"].endswith("test-model") for m in r.json()["data"])
+
+    wait_until(models_listed, 20, "the new backend's models to be served to the new key")
+    nav(page, "backends")
+    expect(page.locator("tr[data-backend-name=e2e-upstream]")).to_contain_text("test-model", timeout=15_000)
+    shot(page, "backends.png")
+
+    # --- live feed: a /v1 request through the openai SDK appears within 2 s ---
+    nav(page, "live")
+    expect(page.locator("#connection")).to_have_attribute("data-state", "connected")
+    client = OpenAI(base_url=router.v1, api_key=api_key, max_retries=0, timeout=30)
+    reply = client.chat.completions.create(model="test-model", messages=[{"role": "user", "content": "hi from e2e"}])
+    assert reply.choices[0].message.content
+    finished = time.monotonic()
+    feed_row = page.locator("#feed tr[data-user=e2e-user]").first
+    feed_row.wait_for(state="visible", timeout=FEED_DEADLINE_S * 1000)
+    assert time.monotonic() - finished <= FEED_DEADLINE_S + 0.25
+    expect(feed_row).to_contain_text("e2e-upstream")
+    expect(feed_row).to_contain_text("200")
+    # a few more, one streamed, for the screenshots and the chart
+    stream = client.chat.completions.create(
+        model="test-model", messages=[{"role": "user", "content": "stream please"}], stream=True
+    )
+    for _ in stream:
+        pass
+    client.chat.completions.create(model="test-model", messages=[{"role": "user", "content": "and one more"}])
+    expect(page.locator("#feed tr[data-user=e2e-user]")).to_have_count(3)
+    # filters
+    page.fill("#filter-model", "no-such-model")
+    expect(page.locator("#feed tr[data-user=e2e-user]")).to_have_count(0)
+    page.fill("#filter-model", "")
+    expect(page.locator("#feed tr[data-user=e2e-user]")).to_have_count(3)
+    shot(page, "live.png")
+
+    # --- usage chart renders with data ---
+    nav(page, "usage")
+    chart = page.locator("figure[data-metric=requests] svg.usage-chart")
+    expect(chart).to_be_visible()
+
+    def chart_total():
+        total = float(chart.get_attribute("data-total") or 0)
+        if total < 3:
+            page.click("#refresh-usage")
+        return total >= 3
+
+    wait_until(chart_total, 15, "the usage chart to show the requests", interval=0.5)
+    assert page.locator("figure[data-metric=requests] rect.bar").count() >= 1
+    expect(page.locator(".legend")).to_contain_text("e2e-user")
+    expect(page.locator("#backend-metrics")).to_contain_text("e2e-upstream")
+    page.click(".segmented button[data-value=MODEL]")
+    expect(page.locator(".legend")).to_contain_text("test-model")
+    page.click(".segmented button[data-value=USER]")
+    expect(page.locator(".legend")).to_contain_text("e2e-user")
+    shot(page, "usage.png")
+
+    # --- a script with a syntax error is refused at the right line ---
+    nav(page, "scripts")
+    page.click("#new-script")
+    page.fill("#script-name", "broken-script")
+    page.select_option("#script-type", "PER_USER")
+    page.select_option("#script-user", label="e2e-user")
+    broken = "export function onRequest(context) {\n  const x = 1;\n  return context +* 2;\n}\n"
+    page.evaluate("code => document.querySelector('.script-form .CodeMirror').CodeMirror.setValue(code)", broken)
+    page.click("#save-script")
+    error = page.locator(".script-error")
+    expect(error).to_be_visible()
+    expect(error).to_have_attribute("data-line", "3")
+    expect(error).to_contain_text("Line 3")
+    expect(page.locator(".script-form .cm-error-line .CodeMirror-linenumber")).to_have_text("3")
+    shot(page, "scripts-syntax-error.png")
+    assert router.gql_ok("{ scripts { name } }")["scripts"] == []
+
+    # fixed, it saves, and the test panel runs it
+    fixed = (
+        "export function onRequest(context) {\n"
+        "  console.log('model is', context.request.model);\n"
+        "  context.request.temperature = 0;\n"
+        "  return context;\n"
+        "}\n"
+    )
+    page.evaluate("code => document.querySelector('.script-form .CodeMirror').CodeMirror.setValue(code)", fixed)
+    page.click("#save-script")
+    expect(page.locator(".script-list")).to_contain_text("broken-script")
+    expect(error).to_be_hidden()
+    page.click("#run-test")
+    result = page.locator("#test-result")
+    expect(result).to_contain_text("Returned context")
+    expect(result).to_contain_text("model is")
+    expect(result.locator("pre.json")).to_contain_text('"temperature": 0')
+    shot(page, "scripts.png")
+
+    # --- a phone-sized screen ---
+    page.set_viewport_size({"width": 390, "height": 844})
+    page.click(".menu-toggle")
+    nav(page, "live")
+    expect(page.locator("#feed tr[data-user=e2e-user]")).to_have_count(3)
+    shot(page, "phone-live.png")
+
+    # --- sign out ---
+    page.set_viewport_size({"width": 1280, "height": 860})
+    page.click("button.signout")
+    expect(page.locator("#password")).to_be_visible()
+    assert page.evaluate("localStorage.getItem('llm-router.admin-session')") is None
+    page.reload()
+    expect(page.locator("#password")).to_be_visible()
+
+    assert not page.problems, page.problems
+
+    if os.environ.get("UPDATE_DOC_SCREENSHOTS") == "1":
+        DOC_SHOTS.mkdir(parents=True, exist_ok=True)
+        for name in DOC_PAGES:
+            shutil.copyfile(SHOTS / name, DOC_SHOTS / name)
+
+
+def test_dashboard_reports_api_errors_in_words(page):
+    """A session the server no longer accepts sends the admin back to sign-in, with a reason."""
+    page.goto("/admin")
+    page.evaluate("localStorage.setItem('llm-router.admin-session', JSON.stringify({token: 'bogus', expiresAt: null}))")
+    page.goto("/admin#/users")
+    expect_text = page.locator(".login-message")
+    from playwright.sync_api import expect
+
+    expect(expect_text).to_contain_text("Sign in again")
+    # console errors from the refused request are expected here
