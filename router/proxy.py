@@ -22,8 +22,18 @@ from starlette.responses import Response, StreamingResponse
 
 from router import errors
 from router.auth import bearer_token, hash_api_key
-from router.catalog import BackendEntry, UserEntry, split_alias
+from router.catalog import BackendEntry, ScriptEntry, UserEntry, split_alias
 from router.errors import ApiError
+from router.hooks import (
+    early_response,
+    header_changes,
+    request_context,
+    response_parts,
+    run_chain,
+    script_source,
+    scripts_for,
+    visible_headers,
+)
 from router.routing import candidate_backends
 from router.runtime import Runtime
 from router.upstream import SSESplitter, UpstreamError, UpstreamResponse, sse_data
@@ -223,6 +233,7 @@ def _has_prefix(url: str, prefix: str) -> bool:
 
 
 def upstream_headers(target: Target, request_id: str, extra: dict[str, str] | None) -> dict[str, str]:
+    """What the upstream gets: our framing, its key (never the user's), the request id, script headers."""
     headers = {"Content-Type": "application/json", "Accept": "application/json, text/event-stream"}
     if extra:
         headers.update(extra)
@@ -238,15 +249,23 @@ def response_headers(upstream: UpstreamResponse, request_id: str) -> dict[str, s
     return headers
 
 
+@dataclass(slots=True)
+class Hooks:
+    """The scripts of one attempt and the context they passed along (None when no script applies)."""
+
+    scripts: tuple[ScriptEntry, ...] = ()
+    context: dict[str, Any] | None = None
+
+    @property
+    def reversed(self) -> tuple[ScriptEntry, ...]:
+        return self.scripts[::-1]
+
+
 async def forward(
     rt: Runtime, request: Request, record: RequestRecord, user: UserEntry, route: Route, payload: dict
 ) -> Response:
     """Try the targets in order; retry on connect errors, timeouts, 429 and 5xx before any byte is sent."""
-    strip_usage_chunk = record.stream and not _client_wants_usage(payload)
-    if record.stream:
-        payload["stream_options"] = {**(payload.get("stream_options") or {}), "include_usage": True}
     payload["model"] = route.upstream_model
-    body = orjson.dumps(payload)
     suffix = request.url.path[len("/v1") :]
     last_error: ApiError | None = None
     tried = 0
@@ -260,10 +279,45 @@ async def forward(
         record.attempts = tried
         record.backend_id = backend.id if backend else None
         record.backend_name = target.name
-        headers = upstream_headers(target, record.request_id, None)
+
+        hooks = Hooks(scripts_for(rt.catalog.snapshot, user.id, record.backend_id))
+        body, extra_headers = payload, None
+        if hooks.scripts:
+            hooks.context = await run_chain(
+                rt.scripts,
+                hooks.scripts,
+                "onRequest",
+                request_context(
+                    user,
+                    _backend_view(target),
+                    "POST",
+                    request.url.path,
+                    visible_headers(request.headers),
+                    payload,
+                    record.stream,
+                ),
+                record.request_id,
+            )
+            early = early_response(hooks.context)
+            if early is not None:
+                return answer_from_script(rt, record, early)
+            body = hooks.context["request"].get("body")
+            if not isinstance(body, dict):
+                raise errors.script_failed(hooks.scripts[0].name, "request.body must stay a JSON object")
+            record.model = body.get("model", record.model)
+            extra_headers = header_changes(visible_headers(request.headers), hooks.context["request"].get("headers"))
+        strip_usage_chunk = record.stream and not _client_wants_usage(body)
+        wire_body = orjson.dumps(with_stream_usage(body) if record.stream else body)
+
         rt.enter(backend)
         try:
-            upstream = await rt.upstream.send("POST", target.base_url + suffix, headers, body, record.stream)
+            upstream = await rt.upstream.send(
+                "POST",
+                target.base_url + suffix,
+                upstream_headers(target, record.request_id, extra_headers),
+                wire_body,
+                record.stream,
+            )
         except UpstreamError as exc:
             rt.leave(backend)
             rt.record_failure(backend)
@@ -289,11 +343,29 @@ async def forward(
         record.error = None
         is_sse = upstream.headers.get("content-type", "").startswith("text/event-stream")
         if record.stream and upstream.status == 200 and is_sse:
-            return stream_response(rt, record, upstream, backend, strip_usage_chunk)
-        return await plain_response(rt, record, upstream, backend)
+            return await stream_response(rt, record, upstream, backend, strip_usage_chunk, hooks)
+        return await plain_response(rt, record, upstream, backend, hooks)
     if last_error is None:
         last_error = errors.no_healthy_backend(record.model or "")
     raise last_error
+
+
+def _backend_view(target: Target) -> dict[str, Any]:
+    backend = target.backend
+    return {"id": backend.id if backend else None, "name": target.name, "base_url": target.base_url}
+
+
+def with_stream_usage(body: dict) -> dict:
+    """Ask the upstream to report usage in its last stream chunk."""
+    return {**body, "stream_options": {**(body.get("stream_options") or {}), "include_usage": True}}
+
+
+def answer_from_script(rt: Runtime, record: RequestRecord, early: tuple[int, dict[str, str], bytes]) -> Response:
+    status, headers, content = early
+    record.attempts = 0
+    rt.finish(record, status)
+    headers["x-request-id"] = record.request_id
+    return Response(content, status_code=status, headers=headers)
 
 
 def _has_next(rt: Runtime, route: Route, current: Target) -> bool:
@@ -307,7 +379,7 @@ def _client_wants_usage(payload: dict) -> bool:
 
 
 async def plain_response(
-    rt: Runtime, record: RequestRecord, upstream: UpstreamResponse, backend: BackendEntry | None
+    rt: Runtime, record: RequestRecord, upstream: UpstreamResponse, backend: BackendEntry | None, hooks: Hooks
 ) -> Response:
     try:
         body = await upstream.read()
@@ -317,17 +389,29 @@ async def plain_response(
     finally:
         rt.leave(backend)
     record.ttft_ms = (time.time() - record.started_at) * 1000.0
+    parsed = None
     error = None
     if upstream.status < 400:
-        if b'"usage"' in body:
+        if b'"usage"' in body or rt.tracer.enabled:
             parsed = _loads(body)
             record.set_usage(usage_of(parsed))
             if rt.tracer.enabled:
                 record.output = parsed
     else:
         error = f"upstream HTTP {upstream.status}: {body[:500].decode(errors='replace')}"
+    status, headers = upstream.status, response_headers(upstream, record.request_id)
+    if hooks.context is not None:
+        hooks.context["response"] = {
+            "status": status,
+            "headers": visible_headers(upstream.headers),
+            "body": parsed if parsed is not None else (_loads(body) if body else None),
+            "isStream": False,
+        }
+        context = await run_chain(rt.scripts, hooks.reversed, "onResponse", hooks.context, record.request_id)
+        status, changed_headers, body = response_parts(context.get("response") or {}, status)
+        headers.update(changed_headers)
     rt.finish(record, upstream.status, error)
-    return Response(body, status_code=upstream.status, headers=response_headers(upstream, record.request_id))
+    return Response(body, status_code=status, headers=headers)
 
 
 def _loads(body: bytes) -> Any:
@@ -337,17 +421,36 @@ def _loads(body: bytes) -> Any:
         return None
 
 
-def stream_response(
+async def stream_response(
     rt: Runtime,
     record: RequestRecord,
     upstream: UpstreamResponse,
     backend: BackendEntry | None,
     strip_usage_chunk: bool,
+    hooks: Hooks,
 ) -> StreamingResponse:
+    status, headers = upstream.status, response_headers(upstream, record.request_id)
+    if hooks.context is not None:
+        hooks.context["response"] = {
+            "status": status,
+            "headers": visible_headers(upstream.headers),
+            "body": None,
+            "isStream": True,
+        }
+        try:
+            hooks.context = await run_chain(rt.scripts, hooks.reversed, "onResponse", hooks.context, record.request_id)
+        except BaseException:
+            await upstream.close()
+            rt.leave(backend)
+            raise
+        response = hooks.context.get("response") or {}
+        status = response.get("status", status) if isinstance(response.get("status"), int) else status
+        headers.update(header_changes({}, response.get("headers") or {}))
+        headers["content-type"] = "text/event-stream"
     return StreamingResponse(
-        relay_events(rt, record, upstream, backend, strip_usage_chunk),
-        status_code=upstream.status,
-        headers=response_headers(upstream, record.request_id),
+        relay_events(rt, record, upstream, backend, strip_usage_chunk, hooks),
+        status_code=status,
+        headers=headers,
     )
 
 
@@ -357,10 +460,14 @@ async def relay_events(
     upstream: UpstreamResponse,
     backend: BackendEntry | None,
     strip_usage_chunk: bool,
+    hooks: Hooks,
 ) -> AsyncIterator[bytes]:
     """Forward SSE events one by one as they arrive; read usage from the final chunk."""
     splitter = SSESplitter()
     collect = rt.tracer.enabled
+    chunk_scripts = tuple(s for s in hooks.reversed if rt.scripts.has_hook(script_source(s), "onStreamChunk"))
+    if chunk_scripts:  # each event crosses into V8: leave the (possibly large) request body out
+        chunk_context = {**hooks.context, "request": {**hooks.context["request"], "body": None}}
     pieces: list[str] = []
     status, error = 200, None
     try:
@@ -368,15 +475,25 @@ async def relay_events(
             out = []
             for event in splitter.feed(chunk):
                 data = sse_data(event)
-                if data is not None and (b'"usage"' in data or collect) and data != b"[DONE]":
-                    parsed = _loads(data)
-                    usage = usage_of(parsed)
-                    if usage:
-                        record.set_usage(usage)
-                        if strip_usage_chunk and is_usage_only_chunk(parsed):
-                            continue
-                    if collect:
-                        pieces.append(_delta_text(parsed))
+                if data is None or data == b"[DONE]":
+                    out.append(event)
+                    continue
+                parsed = _loads(data) if (b'"usage"' in data or collect or chunk_scripts) else None
+                usage = usage_of(parsed)
+                if usage:
+                    record.set_usage(usage)
+                    if strip_usage_chunk and is_usage_only_chunk(parsed):
+                        continue
+                if collect:
+                    pieces.append(_delta_text(parsed))
+                if chunk_scripts and parsed is not None:
+                    chunk_context["chunk"] = parsed
+                    chunk_context = await run_chain(
+                        rt.scripts, chunk_scripts, "onStreamChunk", chunk_context, record.request_id
+                    )
+                    if chunk_context.get("chunk") is None:
+                        continue
+                    event = b"data: " + orjson.dumps(chunk_context["chunk"]) + b"\n\n"
                 out.append(event)
             if out:
                 if record.ttft_ms is None:
@@ -389,6 +506,9 @@ async def relay_events(
         error = f"stream interrupted: {exc}"
         status = 504 if exc.kind == "timeout" else 502
         yield b"data: " + errors.upstream_failed(f"The upstream stream broke off: {exc}").body() + b"\n\n"
+    except ApiError as exc:  # a failing onStreamChunk: end the stream with the error
+        error, status = exc.message, exc.status
+        yield b"data: " + exc.body() + b"\n\n"
     except BaseException:
         error = "client disconnected"
         status = 499
