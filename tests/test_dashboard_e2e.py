@@ -263,6 +263,10 @@ def test_dashboard_end_to_end(page, upstream):
     nav(page, "live")
     expect(page.locator("#feed tr[data-user=e2e-user]")).to_have_count(3)
     shot(page, "phone-live.png")
+    page.click(".menu-toggle")
+    nav(page, "usage")
+    expect(page.locator("figure[data-metric=requests] svg.usage-chart")).to_be_visible()
+    shot(page, "phone-usage.png")
 
     # --- sign out ---
     page.set_viewport_size({"width": 1280, "height": 860})

@@ -245,6 +245,20 @@ export function badge(text, kind) {
   return h(`span.badge.${kind}`, text);
 }
 
+/**
+ * Gives every body cell of `table` a data-label from its column's header, so that on a phone the
+ * rows can be shown as cards ("stack-sm" tables, see style.css). Call after (re)drawing rows.
+ */
+export function labelCells(table) {
+  const heads = [...table.querySelectorAll("thead th")].map((th) => th.textContent.trim());
+  for (const row of table.tBodies[0] ? table.tBodies[0].rows : []) {
+    if (row.classList.contains("empty")) continue;
+    [...row.cells].forEach((cell, i) => {
+      if (heads[i] && !cell.dataset.label) cell.dataset.label = heads[i];
+    });
+  }
+}
+
 /** Wraps a table so it scrolls sideways on narrow screens. */
 export function tableWrap(table) {
   return h("div.table-wrap", table);

@@ -3,7 +3,7 @@
 import { gql } from "../graphql.js";
 import {
   badge, busy, checkbox, clear, confirmDialog, emptyRow, errorBox, field, h, modal, splitList,
-  tableWrap, toast, toastError,
+  labelCells, tableWrap, toast, toastError,
 } from "../ui.js";
 
 const BACKEND_FIELDS =
@@ -25,7 +25,7 @@ export async function mount(el) {
     status,
     tableWrap(
       h(
-        "table.data.backends-table",
+        "table.data.backends-table.stack-sm",
         h("thead", h("tr", h("th", "Name"), h("th.hide-sm", "Base URL"), h("th", "Health"), h("th", "Models"), h("th", "Weight"), h("th.hide-sm", "Key"), h("th.actions-col", "Actions"))),
         tbody,
       ),
@@ -76,6 +76,7 @@ export async function mount(el) {
         ),
       );
     }
+    labelCells(tbody.parentElement);
   }
 
   async function edit(backend) {

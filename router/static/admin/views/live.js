@@ -2,7 +2,7 @@
 // few from `requestLogs`), filterable by user, backend and model. Reconnects by itself.
 
 import { gql, subscribe, subscriptions } from "../graphql.js";
-import { badge, clear, emptyRow, errorBox, fmtInt, fmtMs, fmtTime, h, tableWrap } from "../ui.js";
+import { badge, clear, emptyRow, errorBox, fmtInt, fmtMs, fmtTime, h, labelCells, tableWrap } from "../ui.js";
 
 const LOG_FIELDS = `id requestId createdAt userId userName backendId backendName model endpoint statusCode stream
   promptTokens completionTokens totalTokens latencyMs timeToFirstTokenMs error`;
@@ -24,6 +24,7 @@ export async function mount(el) {
   const counter = h("span.muted.counter");
   const status = h("div.status-area");
   const tbody = h("tbody#feed");
+  let table = null;
 
   clear(el).append(
     h(
@@ -38,8 +39,8 @@ export async function mount(el) {
     ),
     status,
     tableWrap(
-      h(
-        "table.data.feed-table",
+      (table = h(
+        "table.data.feed-table.stack-sm",
         h(
           "thead",
           h(
@@ -56,7 +57,7 @@ export async function mount(el) {
           ),
         ),
         tbody,
-      ),
+      )),
     ),
     counter,
   );
@@ -101,6 +102,7 @@ export async function mount(el) {
     const shown = rows.filter(matches);
     if (!shown.length) tbody.append(emptyRow(9, rows.length ? "No request matches the filters." : "Waiting for requests… they appear here as soon as they finish."));
     for (const log of shown.slice(0, MAX_ROWS)) tbody.append(rowFor(log, false));
+    labelCells(table);
     counter.textContent = `${shown.length} of ${rows.length} requests shown${paused ? ` · paused (${pending} new)` : ""}`;
   }
 
@@ -131,6 +133,7 @@ export async function mount(el) {
       const empty = tbody.querySelector("tr.empty");
       if (empty) empty.remove();
       tbody.prepend(rowFor(log, true));
+      labelCells(table);
       while (tbody.rows.length > MAX_ROWS) tbody.deleteRow(-1);
     }
     counter.textContent = `${tbody.rows.length} of ${rows.length} requests shown`;

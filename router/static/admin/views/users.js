@@ -3,7 +3,7 @@
 import { gql } from "../graphql.js";
 import {
   badge, busy, checkbox, clear, confirmDialog, emptyRow, errorBox, field, fmtDate, h, modal,
-  showSecretOnce, tableWrap, toast, toastError,
+  labelCells, showSecretOnce, tableWrap, toast, toastError,
 } from "../ui.js";
 
 const USER_FIELDS = "id name email isActive allBackends apiKeyPrefix createdAt updatedAt permissions { id backend { id name } }";
@@ -24,7 +24,7 @@ export async function mount(el) {
   const status = h("div.status-area");
   const tbody = h("tbody");
   const table = h(
-    "table.data.users-table",
+    "table.data.users-table.stack-sm",
     h("thead", h("tr", h("th", "Name"), h("th", "E-mail"), h("th", "Key"), h("th", "Status"), h("th", "Backends"), h("th.hide-sm", "Created"), h("th.actions-col", "Actions"))),
     tbody,
   );
@@ -83,6 +83,7 @@ export async function mount(el) {
         ),
       );
     }
+    labelCells(tbody.parentElement);
   }
 
   async function editUser(user) {
