@@ -294,3 +294,36 @@ def test_dashboard_reports_api_errors_in_words(page):
 
     expect(expect_text).to_contain_text("Sign in again")
     # console errors from the refused request are expected here
+
+
+def test_live_feed_reconnects_after_router_restart(browser, router_factory, upstream, tmp_path):
+    """The live page keeps its subscription across a dropped connection (here: a router restart)."""
+    from openai import OpenAI
+    from playwright.sync_api import expect
+
+    from tests.conftest import write_config
+
+    config = write_config(tmp_path / "config.yaml", {"alpha": {"url": upstream.base_url}})
+    router = router_factory(config=config, env={"ADMIN_SESSION_SECRET": "e2e-session-secret", "SHUTDOWN_GRACE_S": "2"})
+    api_key = router.add_user("reconnecting-user")
+    context = browser.new_context(viewport={"width": 1280, "height": 860}, base_url=router.url)
+    page = context.new_page()
+    page.set_default_timeout(15_000)
+    try:
+        page.goto("/admin#/live")
+        page.fill("#password", ADMIN_PASSWORD)
+        page.click("form.login-card button[type=submit]")
+        connection = page.locator("#connection")
+        expect(connection).to_have_attribute("data-state", "connected")
+
+        router.stop()
+        expect(connection).not_to_have_attribute("data-state", "connected")
+        router.start()
+        expect(connection).to_have_attribute("data-state", "connected", timeout=30_000)
+        expect(page.locator("nav.nav")).to_be_visible()  # still signed in
+
+        client = OpenAI(base_url=router.v1, api_key=api_key, max_retries=0, timeout=30)
+        client.chat.completions.create(model="test-model", messages=[{"role": "user", "content": "after restart"}])
+        expect(page.locator("#feed tr[data-user=reconnecting-user]")).to_have_count(1, timeout=5_000)
+    finally:
+        context.close()
