@@ -39,8 +39,8 @@ async def check_code(code: str) -> None:
     # The validator parses in its own V8 context under a lock: keep the event loop free meanwhile.
     problem = await asyncio.to_thread(validate, code)
     if problem is not None:
-        where = f" (line {problem.line})" if problem.line else ""
-        raise bad_input(f"code has a syntax error{where}: {problem.message}", "code", line=problem.line)
+        where = f" at line {problem.line}" if problem.line else ""
+        raise bad_input(f"code is not a valid script{where}: {problem.message}", "code", line=problem.line)
 
 
 def _changes(inp: Any, names: dict[str, str]) -> dict[str, Any]:
