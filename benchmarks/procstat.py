@@ -83,3 +83,12 @@ class CpuMeter:
 
     def stop(self) -> float:
         return cpu_seconds(self.pid) - self._start
+
+
+def cpu_busy_seconds(cpu: int) -> float:
+    """Non-idle time of one CPU since boot (all processes), from /proc/stat."""
+    for line in Path("/proc/stat").read_text().splitlines():
+        if line.startswith(f"cpu{cpu} "):
+            user, nice, system, _idle, _iowait, irq, softirq, steal = (int(x) for x in line.split()[1:9])
+            return (user + nice + system + irq + softirq + steal) / CLOCK_TICKS
+    return 0.0

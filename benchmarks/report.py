@@ -127,14 +127,17 @@ def targets_table(results: dict[str, Any]) -> list[str]:
 
 def matrix_table(cells: list[dict]) -> list[str]:
     out = [
-        "| target | mode | conc. | req/s | p50 ms | p99 ms | errors | server CPU ms/req | server CPU busy | RSS MiB |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| target | mode | conc. | req/s | p50 ms | p99 ms | errors | server CPU ms/req | server CPU busy "
+        "| others on its CPU | load avg | RSS MiB |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for c in cells:
+        noisy = " (noisy)" if c.get("noisy") else ""
         out.append(
-            f"| {c['target']} | {c['mode']} | {c['concurrency']} | {c['rps']:,.0f} | {c['p50_ms']:.3f} | "
+            f"| {c['target']}{noisy} | {c['mode']} | {c['concurrency']} | {c['rps']:,.0f} | {c['p50_ms']:.3f} | "
             f"{c['p99_ms']:.3f} | {c['errors']} | {fmt(c.get('cpu_ms_per_req'), 3)} | "
-            f"{fmt(c.get('cpu_busy_pct'), 0, ' %')} | {fmt(c.get('rss_mib'), 1)} |"
+            f"{fmt(c.get('cpu_busy_pct'), 0, ' %')} | {fmt(c.get('others_on_cpu_pct'), 0, ' %')} | "
+            f"{fmt(c.get('loadavg'), 1)} | {fmt(c.get('rss_mib'), 1)} |"
         )
     return out
 
