@@ -327,3 +327,109 @@ def test_live_feed_reconnects_after_router_restart(browser, router_factory, upst
         expect(page.locator("#feed tr[data-user=reconnecting-user]")).to_have_count(1, timeout=5_000)
     finally:
         context.close()
+
+
+def test_dashboard_manages_users_backends_and_scripts(page, upstream):
+    """The other admin actions: edit, (de)activate, regenerate key, all-backends, script activation, deletes."""
+    from playwright.sync_api import expect
+
+    router = page.router_process
+    page.goto("/admin#/users")
+    page.fill("#password", ADMIN_PASSWORD)
+    page.click("form.login-card button[type=submit]")
+
+    # backend: create, edit weight, disable
+    nav(page, "backends")
+    page.click("#new-backend")
+    page.fill(".dialog input[name=name]", "b1")
+    page.fill(".dialog input[name=baseUrl]", upstream.base_url)
+    page.click(".dialog button[type=submit]")
+    row = page.locator("tr[data-backend-name=b1]")
+    row.get_by_role("button", name="Edit").click()
+    page.fill(".dialog input[name=weight]", "7")
+    page.click(".dialog button[type=submit]")
+    expect(row.locator("td").nth(4)).to_have_text("7")
+    row.get_by_role("button", name="Disable").click()
+    expect(row).to_contain_text("disabled")
+    backend = router.gql_ok("{ backends { name weight isActive } }")["backends"][0]
+    assert backend == {"name": "b1", "weight": 7, "isActive": False}
+
+    # user: create, edit, deactivate, regenerate key, all backends
+    nav(page, "users")
+    page.click("#new-user")
+    page.fill(".dialog input[name=name]", "u1")
+    page.click(".dialog button[type=submit]")
+    first_key = page.input_value(".dialog input.secret")
+    page.click(".dialog .actions button")
+    row = page.locator("tr[data-user-name=u1]")
+    row.get_by_role("button", name="Edit").click()
+    page.fill(".dialog input[name=email]", "u1@example.com")
+    page.click(".dialog button[type=submit]")
+    expect(row).to_contain_text("u1@example.com")
+    row.get_by_role("button", name="Deactivate").click()
+    expect(row).to_contain_text("inactive")
+    row.get_by_role("button", name="Activate").click()
+    expect(row).not_to_contain_text("inactive")
+    row.get_by_role("button", name="New key").click()
+    page.locator(".dialog").get_by_role("button", name="Regenerate key").click()
+    expect(page.locator(".dialog")).to_contain_text("you will not see it again")
+    second_key = page.input_value(".dialog input.secret")
+    assert second_key != first_key
+    page.click(".dialog .actions button")
+    page.fill("input.search", "nobody-matches")
+    expect(page.locator("tr[data-user-name=u1]")).to_have_count(0)
+    page.fill("input.search", "u1@")
+    expect(page.locator("tr[data-user-name=u1]")).to_have_count(1)
+
+    nav(page, "permissions")
+    page.locator("tr[data-user-name=u1] .switch").click()
+    expect(page.locator("tr[data-user-name=u1] input.perm").first).to_be_disabled()
+    user = router.gql_ok("{ users { name email isActive allBackends } }")["users"][0]
+    assert user == {"name": "u1", "email": "u1@example.com", "isActive": True, "allBackends": True}
+
+    # script: create active=false, activate, deactivate, delete
+    nav(page, "scripts")
+    page.fill("#script-name", "s1")
+    page.select_option("#script-type", "PER_BACKEND")
+    page.select_option("#script-backend", label="b1")
+    page.click("#save-script")
+    expect(page.locator(".script-list")).to_contain_text("s1")
+    page.click("#toggle-script")
+    expect(page.locator("#toggle-script")).to_have_text("Deactivate")
+    assert router.gql_ok("{ scripts { name isActive backend { name } } }")["scripts"] == [
+        {"name": "s1", "isActive": True, "backend": {"name": "b1"}}
+    ]
+    page.click("#toggle-script")
+    expect(page.locator("#toggle-script")).to_have_text("Activate")
+    page.click("#delete-script")
+    page.locator(".dialog").get_by_role("button", name="Delete script").click()
+    expect(page.locator(".script-list")).to_contain_text("No scripts yet")
+
+    # deletes ask first
+    nav(page, "users")
+    page.locator("tr[data-user-name=u1]").get_by_role("button", name="Delete").click()
+    page.locator(".dialog").get_by_role("button", name="Cancel").click()
+    expect(page.locator("tr[data-user-name=u1]")).to_have_count(1)
+    page.locator("tr[data-user-name=u1]").get_by_role("button", name="Delete").click()
+    page.locator(".dialog").get_by_role("button", name="Delete user").click()
+    expect(page.locator("tr[data-user-name=u1]")).to_have_count(0)
+    nav(page, "backends")
+    page.locator("tr[data-backend-name=b1]").get_by_role("button", name="Delete").click()
+    page.locator(".dialog").get_by_role("button", name="Delete backend").click()
+    expect(page.locator("tr[data-backend-name=b1]")).to_have_count(0)
+    data = router.gql_ok("{ users { id } backends { id } scripts { id } }")
+    assert data == {"users": [], "backends": [], "scripts": []}
+
+    # an API refusal is shown in words: a duplicate backend name
+    page.click("#new-backend")
+    page.fill(".dialog input[name=name]", "dup")
+    page.fill(".dialog input[name=baseUrl]", upstream.base_url)
+    page.click(".dialog button[type=submit]")
+    expect(page.locator("tr[data-backend-name=dup]")).to_have_count(1)
+    page.click("#new-backend")
+    page.fill(".dialog input[name=name]", "dup")
+    page.fill(".dialog input[name=baseUrl]", upstream.base_url)
+    page.click(".dialog button[type=submit]")
+    expect(page.locator(".dialog .alert.error")).to_be_visible()
+    assert page.locator(".dialog .alert.error").inner_text().strip()
+    assert not page.problems, page.problems
