@@ -19,8 +19,6 @@ import pytest
 
 from tests.conftest import ADMIN_PASSWORD
 
-pytestmark = pytest.mark.browser
-
 ROOT = Path(__file__).resolve().parents[1]
 SHOTS = ROOT / "test-artifacts" / "screenshots"
 DOC_SHOTS = ROOT / "docs" / "screenshots"
@@ -49,6 +47,70 @@ def _require_browser():
             f"dashboard e2e skipped: no Chromium at {CHROMIUM} (apt-get install chromium, or set CHROMIUM_PATH)"
         )
     return sync_playwright
+
+
+# --- the static routes, without a browser -------------------------------------------------------
+
+
+@pytest.fixture
+def static_client():
+    from starlette.applications import Starlette
+    from starlette.testclient import TestClient
+
+    from router.admin_ui import admin_routes
+
+    with TestClient(Starlette(routes=admin_routes())) as client:
+        yield client
+
+
+def test_admin_assets_are_served_with_types_and_cache_headers(static_client):
+    index = static_client.get("/admin")
+    assert index.status_code == 200
+    assert index.headers["content-type"].startswith("text/html")
+    assert index.headers["cache-control"] == "no-cache"
+    assert "default-src 'self'" in index.headers["content-security-policy"]
+    assert '<script src="/admin/app.js" type="module">' in index.text
+    again = static_client.get("/admin", headers={"If-None-Match": index.headers["etag"]})
+    assert again.status_code == 304
+
+    app_js = static_client.get("/admin/app.js")
+    assert app_js.headers["content-type"].startswith("text/javascript")
+    assert app_js.headers["x-content-type-options"] == "nosniff"
+    assert static_client.get("/admin/style.css").headers["content-type"].startswith("text/css")
+
+    vendor = static_client.get("/admin/vendor/codemirror-5.65.21/codemirror.js", headers={"Accept-Encoding": "gzip"})
+    assert vendor.status_code == 200
+    assert vendor.headers["cache-control"] == "public, max-age=31536000, immutable"
+    assert vendor.headers["content-encoding"] == "gzip"
+    assert "CodeMirror" in vendor.text  # httpx decompresses
+
+    assert static_client.get("/admin/", follow_redirects=False).headers["location"] == "/admin"
+
+
+@pytest.mark.parametrize(
+    "path", ["/admin/nope.js", "/admin/../admin_ui.py", "/admin/%2e%2e/admin_ui.py", "/admin/views", "/admin/.hidden"]
+)
+def test_admin_refuses_missing_and_outside_files(static_client, path):
+    assert static_client.get(path).status_code == 404
+
+
+def test_every_module_the_app_imports_is_served(static_client):
+    """No asset is fetched from elsewhere: every import and every <script>/<link> is under /admin."""
+    import re
+
+    root = ROOT / "router" / "static" / "admin"
+    index = (root / "index.html").read_text()
+    refs = re.findall(r'(?:src|href)="([^"]+)"', index)
+    assert refs and all(ref.startswith("/admin/") for ref in refs)
+    for ref in refs:
+        assert static_client.get(ref).status_code == 200, ref
+    for module in [*root.glob("*.js"), *root.glob("views/*.js")]:
+        for target in re.findall(r'^import .* from "([^"]+)";', module.read_text(), re.M):
+            assert (module.parent / target).resolve().is_file(), f"{module.name} imports {target}"
+    assert "http://" not in index and "https://" not in index
+
+
+# --- in a browser -------------------------------------------------------------------------------
 
 
 @pytest.fixture
@@ -99,6 +161,7 @@ def wait_until(predicate, timeout: float, what: str, interval: float = 0.1):
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
+@pytest.mark.browser
 def test_dashboard_end_to_end(page, upstream):
     from openai import OpenAI
     from playwright.sync_api import expect
@@ -284,6 +347,7 @@ def test_dashboard_end_to_end(page, upstream):
             shutil.copyfile(SHOTS / name, DOC_SHOTS / name)
 
 
+@pytest.mark.browser
 def test_dashboard_reports_api_errors_in_words(page):
     """A session the server no longer accepts sends the admin back to sign-in, with a reason."""
     page.goto("/admin")
@@ -296,6 +360,7 @@ def test_dashboard_reports_api_errors_in_words(page):
     # console errors from the refused request are expected here
 
 
+@pytest.mark.browser
 def test_live_feed_reconnects_after_router_restart(browser, router_factory, upstream, tmp_path):
     """The live page keeps its subscription across a dropped connection (here: a router restart)."""
     from openai import OpenAI
@@ -329,6 +394,7 @@ def test_live_feed_reconnects_after_router_restart(browser, router_factory, upst
         context.close()
 
 
+@pytest.mark.browser
 def test_dashboard_manages_users_backends_and_scripts(page, upstream):
     """The other admin actions: edit, (de)activate, regenerate key, all-backends, script activation, deletes."""
     from playwright.sync_api import expect
