@@ -113,6 +113,7 @@ class RouterProcess:
             **(env or {}),
         }
         self.proc: subprocess.Popen | None = None
+        self.bind_loopback = True  # tests set False to see the router's own default
         self.log_path = data_dir / f"router-{self.port}.log"
 
     @property
@@ -124,7 +125,9 @@ class RouterProcess:
         return f"{self.url}/v1"
 
     def start(self, timeout: float = 30.0, extra_args: list[str] | None = None) -> RouterProcess:
-        args = [sys.executable, "-m", "router", "serve", "--host", "127.0.0.1", "--port", str(self.port)]
+        args = [sys.executable, "-m", "router", "serve", "--port", str(self.port)]
+        if self.bind_loopback:
+            args += ["--host", "127.0.0.1"]
         if self.config:
             args += ["--config", str(self.config)]
         args += extra_args or []

@@ -1,0 +1,88 @@
+"""The LLMsRouter-compatible `users` CLI and `backends list`, against a real (SQLite) database."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.conftest import RouterProcess, write_config
+
+
+@pytest.fixture
+def cli(tmp_path, upstream):
+    """A router data directory with backends alpha and beta synced (the router is not running)."""
+    config = write_config(
+        tmp_path / "c.yaml",
+        {"alpha": {"url": upstream.base_url, "api_key": "upstream-secret"}, "beta": {"url": upstream.base_url}},
+    )
+    router = RouterProcess(tmp_path / "data", {}, config)
+    router.start()
+    router.stop()
+    return router
+
+
+def names_in_list(cli) -> dict[str, str]:
+    lines = cli.cli("users", "list").stdout.strip().splitlines()[1:]
+    return {line.split()[0]: line.split()[-1] for line in lines}
+
+
+def test_add_list_modify_regenerate_delete(cli):
+    out = cli.cli("users", "add", "ann", "--email", "ann@example.com").stdout
+    key = out.strip().splitlines()[-1]
+    assert key.startswith("sk-") and "shown only now" in out
+    cli.add_user("ben", permissions="alpha")
+    listing = cli.cli("users", "list").stdout
+    assert key not in listing and key[:10] in listing
+    assert names_in_list(cli) == {"ann": "*", "ben": "alpha"}
+
+    cli.cli("users", "modify", "ben", "--permissions", "alpha,beta")
+    assert names_in_list(cli)["ben"] == "alpha,beta"
+    cli.cli("users", "modify", "ben", "--deactivate")
+    assert " no " in next(line for line in cli.cli("users", "list").stdout.splitlines() if line.startswith("ben"))
+    failed = cli.cli("users", "modify", "ben", "--permissions", "gamma", check=False)
+    assert failed.returncode == 1 and "no backend named gamma" in failed.stderr
+
+    new_key = cli.cli("users", "regenerate-key", "ann").stdout.strip().splitlines()[-1]
+    assert new_key.startswith("sk-") and new_key != key
+
+    cli.cli("users", "delete", "ben")
+    assert set(names_in_list(cli)) == {"ann"}
+    missing = cli.cli("users", "delete", "ben", check=False)
+    assert missing.returncode == 1 and "does not exist" in missing.stderr
+    duplicate = cli.cli("users", "add", "ann", check=False)
+    assert duplicate.returncode == 1 and "already exists" in duplicate.stderr
+
+
+def test_import_csv_and_json(cli, tmp_path):
+    csv_file = tmp_path / "users.csv"
+    csv_file.write_text("username,email,permissions\ncat,cat@example.com,alpha\ndan,,*\n")
+    out = cli.cli("users", "import", str(csv_file)).stdout
+    assert "Imported 2 users" in out and out.count("sk-") == 2
+    json_file = tmp_path / "users.json"
+    json_file.write_text(json.dumps([{"username": "eve", "email": "eve@example.com", "permissions": "beta"}]))
+    cli.cli("users", "import", str(json_file))
+    assert names_in_list(cli) == {"cat": "alpha", "dan": "*", "eve": "beta"}
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("username,email\nok1,ok1@example.com\nbad name,x@example.com\n", "row 2"),
+        ("username,email,permissions\nok1,,alpha\nok2,,nosuch\n", "row 2: no backend named nosuch"),
+        ("username,email\nok1,\nok1,\n", "row 2: a user named 'ok1' already exists"),
+        ("username,email\nok1,not-an-email\n", "row 1"),
+        ("name,mail\nok1,\n", "header must be username,email"),
+    ],
+)
+def test_import_with_a_bad_row_imports_nothing(cli, tmp_path, content, message):
+    path = tmp_path / "bad.csv"
+    path.write_text(content)
+    result = cli.cli("users", "import", str(path), check=False)
+    assert result.returncode == 1 and message in result.stderr
+    assert names_in_list(cli) == {}
+
+
+def test_backends_list_never_prints_the_upstream_key(cli):
+    out = cli.cli("backends", "list").stdout
+    assert "alpha" in out and "beta" in out and "upstream-secret" not in out
