@@ -13,9 +13,11 @@ from starlette.routing import Route
 
 from graphql_schema import graphql_routes
 from router import errors, proxy
+from router.admin_ui import admin_routes
 from router.config import Settings, load_settings
 from router.db import close_db, init_db
 from router.logging_setup import setup_logging
+from router.metrics import metrics_endpoint
 from router.models.core import User
 from router.runtime import LOCAL_USER_NAME, Runtime
 from router.services import AdminService
@@ -70,6 +72,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
 
     routes = [
         Route("/healthz", healthz, methods=["GET"]),
+        Route("/metrics", metrics_endpoint, methods=["GET"]),
         Route("/v1/models", proxy.list_models, methods=["GET"]),
         Route("/v1/chat/completions", proxy.handle_generation, methods=["POST"]),
         Route("/v1/completions", proxy.handle_generation, methods=["POST"]),
@@ -77,6 +80,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         Route("/v1/{rest:path}", v1_not_found, methods=["GET", "POST", "PUT", "DELETE", "PATCH"]),
     ]
     routes += graphql_routes(settings)
+    routes += admin_routes()
     return Starlette(routes=routes, lifespan=lifespan)
 
 

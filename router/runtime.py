@@ -5,13 +5,19 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from router.catalog import BackendEntry, Catalog, UserEntry
 from router.config import Settings
+from router.metrics import Metrics
 from router.model_lists import ModelDirectory
 from router.routing import HealthTracker, InFlight, WeightedRoundRobin, order_least_busy
+from router.scripts import ScriptEngine
 from router.upstream import UpstreamClient, make_upstream_client
 from router.usage import EventBus, LogWriter, RequestRecord
+
+if TYPE_CHECKING:
+    from router.tracing import LangfuseTracer
 
 log = logging.getLogger("router.requests")
 
@@ -50,7 +56,13 @@ class Runtime:
             settings.log_buffer_max,
             on_written=self.bus.publish,
         )
-        self.tracer = NullTracer()
+        self.tracer: NullTracer | LangfuseTracer = NullTracer()
+        if settings.langfuse_enabled:
+            from router.tracing import LangfuseTracer  # langfuse is imported only when configured
+
+            self.tracer = LangfuseTracer(settings)
+        self.metrics = Metrics(self, settings.metrics_user_labels)
+        self.scripts = ScriptEngine(settings.script_timeout_ms, settings.script_max_memory_mb)
         # Personal mode (ENABLE_ACCOUNT_MANAGEMENT=false): every request acts as this user.
         self.local_user_id: int | None = None
         self._tasks: list[asyncio.Task] = []
@@ -71,6 +83,8 @@ class Runtime:
             loop.create_task(self.catalog.poll_forever(self.settings.catalog_poll_interval_s)),
             loop.create_task(self.models.refresh_forever(self.settings.model_refresh_interval_s)),
         ]
+        if self.metrics.multiprocess:
+            self._tasks.append(loop.create_task(self.metrics.refresh_forever()))
 
     async def stop(self) -> None:
         for task in self._tasks:
@@ -78,6 +92,8 @@ class Runtime:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.writer.close(self.settings.shutdown_grace_s)
         await self.tracer.close()
+        await self.scripts.close()
+        self.metrics.close()
         await self.upstream.aclose()
 
     @property
@@ -116,6 +132,7 @@ class Runtime:
         record.finish(status, error)
         self.writer.submit(record)
         self.tracer.record(record)
+        self.metrics.observe(record)
         log.info(
             "request id=%s user=%s backend=%s model=%s status=%d tokens=%d/%d latency_ms=%.1f%s",
             record.request_id,
