@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import fcntl
 import logging
+from collections.abc import AsyncIterator
 from pathlib import Path
 from urllib.parse import urlsplit
 
 from tortoise import Tortoise, connections
-from tortoise.utils import generate_schema_for_client
+from tortoise.backends.base.client import BaseDBAsyncClient
+from tortoise.migrations.executor import MigrationExecutor
 
 from router.config import Settings
 
@@ -15,6 +20,8 @@ log = logging.getLogger("router.db")
 
 CORE_MODELS = ["router.models.core"]
 ANALYTICS_MODELS = ["router.models.analytics"]
+CORE_MIGRATIONS = "router.migrations.core"
+ANALYTICS_MIGRATIONS = "router.migrations.analytics"
 # Any fixed number works: it only has to be the same in every router process.
 _SCHEMA_LOCK_ID = 4_180_512
 
@@ -24,8 +31,12 @@ def tortoise_config(core_db_url: str, analytics_db_url: str) -> dict:
     return {
         "connections": {"core": core_db_url, "analytics": analytics_db_url},
         "apps": {
-            "core": {"models": CORE_MODELS, "default_connection": "core"},
-            "analytics": {"models": ANALYTICS_MODELS, "default_connection": "analytics"},
+            "core": {"models": CORE_MODELS, "default_connection": "core", "migrations": CORE_MIGRATIONS},
+            "analytics": {
+                "models": ANALYTICS_MODELS,
+                "default_connection": "analytics",
+                "migrations": ANALYTICS_MIGRATIONS,
+            },
         },
         "use_tz": True,
         "timezone": "UTC",
@@ -37,13 +48,13 @@ def is_postgres(url: str) -> bool:
 
 
 def _ensure_sqlite_dir(url: str) -> None:
-    if url.startswith("sqlite://") and ":memory:" not in url:
-        path = url[len("sqlite://") :].split("?", 1)[0]
+    path = _sqlite_path(url)
+    if path is not None:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
 
 
 async def init_db(settings: Settings, create_schema: bool = True) -> None:
-    """Connect both databases and create missing tables (one process at a time on PostgreSQL)."""
+    """Connect both databases and bring their tables up to date (one process at a time)."""
     for url in (settings.core_db_url, settings.analytics_db_url):
         _ensure_sqlite_dir(url)
     await Tortoise.init(
@@ -51,20 +62,97 @@ async def init_db(settings: Settings, create_schema: bool = True) -> None:
         _enable_global_fallback=True,
     )
     if create_schema:
-        await _create_schema(settings)
+        await migrate_db(settings)
 
 
-async def _create_schema(settings: Settings) -> None:
-    for name, url in (("core", settings.core_db_url), ("analytics", settings.analytics_db_url)):
-        conn = connections.get(name)
-        if is_postgres(url):
-            # Concurrent starts: the advisory lock makes the second process wait, then find the tables.
-            async with conn._in_transaction() as tx:
-                await tx.execute_query(f"SELECT pg_advisory_xact_lock({_SCHEMA_LOCK_ID})")
-                await generate_schema_for_client(tx, safe=True)
-        else:
-            await generate_schema_for_client(conn, safe=True)
+# --- migrations -------------------------------------------------------------------------------
+
+# A table each app's initial migration creates: present without a migration record means the
+# database was made by the schema generator of earlier versions, i.e. it is at `0001_initial`.
+_INITIAL_TABLES = {"core": "users", "analytics": "request_logs"}
+_INITIAL_MIGRATION = "0001_initial"
+
+
+async def migrate_db(settings: Settings) -> None:
+    """Apply the pending Tortoise migrations of both apps, each under a cross-process lock.
+
+    PostgreSQL: a session advisory lock (per database) held while migrating; SQLite: an
+    exclusive `fcntl` lock on `<database file>.migrate.lock`. Concurrent starts (`--workers N`,
+    several hosts) therefore migrate once; the others wait, then find nothing to do.
+    """
+    config = tortoise_config(settings.core_db_url, settings.analytics_db_url)
+    for app, url in (("core", settings.core_db_url), ("analytics", settings.analytics_db_url)):
+        conn = connections.get(app)
+        async with _migration_lock(conn, url):
+            await _migrate_app(conn, app, config["apps"][app])
+
+
+async def _migrate_app(conn: BaseDBAsyncClient, app: str, app_config: dict) -> None:
+    executor = MigrationExecutor(conn, {app: app_config})
+    await executor.recorder.ensure_schema(executor._schema_editor(atomic=False))
+    applied = [key for key in await executor.recorder.applied_migrations() if key.app_label == app]
+    if not applied and await _table_exists(conn, _INITIAL_TABLES[app]):
+        log.info("%s database predates migrations: recording it at %s", app, _INITIAL_MIGRATION)
+        await executor.recorder.record_applied(app, _INITIAL_MIGRATION)
+    steps = await executor.plan()
+    if steps:
+        names = ", ".join(step.migration.name for step in steps)
+        log.info("%s database: applying migrations %s", app, names)
+        await executor.migrate()
+
+
+async def _table_exists(conn: BaseDBAsyncClient, table: str) -> bool:
+    if conn.capabilities.dialect == "postgres":
+        _, rows = await conn.execute_query("SELECT to_regclass($1) IS NOT NULL AS present", [table])
+        return bool(rows and rows[0]["present"])
+    _, rows = await conn.execute_query("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", [table])
+    return bool(rows)
+
+
+@contextlib.asynccontextmanager
+async def _migration_lock(conn: BaseDBAsyncClient, url: str) -> AsyncIterator[None]:
+    if is_postgres(url):
+        # Held by one pooled session for the whole run; released at unlock or if the process dies.
+        async with conn.acquire_connection() as session:
+            await session.execute(f"SELECT pg_advisory_lock({_SCHEMA_LOCK_ID})")
+            try:
+                yield
+            finally:
+                await session.execute(f"SELECT pg_advisory_unlock({_SCHEMA_LOCK_ID})")
+        return
+    path = _sqlite_path(url)
+    if path is None:  # in-memory: private to this process
+        yield
+        return
+    lock_file = open(f"{path}.migrate.lock", "a+b")  # noqa: SIM115 - held across the yield
+    try:
+        await asyncio.to_thread(fcntl.flock, lock_file.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock_file.fileno(), fcntl.LOCK_UN)
+    finally:
+        lock_file.close()
+
+
+def _sqlite_path(url: str) -> str | None:
+    if not url.startswith("sqlite://") or ":memory:" in url:
+        return None
+    return url[len("sqlite://") :].split("?", 1)[0]
 
 
 async def close_db() -> None:
     await Tortoise.close_connections()
+
+
+def __getattr__(name: str) -> dict:
+    """`router.db.TORTOISE_ORM`: the config for Tortoise's own CLI, from this environment.
+
+    e.g. `tortoise -c router.db.TORTOISE_ORM history` or `... makemigrations` after a model change.
+    """
+    if name == "TORTOISE_ORM":
+        from router.config import load_settings
+
+        settings = load_settings()
+        return tortoise_config(settings.core_db_url, settings.analytics_db_url)
+    raise AttributeError(name)

@@ -1,0 +1,1 @@
+"""Migrations of the analytics database (the request log)."""

@@ -1,0 +1,1 @@
+"""Migrations of the core database (users, backends, permissions, scripts, catalog revision)."""
