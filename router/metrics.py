@@ -15,15 +15,21 @@ file-backed gauges once a second by each worker (`livesum`, `livemin`).
 from __future__ import annotations
 
 import asyncio
+import logging
+import math
 import os
+from bisect import bisect_left
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 from starlette.requests import Request
 from starlette.responses import Response
+
+log = logging.getLogger("router.metrics")
 
 if TYPE_CHECKING:
     from router.runtime import Runtime
@@ -32,8 +38,8 @@ if TYPE_CHECKING:
 PREFIX = "llm_router"
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
 TTFT_BUCKETS = (0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
-# Beyond this many distinct label combinations, children are no longer cached (still counted).
-_MAX_CACHED = 10_000
+# Beyond this many distinct label combinations, new ones are no longer kept (a cardinality guard).
+_MAX_SERIES = 10_000
 
 
 def multiprocess_dir() -> str | None:
@@ -48,37 +54,10 @@ class Metrics:
         self.user_labels = user_labels
         self.multiprocess = multiprocess_dir() is not None
         self.registry = CollectorRegistry(auto_describe=True)
-        by_user = ("user",) if user_labels else ()
-        reg = self.registry
-        self.requests = Counter(
-            f"{PREFIX}_requests",
-            "Finished /v1 requests by backend, model and HTTP status.",
-            ("backend", "model", "status", *by_user),
-            registry=reg,
-        )
-        self.tokens = Counter(
-            f"{PREFIX}_tokens",
-            "Tokens reported by the upstreams' usage, by kind (prompt or completion).",
-            ("backend", "model", "kind", *by_user),
-            registry=reg,
-        )
-        self.latency = Histogram(
-            f"{PREFIX}_request_latency_seconds",
-            "Time from receiving a /v1 request to its last byte sent.",
-            ("backend", "model"),
-            buckets=LATENCY_BUCKETS,
-            registry=reg,
-        )
-        self.ttft = Histogram(
-            f"{PREFIX}_time_to_first_token_seconds",
-            "Streamed requests: time from receiving the request to relaying the first event.",
-            ("backend", "model"),
-            buckets=TTFT_BUCKETS,
-            registry=reg,
-        )
-        self._children: dict[tuple, tuple[Any, Any, Any, Any, Any]] = {}
         self._live_gauges: tuple[Gauge, Gauge, Gauge] | None = None
         if self.multiprocess:
+            self._files = _FileBackedMetrics(self.registry, user_labels)
+            self.observe = self._files.observe
             # Live values go through files so that every worker's share is visible.
             self._live_gauges = (
                 Gauge(f"{PREFIX}_requests_in_flight", "", ("backend",), multiprocess_mode="livesum", registry=None),
@@ -86,41 +65,13 @@ class Metrics:
                 Gauge(f"{PREFIX}_log_queue_depth", "", multiprocess_mode="livesum", registry=None),
             )
         else:
-            reg.register(_LiveCollector(runtime))
+            self._counts = _InMemoryMetrics(user_labels)
+            self.observe = self._counts.observe
+            self.registry.register(self._counts)
+            self.registry.register(_LiveCollector(runtime))
 
-    # --- the request path ---
-
-    def observe(self, record: RequestRecord) -> None:
+    def observe(self, record: RequestRecord) -> None:  # replaced per instance in __init__
         """Count one finished request. Called once per request from Runtime.finish."""
-        backend = record.backend_name
-        # Only a routed request has a model label: unroutable model names are client-chosen.
-        model = (record.model or "") if backend is not None else ""
-        status = record.status_code
-        key = (backend, model, status, record.user_name) if self.user_labels else (backend, model, status)
-        children = self._children.get(key)
-        if children is None:
-            children = self._make_children(backend or "", model, str(status), record.user_name or "")
-            if len(self._children) < _MAX_CACHED:
-                self._children[key] = children
-        requests, prompt, completion, latency, ttft = children
-        requests.inc()
-        if record.prompt_tokens:
-            prompt.inc(record.prompt_tokens)
-        if record.completion_tokens:
-            completion.inc(record.completion_tokens)
-        latency.observe(record.latency_ms / 1000.0)
-        if record.stream and record.ttft_ms is not None:
-            ttft.observe(record.ttft_ms / 1000.0)
-
-    def _make_children(self, backend: str, model: str, status: str, user: str) -> tuple[Any, Any, Any, Any, Any]:
-        by_user = (user,) if self.user_labels else ()
-        return (
-            self.requests.labels(backend, model, status, *by_user),
-            self.tokens.labels(backend, model, "prompt", *by_user),
-            self.tokens.labels(backend, model, "completion", *by_user),
-            self.latency.labels(backend, model),
-            self.ttft.labels(backend, model),
-        )
 
     # --- scraping ---
 
@@ -154,6 +105,176 @@ class Metrics:
             from prometheus_client import multiprocess
 
             multiprocess.mark_process_dead(os.getpid())
+
+
+def _keep(store: dict, key: tuple, value: Any) -> None:
+    """Remember a new label combination, up to _MAX_SERIES (beyond that, warn once and stop caching)."""
+    if len(store) < _MAX_SERIES:
+        store[key] = value
+    elif not _warned_full:
+        _warn_full()
+
+
+_warned_full = False
+
+
+def _warn_full() -> None:
+    global _warned_full
+    _warned_full = True
+    log.warning("more than %d metric label combinations: new ones are not counted", _MAX_SERIES)
+
+
+_HELP = {
+    "requests": "Finished /v1 requests by backend, model and HTTP status.",
+    "tokens": "Tokens reported in the upstreams' usage, by kind (prompt or completion).",
+    "latency": "Time from receiving a /v1 request to its last byte sent.",
+    "ttft": "Streamed requests: time from receiving the request to relaying the first event.",
+}
+
+
+class _InMemoryMetrics(Collector):
+    """One process: plain Python numbers updated on the event loop, turned into samples on scrape.
+
+    The scrape (GET /metrics) runs on the same event loop, so no locks are needed. An observation
+    is one dict lookup, a few integer adds and one bisect (~1 µs; prometheus-client's locked
+    Counter/Histogram objects took ~10 µs for the same six updates).
+    """
+
+    def __init__(self, user_labels: bool) -> None:
+        self.user_labels = user_labels
+        # (backend, model, status[, user]) -> [requests, prompt tokens, completion tokens, latency h, ttft h]
+        self._series: dict[tuple, list] = {}
+        # (backend, model) -> histogram: non-cumulative bucket counts (+Inf last), then the sum
+        self._latency: dict[tuple[str, str], list] = {}
+        self._ttft: dict[tuple[str, str], list] = {}
+
+    def observe(self, record: RequestRecord) -> None:
+        backend = record.backend_name
+        # Only a routed request has a model label: unroutable model names are chosen by the client.
+        model = record.model if backend is not None else None
+        if self.user_labels:
+            key = (backend, model, record.status_code, record.user_name)
+        else:
+            key = (backend, model, record.status_code)
+        series = self._series.get(key)
+        if series is None:
+            series = self._new_series(key)
+        series[0] += 1
+        series[1] += record.prompt_tokens
+        series[2] += record.completion_tokens
+        latency = series[3]
+        seconds = record.latency_ms / 1000.0
+        latency[bisect_left(LATENCY_BUCKETS, seconds)] += 1
+        latency[-1] += seconds
+        if record.stream and record.ttft_ms is not None:
+            ttft = series[4]
+            seconds = record.ttft_ms / 1000.0
+            ttft[bisect_left(TTFT_BUCKETS, seconds)] += 1
+            ttft[-1] += seconds
+
+    def _new_series(self, key: tuple) -> list:
+        labels = (key[0] or "", key[1] or "")
+        latency = self._latency.setdefault(labels, [0] * (len(LATENCY_BUCKETS) + 1) + [0.0])
+        ttft = self._ttft.setdefault(labels, [0] * (len(TTFT_BUCKETS) + 1) + [0.0])
+        series = [0, 0, 0, latency, ttft]
+        _keep(self._series, key, series)
+        return series
+
+    def describe(self) -> list:
+        return []
+
+    def collect(self) -> Iterator[Any]:
+        by_user = ["user"] if self.user_labels else []
+        requests = CounterMetricFamily(
+            f"{PREFIX}_requests", _HELP["requests"], labels=["backend", "model", "status", *by_user]
+        )
+        tokens = CounterMetricFamily(f"{PREFIX}_tokens", _HELP["tokens"], labels=["backend", "model", "kind", *by_user])
+        token_totals: dict[tuple, list[int]] = {}
+        for key, (count, prompt, completion, _, _) in self._series.items():
+            backend, model = key[0] or "", key[1] or ""
+            user = [key[3] or ""] if self.user_labels else []
+            requests.add_metric([backend, model, str(key[2]), *user], count)
+            sums = token_totals.setdefault((backend, model, *user), [0, 0])
+            sums[0] += prompt
+            sums[1] += completion
+        for (backend, model, *user), (prompt, completion) in token_totals.items():
+            tokens.add_metric([backend, model, "prompt", *user], prompt)
+            tokens.add_metric([backend, model, "completion", *user], completion)
+        yield requests
+        yield tokens
+        yield _histogram(f"{PREFIX}_request_latency_seconds", _HELP["latency"], LATENCY_BUCKETS, self._latency)
+        yield _histogram(f"{PREFIX}_time_to_first_token_seconds", _HELP["ttft"], TTFT_BUCKETS, self._ttft)
+
+
+def _histogram(name: str, documentation: str, bounds: tuple[float, ...], data: dict) -> HistogramMetricFamily:
+    family = HistogramMetricFamily(name, documentation, labels=["backend", "model"])
+    for labels, counts in data.items():
+        cumulative, buckets = 0, []
+        for bound, count in zip((*bounds, math.inf), counts, strict=False):
+            cumulative += count
+            buckets.append((floatToGoString(bound), cumulative))
+        if cumulative:
+            family.add_metric(list(labels), buckets, sum_value=counts[-1])
+    return family
+
+
+class _FileBackedMetrics:
+    """Several workers (PROMETHEUS_MULTIPROC_DIR): prometheus-client metrics whose values live in files."""
+
+    def __init__(self, registry: CollectorRegistry, user_labels: bool) -> None:
+        self.user_labels = user_labels
+        by_user = ("user",) if user_labels else ()
+        self.requests = Counter(
+            f"{PREFIX}_requests", _HELP["requests"], ("backend", "model", "status", *by_user), registry=registry
+        )
+        self.tokens = Counter(
+            f"{PREFIX}_tokens", _HELP["tokens"], ("backend", "model", "kind", *by_user), registry=registry
+        )
+        self.latency = Histogram(
+            f"{PREFIX}_request_latency_seconds",
+            _HELP["latency"],
+            ("backend", "model"),
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.ttft = Histogram(
+            f"{PREFIX}_time_to_first_token_seconds",
+            _HELP["ttft"],
+            ("backend", "model"),
+            buckets=TTFT_BUCKETS,
+            registry=registry,
+        )
+        self._children: dict[tuple, tuple[Any, Any, Any, Any, Any]] = {}
+
+    def observe(self, record: RequestRecord) -> None:
+        backend = record.backend_name
+        # Only a routed request has a model label: unroutable model names are chosen by the client.
+        model = record.model if backend is not None else None
+        if self.user_labels:
+            key = (backend, model, record.status_code, record.user_name)
+        else:
+            key = (backend, model, record.status_code)
+        children = self._children.get(key)
+        if children is None:
+            backend, model = backend or "", model or ""
+            by_user = (record.user_name or "",) if self.user_labels else ()
+            children = (
+                self.requests.labels(backend, model, str(record.status_code), *by_user),
+                self.tokens.labels(backend, model, "prompt", *by_user),
+                self.tokens.labels(backend, model, "completion", *by_user),
+                self.latency.labels(backend, model),
+                self.ttft.labels(backend, model),
+            )
+            _keep(self._children, key, children)
+        requests, prompt, completion, latency, ttft = children
+        requests.inc()
+        if record.prompt_tokens:
+            prompt.inc(record.prompt_tokens)
+        if record.completion_tokens:
+            completion.inc(record.completion_tokens)
+        latency.observe(record.latency_ms / 1000.0)
+        if record.stream and record.ttft_ms is not None:
+            ttft.observe(record.ttft_ms / 1000.0)
 
 
 def _in_flight(rt: Runtime) -> Iterator[tuple[str, int]]:

@@ -374,6 +374,28 @@ def test_metrics_user_label_only_when_enabled(router_factory, backend_config):
     assert after[("llm_router_tokens_total", labels(backend="alpha", model="test-model", kind="prompt", user="alice"))]
 
 
+def test_metrics_sum_over_workers_with_multiproc_dir(router_factory, backend_config, tmp_path):
+    """--workers 2 with PROMETHEUS_MULTIPROC_DIR: any worker's /metrics shows every worker's counts."""
+    prom_dir = tmp_path / "prom"
+    prom_dir.mkdir()
+    router = router_factory(config=backend_config, env={"PROMETHEUS_MULTIPROC_DIR": str(prom_dir)}, start=False)
+    router.start(extra_args=["--workers", "2"])
+    router.api_key = router.add_user("alice")
+    for i in range(12):  # a new connection each: the kernel spreads them over the workers
+        response = httpx.post(
+            f"{router.v1}/chat/completions",
+            json={"model": "test-model", "messages": [{"role": "user", "content": f"hi {i}"}]},
+            headers={"Authorization": f"Bearer {router.api_key}"},
+        )
+        assert response.status_code == 200
+    ok = labels(backend="alpha", model="test-model", status="200")
+    for _ in range(4):  # whichever worker answers the scrape
+        samples = scrape(router)
+        assert samples[("llm_router_requests_total", ok)] == 12
+        assert samples[("llm_router_request_latency_seconds_count", labels(backend="alpha", model="test-model"))] == 12
+    assert list(prom_dir.glob("counter_*.db"))  # the values really live in the shared directory
+
+
 # --- logs -------------------------------------------------------------------------------------
 
 
