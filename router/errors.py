@@ -64,3 +64,9 @@ def upstream_timeout(message: str = "The upstream did not answer in time.") -> A
 
 def script_failed(script_name: str, message: str) -> ApiError:
     return ApiError(500, f"Script '{script_name}' failed: {message}", "script_error", "script_error")
+
+
+def internal_error() -> ApiError:
+    return ApiError(
+        500, "The router failed to handle this request; it has been logged.", "server_error", "internal_error"
+    )

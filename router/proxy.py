@@ -9,6 +9,8 @@ Everything it needs lives on the Runtime (`request.app.state.runtime`); the deci
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -38,6 +40,8 @@ from router.routing import candidate_backends
 from router.runtime import Runtime
 from router.upstream import SSESplitter, UpstreamError, UpstreamResponse, sse_data
 from router.usage import RequestRecord, is_usage_only_chunk, usage_of
+
+log = logging.getLogger("router.proxy")
 
 # endpoint -> the field it requires besides `model`
 REQUIRED_FIELD = {
@@ -120,16 +124,21 @@ async def handle_generation(request: Request) -> Response:
     try:
         user = authenticate(rt, request)
         record.user_id, record.user_name = user.id, user.name
-        payload = parse_payload(await read_body(request, rt.settings.max_request_body_bytes), endpoint)
+        raw_body = await read_body(request, rt.settings.max_request_body_bytes)
+        payload = parse_payload(raw_body, endpoint)
         record.model = payload["model"]
         record.stream = payload.get("stream") is True and endpoint in STREAMABLE
         if rt.tracer.enabled:
             record.input = payload.get(REQUIRED_FIELD[endpoint])
         route = plan_route(rt, user, payload["model"], request)
-        return await forward(rt, request, record, user, route, payload)
+        return await forward(rt, request, record, user, route, payload, raw_body)
     except ApiError as err:
         rt.finish(record, err.status, err.message)
         return err.response({"x-request-id": record.request_id})
+    except Exception as exc:  # a bug must still give an OpenAI-shaped answer and a log row
+        log.exception("request %s failed unexpectedly", record.request_id)
+        rt.finish(record, 500, f"internal error: {exc.__class__.__name__}")
+        return errors.internal_error().response({"x-request-id": record.request_id})
 
 
 # --- the steps --------------------------------------------------------------------------------
@@ -262,9 +271,17 @@ class Hooks:
 
 
 async def forward(
-    rt: Runtime, request: Request, record: RequestRecord, user: UserEntry, route: Route, payload: dict
+    rt: Runtime,
+    request: Request,
+    record: RequestRecord,
+    user: UserEntry,
+    route: Route,
+    payload: dict,
+    raw_body: bytes,
 ) -> Response:
     """Try the targets in order; retry on connect errors, timeouts, 429 and 5xx before any byte is sent."""
+    # The client's bytes go upstream as they came unless something must change in them.
+    untouched = route.upstream_model == payload["model"] and not record.stream
     payload["model"] = route.upstream_model
     suffix = request.url.path[len("/v1") :]
     last_error: ApiError | None = None
@@ -307,7 +324,10 @@ async def forward(
             record.model = body.get("model", record.model)
             extra_headers = header_changes(visible_headers(request.headers), hooks.context["request"].get("headers"))
         strip_usage_chunk = record.stream and not _client_wants_usage(body)
-        wire_body = orjson.dumps(with_stream_usage(body) if record.stream else body)
+        if untouched and not hooks.scripts:
+            wire_body = raw_body
+        else:
+            wire_body = orjson.dumps(with_stream_usage(body) if record.stream else body)
 
         rt.enter(backend)
         try:
@@ -509,10 +529,14 @@ async def relay_events(
     except ApiError as exc:  # a failing onStreamChunk: end the stream with the error
         error, status = exc.message, exc.status
         yield b"data: " + exc.body() + b"\n\n"
-    except BaseException:
+    except (asyncio.CancelledError, GeneratorExit):
         error = "client disconnected"
         status = 499
         raise
+    except Exception as exc:
+        log.exception("stream %s failed unexpectedly", record.request_id)
+        error, status = f"internal error: {exc.__class__.__name__}", 500
+        yield b"data: " + errors.internal_error().body() + b"\n\n"
     finally:
         await upstream.close()
         rt.leave(backend)

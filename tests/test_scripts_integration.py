@@ -27,7 +27,7 @@ def echo_upstream():
 def router(tmp_path_factory, echo_upstream):
     data = tmp_path_factory.mktemp("scripts")
     config = write_config(data / "config.yaml", {"echo": {"url": echo_upstream.base_url}})
-    process = RouterProcess(data, {"SCRIPT_TIMEOUT_MS": "200", "SCRIPT_MAX_MEMORY_MB": "32"}, config).start()
+    process = RouterProcess(data, {"SCRIPT_TIMEOUT_MS": "1000", "SCRIPT_MAX_MEMORY_MB": "32"}, config).start()
     yield process
     process.stop()
 
@@ -191,7 +191,7 @@ function onStreamChunk(c) {
         ("function onRequest(c) { return 42; }", "context"),
         ("function onRequest(c) { while (true) {} }", "exceeded"),
         ("async function onRequest(c) { await null; while (true) {} }", "exceeded"),
-        ("function onRequest(c) { const a = []; while (true) a.push(new Array(1e6).fill(1)); }", "memory"),
+        ("function onRequest(c) { const a = []; while (true) a.push(new Array(1e7).fill(1.5)); }", "memory"),
     ],
     ids=["throws", "not-a-context", "infinite-loop", "async-spin", "memory-bomb"],
 )
@@ -330,5 +330,5 @@ def test_a_spinning_script_does_not_delay_other_users(router):
         stop.set()
         for thread in spinners:
             thread.join(10)
-    # Each spinning call burns its 200 ms limit; a request queued behind one would wait that long.
-    assert while_spinning < baseline + 0.18, (baseline, while_spinning)
+    # Each spinning call burns its 1 s limit; a request queued behind one would wait that long.
+    assert while_spinning < baseline + 0.5, (baseline, while_spinning)
