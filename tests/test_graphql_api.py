@@ -7,6 +7,8 @@ do not depend on each other.
 
 from __future__ import annotations
 
+import asyncio
+import json
 import os
 import re
 import time
@@ -19,6 +21,8 @@ from typing import Any
 import httpx
 import openai
 import pytest
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from tests.conftest import (
     ADMIN_PASSWORD,
@@ -269,6 +273,23 @@ def test_admin_api_disabled_without_password(router_factory):
         assert error["code"] == "FORBIDDEN"
         assert "admin API is disabled" in error["message"]
         assert "ADMIN_PASSWORD" in error["message"]
+    assert asyncio.run(ws_close_code(disabled, "anything")) == 4403
+
+
+async def ws_close_code(router: RouterProcess, token: str | None, origin: str | None = None) -> int | None:
+    """Connect, send connection_init with `token`; the close code, or None if acknowledged."""
+    headers = {"Origin": origin} if origin else None
+    async with connect(
+        f"ws://127.0.0.1:{router.port}/graphql", subprotocols=["graphql-transport-ws"], additional_headers=headers
+    ) as ws:
+        payload = {"Authorization": f"Bearer {token}"} if token else {}
+        await ws.send(json.dumps({"type": "connection_init", "payload": payload}))
+        try:
+            message = json.loads(await asyncio.wait_for(ws.recv(), 10))
+        except ConnectionClosed as closed:
+            return closed.rcvd.code if closed.rcvd else None
+        assert message["type"] == "connection_ack"
+        return None
 
 
 # --- protections ------------------------------------------------------------------------------
@@ -317,6 +338,14 @@ def test_cors_for_configured_origins(router):
         headers={"Origin": "https://evil.example", "Access-Control-Request-Method": "POST"},
     )
     assert "access-control-allow-origin" not in other.headers
+
+
+def test_cross_site_websockets_only_from_configured_origins(router):
+    assert asyncio.run(ws_close_code(router, ADMIN_PASSWORD, origin=CORS_ORIGIN)) is None
+    assert asyncio.run(ws_close_code(router, ADMIN_PASSWORD, origin=f"http://127.0.0.1:{router.port}")) is None
+    with pytest.raises(InvalidStatus) as refused:
+        asyncio.run(ws_close_code(router, ADMIN_PASSWORD, origin="https://evil.example"))
+    assert refused.value.response.status_code == 403
 
 
 def test_graphiql_page(router):
