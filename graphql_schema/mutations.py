@@ -68,9 +68,11 @@ class Mutation:
         security = context.security
         if not security.enabled:
             raise api_error(FORBIDDEN, DISABLED_MESSAGE)
-        wait = security.throttle.retry_after(context.address)
-        if wait > 0:
-            raise too_many_attempts(wait)
+        if security.throttle.retry_after(context.address) > 0:
+            # Refused without looking at the password (the same answer whether it is right or not);
+            # hammering on extends the wait.
+            security.throttle.failure(context.address)
+            raise too_many_attempts(security.throttle.retry_after(context.address))
         if not security.tokens.check_password(password):
             security.throttle.failure(context.address)
             raise api_error(UNAUTHENTICATED, "Wrong admin password.")

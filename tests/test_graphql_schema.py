@@ -126,6 +126,10 @@ def test_blocked_address_accepts_session_tokens_only():
     assert security.authenticate("secret", "x").extensions["retryAfterSeconds"] >= 1  # type: ignore[union-attr]
     assert security.authenticate(session, "x") is None
     assert security.authenticate("secret", "elsewhere") is None
+    expired, _ = security.tokens.issue(now=1000.0)
+    for _ in range(5):
+        assert "expired" in security.authenticate(expired, "y").message  # type: ignore[union-attr]
+    assert security.throttle.retry_after("y") == 0  # expired sessions are not guesses
     disabled = AdminSecurity(AdminTokens(None, 60)).authenticate("anything", "x")
     assert disabled.extensions["code"] == "FORBIDDEN"  # type: ignore[union-attr]
 
