@@ -14,6 +14,7 @@ import asyncio
 import logging
 import queue
 import threading
+import time
 from datetime import UTC, datetime
 from typing import Any
 
@@ -47,7 +48,7 @@ class LangfuseTracer:
         self.client = Langfuse(
             public_key=settings.langfuse_public_key,
             secret_key=settings.langfuse_secret_key,
-            host=(settings.langfuse_host or "").rstrip("/"),
+            base_url=(settings.langfuse_host or "").rstrip("/"),  # wins over LANGFUSE_BASE_URL
             tracer_provider=self._provider,
             should_export_span=_is_router_span,
         )
@@ -111,6 +112,7 @@ class LangfuseTracer:
                 log.exception("building the Langfuse trace of request %s failed", item.request_id)
             if self._warned_full and self._queue.qsize() < self.max_queue // 2:
                 self._warned_full = False
+            time.sleep(0)  # hand the GIL back to the event loop between traces
 
     def send(self, record: RequestRecord) -> None:
         """One trace with one generation, timed by the request's own timestamps."""
