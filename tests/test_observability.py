@@ -379,7 +379,7 @@ def test_metrics_sum_over_workers_with_multiproc_dir(router_factory, backend_con
     prom_dir = tmp_path / "prom"
     prom_dir.mkdir()
     router = router_factory(config=backend_config, env={"PROMETHEUS_MULTIPROC_DIR": str(prom_dir)}, start=False)
-    router.start(extra_args=["--workers", "2"])
+    router.start(timeout=120, extra_args=["--workers", "2"])  # two workers boot slowly on a busy machine
     router.api_key = router.add_user("alice")
     for i in range(12):  # a new connection each: the kernel spreads them over the workers
         response = httpx.post(
