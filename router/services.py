@@ -100,21 +100,11 @@ class AdminService:
         """A new user and its API key (the only time the key exists in clear)."""
         name = check_name(name)
         email = check_email(email)
-        key = generate_api_key()
         async with in_transaction("core"):
             if await User.filter(name=name).exists():
                 raise ServiceError("CONFLICT", f"a user named {name!r} already exists", "name")
             backends = await self._backends_named(backend_names)
-            user = await User.create(
-                name=name,
-                email=email,
-                all_backends=all_backends,
-                is_active=is_active,
-                api_key_hash=hash_api_key(key),
-                api_key_prefix=api_key_prefix(key),
-            )
-            for backend in backends:
-                await Permission.create(user=user, backend=backend)
+            user, key = await _insert_user(name, email, all_backends, is_active, backends)
         await self.changed()
         return user, key
 
@@ -144,16 +134,7 @@ class AdminService:
         created = []
         async with in_transaction("core"):
             for name, email, all_backends, backends in planned:
-                key = generate_api_key()
-                user = await User.create(
-                    name=name,
-                    email=email,
-                    all_backends=all_backends,
-                    api_key_hash=hash_api_key(key),
-                    api_key_prefix=api_key_prefix(key),
-                )
-                for backend in backends:
-                    await Permission.create(user=user, backend=backend)
+                _, key = await _insert_user(name, email, all_backends, True, backends)
                 created.append((name, key))
         await self.changed()
         return created
@@ -412,6 +393,24 @@ class AdminService:
 
     async def backends_by_id(self, ids: Iterable[int]) -> dict[int, Backend]:
         return {b.id: b for b in await Backend.filter(id__in=list(ids))}
+
+
+async def _insert_user(
+    name: str, email: str | None, all_backends: bool, is_active: bool, backends: list[Backend]
+) -> tuple[User, str]:
+    """Create a user with a new key and its permissions (inside the caller's transaction)."""
+    key = generate_api_key()
+    user = await User.create(
+        name=name,
+        email=email,
+        all_backends=all_backends,
+        is_active=is_active,
+        api_key_hash=hash_api_key(key),
+        api_key_prefix=api_key_prefix(key),
+    )
+    for backend in backends:
+        await Permission.create(user=user, backend=backend)
+    return user, key
 
 
 def parse_permissions(value: Any) -> tuple[bool, list[str]]:
