@@ -192,6 +192,7 @@ class Catalog:
         self.snapshot = Snapshot()
         self._reload_lock = asyncio.Lock()
         self._listeners: list = []
+        self._change_listeners: list = []
 
     def on_reload(self, callback) -> None:
         """Call `callback(snapshot)` after every reload (e.g. to refresh model lists)."""
@@ -204,10 +205,16 @@ class Catalog:
             callback(self.snapshot)
         return self.snapshot
 
+    def on_change(self, callback) -> None:
+        """Call `callback(revision)` after this process changed the core data (e.g. to broadcast it)."""
+        self._change_listeners.append(callback)
+
     async def changed(self) -> None:
         """Called after this process changed the core data: bump the revision, reload now."""
-        await bump_revision()
+        revision = await bump_revision()
         await self.reload()
+        for callback in self._change_listeners:
+            callback(revision)
 
     async def reload_if_stale(self) -> bool:
         """Reload when another process bumped the revision; True if it did."""

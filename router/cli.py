@@ -125,16 +125,36 @@ def check_workers(settings: Settings) -> None:
             "Use PostgreSQL (CORE_DB_URL/ANALYTICS_DB_URL) for heavy write loads or several hosts.",
             settings.workers,
         )
+    if settings.workers > 1 and not settings.redis_url:
+        log.warning(
+            "%d workers without REDIS_URL: each worker has its own caches, so admin changes take up to "
+            "CATALOG_POLL_INTERVAL_S=%gs to reach the other workers, backend health and in-flight counts are per "
+            "worker, and a live requestLogged subscription only sees the requests of the worker it is connected "
+            "to. Set REDIS_URL to share them.",
+            settings.workers,
+            settings.catalog_poll_interval_s,
+        )
 
 
 # --- users / backends -------------------------------------------------------------------------
 
 
 async def _with_db(settings: Settings, action: Callable[[AdminService], Awaitable[Any]]) -> Any:
+    from router.catalog import bump_revision
+
     await init_db(settings)
+    revisions: list[int] = []
+
+    async def changed() -> None:
+        revisions.append(await bump_revision())
+
     try:
-        return await action(AdminService())
+        return await action(AdminService(changed))
     finally:
+        if revisions and settings.redis_url:  # running routers reload at once instead of at their next poll
+            from router.shared import announce_catalog_change
+
+            await announce_catalog_change(settings, revisions[-1])
         await close_db()
 
 

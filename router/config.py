@@ -78,6 +78,7 @@ class Settings:
     metrics_user_labels: bool = False
 
     redis_url: str | None = None
+    redis_prefix: str = "llm-router"  # Redis key and channel prefix: one per router cluster
     log_format: str = "text"
     log_level: str = "INFO"
     upstream_transport: str = "aiohttp"  # or "httpx"
@@ -133,6 +134,7 @@ _ENV: dict[str, tuple[str, Any]] = {
     "LANGFUSE_CAPTURE_CONTENT": ("langfuse_capture_content", _env_bool),
     "METRICS_USER_LABELS": ("metrics_user_labels", _env_bool),
     "REDIS_URL": ("redis_url", str),
+    "REDIS_PREFIX": ("redis_prefix", str),
     "LOG_FORMAT": ("log_format", str),
     "LOG_LEVEL": ("log_level", str),
     "UPSTREAM_TRANSPORT": ("upstream_transport", str),

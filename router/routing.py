@@ -6,6 +6,7 @@ Health and in-flight counts are per process; with Redis they are also shared (se
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -85,6 +86,9 @@ class HealthTracker:
     threshold: int = 3
     cooldown_s: float = 30.0
     clock: Callable[[], float] = time.monotonic
+    # Told when this process marks a backend down (backend_id, cooldown_s) or up again (backend_id, 0.0):
+    # `router.shared` tells the other processes. Never raises into the request path.
+    on_change: Callable[[int, float], None] | None = None
     _state: dict[int, _Health] = field(default_factory=dict)
 
     def is_available(self, backend_id: int) -> bool:
@@ -104,6 +108,8 @@ class HealthTracker:
         state = self._state.get(backend_id)
         if state is not None and (state.failures or state.down_until):
             self._state[backend_id] = _Health()
+            if state.down_until:
+                self._notify(backend_id, 0.0)
 
     def record_failure(self, backend_id: int) -> bool:
         """Count a failure; True when this marks the backend down."""
@@ -112,24 +118,44 @@ class HealthTracker:
         state.probing = False
         if state.failures >= self.threshold or state.down_until:
             state.down_until = self.clock() + self.cooldown_s
+            self._notify(backend_id, self.cooldown_s)
             return True
         return False
+
+    def _notify(self, backend_id: int, cooldown_s: float) -> None:
+        if self.on_change is not None:
+            with contextlib.suppress(Exception):  # sharing is best effort; the local state is already right
+                self.on_change(backend_id, cooldown_s)
 
     def mark_down(self, backend_id: int, until_monotonic: float) -> None:
         """Apply a 'down' learnt from another process."""
         state = self._state.setdefault(backend_id, _Health())
         state.failures = max(state.failures, self.threshold)
         state.down_until = max(state.down_until, until_monotonic)
+        state.probing = False
+
+    def mark_up(self, backend_id: int) -> None:
+        """Apply an 'up again' learnt from another process (its probe succeeded)."""
+        self._state.pop(backend_id, None)
 
 
 class InFlight:
-    """Requests in flight per backend, in this process."""
+    """Requests in flight per backend, in this process (`counts`) and in the others (`remote`).
+
+    `remote` is replaced about once a second by `router.shared` from the other processes'
+    published counts (empty without Redis); nothing here does I/O.
+    """
 
     def __init__(self) -> None:
         self.counts: dict[int, int] = {}
+        self.remote: dict[int, int] = {}
 
     def get(self, backend_id: int) -> int:
         return self.counts.get(backend_id, 0)
+
+    def cluster(self, backend_id: int) -> int:
+        """This process's live count plus the other processes' last published counts."""
+        return self.counts.get(backend_id, 0) + self.remote.get(backend_id, 0)
 
     def enter(self, backend_id: int) -> None:
         self.counts[backend_id] = self.counts.get(backend_id, 0) + 1

@@ -17,6 +17,7 @@ from router.upstream import UpstreamClient, make_upstream_client
 from router.usage import EventBus, LogWriter, RequestRecord
 
 if TYPE_CHECKING:
+    from router.shared import SharedState
     from router.tracing import LangfuseTracer
 
 log = logging.getLogger("router.requests")
@@ -67,6 +68,12 @@ class Runtime:
         self.local_user_id: int | None = None
         self._tasks: list[asyncio.Task] = []
         self.catalog.on_reload(self.models.use_snapshot)
+        # REDIS_URL: catalog changes, request-log rows, backend health and in-flight counts are shared.
+        self.shared: SharedState | None = None
+        if settings.redis_url:
+            from router.shared import SharedState
+
+            self.shared = SharedState(settings, self.catalog, self.health, self.in_flight, self.bus, self.writer)
 
     # --- lifecycle ---
 
@@ -85,12 +92,16 @@ class Runtime:
         ]
         if self.metrics.multiprocess:
             self._tasks.append(loop.create_task(self.metrics.refresh_forever()))
+        if self.shared is not None:
+            await self.shared.start()
 
     async def stop(self) -> None:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.writer.close(self.settings.shutdown_grace_s)
+        if self.shared is not None:
+            await self.shared.stop()  # after the writer: its last rows still reach the other processes
         await self.tracer.close()
         await self.scripts.close()
         self.metrics.close()
@@ -106,7 +117,7 @@ class Runtime:
 
     def order_backends(self, candidates: Sequence[BackendEntry]) -> list[BackendEntry]:
         if self.settings.routing_strategy == "least_busy":
-            return order_least_busy(candidates, self.in_flight.get)
+            return order_least_busy(candidates, self.in_flight.cluster)  # local + other processes (Redis)
         return self.round_robin.order(candidates)
 
     def enter(self, backend: BackendEntry | None) -> None:

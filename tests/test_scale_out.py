@@ -1,0 +1,550 @@
+"""Several router processes as one system: two routers on different ports sharing one PostgreSQL
+(both databases) and one Redis, `--workers N` on SQLite and PostgreSQL, concurrent start-ups, and
+Redis going away and coming back under traffic.
+
+The two-router tests set CATALOG_POLL_INTERVAL_S=60, so an admin change seen by the other router
+within a second or two can only have come through Redis. Each test uses its own REDIS_PREFIX, so
+tests running in parallel on one Redis never see each other's messages.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import signal
+import subprocess
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+from websockets.asyncio.client import connect
+
+from router.routing import HealthTracker
+from router.shared import record_from_wire, record_to_wire
+from router.usage import RequestRecord
+from tests.conftest import (
+    ADMIN_PASSWORD,
+    RouterProcess,
+    create_pg_database,
+    drop_pg_database,
+    require_postgres,
+    require_redis,
+    write_config,
+)
+from tests.test_graphql_api import CREATE_PERMISSION, CREATE_USER, DELETE_PERMISSION
+from tests.upstream import free_port
+
+MESSAGES = [{"role": "user", "content": "hi"}]
+PROPAGATION_S = 3.0  # generous for a loaded CI machine; the catalog poll is 60 s
+
+
+def chat(router: RouterProcess, key: str, request_id: str | None = None, timeout: float = 30) -> httpx.Response:
+    headers = {"Authorization": f"Bearer {key}"}
+    if request_id:
+        headers["X-Request-ID"] = request_id
+    return httpx.post(
+        f"{router.v1}/chat/completions",
+        json={"model": "test-model", "messages": MESSAGES},
+        headers=headers,
+        timeout=timeout,
+    )
+
+
+def until_status(router: RouterProcess, key: str, status: int, within: float = PROPAGATION_S) -> float:
+    """Seconds until `chat` on `router` answers `status` (fails after `within`)."""
+    started = time.monotonic()
+    while True:
+        response = chat(router, key)
+        if response.status_code == status:
+            return time.monotonic() - started
+        assert time.monotonic() - started < within, f"still {response.status_code} after {within} s: {response.text}"
+        time.sleep(0.01)
+
+
+def gql(router: RouterProcess, query: str, variables: dict | None = None) -> dict:
+    return router.gql_ok(query, variables)
+
+
+def backend_id(router: RouterProcess, name: str) -> str:
+    return next(b["id"] for b in gql(router, "{ backends { id name } }")["backends"] if b["name"] == name)
+
+
+@dataclass
+class Cluster:
+    a: RouterProcess
+    b: RouterProcess
+    env: dict[str, str]
+
+
+@pytest.fixture
+def pg_databases() -> Iterator[dict[str, str]]:
+    server = require_postgres()
+    urls = {"CORE_DB_URL": create_pg_database(server), "ANALYTICS_DB_URL": create_pg_database(server)}
+    yield urls
+    for url in urls.values():
+        drop_pg_database(server, url)
+
+
+def start_cluster(tmp_path: Path, upstream, env: dict[str, str], routers: list[RouterProcess]) -> Cluster:
+    config = write_config(tmp_path / "config.yaml", {"alpha": {"url": upstream.base_url}})
+    a = RouterProcess(tmp_path / "a", env, config)
+    routers.append(a)
+    a.start()
+    b = RouterProcess(tmp_path / "b", env)
+    routers.append(b)
+    b.start()
+    return Cluster(a, b, env)
+
+
+@pytest.fixture
+def cluster(tmp_path, upstream, pg_databases) -> Iterator[Cluster]:
+    env = {
+        **pg_databases,
+        "REDIS_URL": require_redis(),
+        "REDIS_PREFIX": f"test-{uuid.uuid4().hex[:12]}",
+        "CATALOG_POLL_INTERVAL_S": "60",
+        "LOG_FLUSH_INTERVAL_S": "0.05",
+    }
+    routers: list[RouterProcess] = []
+    yield start_cluster(tmp_path, upstream, env, routers)
+    for router in routers:
+        router.stop()
+
+
+# --- admin changes travel at once -------------------------------------------------------------
+
+
+def test_user_created_through_a_works_on_b_at_once(cluster):
+    created = gql(cluster.a, CREATE_USER, {"i": {"name": "ann", "allBackends": True}})["createUser"]
+    key = created["apiKey"]
+    elapsed = until_status(cluster.b, key, 200)
+    assert elapsed < PROPAGATION_S
+    assert chat(cluster.a, key).status_code == 200
+
+
+def test_permission_revoked_through_b_is_refused_on_a(cluster):
+    created = gql(cluster.a, CREATE_USER, {"i": {"name": "bea"}})["createUser"]
+    user_id, key = created["user"]["id"], created["apiKey"]
+    alpha = backend_id(cluster.a, "alpha")
+    gql(cluster.a, CREATE_PERMISSION, {"u": user_id, "b": alpha})
+    until_status(cluster.b, key, 200)
+    assert chat(cluster.a, key).status_code == 200
+
+    assert gql(cluster.b, DELETE_PERMISSION, {"u": user_id, "b": alpha}) == {"deletePermission": True}
+    assert chat(cluster.b, key).status_code == 403  # the process that made the change: at once
+    until_status(cluster.a, key, 403)
+
+    # And a deactivation made through A locks the key out on B.
+    gql(cluster.a, "mutation($id: ID!) { updateUser(id: $id, input: {isActive: false}) { id } }", {"id": user_id})
+    until_status(cluster.b, key, 401)
+
+
+def test_backend_marked_down_by_one_process_is_down_on_all(tmp_path, upstream_factory, pg_databases):
+    """Health: B learns that A marked a backend down (cooldown), and skips it without trying it."""
+    good = upstream_factory(name="good", models=["test-model"])
+    bad = upstream_factory(name="bad", models=["test-model"])
+    env = {
+        **pg_databases,
+        "REDIS_URL": require_redis(),
+        "REDIS_PREFIX": f"test-{uuid.uuid4().hex[:12]}",
+        "CATALOG_POLL_INTERVAL_S": "60",
+        "HEALTH_FAILURE_THRESHOLD": "1",
+        "HEALTH_COOLDOWN_S": "60",
+        "MAX_ATTEMPTS": "2",
+    }
+    config = write_config(tmp_path / "config.yaml", {"bad": {"url": bad.base_url}, "good": {"url": good.base_url}})
+    a = RouterProcess(tmp_path / "a", env, config).start()
+    b = RouterProcess(tmp_path / "b", env).start()
+    try:
+        key = a.add_user("hal")
+        b.wait_for_key(key)
+        bad.fail_status = 500
+        # Round-robin over two backends: within two requests A tries `bad`, fails over, marks it down.
+        for _ in range(2):
+            assert chat(a, key).status_code == 200
+        assert any(r.path == "/v1/chat/completions" for r in bad.received)
+        deadline = time.monotonic() + PROPAGATION_S
+        healthy = {}
+        while time.monotonic() < deadline:
+            healthy = {x["name"]: x["healthy"] for x in gql(b, "{ backends { name healthy } }")["backends"]}
+            if healthy.get("bad") is False:
+                break
+            time.sleep(0.02)
+        assert healthy == {"bad": False, "good": True}
+        tried_bad = len(bad.requests_to("/v1/chat/completions"))
+        for _ in range(4):
+            assert chat(b, key).status_code == 200
+        assert len(bad.requests_to("/v1/chat/completions")) == tried_bad  # B never tried it
+    finally:
+        a.stop()
+        b.stop()
+
+
+# --- live subscriptions see every process -----------------------------------------------------
+
+
+async def subscribe(router: RouterProcess):
+    ws = await connect(f"ws://127.0.0.1:{router.port}/graphql", subprotocols=["graphql-transport-ws"])
+    await ws.send(json.dumps({"type": "connection_init", "payload": {"Authorization": f"Bearer {ADMIN_PASSWORD}"}}))
+    assert json.loads(await asyncio.wait_for(ws.recv(), 10))["type"] == "connection_ack"
+    query = "subscription { requestLogged { requestId backendName statusCode } }"
+    await ws.send(json.dumps({"id": "1", "type": "subscribe", "payload": {"query": query}}))
+    deadline = time.monotonic() + 10
+    while (await asyncio.to_thread(gql, router, "{ liveSubscribers }"))["liveSubscribers"] < 1:
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.02)
+    return ws
+
+
+async def collect(ws, wanted: set[str], settle_s: float = 1.0, timeout: float = 10.0) -> list[str]:
+    """Request ids received until every wanted one has arrived, plus `settle_s` to catch duplicates."""
+    seen: list[str] = []
+    deadline = time.monotonic() + timeout
+    settle_until: float | None = None
+    while True:
+        now = time.monotonic()
+        if settle_until is None and wanted <= set(seen):
+            settle_until = now + settle_s
+        end = settle_until if settle_until is not None else deadline
+        if now >= end:
+            return seen
+        try:
+            message = json.loads(await asyncio.wait_for(ws.recv(), end - now))
+        except TimeoutError:
+            continue
+        if message["type"] == "ping":
+            await ws.send(json.dumps({"type": "pong"}))
+        elif message["type"] == "next":
+            seen.append(message["payload"]["data"]["requestLogged"]["requestId"])
+
+
+async def test_subscriber_on_a_receives_requests_served_by_b_exactly_once(cluster):
+    key = cluster.a.add_user("cat")
+    cluster.b.wait_for_key(key)
+    on_a, on_b = await subscribe(cluster.a), await subscribe(cluster.b)
+    try:
+        served_by_b = [f"b-{uuid.uuid4().hex[:8]}" for _ in range(3)]
+        served_by_a = [f"a-{uuid.uuid4().hex[:8]}" for _ in range(2)]
+        for rid in served_by_b:
+            assert (await asyncio.to_thread(chat, cluster.b, key, rid)).status_code == 200
+        for rid in served_by_a:
+            assert (await asyncio.to_thread(chat, cluster.a, key, rid)).status_code == 200
+        everything = set(served_by_a + served_by_b)
+        seen_a, seen_b = await asyncio.gather(collect(on_a, everything), collect(on_b, everything))
+        for seen in (seen_a, seen_b):
+            assert sorted(seen) == sorted(everything), seen  # every request of both processes, once each
+    finally:
+        await on_a.close()
+        await on_b.close()
+
+
+# --- a graceful stop under load loses nothing -------------------------------------------------
+
+
+def test_sigterm_under_load_every_finished_request_is_logged(cluster, upstream):
+    key = cluster.a.add_user("dan")
+    upstream.stream_delay_s = 0.02
+    upstream.stream_chunks = 10
+    finished: list[str] = []
+    refused = 0
+    lock = threading.Lock()
+    stop = threading.Event()
+
+    def load(stream: bool) -> None:
+        nonlocal refused
+        with httpx.Client(timeout=30) as client:
+            while not stop.is_set():
+                rid = f"load-{uuid.uuid4().hex}"
+                body = {"model": "test-model", "messages": MESSAGES, "stream": stream}
+                headers = {"Authorization": f"Bearer {key}", "X-Request-ID": rid}
+                try:
+                    if stream:
+                        with client.stream("POST", f"{cluster.a.v1}/chat/completions", json=body, headers=headers) as r:
+                            lines = list(r.iter_lines())
+                            done = r.status_code == 200 and any(line.strip() == "data: [DONE]" for line in lines)
+                    else:
+                        r = client.post(f"{cluster.a.v1}/chat/completions", json=body, headers=headers)
+                        done = r.status_code == 200
+                except httpx.HTTPError:
+                    with lock:
+                        refused += 1
+                    time.sleep(0.01)
+                    continue
+                if done:
+                    with lock:
+                        finished.append(rid)
+
+    threads = [threading.Thread(target=load, args=(i % 2 == 0,)) for i in range(8)]
+    for thread in threads:
+        thread.start()
+    time.sleep(1.5)
+    with lock:
+        before_stop = len(finished)
+    assert cluster.a.stop(signal.SIGTERM) in (0, -signal.SIGTERM)
+    stop.set()
+    for thread in threads:
+        thread.join(30)
+    assert before_stop > 10, "no load reached the router"
+    logged = {row["request_id"] for row in cluster.a.request_logs()}
+    missing = [rid for rid in finished if rid not in logged]
+    assert not missing, f"{len(missing)} of {len(finished)} finished requests are not in the log"
+    assert "request log rows could not be written" not in cluster.a.log()
+
+
+# --- Redis goes away and comes back -----------------------------------------------------------
+
+
+class RedisServer:
+    """A private redis-server on a free port (so stopping it does not disturb other tests)."""
+
+    def __init__(self, workdir: Path) -> None:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            pytest.skip("redis-server binary not found: cannot stop and restart a private Redis")
+        self.binary = binary
+        self.port = free_port()
+        self.workdir = workdir
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> RedisServer:
+        import redis
+
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.proc = subprocess.Popen(
+            [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+            cwd=self.workdir,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                redis.Redis(port=self.port, socket_connect_timeout=0.5).ping()
+                return self
+            except redis.ConnectionError:
+                assert time.monotonic() < deadline, "redis-server did not start"
+                time.sleep(0.05)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+
+def wait_for_log(router: RouterProcess, text: str, timeout: float = 15.0, after: int = 0) -> None:
+    deadline = time.monotonic() + timeout
+    while text not in router.log()[after:]:
+        assert time.monotonic() < deadline, f"{text!r} not in the log of {router.url}:\n{router.log()[-3000:]}"
+        time.sleep(0.05)
+
+
+def test_redis_stopped_and_restarted_mid_traffic(tmp_path, upstream, pg_databases):
+    redis_server = RedisServer(tmp_path / "redis").start()
+    env = {
+        **pg_databases,
+        "REDIS_URL": redis_server.url,
+        "REDIS_PREFIX": "outage",
+        "CATALOG_POLL_INTERVAL_S": "60",
+        "ROUTING_STRATEGY": "least_busy",  # the in-flight counts are shared too
+    }
+    routers: list[RouterProcess] = []
+    statuses: list[int] = []
+    stop = threading.Event()
+    try:
+        cluster = start_cluster(tmp_path, upstream, env, routers)
+        key = cluster.a.add_user("eve")
+        cluster.b.wait_for_key(key)
+
+        def load(router: RouterProcess) -> None:
+            with httpx.Client(timeout=30) as client:
+                while not stop.is_set():
+                    response = client.post(
+                        f"{router.v1}/chat/completions",
+                        json={"model": "test-model", "messages": MESSAGES},
+                        headers={"Authorization": f"Bearer {key}"},
+                    )
+                    statuses.append(response.status_code)
+                    time.sleep(0.005)
+
+        threads = [threading.Thread(target=load, args=(r,)) for r in (cluster.a, cluster.b, cluster.a, cluster.b)]
+        for thread in threads:
+            thread.start()
+        time.sleep(1.0)
+
+        redis_server.stop()
+        for router in (cluster.a, cluster.b):
+            wait_for_log(router, "Redis unavailable")
+        during = len(statuses)
+        # An admin change while Redis is away still applies on its own process.
+        created = gql(cluster.a, CREATE_USER, {"i": {"name": "fay", "allBackends": True}})["createUser"]
+        assert chat(cluster.a, created["apiKey"]).status_code == 200
+        time.sleep(1.5)
+        assert len(statuses) > during + 10, "traffic stalled while Redis was away"
+
+        mark = len(cluster.b.log())
+        redis_server.start()
+        wait_for_log(cluster.b, "Redis is reachable again", after=mark)
+        # On reconnecting, B checked the revision: the change made during the outage is there.
+        until_status(cluster.b, created["apiKey"], 200)
+        # And broadcasts flow again.
+        again = gql(cluster.b, CREATE_USER, {"i": {"name": "gus", "allBackends": True}})["createUser"]
+        until_status(cluster.a, again["apiKey"], 200)
+        time.sleep(0.5)
+        stop.set()
+        for thread in threads:
+            thread.join(30)
+        assert statuses and set(statuses) == {200}, {s: statuses.count(s) for s in set(statuses)}
+    finally:
+        stop.set()
+        for router in routers:
+            router.stop()
+        redis_server.stop()
+
+
+# --- --workers N, concurrent start-ups --------------------------------------------------------
+
+
+def migration_rows(router: RouterProcess) -> list[tuple[str, str]]:
+    import sqlite3
+
+    url = router.env.get("CORE_DB_URL")
+    rows: list[tuple[str, str]] = []
+    if url:
+        import asyncpg
+
+        async def fetch(db_url: str) -> list[tuple[str, str]]:
+            conn = await asyncpg.connect(db_url)
+            try:
+                return [(r["app"], r["name"]) for r in await conn.fetch("SELECT app, name FROM tortoise_migrations")]
+            finally:
+                await conn.close()
+
+        for db_url in (url, router.env["ANALYTICS_DB_URL"]):
+            rows += asyncio.run(fetch(db_url))
+    else:
+        for name in ("core.db", "analytics.db"):
+            conn = sqlite3.connect(router.data_dir / name)
+            rows += [tuple(r) for r in conn.execute("SELECT app, name FROM tortoise_migrations")]
+            conn.close()
+    return sorted(rows)
+
+
+@pytest.mark.parametrize("database", ["sqlite", "postgres"])
+def test_workers_2_start_together_and_serve(tmp_path, upstream, database, request):
+    env: dict[str, str] = {"LOG_FLUSH_INTERVAL_S": "0.05"}
+    if database == "postgres":
+        env.update(request.getfixturevalue("pg_databases"))
+    else:
+        env.update(CORE_DB_URL="", ANALYTICS_DB_URL="")  # SQLite files in DATA_DIR, even under TEST_DB=postgres
+    config = write_config(tmp_path / "config.yaml", {"alpha": {"url": upstream.base_url}})
+    router = RouterProcess(tmp_path / "w", env, config)
+    try:
+        router.start(extra_args=["--workers", "2"], timeout=60)
+        # Both workers migrated the fresh databases at the same moment: once, without errors.
+        deadline = time.monotonic() + 30
+        while router.log().count("llm-router ready") < 2:
+            assert time.monotonic() < deadline, router.log()
+            time.sleep(0.1)
+        assert migration_rows(router) == [("analytics", "0001_initial"), ("core", "0001_initial")]
+        assert "Traceback" not in router.log()
+        assert "admin changes take up to" in router.log()  # no REDIS_URL: the CLI says what that means
+        key = router.add_user("ivy")  # created by the CLI: each worker picks it up through the poll
+        ids = [f"w-{uuid.uuid4().hex[:8]}" for _ in range(20)]
+        for rid in ids:
+            assert chat(router, key, rid).status_code == 200
+        logged = {row["request_id"] for row in router.wait_for_logs(len(ids))}
+        assert set(ids) <= logged
+    finally:
+        router.stop()
+        # The pre-existing database is upgraded in place: a second start finds nothing to migrate.
+    second = RouterProcess(tmp_path / "w", env)
+    try:
+        second.start(extra_args=["--workers", "2"], timeout=60)
+        assert migration_rows(second) == [("analytics", "0001_initial"), ("core", "0001_initial")]
+    finally:
+        second.stop()
+
+
+def test_database_from_before_migrations_starts_and_is_recorded(tmp_path, upstream):
+    """A SQLite database made by the old `generate_schema` start-up is taken as `0001_initial`."""
+    import sqlite3
+
+    from tortoise import Tortoise, connections
+    from tortoise.utils import generate_schema_for_client
+
+    from router.config import sqlite_url
+    from router.db import tortoise_config
+
+    data = tmp_path / "old"
+    data.mkdir()
+
+    async def old_style() -> None:
+        await Tortoise.init(
+            config=tortoise_config(sqlite_url(str(data / "core.db")), sqlite_url(str(data / "analytics.db"))),
+            _enable_global_fallback=True,
+        )
+        for name in ("core", "analytics"):
+            await generate_schema_for_client(connections.get(name), safe=True)
+        await connections.get("core").execute_insert(
+            "INSERT INTO users (name, is_active, all_backends, api_key_hash, api_key_prefix, created_at, updated_at)"
+            " VALUES ('old', 1, 1, 'h', 'p', '2024-01-01 00:00:00', '2024-01-01 00:00:00')",
+            [],
+        )
+        await Tortoise.close_connections()
+
+    asyncio.run(old_style())
+    router = RouterProcess(data, {"CORE_DB_URL": "", "ANALYTICS_DB_URL": ""})
+    try:
+        router.start()
+        names = [u["name"] for u in gql(router, "{ users { name } }")["users"]]
+        assert "old" in names
+        assert "predates migrations" in router.log()
+    finally:
+        router.stop()
+    conn = sqlite3.connect(data / "core.db")
+    assert conn.execute("SELECT app, name FROM tortoise_migrations").fetchall() == [("core", "0001_initial")]
+    conn.close()
+
+
+# --- pure parts -------------------------------------------------------------------------------
+
+
+def test_request_records_round_trip_through_the_wire_format():
+    record = RequestRecord(request_id="r1", endpoint="/v1/chat/completions", user_id=3, user_name="u", backend_id=4)
+    record.input = {"secret": "prompt"}
+    record.finish(200)
+    wire = json.loads(json.dumps(record_to_wire(record), default=str))
+    assert "input" not in wire and "output" not in wire and "started_at" not in wire
+    back = record_from_wire({**wire, "field_from_a_newer_version": 1})
+    assert (back.id, back.request_id, back.user_id, back.backend_id, back.status_code) == (record.id, "r1", 3, 4, 200)
+    assert back.created_at == record.created_at
+
+
+def test_health_changes_are_reported_and_remote_ones_are_not_echoed():
+    events: list[tuple[int, float]] = []
+    now = [100.0]
+    health = HealthTracker(
+        threshold=2, cooldown_s=30, clock=lambda: now[0], on_change=lambda b, c: events.append((b, c))
+    )
+    health.record_failure(1)
+    assert events == []
+    health.record_failure(1)
+    assert events == [(1, 30)]
+    health.mark_down(2, 150.0)  # learnt from another process: not reported again
+    assert events == [(1, 30)] and not health.is_available(2)
+    now[0] = 131.0
+    assert health.is_available(1)  # the probe
+    health.record_success(1)
+    assert events == [(1, 30), (1, 0.0)]
+    health.mark_up(2)
+    assert health.is_healthy(2) and events == [(1, 30), (1, 0.0)]
