@@ -206,12 +206,22 @@ class RouterProcess:
         return result
 
     def add_user(self, name: str, permissions: str = "*") -> str:
-        """Create a user with the CLI and return its API key."""
-        out = self.cli("users", "add", name, "--permissions", permissions).stdout
-        key = out.strip().splitlines()[-1]
-        if self.proc is not None and self.proc.poll() is None:
-            self.wait_for_key(key)
-        return key
+        """Create a user and return its API key: through GraphQL when running (instant), else the CLI."""
+        if self.proc is None or self.proc.poll() is not None:
+            return self.cli("users", "add", name, "--permissions", permissions).stdout.strip().splitlines()[-1]
+        created = self.gql_ok(
+            "mutation($name: String!, $all: Boolean) { createUser(input: {name: $name, allBackends: $all}) "
+            "{ user { id } apiKey } }",
+            {"name": name, "all": permissions == "*"},
+        )["createUser"]
+        if permissions != "*":
+            backends = {b["name"]: b["id"] for b in self.gql_ok("{ backends { id name } }")["backends"]}
+            for backend in permissions.split(","):
+                self.gql_ok(
+                    "mutation($u: ID!, $b: ID!) { createPermission(input: {userId: $u, backendId: $b}) { id } }",
+                    {"u": created["user"]["id"], "b": backends[backend.strip()]},
+                )
+        return created["apiKey"]
 
     def wait_for_key(self, key: str, timeout: float = 10.0) -> None:
         """Wait until the running router has picked up a key created by another process."""
