@@ -177,7 +177,8 @@ class SharedState:
 
     def _records_written(self, batch: list[RequestRecord]) -> None:
         self.bus.publish(batch)  # this process's subscribers get its own rows directly, once
-        self._send(self.requests_channel, {"r": [record_to_wire(r) for r in batch]})
+        if not self.degraded:  # while Redis is away, rows are not queued up (memory; they would arrive late)
+            self._send(self.requests_channel, {"r": [record_to_wire(r) for r in batch]})
 
     # --- incoming ---
 
