@@ -554,3 +554,17 @@ def test_health_changes_are_reported_and_remote_ones_are_not_echoed():
     assert events == [(1, 30), (1, 0.0)]
     health.mark_up(2)
     assert health.is_healthy(2) and events == [(1, 30), (1, 0.0)]
+
+
+async def test_committed_migrations_match_the_models():
+    """A model change without its migration fails here: `tortoise -c router.db.TORTOISE_ORM makemigrations`."""
+    from tortoise.context import TortoiseContext
+    from tortoise.migrations.autodetector import MigrationAutodetector
+
+    from router.db import tortoise_config
+
+    config = tortoise_config("sqlite://:memory:", "sqlite://:memory:")
+    async with TortoiseContext() as ctx:
+        await ctx.init(config=config)
+        writers = await MigrationAutodetector(ctx.apps, config["apps"]).changes()
+    assert [(w.app_label, w.name) for w in writers] == []
