@@ -74,6 +74,7 @@ def targets_table(results: dict[str, Any]) -> list[str]:
     m = Metrics(results.get("matrix", {}))
     soak, workers, analytics = results.get("soak", {}), results.get("workers", {}), results.get("analytics", {})
     ns64, st64 = m.get("non-stream", 64, "rps"), m.get("stream", 64, "rps")
+    ns64_cap, st64_cap = m.get("non-stream", 64, "capacity_rps"), m.get("stream", 64, "capacity_rps")
     p50, p99, ttft = m.added("p50_ms"), m.added("p99_ms"), m.ttft_added()
     cpu_ns, cpu_st = m.get("non-stream", 64, "cpu_ms_per_req"), m.get("stream", 64, "cpu_ms_per_req")
     rss = results.get("matrix", {}).get("peak_rss_mib")
@@ -81,10 +82,10 @@ def targets_table(results: dict[str, Any]) -> list[str]:
     skipped = results.get("matrix", {}).get("skipped", {})
     gql = analytics.get("graphql", {})
     rows = [
-        ("non-stream, c64", "≥ 3,000 req/s", fmt(ns64, 0, " req/s"), verdict(ns64, lambda v: v >= 3000),
-         "~95 req/s", ratio(ns64, ANCHOR["ns_c64_rps"], True)),
-        ("stream of 20 chunks, c64", "≥ 1,000 req/s", fmt(st64, 0, " req/s"), verdict(st64, lambda v: v >= 1000),
-         "~36 req/s", ratio(st64, ANCHOR["st_c64_rps"], True)),
+        ("non-stream, c64", "≥ 3,000 req/s", f"{fmt(ns64, 0, ' req/s')} (CPU capacity {fmt(ns64_cap, 0)})",
+         verdict(ns64, lambda v: v >= 3000), "~95 req/s", ratio(ns64, ANCHOR["ns_c64_rps"], True)),
+        ("stream of 20 chunks, c64", "≥ 1,000 req/s", f"{fmt(st64, 0, ' req/s')} (CPU capacity {fmt(st64_cap, 0)})",
+         verdict(st64, lambda v: v >= 1000), "~36 req/s", ratio(st64, ANCHOR["st_c64_rps"], True)),
         ("added latency p50, c1", "≤ 1 ms", fmt(p50, 3, " ms"), verdict(p50, lambda v: v <= 1), "+12-16 ms",
          ratio(p50, ANCHOR["added_p50_ms"], False)),
         ("added latency p99, c1", "≤ 3 ms", fmt(p99, 3, " ms"), verdict(p99, lambda v: v <= 3), "—", ""),

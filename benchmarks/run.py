@@ -18,6 +18,7 @@ import datetime as dt
 import json
 import os
 import shutil
+import signal
 import sqlite3
 import statistics
 import subprocess
@@ -173,6 +174,8 @@ def measure_once(
         cpu = meter.stop()
         row["cpu_ms_per_req"] = round(cpu * 1000 / max(result.requests, 1), 3)
         row["cpu_busy_pct"] = round(100 * cpu / result.duration_s, 1)
+        # What one dedicated core would sustain at this CPU cost: robust to other processes on a shared machine.
+        row["capacity_rps"] = round(1000 / row["cpu_ms_per_req"], 0) if row["cpu_ms_per_req"] else None
         row["rss_mib"] = round(procstat.rss_mib(pid), 1)
         if core is not None:  # other processes of the machine that ran on the server's CPU meanwhile
             row["others_on_cpu_pct"] = round(max(0.0, 100 * (core_busy - cpu) / result.duration_s), 1)
@@ -215,6 +218,54 @@ def run_lite(ctx: Ctx) -> dict[str, Any]:
     finally:
         router.stop()
     return section
+
+
+def run_ab(ctx: Ctx) -> dict[str, Any]:
+    """Variants of the router measured in alternation (A B C A B C ...), so they share the same noise.
+
+    `--variant NAME=SRC[,K=V...]`: a checkout to run the router from, plus router environment.
+    """
+    routers: dict[str, Router] = {}
+    cells = ((False, 64), (True, 64), (False, 1))
+    samples: dict[str, dict[str, list[dict[str, Any]]]] = {}
+    try:
+        for spec in ctx.args.variant:
+            name, _, rest = spec.partition("=")
+            src, *env = rest.split(",")
+            router = Router(ctx.work / f"ab-{name}", Path(src).resolve(), ctx.cpus.router,
+                            {"mock": f"{ctx.fast.url}/v1", "slow": f"{ctx.slow.url}/v1"}, [MODEL, SLOW_MODEL])
+            router.prepare()
+            router.start(dict(e.split("=", 1) for e in env))
+            routers[name] = router
+        for round_ in range(ctx.args.rounds):
+            log(f"A/B round {round_ + 1}/{ctx.args.rounds}")
+            for stream, c in cells:
+                for name, router in routers.items():
+                    row = measure_once(name, router.url + CHAT, stream, c, ctx, router.key, router.pid, MODEL)
+                    samples.setdefault(name, {}).setdefault(f"{row['mode']} c{c}", []).append(row)
+    finally:
+        for router in routers.values():
+            router.stop()
+    return {"variants": ctx.args.variant, "rounds": ctx.args.rounds, "summary": ab_summary(samples)}
+
+
+def ab_summary(samples: dict[str, dict[str, list[dict[str, Any]]]]) -> dict[str, Any]:
+    """Per variant and cell: median req/s, CPU ms/request, p50, and the noise seen."""
+    out: dict[str, Any] = {}
+    for name, by_cell in samples.items():
+        out[name] = {
+            cell_name: {
+                "rps": round(statistics.median(r["rps"] for r in rows), 0),
+                "cpu_ms_per_req": round(statistics.median(r["cpu_ms_per_req"] for r in rows), 3),
+                "p50_ms": round(statistics.median(r["p50_ms"] for r in rows), 3),
+                "others_on_cpu_pct": round(statistics.median(r.get("others_on_cpu_pct", 0) for r in rows), 1),
+            }
+            for cell_name, rows in by_cell.items()
+        }
+    for name, cells in out.items():
+        log(f"{name:<12} " + " | ".join(f"{k}: {v['rps']:.0f} req/s {v['cpu_ms_per_req']:.3f} ms/req "
+                                       f"p50 {v['p50_ms']:.2f}" for k, v in cells.items()))
+    return out
 
 
 def run_matrix(ctx: Ctx) -> dict[str, Any]:
@@ -325,15 +376,20 @@ def run_litellm(ctx: Ctx) -> dict[str, Any]:
     ).stdout.strip()
     work = ctx.work / "litellm"
     work.mkdir(exist_ok=True)
-    proxy = start_litellm(exe, work, {MODEL: f"{ctx.fast.url}/v1", SLOW_MODEL: f"{ctx.slow.url}/v1"}, ctx.cpus.router)
+    try:
+        proxy = start_litellm(exe, work, {MODEL: f"{ctx.fast.url}/v1", SLOW_MODEL: f"{ctx.slow.url}/v1"},
+                              ctx.cpus.router)
+    except RuntimeError as exc:
+        log(f"LiteLLM did not start: {exc}")
+        return {"skipped": f"LiteLLM {version} proxy did not start: {str(exc).splitlines()[0]}"}
     try:
         log(f"LiteLLM {version} proxy, pid {proxy.pid}")
-        cells = [measure("litellm", proxy.url + CHAT, s, c, ctx, None, proxy.pid) for s in (False, True) for c in
+        cells = [measure("litellm", proxy.url + CHAT, s, c, ctx, proxy.key, proxy.pid) for s in (False, True) for c in
                  (1, 16, 64)]
         return {
             "version": version,
             "cells": cells,
-            "ttft": ttft("litellm", proxy.url, ctx, None),
+            "ttft": ttft("litellm", proxy.url, ctx, proxy.key),
             "peak_rss_mib": round(procstat.peak_rss_mib(proxy.pid), 1),
         }
     finally:
@@ -670,10 +726,13 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--profile", type=int, metavar="SECONDS", help="py-spy the router under c64 load")
     p.add_argument("--quiet-threshold", type=float, default=20.0,
                    help="before a cell, wait until other processes use less than this %% of a core (default 20)")
-    p.add_argument("--quiet-wait", type=int, default=120, help="wait at most this many seconds for quiet")
-    p.add_argument("--retries", type=int, default=2, help="re-runs of a cell disturbed by other processes")
+    p.add_argument("--quiet-wait", type=int, default=30, help="wait at most this many seconds for quiet")
+    p.add_argument("--retries", type=int, default=1, help="re-runs of a cell disturbed by other processes")
     p.add_argument("--router-src", default=str(REPO), help="run the router from this checkout (a scratch worktree)")
     p.add_argument("--router-env", action="append", default=[], metavar="K=V", help="extra router environment")
+    p.add_argument("--variant", action="append", default=[], metavar="NAME=SRC[,K=V...]",
+                   help="A/B mode: router variants measured in alternation (repeat the flag)")
+    p.add_argument("--rounds", type=int, default=5, help="A/B rounds")
     p.add_argument("--lite", action="store_true", help="router-only cells (ns c1/c64, stream c64) for A/B runs")
     p.add_argument("--output", default=str(RESULTS / "latest.json"))
     p.add_argument("--no-readme", action="store_true", help="do not rewrite benchmarks/README.md")
@@ -682,6 +741,7 @@ def parse_args() -> argparse.Namespace:
 
 def main() -> None:
     args = parse_args()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the finally blocks: stop what we started
     cpus = Cpus.detect()
     if cpus.load:
         os.sched_setaffinity(0, cpus.load)  # this process and everything it starts without taskset
@@ -704,7 +764,9 @@ def main() -> None:
         ctx = Ctx(args, cpus, Path(tmp), fast, slow)
         try:
             sections: dict[str, Callable[[], dict[str, Any]]] = {}
-            if args.lite:
+            if args.variant:
+                sections["ab"] = lambda: run_ab(ctx)
+            elif args.lite:
                 sections["lite"] = lambda: run_lite(ctx)
             elif not args.no_matrix:
                 sections["matrix"] = lambda: run_matrix(ctx)

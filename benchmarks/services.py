@@ -211,10 +211,14 @@ def install_litellm(venv: Path) -> Path:
     return exe
 
 
+LITELLM_KEY = "sk-bench-" + "0" * 32  # a master key: LiteLLM refuses to start without one (auth on, no DB)
+
+
 @dataclass
 class LiteLLM:
     proc: subprocess.Popen
     port: int
+    key: str = LITELLM_KEY
 
     @property
     def url(self) -> str:
@@ -235,10 +239,15 @@ def start_litellm(exe: Path, work: Path, mocks: dict[str, str], cpus: str | None
     config = work / "litellm.yaml"
     config.write_text(yaml.safe_dump({"model_list": model_list}))
     port = free_port()
-    env = {**os.environ, "LITELLM_LOG": "ERROR", "NO_DOCS": "True"}
+    env = {**os.environ, "LITELLM_LOG": "ERROR", "NO_DOCS": "True", "LITELLM_MASTER_KEY": LITELLM_KEY}
     env.pop("DATABASE_URL", None)
     log = open(work / "litellm.log", "ab")  # noqa: SIM115
     cmd = [str(exe), "--config", str(config), "--host", "127.0.0.1", "--port", str(port), "--num_workers", "1"]
     proc = subprocess.Popen(pinned(cmd, cpus), env=env, stdout=log, stderr=subprocess.STDOUT, cwd=work)
-    wait_http(f"http://127.0.0.1:{port}/health/liveliness", proc=proc, timeout=180)
+    try:
+        wait_http(f"http://127.0.0.1:{port}/health/liveliness", proc=proc, timeout=180)
+    except RuntimeError as exc:
+        stop_process(proc)
+        tail = (work / "litellm.log").read_text(errors="replace")[-1500:]
+        raise RuntimeError(f"{exc}\n{tail}") from None
     return LiteLLM(proc, port)
