@@ -158,7 +158,7 @@ class Query:
         return [
             BackendMetrics(
                 backend=Backend.from_model(b),
-                in_flight=in_flight.get(b.id),
+                in_flight=in_flight.cluster(b.id),  # this process live + others (with Redis)
                 requests=stats[b.id].requests,
                 errors=stats[b.id].errors,
                 p50_latency_ms=stats[b.id].p50_latency_ms,
