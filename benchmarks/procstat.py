@@ -30,6 +30,16 @@ def children_of(pid: int) -> list[int]:
     return tree
 
 
+def cpu_seconds_self(pid: int) -> float:
+    """utime + stime of `pid` alone, in seconds (0 once it is gone)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return 0.0
+    fields = stat[stat.rfind(")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
 def cpu_seconds(pid: int) -> float:
     """utime + stime of `pid` and its descendants, in seconds."""
     total = 0

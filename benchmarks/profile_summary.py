@@ -40,7 +40,7 @@ def group_of(frame: str) -> str:
     return "other"
 
 
-def summarize(path: Path, top: int = 15) -> dict:
+def summarize(path: Path, top: int = 40) -> dict:
     self_counts: Counter[str] = Counter()
     inclusive: Counter[str] = Counter()
     groups: Counter[str] = Counter()

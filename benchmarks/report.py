@@ -178,6 +178,10 @@ def analytics_lines(a: dict[str, Any]) -> list[str]:
             if t:
                 out.append(f"| {label} | {'GraphQL' if via == 'graphql' else 'raw SQLite (floor)'} | "
                            f"{t['first_ms']} | {t['median_ms']} |")
+    answers = a.get("graphql", {}).get("answers")
+    if answers:
+        out += ["", f"The GraphQL answers held: totalCount {answers['total_count']:,}, {answers['items']} items; "
+                    f"{answers['usage_rows']} usage rows covering {answers['usage_requests']:,} requests."]
     if a.get("skipped"):
         out += ["", f"Skipped: {a['skipped']}"]
     return out
@@ -193,14 +197,15 @@ def workers_lines(w: dict[str, Any]) -> list[str]:
             out.append(
                 f"- {db}: workers=1 (pinned to one CPU) {section['workers_1']['rps']:,.0f} req/s, workers=2 (both "
                 f"CPUs, shared with wrk and the mock) {section['workers_2']['rps']:,.0f} req/s: "
-                f"**{section['ratio']:.2f}x**"
+                f"**{section['ratio']:.2f}x**; CPU per process with 2 workers (supervisor, workers, % of a core): "
+                f"{section['workers_2'].get('cpu_pct_per_process', '-')}"
             )
     return out
 
 
 def profile_lines(p: dict[str, Any]) -> list[str]:
     out = []
-    for name in ("nonstream", "stream"):
+    for name in ("nonstream", "stream", "nonstream_script"):
         s = p.get(name)
         if not s:
             continue
@@ -209,9 +214,11 @@ def profile_lines(p: dict[str, Any]) -> list[str]:
         out += [f"| {lib} | {share} |" for lib, share in s["self_by_library"]]
         out += ["", "| top frames, self time | % |", "|---|---|"]
         out += [f"| `{f}` | {share} |" for f, share in s["self"][:15]]
-        out += ["", "| top frames, inclusive | % |", "|---|---|"]
-        out += [f"| `{f}` | {share} |" for f, share in s["inclusive"][:20]]
+        out += ["", "| top frames, inclusive (below the server's entry frames) | % |", "|---|---|"]
+        out += [f"| `{f}` | {share} |" for f, share in s["inclusive"] if share < 60][:20]
         out.append("")
+    if p.get("script_skipped"):
+        out.append(p["script_skipped"])
     return out
 
 

@@ -573,7 +573,13 @@ def time_graphql(router: Router, since: str) -> dict[str, Any]:
     page = timed(lambda: router.graphql(page_query))
     usage = timed(lambda: router.graphql(usage_query, {"since": since}))
     log(f"GraphQL: requestLogs page {page['median_ms']} ms, usage by user 24 h {usage['median_ms']} ms")
-    return {"request_logs_page": page, "usage_by_user_24h": usage}
+    # What the answers held, so a fast empty answer is not mistaken for a fast query.
+    logs = router.graphql(page_query)["requestLogs"]
+    rows = router.graphql(usage_query, {"since": since})["usage"]
+    checks = {"total_count": logs["totalCount"], "items": len(logs["items"]), "usage_rows": len(rows),
+              "usage_requests": sum(r["requests"] for r in rows)}
+    log(f"GraphQL answers: {checks}")
+    return {"request_logs_page": page, "usage_by_user_24h": usage, "answers": checks}
 
 
 # --- workers ----------------------------------------------------------------------------------
@@ -596,7 +602,13 @@ def workers_ratio(ctx: Ctx, name: str, env: dict[str, str]) -> dict[str, Any]:
     for workers, cpus in ((1, ctx.cpus.router), (2, all_cpus)):
         router.start(env, workers=workers, cpus=cpus)
         try:
+            pids = procstat.children_of(router.pid)
+            before = {p: procstat.cpu_seconds_self(p) for p in pids}
             rows[workers] = measure(f"workers={workers}", router.url + CHAT, False, 64, ctx, router.key, router.pid)
+            # How the work spread over the processes (supervisor + workers), in % of one core.
+            split = [100 * (procstat.cpu_seconds_self(p) - before[p]) / rows[workers]["duration_s"] for p in pids]
+            rows[workers]["cpu_pct_per_process"] = [round(x, 1) for x in split]
+            log(f"  CPU per process (supervisor, workers): {rows[workers]['cpu_pct_per_process']}")
         finally:
             router.stop()
     ratio = rows[2]["rps"] / rows[1]["rps"] if rows[1]["rps"] else 0.0
@@ -643,36 +655,48 @@ def workers_on_postgres(ctx: Ctx, server_url: str) -> dict[str, Any]:
 
 
 def run_profile(ctx: Ctx, seconds: int) -> dict[str, Any]:
-    import profile_summary
-
+    """py-spy the router under c64 load: non-stream, stream, and non-stream with a no-op script (if possible)."""
     py_spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     if not Path(py_spy).exists():
         return {"skipped": "py-spy is not installed (.venv/bin/pip install py-spy)"}
     router = ctx.new_router("profile")
-    router.start()
+    router.start(ctx.router_env)
     section: dict[str, Any] = {"seconds": seconds}
     try:
-        for stream in (False, True):
-            name = "stream" if stream else "nonstream"
-            out = RESULTS / f"profile-{name}.txt"
-            body = loadgen.chat_body(MODEL, stream)
-            loadgen.run_load(router.url + CHAT, body, router.key, 64, 1)
-            load = threading.Thread(
-                target=loadgen.run_load, args=(router.url + CHAT, body, router.key, 64, seconds + 2)
-            )
-            load.start()
-            time.sleep(1)
-            subprocess.run(
-                [py_spy, "record", "--nonblocking", "-r", "250", "-d", str(seconds), "-f", "raw", "-o", str(out),
-                 "--pid", str(router.pid)],
-                check=True, capture_output=True, timeout=seconds + 60,
-            )
-            load.join()
-            section[name] = profile_summary.summarize(out, top=20)
-            log(f"profile {name}: {section[name]['samples']} samples -> {out.name}")
+        for name, stream in (("nonstream", False), ("stream", True)):
+            section[name] = profile_once(ctx, router, py_spy, name, stream, seconds)
+        try:
+            script_id = create_noop_script(router)
+        except (GraphQLUnavailable, GraphQLError) as exc:
+            section["script_skipped"] = f"no-op script profile skipped: {exc}"
+        else:
+            time.sleep(1.0)
+            section["nonstream_script"] = profile_once(ctx, router, py_spy, "nonstream-script", False, seconds)
+            router.graphql("mutation($id: ID!) { deleteScript(id: $id) }", {"id": script_id})
     finally:
         router.stop()
     return section
+
+
+def profile_once(ctx: Ctx, router: Router, py_spy: str, name: str, stream: bool, seconds: int) -> dict[str, Any]:
+    import profile_summary
+
+    out = RESULTS / f"profile-{name}.txt"
+    body = loadgen.chat_body(MODEL, stream)
+    wait_quiet(ctx)
+    loadgen.run_load(router.url + CHAT, body, router.key, 64, 1)
+    load = threading.Thread(target=loadgen.run_load, args=(router.url + CHAT, body, router.key, 64, seconds + 2))
+    load.start()
+    time.sleep(1)
+    subprocess.run(
+        [py_spy, "record", "--nonblocking", "-r", "250", "-d", str(seconds), "-f", "raw", "-o", str(out),
+         "--pid", str(router.pid)],
+        check=True, capture_output=True, timeout=seconds + 60,
+    )
+    load.join()
+    summary = profile_summary.summarize(out, top=40)
+    log(f"profile {name}: {summary['samples']} samples -> {out.name}")
+    return summary
 
 
 # --- main -------------------------------------------------------------------------------------
