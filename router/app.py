@@ -10,6 +10,7 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
 
 from graphql_schema import graphql_routes
 from router import errors, proxy
@@ -46,7 +47,7 @@ async def ensure_local_user(service: AdminService) -> int:
     return user.id
 
 
-def create_app(settings: Settings | None = None) -> Starlette:
+def create_app(settings: Settings | None = None) -> V1FastPath:
     settings = settings or load_settings()
 
     @contextlib.asynccontextmanager
@@ -81,10 +82,33 @@ def create_app(settings: Settings | None = None) -> Starlette:
     ]
     routes += graphql_routes(settings)
     routes += admin_routes()
-    return Starlette(routes=routes, lifespan=lifespan)
+    return V1FastPath(Starlette(routes=routes, lifespan=lifespan))
 
 
-def create_app_from_env() -> Starlette:
+class V1FastPath:
+    """Sends `POST /v1/chat/completions|completions|embeddings` straight to the proxy.
+
+    Starlette's middleware stack and router cost about a tenth of the router's CPU per request
+    (benchmarks/README.md); the proxy handler needs none of it (it answers every error itself).
+    Everything else, lifespan included, goes to the Starlette app.
+    """
+
+    _GENERATION_PATHS = frozenset({"/v1/chat/completions", "/v1/completions", "/v1/embeddings"})
+
+    def __init__(self, app: Starlette) -> None:
+        self.app = app
+        self.state = app.state
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST" and scope["path"] in self._GENERATION_PATHS:
+            scope["app"] = self.app
+            response = await proxy.handle_generation(Request(scope, receive, send))
+            await response(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+
+def create_app_from_env() -> V1FastPath:
     """The uvicorn factory (`--workers` re-imports the app in each worker from the environment)."""
     settings = load_settings()
     setup_logging(settings)

@@ -10,9 +10,10 @@ Everything it needs lives on the Runtime (`request.app.state.runtime`); the deci
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
+import secrets
 import time
-import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -42,6 +43,10 @@ from router.upstream import SSESplitter, UpstreamError, UpstreamResponse, sse_da
 from router.usage import RequestRecord, is_usage_only_chunk, usage_of
 
 log = logging.getLogger("router.proxy")
+
+# Request ids: a random per-process prefix and a counter (unique without a syscall per request).
+_REQUEST_ID_PREFIX = secrets.token_hex(8)
+_request_counter = itertools.count()
 
 # endpoint -> the field it requires besides `model`
 REQUIRED_FIELD = {
@@ -119,7 +124,7 @@ def model_list(rt: Runtime, user: UserEntry) -> list[dict[str, Any]]:
 async def handle_generation(request: Request) -> Response:
     """POST /v1/chat/completions, /v1/completions and /v1/embeddings."""
     rt: Runtime = request.app.state.runtime
-    endpoint = request.url.path
+    endpoint = request.scope["path"]  # not request.url: building a URL parses the Host header
     record = RequestRecord(request_id=request_id_of(request), endpoint=endpoint)
     try:
         user = authenticate(rt, request)
@@ -148,7 +153,7 @@ def request_id_of(request: Request) -> str:
     incoming = request.headers.get("x-request-id")
     if incoming and len(incoming) <= 128 and incoming.isprintable():
         return incoming
-    return uuid.uuid4().hex
+    return f"{_REQUEST_ID_PREFIX}{next(_request_counter):016x}"
 
 
 def authenticate(rt: Runtime, request: Request) -> UserEntry:
@@ -198,7 +203,7 @@ def parse_payload(body: bytes, endpoint: str) -> dict[str, Any]:
 
 def plan_route(rt: Runtime, user: UserEntry, model: str, request: Request) -> Route:
     """Decide where the request may go: proxy mode, auto mode (`[alias]model`), or by model."""
-    proxy_url = request.query_params.get("proxy")
+    proxy_url = request.query_params.get("proxy") if request.scope["query_string"] else None
     alias, bare_model = split_alias(model)
     if proxy_url is None and alias is not None and "://" in alias:
         proxy_url = alias
@@ -283,7 +288,7 @@ async def forward(
     # The client's bytes go upstream as they came unless something must change in them.
     untouched = route.upstream_model == payload["model"] and not record.stream
     payload["model"] = route.upstream_model
-    suffix = request.url.path[len("/v1") :]
+    suffix = request.scope["path"][len("/v1") :]
     last_error: ApiError | None = None
     tried = 0
     for target in route.targets:
@@ -308,7 +313,7 @@ async def forward(
                     user,
                     _backend_view(target),
                     "POST",
-                    request.url.path,
+                    request.scope["path"],
                     visible_headers(request.headers),
                     payload,
                     record.stream,
@@ -491,9 +496,19 @@ async def relay_events(
     pieces: list[str] = []
     status, error = 200, None
     try:
+        inspect_every_event = collect or bool(chunk_scripts)
         async for chunk in upstream.iter_chunks():
+            if not inspect_every_event and splitter.is_clean(chunk) and b'"usage"' not in chunk:
+                # Whole events with nothing to read in them (the common case): forward as they came.
+                if record.ttft_ms is None:
+                    record.ttft_ms = (time.time() - record.started_at) * 1000.0
+                yield chunk
+                continue
             out = []
             for event in splitter.feed(chunk):
+                if not inspect_every_event and b'"usage"' not in event:
+                    out.append(event)
+                    continue
                 data = sse_data(event)
                 if data is None or data == b"[DONE]":
                     out.append(event)

@@ -196,6 +196,10 @@ class SSESplitter:
         self._buffer = data[start:]
         return events
 
+    def is_clean(self, chunk: bytes) -> bool:
+        """True when `chunk` is whole events and nothing is buffered: it can be passed on as it is."""
+        return not self._buffer and chunk.endswith(b"\n\n") and b"\r" not in chunk
+
     def rest(self) -> bytes:
         """Whatever is left when the stream ends without a final blank line."""
         rest, self._buffer = self._buffer, b""

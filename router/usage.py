@@ -10,9 +10,11 @@ import random
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
+
+from tortoise import connections
 
 from router.models.analytics import RequestLog
 
@@ -101,11 +103,63 @@ class RequestRecord:
         self.id = new_log_id(now)
         self.created_at = datetime.fromtimestamp(self.started_at, UTC)
 
-    def as_row(self) -> dict[str, Any]:
-        row = asdict(self)
-        for transient in ("started_at", "input", "output"):
-            row.pop(transient)
-        return row
+    def as_tuple(self) -> tuple:
+        """The stored fields in `LOG_COLUMNS` order (no copies: this runs for every request)."""
+        return (
+            self.id,
+            self.request_id,
+            self.created_at,
+            self.user_id,
+            self.user_name,
+            self.backend_id,
+            self.backend_name,
+            self.model,
+            self.endpoint,
+            self.status_code,
+            self.stream,
+            self.prompt_tokens,
+            self.completion_tokens,
+            self.total_tokens,
+            self.latency_ms,
+            self.ttft_ms,
+            self.attempts,
+            self.error,
+        )
+
+
+LOG_COLUMNS = (
+    "id",
+    "request_id",
+    "created_at",
+    "user_id",
+    "user_name",
+    "backend_id",
+    "backend_name",
+    "model",
+    "endpoint",
+    "status_code",
+    "stream",
+    "prompt_tokens",
+    "completion_tokens",
+    "total_tokens",
+    "latency_ms",
+    "ttft_ms",
+    "attempts",
+    "error",
+)
+_CREATED_AT = LOG_COLUMNS.index("created_at")
+
+
+async def insert_log_rows(records: list[RequestRecord]) -> None:
+    """One multi-row INSERT in one transaction: no ORM objects on the hot path's event loop."""
+    conn = connections.get("analytics")
+    sqlite = conn.capabilities.dialect == "sqlite"
+    marks = ", ".join("?" if sqlite else f"${i}" for i in range(1, len(LOG_COLUMNS) + 1))
+    sql = f"INSERT INTO {RequestLog._meta.db_table} ({', '.join(LOG_COLUMNS)}) VALUES ({marks})"
+    rows = [record.as_tuple() for record in records]
+    if sqlite:  # stored as Tortoise stores datetimes in SQLite: str() of the aware datetime
+        rows = [(*row[:_CREATED_AT], str(row[_CREATED_AT]), *row[_CREATED_AT + 1 :]) for row in rows]
+    await conn.execute_many(sql, rows)  # both backends wrap it in one transaction
 
 
 # --- the batched writer -----------------------------------------------------------------------
@@ -173,7 +227,7 @@ class LogWriter:
     async def _write_batch(self) -> bool:
         batch = [self._pending.popleft() for _ in range(min(self.batch_size, len(self._pending)))]
         try:
-            await RequestLog.bulk_create([RequestLog(**record.as_row()) for record in batch])
+            await insert_log_rows(batch)
         except Exception as exc:
             self._pending.extendleft(reversed(batch))
             log.warning("writing %d request log rows failed (will retry): %s", len(batch), exc)
