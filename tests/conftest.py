@@ -223,15 +223,21 @@ class RouterProcess:
                 )
         return created["apiKey"]
 
-    def wait_for_key(self, key: str, timeout: float = 10.0) -> None:
-        """Wait until the running router has picked up a key created by another process."""
+    def wait_for_key(self, key: str, timeout: float = 15.0, streak: int = 1) -> None:
+        """Wait until the running router accepts a key made elsewhere (another process, the CLI).
+
+        With several workers, ask for `streak` successes in a row: each request is a new
+        connection, which the kernel spreads over the workers.
+        """
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        in_a_row = 0
+        while in_a_row < streak:
+            if time.monotonic() > deadline:
+                raise AssertionError("the router did not pick up the new key")
             response = httpx.get(f"{self.v1}/models", headers={"Authorization": f"Bearer {key}"}, timeout=5)
-            if response.status_code != 401:
-                return
-            time.sleep(0.05)
-        raise AssertionError("the router did not pick up the new key")
+            in_a_row = in_a_row + 1 if response.status_code != 401 else 0
+            if in_a_row == 0:
+                time.sleep(0.05)
 
     def graphql(self, query: str, variables: dict | None = None, token: str | None = ADMIN_PASSWORD) -> dict:
         headers = {"Authorization": f"Bearer {token}"} if token else {}

@@ -380,7 +380,8 @@ def test_metrics_sum_over_workers_with_multiproc_dir(router_factory, backend_con
     prom_dir.mkdir()
     router = router_factory(config=backend_config, env={"PROMETHEUS_MULTIPROC_DIR": str(prom_dir)}, start=False)
     router.start(timeout=120, extra_args=["--workers", "2"])  # two workers boot slowly on a busy machine
-    router.api_key = router.add_user("alice")
+    router.api_key = router.add_user("alice")  # through one worker; the other polls for it
+    router.wait_for_key(router.api_key, streak=10)
     for i in range(12):  # a new connection each: the kernel spreads them over the workers
         response = httpx.post(
             f"{router.v1}/chat/completions",

@@ -459,12 +459,7 @@ def test_workers_2_start_together_and_serve(tmp_path, upstream, database, reques
         assert "Traceback" not in router.log()
         assert "admin changes take up to" in router.log()  # no REDIS_URL: the CLI says what that means
         key = router.add_user("ivy")  # by the CLI; without Redis each worker picks it up through its poll
-        streak, deadline = 0, time.monotonic() + 15
-        while streak < 10:  # both workers know the key (the kernel spreads connections over them)
-            assert time.monotonic() < deadline, "a worker did not pick up the new key"
-            ok = httpx.get(f"{router.v1}/models", headers={"Authorization": f"Bearer {key}"}).status_code == 200
-            streak = streak + 1 if ok else 0
-            time.sleep(0.05)
+        router.wait_for_key(key, streak=10)  # both workers know it
         ids = [f"w-{uuid.uuid4().hex[:8]}" for _ in range(20)]
         for rid in ids:
             assert chat(router, key, rid).status_code == 200
