@@ -10,6 +10,7 @@ Environment:
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import json
 import os
@@ -41,6 +42,12 @@ def redis_url() -> str | None:
     return os.environ.get("TEST_REDIS_URL")
 
 
+def run_async(coroutine):
+    """Run a coroutine to completion from sync test code, even where a loop already runs (Playwright)."""
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, coroutine).result()
+
+
 def _pg_admin(url: str, sql: str) -> None:
     import asyncpg
 
@@ -51,7 +58,7 @@ def _pg_admin(url: str, sql: str) -> None:
         finally:
             await conn.close()
 
-    asyncio.run(run())
+    run_async(run())
 
 
 def create_pg_database(url: str) -> str:
@@ -171,7 +178,7 @@ class RouterProcess:
                 finally:
                     await conn.close()
 
-            return asyncio.run(fetch())
+            return run_async(fetch())
         path = self.data_dir / "analytics.db"
         if not path.exists():
             return []

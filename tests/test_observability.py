@@ -11,7 +11,6 @@ import base64
 import gzip
 import json
 import signal
-import sqlite3
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -152,15 +151,6 @@ def start_router(router_factory, config, env: dict[str, str]):
     return router
 
 
-def request_log_rows(router) -> list[dict]:
-    conn = sqlite3.connect(router.data_dir / "analytics.db", timeout=10)
-    conn.row_factory = sqlite3.Row
-    try:
-        return [dict(r) for r in conn.execute("SELECT * FROM request_logs ORDER BY id")]
-    finally:
-        conn.close()
-
-
 def stop_gracefully(router) -> None:
     """SIGTERM and wait; uvicorn re-raises the signal after a clean shutdown (exit status -15)."""
     assert router.stop() in (0, -signal.SIGTERM)
@@ -238,7 +228,7 @@ def test_each_request_becomes_a_langfuse_trace(router_factory, backend_config, u
     # The request id went upstream, into the request log and into the server log.
     sent_upstream = [r.headers.get("X-Request-ID") for r in upstream.requests_to("/v1/chat/completions")]
     assert sent_upstream == ["req-plain-1", "req-stream-1", generated_id]
-    rows = request_log_rows(router)
+    rows = router.request_logs()
     assert [r["request_id"] for r in rows] == ["req-plain-1", "req-stream-1", generated_id]
     log = router.log()
     for request_id in by_id:
