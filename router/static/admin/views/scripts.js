@@ -359,6 +359,7 @@ export async function mount(el) {
   }
 
   await load();
-  await select(scripts[0] || null);
+  // Someone quick may have started typing while the list loaded: never clobber (or question) that.
+  if (!dirty) await select(scripts[0] || null);
   return null;
 }
