@@ -46,6 +46,18 @@ def multiprocess_dir() -> str | None:
     return os.environ.get("PROMETHEUS_MULTIPROC_DIR")
 
 
+def series_key(record: RequestRecord, user_labels: bool) -> tuple:
+    """(backend, model, status[, user]) of a finished request.
+
+    Only a routed request has a model label: unroutable model names are chosen by the client.
+    """
+    backend = record.backend_name
+    model = record.model if backend is not None else None
+    if user_labels:
+        return (backend, model, record.status_code, record.user_name)
+    return (backend, model, record.status_code)
+
+
 class Metrics:
     """The router's Prometheus metrics, in a registry of their own (not the process-global one)."""
 
@@ -149,13 +161,7 @@ class _InMemoryMetrics(Collector):
         self._ttft: dict[tuple[str, str], list] = {}
 
     def observe(self, record: RequestRecord) -> None:
-        backend = record.backend_name
-        # Only a routed request has a model label: unroutable model names are chosen by the client.
-        model = record.model if backend is not None else None
-        if self.user_labels:
-            key = (backend, model, record.status_code, record.user_name)
-        else:
-            key = (backend, model, record.status_code)
+        key = series_key(record, self.user_labels)
         series = self._series.get(key)
         if series is None:
             series = self._new_series(key)
@@ -247,16 +253,10 @@ class _FileBackedMetrics:
         self._children: dict[tuple, tuple[Any, Any, Any, Any, Any]] = {}
 
     def observe(self, record: RequestRecord) -> None:
-        backend = record.backend_name
-        # Only a routed request has a model label: unroutable model names are chosen by the client.
-        model = record.model if backend is not None else None
-        if self.user_labels:
-            key = (backend, model, record.status_code, record.user_name)
-        else:
-            key = (backend, model, record.status_code)
+        key = series_key(record, self.user_labels)
         children = self._children.get(key)
         if children is None:
-            backend, model = backend or "", model or ""
+            backend, model = key[0] or "", key[1] or ""
             by_user = (record.user_name or "",) if self.user_labels else ()
             children = (
                 self.requests.labels(backend, model, str(record.status_code), *by_user),
