@@ -92,7 +92,15 @@ def run_wrk(url: str, body: bytes, key: str | None, concurrency: int, duration_s
     detail = {"connect": int(connect), "read": int(read), "write": int(write), "status": int(status)}
     detail["timeout"] = int(timeout)
     return LoadResult(
-        "wrk", concurrency, int(n), dur_us / 1e6, sum(detail.values()), p50 / 1e3, p90 / 1e3, p99 / 1e3, mx / 1e3,
+        "wrk",
+        concurrency,
+        int(n),
+        dur_us / 1e6,
+        sum(detail.values()),
+        p50 / 1e3,
+        p90 / 1e3,
+        p99 / 1e3,
+        mx / 1e3,
         {k: v for k, v in detail.items() if v},
     )
 
@@ -137,8 +145,15 @@ async def python_load(url: str, body: bytes, key: str | None, concurrency: int, 
         await asyncio.gather(*(worker() for _ in range(concurrency)))
         elapsed = time.perf_counter() - started
     return LoadResult(
-        "python-aiohttp", concurrency, len(latencies), elapsed, sum(errors.values()),
-        _percentile(latencies, 50), _percentile(latencies, 90), _percentile(latencies, 99), max(latencies or [0.0]),
+        "python-aiohttp",
+        concurrency,
+        len(latencies),
+        elapsed,
+        sum(errors.values()),
+        _percentile(latencies, 50),
+        _percentile(latencies, 90),
+        _percentile(latencies, 99),
+        max(latencies or [0.0]),
         errors,
     )
 

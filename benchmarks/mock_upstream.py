@@ -23,8 +23,14 @@ STREAM_CHUNKS = 20
 
 def http_response(body: bytes, content_type: bytes = b"application/json", status: bytes = b"200 OK") -> bytes:
     return (
-        b"HTTP/1.1 " + status + b"\r\nContent-Type: " + content_type + b"\r\nContent-Length: "
-        + str(len(body)).encode() + b"\r\n\r\n" + body
+        b"HTTP/1.1 "
+        + status
+        + b"\r\nContent-Type: "
+        + content_type
+        + b"\r\nContent-Length: "
+        + str(len(body)).encode()
+        + b"\r\n\r\n"
+        + body
     )
 
 

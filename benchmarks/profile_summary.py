@@ -1,6 +1,6 @@
 """Summarize a py-spy `--format raw` (collapsed stacks) file: top frames by self and inclusive time.
 
-    python benchmarks/profile_summary.py benchmarks/results/profile-nonstream.txt
+python benchmarks/profile_summary.py benchmarks/results/profile-nonstream.txt
 """
 
 from __future__ import annotations
@@ -33,8 +33,24 @@ def group_of(frame: str) -> str:
     path = frame[frame.rfind("(") + 1 : -1]
     if path.startswith("router/"):
         return "router"
-    for lib in ("starlette", "uvicorn", "aiohttp", "httpx", "httpcore", "tortoise", "aiosqlite", "orjson",
-                "anyio", "logging", "asyncio", "yarl", "multidict", "langfuse", "opentelemetry", "py_mini_racer"):
+    for lib in (
+        "starlette",
+        "uvicorn",
+        "aiohttp",
+        "httpx",
+        "httpcore",
+        "tortoise",
+        "aiosqlite",
+        "orjson",
+        "anyio",
+        "logging",
+        "asyncio",
+        "yarl",
+        "multidict",
+        "langfuse",
+        "opentelemetry",
+        "py_mini_racer",
+    ):
         if lib in path:
             return lib
     return "other"

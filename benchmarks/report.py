@@ -22,9 +22,7 @@ ANCHOR = {
 
 
 def cell(cells: list[dict], target: str, mode: str, c: int) -> dict[str, Any] | None:
-    return next(
-        (x for x in cells if x["target"] == target and x["mode"] == mode and x["concurrency"] == c), None
-    )
+    return next((x for x in cells if x["target"] == target and x["mode"] == mode and x["concurrency"] == c), None)
 
 
 def fmt(value: float | None, digits: int = 2, unit: str = "") -> str:
@@ -82,45 +80,130 @@ def targets_table(results: dict[str, Any]) -> list[str]:
     skipped = results.get("matrix", {}).get("skipped", {})
     gql = analytics.get("graphql", {})
     rows = [
-        ("non-stream, c64", "≥ 3,000 req/s", f"{fmt(ns64, 0, ' req/s')} (CPU capacity {fmt(ns64_cap, 0)})",
-         verdict(ns64, lambda v: v >= 3000), "~95 req/s", ratio(ns64, ANCHOR["ns_c64_rps"], True)),
-        ("stream of 20 chunks, c64", "≥ 1,000 req/s", f"{fmt(st64, 0, ' req/s')} (CPU capacity {fmt(st64_cap, 0)})",
-         verdict(st64, lambda v: v >= 1000), "~36 req/s", ratio(st64, ANCHOR["st_c64_rps"], True)),
-        ("added latency p50, c1", "≤ 1 ms", fmt(p50, 3, " ms"), verdict(p50, lambda v: v <= 1), "+12-16 ms",
-         ratio(p50, ANCHOR["added_p50_ms"], False)),
+        (
+            "non-stream, c64",
+            "≥ 3,000 req/s",
+            f"{fmt(ns64, 0, ' req/s')} (CPU capacity {fmt(ns64_cap, 0)})",
+            verdict(ns64, lambda v: v >= 3000),
+            "~95 req/s",
+            ratio(ns64, ANCHOR["ns_c64_rps"], True),
+        ),
+        (
+            "stream of 20 chunks, c64",
+            "≥ 1,000 req/s",
+            f"{fmt(st64, 0, ' req/s')} (CPU capacity {fmt(st64_cap, 0)})",
+            verdict(st64, lambda v: v >= 1000),
+            "~36 req/s",
+            ratio(st64, ANCHOR["st_c64_rps"], True),
+        ),
+        (
+            "added latency p50, c1",
+            "≤ 1 ms",
+            fmt(p50, 3, " ms"),
+            verdict(p50, lambda v: v <= 1),
+            "+12-16 ms",
+            ratio(p50, ANCHOR["added_p50_ms"], False),
+        ),
         ("added latency p99, c1", "≤ 3 ms", fmt(p99, 3, " ms"), verdict(p99, lambda v: v <= 3), "—", ""),
-        ("time to first token added (10 ms/chunk)", "≤ 1 ms", fmt(ttft, 3, " ms"), verdict(ttft, lambda v: v <= 1),
-         "+21 ms", ratio(ttft, ANCHOR["ttft_added_ms"], False) if ttft and ttft > 0 else ""),
-        ("router CPU per non-stream request (c64)", "≤ 0.35 ms", fmt(cpu_ns, 3, " ms"),
-         verdict(cpu_ns, lambda v: v <= 0.35), "10-16 ms", ratio(cpu_ns, ANCHOR["cpu_ns_ms"], False)),
-        ("router CPU per stream request (c64)", "—", fmt(cpu_st, 3, " ms"), "", "~28 ms",
-         ratio(cpu_st, ANCHOR["cpu_st_ms"], False)),
-        ("one no-op script adds (CPU/req)", "≤ 0.2 ms", fmt(script, 3, " ms") if script is not None else
-         "skipped", verdict(script, lambda v: v <= 0.2) if script is not None else skipped.get("script", "—"), "—", ""),
-        ("Langfuse to a local sink adds (CPU/req)", "≤ 0.3 ms", fmt(langfuse, 3, " ms") if langfuse is not None
-         else "skipped", verdict(langfuse, lambda v: v <= 0.3) if langfuse is not None
-         else skipped.get("langfuse", "—"), "—", ""),
-        ("peak RSS (matrix)", "≤ 150 MiB", fmt(rss, 1, " MiB"), verdict(rss, lambda v: v <= 150), "~420 MiB",
-         ratio(rss, ANCHOR["peak_rss_mib"], False)),
+        (
+            "time to first token added (10 ms/chunk)",
+            "≤ 1 ms",
+            fmt(ttft, 3, " ms"),
+            verdict(ttft, lambda v: v <= 1),
+            "+21 ms",
+            ratio(ttft, ANCHOR["ttft_added_ms"], False) if ttft and ttft > 0 else "",
+        ),
+        (
+            "router CPU per non-stream request (c64)",
+            "≤ 0.35 ms",
+            fmt(cpu_ns, 3, " ms"),
+            verdict(cpu_ns, lambda v: v <= 0.35),
+            "10-16 ms",
+            ratio(cpu_ns, ANCHOR["cpu_ns_ms"], False),
+        ),
+        (
+            "router CPU per stream request (c64)",
+            "—",
+            fmt(cpu_st, 3, " ms"),
+            "",
+            "~28 ms",
+            ratio(cpu_st, ANCHOR["cpu_st_ms"], False),
+        ),
+        (
+            "one no-op script adds (CPU/req)",
+            "≤ 0.2 ms",
+            fmt(script, 3, " ms") if script is not None else "skipped",
+            verdict(script, lambda v: v <= 0.2) if script is not None else skipped.get("script", "—"),
+            "—",
+            "",
+        ),
+        (
+            "Langfuse to a local sink adds (CPU/req)",
+            "≤ 0.3 ms",
+            fmt(langfuse, 3, " ms") if langfuse is not None else "skipped",
+            verdict(langfuse, lambda v: v <= 0.3) if langfuse is not None else skipped.get("langfuse", "—"),
+            "—",
+            "",
+        ),
+        (
+            "peak RSS (matrix)",
+            "≤ 150 MiB",
+            fmt(rss, 1, " MiB"),
+            verdict(rss, lambda v: v <= 150),
+            "~420 MiB",
+            ratio(rss, ANCHOR["peak_rss_mib"], False),
+        ),
     ]
     if soak:
-        rows.append((f"soak {soak['seconds']} s: RSS flat, fds, errors", "±10 %, no fd growth, 0 errors",
-                     f"±{soak['rss_max_deviation_pct']} %, fds {soak['fds_steady_first']}→{soak['fds_steady_last']},"
-                     f" {soak['errors']} errors",
-                     verdict(1.0 if soak["rss_flat"] and soak["fd_growth"] <= 0 and soak["errors"] == 0 else 0.0,
-                             lambda v: v > 0), "—", ""))
+        rows.append(
+            (
+                f"soak {soak['seconds']} s: RSS flat, fds, errors",
+                "±10 %, no fd growth, 0 errors",
+                f"±{soak['rss_max_deviation_pct']} %, fds {soak['fds_steady_first']}→{soak['fds_steady_last']},"
+                f" {soak['errors']} errors",
+                verdict(
+                    1.0 if soak["rss_flat"] and soak["fd_growth"] <= 0 and soak["errors"] == 0 else 0.0, lambda v: v > 0
+                ),
+                "—",
+                "",
+            )
+        )
     if workers.get("sqlite"):
         r = workers["sqlite"]["ratio"]
-        rows.append(("--workers 2 vs 1 (SQLite, non-stream c64)", "≥ 1.7x", f"{r:.2f}x",
-                     verdict(r, lambda v: v >= 1.7), "—", ""))
+        rows.append(
+            (
+                "--workers 2 vs 1 (SQLite, non-stream c64)",
+                "≥ 1.7x",
+                f"{r:.2f}x",
+                verdict(r, lambda v: v >= 1.7),
+                "—",
+                "",
+            )
+        )
     if analytics:
         if gql:
             worst = max(gql["request_logs_page"]["median_ms"], gql["usage_by_user_24h"]["median_ms"])
-            rows.append((f"analytics, {analytics['rows']:,} rows (GraphQL, slower of the two)", "≤ 200 ms",
-                         fmt(worst, 1, " ms"), verdict(worst, lambda v: v <= 200), "20 s at 300k rows", ""))
+            rows.append(
+                (
+                    f"analytics, {analytics['rows']:,} rows (GraphQL, slower of the two)",
+                    "≤ 200 ms",
+                    fmt(worst, 1, " ms"),
+                    verdict(worst, lambda v: v <= 200),
+                    "20 s at 300k rows",
+                    "",
+                )
+            )
         else:
-            rows.append((f"analytics, {analytics['rows']:,} rows", "≤ 200 ms", "skipped",
-                         analytics.get("skipped", "—"), "20 s at 300k rows", ""))
+            rows.append(
+                (
+                    f"analytics, {analytics['rows']:,} rows",
+                    "≤ 200 ms",
+                    "skipped",
+                    analytics.get("skipped", "—"),
+                    "20 s at 300k rows",
+                    "",
+                )
+            )
     out = ["| metric | target | measured | verdict | LiteLLM anchor (issue) | vs anchor |", "|---|---|---|---|---|---|"]
     out += ["| " + " | ".join(r) + " |" for r in rows]
     return out
@@ -150,8 +233,10 @@ def transport_table(cells: list[dict]) -> list[str]:
             for target, name in (("router", "aiohttp (default)"), ("router-httpx", "httpx")):
                 row = cell(cells, target, mode, c)
                 if row:
-                    out.append(f"| {name} | {mode} | {c} | {row['rps']:,.0f} | {row['p99_ms']:.2f} | "
-                               f"{fmt(row.get('cpu_ms_per_req'), 3)} |")
+                    out.append(
+                        f"| {name} | {mode} | {c} | {row['rps']:,.0f} | {row['p99_ms']:.2f} | "
+                        f"{fmt(row.get('cpu_ms_per_req'), 3)} |"
+                    )
     return out
 
 
@@ -169,19 +254,30 @@ def soak_lines(soak: dict[str, Any]) -> list[str]:
 
 
 def analytics_lines(a: dict[str, Any]) -> list[str]:
-    out = [f"{a['rows']:,} generated rows over 30 days (100 users, 5 backends), inserted in {a['insert_s']} s.", "",
-           "| query | via | first ms | median of 5 ms |", "|---|---|---|---|"]
+    out = [
+        f"{a['rows']:,} generated rows over 30 days (100 users, 5 backends), inserted in {a['insert_s']} s.",
+        "",
+        "| query | via | first ms | median of 5 ms |",
+        "|---|---|---|---|",
+    ]
     for via in ("graphql", "sql"):
-        for name, label in (("request_logs_page", "requestLogs(first: 50)"),
-                            ("usage_by_user_24h", "usage(groupBy:[USER], since 24 h)")):
+        for name, label in (
+            ("request_logs_page", "requestLogs(first: 50)"),
+            ("usage_by_user_24h", "usage(groupBy:[USER], since 24 h)"),
+        ):
             t = a.get(via, {}).get(name)
             if t:
-                out.append(f"| {label} | {'GraphQL' if via == 'graphql' else 'raw SQLite (floor)'} | "
-                           f"{t['first_ms']} | {t['median_ms']} |")
+                out.append(
+                    f"| {label} | {'GraphQL' if via == 'graphql' else 'raw SQLite (floor)'} | "
+                    f"{t['first_ms']} | {t['median_ms']} |"
+                )
     answers = a.get("graphql", {}).get("answers")
     if answers:
-        out += ["", f"The GraphQL answers held: totalCount {answers['total_count']:,}, {answers['items']} items; "
-                    f"{answers['usage_rows']} usage rows covering {answers['usage_requests']:,} requests."]
+        out += [
+            "",
+            f"The GraphQL answers held: totalCount {answers['total_count']:,}, {answers['items']} items; "
+            f"{answers['usage_rows']} usage rows covering {answers['usage_requests']:,} requests.",
+        ]
     if a.get("skipped"):
         out += ["", f"Skipped: {a['skipped']}"]
     return out
@@ -204,9 +300,24 @@ def workers_lines(w: dict[str, Any]) -> list[str]:
 
 
 # The chain every sample starts with (process start-up, uvicorn's loop): not informative.
-_ENTRY_FRAMES = ("run (uvicorn", "serve (router", "main (router", "<module>", "Runner.run", "Server.run", "asyncio_run",
-                 "_run_code", "_run_module_as_main", "Server.serve", "Server._serve", "run_until_complete",
-                 "BaseEventLoop.run", "Handle._run", "Thread.", "_bootstrap")
+_ENTRY_FRAMES = (
+    "run (uvicorn",
+    "serve (router",
+    "main (router",
+    "<module>",
+    "Runner.run",
+    "Server.run",
+    "asyncio_run",
+    "_run_code",
+    "_run_module_as_main",
+    "Server.serve",
+    "Server._serve",
+    "run_until_complete",
+    "BaseEventLoop.run",
+    "Handle._run",
+    "Thread.",
+    "_bootstrap",
+)
 
 
 def profile_lines(p: dict[str, Any]) -> list[str]:
@@ -215,8 +326,12 @@ def profile_lines(p: dict[str, Any]) -> list[str]:
         s = p.get(name)
         if not s:
             continue
-        out += [f"**{name}, c64** ({s['samples']:,} samples, py-spy --nonblocking, 250 Hz, {p['seconds']} s)", "",
-                "| self time by library | % |", "|---|---|"]
+        out += [
+            f"**{name}, c64** ({s['samples']:,} samples, py-spy --nonblocking, 250 Hz, {p['seconds']} s)",
+            "",
+            "| self time by library | % |",
+            "|---|---|",
+        ]
         out += [f"| {lib} | {share} |" for lib, share in s["self_by_library"]]
         out += ["", "| top frames, self time | % |", "|---|---|"]
         out += [f"| `{f}` | {share} |" for f, share in s["self"][:15]]
@@ -234,9 +349,13 @@ def litellm_lines(lite: dict[str, Any], matrix: dict[str, Any]) -> list[str]:
     ours = Metrics(matrix)
     combined = {"cells": lite["cells"] + matrix.get("cells", []), "ttft": [lite["ttft"], *matrix.get("ttft", [])]}
     theirs = Metrics(combined, "litellm")
-    out = [f"LiteLLM {lite['version']} proxy, one worker pinned like the router, master key, no database; same "
-           "harness, mock and cells (ratios against the router matrix above).",
-           "", "| cell | llm-router | LiteLLM | ratio |", "|---|---|---|---|"]
+    out = [
+        f"LiteLLM {lite['version']} proxy, one worker pinned like the router, master key, no database; same "
+        "harness, mock and cells (ratios against the router matrix above).",
+        "",
+        "| cell | llm-router | LiteLLM | ratio |",
+        "|---|---|---|---|",
+    ]
     for label, mode, c, key, better in (
         ("non-stream c64 req/s", "non-stream", 64, "rps", True),
         ("non-stream c16 req/s", "non-stream", 16, "rps", True),
@@ -275,13 +394,23 @@ def render(results: dict[str, Any]) -> str:
     ]
     if matrix:
         ttft = ", ".join(f"{t['target']} p50 {t['p50_ms']} ms (n={t['n']})" for t in matrix.get("ttft", []))
-        lines += [f"### The matrix ({matrix.get('duration_s')} s per cell, measured {matrix.get('measured_at')})", "",
-                  *matrix_table(matrix["cells"]), "",
-                  f"Time to first token, stream with 10 ms between chunks (Python client, sequential): {ttft}.", ""]
+        lines += [
+            f"### The matrix ({matrix.get('duration_s')} s per cell, measured {matrix.get('measured_at')})",
+            "",
+            *matrix_table(matrix["cells"]),
+            "",
+            f"Time to first token, stream with 10 ms between chunks (Python client, sequential): {ttft}.",
+            "",
+        ]
         for reason in matrix.get("skipped", {}).values():
             lines.append(f"- {reason}")
-        lines += ["", "### Upstream transport: aiohttp vs httpx (same router, `UPSTREAM_TRANSPORT`)", "",
-                  *transport_table(matrix["cells"]), ""]
+        lines += [
+            "",
+            "### Upstream transport: aiohttp vs httpx (same router, `UPSTREAM_TRANSPORT`)",
+            "",
+            *transport_table(matrix["cells"]),
+            "",
+        ]
     sections: list[tuple[str, str, Callable[[dict[str, Any]], list[str]]]] = [
         ("litellm", "LiteLLM, measured with the same harness", lambda s: litellm_lines(s, matrix)),
         ("soak", "Soak", soak_lines),
@@ -291,8 +420,12 @@ def render(results: dict[str, Any]) -> str:
     ]
     for key, title, render_section in sections:
         if results.get(key):
-            lines += [f"### {title} (measured {results[key].get('measured_at')})", "", *render_section(results[key]),
-                      ""]
+            lines += [
+                f"### {title} (measured {results[key].get('measured_at')})",
+                "",
+                *render_section(results[key]),
+                "",
+            ]
     lines.append(END)
     return "\n".join(lines)
 

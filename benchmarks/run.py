@@ -137,7 +137,13 @@ def wait_quiet(ctx: Ctx) -> float:
 
 
 def measure(
-    label: str, url: str, stream: bool, concurrency: int, ctx: Ctx, key: str | None = None, pid: int | None = None,
+    label: str,
+    url: str,
+    stream: bool,
+    concurrency: int,
+    ctx: Ctx,
+    key: str | None = None,
+    pid: int | None = None,
     model: str = MODEL,
 ) -> dict[str, Any]:
     """One row of the matrix; re-run (up to --retries times) when other processes shared the server's CPU."""
@@ -183,16 +189,18 @@ def measure_once(
     log(
         f"{label:<16} {row['mode']:<10} c={concurrency:<3} {result.rps:9.0f} req/s  p50 {result.p50_ms:7.2f} ms  "
         f"p99 {result.p99_ms:7.2f} ms  errors {result.errors}"
-        + (f"  cpu {row['cpu_ms_per_req']:.3f} ms/req ({row['cpu_busy_pct']:.0f} %), others on its CPU "
-           f"{row.get('others_on_cpu_pct', 0):.0f} %" if "cpu_ms_per_req" in row else "")
+        + (
+            f"  cpu {row['cpu_ms_per_req']:.3f} ms/req ({row['cpu_busy_pct']:.0f} %), others on its CPU "
+            f"{row.get('others_on_cpu_pct', 0):.0f} %"
+            if "cpu_ms_per_req" in row
+            else ""
+        )
     )
     return row
 
 
 def matrix(label: str, base: str, ctx: Ctx, key: str | None, pid: int | None, conc: tuple[int, ...]) -> list[dict]:
-    return [
-        measure(label, base + CHAT, stream, c, ctx, key, pid) for stream in (False, True) for c in conc
-    ]
+    return [measure(label, base + CHAT, stream, c, ctx, key, pid) for stream in (False, True) for c in conc]
 
 
 def ttft(label: str, base: str, ctx: Ctx, key: str | None) -> dict[str, Any]:
@@ -232,8 +240,13 @@ def run_ab(ctx: Ctx) -> dict[str, Any]:
         for spec in ctx.args.variant:
             name, _, rest = spec.partition("=")
             src, *env = rest.split(",")
-            router = Router(ctx.work / f"ab-{name}", Path(src).resolve(), ctx.cpus.router,
-                            {"mock": f"{ctx.fast.url}/v1", "slow": f"{ctx.slow.url}/v1"}, [MODEL, SLOW_MODEL])
+            router = Router(
+                ctx.work / f"ab-{name}",
+                Path(src).resolve(),
+                ctx.cpus.router,
+                {"mock": f"{ctx.fast.url}/v1", "slow": f"{ctx.slow.url}/v1"},
+                [MODEL, SLOW_MODEL],
+            )
             router.prepare()
             router.start(dict(e.split("=", 1) for e in env))
             routers[name] = router
@@ -263,8 +276,13 @@ def ab_summary(samples: dict[str, dict[str, list[dict[str, Any]]]]) -> dict[str,
             for cell_name, rows in by_cell.items()
         }
     for name, cells in out.items():
-        log(f"{name:<12} " + " | ".join(f"{k}: {v['rps']:.0f} req/s {v['cpu_ms_per_req']:.3f} ms/req "
-                                       f"p50 {v['p50_ms']:.2f}" for k, v in cells.items()))
+        log(
+            f"{name:<12} "
+            + " | ".join(
+                f"{k}: {v['rps']:.0f} req/s {v['cpu_ms_per_req']:.3f} ms/req p50 {v['p50_ms']:.2f}"
+                for k, v in cells.items()
+            )
+        )
     return out
 
 
@@ -372,20 +390,25 @@ def run_litellm(ctx: Ctx) -> dict[str, Any]:
         return {"skipped": f"could not install litellm[proxy]: {exc}"}
     version = subprocess.run(
         [str(venv / "bin" / "python"), "-c", "import importlib.metadata as m; print(m.version('litellm'))"],
-        capture_output=True, text=True,
+        capture_output=True,
+        text=True,
     ).stdout.strip()
     work = ctx.work / "litellm"
     work.mkdir(exist_ok=True)
     try:
-        proxy = start_litellm(exe, work, {MODEL: f"{ctx.fast.url}/v1", SLOW_MODEL: f"{ctx.slow.url}/v1"},
-                              ctx.cpus.router)
+        proxy = start_litellm(
+            exe, work, {MODEL: f"{ctx.fast.url}/v1", SLOW_MODEL: f"{ctx.slow.url}/v1"}, ctx.cpus.router
+        )
     except RuntimeError as exc:
         log(f"LiteLLM did not start: {exc}")
         return {"skipped": f"LiteLLM {version} proxy did not start: {str(exc).splitlines()[0]}"}
     try:
         log(f"LiteLLM {version} proxy, pid {proxy.pid}")
-        cells = [measure("litellm", proxy.url + CHAT, s, c, ctx, proxy.key, proxy.pid) for s in (False, True) for c in
-                 (1, 16, 64)]
+        cells = [
+            measure("litellm", proxy.url + CHAT, s, c, ctx, proxy.key, proxy.pid)
+            for s in (False, True)
+            for c in (1, 16, 64)
+        ]
         return {
             "version": version,
             "cells": cells,
@@ -423,8 +446,11 @@ def run_soak(ctx: Ctx, seconds: int) -> dict[str, Any]:
                 time.sleep(5)
             results = [j.result() for j in jobs]
         samples.append(
-            {"t_s": round(time.monotonic() - started, 1), "rss_mib": round(procstat.rss_mib(router.pid), 1),
-             "fds": procstat.open_fds(router.pid)}
+            {
+                "t_s": round(time.monotonic() - started, 1),
+                "rss_mib": round(procstat.rss_mib(router.pid), 1),
+                "fds": procstat.open_fds(router.pid),
+            }
         )
     finally:
         router.stop()
@@ -456,8 +482,10 @@ def soak_summary(seconds: int, samples: list[dict[str, float]], results: list[lo
         "fd_growth": fds[-1] - fds[0],
         "samples": samples,
     }
-    log(f"soak: RSS {min(rss)}-{max(rss)} MiB (±{deviation:.1f} %), fds {fds[0]} -> {fds[-1]}, "
-        f"errors {summary['errors']}")
+    log(
+        f"soak: RSS {min(rss)}-{max(rss)} MiB (±{deviation:.1f} %), fds {fds[0]} -> {fds[-1]}, "
+        f"errors {summary['errors']}"
+    )
     return summary
 
 
@@ -550,34 +578,49 @@ def timed(fn: Callable[[], Any], repeat: int = 5) -> dict[str, float]:
 def time_sql(db: Path, since: str) -> dict[str, Any]:
     """The floor: what the two queries cost in SQLite itself (a newest-first page + count; GROUP BY user)."""
     conn = sqlite3.connect(db)
-    page = timed(lambda: (
-        conn.execute("SELECT * FROM request_logs ORDER BY id DESC LIMIT 51").fetchall(),
-        conn.execute("SELECT COUNT(*) FROM request_logs").fetchone(),
-    ))
-    usage = timed(lambda: conn.execute(
-        "SELECT user_id, user_name, COUNT(*), SUM(status_code >= 400), SUM(prompt_tokens), SUM(completion_tokens), "
-        "SUM(total_tokens), AVG(latency_ms) FROM request_logs WHERE created_at >= ? GROUP BY user_id, user_name",
-        (since.replace("T", " ") if " " in (conn.execute("SELECT created_at FROM request_logs LIMIT 1").fetchone()[0])
-         else since,),
-    ).fetchall())
+    page = timed(
+        lambda: (
+            conn.execute("SELECT * FROM request_logs ORDER BY id DESC LIMIT 51").fetchall(),
+            conn.execute("SELECT COUNT(*) FROM request_logs").fetchone(),
+        )
+    )
+    usage = timed(
+        lambda: conn.execute(
+            "SELECT user_id, user_name, COUNT(*), SUM(status_code >= 400), SUM(prompt_tokens), SUM(completion_tokens), "
+            "SUM(total_tokens), AVG(latency_ms) FROM request_logs WHERE created_at >= ? GROUP BY user_id, user_name",
+            (
+                since.replace("T", " ")
+                if " " in (conn.execute("SELECT created_at FROM request_logs LIMIT 1").fetchone()[0])
+                else since,
+            ),
+        ).fetchall()
+    )
     conn.close()
     log(f"SQL floor: requestLogs page {page['median_ms']} ms, usage by user 24 h {usage['median_ms']} ms")
     return {"request_logs_page": page, "usage_by_user_24h": usage}
 
 
 def time_graphql(router: Router, since: str) -> dict[str, Any]:
-    page_query = "{ requestLogs(first: 50) { totalCount nextCursor items { id requestId createdAt userName " \
-                 "model statusCode latencyMs totalTokens } } }"
-    usage_query = "query($since: DateTime!) { usage(groupBy: [USER], filter: {since: $since}) " \
-                  "{ userId userName requests errors totalTokens avgLatencyMs } }"
+    page_query = (
+        "{ requestLogs(first: 50) { totalCount nextCursor items { id requestId createdAt userName "
+        "model statusCode latencyMs totalTokens } } }"
+    )
+    usage_query = (
+        "query($since: DateTime!) { usage(groupBy: [USER], filter: {since: $since}) "
+        "{ userId userName requests errors totalTokens avgLatencyMs } }"
+    )
     page = timed(lambda: router.graphql(page_query))
     usage = timed(lambda: router.graphql(usage_query, {"since": since}))
     log(f"GraphQL: requestLogs page {page['median_ms']} ms, usage by user 24 h {usage['median_ms']} ms")
     # What the answers held, so a fast empty answer is not mistaken for a fast query.
     logs = router.graphql(page_query)["requestLogs"]
     rows = router.graphql(usage_query, {"since": since})["usage"]
-    checks = {"total_count": logs["totalCount"], "items": len(logs["items"]), "usage_rows": len(rows),
-              "usage_requests": sum(r["requests"] for r in rows)}
+    checks = {
+        "total_count": logs["totalCount"],
+        "items": len(logs["items"]),
+        "usage_rows": len(rows),
+        "usage_requests": sum(r["requests"] for r in rows),
+    }
     log(f"GraphQL answers: {checks}")
     return {"request_logs_page": page, "usage_by_user_24h": usage, "answers": checks}
 
@@ -618,8 +661,12 @@ def workers_ratio(ctx: Ctx, name: str, env: dict[str, str]) -> dict[str, Any]:
 
 def _router_with_env(ctx: Ctx, name: str, env: dict[str, str]) -> Router:
     router = Router(
-        ctx.work / name, Path(ctx.args.router_src).resolve(), ctx.cpus.router,
-        {"mock": f"{ctx.fast.url}/v1", "slow": f"{ctx.slow.url}/v1"}, [MODEL, SLOW_MODEL], extra_env=env,
+        ctx.work / name,
+        Path(ctx.args.router_src).resolve(),
+        ctx.cpus.router,
+        {"mock": f"{ctx.fast.url}/v1", "slow": f"{ctx.slow.url}/v1"},
+        [MODEL, SLOW_MODEL],
+        extra_env=env,
     )
     router.prepare()
     return router
@@ -629,8 +676,10 @@ def workers_on_postgres(ctx: Ctx, server_url: str) -> dict[str, Any]:
     import asyncpg
 
     name = f"llmrouter_bench_{int(time.time())}"
-    urls = {"CORE_DB_URL": f"{server_url.rsplit('/', 1)[0]}/{name}_core",
-            "ANALYTICS_DB_URL": f"{server_url.rsplit('/', 1)[0]}/{name}_analytics"}
+    urls = {
+        "CORE_DB_URL": f"{server_url.rsplit('/', 1)[0]}/{name}_core",
+        "ANALYTICS_DB_URL": f"{server_url.rsplit('/', 1)[0]}/{name}_analytics",
+    }
 
     async def admin(sql: str) -> None:
         conn = await asyncpg.connect(server_url, timeout=5)
@@ -689,9 +738,24 @@ def profile_once(ctx: Ctx, router: Router, py_spy: str, name: str, stream: bool,
     load.start()
     time.sleep(1)
     subprocess.run(
-        [py_spy, "record", "--nonblocking", "-r", "250", "-d", str(seconds), "-f", "raw", "-o", str(out),
-         "--pid", str(router.pid)],
-        check=True, capture_output=True, timeout=seconds + 60,
+        [
+            py_spy,
+            "record",
+            "--nonblocking",
+            "-r",
+            "250",
+            "-d",
+            str(seconds),
+            "-f",
+            "raw",
+            "-o",
+            str(out),
+            "--pid",
+            str(router.pid),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=seconds + 60,
     )
     load.join()
     summary = profile_summary.summarize(out, top=40)
@@ -706,8 +770,12 @@ def machine_info() -> dict[str, Any]:
     import importlib.metadata as md
 
     cpu = next(
-        (line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-         if line.startswith("model name")), "unknown",
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        "unknown",
     )
     versions = {}
     for pkg in ("starlette", "uvicorn", "uvloop", "httptools", "aiohttp", "httpx", "orjson", "tortoise-orm"):
@@ -715,8 +783,11 @@ def machine_info() -> dict[str, Any]:
             versions[pkg] = md.version(pkg)
         except md.PackageNotFoundError:
             versions[pkg] = "-"
-    wrk = subprocess.run(["wrk", "-v"], capture_output=True, text=True).stdout.split("[")[0].strip() if (
-        loadgen.WRK) else "absent: Python (aiohttp) load generator used"
+    wrk = (
+        subprocess.run(["wrk", "-v"], capture_output=True, text=True).stdout.split("[")[0].strip()
+        if (loadgen.WRK)
+        else "absent: Python (aiohttp) load generator used"
+    )
     return {
         "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "cpu": cpu,
@@ -748,14 +819,23 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--workers-compare", action="store_true", help="--workers 2 vs 1 throughput")
     p.add_argument("--postgres-url", help="server URL for the PostgreSQL workers comparison")
     p.add_argument("--profile", type=int, metavar="SECONDS", help="py-spy the router under c64 load")
-    p.add_argument("--quiet-threshold", type=float, default=20.0,
-                   help="before a cell, wait until other processes use less than this %% of a core (default 20)")
+    p.add_argument(
+        "--quiet-threshold",
+        type=float,
+        default=20.0,
+        help="before a cell, wait until other processes use less than this %% of a core (default 20)",
+    )
     p.add_argument("--quiet-wait", type=int, default=30, help="wait at most this many seconds for quiet")
     p.add_argument("--retries", type=int, default=1, help="re-runs of a cell disturbed by other processes")
     p.add_argument("--router-src", default=str(REPO), help="run the router from this checkout (a scratch worktree)")
     p.add_argument("--router-env", action="append", default=[], metavar="K=V", help="extra router environment")
-    p.add_argument("--variant", action="append", default=[], metavar="NAME=SRC[,K=V...]",
-                   help="A/B mode: router variants measured in alternation (repeat the flag)")
+    p.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        metavar="NAME=SRC[,K=V...]",
+        help="A/B mode: router variants measured in alternation (repeat the flag)",
+    )
     p.add_argument("--rounds", type=int, default=5, help="A/B rounds")
     p.add_argument("--lite", action="store_true", help="router-only cells (ns c1/c64, stream c64) for A/B runs")
     p.add_argument("--output", default=str(RESULTS / "latest.json"))

@@ -125,7 +125,11 @@ class Router:
 
     def cli(self, *args: str) -> str:
         result = subprocess.run(
-            [sys.executable, "-m", "router", *args], env=self.env(), cwd=self.src, capture_output=True, text=True,
+            [sys.executable, "-m", "router", *args],
+            env=self.env(),
+            cwd=self.src,
+            capture_output=True,
+            text=True,
             timeout=120,
         )
         if result.returncode != 0:
@@ -205,9 +209,7 @@ def install_litellm(venv: Path) -> Path:
     if exe.exists():
         return exe
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-    subprocess.run(
-        [str(venv / "bin" / "pip"), "install", "-q", "litellm[proxy]"], check=True, timeout=1800
-    )
+    subprocess.run([str(venv / "bin" / "pip"), "install", "-q", "litellm[proxy]"], check=True, timeout=1800)
     return exe
 
 

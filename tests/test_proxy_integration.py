@@ -84,8 +84,9 @@ def test_upstream_receives_request_id_and_its_key_not_the_users(router_factory, 
     config = write_config(tmp_path / "c.yaml", {"secured": {"url": secured.base_url, "api_key": "${UP_KEY}"}})
     router = router_factory(config=config, env={"UP_KEY": "upstream-secret"})
     key = router.add_user("bob")
-    response = post(router, "/chat/completions", {"model": "m", "messages": MESSAGES}, key,
-                    headers={"X-Request-ID": "req-123"})
+    response = post(
+        router, "/chat/completions", {"model": "m", "messages": MESSAGES}, key, headers={"X-Request-ID": "req-123"}
+    )
     assert response.status_code == 200, response.text
     assert response.headers["x-request-id"] == "req-123"
     echoed = response.json()["echo"]["headers"]
@@ -133,8 +134,12 @@ def test_oversized_body_is_refused(router_factory, upstream, tmp_path):
     big = {"model": "test-model", "messages": [{"role": "user", "content": "x" * 20_000}]}
     assert assert_openai_error(post(router, "/chat/completions", big, key), 413)["code"] == "request_too_large"
     # A streamed body without Content-Length is cut off too.
-    chunked = httpx.post(f"{router.v1}/chat/completions", content=iter([json.dumps(big).encode()]),
-                         headers={"Authorization": f"Bearer {key}"}, timeout=30)
+    chunked = httpx.post(
+        f"{router.v1}/chat/completions",
+        content=iter([json.dumps(big).encode()]),
+        headers={"Authorization": f"Bearer {key}"},
+        timeout=30,
+    )
     assert_openai_error(chunked, 413)
     assert not upstream.requests_to("/v1/chat/completions")
 
@@ -153,9 +158,10 @@ def test_permissions_limit_models_and_backends(router_factory, upstream_factory,
         post(router, "/chat/completions", {"model": "[beta]b-model", "messages": MESSAGES}, key), 403
     )
     for _ in range(4):  # "shared" is on both, but dave may only use alpha
-        assert post(router, "/chat/completions", {"model": "shared", "messages": MESSAGES}, key).json()["echo"][
-            "server"
-        ] == "alpha"
+        assert (
+            post(router, "/chat/completions", {"model": "shared", "messages": MESSAGES}, key).json()["echo"]["server"]
+            == "alpha"
+        )
 
 
 def test_model_filter_override_and_append(router_factory, upstream_factory, tmp_path):
@@ -199,8 +205,13 @@ def test_proxy_mode_only_to_allowed_targets(router_factory, upstream_factory, tm
     limited = router.add_user("heidi", permissions="alpha")
     body = {"model": "anything", "messages": MESSAGES}
 
-    response = post(router, f"/chat/completions?proxy={allowed.base_url}", body, key,
-                    headers={"X-Upstream-Authorization": "Bearer target-key"})
+    response = post(
+        router,
+        f"/chat/completions?proxy={allowed.base_url}",
+        body,
+        key,
+        headers={"X-Upstream-Authorization": "Bearer target-key"},
+    )
     assert response.status_code == 200, response.text
     echo = response.json()["echo"]
     assert echo["server"] == "allowed" and echo["headers"]["Authorization"] == "Bearer target-key"
@@ -209,16 +220,21 @@ def test_proxy_mode_only_to_allowed_targets(router_factory, upstream_factory, tm
     bracket = post(router, "/chat/completions", {"model": f"[{allowed.base_url}]m", "messages": MESSAGES}, key)
     assert bracket.json()["echo"]["body"]["model"] == "m"
 
-    for target in (other.base_url, f"http://127.0.0.1:{allowed.port}/v1evil", "http://127.0.0.1@evil.example/v1",
-                   "file:///etc/passwd"):
+    for target in (
+        other.base_url,
+        f"http://127.0.0.1:{allowed.port}/v1evil",
+        "http://127.0.0.1@evil.example/v1",
+        "file:///etc/passwd",
+    ):
         assert_openai_error(post(router, f"/chat/completions?proxy={target}", body, key), 403)
     assert_openai_error(post(router, f"/chat/completions?proxy={allowed.base_url}", body, limited), 403)
     assert not other.received
 
 
 def test_proxy_mode_is_off_without_allowlist(router_with_backend, upstream):
-    response = post(router_with_backend, f"/chat/completions?proxy={upstream.base_url}",
-                    {"model": "x", "messages": MESSAGES})
+    response = post(
+        router_with_backend, f"/chat/completions?proxy={upstream.base_url}", {"model": "x", "messages": MESSAGES}
+    )
     assert "disabled" in assert_openai_error(response, 403)["message"]
 
 
@@ -274,8 +290,7 @@ def test_all_backends_down_gives_502_then_503(router_factory, upstream_factory, 
     router = router_factory(config=config)
     key = router.add_user("ken")
     dead.stop()
-    codes = [post(router, "/chat/completions", {"model": "m", "messages": MESSAGES}, key).status_code
-             for _ in range(4)]
+    codes = [post(router, "/chat/completions", {"model": "m", "messages": MESSAGES}, key).status_code for _ in range(4)]
     assert codes[:3] == [502, 502, 502] and codes[3] == 503
 
 
@@ -295,8 +310,9 @@ def test_client_disconnect_mid_stream_closes_the_upstream(router_factory, upstre
     router = router_factory(config=config)
     key = router.add_user("mallory")
     body = {"model": "m", "messages": MESSAGES, "stream": True}
-    with httpx.stream("POST", f"{router.v1}/chat/completions", json=body,
-                      headers={"Authorization": f"Bearer {key}"}, timeout=30) as response:
+    with httpx.stream(
+        "POST", f"{router.v1}/chat/completions", json=body, headers={"Authorization": f"Bearer {key}"}, timeout=30
+    ) as response:
         first = next(response.iter_lines())
         assert first.startswith("data: ")
     # Leaving the block closed our connection after one event of 200 (10 s of stream).
@@ -316,8 +332,13 @@ def test_graceful_stop_loses_no_log_row_and_restart_keeps_data(router_factory, u
     results: list[int] = []
 
     def call() -> None:
-        with httpx.stream("POST", f"{router.v1}/chat/completions", headers={"Authorization": f"Bearer {key}"},
-                          json={"model": "m", "messages": MESSAGES, "stream": True}, timeout=30) as response:
+        with httpx.stream(
+            "POST",
+            f"{router.v1}/chat/completions",
+            headers={"Authorization": f"Bearer {key}"},
+            json={"model": "m", "messages": MESSAGES, "stream": True},
+            timeout=30,
+        ) as response:
             results.append(len(list(response.iter_lines())))
 
     for _ in range(5):

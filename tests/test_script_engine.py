@@ -283,8 +283,9 @@ async def test_non_serializable_context_is_an_error_not_a_raise(engine):
 
 
 async def test_top_level_throw_and_recursion_are_errors(engine):
-    res = await engine.run_hook(src("const x = 1;\nthrow new Error('at load');\nfunction onRequest(c) { return c; }"),
-                                "onRequest", REQ)
+    res = await engine.run_hook(
+        src("const x = 1;\nthrow new Error('at load');\nfunction onRequest(c) { return c; }"), "onRequest", REQ
+    )
     assert not res.ok and "Error: at load" in res.error and "(line 2)" in res.error
     res = await engine.run_hook(src("function onRequest(c) { return onRequest(c); }", 2), "onRequest", REQ)
     assert not res.ok and "RangeError" in res.error

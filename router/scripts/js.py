@@ -143,9 +143,7 @@ def probe_source(code: str) -> str:
     Function declarations are hoisted, so ``typeof`` sees them before the (dead) user code;
     ``let``/``const``/``class`` bindings are in their TDZ and reported as ``"tdz"``.
     """
-    checks = ", ".join(
-        f"(() => {{ try {{ return typeof {h}; }} catch (e) {{ return 'tdz'; }} }})()" for h in HOOKS
-    )
+    checks = ", ".join(f"(() => {{ try {{ return typeof {h}; }} catch (e) {{ return 'tdz'; }} }})()" for h in HOOKS)
     return f"JSON.stringify((function () {{'use strict';return [{checks}];\n{strip_exports(code)}\n}})())"
 
 
