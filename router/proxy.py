@@ -305,6 +305,7 @@ async def forward(
         hooks = Hooks(scripts_for(rt.catalog.snapshot, user.id, record.backend_id))
         body, extra_headers = payload, None
         if hooks.scripts:
+            client_headers = visible_headers(request.headers)
             hooks.context = await run_chain(
                 rt.scripts,
                 hooks.scripts,
@@ -314,7 +315,7 @@ async def forward(
                     _backend_view(target),
                     "POST",
                     request.scope["path"],
-                    visible_headers(request.headers),
+                    client_headers,
                     payload,
                     record.stream,
                 ),
@@ -327,7 +328,7 @@ async def forward(
             if not isinstance(body, dict):
                 raise errors.script_failed(hooks.scripts[0].name, "request.body must stay a JSON object")
             record.model = body.get("model", record.model)
-            extra_headers = header_changes(visible_headers(request.headers), hooks.context["request"].get("headers"))
+            extra_headers = header_changes(client_headers, hooks.context["request"].get("headers"))
         strip_usage_chunk = record.stream and not _client_wants_usage(body)
         if untouched and not hooks.scripts:
             wire_body = raw_body

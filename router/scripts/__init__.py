@@ -1,14 +1,8 @@
 """JavaScript hooks (onRequest / onResponse / onStreamChunk) run in isolated V8 contexts."""
 
-from .engine import (
-    HOOKS,
-    HookResult,
-    ScriptEngine,
-    ScriptSource,
-    ScriptSyntaxError,
-    defined_hooks,
-    validate,
-)
+from .datatypes import HOOKS, HookResult, ScriptSource, ScriptSyntaxError
+from .engine import ScriptEngine
+from .validate import defined_hooks, validate
 
 __all__ = [
     "HOOKS",

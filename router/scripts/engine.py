@@ -37,19 +37,9 @@ from dataclasses import dataclass, field
 import orjson
 from py_mini_racer import JSEvalException, JSOOMException, JSParseException, MiniRacer
 
-from .datatypes import HOOKS, HookResult, ScriptSource, ScriptSyntaxError
+from .datatypes import HOOKS, HookResult, ScriptSource
 from .js import RUNTIME, compile_source, parse_error_location
-from .validate import defined_hooks, validate
-
-__all__ = [
-    "HOOKS",
-    "HookResult",
-    "ScriptEngine",
-    "ScriptSource",
-    "ScriptSyntaxError",
-    "defined_hooks",
-    "validate",
-]
+from .validate import defined_hooks
 
 _REQUIRED_KEYS = {"onRequest": ("request",), "onResponse": ("request",), "onStreamChunk": ("chunk",)}
 _SHAPE_KEYS = ("request", "response", "chunk")
