@@ -29,16 +29,77 @@ from tests.conftest import create_pg_database, drop_pg_database, postgres_url, r
 CONTRACT = Path(__file__).parent / "contract" / "admin.graphql"
 
 
-def test_schema_contains_the_contract_unchanged():
+# What the contract has that the schema does not have yet, with the issue that brings it. Each
+# entry must really be missing (the test fails once it lands, so the entry is removed with it);
+# nothing else may differ. Never stub a field to shorten this list.
+PENDING_CONTRACT: dict[str, int] = {
+    "BackendApi": 13,
+    "Backend.apis": 13,
+    "CreateBackendInput.apis": 13,
+    "UpdateBackendInput.apis": 13,
+    "RequestLog.cachedTokens": 12,
+    "RequestLog.cacheWriteTokens": 12,
+    "RequestLog.reasoningTokens": 12,
+    "UsageRow.cachedTokens": 12,
+    "UsageRow.reasoningTokens": 12,
+    "BudgetPeriod": 14,
+    "Limits": 14,
+    "QuotaState": 14,
+    "ModelPrice": 14,
+    "Viewer": 14,
+    "LimitsInput": 14,
+    "ModelPriceInput": 14,
+    "User.limits": 14,
+    "User.quota": 14,
+    "Backend.limits": 14,
+    "Backend.quota": 14,
+    "RequestLog.costUsd": 14,
+    "UsageRow.costUsd": 14,
+    "Query.modelPrices": 14,
+    "Query.me": 14,
+    "Mutation.setUserLimits": 14,
+    "Mutation.setBackendLimits": 14,
+    "Mutation.createModelPrice": 14,
+    "Mutation.updateModelPrice": 14,
+    "Mutation.deleteModelPrice": 14,
+    "UsageTick": 17,
+    "Subscription.usageTicks": 17,
+}
+
+
+def _missing_from_schema() -> set[str]:
+    """Contract types and fields the schema lacks; any other breaking change fails the test."""
     contract = build_sdl_schema(CONTRACT.read_text())
     ours = build_sdl_schema(str(build_schema()))
-    assert find_breaking_changes(contract, ours) == []
+    missing, other = set(), []
+    for change in find_breaking_changes(contract, ours):
+        words = change.description.removeprefix("Field ").split()
+        if change.type.name in ("TYPE_REMOVED", "FIELD_REMOVED") and words[1:] == ["was", "removed."]:
+            missing.add(words[0])
+        else:
+            other.append(change.description)
+    assert other == [], "the schema breaks the contract"
+    return missing
+
+
+def test_schema_contains_the_contract_except_what_is_pending():
+    missing = _missing_from_schema()
+    unexplained = sorted(missing - PENDING_CONTRACT.keys())
+    assert unexplained == [], "missing from the schema with no issue that brings it"
+
+
+def test_pending_contract_entries_are_still_missing():
+    landed = sorted(PENDING_CONTRACT.keys() - _missing_from_schema())
+    assert landed == [], "these landed: remove them from PENDING_CONTRACT"
 
 
 def test_contract_copy_matches_the_shared_one():
     shared = Path(__file__).resolve().parents[2] / "shared" / "contract" / "admin.graphql"
     if not shared.exists():
-        pytest.skip("shared/contract is not beside this checkout")
+        pytest.skip(
+            "the team's shared contract (../shared/contract/admin.graphql) is not beside this checkout; "
+            "tests/contract/admin.graphql is the copy checked above"
+        )
     assert CONTRACT.read_text() == shared.read_text()
 
 
