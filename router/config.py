@@ -10,6 +10,8 @@ from typing import Any
 
 import yaml
 
+from router.urls import UrlError, check_http_url, normalize_proxy_url
+
 
 class ConfigError(Exception):
     """A configuration problem, worded for the operator: where it is and what is wrong."""
@@ -198,8 +200,10 @@ def validate_settings(settings: Settings) -> None:
     if settings.max_attempts < 1:
         raise ConfigError("environment variable MAX_ATTEMPTS: must be at least 1")
     for prefix in settings.proxy_allowlist:
-        if not re.match(r"^https?://[^/]+", prefix):
-            raise ConfigError(f"environment variable PROXY_ALLOWLIST: {prefix!r} is not an http(s) URL prefix")
+        try:
+            normalize_proxy_url(prefix)
+        except UrlError as exc:
+            raise ConfigError(f"environment variable PROXY_ALLOWLIST: {exc}") from None
 
 
 # --- config.yaml (LLMsRouter's format) -------------------------------------------------------
@@ -272,9 +276,10 @@ def load_config_file(path: str, environ: dict[str, str] | None = None) -> list[B
         if unknown:
             raise ConfigError(f"{where}: unknown key(s) {', '.join(sorted(unknown))}")
         entry = {key: _expand_env(value, f"{where}.{key}", environ) for key, value in entry.items()}
-        url = entry.get("url")
-        if not isinstance(url, str) or not re.match(r"^https?://[^/]+", url):
-            raise ConfigError(f"{where}.url: must be an http(s) URL, got {url!r}")
+        try:
+            url = check_http_url(entry.get("url"), f"{where}.url")
+        except UrlError as exc:
+            raise ConfigError(str(exc)) from None
         weight = entry.get("weight", 1)
         if not isinstance(weight, int) or isinstance(weight, bool) or weight < 0:
             raise ConfigError(f"{where}.weight: must be a non-negative integer")
@@ -287,7 +292,7 @@ def load_config_file(path: str, environ: dict[str, str] | None = None) -> list[B
         specs.append(
             BackendSpec(
                 name=alias,
-                base_url=url.rstrip("/"),
+                base_url=url,
                 api_key=api_key or None,
                 model_filter=model_filter or None,
                 model_override=_string_list(entry["override"], f"{where}.override")

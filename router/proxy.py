@@ -40,6 +40,7 @@ from router.hooks import (
 from router.routing import candidate_backends
 from router.runtime import Runtime
 from router.upstream import SSESplitter, UpstreamError, UpstreamResponse, sse_data
+from router.urls import allowed_proxy_url
 from router.usage import RequestRecord, is_usage_only_chunk, usage_of
 
 log = logging.getLogger("router.proxy")
@@ -227,23 +228,10 @@ def plan_route(rt: Runtime, user: UserEntry, model: str, request: Request) -> Ro
 
 def proxy_target(rt: Runtime, user: UserEntry, url: str, request: Request) -> Target:
     """An allow-listed URL for proxy mode; anything else is refused (no open relay)."""
-    allowlist = rt.settings.proxy_allowlist
-    if not allowlist:
-        raise errors.forbidden("Proxy mode is disabled on this router (PROXY_ALLOWLIST is empty).")
-    if not user.all_backends:
+    if rt.settings.proxy_allowlist and not user.all_backends:
         raise errors.forbidden("Proxy mode needs a user allowed every backend.")
-    url = url.rstrip("/")
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname or "@" in parts.netloc:
-        raise errors.forbidden(f"Proxy target '{url}' is not an allowed URL.")
-    if not any(_has_prefix(url, prefix) for prefix in allowlist):
-        raise errors.forbidden(f"Proxy target '{url}' is not in this router's PROXY_ALLOWLIST.")
-    return Target(f"proxy:{parts.netloc}", url, request.headers.get("x-upstream-authorization"))
-
-
-def _has_prefix(url: str, prefix: str) -> bool:
-    prefix = prefix.rstrip("/")
-    return url == prefix or url.startswith(prefix + "/")
+    url = allowed_proxy_url(url, rt.settings.proxy_allowlist)  # normalised, allow-listed, or a 403
+    return Target(f"proxy:{urlsplit(url).netloc}", url, request.headers.get("x-upstream-authorization"))
 
 
 def upstream_headers(target: Target, request_id: str, extra: dict[str, str] | None) -> dict[str, str]:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import re
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
-from urllib.parse import urlsplit
 
 from tortoise.exceptions import IntegrityError
 from tortoise.transactions import in_transaction
@@ -18,6 +17,7 @@ from router.auth import api_key_prefix, generate_api_key, hash_api_key
 from router.catalog import bump_revision
 from router.config import BackendSpec
 from router.models.core import Backend, Permission, Script, ScriptType, User
+from router.urls import UrlError, check_http_url
 
 
 class ServiceError(Exception):
@@ -46,10 +46,10 @@ def check_name(name: str, field: str = "name") -> str:
 
 
 def check_base_url(url: str, field: str = "baseUrl") -> str:
-    parts = urlsplit((url or "").strip())
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ServiceError("BAD_USER_INPUT", f"{field} must be an http(s) URL, got {url!r}", field)
-    return url.strip().rstrip("/")
+    try:
+        return check_http_url(url or "", field)
+    except UrlError as exc:
+        raise ServiceError("BAD_USER_INPUT", str(exc), field) from None
 
 
 def check_weight(weight: int, field: str = "weight") -> int:

@@ -11,9 +11,10 @@ from router.catalog import BackendEntry, Snapshot, UserEntry, model_matches_filt
 from router.config import ConfigError, load_config_file, load_settings
 from router.errors import ApiError
 from router.model_lists import ModelDirectory
-from router.proxy import _has_prefix, parse_payload
+from router.proxy import parse_payload
 from router.routing import HealthTracker, WeightedRoundRobin, candidate_backends, order_least_busy
 from router.upstream import HttpxUpstream, SSESplitter, sse_data
+from router.urls import allowed_proxy_url
 from router.usage import is_usage_only_chunk, new_log_id, usage_of
 
 
@@ -212,10 +213,11 @@ def test_parse_payload_errors(body, code):
 
 
 def test_proxy_prefix_needs_a_path_boundary():
-    assert _has_prefix("http://a.test/v1", "http://a.test/v1")
-    assert _has_prefix("http://a.test/v1/x", "http://a.test/v1/")
-    assert not _has_prefix("http://a.test/v1evil", "http://a.test/v1")
-    assert not _has_prefix("http://a.test.evil/v1", "http://a.test")
+    assert allowed_proxy_url("http://a.test/v1", ["http://a.test/v1"])
+    assert allowed_proxy_url("http://a.test/v1/x", ["http://a.test/v1/"])
+    for outside, prefix in (("http://a.test/v1evil", "http://a.test/v1"), ("http://a.test.evil/v1", "http://a.test")):
+        with pytest.raises(ApiError):
+            allowed_proxy_url(outside, [prefix])
 
 
 # --- configuration ------------------------------------------------------------------------------
