@@ -29,6 +29,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, help="port (SERVER_PORT; default 3000)")
     serve.add_argument("--workers", type=int, help="worker processes sharing the port (WORKERS; default 1)")
     serve.add_argument("--config", help="LLMsRouter-style config.yaml whose servers are synced at start-up")
+    serve.add_argument(
+        "--prune",
+        action="store_true",
+        help="deactivate every backend that is not in --config (as `prune: true` in the file does)",
+    )
 
     users = commands.add_parser("users", help="manage users and their API keys").add_subparsers(
         dest="action", required=True
@@ -84,9 +89,21 @@ def serve(settings: Settings, args: argparse.Namespace) -> None:
     setup_logging(settings)
     check_workers(settings)
     if settings.config_file:
-        specs = load_config_file(settings.config_file)  # fails before anything starts
-        asyncio.run(_with_db(settings, lambda service: service.sync_backends(specs)))
-        log.info("synced %d backends from %s", len(specs), settings.config_file)
+        config = load_config_file(settings.config_file)  # fails before anything starts
+        changes = asyncio.run(_with_db(settings, lambda service: service.sync_backends(config, args.prune)))
+        for warning in config.warnings:
+            log.warning("%s: %s", settings.config_file, warning)
+        for level, message in changes:
+            log.log(level, "%s: %s", settings.config_file, message)
+        log.info(
+            "%s: %d servers synced, %d disabled, %d changes",
+            settings.config_file,
+            len(config.servers),
+            len(config.disabled),
+            len(changes),
+        )
+    elif args.prune:
+        raise ConfigError("--prune needs --config (or CONFIG_FILE)")
     if not settings.enable_account_management:
         log.warning(
             "ACCOUNTS ARE OFF (ENABLE_ACCOUNT_MANAGEMENT=false): /v1 needs no key and anyone who can reach "

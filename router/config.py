@@ -222,22 +222,48 @@ class BackendSpec:
     weight: int = 1
 
 
+@dataclass(frozen=True)
+class DisabledServer:
+    """A `servers:` entry that references unset environment variables: not synced, and deactivated if it exists."""
+
+    name: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class ConfigFile:
+    """What config.yaml asks for: servers to create or update, servers disabled, and whether to prune."""
+
+    servers: list[BackendSpec]
+    disabled: list[DisabledServer] = field(default_factory=list)
+    prune: bool = False
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def names(self) -> set[str]:
+        """Every alias in the file, synced or disabled (prune leaves these alone)."""
+        return {s.name for s in self.servers} | {d.name for d in self.disabled}
+
+
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _SERVER_KEYS = {"url", "api_key", "filter", "override", "append", "weight"}
+_TOP_KEYS = {"servers", "prune"}
 
 
-def _expand_env(value: Any, where: str, environ: dict[str, str]) -> Any:
+def _missing_env(value: Any, where: str, environ: dict[str, str]) -> list[str]:
+    """`where.key: ${NAME}` for every reference in `value` to a variable that is not set."""
     if isinstance(value, str):
-
-        def substitute(match: re.Match[str]) -> str:
-            name = match.group(1)
-            if name not in environ:
-                raise ConfigError(f"{where}: environment variable ${{{name}}} is not set")
-            return environ[name]
-
-        return _ENV_REF.sub(substitute, value)
+        return [f"{where}: ${{{name}}}" for name in _ENV_REF.findall(value) if name not in environ]
     if isinstance(value, list):
-        return [_expand_env(item, f"{where}[{i}]", environ) for i, item in enumerate(value)]
+        return [m for i, item in enumerate(value) for m in _missing_env(item, f"{where}[{i}]", environ)]
+    return []
+
+
+def _expand_env(value: Any, environ: dict[str, str]) -> Any:
+    if isinstance(value, str):
+        return _ENV_REF.sub(lambda match: environ[match.group(1)], value)
+    if isinstance(value, list):
+        return [_expand_env(item, environ) for item in value]
     return value
 
 
@@ -249,8 +275,16 @@ def _string_list(value: Any, where: str) -> list[str]:
     return list(value)
 
 
-def load_config_file(path: str, environ: dict[str, str] | None = None) -> list[BackendSpec]:
-    """Parse LLMsRouter's config.yaml; any problem raises ConfigError naming the file and key."""
+def _optional_list(entry: dict[str, Any], key: str, where: str) -> list[str] | None:
+    return None if entry.get(key) is None else _string_list(entry[key], f"{where}.{key}")
+
+
+def load_config_file(path: str, environ: dict[str, str] | None = None) -> ConfigFile:
+    """Parse LLMsRouter's config.yaml; any problem raises ConfigError naming the file and key.
+
+    A server referencing an unset `${VAR}` is not an error: it comes back in `disabled` (so a
+    config with optional providers starts without their keys).
+    """
     environ = dict(os.environ) if environ is None else environ
     try:
         text = Path(path).read_text()
@@ -262,10 +296,16 @@ def load_config_file(path: str, environ: dict[str, str] | None = None) -> list[B
         raise ConfigError(f"{path}: not valid YAML: {exc}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a mapping with a 'servers' key")
+    # LLMsRouter's files may carry keys of its own: ignored, but said (a typo of `prune` would be silent).
+    warnings = [f"unknown top-level key {key!r} ignored" for key in sorted(map(str, set(data) - _TOP_KEYS))]
+    prune = data.get("prune", False)
+    if not isinstance(prune, bool):
+        raise ConfigError(f"{path}: prune: must be true or false")
     servers = data.get("servers")
     if not isinstance(servers, dict) or not servers:
         raise ConfigError(f"{path}: 'servers' must be a mapping of alias -> server settings")
-    specs = []
+    specs: list[BackendSpec] = []
+    disabled: list[DisabledServer] = []
     for alias, entry in servers.items():
         where = f"{path}: servers.{alias}"
         if not isinstance(alias, str) or not re.fullmatch(r"[A-Za-z0-9_.\-]+", alias):
@@ -275,33 +315,34 @@ def load_config_file(path: str, environ: dict[str, str] | None = None) -> list[B
         unknown = set(entry) - _SERVER_KEYS
         if unknown:
             raise ConfigError(f"{where}: unknown key(s) {', '.join(sorted(unknown))}")
-        entry = {key: _expand_env(value, f"{where}.{key}", environ) for key, value in entry.items()}
-        try:
-            url = check_http_url(entry.get("url"), f"{where}.url")
-        except UrlError as exc:
-            raise ConfigError(str(exc)) from None
-        weight = entry.get("weight", 1)
-        if not isinstance(weight, int) or isinstance(weight, bool) or weight < 0:
-            raise ConfigError(f"{where}.weight: must be a non-negative integer")
-        model_filter = entry.get("filter")
-        if model_filter is not None and not isinstance(model_filter, str):
-            raise ConfigError(f"{where}.filter: must be a string of space-separated terms")
-        api_key = entry.get("api_key")
-        if api_key is not None and not isinstance(api_key, str):
-            raise ConfigError(f"{where}.api_key: must be a string")
-        specs.append(
-            BackendSpec(
-                name=alias,
-                base_url=url,
-                api_key=api_key or None,
-                model_filter=model_filter or None,
-                model_override=_string_list(entry["override"], f"{where}.override")
-                if entry.get("override") is not None
-                else None,
-                model_append=_string_list(entry["append"], f"{where}.append")
-                if entry.get("append") is not None
-                else None,
-                weight=weight,
-            )
-        )
-    return specs
+        missing = [m for key, value in entry.items() for m in _missing_env(value, f"servers.{alias}.{key}", environ)]
+        if missing:
+            disabled.append(DisabledServer(alias, f"{', '.join(missing)} not set in the environment"))
+            continue
+        specs.append(_server_spec(alias, {key: _expand_env(value, environ) for key, value in entry.items()}, where))
+    return ConfigFile(specs, disabled, prune, warnings)
+
+
+def _server_spec(alias: str, entry: dict[str, Any], where: str) -> BackendSpec:
+    try:
+        url = check_http_url(entry.get("url"), f"{where}.url")
+    except UrlError as exc:
+        raise ConfigError(str(exc)) from None
+    weight = entry.get("weight", 1)
+    if not isinstance(weight, int) or isinstance(weight, bool) or weight < 0:
+        raise ConfigError(f"{where}.weight: must be a non-negative integer")
+    model_filter = entry.get("filter")
+    if model_filter is not None and not isinstance(model_filter, str):
+        raise ConfigError(f"{where}.filter: must be a string of space-separated terms")
+    api_key = entry.get("api_key")
+    if api_key is not None and not isinstance(api_key, str):
+        raise ConfigError(f"{where}.api_key: must be a string")
+    return BackendSpec(
+        name=alias,
+        base_url=url,
+        api_key=api_key or None,
+        model_filter=model_filter or None,
+        model_override=_optional_list(entry, "override", where),
+        model_append=_optional_list(entry, "append", where),
+        weight=weight,
+    )

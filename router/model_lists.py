@@ -37,6 +37,7 @@ class ModelDirectory:
         self._ordered: dict[int, tuple[str, ...]] = {}
         self._snapshot = Snapshot()
         self._refresh_tasks: set[asyncio.Task] = set()
+        self._failing: dict[int, str] = {}  # backend id -> last error, so a failure streak is logged once
 
     def models_of(self, backend_id: int) -> frozenset[str]:
         return self._resolved.get(backend_id, frozenset())
@@ -82,8 +83,13 @@ class ModelDirectory:
                 raise ValueError(f"HTTP {response.status}")
             models = tuple(parse_model_list(body))
         except (UpstreamError, TimeoutError, ValueError, KeyError, orjson.JSONDecodeError) as exc:
-            log.warning("could not list models of backend %s: %s", backend.name, exc)
+            error = str(exc) or exc.__class__.__name__
+            if self._failing.get(backend.id) != error:
+                self._failing[backend.id] = error
+                log.warning("could not list models of backend %s: %s", backend.name, error)
             return False
+        if self._failing.pop(backend.id, None) is not None:
+            log.info("backend %s lists its models again (%d)", backend.name, len(models))
         if self._upstream.get(backend.id) != models:
             self._upstream[backend.id] = models
             self._rebuild()

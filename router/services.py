@@ -6,6 +6,7 @@ picks it up (this process at once, others within the poll interval or via Redis)
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
@@ -15,7 +16,7 @@ from tortoise.transactions import in_transaction
 
 from router.auth import api_key_prefix, generate_api_key, hash_api_key
 from router.catalog import bump_revision
-from router.config import BackendSpec
+from router.config import ConfigFile
 from router.models.core import Backend, Permission, Script, ScriptType, User
 from router.urls import UrlError, check_http_url
 
@@ -250,24 +251,52 @@ class AdminService:
                 values[attr] = [m.strip() for m in models] if models is not None else None
         return values
 
-    async def sync_backends(self, specs: list[BackendSpec]) -> None:
-        """Create or update the backends of config.yaml by name (others are left alone)."""
+    async def sync_backends(self, config: ConfigFile, prune: bool = False) -> list[tuple[int, str]]:
+        """Make the backends match config.yaml by name; returns one (log level, message) per change.
+
+        Servers in the file are created, updated and (re)activated; a disabled server (unset
+        `${VAR}`) is deactivated if it exists. With `prune` (or `prune: true` in the file),
+        every other active backend is deactivated: the file is the whole truth.
+        """
+        changes: list[tuple[int, str]] = []
         async with in_transaction("core"):
-            for spec in specs:
-                values = {
+            for spec in config.servers:
+                values: dict[str, Any] = {
                     "base_url": spec.base_url,
                     "api_key": spec.api_key,
                     "model_filter": spec.model_filter,
                     "model_override": spec.model_override,
                     "model_append": spec.model_append,
                     "weight": spec.weight,
+                    "is_active": True,
                 }
                 backend = await Backend.get_or_none(name=spec.name)
                 if backend is None:
                     await Backend.create(name=spec.name, **values)
-                else:
+                    changes.append((logging.INFO, f"backend {spec.name}: created from the config file"))
+                    continue
+                differing = [attr for attr, value in values.items() if getattr(backend, attr) != value]
+                if differing:
                     await Backend.filter(id=backend.id).update(**values)
-        await self.changed()
+                    what = ", ".join("reactivated" if a == "is_active" else _camel(a) for a in differing)
+                    changes.append((logging.INFO, f"backend {spec.name}: updated from the config file ({what})"))
+            for server in config.disabled:
+                backend = await Backend.get_or_none(name=server.name)
+                if backend is None:
+                    changes.append((logging.WARNING, f"server {server.name} not synced: {server.reason}"))
+                elif backend.is_active:
+                    await Backend.filter(id=backend.id).update(is_active=False)
+                    changes.append((logging.WARNING, f"backend {server.name}: deactivated: {server.reason}"))
+                else:
+                    changes.append((logging.WARNING, f"backend {server.name}: stays inactive: {server.reason}"))
+            if prune or config.prune:
+                for backend in await Backend.filter(is_active=True).exclude(name__in=list(config.names)):
+                    await Backend.filter(id=backend.id).update(is_active=False)
+                    message = f"backend {backend.name}: deactivated (not in the config file; prune)"
+                    changes.append((logging.WARNING, message))
+        if changes:
+            await self.changed()
+        return changes
 
     # --- permissions ---
 

@@ -7,6 +7,7 @@ import json
 import pytest
 
 from tests.conftest import RouterProcess, write_config
+from tests.upstream import free_port
 
 
 @pytest.fixture
@@ -86,3 +87,50 @@ def test_import_with_a_bad_row_imports_nothing(cli, tmp_path, content, message):
 def test_backends_list_never_prints_the_upstream_key(cli):
     out = cli.cli("backends", "list").stdout
     assert "alpha" in out and "beta" in out and "upstream-secret" not in out
+
+
+def test_config_sync_prune_and_unset_variables(tmp_path, upstream):
+    """Servers in the file are (re)activated; `--prune` / `prune: true` deactivates the rest, one log line each."""
+    dead = f"http://127.0.0.1:{free_port()}/v1"
+    first = write_config(
+        tmp_path / "c.yaml",
+        {"alpha": {"url": upstream.base_url}, "beta": {"url": upstream.base_url}, "gamma": {"url": dead}},
+    )
+    router = RouterProcess(tmp_path / "data", {}, first)
+    router.start()
+    router.stop()
+    log = router.log()
+    assert "backend alpha: created from the config file" in log
+    assert log.count("could not list models of backend gamma") == 1  # once per failure streak, not per caller
+
+    # beta is gone from the file, alpha's key is now an unset variable: without prune, beta stays.
+    second = write_config(
+        tmp_path / "c.yaml", {"alpha": {"url": upstream.base_url, "api_key": "${ALPHA_KEY}"}, "gamma": {"url": dead}}
+    )
+    router = RouterProcess(tmp_path / "data", {}, second)
+    router.start()
+    router.stop()
+    assert "backend alpha: deactivated: servers.alpha.api_key: ${ALPHA_KEY} not set in the environment" in router.log()
+    assert active_backends(router) == {"beta", "gamma"}
+
+    router = RouterProcess(tmp_path / "data", {"ALPHA_KEY": "k"}, second)
+    router.start(extra_args=["--prune"])
+    router.stop()
+    assert "backend beta: deactivated (not in the config file; prune)" in router.log()
+    assert "backend alpha: updated from the config file (apiKey, reactivated)" in router.log()
+    assert active_backends(router) == {"alpha", "gamma"}
+
+    # `prune: true` in the file does the same; a dashboard-made change to a listed server is put back.
+    write_config(tmp_path / "c.yaml", {"gamma": {"url": dead}})
+    text = (tmp_path / "c.yaml").read_text()
+    (tmp_path / "c.yaml").write_text("prune: true\n" + text)
+    router = RouterProcess(tmp_path / "data", {}, tmp_path / "c.yaml")
+    router.start()
+    router.stop()
+    assert router.log().count("(not in the config file; prune)") == 1  # alpha; beta was already inactive
+    assert active_backends(router) == {"gamma"}
+
+
+def active_backends(router: RouterProcess) -> set[str]:
+    rows = [line.split() for line in router.cli("backends", "list").stdout.splitlines()[1:]]
+    return {row[0] for row in rows if row[1] == "yes"}
