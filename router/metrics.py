@@ -19,7 +19,7 @@ import logging
 import math
 import os
 from bisect import bisect_left
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -28,6 +28,8 @@ from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 from starlette.requests import Request
 from starlette.responses import Response
+
+from router.catalog import split_alias
 
 log = logging.getLogger("router.metrics")
 
@@ -38,24 +40,42 @@ if TYPE_CHECKING:
 PREFIX = "llm_router"
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
 TTFT_BUCKETS = (0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
-# Beyond this many distinct label combinations, new ones are no longer kept (a cardinality guard).
+# Beyond this many distinct label combinations, new ones are counted under OTHER (a cardinality guard).
 _MAX_SERIES = 10_000
+# The label of a model (or backend) the catalog does not know: client-chosen names never become labels.
+OTHER = "other"
+# backend id -> the models the catalog says it serves
+KnownModels = Callable[[int], frozenset[str]]
 
 
 def multiprocess_dir() -> str | None:
     return os.environ.get("PROMETHEUS_MULTIPROC_DIR")
 
 
-def series_key(record: RequestRecord, user_labels: bool) -> tuple:
-    """(backend, model, status[, user]) of a finished request.
+def model_label(record: RequestRecord, known_models: KnownModels) -> str | None:
+    """The model label: the name when the catalog lists it for the backend that served it, else OTHER.
 
-    Only a routed request has a model label: unroutable model names are chosen by the client.
+    An unrouted request has no model label (None). `[alias]model` names count as `model`'s.
     """
+    if record.backend_name is None or record.model is None:
+        return None
+    if record.backend_id is not None and split_alias(record.model)[1] in known_models(record.backend_id):
+        return record.model
+    return OTHER
+
+
+def series_key(record: RequestRecord, user_labels: bool, known_models: KnownModels) -> tuple:
+    """(backend, model, status[, user]) of a finished request, every part from a bounded set."""
     backend = record.backend_name
-    model = record.model if backend is not None else None
+    model = model_label(record, known_models)
     if user_labels:
         return (backend, model, record.status_code, record.user_name)
     return (backend, model, record.status_code)
+
+
+def overflow_key(key: tuple) -> tuple:
+    """Where a request goes once _MAX_SERIES combinations exist: its status kept, the rest OTHER."""
+    return (OTHER, OTHER, key[2], *((OTHER,) if len(key) > 3 else ()))
 
 
 class Metrics:
@@ -68,7 +88,7 @@ class Metrics:
         self.registry = CollectorRegistry(auto_describe=True)
         self._live_gauges: tuple[Gauge, Gauge, Gauge] | None = None
         if self.multiprocess:
-            self._files = _FileBackedMetrics(self.registry, user_labels)
+            self._files = _FileBackedMetrics(self.registry, user_labels, runtime.models.models_of)
             self.observe = self._files.observe
             # Live values go through files so that every worker's share is visible.
             self._live_gauges = (
@@ -77,7 +97,7 @@ class Metrics:
                 Gauge(f"{PREFIX}_log_queue_depth", "", multiprocess_mode="livesum", registry=None),
             )
         else:
-            self._counts = _InMemoryMetrics(user_labels)
+            self._counts = _InMemoryMetrics(user_labels, runtime.models.models_of)
             self.observe = self._counts.observe
             self.registry.register(self._counts)
             self.registry.register(_LiveCollector(runtime))
@@ -119,12 +139,13 @@ class Metrics:
             multiprocess.mark_process_dead(os.getpid())
 
 
-def _keep(store: dict, key: tuple, value: Any) -> None:
-    """Remember a new label combination, up to _MAX_SERIES (beyond that, warn once and stop caching)."""
-    if len(store) < _MAX_SERIES:
-        store[key] = value
-    elif not _warned_full:
+def _bounded_key(store: dict[tuple, Any], key: tuple) -> tuple:
+    """`key`, or its overflow key when the store already holds _MAX_SERIES combinations (warned once)."""
+    if key in store or len(store) < _MAX_SERIES:
+        return key
+    if not _warned_full:
         _warn_full()
+    return overflow_key(key)
 
 
 _warned_full = False
@@ -133,7 +154,7 @@ _warned_full = False
 def _warn_full() -> None:
     global _warned_full
     _warned_full = True
-    log.warning("more than %d metric label combinations: new ones are not counted", _MAX_SERIES)
+    log.warning("more than %d metric label combinations: new ones are counted as %r", _MAX_SERIES, OTHER)
 
 
 _HELP = {
@@ -152,8 +173,9 @@ class _InMemoryMetrics(Collector):
     Counter/Histogram objects took ~10 µs for the same six updates).
     """
 
-    def __init__(self, user_labels: bool) -> None:
+    def __init__(self, user_labels: bool, known_models: KnownModels) -> None:
         self.user_labels = user_labels
+        self.known_models = known_models
         # (backend, model, status[, user]) -> [requests, prompt tokens, completion tokens, latency h, ttft h]
         self._series: dict[tuple, list] = {}
         # (backend, model) -> histogram: non-cumulative bucket counts (+Inf last), then the sum
@@ -161,10 +183,11 @@ class _InMemoryMetrics(Collector):
         self._ttft: dict[tuple[str, str], list] = {}
 
     def observe(self, record: RequestRecord) -> None:
-        key = series_key(record, self.user_labels)
+        key = series_key(record, self.user_labels, self.known_models)
         series = self._series.get(key)
         if series is None:
-            series = self._new_series(key)
+            key = _bounded_key(self._series, key)
+            series = self._series.get(key) or self._new_series(key)
         series[0] += 1
         series[1] += record.prompt_tokens
         series[2] += record.completion_tokens
@@ -183,7 +206,7 @@ class _InMemoryMetrics(Collector):
         latency = self._latency.setdefault(labels, [0] * (len(LATENCY_BUCKETS) + 1) + [0.0])
         ttft = self._ttft.setdefault(labels, [0] * (len(TTFT_BUCKETS) + 1) + [0.0])
         series = [0, 0, 0, latency, ttft]
-        _keep(self._series, key, series)
+        self._series[key] = series
         return series
 
     def describe(self) -> list:
@@ -227,8 +250,9 @@ def _histogram(name: str, documentation: str, bounds: tuple[float, ...], data: d
 class _FileBackedMetrics:
     """Several workers (PROMETHEUS_MULTIPROC_DIR): prometheus-client metrics whose values live in files."""
 
-    def __init__(self, registry: CollectorRegistry, user_labels: bool) -> None:
+    def __init__(self, registry: CollectorRegistry, user_labels: bool, known_models: KnownModels) -> None:
         self.user_labels = user_labels
+        self.known_models = known_models
         by_user = ("user",) if user_labels else ()
         self.requests = Counter(
             f"{PREFIX}_requests", _HELP["requests"], ("backend", "model", "status", *by_user), registry=registry
@@ -253,19 +277,11 @@ class _FileBackedMetrics:
         self._children: dict[tuple, tuple[Any, Any, Any, Any, Any]] = {}
 
     def observe(self, record: RequestRecord) -> None:
-        key = series_key(record, self.user_labels)
+        key = series_key(record, self.user_labels, self.known_models)
         children = self._children.get(key)
         if children is None:
-            backend, model = key[0] or "", key[1] or ""
-            by_user = (record.user_name or "",) if self.user_labels else ()
-            children = (
-                self.requests.labels(backend, model, str(record.status_code), *by_user),
-                self.tokens.labels(backend, model, "prompt", *by_user),
-                self.tokens.labels(backend, model, "completion", *by_user),
-                self.latency.labels(backend, model),
-                self.ttft.labels(backend, model),
-            )
-            _keep(self._children, key, children)
+            key = _bounded_key(self._children, key)
+            children = self._children.get(key) or self._new_children(key)
         requests, prompt, completion, latency, ttft = children
         requests.inc()
         if record.prompt_tokens:
@@ -275,6 +291,20 @@ class _FileBackedMetrics:
         latency.observe(record.latency_ms / 1000.0)
         if record.stream and record.ttft_ms is not None:
             ttft.observe(record.ttft_ms / 1000.0)
+
+
+    def _new_children(self, key: tuple) -> tuple[Any, Any, Any, Any, Any]:
+        backend, model, status = key[0] or "", key[1] or "", str(key[2])
+        by_user = (key[3] or "",) if self.user_labels else ()
+        children = (
+            self.requests.labels(backend, model, status, *by_user),
+            self.tokens.labels(backend, model, "prompt", *by_user),
+            self.tokens.labels(backend, model, "completion", *by_user),
+            self.latency.labels(backend, model),
+            self.ttft.labels(backend, model),
+        )
+        self._children[key] = children
+        return children
 
 
 def _in_flight(rt: Runtime) -> Iterator[tuple[str, int]]:

@@ -17,6 +17,7 @@ from typing import Any
 from tortoise import connections
 
 from router.models.analytics import RequestLog
+from router.urls import redact_text
 
 log = logging.getLogger("router.usage")
 
@@ -63,6 +64,18 @@ def new_log_id(now: float | None = None) -> int:
     return (millis << 22) | (_worker_bits << 12) | (next(_sequence) & 0xFFF)
 
 
+MAX_ERROR_CHARS = 2000  # request_logs.error is TEXT: a bound of our own
+_MODEL_MAX = RequestLog._meta.fields_map["model"].max_length
+_BACKEND_NAME_MAX = RequestLog._meta.fields_map["backend_name"].max_length
+
+
+def clip(text: str | None, limit: int) -> str | None:
+    """`text` cut to at most `limit` characters, marked with a trailing '…' when cut."""
+    if text is None or len(text) <= limit:
+        return text
+    return text[: limit - 1] + "…"
+
+
 @dataclass(slots=True)
 class RequestRecord:
     """One finished /v1 request, as it goes to the request log, metrics and traces."""
@@ -98,6 +111,10 @@ class RequestRecord:
         self.status_code = status_code
         if error and not self.error:
             self.error = error
+        # Client-chosen strings are cut to their column's size before anything stores, logs or counts them.
+        self.model = clip(self.model, _MODEL_MAX)
+        self.backend_name = clip(self.backend_name, _BACKEND_NAME_MAX)
+        self.error = clip(redact_text(self.error), MAX_ERROR_CHARS) if self.error else None
         now = time.time()
         self.latency_ms = (now - self.started_at) * 1000.0
         self.id = new_log_id(now)

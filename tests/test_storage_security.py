@@ -7,7 +7,12 @@ of a real local upstream; the SIGBUS/-shm one needs a router subprocess.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator
+import io
+import logging
+import random
+import sqlite3
+import string
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +22,7 @@ from asgi_lifespan import LifespanManager
 
 from router.app import create_app
 from router.config import ConfigError, load_config_file, load_settings
+from router.logging_setup import JsonFormatter, TextFormatter
 from router.urls import UrlError, allowed_proxy_url, check_http_url, normalize_proxy_url, redact_url
 from tests.conftest import ADMIN_PASSWORD, write_config
 
@@ -152,3 +158,91 @@ async def test_proxy_path_traversal_is_refused(tmp_path: Path, upstream_factory)
             )
             assert_openai_error(response, 403)
     assert not upstream.requests_to("/v1/chat/completions")
+
+
+# --- bounded metrics, logs and request-log rows (items 3 and 12) --------------------------------
+
+
+@contextlib.contextmanager
+def text_log() -> Iterator[io.StringIO]:
+    """The router's text log format, captured at INFO."""
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(TextFormatter())
+    root = logging.getLogger()
+    level = root.level
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+    try:
+        yield stream
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(level)
+
+
+def request_log_rows(data_dir: Path) -> list[sqlite3.Row]:
+    conn = sqlite3.connect(data_dir / "analytics.db")
+    conn.row_factory = sqlite3.Row
+    try:
+        return list(conn.execute("SELECT * FROM request_logs ORDER BY id"))
+    finally:
+        conn.close()
+
+
+async def test_huge_random_model_names_do_not_bloat_metrics_logs_or_rows(tmp_path: Path, upstream) -> None:
+    rng = random.Random(15)
+    async with in_process(tmp_path, {"alpha": {"url": upstream.base_url}}) as router:
+        assert (await router.chat("test-model")).status_code == 200
+        baseline = len((await router.client.get("/metrics")).content)
+        with text_log() as log_text:
+            for _ in range(60):
+                junk = "".join(rng.choices(string.ascii_letters, k=100_000))
+                response = await router.chat(f"[alpha]{junk}")
+                assert response.status_code == 200, response.text[:300]
+                response = await router.chat(junk)  # unroutable: a 404 from the router itself
+                assert_openai_error(response, 404)
+        await router.runtime.writer.flush()
+        metrics = (await router.client.get("/metrics")).text
+        assert len(metrics) - baseline < 5_000, len(metrics) - baseline
+        assert 'model="other"' in metrics and 'model="test-model"' in metrics
+    lines = log_text.getvalue().splitlines()
+    assert lines and max(len(line) for line in lines) < 10_000
+    rows = request_log_rows(tmp_path)
+    assert len(rows) == 121
+    assert max(len(row["model"]) for row in rows) <= 256
+    assert max(len(row["error"] or "") for row in rows) <= 2000
+
+
+async def test_a_model_name_cannot_forge_a_log_line(tmp_path: Path, upstream) -> None:
+    forged = "2030-01-01 00:00:00,000 INFO router.requests: request id=forged user=admin status=200"
+    async with in_process(tmp_path, {"alpha": {"url": upstream.base_url}}) as router:
+        with text_log() as log_text:
+            for separator in ("\n", "\r\n", "\r", "\u2028", "\x1b[2K\r"):
+                await router.chat(f"[alpha]x{separator}{forged}")
+    lines = log_text.getvalue().splitlines()
+    assert not any(line.startswith("2030-") for line in lines), lines
+    assert not any("\x1b" in line or "\r" in line for line in log_text.getvalue().split("\n"))
+    assert sum("request id=forged" in line for line in lines) == 5  # still visible, escaped, on the real line
+
+
+def test_log_formatters_escape_truncate_and_redact() -> None:
+    record = logging.LogRecord("t", logging.INFO, __file__, 1, "%s", ("a\nb\x1b" + "z" * 20_000,), None)
+    line = TextFormatter().format(record)
+    assert "\n" not in line and "a\\nb\\x1b" in line and len(line) < 8_400
+    record = logging.LogRecord("t", logging.WARNING, __file__, 1, "to %s", ("http://u:pw@h/v1",), None)
+    assert "pw" not in TextFormatter().format(record) and "pw" not in JsonFormatter().format(record)
+
+
+def test_metric_series_stay_bounded_beyond_the_cap(monkeypatch: pytest.MonkeyPatch) -> None:
+    from router import metrics
+    from router.usage import RequestRecord
+
+    monkeypatch.setattr(metrics, "_MAX_SERIES", 3)
+    counts = metrics._InMemoryMetrics(user_labels=True, known_models=lambda _: frozenset({"m"}))
+    for i in range(50):
+        record = RequestRecord("r", "/v1/chat/completions", backend_id=1, backend_name="b", model="m")
+        record.user_name = f"user{i}"
+        record.finish(200)
+        counts.observe(record)
+    assert len(counts._series) == 4 and len(counts._latency) <= 4
+    assert counts._series[("other", "other", 200, "other")][0] == 47
