@@ -292,7 +292,6 @@ class _FileBackedMetrics:
         if record.stream and record.ttft_ms is not None:
             ttft.observe(record.ttft_ms / 1000.0)
 
-
     def _new_children(self, key: tuple) -> tuple[Any, Any, Any, Any, Any]:
         backend, model, status = key[0] or "", key[1] or "", str(key[2])
         by_user = (key[3] or "",) if self.user_labels else ()
