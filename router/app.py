@@ -13,7 +13,7 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from graphql_schema import graphql_routes
-from router import errors, proxy
+from router import errors, protocols, proxy
 from router.admin_ui import admin_routes
 from router.config import Settings, load_settings
 from router.db import close_db, init_db
@@ -75,9 +75,7 @@ def create_app(settings: Settings | None = None) -> V1FastPath:
         Route("/healthz", healthz, methods=["GET"]),
         Route("/metrics", metrics_endpoint, methods=["GET"]),
         Route("/v1/models", proxy.list_models, methods=["GET"]),
-        Route("/v1/chat/completions", proxy.handle_generation, methods=["POST"]),
-        Route("/v1/completions", proxy.handle_generation, methods=["POST"]),
-        Route("/v1/embeddings", proxy.handle_generation, methods=["POST"]),
+        *(Route(path, proxy.handle_generation, methods=["POST"]) for path in protocols.ADAPTERS),
         Route("/v1/{rest:path}", v1_not_found, methods=["GET", "POST", "PUT", "DELETE", "PATCH"]),
     ]
     routes += graphql_routes(settings)
@@ -86,21 +84,19 @@ def create_app(settings: Settings | None = None) -> V1FastPath:
 
 
 class V1FastPath:
-    """Sends `POST /v1/chat/completions|completions|embeddings` straight to the proxy.
+    """Sends `POST` to the paths of `router.protocols.ADAPTERS` straight to the proxy.
 
     Starlette's middleware stack and router cost about a tenth of the router's CPU per request
     (benchmarks/README.md); the proxy handler needs none of it (it answers every error itself).
     Everything else, lifespan included, goes to the Starlette app.
     """
 
-    _GENERATION_PATHS = frozenset({"/v1/chat/completions", "/v1/completions", "/v1/embeddings"})
-
     def __init__(self, app: Starlette) -> None:
         self.app = app
         self.state = app.state
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["method"] == "POST" and scope["path"] in self._GENERATION_PATHS:
+        if scope["type"] == "http" and scope["method"] == "POST" and scope["path"] in protocols.ADAPTERS:
             scope["app"] = self.app
             response = await proxy.handle_generation(Request(scope, receive, send))
             await response(scope, receive, send)

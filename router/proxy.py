@@ -14,7 +14,7 @@ import itertools
 import logging
 import secrets
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -22,8 +22,9 @@ from urllib.parse import urlsplit
 import orjson
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
+from starlette.types import Receive, Scope, Send
 
-from router import errors
+from router import errors, protocols
 from router.auth import bearer_token, hash_api_key
 from router.catalog import BackendEntry, ScriptEntry, UserEntry, split_alias
 from router.errors import ApiError
@@ -37,11 +38,12 @@ from router.hooks import (
     scripts_for,
     visible_headers,
 )
+from router.protocols import DROP, Adapter
 from router.routing import candidate_backends
 from router.runtime import Runtime
-from router.upstream import SSESplitter, UpstreamError, UpstreamResponse, sse_data
+from router.upstream import SSESplitter, UpstreamError, UpstreamResponse, sse_data, sse_event_name
 from router.urls import allowed_proxy_url
-from router.usage import RequestRecord, is_usage_only_chunk, usage_of
+from router.usage import RequestRecord
 
 log = logging.getLogger("router.proxy")
 
@@ -49,13 +51,6 @@ log = logging.getLogger("router.proxy")
 _REQUEST_ID_PREFIX = secrets.token_hex(8)
 _request_counter = itertools.count()
 
-# endpoint -> the field it requires besides `model`
-REQUIRED_FIELD = {
-    "/v1/chat/completions": "messages",
-    "/v1/completions": "prompt",
-    "/v1/embeddings": "input",
-}
-STREAMABLE = {"/v1/chat/completions", "/v1/completions"}
 # Never copied from the upstream's response to the client: the router frames its own response.
 _DROP_RESPONSE_HEADERS = frozenset(
     {
@@ -123,28 +118,30 @@ def model_list(rt: Runtime, user: UserEntry) -> list[dict[str, Any]]:
 
 
 async def handle_generation(request: Request) -> Response:
-    """POST /v1/chat/completions, /v1/completions and /v1/embeddings."""
+    """POST to an API in `router.protocols.ADAPTERS`: the pipeline, top to bottom."""
     rt: Runtime = request.app.state.runtime
     endpoint = request.scope["path"]  # not request.url: building a URL parses the Host header
+    adapter = protocols.ADAPTERS[endpoint]
     record = RequestRecord(request_id=request_id_of(request), endpoint=endpoint)
     try:
         user = authenticate(rt, request)
         record.user_id, record.user_name = user.id, user.name
         raw_body = await read_body(request, rt.settings.max_request_body_bytes)
-        payload = parse_payload(raw_body, endpoint)
-        record.model = payload["model"]
-        record.stream = payload.get("stream") is True and endpoint in STREAMABLE
+        payload = parse_payload(raw_body, adapter)
+        record.model = adapter.model_of(payload)
+        record.stream = adapter.is_stream(payload)
         if rt.tracer.enabled:
-            record.input = payload.get(REQUIRED_FIELD[endpoint])
-        route = plan_route(rt, user, payload["model"], request)
-        return await forward(rt, request, record, user, route, payload, raw_body)
+            record.input = adapter.traced_input(payload)
+        route = plan_route(rt, user, record.model, request)
+        call = Call(rt, request, record, user, adapter, payload, raw_body)
+        return await forward(call, route)
     except ApiError as err:
         rt.finish(record, err.status, err.message)
-        return err.response({"x-request-id": record.request_id})
-    except Exception as exc:  # a bug must still give an OpenAI-shaped answer and a log row
+        return adapter.error_response(err, {"x-request-id": record.request_id})
+    except Exception as exc:  # a bug must still give an API-shaped answer and a log row
         log.exception("request %s failed unexpectedly", record.request_id)
         rt.finish(record, 500, f"internal error: {exc.__class__.__name__}")
-        return errors.internal_error().response({"x-request-id": record.request_id})
+        return adapter.error_response(errors.internal_error(), {"x-request-id": record.request_id})
 
 
 # --- the steps --------------------------------------------------------------------------------
@@ -186,19 +183,17 @@ async def read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-def parse_payload(body: bytes, endpoint: str) -> dict[str, Any]:
+def parse_payload(body: bytes, adapter: Adapter | str) -> dict[str, Any]:
+    """The request body as a JSON object the adapter's API accepts, or a 400."""
+    if isinstance(adapter, str):
+        adapter = protocols.ADAPTERS[adapter]
     try:
         payload = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
         raise errors.bad_request(f"The request body is not valid JSON: {exc}", "invalid_json") from None
     if not isinstance(payload, dict):
         raise errors.bad_request("The request body must be a JSON object.", "invalid_json")
-    model = payload.get("model")
-    if not isinstance(model, str) or not model:
-        raise errors.bad_request("Missing required parameter: 'model'.", "missing_required_parameter")
-    required = REQUIRED_FIELD[endpoint]
-    if payload.get(required) is None:
-        raise errors.bad_request(f"Missing required parameter: '{required}'.", "missing_required_parameter")
+    adapter.validate(payload)
     return payload
 
 
@@ -251,6 +246,22 @@ def response_headers(upstream: UpstreamResponse, request_id: str) -> dict[str, s
     return headers
 
 
+# --- one request, its attempts --------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class Call:
+    """One /v1 request on its way: what every step needs."""
+
+    rt: Runtime
+    request: Request
+    record: RequestRecord
+    user: UserEntry
+    adapter: Adapter  # the API the client called (errors, framing toward it)
+    payload: dict[str, Any]
+    raw_body: bytes
+
+
 @dataclass(slots=True)
 class Hooks:
     """The scripts of one attempt and the context they passed along (None when no script applies)."""
@@ -263,115 +274,175 @@ class Hooks:
         return self.scripts[::-1]
 
 
-async def forward(
-    rt: Runtime,
-    request: Request,
-    record: RequestRecord,
-    user: UserEntry,
-    route: Route,
-    payload: dict,
-    raw_body: bytes,
-) -> Response:
-    """Try the targets in order; retry on connect errors, timeouts, 429 and 5xx before any byte is sent."""
-    # The client's bytes go upstream as they came unless something must change in them.
-    untouched = route.upstream_model == payload["model"] and not record.stream
-    payload["model"] = route.upstream_model
-    suffix = request.scope["path"][len("/v1") :]
-    last_error: ApiError | None = None
+@dataclass(slots=True)
+class Outgoing:
+    """What one attempt sends upstream, after the onRequest hooks."""
+
+    body: dict[str, Any]
+    wire: bytes
+    headers: dict[str, str] | None
+    hooks: Hooks
+    strip_usage: bool  # the router asked for stream usage the client did not ask for
+
+
+class Attempt:
+    """One try at one target: its in-flight count, its upstream response and its health record.
+
+    `async with Attempt(...)` counts the request in flight; leaving the block releases it (and
+    closes the upstream response) whatever happened, unless `keep()` handed the attempt to a
+    streaming response, which then releases it when the stream ends. `release` runs once.
+    """
+
+    __slots__ = ("_kept", "_released", "response", "rt", "target")
+
+    def __init__(self, rt: Runtime, target: Target) -> None:
+        self.rt = rt
+        self.target = target
+        self.response: UpstreamResponse | None = None
+        self._kept = False
+        self._released = False
+
+    async def __aenter__(self) -> Attempt:
+        self.rt.enter(self.target.backend)
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        if not self._kept:
+            await self.release()
+
+    async def send(self, url: str, headers: dict[str, str], body: bytes, stream: bool) -> UpstreamResponse:
+        self.response = await self.rt.upstream.send("POST", url, headers, body, stream)
+        return self.response
+
+    def failed(self) -> None:
+        self.rt.record_failure(self.target.backend)
+
+    def settle(self, status: int) -> None:
+        """Record the backend's health from the status it answered with."""
+        if status >= 500:
+            self.rt.record_failure(self.target.backend)
+        else:
+            self.rt.record_success(self.target.backend)
+
+    def keep(self) -> Attempt:
+        """The caller (a streaming response) now owns the release."""
+        self._kept = True
+        return self
+
+    async def release(self) -> None:
+        if self._released:
+            return
+        self._released = True
+        try:
+            if self.response is not None:
+                await self.response.close()
+        finally:
+            self.rt.leave(self.target.backend)
+
+
+def targets_to_try(rt: Runtime, route: Route) -> Iterator[Target]:
+    """The route's targets that are available now, at most MAX_ATTEMPTS of them."""
     tried = 0
     for target in route.targets:
         if tried >= rt.settings.max_attempts:
-            break
-        backend = target.backend
-        if backend is not None and not rt.health.is_available(backend.id):
+            return
+        if target.backend is not None and not rt.health.is_available(target.backend.id):
             continue
         tried += 1
-        record.attempts = tried
-        record.backend_id = backend.id if backend else None
+        yield target
+
+
+def should_retry(status: int, attempts: int, max_attempts: int, has_next: bool) -> bool:
+    """Fail over on 429 and 5xx while attempts and healthy targets remain (nothing was sent yet)."""
+    return (status == 429 or status >= 500) and attempts < max_attempts and has_next
+
+
+def unreachable(target: Target, exc: UpstreamError) -> ApiError:
+    if exc.kind == "timeout":
+        return errors.upstream_timeout()
+    return errors.upstream_failed(f"Backend '{target.name}' could not be reached.")
+
+
+async def forward(call: Call, route: Route) -> Response:
+    """Try the targets in order; retry on connect errors, timeouts, 429 and 5xx before any byte is sent."""
+    rt, record = call.rt, call.record
+    # The client's bytes go upstream as they came unless something must change in them.
+    untouched = route.upstream_model == call.payload["model"] and not record.stream
+    call.payload = call.adapter.with_model(call.payload, route.upstream_model)
+    url_suffix = call.request.scope["path"][len("/v1") :]
+    failure: ApiError | None = None
+    for record.attempts, target in enumerate(targets_to_try(rt, route), 1):
+        record.backend_id = target.backend.id if target.backend else None
         record.backend_name = target.name
-
-        hooks = Hooks(scripts_for(rt.catalog.snapshot, user.id, record.backend_id))
-        body, extra_headers = payload, None
-        if hooks.scripts:
-            client_headers = visible_headers(request.headers)
-            hooks.context = await run_chain(
-                rt.scripts,
-                hooks.scripts,
-                "onRequest",
-                request_context(
-                    user,
-                    _backend_view(target),
-                    "POST",
-                    request.scope["path"],
-                    client_headers,
-                    payload,
+        outgoing = await prepare(call, target, untouched)
+        if isinstance(outgoing, Response):
+            return outgoing
+        async with Attempt(rt, target) as attempt:
+            try:
+                upstream = await attempt.send(
+                    target.base_url + url_suffix,
+                    upstream_headers(target, record.request_id, outgoing.headers),
+                    outgoing.wire,
                     record.stream,
-                ),
-                record.request_id,
-            )
-            early = early_response(hooks.context)
-            if early is not None:
-                return answer_from_script(rt, record, early)
-            body = hooks.context["request"].get("body")
-            if not isinstance(body, dict):
-                raise errors.script_failed(hooks.scripts[0].name, "request.body must stay a JSON object")
-            record.model = body.get("model", record.model)
-            extra_headers = header_changes(client_headers, hooks.context["request"].get("headers"))
-        strip_usage_chunk = record.stream and not _client_wants_usage(body)
-        if untouched and not hooks.scripts:
-            wire_body = raw_body
-        else:
-            wire_body = orjson.dumps(with_stream_usage(body) if record.stream else body)
+                )
+            except UpstreamError as exc:
+                attempt.failed()
+                failure, record.error = unreachable(target, exc), f"{target.name}: {exc}"
+                continue
+            has_next = _has_next(rt, route, target)
+            if should_retry(upstream.status, record.attempts, rt.settings.max_attempts, has_next):
+                if upstream.status >= 500:
+                    attempt.failed()
+                record.error = f"{target.name}: HTTP {upstream.status}"
+                continue
+            attempt.settle(upstream.status)
+            record.error = None
+            if record.stream and upstream.status == 200 and _is_sse(upstream):
+                return await stream_response(call, attempt, outgoing)
+            return await plain_response(call, attempt, upstream, outgoing.hooks)
+    raise failure or errors.no_healthy_backend(record.model or "")
 
-        rt.enter(backend)
-        try:
-            upstream = await rt.upstream.send(
-                "POST",
-                target.base_url + suffix,
-                upstream_headers(target, record.request_id, extra_headers),
-                wire_body,
-                record.stream,
-            )
-        except UpstreamError as exc:
-            rt.leave(backend)
-            rt.record_failure(backend)
-            last_error = (
-                errors.upstream_timeout()
-                if exc.kind == "timeout"
-                else errors.upstream_failed(f"Backend '{target.name}' could not be reached.")
-            )
-            record.error = f"{target.name}: {exc}"
-            continue
-        retryable = upstream.status == 429 or upstream.status >= 500
-        if retryable and tried < rt.settings.max_attempts and _has_next(rt, route, target):
-            await upstream.close()
-            rt.leave(backend)
-            if upstream.status >= 500:
-                rt.record_failure(backend)
-            record.error = f"{target.name}: HTTP {upstream.status}"
-            continue
-        if upstream.status >= 500:
-            rt.record_failure(backend)
-        else:
-            rt.record_success(backend)
-        record.error = None
-        is_sse = upstream.headers.get("content-type", "").startswith("text/event-stream")
-        if record.stream and upstream.status == 200 and is_sse:
-            return await stream_response(rt, record, upstream, backend, strip_usage_chunk, hooks)
-        return await plain_response(rt, record, upstream, backend, hooks)
-    if last_error is None:
-        last_error = errors.no_healthy_backend(record.model or "")
-    raise last_error
+
+def _is_sse(upstream: UpstreamResponse) -> bool:
+    return upstream.headers.get("content-type", "").startswith("text/event-stream")
+
+
+async def prepare(call: Call, target: Target, untouched: bool) -> Outgoing | Response:
+    """Run the onRequest hooks for this target; the body and headers to send, or a script's own answer."""
+    hooks = Hooks(scripts_for(call.rt.catalog.snapshot, call.user.id, target.backend.id if target.backend else None))
+    body, extra_headers = call.payload, None
+    if hooks.scripts:
+        client_headers = visible_headers(call.request.headers)
+        context = request_context(
+            call.user,
+            _backend_view(target),
+            "POST",
+            call.request.scope["path"],
+            client_headers,
+            call.payload,
+            call.record.stream,
+        )
+        hooks.context = await run_chain(call.rt.scripts, hooks.scripts, "onRequest", context, call.record.request_id)
+        early = early_response(hooks.context)
+        if early is not None:
+            return answer_from_script(call.rt, call.record, early)
+        body = hooks.context["request"].get("body")
+        if not isinstance(body, dict):
+            raise errors.script_failed(hooks.scripts[0].name, "request.body must stay a JSON object")
+        call.record.model = body.get("model", call.record.model)
+        extra_headers = header_changes(client_headers, hooks.context["request"].get("headers"))
+    adapter, stream = call.adapter, call.record.stream
+    if untouched and not hooks.scripts:
+        wire = call.raw_body
+    else:
+        wire = orjson.dumps(adapter.with_stream_usage(body) if stream else body)
+    strip_usage = stream and not adapter.client_wants_usage(body)
+    return Outgoing(body, wire, extra_headers, hooks, strip_usage)
 
 
 def _backend_view(target: Target) -> dict[str, Any]:
     backend = target.backend
     return {"id": backend.id if backend else None, "name": target.name, "base_url": target.base_url}
-
-
-def with_stream_usage(body: dict) -> dict:
-    """Ask the upstream to report usage in its last stream chunk."""
-    return {**body, "stream_options": {**(body.get("stream_options") or {}), "include_usage": True}}
 
 
 def answer_from_script(rt: Runtime, record: RequestRecord, early: tuple[int, dict[str, str], bytes]) -> Response:
@@ -387,28 +458,23 @@ def _has_next(rt: Runtime, route: Route, current: Target) -> bool:
     return any(t.backend is None or rt.health.is_healthy(t.backend.id) for t in route.targets[index + 1 :])
 
 
-def _client_wants_usage(payload: dict) -> bool:
-    options = payload.get("stream_options")
-    return isinstance(options, dict) and options.get("include_usage") is True
+# --- plain answers --------------------------------------------------------------------------
 
 
-async def plain_response(
-    rt: Runtime, record: RequestRecord, upstream: UpstreamResponse, backend: BackendEntry | None, hooks: Hooks
-) -> Response:
+async def plain_response(call: Call, attempt: Attempt, upstream: UpstreamResponse, hooks: Hooks) -> Response:
+    rt, record = call.rt, call.record
     try:
         body = await upstream.read()
     except UpstreamError as exc:
-        err = errors.upstream_timeout() if exc.kind == "timeout" else errors.upstream_failed(str(exc))
-        raise err from None
+        raise unreachable(attempt.target, exc) if exc.kind == "timeout" else errors.upstream_failed(str(exc)) from None
     finally:
-        rt.leave(backend)
+        await attempt.release()
     record.ttft_ms = (time.time() - record.started_at) * 1000.0
-    parsed = None
-    error = None
+    parsed, error = None, None
     if upstream.status < 400:
-        if b'"usage"' in body or rt.tracer.enabled:
+        if call.adapter.usage_marker in body or rt.tracer.enabled:
             parsed = _loads(body)
-            record.set_usage(usage_of(parsed))
+            record.set_usage(call.adapter.usage_of_body(parsed))
             if rt.tracer.enabled:
                 record.output = parsed
     else:
@@ -435,15 +501,15 @@ def _loads(body: bytes) -> Any:
         return None
 
 
-async def stream_response(
-    rt: Runtime,
-    record: RequestRecord,
-    upstream: UpstreamResponse,
-    backend: BackendEntry | None,
-    strip_usage_chunk: bool,
-    hooks: Hooks,
-) -> StreamingResponse:
-    status, headers = upstream.status, response_headers(upstream, record.request_id)
+# --- streamed answers -----------------------------------------------------------------------
+
+
+async def stream_response(call: Call, attempt: Attempt, outgoing: Outgoing) -> Response:
+    """Run the onResponse hooks on the stream's head, then relay its events (the relay owns the attempt)."""
+    upstream = attempt.response
+    assert upstream is not None
+    hooks = outgoing.hooks
+    status, headers = upstream.status, response_headers(upstream, call.record.request_id)
     if hooks.context is not None:
         hooks.context["response"] = {
             "status": status,
@@ -451,110 +517,143 @@ async def stream_response(
             "body": None,
             "isStream": True,
         }
-        try:
-            hooks.context = await run_chain(rt.scripts, hooks.reversed, "onResponse", hooks.context, record.request_id)
-        except BaseException:
-            await upstream.close()
-            rt.leave(backend)
-            raise
+        hooks.context = await run_chain(
+            call.rt.scripts, hooks.reversed, "onResponse", hooks.context, call.record.request_id
+        )
         response = hooks.context.get("response") or {}
         status = response.get("status", status) if isinstance(response.get("status"), int) else status
         headers.update(header_changes({}, response.get("headers") or {}))
         headers["content-type"] = "text/event-stream"
-    return StreamingResponse(
-        relay_events(rt, record, upstream, backend, strip_usage_chunk, hooks),
-        status_code=status,
-        headers=headers,
-    )
+    relay = Relay(call, attempt.keep(), outgoing)
+    return RelayResponse(relay, status, headers)
 
 
-async def relay_events(
-    rt: Runtime,
-    record: RequestRecord,
-    upstream: UpstreamResponse,
-    backend: BackendEntry | None,
-    strip_usage_chunk: bool,
-    hooks: Hooks,
-) -> AsyncIterator[bytes]:
-    """Forward SSE events one by one as they arrive; read usage from the final chunk."""
-    splitter = SSESplitter()
-    collect = rt.tracer.enabled
-    chunk_scripts = tuple(s for s in hooks.reversed if rt.scripts.has_hook(script_source(s), "onStreamChunk"))
-    if chunk_scripts:  # each event crosses into V8: leave the (possibly large) request body out
-        chunk_context = {**hooks.context, "request": {**hooks.context["request"], "body": None}}
-    pieces: list[str] = []
-    status, error = 200, None
-    try:
-        inspect_every_event = collect or bool(chunk_scripts)
-        async for chunk in upstream.iter_chunks():
-            if not inspect_every_event and splitter.is_clean(chunk) and b'"usage"' not in chunk:
-                # Whole events with nothing to read in them (the common case): forward as they came.
-                if record.ttft_ms is None:
-                    record.ttft_ms = (time.time() - record.started_at) * 1000.0
-                yield chunk
-                continue
-            out = []
-            for event in splitter.feed(chunk):
-                if not inspect_every_event and b'"usage"' not in event:
-                    out.append(event)
-                    continue
-                data = sse_data(event)
-                if data is None or data == b"[DONE]":
-                    out.append(event)
-                    continue
-                parsed = _loads(data) if (b'"usage"' in data or collect or chunk_scripts) else None
-                usage = usage_of(parsed)
-                if usage:
-                    record.set_usage(usage)
-                    if strip_usage_chunk and is_usage_only_chunk(parsed):
-                        continue
-                if collect:
-                    pieces.append(_delta_text(parsed))
-                if chunk_scripts and parsed is not None:
-                    chunk_context["chunk"] = parsed
-                    chunk_context = await run_chain(
-                        rt.scripts, chunk_scripts, "onStreamChunk", chunk_context, record.request_id
-                    )
-                    if chunk_context.get("chunk") is None:
-                        continue
-                    event = b"data: " + orjson.dumps(chunk_context["chunk"]) + b"\n\n"
+class RelayResponse(StreamingResponse):
+    """A streaming response that always closes its relay, even if its body never started."""
+
+    def __init__(self, relay: Relay, status: int, headers: dict[str, str]) -> None:
+        super().__init__(relay.events(), status_code=status, headers=headers)
+        self.relay = relay
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            await self.relay.close()
+
+
+class Relay:
+    """Forwards one upstream stream's SSE events as they arrive; reads usage; runs onStreamChunk."""
+
+    def __init__(self, call: Call, attempt: Attempt, outgoing: Outgoing) -> None:
+        self.call = call
+        self.attempt = attempt
+        self.adapter = call.adapter
+        self.strip_usage = outgoing.strip_usage
+        self.splitter = SSESplitter()
+        self.collect = call.rt.tracer.enabled
+        self.pieces: list[str] = []
+        self.status: int = 200
+        self.error: str | None = None
+        self.closed = False
+        hooks = outgoing.hooks
+        scripts = call.rt.scripts
+        self.chunk_scripts = tuple(s for s in hooks.reversed if scripts.has_hook(script_source(s), "onStreamChunk"))
+        self.chunk_context: dict[str, Any] = {}
+        if self.chunk_scripts and hooks.context is not None:
+            # Each event crosses into V8: leave the (possibly large) request body out.
+            self.chunk_context = {**hooks.context, "request": {**hooks.context["request"], "body": None}}
+        self.inspect_every_event = self.collect or bool(self.chunk_scripts)
+
+    async def events(self) -> AsyncIterator[bytes]:
+        upstream = self.attempt.response
+        assert upstream is not None
+        try:
+            async for chunk in upstream.iter_chunks():
+                out = chunk if self._passes_as_is(chunk) else await self._rewrite(chunk)
+                if out:
+                    self._first_byte()
+                    yield out
+            rest = self.splitter.rest()
+            if rest.strip():
+                yield rest
+        except UpstreamError as exc:
+            self.error, self.status = f"stream interrupted: {exc}", 504 if exc.kind == "timeout" else 502
+            yield self.adapter.stream_error(errors.upstream_failed(f"The upstream stream broke off: {exc}"))
+        except ApiError as exc:  # a failing onStreamChunk: end the stream with the error
+            self.error, self.status = exc.message, exc.status
+            yield self.adapter.stream_error(exc)
+        except (asyncio.CancelledError, GeneratorExit):
+            self.error, self.status = "client disconnected", 499
+            raise
+        except Exception as exc:
+            log.exception("stream %s failed unexpectedly", self.call.record.request_id)
+            self.error, self.status = f"internal error: {exc.__class__.__name__}", 500
+            yield self.adapter.stream_error(errors.internal_error())
+        finally:
+            await self.close()
+
+    async def close(self) -> None:
+        """Release the attempt and account the request (once)."""
+        if self.closed:
+            return
+        self.closed = True
+        try:
+            await self.attempt.release()
+        finally:
+            record = self.call.record
+            if self.collect:
+                record.output = "".join(self.pieces)
+            self.call.rt.finish(record, self.status, self.error)
+
+    def _first_byte(self) -> None:
+        record = self.call.record
+        if record.ttft_ms is None:
+            record.ttft_ms = (time.time() - record.started_at) * 1000.0
+
+    def _passes_as_is(self, chunk: bytes) -> bool:
+        """Whole events with nothing to read in them (the common case): forward as they came."""
+        return not self.inspect_every_event and self.splitter.is_clean(chunk) and self.adapter.usage_marker not in chunk
+
+    async def _rewrite(self, chunk: bytes) -> bytes:
+        out = []
+        for event in self.splitter.feed(chunk):
+            if not self.inspect_every_event and self.adapter.usage_marker not in event:
                 out.append(event)
-            if out:
-                if record.ttft_ms is None:
-                    record.ttft_ms = (time.time() - record.started_at) * 1000.0
-                yield b"".join(out)
-        rest = splitter.rest()
-        if rest.strip():
-            yield rest
-    except UpstreamError as exc:
-        error = f"stream interrupted: {exc}"
-        status = 504 if exc.kind == "timeout" else 502
-        yield b"data: " + errors.upstream_failed(f"The upstream stream broke off: {exc}").body() + b"\n\n"
-    except ApiError as exc:  # a failing onStreamChunk: end the stream with the error
-        error, status = exc.message, exc.status
-        yield b"data: " + exc.body() + b"\n\n"
-    except (asyncio.CancelledError, GeneratorExit):
-        error = "client disconnected"
-        status = 499
-        raise
-    except Exception as exc:
-        log.exception("stream %s failed unexpectedly", record.request_id)
-        error, status = f"internal error: {exc.__class__.__name__}", 500
-        yield b"data: " + errors.internal_error().body() + b"\n\n"
-    finally:
-        await upstream.close()
-        rt.leave(backend)
-        if collect:
-            record.output = "".join(pieces)
-        rt.finish(record, status, error)
+                continue
+            out.append(await self._event(event))
+        return b"".join(out)
 
+    async def _event(self, event: bytes) -> bytes:
+        """One whole event as the client gets it (b"" to drop it)."""
+        data = sse_data(event)
+        if data is None or self.adapter.is_stream_end(data):
+            return event
+        name = sse_event_name(event)
+        parsed = _loads(data)
+        if parsed is None:
+            return event
+        adapter = self.adapter
+        usage = adapter.usage_of_event(name, parsed)
+        if usage:
+            self.call.record.add_usage(usage)
+            if self.strip_usage:
+                stripped = adapter.without_usage(name, parsed)
+                if stripped is DROP:
+                    return b""
+                if stripped is not parsed:
+                    event, parsed = adapter.frame_event(name, stripped), stripped
+        if self.collect:
+            self.pieces.append(adapter.text_of_event(name, parsed))
+        if self.chunk_scripts:
+            return await self._run_chunk_scripts(name, parsed)
+        return event
 
-def _delta_text(chunk: Any) -> str:
-    """The text a stream chunk adds (chat `delta.content` or completion `text`)."""
-    try:
-        choice = chunk["choices"][0]
-    except (KeyError, IndexError, TypeError):
-        return ""
-    delta = choice.get("delta")
-    text = delta.get("content") if isinstance(delta, dict) else choice.get("text")
-    return text if isinstance(text, str) else ""
+    async def _run_chunk_scripts(self, name: str | None, parsed: Any) -> bytes:
+        rt = self.call.rt
+        self.chunk_context["chunk"] = parsed
+        self.chunk_context = await run_chain(
+            rt.scripts, self.chunk_scripts, "onStreamChunk", self.chunk_context, self.call.record.request_id
+        )
+        chunk = self.chunk_context.get("chunk")
+        return b"" if chunk is None else self.adapter.frame_event(name, chunk)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 
 from router.catalog import BackendEntry, UserEntry
@@ -16,7 +16,7 @@ from router.catalog import BackendEntry, UserEntry
 
 def candidate_backends(
     backends: Iterable[BackendEntry],
-    models_of: Callable[[int], Sequence[str]],
+    models_of: Callable[[int], Collection[str]],
     user: UserEntry,
     model: str,
 ) -> tuple[list[BackendEntry], bool]:

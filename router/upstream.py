@@ -24,8 +24,11 @@ class UpstreamError(Exception):
 
 
 class UpstreamResponse(Protocol):
-    status: int
-    headers: Mapping[str, str]
+    @property
+    def status(self) -> int: ...
+
+    @property
+    def headers(self) -> Mapping[str, str]: ...
 
     async def read(self) -> bytes: ...
 
@@ -212,3 +215,13 @@ def sse_data(event: bytes) -> bytes | None:
     if not parts:
         return None
     return b"\n".join(parts)
+
+
+def sse_event_name(event: bytes) -> str | None:
+    """The `event:` name of one event, or None if it has none."""
+    if not event.startswith(b"event:") and b"\nevent:" not in event:
+        return None
+    for line in event.split(b"\n"):
+        if line.startswith(b"event:"):
+            return line[6:].strip().decode(errors="replace")
+    return None

@@ -17,34 +17,10 @@ from typing import Any
 from tortoise import connections
 
 from router.models.analytics import RequestLog
+from router.protocols.base import Usage
 from router.urls import redact_text
 
 log = logging.getLogger("router.usage")
-
-
-# --- token usage (pure) -----------------------------------------------------------------------
-
-
-def usage_of(payload: Any) -> tuple[int, int, int] | None:
-    """(prompt, completion, total) tokens from a response or stream chunk with a `usage` object."""
-    if not isinstance(payload, dict):
-        return None
-    usage = payload.get("usage")
-    if not isinstance(usage, dict):
-        return None
-    prompt = _int(usage.get("prompt_tokens", usage.get("input_tokens")))
-    completion = _int(usage.get("completion_tokens", usage.get("output_tokens")))
-    total = _int(usage.get("total_tokens")) or prompt + completion
-    return prompt, completion, total
-
-
-def _int(value: Any) -> int:
-    return value if isinstance(value, int) and not isinstance(value, bool) else 0
-
-
-def is_usage_only_chunk(payload: Any) -> bool:
-    """The extra final chunk that `stream_options.include_usage` adds: usage and no choices."""
-    return isinstance(payload, dict) and bool(payload.get("usage")) and not payload.get("choices")
 
 
 # --- records ----------------------------------------------------------------------------------
@@ -97,15 +73,44 @@ class RequestRecord:
     ttft_ms: float | None = None
     attempts: int = 0
     error: str | None = None
+    cached_tokens: int = 0
+    cache_write_tokens: int = 0
+    reasoning_tokens: int = 0
     id: int = 0
     created_at: datetime | None = None
     # Not stored in the request log; for tracing only.
     input: Any = field(default=None, repr=False)
     output: Any = field(default=None, repr=False)
 
-    def set_usage(self, usage: tuple[int, int, int] | None) -> None:
-        if usage:
-            self.prompt_tokens, self.completion_tokens, self.total_tokens = usage
+    def set_usage(self, usage: Usage | None) -> None:
+        """The answer's usage (a body's, or a stream's so far)."""
+        if usage is None:
+            return
+        self.prompt_tokens, self.completion_tokens, self.total_tokens = (
+            usage.prompt,
+            usage.completion,
+            usage.total_tokens,
+        )
+        self.cached_tokens, self.cache_write_tokens, self.reasoning_tokens = (
+            usage.cached,
+            usage.cache_write,
+            usage.reasoning,
+        )
+
+    def add_usage(self, usage: Usage) -> None:
+        """A stream event's usage: what it reports updates what earlier events reported.
+
+        A total reported earlier is not kept: the merged total is the last one reported or the sum.
+        """
+        so_far = Usage(
+            self.prompt_tokens,
+            self.completion_tokens,
+            0,
+            self.cached_tokens,
+            self.cache_write_tokens,
+            self.reasoning_tokens,
+        )
+        self.set_usage(so_far.merged(usage))
 
     def finish(self, status_code: int, error: str | None = None) -> None:
         self.status_code = status_code
@@ -120,7 +125,7 @@ class RequestRecord:
         self.id = new_log_id(now)
         self.created_at = datetime.fromtimestamp(self.started_at, UTC)
 
-    def as_tuple(self) -> tuple:
+    def as_tuple(self) -> tuple[Any, ...]:
         """The stored fields in `LOG_COLUMNS` order (no copies: this runs for every request)."""
         return (
             self.id,
@@ -202,7 +207,7 @@ class LogWriter:
         self.on_written = on_written
         self._pending: deque[RequestRecord] = deque()
         self._wake = asyncio.Event()
-        self._task: asyncio.Task | None = None
+        self._task: asyncio.Task[None] | None = None
         self._closing = False
         self.dropped = 0
         self.written = 0

@@ -11,11 +11,12 @@ from router.catalog import BackendEntry, Snapshot, UserEntry, model_matches_filt
 from router.config import ConfigError, load_config_file, load_settings
 from router.errors import ApiError
 from router.model_lists import ModelDirectory
+from router.protocols import ADAPTERS, DROP, Usage, parse_usage
 from router.proxy import parse_payload
 from router.routing import HealthTracker, WeightedRoundRobin, candidate_backends, order_least_busy
 from router.upstream import HttpxUpstream, SSESplitter, sse_data
 from router.urls import allowed_proxy_url
-from router.usage import is_usage_only_chunk, new_log_id, usage_of
+from router.usage import new_log_id
 
 
 def backend(id_: int, name: str = "", weight: int = 1, active: bool = True, override=None) -> BackendEntry:
@@ -147,12 +148,26 @@ def test_health_cooldown_and_probe():
 
 
 def test_usage_parsing():
-    assert usage_of({"usage": {"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 7}}) == (3, 4, 7)
-    assert usage_of({"usage": {"prompt_tokens": 3, "completion_tokens": 4}}) == (3, 4, 7)
-    assert usage_of({"usage": {"input_tokens": 2, "output_tokens": 1}}) == (2, 1, 3)
+    chat = ADAPTERS["/v1/chat/completions"]
+    usage_of = chat.usage_of_body
+    assert usage_of({"usage": {"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 7}}) == Usage(3, 4, 7)
+    assert usage_of({"usage": {"prompt_tokens": 3, "completion_tokens": 4}}).total_tokens == 7
+    assert usage_of({"usage": {"input_tokens": 2, "output_tokens": 1}}).total_tokens == 3
     assert usage_of({"usage": None}) is None and usage_of([1]) is None and usage_of(None) is None
-    assert is_usage_only_chunk({"choices": [], "usage": {"total_tokens": 1}})
-    assert not is_usage_only_chunk({"choices": [{"delta": {}}], "usage": {"total_tokens": 1}})
+    assert parse_usage(
+        {
+            "prompt_tokens": 9,
+            "completion_tokens": 5,
+            "prompt_tokens_details": {"cached_tokens": 4},
+            "completion_tokens_details": {"reasoning_tokens": 2},
+        }
+    ) == Usage(9, 5, 0, cached=4, reasoning=2)
+    assert parse_usage({"input_tokens": 3, "cache_read_input_tokens": 7, "cache_creation_input_tokens": 1}) == Usage(
+        3, 0, 0, cached=7, cache_write=1
+    )
+    assert chat.without_usage(None, {"choices": [], "usage": {"total_tokens": 1}}) is DROP
+    kept = {"choices": [{"delta": {}}], "usage": {"total_tokens": 1}}
+    assert chat.without_usage(None, kept) is not DROP
 
 
 def test_sse_splitter_handles_split_and_joined_events():

@@ -1,0 +1,160 @@
+"""The adapter interface every API format implements, and token usage as the router counts it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Any, ClassVar
+
+import orjson
+from starlette.responses import Response
+
+from router import errors
+from router.errors import ApiError
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """Tokens of one answer. 0 means "not reported"; `total` 0 means prompt + completion."""
+
+    prompt: int = 0
+    completion: int = 0
+    total: int = 0
+    cached: int = 0  # prompt tokens read from a cache
+    cache_write: int = 0  # prompt tokens written to a cache (Anthropic's cache_creation_input_tokens)
+    reasoning: int = 0  # completion tokens spent on reasoning
+
+    def merged(self, newer: Usage) -> Usage:
+        """This usage updated by a later report: every field the later one reports wins."""
+        return Usage(*(getattr(newer, f.name) or getattr(self, f.name) for f in fields(Usage)))
+
+    @property
+    def total_tokens(self) -> int:
+        return self.total or self.prompt + self.completion
+
+
+def _int(value: Any) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0
+
+
+def _detail(usage: dict[str, Any], key: str, field: str) -> int:
+    details = usage.get(key)
+    return _int(details.get(field)) if isinstance(details, dict) else 0
+
+
+def parse_usage(usage: Any) -> Usage | None:
+    """A `usage` object in any of the shapes upstreams send (chat, Responses, Anthropic), or None.
+
+    Chat: prompt_tokens, completion_tokens, total_tokens, prompt_tokens_details.cached_tokens,
+    completion_tokens_details.reasoning_tokens. Responses: input_tokens, output_tokens,
+    input_tokens_details.cached_tokens, output_tokens_details.reasoning_tokens. Anthropic:
+    input_tokens, output_tokens, cache_read_input_tokens, cache_creation_input_tokens.
+    """
+    if not isinstance(usage, dict):
+        return None
+    return Usage(
+        prompt=_int(usage.get("prompt_tokens", usage.get("input_tokens"))),
+        completion=_int(usage.get("completion_tokens", usage.get("output_tokens"))),
+        total=_int(usage.get("total_tokens")),
+        cached=_detail(usage, "prompt_tokens_details", "cached_tokens")
+        or _detail(usage, "input_tokens_details", "cached_tokens")
+        or _int(usage.get("cache_read_input_tokens")),
+        cache_write=_int(usage.get("cache_creation_input_tokens")),
+        reasoning=_detail(usage, "completion_tokens_details", "reasoning_tokens")
+        or _detail(usage, "output_tokens_details", "reasoning_tokens"),
+    )
+
+
+class Drop:
+    """Returned by `Adapter.without_usage` for an event the client must not receive at all."""
+
+
+DROP = Drop()
+
+
+class Adapter:
+    """One API format, as the pipeline in `router.proxy` needs to know it.
+
+    Every method is a pure function of its arguments (no I/O, no state): the pipeline asks, the
+    adapter answers. Subclass and override what differs; the defaults are OpenAI's conventions.
+    `name` identifies the format (also for translation: `router.protocols.translate` maps a
+    client-side adapter's request to an upstream-side adapter's and the answers back).
+    """
+
+    name: ClassVar[str] = ""
+    path: ClassVar[str] = ""  # the upstream path under a backend's base URL, e.g. "/chat/completions"
+    required: ClassVar[tuple[str, ...]] = ()  # body fields that must be present (besides `model`)
+    streamable: ClassVar[bool] = False
+    # Bytes every stream event that carries usage contains: events without them are relayed unparsed.
+    usage_marker: ClassVar[bytes] = b'"usage"'
+
+    # --- the request ---
+
+    def validate(self, payload: dict[str, Any]) -> None:
+        """Raise a 400 for a body this API would refuse before any upstream sees it."""
+        model = payload.get("model")
+        if not isinstance(model, str) or not model:
+            raise errors.bad_request("Missing required parameter: 'model'.", "missing_required_parameter")
+        for name in self.required:
+            if payload.get(name) is None:
+                raise errors.bad_request(f"Missing required parameter: '{name}'.", "missing_required_parameter")
+
+    def model_of(self, payload: dict[str, Any]) -> str:
+        return str(payload["model"])
+
+    def with_model(self, payload: dict[str, Any], model: str) -> dict[str, Any]:
+        """The payload naming the upstream's model (the routed name without `[alias]`)."""
+        payload["model"] = model
+        return payload
+
+    def is_stream(self, payload: dict[str, Any]) -> bool:
+        return self.streamable and payload.get("stream") is True
+
+    def traced_input(self, payload: dict[str, Any]) -> Any:
+        """What a trace shows as the request's input."""
+        return payload.get(self.required[0]) if self.required else None
+
+    def with_stream_usage(self, payload: dict[str, Any]) -> dict[str, Any]:
+        """The payload asking the upstream to report usage in its stream (unchanged if it always does)."""
+        return payload
+
+    def client_wants_usage(self, payload: dict[str, Any]) -> bool:
+        """Whether the client asked for the stream usage itself (else the router removes it)."""
+        return True
+
+    # --- the answer ---
+
+    def usage_of_body(self, body: Any) -> Usage | None:
+        return parse_usage(body.get("usage")) if isinstance(body, dict) else None
+
+    def usage_of_event(self, event: str | None, data: Any) -> Usage | None:
+        """Usage reported by one stream event (`event` is its SSE `event:` name, if any)."""
+        return parse_usage(data.get("usage")) if isinstance(data, dict) else None
+
+    def without_usage(self, event: str | None, data: Any) -> Any:
+        """The event as a client that did not ask for stream usage gets it: the data, changed data, or DROP."""
+        return data
+
+    def text_of_event(self, event: str | None, data: Any) -> str:
+        """The text one stream event adds to the answer (for traces)."""
+        return ""
+
+    def frame_event(self, event: str | None, data: Any) -> bytes:
+        """One SSE event carrying `data` (used when a script changed an event)."""
+        head = b"event: " + event.encode() + b"\n" if event else b""
+        return head + b"data: " + orjson.dumps(data) + b"\n\n"
+
+    def is_stream_end(self, data: bytes) -> bool:
+        """A data line that is a terminator, not an event (OpenAI's `[DONE]`)."""
+        return False
+
+    # --- errors ---
+
+    def error_body(self, err: ApiError) -> bytes:
+        return err.body()
+
+    def error_response(self, err: ApiError, headers: dict[str, str] | None = None) -> Response:
+        return Response(self.error_body(err), status_code=err.status, media_type="application/json", headers=headers)
+
+    def stream_error(self, err: ApiError) -> bytes:
+        """The event that ends a stream the router has to break off."""
+        return b"data: " + self.error_body(err) + b"\n\n"

@@ -1,0 +1,76 @@
+"""The /v1 pipeline and its protocol adapters: attempts never leak, adapters are pure functions."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.conftest import write_config
+
+MESSAGES = [{"role": "user", "content": "hello"}]
+
+
+def in_flight(router, backend: str) -> float:
+    text = httpx.get(f"{router.url}/metrics", timeout=10).text
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "llm_router_requests_in_flight" and sample.labels.get("backend") == backend:
+                return sample.value
+    raise AssertionError(f"no in-flight sample for {backend}")
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_an_attempt_that_raises_unexpectedly_leaves_nothing_in_flight(
+    router_factory, upstream_factory, tmp_path, stream
+):
+    """A backend URL with credentials plus a key makes the HTTP client raise ValueError, not UpstreamError."""
+    up = upstream_factory(name="creds", models=["m"])
+    url = up.base_url.replace("http://", "http://user:pw@")
+    config = write_config(tmp_path / "c.yaml", {"creds": {"url": url, "api_key": "k", "override": ["m"]}})
+    router = router_factory(config=config)
+    key = router.add_user("alice")
+    for _ in range(3):
+        response = httpx.post(
+            f"{router.v1}/chat/completions",
+            json={"model": "m", "messages": MESSAGES, "stream": stream},
+            headers={"Authorization": f"Bearer {key}"},
+            timeout=30,
+        )
+        assert response.status_code >= 500 and response.json()["error"]["message"]
+    assert in_flight(router, "creds") == 0
+
+
+# --- adapters (pure) ----------------------------------------------------------------------------
+
+
+def test_usage_merges_stream_reports_and_sums_when_no_total():
+    from router.protocols import Usage
+    from router.usage import RequestRecord
+
+    record = RequestRecord(request_id="r", endpoint="/v1/messages")
+    record.add_usage(Usage(prompt=10, completion=1, cached=4, cache_write=2))
+    record.add_usage(Usage(completion=20))
+    assert (record.prompt_tokens, record.completion_tokens, record.total_tokens) == (10, 20, 30)
+    assert (record.cached_tokens, record.cache_write_tokens) == (4, 2)
+    record.set_usage(Usage(prompt=1, completion=2, total=5))
+    assert record.total_tokens == 5
+
+
+def test_chat_adapter_asks_for_stream_usage_and_frames_events():
+    from router.errors import bad_request
+    from router.protocols import ADAPTERS
+    from router.upstream import sse_event_name
+
+    chat = ADAPTERS["/v1/chat/completions"]
+    asked = chat.with_stream_usage({"model": "m", "stream_options": {"x": 1}})
+    assert asked["stream_options"] == {"x": 1, "include_usage": True}
+    assert not chat.client_wants_usage({"model": "m"}) and chat.client_wants_usage(asked)
+    assert chat.frame_event(None, {"a": 1}) == b'data: {"a":1}\n\n'
+    assert chat.frame_event("response.created", {"a": 1}) == b'event: response.created\ndata: {"a":1}\n\n'
+    assert chat.stream_error(bad_request("no")).startswith(b'data: {"error":')
+    assert sse_event_name(b"event: response.completed\ndata: {}\n\n") == "response.completed"
+    assert sse_event_name(b"data: {}\n\n") is None
+    assert chat.text_of_event(None, {"choices": [{"delta": {"content": "hi"}}]}) == "hi"
+    assert ADAPTERS["/v1/completions"].text_of_event(None, {"choices": [{"text": "yo"}]}) == "yo"
+    assert not ADAPTERS["/v1/embeddings"].is_stream({"stream": True})
