@@ -57,7 +57,15 @@ _BACKEND_FIELDS = {
     "model_append": "model_append",
     "weight": "weight",
     "is_active": "is_active",
+    "apis": "apis",
 }
+
+
+def _backend_changes(inp: CreateBackendInput | UpdateBackendInput) -> dict[str, Any]:
+    changes = _changes(inp, _BACKEND_FIELDS)
+    if changes.get("apis") is not None:
+        changes["apis"] = [api.value for api in changes["apis"]]
+    return changes
 
 
 @strawberry.type
@@ -114,13 +122,13 @@ class Mutation:
 
     @strawberry.mutation
     async def create_backend(self, info: Ctx, input: CreateBackendInput) -> Backend:
-        fields = {k: v for k, v in _changes(input, _BACKEND_FIELDS).items() if v is not None}
+        fields = {k: v for k, v in _backend_changes(input).items() if v is not None}
         backend = await info.context.admin.create_backend(**fields)
         return Backend.from_model(backend)
 
     @strawberry.mutation
     async def update_backend(self, info: Ctx, id: strawberry.ID, input: UpdateBackendInput) -> Backend:
-        backend = await info.context.admin.update_backend(id, **_changes(input, _BACKEND_FIELDS))
+        backend = await info.context.admin.update_backend(id, **_backend_changes(input))
         return Backend.from_model(backend)
 
     @strawberry.mutation(description="Delete a backend with its permissions and scripts; its request logs stay.")

@@ -19,6 +19,7 @@ from router.models.core import Backend as BackendModel
 from router.models.core import Permission as PermissionModel
 from router.models.core import Script as ScriptModel
 from router.models.core import User as UserModel
+from router.protocols.translate import BACKEND_APIS
 
 # --- enums ---------------------------------------------------------------------------------------
 
@@ -41,6 +42,19 @@ class UsageGroupBy(Enum):
     USER = "user"
     BACKEND = "backend"
     MODEL = "model"
+
+
+@strawberry.enum(
+    description="A request format a backend speaks natively. A request in a format that a backend does not speak "
+    "is translated where a translation exists (MESSAGES and RESPONSES to CHAT_COMPLETIONS, CHAT_COMPLETIONS to "
+    "MESSAGES); otherwise that backend is not a candidate."
+)
+class BackendApi(Enum):
+    CHAT_COMPLETIONS = "chat_completions"
+    COMPLETIONS = "completions"
+    EMBEDDINGS = "embeddings"
+    RESPONSES = "responses"
+    MESSAGES = "messages"
 
 
 @strawberry.enum
@@ -108,6 +122,9 @@ class Backend:
     model_append: list[str] | None = strawberry.field(description="Appended after the (filtered) model list.")
     weight: int
     is_active: bool
+    apis: list[BackendApi] = strawberry.field(
+        description="The request formats this backend speaks natively (default: all)."
+    )
     created_at: datetime
     updated_at: datetime
 
@@ -131,6 +148,7 @@ class Backend:
             model_append=list(backend.model_append) if backend.model_append is not None else None,
             weight=backend.weight,
             is_active=backend.is_active,
+            apis=[BackendApi(api) for api in backend.apis or BACKEND_APIS if api in BACKEND_APIS],
             created_at=backend.created_at,
             updated_at=backend.updated_at,
         )
@@ -392,6 +410,9 @@ class CreateBackendInput:
     model_append: list[str] | None = None
     weight: int | None = strawberry.field(default=None, description="Default 1; 0 takes it out of rotation.")
     is_active: bool | None = strawberry.field(default=None, description="Default true.")
+    apis: list[BackendApi] | None = strawberry.field(
+        default=None, description="The request formats it speaks natively; null or absent: all of them."
+    )
 
 
 @strawberry.input
@@ -408,6 +429,9 @@ class UpdateBackendInput:
     model_append: list[str] | None = strawberry.field(default=strawberry.UNSET, description="null clears it.")
     weight: int | None = strawberry.UNSET
     is_active: bool | None = strawberry.UNSET
+    apis: list[BackendApi] | None = strawberry.field(
+        default=strawberry.UNSET, description="null: all request formats again."
+    )
 
 
 @strawberry.input

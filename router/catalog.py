@@ -89,6 +89,7 @@ class BackendEntry:
     model_append: tuple[str, ...] | None
     weight: int
     is_active: bool
+    apis: frozenset[str] | None = None  # the request formats it speaks natively; None = all
 
     @property
     def asks_upstream_for_models(self) -> bool:
@@ -148,6 +149,7 @@ async def load_snapshot() -> Snapshot:
             model_append=tuple(b.model_append) if b.model_append else None,
             weight=b.weight,
             is_active=b.is_active,
+            apis=frozenset(b.apis) if b.apis is not None else None,
         )
         for b in await Backend.all().order_by("id")
     ]

@@ -10,6 +10,7 @@ from typing import Any
 
 import yaml
 
+from router.protocols.translate import BACKEND_APIS, unknown_apis
 from router.urls import UrlError, check_http_url, normalize_proxy_url
 
 
@@ -220,6 +221,7 @@ class BackendSpec:
     model_override: list[str] | None = None
     model_append: list[str] | None = None
     weight: int = 1
+    apis: list[str] | None = None  # the request formats it speaks natively; None = all
 
 
 @dataclass(frozen=True)
@@ -246,7 +248,7 @@ class ConfigFile:
 
 
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
-_SERVER_KEYS = {"url", "api_key", "filter", "override", "append", "weight"}
+_SERVER_KEYS = {"url", "api_key", "filter", "override", "append", "weight", "apis"}
 _TOP_KEYS = {"servers", "prune"}
 
 
@@ -345,4 +347,13 @@ def _server_spec(alias: str, entry: dict[str, Any], where: str) -> BackendSpec:
         model_override=_optional_list(entry, "override", where),
         model_append=_optional_list(entry, "append", where),
         weight=weight,
+        apis=_apis(entry.get("apis"), f"{where}.apis"),
     )
+
+
+def _apis(value: Any, where: str) -> list[str] | None:
+    if value is None:
+        return None
+    if not isinstance(value, list) or not value or unknown_apis(value):
+        raise ConfigError(f"{where}: must be a non-empty list of {', '.join(BACKEND_APIS)}")
+    return list(dict.fromkeys(value))

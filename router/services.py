@@ -18,6 +18,7 @@ from router.auth import api_key_prefix, generate_api_key, hash_api_key
 from router.catalog import bump_revision
 from router.config import ConfigFile
 from router.models.core import Backend, Permission, Script, ScriptType, User
+from router.protocols.translate import BACKEND_APIS, unknown_apis
 from router.urls import UrlError, check_http_url
 
 
@@ -57,6 +58,16 @@ def check_weight(weight: int, field: str = "weight") -> int:
     if weight < 0:
         raise ServiceError("BAD_USER_INPUT", f"{field} must not be negative", field)
     return weight
+
+
+def check_apis(apis: Iterable[str] | None) -> list[str] | None:
+    """The request formats a backend speaks, deduplicated in canonical order; None = all of them."""
+    if apis is None:
+        return None
+    given = list(apis)
+    if not given or unknown_apis(given):
+        raise ServiceError("BAD_USER_INPUT", f"apis must list one or more of {', '.join(BACKEND_APIS)}", "apis")
+    return [api for api in BACKEND_APIS if api in given]
 
 
 def check_email(email: str | None) -> str | None:
@@ -249,6 +260,8 @@ class AdminService:
                     field = _camel(attr)
                     raise ServiceError("BAD_USER_INPUT", f"{field} must hold non-empty model names", field)
                 values[attr] = [m.strip() for m in models] if models is not None else None
+        if "apis" in fields:
+            values["apis"] = check_apis(fields["apis"])
         return values
 
     async def sync_backends(self, config: ConfigFile, prune: bool = False) -> list[tuple[int, str]]:
@@ -268,6 +281,7 @@ class AdminService:
                     "model_override": spec.model_override,
                     "model_append": spec.model_append,
                     "weight": spec.weight,
+                    "apis": spec.apis,
                     "is_active": True,
                 }
                 backend = await Backend.get_or_none(name=spec.name)

@@ -481,7 +481,7 @@ def test_database_from_before_migrations_starts_and_is_recorded(tmp_path, upstre
     import sqlite3
 
     from tortoise import Tortoise, connections
-    from tortoise.utils import generate_schema_for_client
+    from tortoise.migrations.executor import MigrationExecutor, MigrationTarget
 
     from router.config import sqlite_url
     from router.db import tortoise_config
@@ -490,12 +490,14 @@ def test_database_from_before_migrations_starts_and_is_recorded(tmp_path, upstre
     data.mkdir()
 
     async def old_style() -> None:
-        await Tortoise.init(
-            config=tortoise_config(sqlite_url(str(data / "core.db")), sqlite_url(str(data / "analytics.db"))),
-            _enable_global_fallback=True,
-        )
+        # The schema as it was then (0001_initial: later migrations add to it), with no migration record.
+        config = tortoise_config(sqlite_url(str(data / "core.db")), sqlite_url(str(data / "analytics.db")))
+        await Tortoise.init(config=config, _enable_global_fallback=True)
         for name in ("core", "analytics"):
-            await generate_schema_for_client(connections.get(name), safe=True)
+            conn = connections.get(name)
+            executor = MigrationExecutor(conn, {name: config["apps"][name]})
+            await executor.migrate([MigrationTarget(name, "0001_initial")])
+            await conn.execute_script("DROP TABLE tortoise_migrations")
         await connections.get("core").execute_insert(
             "INSERT INTO users (name, is_active, all_backends, api_key_hash, api_key_prefix, created_at, updated_at)"
             " VALUES ('old', 1, 1, 'h', 'p', '2024-01-01 00:00:00', '2024-01-01 00:00:00')",
@@ -513,7 +515,9 @@ def test_database_from_before_migrations_starts_and_is_recorded(tmp_path, upstre
     finally:
         router.stop()
     conn = sqlite3.connect(data / "core.db")
-    assert conn.execute("SELECT app, name FROM tortoise_migrations").fetchall() == [("core", "0001_initial")]
+    recorded = conn.execute("SELECT app, name FROM tortoise_migrations WHERE app = 'core' ORDER BY id").fetchall()
+    committed = sorted(p.stem for p in (Path(__file__).parents[1] / "router/migrations/core").glob("0*.py"))
+    assert recorded == [("core", name) for name in committed]  # 0001 recorded as found, the later ones applied
     conn.close()
 
 

@@ -1090,3 +1090,42 @@ def test_translators_hold_one_exchange() -> None:
     to_messages.request({"model": "c", "messages": [], "stream": True, "stream_options": {"include_usage": True}})
     stream = to_messages.stream()
     assert run(stream, anthropic_stream_events())[-1][1]["usage"]["completion_tokens"] == 9
+
+
+# --- which API a backend is asked in ------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("client", "backend_apis", "expected"),
+    [
+        ("messages", None, "messages"),  # declares nothing: speaks everything (pass-through)
+        ("messages", {"messages", "chat_completions"}, "messages"),
+        ("messages", {"chat_completions"}, "chat_completions"),
+        ("responses", {"chat_completions", "embeddings"}, "chat_completions"),
+        ("chat_completions", {"messages"}, "messages"),
+        ("responses", {"messages"}, None),  # no translation Responses -> Messages
+        ("embeddings", {"chat_completions"}, None),
+        ("completions", {"messages"}, None),
+        ("rerank", {"chat_completions"}, "rerank"),  # endpoints outside the declared formats pass through
+    ],
+)
+def test_upstream_api(client: str, backend_apis: set[str] | None, expected: str | None) -> None:
+    assert t.upstream_api(client, backend_apis) == expected
+
+
+def test_config_file_apis(tmp_path: Any) -> None:
+    from router.config import ConfigError, load_config_file
+
+    path = tmp_path / "config.yaml"
+    path.write_text(
+        "servers:\n"
+        "  vllm: {url: 'http://h:8000/v1', apis: [chat_completions, completions, chat_completions]}\n"
+        "  any: {url: 'http://h:8001/v1'}\n"
+    )
+    vllm, anything = load_config_file(str(path), {}).servers
+    assert vllm.apis == ["chat_completions", "completions"]
+    assert anything.apis is None
+    for bad in ("[chat]", "[]", "chat_completions"):
+        path.write_text(f"servers:\n  x: {{url: 'http://h/v1', apis: {bad}}}\n")
+        with pytest.raises(ConfigError, match=r"servers\.x\.apis: must be a non-empty list of chat_completions"):
+            load_config_file(str(path), {})

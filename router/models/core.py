@@ -40,6 +40,8 @@ class Backend(Model):
     model_append = fields.JSONField(null=True)
     weight = fields.IntField(default=1)
     is_active = fields.BooleanField(default=True)
+    # The request formats it speaks natively (router.protocols.translate.BACKEND_APIS); null = all.
+    apis = fields.JSONField(null=True)
     created_at = fields.DatetimeField(auto_now_add=True)
     updated_at = fields.DatetimeField(auto_now=True)
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import secrets
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from typing import Any, ClassVar
 
 import orjson
@@ -42,6 +42,33 @@ STREAM_CUT_OFF = "The upstream stream ended before the answer was complete."
 
 class TranslationError(ValueError):
     """The request uses something the upstream's API cannot express (the client gets a 400)."""
+
+
+# The request formats a backend can declare it speaks (config.yaml `apis`; GraphQL `BackendApi`
+# in upper case). A backend that declares none speaks all of them (pass-through).
+BACKEND_APIS = ("chat_completions", "completions", "embeddings", "responses", "messages")
+# A client's API -> the APIs its requests can be translated to, in order of preference.
+TRANSLATABLE: dict[str, tuple[str, ...]] = {
+    "messages": ("chat_completions",),
+    "responses": ("chat_completions",),
+    "chat_completions": ("messages",),
+}
+
+
+def upstream_api(client_api: str, backend_apis: Collection[str] | None) -> str | None:
+    """The API to ask a backend in: the client's own (pass-through), one it translates to, or None.
+
+    None means the backend is no candidate for this request. Endpoints outside BACKEND_APIS
+    (rerank, audio, ...) pass through to any backend serving the model.
+    """
+    if backend_apis is None or client_api in backend_apis or client_api not in BACKEND_APIS:
+        return client_api
+    return next((api for api in TRANSLATABLE.get(client_api, ()) if api in backend_apis), None)
+
+
+def unknown_apis(values: Iterable[Any]) -> list[str]:
+    """The entries of a declared API list that are not API names (empty when all are valid)."""
+    return [str(v) for v in values if v not in BACKEND_APIS]
 
 
 # --- small helpers ----------------------------------------------------------------------------
