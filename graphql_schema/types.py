@@ -20,6 +20,7 @@ from router.models.core import Permission as PermissionModel
 from router.models.core import Script as ScriptModel
 from router.models.core import User as UserModel
 from router.protocols.translate import BACKEND_APIS
+from router.urls import redact_url
 
 # --- enums ---------------------------------------------------------------------------------------
 
@@ -111,7 +112,7 @@ class Backend:
     name: str = strawberry.field(
         description="Unique alias; also the [name] in auto-mode model names such as [local]llama-3."
     )
-    base_url: str
+    base_url: str = strawberry.field(description="Credentials in the URL (user:password@) are shown as ***.")
     has_api_key: bool
     model_filter: str | None = strawberry.field(
         description="Space-separated terms that every listed model must contain; * is a wildcard."
@@ -141,7 +142,7 @@ class Backend:
         return cls(
             id=strawberry.ID(str(backend.id)),
             name=backend.name,
-            base_url=backend.base_url,
+            base_url=redact_url(backend.base_url),
             has_api_key=bool(backend.api_key),
             model_filter=backend.model_filter,
             model_override=list(backend.model_override) if backend.model_override is not None else None,

@@ -16,6 +16,7 @@ from graphql_schema import graphql_routes
 from router import errors, protocols, proxy
 from router.admin_ui import admin_routes
 from router.config import Settings, load_settings
+from router.crypto import SecretBox
 from router.db import close_db, init_db
 from router.logging_setup import setup_logging
 from router.metrics import metrics_endpoint
@@ -55,7 +56,7 @@ def create_app(settings: Settings | None = None) -> V1FastPath:
         await init_db(settings)
         runtime = Runtime(settings)
         app.state.runtime = runtime
-        app.state.admin = AdminService(runtime.catalog.changed)
+        app.state.admin = AdminService(runtime.catalog.changed, SecretBox(settings.secrets_key))
         if not settings.enable_account_management:
             runtime.local_user_id = await ensure_local_user(app.state.admin)
         await runtime.start()

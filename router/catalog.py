@@ -15,6 +15,7 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from router.crypto import SecretBox
 from router.models.core import Backend, CatalogRevision, Permission, Script, User
 
 log = logging.getLogger("router.catalog")
@@ -120,8 +121,12 @@ class Snapshot:
     revision: int = 0
 
 
-async def load_snapshot() -> Snapshot:
-    """Read the whole core database into a Snapshot (a handful of queries, not per request)."""
+async def load_snapshot(secrets: SecretBox | None = None) -> Snapshot:
+    """Read the whole core database into a Snapshot (a handful of queries, not per request).
+
+    Upstream API keys are decrypted here, and only here (SecretError if one cannot be).
+    """
+    secrets = secrets or SecretBox()
     revision_row = await CatalogRevision.get_or_none(id=1)
     users = await User.all()
     perms: dict[int, set[int]] = {}
@@ -143,7 +148,7 @@ async def load_snapshot() -> Snapshot:
             id=b.id,
             name=b.name,
             base_url=b.base_url.rstrip("/"),
-            api_key=b.api_key,
+            api_key=secrets.open(b.api_key),
             model_filter=b.model_filter,
             model_override=tuple(b.model_override) if b.model_override is not None else None,
             model_append=tuple(b.model_append) if b.model_append else None,
@@ -190,8 +195,9 @@ async def bump_revision() -> int:
 class Catalog:
     """Holds the current Snapshot and reloads it when told to or when the revision moves."""
 
-    def __init__(self) -> None:
+    def __init__(self, secrets: SecretBox | None = None) -> None:
         self.snapshot = Snapshot()
+        self._secrets = secrets
         self._reload_lock = asyncio.Lock()
         self._listeners: list = []
         self._change_listeners: list = []
@@ -202,7 +208,7 @@ class Catalog:
 
     async def reload(self) -> Snapshot:
         async with self._reload_lock:
-            self.snapshot = await load_snapshot()
+            self.snapshot = await load_snapshot(self._secrets)
         for callback in self._listeners:
             callback(self.snapshot)
         return self.snapshot

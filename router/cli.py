@@ -14,8 +14,10 @@ from pathlib import Path
 from typing import Any
 
 from router.config import ConfigError, Settings, load_config_file, load_settings
+from router.crypto import SecretBox
 from router.db import close_db, init_db, is_postgres
 from router.services import AdminService, ServiceError, parse_permissions
+from router.urls import redact_url
 
 log = logging.getLogger("router")
 
@@ -166,7 +168,7 @@ async def _with_db(settings: Settings, action: Callable[[AdminService], Awaitabl
         revisions.append(await bump_revision())
 
     try:
-        return await action(AdminService(changed))
+        return await action(AdminService(changed, SecretBox(settings.secrets_key)))
     finally:
         if revisions and settings.redis_url:  # running routers reload at once instead of at their next poll
             from router.shared import announce_catalog_change
@@ -283,5 +285,5 @@ async def backends_list(service: AdminService, args: argparse.Namespace) -> None
             models += " + " + ", ".join(b.model_append)
         print(
             f"{b.name:<20} {'yes' if b.is_active else 'no':<7} {b.weight:<7} {'yes' if b.api_key else 'no':<4} "
-            f"{b.base_url:<40} {models}"
+            f"{redact_url(b.base_url):<40} {models}"
         )

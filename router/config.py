@@ -81,6 +81,8 @@ class Settings:
     metrics_user_labels: bool = False
 
     redis_url: str | None = None
+    # Fernet keys for upstream API keys at rest: the first encrypts, all decrypt (router/crypto.py).
+    secrets_key: list[str] = field(default_factory=list, repr=False)
     redis_prefix: str = "llm-router"  # Redis key and channel prefix: one per router cluster
     log_format: str = "text"
     log_level: str = "INFO"
@@ -137,6 +139,7 @@ _ENV: dict[str, tuple[str, Any]] = {
     "LANGFUSE_CAPTURE_CONTENT": ("langfuse_capture_content", _env_bool),
     "METRICS_USER_LABELS": ("metrics_user_labels", _env_bool),
     "REDIS_URL": ("redis_url", str),
+    "SECRETS_KEY": ("secrets_key", _env_list),
     "REDIS_PREFIX": ("redis_prefix", str),
     "LOG_FORMAT": ("log_format", str),
     "LOG_LEVEL": ("log_level", str),
@@ -200,6 +203,12 @@ def validate_settings(settings: Settings) -> None:
             raise ConfigError(f"setting {f.name}: must not be negative")
     if settings.max_attempts < 1:
         raise ConfigError("environment variable MAX_ATTEMPTS: must be at least 1")
+    from router.crypto import check_secrets_key  # imports this module
+
+    try:
+        check_secrets_key(settings.secrets_key)
+    except ValueError as exc:
+        raise ConfigError(f"environment variable SECRETS_KEY: {exc}") from None
     for prefix in settings.proxy_allowlist:
         try:
             normalize_proxy_url(prefix)

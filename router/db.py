@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import fcntl
 import logging
+import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -15,6 +16,7 @@ from tortoise.backends.base.client import BaseDBAsyncClient
 from tortoise.migrations.executor import MigrationExecutor
 
 from router.config import Settings
+from router.crypto import SecretBox, seal_stored_keys
 
 log = logging.getLogger("router.db")
 
@@ -47,22 +49,43 @@ def is_postgres(url: str) -> bool:
     return urlsplit(url).scheme in ("postgres", "postgresql", "asyncpg", "psycopg")
 
 
-def _ensure_sqlite_dir(url: str) -> None:
+def _ensure_sqlite_file(url: str) -> None:
+    """Create a SQLite file (and its directory) readable by this user only: 0600 in a 0700 directory.
+
+    SQLite gives its -wal and -shm files the database file's mode. Existing files are left as
+    they are (an operator may have chosen their mode), with a warning when others can read them.
+    """
     path = _sqlite_path(url)
-    if path is not None:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
+    if path is None:
+        return
+    file = Path(path)
+    if not file.parent.exists():
+        file.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    try:
+        os.close(os.open(file, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+    except FileExistsError:
+        if file.stat().st_mode & 0o077:
+            log.warning(
+                "%s can be read by other users (mode %o): consider chmod 600", file, file.stat().st_mode & 0o777
+            )
 
 
 async def init_db(settings: Settings, create_schema: bool = True) -> None:
     """Connect both databases and bring their tables up to date (one process at a time)."""
     for url in (settings.core_db_url, settings.analytics_db_url):
-        _ensure_sqlite_dir(url)
+        _ensure_sqlite_file(url)
     await Tortoise.init(
         config=tortoise_config(settings.core_db_url, settings.analytics_db_url),
         _enable_global_fallback=True,
     )
-    if create_schema:
+    if not create_schema:
+        return
+    try:
         await migrate_db(settings)
+        await seal_stored_keys(SecretBox(settings.secrets_key))
+    except BaseException:
+        await close_db()
+        raise
 
 
 # --- migrations -------------------------------------------------------------------------------
@@ -124,7 +147,7 @@ async def _migration_lock(conn: BaseDBAsyncClient, url: str) -> AsyncIterator[No
     if path is None:  # in-memory: private to this process
         yield
         return
-    lock_file = open(f"{path}.migrate.lock", "a+b")  # noqa: SIM115 - held across the yield
+    lock_file = os.fdopen(os.open(f"{path}.migrate.lock", os.O_CREAT | os.O_RDWR, 0o600), "r+b")
     try:
         await asyncio.to_thread(fcntl.flock, lock_file.fileno(), fcntl.LOCK_EX)
         try:

@@ -42,7 +42,7 @@ from router.protocols import DROP, Adapter
 from router.routing import candidate_backends
 from router.runtime import Runtime
 from router.upstream import SSESplitter, UpstreamError, UpstreamResponse, sse_data, sse_event_name
-from router.urls import allowed_proxy_url
+from router.urls import allowed_proxy_url, redact_url
 from router.usage import RequestRecord
 
 log = logging.getLogger("router.proxy")
@@ -442,7 +442,7 @@ async def prepare(call: Call, target: Target, untouched: bool) -> Outgoing | Res
 
 def _backend_view(target: Target) -> dict[str, Any]:
     backend = target.backend
-    return {"id": backend.id if backend else None, "name": target.name, "base_url": target.base_url}
+    return {"id": backend.id if backend else None, "name": target.name, "base_url": redact_url(target.base_url)}
 
 
 def answer_from_script(rt: Runtime, record: RequestRecord, early: tuple[int, dict[str, str], bytes]) -> Response:

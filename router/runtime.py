@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 from router.catalog import BackendEntry, Catalog, UserEntry
 from router.config import Settings
+from router.crypto import SecretBox
 from router.metrics import Metrics
 from router.model_lists import ModelDirectory
 from router.routing import HealthTracker, InFlight, WeightedRoundRobin, order_least_busy
@@ -42,7 +43,7 @@ class Runtime:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.catalog = Catalog()
+        self.catalog = Catalog(SecretBox(settings.secrets_key))
         self.upstream: UpstreamClient = make_upstream_client(
             settings.upstream_transport, settings.upstream_connect_timeout_s, settings.upstream_timeout_s
         )

@@ -17,9 +17,10 @@ from tortoise.transactions import in_transaction
 from router.auth import api_key_prefix, generate_api_key, hash_api_key
 from router.catalog import bump_revision
 from router.config import ConfigFile
+from router.crypto import SecretBox, SecretError
 from router.models.core import Backend, Permission, Script, ScriptType, User
 from router.protocols.translate import BACKEND_APIS, unknown_apis
-from router.urls import UrlError, check_http_url
+from router.urls import UrlError, check_http_url, redact_url
 
 
 class ServiceError(Exception):
@@ -81,8 +82,9 @@ def check_email(email: str | None) -> str | None:
 class AdminService:
     """The operations; `on_change` reloads this process's catalog (and broadcasts, when configured)."""
 
-    def __init__(self, on_change: Callable[[], Awaitable[Any]] | None = None) -> None:
+    def __init__(self, on_change: Callable[[], Awaitable[Any]] | None = None, secrets: SecretBox | None = None) -> None:
         self._on_change = on_change or bump_revision
+        self._secrets = secrets or SecretBox()  # upstream API keys are stored sealed with it
 
     async def changed(self) -> None:
         await self._on_change()
@@ -224,6 +226,8 @@ class AdminService:
     async def update_backend(self, backend_id: int | str, **fields: Any) -> Backend:
         backend = await self.get_backend(backend_id)
         values = self._backend_values(fields, creating=False)
+        if values.get("base_url") == redact_url(backend.base_url):
+            del values["base_url"]  # the redacted URL as shown (e.g. a form sent back): keep its credentials
         renamed = "name" in values and values["name"] != backend.name
         if renamed and await Backend.filter(name=values["name"]).exists():
             raise ServiceError("CONFLICT", f"a backend named {values['name']!r} already exists", "name")
@@ -238,8 +242,7 @@ class AdminService:
         await backend.delete()
         await self.changed()
 
-    @staticmethod
-    def _backend_values(fields: dict[str, Any], creating: bool) -> dict[str, Any]:
+    def _backend_values(self, fields: dict[str, Any], creating: bool) -> dict[str, Any]:
         values: dict[str, Any] = {}
         if creating or fields.get("name") is not None:
             values["name"] = check_name(fields.get("name") or "")
@@ -250,7 +253,7 @@ class AdminService:
         if fields.get("is_active") is not None:
             values["is_active"] = bool(fields["is_active"])
         if "api_key" in fields and (creating or fields["api_key"] is not None):
-            values["api_key"] = fields["api_key"] or None  # "" clears the key
+            values["api_key"] = self._secrets.seal(fields["api_key"] or None)  # "" clears the key
         if "model_filter" in fields:
             values["model_filter"] = (fields["model_filter"] or "").strip() or None
         for attr in ("model_override", "model_append"):
@@ -286,12 +289,14 @@ class AdminService:
                 }
                 backend = await Backend.get_or_none(name=spec.name)
                 if backend is None:
-                    await Backend.create(name=spec.name, **values)
+                    await Backend.create(name=spec.name, **{**values, "api_key": self._secrets.seal(spec.api_key)})
                     changes.append((logging.INFO, f"backend {spec.name}: created from the config file"))
                     continue
-                differing = [attr for attr, value in values.items() if getattr(backend, attr) != value]
+                differing = [attr for attr, value in values.items() if self._stored(backend, attr) != value]
                 if differing:
-                    await Backend.filter(id=backend.id).update(**values)
+                    await Backend.filter(id=backend.id).update(
+                        **{**values, "api_key": self._secrets.seal(spec.api_key)}
+                    )
                     what = ", ".join("reactivated" if a == "is_active" else _camel(a) for a in differing)
                     changes.append((logging.INFO, f"backend {spec.name}: updated from the config file ({what})"))
             for server in config.disabled:
@@ -311,6 +316,16 @@ class AdminService:
         if changes:
             await self.changed()
         return changes
+
+    def _stored(self, backend: Backend, attr: str) -> Any:
+        """A backend's value as config.yaml would give it (its API key decrypted, if it can be)."""
+        value = getattr(backend, attr)
+        if attr != "api_key":
+            return value
+        try:
+            return self._secrets.open(value)
+        except SecretError:
+            return None  # unreadable: counts as changed, so the file's key replaces it
 
     # --- permissions ---
 

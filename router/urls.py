@@ -30,7 +30,7 @@ class UrlError(ValueError):
     """A refused URL; the message never contains the URL's userinfo."""
 
 
-def check_http_url(url: str, what: str = "URL") -> str:
+def check_http_url(url: object, what: str = "URL") -> str:
     """An absolute http(s) URL with a host, without trailing slashes; raises UrlError otherwise.
 
     Userinfo (`https://user:pw@host`) is allowed here (some upstreams want it) but never shown.

@@ -117,7 +117,7 @@ class RequestRecord:
         if error and not self.error:
             self.error = error
         # Client-chosen strings are cut to their column's size before anything stores, logs or counts them.
-        self.model = clip(self.model, _MODEL_MAX)
+        self.model = clip(redact_text(self.model), _MODEL_MAX) if self.model else None
         self.backend_name = clip(self.backend_name, _BACKEND_NAME_MAX)
         self.error = clip(redact_text(self.error), MAX_ERROR_CHARS) if self.error else None
         now = time.time()

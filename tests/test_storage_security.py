@@ -11,6 +11,7 @@ import io
 import logging
 import random
 import sqlite3
+import stat
 import string
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ from asgi_lifespan import LifespanManager
 from router.app import create_app
 from router.config import ConfigError, load_config_file, load_settings
 from router.logging_setup import JsonFormatter, TextFormatter
+from router.models.core import Backend, User
 from router.urls import UrlError, allowed_proxy_url, check_http_url, normalize_proxy_url, redact_url
 from tests.conftest import ADMIN_PASSWORD, write_config
 
@@ -73,7 +75,11 @@ async def in_process(
             specs = load_config_file(str(write_config(data_dir / "config.yaml", servers)), environ)
             await admin.sync_backends(specs)
             await app.state.runtime.models.refresh_all()
-        _, key = await admin.create_user("alice", all_backends=True)
+        existing = await User.get_or_none(name="alice")
+        if existing is None:
+            _, key = await admin.create_user("alice", all_backends=True)
+        else:
+            _, key = await admin.regenerate_key(existing.id)
         transport = httpx.ASGITransport(app=manager.app)
         async with httpx.AsyncClient(transport=transport, base_url="http://router.test", timeout=30) as client:
             yield InProcessRouter(client, app, key)
@@ -169,6 +175,7 @@ def text_log() -> Iterator[io.StringIO]:
     stream = io.StringIO()
     handler = logging.StreamHandler(stream)
     handler.setFormatter(TextFormatter())
+    handler.addFilter(logging.Filter("router"))  # not this test's own HTTP client
     root = logging.getLogger()
     level = root.level
     root.addHandler(handler)
@@ -246,3 +253,99 @@ def test_metric_series_stay_bounded_beyond_the_cap(monkeypatch: pytest.MonkeyPat
         counts.observe(record)
     assert len(counts._series) == 4 and len(counts._latency) <= 4
     assert counts._series[("other", "other", 200, "other")][0] == 47
+
+
+# --- secrets: redaction, file modes, encryption at rest (item 14) -------------------------------
+
+
+async def test_userinfo_in_backend_urls_is_never_shown(tmp_path: Path, upstream) -> None:
+    secret_url = upstream.base_url.replace("http://", "http://someone:pa55word@")
+    async with in_process(tmp_path, {"alpha": {"url": secret_url}}, {"PROXY_ALLOWLIST": upstream.base_url}) as router:
+        with text_log() as log_text:
+            backends = (await router.gql("{ backends { id baseUrl } }"))["data"]["backends"]
+            assert backends[0]["baseUrl"] == upstream.base_url.replace("http://", "http://***@")
+            # A form sending the shown URL back keeps the real credentials.
+            update = (
+                "mutation($id: ID!, $url: String!) "
+                "{ updateBackend(id: $id, input: {baseUrl: $url, weight: 2}) { weight } }"
+            )
+            result = await router.gql(update, {"id": backends[0]["id"], "url": backends[0]["baseUrl"]})
+            assert result["data"]["updateBackend"]["weight"] == 2, result
+            headers = {"Authorization": f"Bearer {router.api_key}"}
+            for proxy in (secret_url, secret_url.replace("127.0.0.1", "127.0.0.1.nip.io")):
+                response = await router.client.post(
+                    "/v1/chat/completions",
+                    params={"proxy": proxy},
+                    json={"model": "m", "messages": MESSAGES},
+                    headers=headers,
+                )
+                assert "pa55word" not in assert_openai_error(response, 403)["message"]
+            response = await router.chat(f"[{secret_url}]m")
+            assert "pa55word" not in assert_openai_error(response, 403)["message"]
+            result = await router.gql(
+                'mutation { createBackend(input: {name: "b", baseUrl: "ftp://x:pa55word@h"}) { id } }'
+            )
+            assert "pa55word" not in str(result) and result["errors"]
+            await router.runtime.writer.flush()
+        stored = await Backend.get(name="alpha")
+        assert stored.base_url == secret_url
+    assert "pa55word" not in log_text.getvalue()
+    rows = request_log_rows(tmp_path)
+    assert len(rows) == 3 and not any("pa55word" in str(dict(row)) for row in rows)
+
+
+async def test_database_files_are_private(tmp_path: Path, upstream) -> None:
+    data_dir = tmp_path / "new" / "data"
+    async with in_process(data_dir, {"alpha": {"url": upstream.base_url}}) as router:
+        assert (await router.chat("test-model")).status_code == 200
+        await router.runtime.writer.flush()
+        files = [p for p in data_dir.iterdir() if p.name.startswith(("core.db", "analytics.db"))]
+        assert {p.name for p in files} >= {"core.db", "analytics.db", "core.db-wal", "analytics.db-shm"}
+        for path in files:
+            assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
+    assert stat.S_IMODE(data_dir.stat().st_mode) == 0o700
+
+
+def core_db_bytes(data_dir: Path) -> bytes:
+    return b"".join(p.read_bytes() for p in data_dir.iterdir() if p.name.startswith("core.db"))
+
+
+async def test_upstream_keys_are_encrypted_at_rest_and_rotate(tmp_path: Path, upstream_factory) -> None:
+    from cryptography.fernet import Fernet
+
+    secret = "sk-upstream-" + "s3cr3t" * 4
+    upstream = upstream_factory(name="alpha", models=["test-model"], required_key=secret)
+    servers = {"alpha": {"url": upstream.base_url, "api_key": secret}}
+    old, new = Fernet.generate_key().decode(), Fernet.generate_key().decode()
+
+    # Written in plaintext without a key, encrypted at the first start with one.
+    async with in_process(tmp_path, servers) as router:
+        assert (await router.chat("test-model")).status_code == 200
+    assert secret.encode() in core_db_bytes(tmp_path)
+    async with in_process(tmp_path, servers, {"SECRETS_KEY": old}) as router:
+        assert (await router.chat("test-model")).status_code == 200
+        created = await router.gql(
+            'mutation($k: String!) { createBackend(input: {name: "beta", baseUrl: "http://127.0.0.1:1/v1", apiKey: $k})'
+            " { hasApiKey } }",
+            {"k": secret + "-beta"},
+        )
+        assert created["data"]["createBackend"]["hasApiKey"] is True
+        stored = await Backend.all().values_list("api_key", flat=True)
+        assert all(value.startswith("fernet:") for value in stored)
+    with sqlite3.connect(tmp_path / "core.db") as conn:
+        conn.execute("VACUUM")  # the plaintext's old pages are gone too
+    assert secret.encode() not in core_db_bytes(tmp_path)
+
+    # Missing or wrong key: the router refuses to start, naming the backend.
+    for env in ({}, {"SECRETS_KEY": new}):
+        with pytest.raises(ConfigError, match="backend 'alpha'"):
+            async with in_process(tmp_path, env=env):
+                pass
+    # Rotation: new first, old still readable; afterwards new alone is enough.
+    async with in_process(tmp_path, env={"SECRETS_KEY": f"{new},{old}"}) as router:
+        assert (await router.chat("test-model")).status_code == 200
+    async with in_process(tmp_path, env={"SECRETS_KEY": new}) as router:
+        assert (await router.chat("test-model")).status_code == 200
+        assert router.runtime.catalog.snapshot.backends_by_name["beta"].api_key == secret + "-beta"
+    with pytest.raises(ConfigError, match="SECRETS_KEY: key 1 is not a Fernet key"):
+        load_settings({"DATA_DIR": str(tmp_path), "SECRETS_KEY": "short"}, dotenv=False)
