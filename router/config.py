@@ -122,6 +122,7 @@ _ENV: dict[str, tuple[str, Any]] = {
     "CATALOG_POLL_INTERVAL_S": ("catalog_poll_interval_s", float),
     "LOG_BATCH_SIZE": ("log_batch_size", int),
     "LOG_FLUSH_INTERVAL_S": ("log_flush_interval_s", float),
+    "LOG_BUFFER_MAX": ("log_buffer_max", int),
     "SHUTDOWN_GRACE_S": ("shutdown_grace_s", float),
     "SUBSCRIBER_QUEUE_SIZE": ("subscriber_queue_size", int),
     "ADMIN_PASSWORD": ("admin_password", str),
@@ -187,8 +188,16 @@ def load_settings(environ: dict[str, str] | None = None, dotenv: bool = True) ->
 
 
 def sqlite_url(path: str) -> str:
-    """A Tortoise SQLite URL for a file, tuned for concurrent readers and batched writes."""
-    return f"sqlite://{Path(path).expanduser().absolute()}?busy_timeout=10000&synchronous=NORMAL"
+    """A Tortoise SQLite URL for a file: batched writes, waits for other processes' locks.
+
+    No memory-mapped files at all (a rollback journal instead of WAL, whose -shm index is always
+    mapped, and mmap_size=0): a truncated, unwritable or failing file then gives SQLite errors,
+    which the router survives, instead of a SIGBUS, which kills it.
+    """
+    return (
+        f"sqlite://{Path(path).expanduser().absolute()}"
+        "?busy_timeout=10000&synchronous=NORMAL&journal_mode=DELETE&mmap_size=0"
+    )
 
 
 def validate_settings(settings: Settings) -> None:

@@ -9,10 +9,12 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import os
 import random
 import sqlite3
 import stat
 import string
+import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -300,7 +302,7 @@ async def test_database_files_are_private(tmp_path: Path, upstream) -> None:
         assert (await router.chat("test-model")).status_code == 200
         await router.runtime.writer.flush()
         files = [p for p in data_dir.iterdir() if p.name.startswith(("core.db", "analytics.db"))]
-        assert {p.name for p in files} >= {"core.db", "analytics.db", "core.db-wal", "analytics.db-shm"}
+        assert {p.name for p in files} >= {"core.db", "analytics.db"}
         for path in files:
             assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
     assert stat.S_IMODE(data_dir.stat().st_mode) == 0o700
@@ -349,3 +351,45 @@ async def test_upstream_keys_are_encrypted_at_rest_and_rotate(tmp_path: Path, up
         assert router.runtime.catalog.snapshot.backends_by_name["beta"].api_key == secret + "-beta"
     with pytest.raises(ConfigError, match="SECRETS_KEY: key 1 is not a Fernet key"):
         load_settings({"DATA_DIR": str(tmp_path), "SECRETS_KEY": "short"}, dotenv=False)
+
+
+# --- a broken analytics database degrades like a stopped one (item 15) --------------------------
+
+
+def test_broken_analytics_database_keeps_v1_answering_and_rows_wait(router_factory, upstream, tmp_path) -> None:
+    """A truncated -shm index, then failing writes: /v1 answers, rows wait (bounded), then are written."""
+    config = write_config(tmp_path / "config.yaml", {"alpha": {"url": upstream.base_url}})
+    router = router_factory(config=config, env={"LOG_BUFFER_MAX": "15", "LOG_FLUSH_INTERVAL_S": "0.05"})
+    if router.env.get("ANALYTICS_DB_URL"):
+        pytest.skip("SQLite only")
+    key = router.add_user("alice")
+    body = {"model": "test-model", "messages": MESSAGES}
+    headers = {"Authorization": f"Bearer {key}"}
+    assert httpx.post(f"{router.v1}/chat/completions", json=body, headers=headers, timeout=10).status_code == 200
+    assert len(router.wait_for_logs(1)) == 1
+    data = router.data_dir
+    shm = data / "analytics.db-shm"
+    if shm.exists():
+        os.truncate(shm, 0)  # what a full disk or a stray tool can do: a mapped -shm here means SIGBUS
+    else:
+        shm.write_bytes(b"")
+    shm.chmod(0o400)
+    journal = data / "analytics.db-journal"
+    journal.mkdir()  # from now on no write can open its journal: every batch fails
+
+    for _ in range(20):
+        response = httpx.post(f"{router.v1}/chat/completions", json=body, headers=headers, timeout=10)
+        assert response.status_code == 200, response.text
+    assert router.proc.poll() is None, router.log()[-2000:]
+    deadline = time.monotonic() + 15
+    while "request log rows failed (will retry)" not in router.log():
+        assert time.monotonic() < deadline, router.log()[-2000:]
+        time.sleep(0.05)
+    assert "request log buffer full (15 rows)" in router.log()
+    assert len(router.request_logs()) <= 1
+
+    journal.rmdir()
+    shm.unlink()
+    rows = router.wait_for_logs(16, timeout=30)
+    assert len(rows) == 16, len(rows)  # the first, then the newest 15 of the 20
+    assert router.proc.poll() is None
