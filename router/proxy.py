@@ -38,7 +38,7 @@ from router.hooks import (
     scripts_for,
     visible_headers,
 )
-from router.protocols import DROP, Adapter
+from router.protocols import DROP, Adapter, translate
 from router.routing import candidate_backends
 from router.runtime import Runtime
 from router.upstream import SSESplitter, UpstreamError, UpstreamResponse, sse_data, sse_event_name
@@ -77,11 +77,12 @@ class Target:
     base_url: str
     authorization: str | None
     backend: BackendEntry | None = None
+    api: Adapter | None = None  # the API it is asked in when it does not speak the client's (translation)
 
     @classmethod
-    def of(cls, backend: BackendEntry) -> Target:
+    def of(cls, backend: BackendEntry, api: Adapter | None = None) -> Target:
         auth = f"Bearer {backend.api_key}" if backend.api_key else None
-        return cls(backend.name, backend.base_url, auth, backend)
+        return cls(backend.name, backend.base_url, auth, backend, api)
 
 
 @dataclass(slots=True)
@@ -132,7 +133,7 @@ async def handle_generation(request: Request) -> Response:
         record.stream = adapter.is_stream(payload)
         if rt.tracer.enabled:
             record.input = adapter.traced_input(payload)
-        route = plan_route(rt, user, record.model, request)
+        route = plan_route(rt, user, record.model, request, adapter)
         call = Call(rt, request, record, user, adapter, payload, raw_body)
         return await forward(call, route)
     except ApiError as err:
@@ -197,8 +198,12 @@ def parse_payload(body: bytes, adapter: Adapter | str) -> dict[str, Any]:
     return payload
 
 
-def plan_route(rt: Runtime, user: UserEntry, model: str, request: Request) -> Route:
-    """Decide where the request may go: proxy mode, auto mode (`[alias]model`), or by model."""
+def plan_route(rt: Runtime, user: UserEntry, model: str, request: Request, adapter: Adapter) -> Route:
+    """Decide where the request may go: proxy mode, auto mode (`[alias]model`), or by model.
+
+    A backend that does not speak the client's API is asked in one the request translates to
+    (`Target.api`); one that speaks neither is no candidate.
+    """
     proxy_url = request.query_params.get("proxy") if request.scope["query_string"] else None
     alias, bare_model = split_alias(model)
     if proxy_url is None and alias is not None and "://" in alias:
@@ -212,13 +217,33 @@ def plan_route(rt: Runtime, user: UserEntry, model: str, request: Request) -> Ro
             raise errors.model_not_found(model)
         if not user.may_use(backend.id):
             raise errors.forbidden(f"You are not allowed to use backend '{alias}'.")
-        return Route(bare_model, [Target.of(backend)])
+        return Route(bare_model, speaking(adapter, [backend], model))
     candidates, any_forbidden = candidate_backends(snapshot.backends_by_id.values(), rt.models.models_of, user, model)
     if not candidates:
         if any_forbidden:
             raise errors.forbidden(f"You are not allowed to use model '{model}'.")
         raise errors.model_not_found(model)
-    return Route(model, [Target.of(b) for b in rt.order_backends(candidates)])
+    return Route(model, speaking(adapter, rt.order_backends(candidates), model))
+
+
+def speaking(adapter: Adapter, backends: list[BackendEntry], model: str) -> list[Target]:
+    """Targets for the backends that speak the client's API or one it translates to (order kept)."""
+    if all(b.apis is None for b in backends):
+        return [Target.of(b) for b in backends]
+    client_api = translate.API_NAMES.get(adapter.name, adapter.name)
+    targets = []
+    for backend in backends:
+        api = translate.upstream_api(client_api, backend.apis)
+        if api == client_api:
+            targets.append(Target.of(backend))
+        elif api is not None and (upstream := protocols.adapter_named(translate.ADAPTER_NAMES[api])) is not None:
+            targets.append(Target.of(backend, upstream))
+    if not targets:
+        raise errors.bad_request(
+            f"No backend serving model '{model}' speaks this API or one the router translates it to.",
+            "api_not_supported",
+        )
+    return targets
 
 
 def proxy_target(rt: Runtime, user: UserEntry, url: str, request: Request) -> Target:
@@ -283,6 +308,9 @@ class Outgoing:
     headers: dict[str, str] | None
     hooks: Hooks
     strip_usage: bool  # the router asked for stream usage the client did not ask for
+    adapter: Adapter  # the API the upstream is asked in
+    path: str  # under the target's base URL
+    translator: protocols.Translator | None = None  # when that API is not the client's
 
 
 class Attempt:
@@ -369,18 +397,21 @@ async def forward(call: Call, route: Route) -> Response:
     # The client's bytes go upstream as they came unless something must change in them.
     untouched = route.upstream_model == call.payload["model"] and not record.stream
     call.payload = call.adapter.with_model(call.payload, route.upstream_model)
-    url_suffix = call.request.scope["path"][len("/v1") :]
     failure: ApiError | None = None
     for record.attempts, target in enumerate(targets_to_try(rt, route), 1):
         record.backend_id = target.backend.id if target.backend else None
         record.backend_name = target.name
-        outgoing = await prepare(call, target, untouched)
+        try:
+            outgoing = await prepare(call, target, untouched)
+        except translate.TranslationError as exc:  # another target may speak the client's API
+            failure, record.error = errors.bad_request(str(exc), "not_translatable"), f"{target.name}: {exc}"
+            continue
         if isinstance(outgoing, Response):
             return outgoing
         async with Attempt(rt, target) as attempt:
             try:
                 upstream = await attempt.send(
-                    target.base_url + url_suffix,
+                    target.base_url + outgoing.path,
                     upstream_headers(target, record.request_id, outgoing.headers),
                     outgoing.wire,
                     record.stream,
@@ -399,7 +430,7 @@ async def forward(call: Call, route: Route) -> Response:
             record.error = None
             if record.stream and upstream.status == 200 and _is_sse(upstream):
                 return await stream_response(call, attempt, outgoing)
-            return await plain_response(call, attempt, upstream, outgoing.hooks)
+            return await plain_response(call, attempt, upstream, outgoing)
     raise failure or errors.no_healthy_backend(record.model or "")
 
 
@@ -432,12 +463,29 @@ async def prepare(call: Call, target: Target, untouched: bool) -> Outgoing | Res
         call.record.model = body.get("model", call.record.model)
         extra_headers = header_changes(client_headers, hooks.context["request"].get("headers"))
     adapter, stream = call.adapter, call.record.stream
+    if target.api is not None:
+        return translated(call, target.api, body, extra_headers, hooks)
     if untouched and not hooks.scripts:
         wire = call.raw_body
     else:
         wire = orjson.dumps(adapter.with_stream_usage(body) if stream else body)
     strip_usage = stream and not adapter.client_wants_usage(body)
-    return Outgoing(body, wire, extra_headers, hooks, strip_usage)
+    path = call.request.scope["path"][len("/v1") :]
+    return Outgoing(body, wire, extra_headers, hooks, strip_usage, adapter, path)
+
+
+def translated(
+    call: Call, upstream: Adapter, body: dict[str, Any], headers: dict[str, str] | None, hooks: Hooks
+) -> Outgoing:
+    """The request (as the client's scripts left it) in the upstream's API; TranslationError if it cannot be."""
+    translator = protocols.translator_for(call.adapter, upstream)
+    if translator is None:
+        raise translate.TranslationError(f"The router cannot translate this API to '{upstream.name}'.")
+    wire_body = translator.request(body)
+    call.record.translated_to = upstream.path
+    extra = {**getattr(translator, "headers", {}), **(headers or {})}
+    wire = orjson.dumps(upstream.with_stream_usage(wire_body) if call.record.stream else wire_body)
+    return Outgoing(body, wire, extra, hooks, False, upstream, upstream.path, translator)
 
 
 def _backend_view(target: Target) -> dict[str, Any]:
@@ -461,8 +509,8 @@ def _has_next(rt: Runtime, route: Route, current: Target) -> bool:
 # --- plain answers --------------------------------------------------------------------------
 
 
-async def plain_response(call: Call, attempt: Attempt, upstream: UpstreamResponse, hooks: Hooks) -> Response:
-    rt, record = call.rt, call.record
+async def plain_response(call: Call, attempt: Attempt, upstream: UpstreamResponse, outgoing: Outgoing) -> Response:
+    rt, record, hooks, translator = call.rt, call.record, outgoing.hooks, outgoing.translator
     try:
         body = await upstream.read()
     except UpstreamError as exc:
@@ -472,14 +520,18 @@ async def plain_response(call: Call, attempt: Attempt, upstream: UpstreamRespons
     record.ttft_ms = (time.time() - record.started_at) * 1000.0
     parsed, error = None, None
     if upstream.status < 400:
-        if call.adapter.usage_marker in body or rt.tracer.enabled:
+        if outgoing.adapter.usage_marker in body or rt.tracer.enabled or translator:
             parsed = _loads(body)
-            record.set_usage(call.adapter.usage_of_body(parsed))
+            record.set_usage(outgoing.adapter.usage_of_body(parsed))
             if rt.tracer.enabled:
                 record.output = parsed
     else:
         error = f"upstream HTTP {upstream.status}: {body[:500].decode(errors='replace')}"
     status, headers = upstream.status, response_headers(upstream, record.request_id)
+    if translator is not None:  # the answer as the client's API gives it (scripts see that too)
+        parsed = translator.response(parsed) if error is None else translator.error(upstream.status, body)
+        body = orjson.dumps(parsed)
+        headers["content-type"] = "application/json"
     if hooks.context is not None:
         hooks.context["response"] = {
             "status": status,
@@ -549,6 +601,8 @@ class Relay:
         self.call = call
         self.attempt = attempt
         self.adapter = call.adapter
+        self.upstream_adapter = outgoing.adapter
+        self.translator = outgoing.translator.stream() if outgoing.translator is not None else None
         self.strip_usage = outgoing.strip_usage
         self.splitter = SSESplitter()
         self.collect = call.rt.tracer.enabled
@@ -570,15 +624,24 @@ class Relay:
         assert upstream is not None
         try:
             async for chunk in upstream.iter_chunks():
-                out = chunk if self._passes_as_is(chunk) else await self._rewrite(chunk)
+                if self.translator is not None:
+                    out = await self._translate(chunk)
+                else:
+                    out = chunk if self._passes_as_is(chunk) else await self._rewrite(chunk)
                 if out:
                     self._first_byte()
                     yield out
+            if self.translator is not None:
+                yield await self._translated_end()
+                return
             rest = self.splitter.rest()
             if rest.strip():
                 yield rest
         except UpstreamError as exc:
             self.error, self.status = f"stream interrupted: {exc}", 504 if exc.kind == "timeout" else 502
+            if self.translator is not None:  # the end of a broken stream in the client's API
+                yield await self._translated_end()
+                return
             yield self.adapter.stream_error(errors.upstream_failed(f"The upstream stream broke off: {exc}"))
         except ApiError as exc:  # a failing onStreamChunk: end the stream with the error
             self.error, self.status = exc.message, exc.status
@@ -648,6 +711,45 @@ class Relay:
         if self.chunk_scripts:
             return await self._run_chunk_scripts(name, parsed)
         return event
+
+    async def _translate(self, chunk: bytes) -> bytes:
+        """Upstream events in, the client's events out; usage is read from the upstream's events."""
+        assert self.translator is not None
+        out = []
+        upstream = self.upstream_adapter
+        for event in self.splitter.feed(chunk):
+            data = sse_data(event)
+            if data is None or upstream.is_stream_end(data):
+                continue
+            name, parsed = sse_event_name(event), _loads(data)
+            if parsed is None:
+                continue
+            usage = upstream.usage_of_event(name, parsed)
+            if usage:
+                self.call.record.add_usage(usage)
+            if self.collect:
+                self.pieces.append(upstream.text_of_event(name, parsed))
+            out.append(await self._emit(self.translator.feed(name, parsed)))
+        return b"".join(out)
+
+    async def _translated_end(self) -> bytes:
+        assert self.translator is not None
+        out = await self._emit(self.translator.end())
+        if not getattr(self.translator, "complete", True) and self.error is None:
+            self.error, self.status = translate.STREAM_CUT_OFF, 502
+        return out
+
+    async def _emit(self, events: list[tuple[str | None, Any]]) -> bytes:
+        """Translated events, framed in the client's API (through onStreamChunk scripts, if any)."""
+        out = []
+        for name, data in events:
+            if isinstance(data, bytes):  # a terminator such as chat's [DONE]
+                out.append(b"data: " + data + b"\n\n")
+            elif self.chunk_scripts:
+                out.append(await self._run_chunk_scripts(name, data))
+            else:
+                out.append(self.adapter.frame_event(name, data))
+        return b"".join(out)
 
     async def _run_chunk_scripts(self, name: str | None, parsed: Any) -> bytes:
         rt = self.call.rt

@@ -73,6 +73,7 @@ class RequestRecord:
     ttft_ms: float | None = None
     attempts: int = 0
     error: str | None = None
+    translated_to: str | None = None  # the upstream API path when the request was translated
     cached_tokens: int = 0
     cache_write_tokens: int = 0
     reasoning_tokens: int = 0

@@ -37,7 +37,7 @@ def sse_bytes(events: Iterable[t.Event]) -> bytes:
     for name, data in events:
         if name:
             out += b"event: " + name.encode() + b"\n"
-        out += b"data: " + orjson.dumps(data) + b"\n\n"
+        out += b"data: " + (data if isinstance(data, bytes) else orjson.dumps(data)) + b"\n\n"
     return out
 
 
@@ -447,6 +447,7 @@ def test_chat_stream_to_messages_without_usage_ends_at_end() -> None:
     events = run(translator, [chunk("a"), chunk(finish="length")], end=False)
     assert events[-1][0] == "content_block_stop"
     events += translator.end()
+    assert translator.complete
     message = anthropic_final(events)
     assert message.stop_reason == "max_tokens"
     assert message.usage.output_tokens == 0
@@ -459,7 +460,9 @@ def test_chat_stream_to_messages_stop_sequence() -> None:
 
 
 def test_chat_stream_cut_off_reaches_the_anthropic_client_as_an_error() -> None:
-    events = run(t.ChatToMessagesStream("m"), [chunk("Hel"), chunk("lo")])
+    translator = t.ChatToMessagesStream("m")
+    events = run(translator, [chunk("Hel"), chunk("lo")])
+    assert not translator.complete
     assert events[-1] == ("error", {"type": "error", "error": {"type": "api_error", "message": t.STREAM_CUT_OFF}})
     with pytest.raises(anthropic.APIStatusError, match="ended before the answer was complete"):
         anthropic_final(events)
@@ -701,8 +704,7 @@ def anthropic_stream_events() -> list[tuple[str, JSON]]:
 
 def openai_chat_final(events: list[t.Event]) -> Any:
     """What the openai SDK's chat stream helper rebuilds from the translated chunks."""
-    body = sse_bytes(events) + b"data: [DONE]\n\n"
-    client = openai_client(serve(body, headers=SSE))
+    client = openai_client(serve(sse_bytes(events), headers=SSE))
     with client.chat.completions.stream(model="m", messages=[], stream_options={"include_usage": True}) as stream:
         for _ in stream:
             pass
@@ -713,8 +715,10 @@ def test_messages_stream_to_chat_through_the_sdk() -> None:
     for name, data in anthropic_stream_events():
         if name != "ping":
             TypeAdapter(RawMessageStreamEvent).validate_python(data)
-    events = run(t.MessagesToChatStream("claude-x", include_usage=True), anthropic_stream_events())
-    assert events[-1][1]["choices"] == []
+    translator = t.MessagesToChatStream("claude-x", include_usage=True)
+    events = run(translator, anthropic_stream_events())
+    assert translator.complete
+    assert events[-2][1]["choices"] == [] and events[-1] == (None, b"[DONE]")
     completion = openai_chat_final(events)
     message = completion.choices[0].message
     assert message.content == "Checking."
@@ -725,20 +729,22 @@ def test_messages_stream_to_chat_through_the_sdk() -> None:
     assert (completion.usage.prompt_tokens, completion.usage.completion_tokens) == (28, 9)
     assert completion.usage.prompt_tokens_details.cached_tokens == 20
     reasoning = "".join(
-        str(data["choices"][0]["delta"].get("reasoning_content", "")) for _, data in events if data.get("choices")
+        str(data["choices"][0]["delta"].get("reasoning_content", "")) for _, data in events[:-1] if data.get("choices")
     )
     assert reasoning == "Paris."
 
 
 def test_messages_stream_to_chat_without_usage_unless_asked() -> None:
     events = run(t.MessagesToChatStream("m", include_usage=False), anthropic_stream_events())
-    assert all(data.get("choices") for _, data in events)
+    assert all(data.get("choices") for _, data in events[:-1]) and events[-1][1] == t.DONE
     assert "usage" not in str(events)
 
 
 def test_messages_stream_cut_off_reaches_the_chat_client_as_an_error() -> None:
-    events = run(t.MessagesToChatStream("m", include_usage=False), anthropic_stream_events()[:9])
+    translator = t.MessagesToChatStream("m", include_usage=False)
+    events = run(translator, anthropic_stream_events()[:9])
     assert events[-1][1]["error"]["message"] == t.STREAM_CUT_OFF
+    assert not translator.complete
     with pytest.raises(openai.APIError, match="ended before the answer was complete"):
         openai_chat_final(events)
 
@@ -954,6 +960,7 @@ def test_chat_stream_to_responses_text_and_function_calls() -> None:
         chunk(no_choices=True, usage=USAGE),
     ]
     events = run(translator, chunks, end=False)
+    assert translator.complete
     assert translator.end() == []
     names = [name for name, _ in events]
     assert names[:2] == ["response.created", "response.in_progress"]
@@ -1001,7 +1008,9 @@ def test_chat_stream_to_responses_length_is_incomplete() -> None:
 
 
 def test_chat_stream_cut_off_reaches_the_responses_client_as_failed() -> None:
-    events = run(t.ChatToResponsesStream({"model": "m"}), [chunk("abc")])
+    translator = t.ChatToResponsesStream({"model": "m"})
+    events = run(translator, [chunk("abc")])
+    assert not translator.complete
     assert events[-1][0] == "response.failed"
     failed = TypeAdapter(ResponseStreamEvent).validate_python(events[-1][1])
     assert failed.response.error.message == t.STREAM_CUT_OFF  # type: ignore[union-attr]
@@ -1089,7 +1098,7 @@ def test_translators_hold_one_exchange() -> None:
     to_messages = t.TRANSLATIONS[("chat", "messages")]()
     to_messages.request({"model": "c", "messages": [], "stream": True, "stream_options": {"include_usage": True}})
     stream = to_messages.stream()
-    assert run(stream, anthropic_stream_events())[-1][1]["usage"]["completion_tokens"] == 9
+    assert run(stream, anthropic_stream_events())[-2][1]["usage"]["completion_tokens"] == 9
 
 
 # --- which API a backend is asked in ------------------------------------------------------------

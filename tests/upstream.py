@@ -12,6 +12,7 @@ import json
 import socket
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,6 +34,19 @@ class Received:
 
 
 @dataclass
+class Scripted:
+    """A canned answer: a JSON body, or SSE events (data as JSON, or bytes as they are).
+
+    `abort` drops the connection after the events, as a crashing server would.
+    """
+
+    status: int = 200
+    body: Any = None
+    events: list[tuple[str | None, Any]] | None = None
+    abort: bool = False
+
+
+@dataclass
 class UpstreamServer:
     name: str = "upstream"
     models: list[str] = field(default_factory=lambda: ["test-model"])
@@ -43,6 +57,10 @@ class UpstreamServer:
     received: list[Received] = field(default_factory=list)
     streams_cancelled: int = 0
     port: int = 0
+    # Only these POST paths under /v1 are served (e.g. ("/chat/completions",)); the others answer 404.
+    apis: tuple[str, ...] | None = None
+    # (path under /v1, JSON body) -> a canned answer, or None for the usual one.
+    script: Callable[[str, Any], Scripted | None] | None = None
 
     def __post_init__(self) -> None:
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -75,7 +93,7 @@ class UpstreamServer:
         return self
 
     async def _start_app(self) -> None:
-        app = web.Application()
+        app = web.Application(middlewares=[self._scripted])
         app.router.add_get("/v1/models", self._models)
         app.router.add_post("/v1/chat/completions", self._chat)
         app.router.add_post("/v1/completions", self._completions)
@@ -97,6 +115,40 @@ class UpstreamServer:
             return [r for r in self.received if r.path == path]
 
     # --- handlers ---
+
+    @web.middleware
+    async def _scripted(self, request: web.Request, handler: Callable[..., Any]) -> web.StreamResponse:
+        path = request.path.removeprefix("/v1")
+        if request.method == "POST" and self.apis is not None and path not in self.apis:
+            await self._record(request)
+            return web.json_response(
+                {"error": {"message": f"{request.path} not found", "type": "not_found"}}, status=404
+            )
+        if request.method == "POST" and self.script is not None:
+            raw = await request.read()
+            reply = self.script(path, json.loads(raw) if raw else None)
+            if reply is not None:
+                await self._record(request)
+                return await self._scripted_reply(request, reply)
+        return await handler(request)
+
+    async def _scripted_reply(self, request: web.Request, reply: Scripted) -> web.StreamResponse:
+        if reply.events is None:
+            return web.json_response(reply.body, status=reply.status)
+        response = web.StreamResponse(status=reply.status, headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        for name, data in reply.events:
+            if self.stream_delay_s:
+                await asyncio.sleep(self.stream_delay_s)
+            head = f"event: {name}\n".encode() if name else b""
+            payload = data if isinstance(data, bytes) else json.dumps(data).encode()
+            await response.write(head + b"data: " + payload + b"\n\n")
+        if reply.abort:
+            assert request.transport is not None
+            request.transport.abort()
+            return response
+        await response.write_eof()
+        return response
 
     async def _record(self, request: web.Request) -> Received:
         raw = await request.read()

@@ -33,6 +33,7 @@ from typing import Any, Protocol
 
 from router.protocols.base import DROP, Adapter, Drop, Usage, parse_usage
 from router.protocols.openai import ChatCompletions, Completions, Embeddings
+from router.protocols.translate import TRANSLATIONS
 
 __all__ = [
     "ADAPTERS",
@@ -44,6 +45,7 @@ __all__ = [
     "Translator",
     "Usage",
     "adapter_for",
+    "adapter_named",
     "parse_usage",
     "translator_for",
 ]
@@ -58,6 +60,11 @@ ADAPTERS: dict[str, Adapter] = {
 
 def adapter_for(path: str) -> Adapter | None:
     return ADAPTERS.get(path)
+
+
+def adapter_named(name: str) -> Adapter | None:
+    """The adapter of the API called `name` (e.g. "chat"), or None."""
+    return next((adapter for adapter in ADAPTERS.values() if adapter.name == name), None)
 
 
 class StreamTranslator(Protocol):
@@ -77,9 +84,13 @@ class Translator(Protocol):
 
     def stream(self) -> StreamTranslator: ...
 
+    def error(self, status: int, body: bytes) -> Any:
+        """An upstream error body as the client's API shapes errors."""
+        ...
+
 
 # (client adapter name, upstream adapter name) -> a factory of a Translator.
-TRANSLATORS: dict[tuple[str, str], Callable[[], Translator]] = {}
+TRANSLATORS: dict[tuple[str, str], Callable[[], Translator]] = dict(TRANSLATIONS)
 
 
 def translator_for(client: Adapter, upstream: Adapter) -> Translator | None:

@@ -38,6 +38,8 @@ PREVIOUS_RESPONSE_UNSUPPORTED = (
     "router translates and keeps no response state. Send the full conversation in `input` (with store: false)."
 )
 STREAM_CUT_OFF = "The upstream stream ended before the answer was complete."
+# An event whose data is bytes is sent as they are: chat streams end with `data: [DONE]`.
+DONE = b"[DONE]"
 
 
 class TranslationError(ValueError):
@@ -53,6 +55,17 @@ TRANSLATABLE: dict[str, tuple[str, ...]] = {
     "responses": ("chat_completions",),
     "chat_completions": ("messages",),
 }
+
+
+# API names (above) -> the `name` of their adapter in router.protocols.
+ADAPTER_NAMES = {
+    "chat_completions": "chat",
+    "completions": "completions",
+    "embeddings": "embeddings",
+    "responses": "responses",
+    "messages": "messages",
+}
+API_NAMES = {adapter: api for api, adapter in ADAPTER_NAMES.items()}
 
 
 def upstream_api(client_api: str, backend_apis: Collection[str] | None) -> str | None:
@@ -570,6 +583,7 @@ class ChatToMessagesStream:
         self._tool_blocks: dict[int, int] = {}  # chat tool_calls index -> content block index
         self._finish: tuple[str, str | None] | None = None
         self._usage: JSON | None = None
+        self._complete = False
 
     def feed(self, event: str | None, data: Any) -> list[Event]:
         if self._done or not isinstance(data, dict):
@@ -592,6 +606,11 @@ class ChatToMessagesStream:
         if self._finish is None:
             return self._fail("api_error", STREAM_CUT_OFF)
         return self._message_end()
+
+    @property
+    def complete(self) -> bool:
+        """True once the answer ended as the protocol says (not cut off, no error)."""
+        return self._complete
 
     def _message_start(self, chunk: JSON) -> Event:
         self._started = True
@@ -669,7 +688,7 @@ class ChatToMessagesStream:
 
     def _message_end(self) -> list[Event]:
         assert self._finish is not None
-        self._done = True
+        self._done = self._complete = True
         stop_reason, stop_sequence = self._finish
         delta = {"stop_reason": stop_reason, "stop_sequence": stop_sequence}
         usage = chat_usage_to_messages(self._usage)
@@ -920,6 +939,12 @@ class MessagesToChatStream:
         self._done = False
         self._usage: JSON = {}
         self._tools: dict[int, int] = {}  # content block index -> tool_calls index
+        self._complete = False
+
+    @property
+    def complete(self) -> bool:
+        """True once the answer ended as the protocol says (not cut off, no error)."""
+        return self._complete
 
     def feed(self, event: str | None, data: Any) -> list[Event]:
         if self._done or not isinstance(data, dict):
@@ -983,11 +1008,12 @@ class MessagesToChatStream:
         return [self._chunk({}, stop_reason_to_finish(delta.get("stop_reason")))]
 
     def _on_message_stop(self, data: JSON) -> list[Event]:
-        self._done = True
-        if not self._include_usage:
-            return []
-        chunk = {"id": self._id, "object": "chat.completion.chunk", "created": self._created, "model": self._model}
-        return [(None, {**chunk, "choices": [], "usage": messages_usage_to_chat(self._usage)})]
+        self._done = self._complete = True
+        out: list[Event] = []
+        if self._include_usage:
+            chunk = {"id": self._id, "object": "chat.completion.chunk", "created": self._created, "model": self._model}
+            out.append((None, {**chunk, "choices": [], "usage": messages_usage_to_chat(self._usage)}))
+        return [*out, (None, DONE)]
 
     def _on_error(self, data: JSON) -> list[Event]:
         self._done = True
@@ -1300,8 +1326,9 @@ class ChatToResponsesStream:
         self._usage: JSON | None = None
 
     @property
-    def output(self) -> list[JSON]:
-        return list(self._response["output"])
+    def complete(self) -> bool:
+        """True once the answer ended as the protocol says (not cut off, no error)."""
+        return self._done and self._response["status"] != "failed"
 
     def feed(self, event: str | None, data: Any) -> list[Event]:
         if self._done or not isinstance(data, dict):
@@ -1446,6 +1473,8 @@ class ChatToResponsesStream:
 class MessagesViaChat:
     """A Messages client on a chat completions backend."""
 
+    headers: ClassVar[dict[str, str]] = {}
+
     def __init__(self) -> None:
         self._model = ""
 
@@ -1465,6 +1494,8 @@ class MessagesViaChat:
 
 class ResponsesViaChat:
     """A Responses client on a chat completions backend (stateless: no previous_response_id)."""
+
+    headers: ClassVar[dict[str, str]] = {}
 
     def __init__(self) -> None:
         self._request: JSON = {}
@@ -1495,6 +1526,9 @@ class ResponsesViaChat:
 class ChatViaMessages:
     """A chat completions client on a Messages backend."""
 
+    # Anthropic's API refuses a request without a version; an OpenAI client sends none.
+    headers: ClassVar[dict[str, str]] = {"anthropic-version": "2023-06-01"}
+
     def __init__(self) -> None:
         self._model = ""
         self._include_usage = False
@@ -1515,7 +1549,7 @@ class ChatViaMessages:
         return messages_error_to_chat(status, body)
 
 
-# (client API, upstream API) -> translator class.
+# (client adapter name, upstream adapter name) -> translator class.
 TRANSLATIONS: dict[tuple[str, str], type[MessagesViaChat | ResponsesViaChat | ChatViaMessages]] = {
     ("messages", "chat"): MessagesViaChat,
     ("responses", "chat"): ResponsesViaChat,
