@@ -10,10 +10,11 @@ import strawberry
 from strawberry.types import Info
 
 from graphql_schema.context import AdminContext, too_many_attempts
-from graphql_schema.errors import DISABLED_MESSAGE, FORBIDDEN, UNAUTHENTICATED, api_error, bad_input
+from graphql_schema.errors import DISABLED_MESSAGE, FORBIDDEN, NOT_FOUND, UNAUTHENTICATED, api_error, bad_input
 from graphql_schema.types import (
     AdminSession,
     Backend,
+    ConnectionTest,
     CreateBackendInput,
     CreatePermissionInput,
     CreateScriptInput,
@@ -108,6 +109,14 @@ class Mutation:
         user = await info.context.admin.update_user(id, **changes)
         return User.from_model(user)
 
+    @strawberry.mutation(description="Let the user's key work again (isActive true).")
+    async def activate_user(self, info: Ctx, id: strawberry.ID) -> User:
+        return User.from_model(await info.context.admin.update_user(id, is_active=True))
+
+    @strawberry.mutation(description="Lock the user's key out from the next request (isActive false); nothing deleted.")
+    async def deactivate_user(self, info: Ctx, id: strawberry.ID) -> User:
+        return User.from_model(await info.context.admin.update_user(id, is_active=False))
+
     @strawberry.mutation(description="Delete a user with its permissions and scripts; its request logs stay.")
     async def delete_user(self, info: Ctx, id: strawberry.ID) -> bool:
         await info.context.admin.delete_user(id)
@@ -130,6 +139,38 @@ class Mutation:
     async def update_backend(self, info: Ctx, id: strawberry.ID, input: UpdateBackendInput) -> Backend:
         backend = await info.context.admin.update_backend(id, **_backend_changes(input))
         return Backend.from_model(backend)
+
+    @strawberry.mutation(
+        description="Ask the backend for its /models now (within HEALTH_CHECK_TIMEOUT_S): reachability, latency, "
+        "models found. The result counts as a health check: a passing test marks a backend that failed its "
+        "checks healthy again."
+    )
+    async def test_backend_connection(self, info: Ctx, id: strawberry.ID) -> ConnectionTest:
+        model = await info.context.admin.get_backend(id)
+        runtime = info.context.runtime
+        entry = runtime.catalog.snapshot.backends_by_id.get(model.id)
+        if entry is None:  # created by another process a moment ago
+            entry = (await runtime.catalog.reload()).backends_by_id.get(model.id)
+        if entry is None:
+            raise api_error(NOT_FOUND, f"backend {id} does not exist")
+        test = await runtime.checker.test(entry)
+        return ConnectionTest(
+            backend=Backend.from_model(model),
+            ok=test.ok,
+            reachable=test.probe.status is not None,
+            status_code=test.probe.status,
+            latency_ms=test.probe.latency_ms,
+            models=list(test.probe.models or ()),
+            error=test.problem if test.problem else test.probe.error,
+        )
+
+    @strawberry.mutation(description="Let requests use this backend again (isActive true).")
+    async def activate_backend(self, info: Ctx, id: strawberry.ID) -> Backend:
+        return Backend.from_model(await info.context.admin.update_backend(id, is_active=True))
+
+    @strawberry.mutation(description="Stop routing requests to this backend (isActive false); nothing is deleted.")
+    async def deactivate_backend(self, info: Ctx, id: strawberry.ID) -> Backend:
+        return Backend.from_model(await info.context.admin.update_backend(id, is_active=False))
 
     @strawberry.mutation(description="Delete a backend with its permissions and scripts; its request logs stay.")
     async def delete_backend(self, info: Ctx, id: strawberry.ID) -> bool:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
-from datetime import datetime
+from datetime import UTC, datetime
 from enum import Enum
 from typing import Any
 
@@ -20,6 +20,7 @@ from router.models.core import Permission as PermissionModel
 from router.models.core import Script as ScriptModel
 from router.models.core import User as UserModel
 from router.protocols.translate import BACKEND_APIS
+from router.routing import CheckResult, HealthStatus
 from router.urls import redact_url
 
 # --- enums ---------------------------------------------------------------------------------------
@@ -137,6 +138,10 @@ class Backend:
     def healthy(self, info: Info[AdminContext, None]) -> bool:
         return info.context.runtime.health.is_healthy(int(self.id))
 
+    @strawberry.field(description="Why the backend is unhealthy and since when, and its latest active health check.")
+    def health(self, info: Info[AdminContext, None]) -> BackendHealth:
+        return BackendHealth.from_status(info.context.runtime.health.status(int(self.id)))
+
     @classmethod
     def from_model(cls, backend: BackendModel) -> Backend:
         return cls(
@@ -153,6 +158,59 @@ class Backend:
             created_at=backend.created_at,
             updated_at=backend.updated_at,
         )
+
+
+def _utc(timestamp: float | None) -> datetime | None:
+    return datetime.fromtimestamp(timestamp, UTC) if timestamp is not None else None
+
+
+@strawberry.type(description="One active health check: a GET of the backend's /models within HEALTH_CHECK_TIMEOUT_S.")
+class HealthCheck:
+    at: datetime = strawberry.field(description="When the check was made.")
+    ok: bool = strawberry.field(description="The backend answered in time, without a 5xx and without refusing its key.")
+    latency_ms: float = strawberry.field(description="Time to the whole answer (or to giving up), in milliseconds.")
+    error: str | None = strawberry.field(description="What went wrong, in words; null when ok.")
+
+    @classmethod
+    def from_result(cls, result: CheckResult) -> HealthCheck:
+        at = datetime.fromtimestamp(result.at, UTC)
+        return cls(at=at, ok=result.ok, latency_ms=result.latency_ms, error=result.error)
+
+
+@strawberry.type(description="A backend's health as this router process sees it (shared across processes with Redis).")
+class BackendHealth:
+    healthy: bool = strawberry.field(description="False while requests avoid this backend.")
+    reason: str | None = strawberry.field(
+        description="Why it is unhealthy: the failed health check or the last failed request. Null when healthy."
+    )
+    since: datetime | None = strawberry.field(description="When it became unhealthy. Null when healthy.")
+    retry_at: datetime | None = strawberry.field(
+        description="End of the current cooldown: when requests may be tried on it again. Null when healthy."
+    )
+    last_check: HealthCheck | None = strawberry.field(
+        description="The latest active health check (null before the first, or with HEALTH_CHECK_INTERVAL_S=0)."
+    )
+
+    @classmethod
+    def from_status(cls, status: HealthStatus) -> BackendHealth:
+        return cls(
+            healthy=status.healthy,
+            reason=status.reason,
+            since=_utc(status.since),
+            retry_at=_utc(status.retry_at),
+            last_check=HealthCheck.from_result(status.last_check) if status.last_check else None,
+        )
+
+
+@strawberry.type(description="The result of testConnection: what one GET of the backend's /models found, just now.")
+class ConnectionTest:
+    backend: Backend = strawberry.field(description="The backend, with its health after this test.")
+    ok: bool = strawberry.field(description="Usable: reachable, no 5xx, key accepted. It counts as a health check.")
+    reachable: bool = strawberry.field(description="The backend answered at all (any HTTP status).")
+    status_code: int | None = strawberry.field(description="HTTP status of /models; null when there was no answer.")
+    latency_ms: float = strawberry.field(description="Time to the whole answer (or to giving up), in milliseconds.")
+    models: list[str] = strawberry.field(description="The model ids the backend's /models listed (before filters).")
+    error: str | None = strawberry.field(description="What went wrong, in words; null when ok.")
 
 
 @strawberry.type

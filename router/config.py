@@ -52,6 +52,8 @@ class Settings:
     max_attempts: int = 3
     health_failure_threshold: int = 3
     health_cooldown_s: float = 30.0
+    health_check_interval_s: float = 10.0  # 0 = no active checks (passive health only)
+    health_check_timeout_s: float = 5.0
     model_refresh_interval_s: float = 60.0
     catalog_poll_interval_s: float = 2.0
 
@@ -118,6 +120,8 @@ _ENV: dict[str, tuple[str, Any]] = {
     "MAX_ATTEMPTS": ("max_attempts", int),
     "HEALTH_FAILURE_THRESHOLD": ("health_failure_threshold", int),
     "HEALTH_COOLDOWN_S": ("health_cooldown_s", float),
+    "HEALTH_CHECK_INTERVAL_S": ("health_check_interval_s", float),
+    "HEALTH_CHECK_TIMEOUT_S": ("health_check_timeout_s", float),
     "MODEL_REFRESH_INTERVAL_S": ("model_refresh_interval_s", float),
     "CATALOG_POLL_INTERVAL_S": ("catalog_poll_interval_s", float),
     "LOG_BATCH_SIZE": ("log_batch_size", int),

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
+from dataclasses import dataclass
 
 import orjson
 
@@ -20,6 +22,45 @@ def parse_model_list(body: bytes) -> list[str]:
     if not isinstance(items, list):
         raise ValueError("no 'data' list in /models response")
     return [item["id"] for item in items if isinstance(item, dict) and isinstance(item.get("id"), str)]
+
+
+@dataclass(frozen=True)
+class Probe:
+    """What one `GET {base_url}/models` found: the status (None: no answer), time taken, models."""
+
+    status: int | None
+    latency_ms: float
+    models: tuple[str, ...] | None = None  # None unless a 200 with a readable list
+    error: str | None = None  # why there is no list, in words
+
+
+async def probe_models(client: UpstreamClient, backend: BackendEntry, timeout_s: float) -> Probe:
+    """Ask a backend for its models, with its own key, within `timeout_s`. Never raises."""
+    headers = {"Accept": "application/json"}
+    if backend.api_key:
+        headers["Authorization"] = f"Bearer {backend.api_key}"
+    started = time.perf_counter()
+    status: int | None = None
+
+    def elapsed() -> float:
+        return round((time.perf_counter() - started) * 1000, 1)
+
+    try:
+        async with asyncio.timeout(timeout_s):
+            response = await client.send("GET", f"{backend.base_url}/models", headers, None, False)
+            status = response.status
+            body = await response.read()
+    except TimeoutError:
+        return Probe(status, elapsed(), error=f"no answer within {timeout_s:g} s")
+    except UpstreamError as exc:
+        return Probe(status, elapsed(), error=str(exc))
+    latency = elapsed()
+    if status != 200:
+        return Probe(status, latency, error=f"HTTP {status} from {backend.base_url}/models")
+    try:
+        return Probe(status, latency, tuple(parse_model_list(body)))
+    except (ValueError, KeyError, TypeError, orjson.JSONDecodeError) as exc:
+        return Probe(status, latency, error=f"unreadable /models answer: {exc}")
 
 
 class ModelDirectory:
@@ -72,28 +113,23 @@ class ModelDirectory:
 
     async def refresh_backend(self, backend: BackendEntry) -> bool:
         """Fetch one backend's `/models`; keep the last good list on failure."""
-        headers = {"Accept": "application/json"}
-        if backend.api_key:
-            headers["Authorization"] = f"Bearer {backend.api_key}"
-        try:
-            async with asyncio.timeout(self._fetch_timeout_s):
-                response = await self._client.send("GET", f"{backend.base_url}/models", headers, None, False)
-                body = await response.read()
-            if response.status != 200:
-                raise ValueError(f"HTTP {response.status}")
-            models = tuple(parse_model_list(body))
-        except (UpstreamError, TimeoutError, ValueError, KeyError, orjson.JSONDecodeError) as exc:
-            error = str(exc) or exc.__class__.__name__
+        probe = await probe_models(self._client, backend, self._fetch_timeout_s)
+        if probe.models is None:
+            error = probe.error or "no model list"
             if self._failing.get(backend.id) != error:
                 self._failing[backend.id] = error
                 log.warning("could not list models of backend %s: %s", backend.name, error)
             return False
+        self.accept(backend, probe.models)
+        return True
+
+    def accept(self, backend: BackendEntry, models: tuple[str, ...]) -> None:
+        """Use a freshly fetched upstream list (from a refresh or an active health check)."""
         if self._failing.pop(backend.id, None) is not None:
             log.info("backend %s lists its models again (%d)", backend.name, len(models))
         if self._upstream.get(backend.id) != models:
             self._upstream[backend.id] = models
             self._rebuild()
-        return True
 
     async def refresh_all(self) -> None:
         backends = [b for b in self._snapshot.backends_by_id.values() if b.asks_upstream_for_models and b.is_active]

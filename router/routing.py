@@ -70,17 +70,48 @@ def order_least_busy(backends: Sequence[BackendEntry], in_flight: Callable[[int]
 
 @dataclass
 class _Health:
-    failures: int = 0
-    down_until: float = 0.0
+    failures: int = 0  # consecutive failed requests
+    check_failures: int = 0  # consecutive failed active checks
+    down_until: float = 0.0  # monotonic; 0 = healthy
     probing: bool = False
+    reason: str | None = None  # why it is down, in words
+    since: float | None = None  # wall clock: when it went down
+    by_check: bool = False  # the latest failure was an active check (so a passing check clears it at once)
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    """One active health check of a backend (or a connection test)."""
+
+    at: float  # wall clock
+    ok: bool
+    latency_ms: float
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class HealthStatus:
+    """What the admin API shows about a backend's health. Times are wall-clock seconds."""
+
+    healthy: bool
+    reason: str | None = None
+    since: float | None = None
+    retry_at: float | None = None  # end of the cooldown: when requests may go there again
+    last_check: CheckResult | None = None
+
+
+CHECK_FAILURES_TO_DOWN = 2  # consecutive failed active checks that mark a backend down
 
 
 @dataclass
 class HealthTracker:
-    """Marks a backend down after `threshold` consecutive failures, for `cooldown_s`.
+    """Marks a backend down after `threshold` consecutive failed requests, or after
+    `CHECK_FAILURES_TO_DOWN` failed active checks, for `cooldown_s`.
 
     After the cooldown one request is let through as a probe: success marks it healthy again,
-    failure starts a new cooldown.
+    failure starts a new cooldown. A passing active check marks it healthy at once if the
+    latest failure was a check, else once the cooldown is over (requests failing on a backend
+    whose /models still answers must not flap back every check).
     """
 
     threshold: int = 3
@@ -89,7 +120,9 @@ class HealthTracker:
     # Told when this process marks a backend down (backend_id, cooldown_s) or up again (backend_id, 0.0):
     # `router.shared` tells the other processes. Never raises into the request path.
     on_change: Callable[[int, float], None] | None = None
+    wall: Callable[[], float] = time.time
     _state: dict[int, _Health] = field(default_factory=dict)
+    _checks: dict[int, CheckResult] = field(default_factory=dict)
 
     def is_available(self, backend_id: int) -> bool:
         state = self._state.get(backend_id)
@@ -104,39 +137,99 @@ class HealthTracker:
         state = self._state.get(backend_id)
         return state is None or state.down_until == 0.0
 
+    def status(self, backend_id: int) -> HealthStatus:
+        state = self._state.get(backend_id)
+        check = self._checks.get(backend_id)
+        if state is None or state.down_until == 0.0:
+            return HealthStatus(True, last_check=check)
+        retry_at = self.wall() + max(0.0, state.down_until - self.clock())
+        return HealthStatus(False, state.reason, state.since, retry_at, check)
+
     def record_success(self, backend_id: int) -> None:
         state = self._state.get(backend_id)
-        if state is not None and (state.failures or state.down_until):
+        if state is not None and (state.failures or state.down_until or state.check_failures):
             self._state[backend_id] = _Health()
             if state.down_until:
                 self._notify(backend_id, 0.0)
 
-    def record_failure(self, backend_id: int) -> bool:
-        """Count a failure; True when this marks the backend down."""
+    def record_failure(self, backend_id: int, reason: str | None = None) -> bool:
+        """Count a failed request; True when this marks the backend down."""
         state = self._state.setdefault(backend_id, _Health())
         state.failures += 1
         state.probing = False
         if state.failures >= self.threshold or state.down_until:
-            state.down_until = self.clock() + self.cooldown_s
-            self._notify(backend_id, self.cooldown_s)
+            what = reason or "request failed"
+            self._mark_down(backend_id, state, f"{state.failures} requests in a row failed; last: {what}", False)
             return True
         return False
+
+    def record_check(self, backend_id: int, result: CheckResult) -> bool | None:
+        """Apply an active check; True when it marks the backend down, False when up again, else None."""
+        self._checks[backend_id] = result
+        state = self._state.setdefault(backend_id, _Health())
+        if result.ok:
+            state.check_failures = 0
+            if state.down_until and (state.by_check or self.clock() >= state.down_until):
+                self.record_success(backend_id)
+                return False
+            return None
+        state.check_failures += 1
+        if state.check_failures >= CHECK_FAILURES_TO_DOWN or state.down_until:
+            was_down = bool(state.down_until)
+            self._mark_down(backend_id, state, f"health check failed: {result.error}", True)
+            return None if was_down else True
+        return None
+
+    def note_check(self, backend_id: int, result: CheckResult) -> None:
+        """Keep a check made by another process (its up/down decision arrives separately)."""
+        self._checks[backend_id] = result
+
+    def _mark_down(self, backend_id: int, state: _Health, reason: str, by_check: bool) -> None:
+        if not state.down_until:
+            state.since = self.wall()
+        state.down_until = self.clock() + self.cooldown_s
+        state.reason = reason
+        state.by_check = by_check
+        self._notify(backend_id, self.cooldown_s)
 
     def _notify(self, backend_id: int, cooldown_s: float) -> None:
         if self.on_change is not None:
             with contextlib.suppress(Exception):  # sharing is best effort; the local state is already right
                 self.on_change(backend_id, cooldown_s)
 
-    def mark_down(self, backend_id: int, until_monotonic: float) -> None:
+    def mark_down(
+        self,
+        backend_id: int,
+        until_monotonic: float,
+        reason: str | None = None,
+        since: float | None = None,
+        by_check: bool = False,
+    ) -> None:
         """Apply a 'down' learnt from another process."""
         state = self._state.setdefault(backend_id, _Health())
+        if not state.down_until:
+            state.since = since or self.wall()
         state.failures = max(state.failures, self.threshold)
         state.down_until = max(state.down_until, until_monotonic)
         state.probing = False
+        state.reason = reason or state.reason or "marked down by another router process"
+        state.by_check = by_check
+
+    def down_details(self, backend_id: int) -> tuple[str | None, float | None, bool]:
+        """(reason, since, by_check) of a backend that is down, for sharing with other processes."""
+        state = self._state.get(backend_id)
+        return (state.reason, state.since, state.by_check) if state else (None, None, False)
 
     def mark_up(self, backend_id: int) -> None:
         """Apply an 'up again' learnt from another process (its probe succeeded)."""
         self._state.pop(backend_id, None)
+
+    def forget(self, keep: Iterable[int]) -> None:
+        """Drop the state of backends that no longer exist."""
+        keep = set(keep)
+        for table in (self._state, self._checks):
+            for backend_id in [b for b in table if b not in keep]:
+                del table[backend_id]
 
 
 class InFlight:

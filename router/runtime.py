@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 from router.catalog import BackendEntry, Catalog, UserEntry
 from router.config import Settings
 from router.crypto import SecretBox
+from router.health import HealthChecker
 from router.metrics import Metrics
 from router.model_lists import ModelDirectory
 from router.routing import HealthTracker, InFlight, WeightedRoundRobin, order_least_busy
@@ -75,6 +76,15 @@ class Runtime:
             from router.shared import SharedState
 
             self.shared = SharedState(settings, self.catalog, self.health, self.in_flight, self.bus, self.writer)
+        self.checker = HealthChecker(
+            self.catalog,
+            self.models,
+            self.health,
+            self.upstream,
+            settings.health_check_timeout_s,
+            lead=self.shared.lead_health_round if self.shared is not None else None,
+            share=self.shared.share_checks if self.shared is not None else None,
+        )
 
     # --- lifecycle ---
 
@@ -93,6 +103,9 @@ class Runtime:
         ]
         if self.metrics.multiprocess:
             self._tasks.append(loop.create_task(self.metrics.refresh_forever()))
+        if self.settings.health_check_interval_s > 0:
+            interval = self.settings.health_check_interval_s
+            self._tasks.append(loop.create_task(self.checker.run_forever(interval), name="health-checks"))
         if self.shared is not None:
             await self.shared.start()
 
@@ -129,9 +142,14 @@ class Runtime:
         if backend is not None:
             self.in_flight.leave(backend.id)
 
-    def record_failure(self, backend: BackendEntry | None) -> None:
-        if backend is not None and self.health.record_failure(backend.id):
-            log.warning("backend %s marked unhealthy for %.0f s", backend.name, self.settings.health_cooldown_s)
+    def record_failure(self, backend: BackendEntry | None, reason: str | None = None) -> None:
+        if backend is not None and self.health.record_failure(backend.id, reason):
+            log.warning(
+                "backend %s marked unhealthy for %.0f s: %s",
+                backend.name,
+                self.settings.health_cooldown_s,
+                self.health.status(backend.id).reason,
+            )
 
     def record_success(self, backend: BackendEntry | None) -> None:
         if backend is not None:

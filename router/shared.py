@@ -10,8 +10,11 @@ What goes through Redis, all under `REDIS_PREFIX` (one prefix per router cluster
   JSON. A process hands its own rows to its local event bus directly and the rows of the others
   as they arrive here (its own are skipped), so a `requestLogged` subscriber on any process sees
   every request of every process exactly once.
-- `<prefix>:health` (pub/sub): "backend B is down until T" / "backend B is up again"; the others
-  apply it with `HealthTracker.mark_down` / `mark_up`.
+- `<prefix>:health` (pub/sub): "backend B is down until T, since S, because R" / "backend B is up
+  again"; the others apply it with `HealthTracker.mark_down` / `mark_up`. Also the results of each
+  active health-check round, from the one process that made it (`HealthTracker.note_check`).
+- `<prefix>:health-check` (key with an expiry): the lock of the current health-check round, so
+  one process checks the backends per round, not every process (`lead_health_round`).
 - `<prefix>:inflight` (hash, field per process): this process's in-flight counts per backend,
   written about once a second; the sum of the others' fresh entries becomes `InFlight.remote`,
   which least-busy routing adds to the live local count. No Redis call per request.
@@ -39,7 +42,7 @@ import orjson
 
 from router.catalog import Catalog
 from router.config import Settings
-from router.routing import HealthTracker, InFlight
+from router.routing import CheckResult, HealthTracker, InFlight
 from router.usage import EventBus, LogWriter, RequestRecord
 
 log = logging.getLogger("router.shared")
@@ -102,6 +105,7 @@ class SharedState:
         self.requests_channel = f"{prefix}:requests"
         self.health_channel = f"{prefix}:health"
         self.in_flight_key = f"{prefix}:inflight"
+        self.health_lock_key = f"{prefix}:health-check"
         self.share_in_flight = settings.routing_strategy == "least_busy"
         # Fail fast (one immediate retry for a connection that died with the server), back off in the loops.
         self._redis = aioredis.Redis.from_url(
@@ -173,7 +177,30 @@ class SharedState:
 
     def _health_changed(self, backend_id: int, cooldown_s: float) -> None:
         until = time.time() + cooldown_s if cooldown_s > 0 else 0.0
-        self._send(self.health_channel, {"b": backend_id, "until": until})
+        message: dict[str, Any] = {"b": backend_id, "until": until}
+        if until:
+            message["why"], message["since"], message["chk"] = self.health.down_details(backend_id)
+        self._send(self.health_channel, message)
+
+    def share_checks(self, results: dict[int, CheckResult]) -> None:
+        """The results of a health-check round this process made, for the others' admin API."""
+        checks = {str(b): [r.at, r.ok, r.latency_ms, r.error] for b, r in results.items()}
+        self._send(self.health_channel, {"checks": checks})
+
+    async def lead_health_round(self) -> bool:
+        """Whether this process does this health-check round: the first to take the round's lock.
+
+        The lock expires before the next round, so a process that stops is replaced at once.
+        Without Redis every process checks for itself.
+        """
+        ttl_ms = max(100, int(self.settings.health_check_interval_s * 900))
+        try:
+            taken = await self._redis.set(self.health_lock_key, self._node, nx=True, px=ttl_ms)
+        except Exception as exc:
+            self._down(exc)
+            return True
+        self._up()
+        return bool(taken)
 
     def _records_written(self, batch: list[RequestRecord]) -> None:
         self.bus.publish(batch)  # this process's subscribers get its own rows directly, once
@@ -194,11 +221,22 @@ class SharedState:
             if message.get("rev") != self.catalog.snapshot.revision:
                 self._reload_wanted.set()
         elif name == self.health_channel:
+            if "checks" in message:
+                for backend_id, (at, ok, latency_ms, error) in message["checks"].items():
+                    self.health.note_check(int(backend_id), CheckResult(float(at), bool(ok), float(latency_ms), error))
+                return
             backend_id, until = int(message["b"]), float(message["until"])
             if until <= 0:
                 self.health.mark_up(backend_id)
             elif (remaining := until - time.time()) > 0:
-                self.health.mark_down(backend_id, time.monotonic() + remaining)
+                since = message.get("since")
+                self.health.mark_down(
+                    backend_id,
+                    time.monotonic() + remaining,
+                    message.get("why"),
+                    float(since) if since else None,
+                    bool(message.get("chk")),
+                )
 
     # --- background loops ---
 

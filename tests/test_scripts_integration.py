@@ -150,11 +150,11 @@ async function onRequest(context) {
 }""",
         user_id=user_id,
     )
-    before = len(echo_upstream.received)
+    before = len(echo_upstream.requests_to("/v1/chat/completions"))
     response = chat(router, key)
     assert response.status_code == 403 and response.headers["x-policy"] == "no-secrets"
     assert response.json()["error"]["message"] == "blocked by policy"
-    assert len(echo_upstream.received) == before  # the upstream was never asked
+    assert len(echo_upstream.requests_to("/v1/chat/completions")) == before  # the upstream was never asked
     request_id = response.headers["x-request-id"]
     rows = [r for r in router.wait_for_logs(1) if r["request_id"] == request_id]
     deadline = time.monotonic() + 10
