@@ -11,6 +11,7 @@ import orjson
 
 from router.catalog import BackendEntry, Snapshot, resolve_models
 from router.upstream import UpstreamClient, UpstreamError
+from router.urls import redact_text, redact_url
 
 log = logging.getLogger("router.models")
 
@@ -53,10 +54,10 @@ async def probe_models(client: UpstreamClient, backend: BackendEntry, timeout_s:
     except TimeoutError:
         return Probe(status, elapsed(), error=f"no answer within {timeout_s:g} s")
     except UpstreamError as exc:
-        return Probe(status, elapsed(), error=str(exc))
+        return Probe(status, elapsed(), error=redact_text(str(exc)))
     latency = elapsed()
     if status != 200:
-        return Probe(status, latency, error=f"HTTP {status} from {backend.base_url}/models")
+        return Probe(status, latency, error=f"HTTP {status} from {redact_url(backend.base_url)}/models")
     try:
         return Probe(status, latency, tuple(parse_model_list(body)))
     except (ValueError, KeyError, TypeError, orjson.JSONDecodeError) as exc:

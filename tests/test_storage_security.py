@@ -204,7 +204,7 @@ def test_metric_series_stay_bounded_beyond_the_cap(monkeypatch: pytest.MonkeyPat
 # --- secrets: redaction, file modes, encryption at rest (item 14) -------------------------------
 
 
-async def test_userinfo_in_backend_urls_is_never_shown(tmp_path: Path, upstream) -> None:
+async def test_userinfo_in_backend_urls_is_never_shown(tmp_path: Path, upstream, upstream_factory) -> None:
     secret_url = upstream.base_url.replace("http://", "http://someone:pa55word@")
     async with in_process(tmp_path, {"alpha": {"url": secret_url}}, {"PROXY_ALLOWLIST": upstream.base_url}) as router:
         with text_log() as log_text:
@@ -232,6 +232,13 @@ async def test_userinfo_in_backend_urls_is_never_shown(tmp_path: Path, upstream)
                 'mutation { createBackend(input: {name: "b", baseUrl: "ftp://x:pa55word@h"}) { id } }'
             )
             assert "pa55word" not in str(result) and result["errors"]
+            failing = upstream_factory(name="failing", fail_status=503)
+            url = failing.base_url.replace("http://", "http://someone:pa55word@")
+            create = 'mutation($u: String!) { createBackend(input: {name: "f", baseUrl: $u}) { id } }'
+            created = (await router.gql(create, {"u": url}))["data"]["createBackend"]
+            test = "mutation($id: ID!) { testBackendConnection(id: $id) { ok error } }"
+            tested = (await router.gql(test, {"id": created["id"]}))["data"]["testBackendConnection"]
+            assert tested["ok"] is False and "503" in tested["error"] and "pa55word" not in tested["error"]
             await router.runtime.writer.flush()
         stored = await Backend.get(name="alpha")
         assert stored.base_url == secret_url
