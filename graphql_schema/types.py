@@ -315,6 +315,17 @@ class RequestLog:
     prompt_tokens: int
     completion_tokens: int
     total_tokens: int
+    cached_tokens: int = strawberry.field(
+        description="Prompt tokens served from the upstream's prompt cache (OpenAI cached_tokens, "
+        "Anthropic cache_read_input_tokens)."
+    )
+    cache_write_tokens: int = strawberry.field(
+        description="Prompt tokens written to the upstream's prompt cache (Anthropic cache_creation_input_tokens)."
+    )
+    reasoning_tokens: int = strawberry.field(
+        description="Completion tokens spent on reasoning (completion_tokens_details.reasoning_tokens, "
+        "output_tokens_details.reasoning_tokens)."
+    )
     latency_ms: float
     time_to_first_token_ms: float | None
     error: str | None
@@ -338,6 +349,9 @@ class RequestLog:
             prompt_tokens=row.prompt_tokens or 0,
             completion_tokens=row.completion_tokens or 0,
             total_tokens=row.total_tokens or 0,
+            cached_tokens=row.cached_tokens or 0,
+            cache_write_tokens=row.cache_write_tokens or 0,
+            reasoning_tokens=row.reasoning_tokens or 0,
             latency_ms=float(row.latency_ms or 0.0),
             time_to_first_token_ms=row.ttft_ms,
             error=row.error,
@@ -384,6 +398,8 @@ class UsageRow:
     prompt_tokens: int
     completion_tokens: int
     total_tokens: int
+    cached_tokens: int
+    reasoning_tokens: int
     avg_latency_ms: float | None
 
     @classmethod
@@ -400,6 +416,8 @@ class UsageRow:
             prompt_tokens=row.prompt_tokens,
             completion_tokens=row.completion_tokens,
             total_tokens=row.total_tokens,
+            cached_tokens=row.cached_tokens,
+            reasoning_tokens=row.reasoning_tokens,
             avg_latency_ms=row.avg_latency_ms,
         )
 

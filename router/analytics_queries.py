@@ -173,6 +173,8 @@ class UsageRow:
     prompt_tokens: int
     completion_tokens: int
     total_tokens: int
+    cached_tokens: int
+    reasoning_tokens: int
     avg_latency_ms: float | None
 
 
@@ -214,6 +216,8 @@ async def usage(flt: LogFilter, group_by: Sequence[str] = (), bucket: str | None
         "SUM(prompt_tokens) AS prompt_tokens",
         "SUM(completion_tokens) AS completion_tokens",
         "SUM(total_tokens) AS total_tokens",
+        "SUM(cached_tokens) AS cached_tokens",
+        "SUM(reasoning_tokens) AS reasoning_tokens",
         "AVG(latency_ms) AS avg_latency_ms",
     ]
     where = sql.where(flt)
@@ -235,6 +239,8 @@ async def usage(flt: LogFilter, group_by: Sequence[str] = (), bucket: str | None
             prompt_tokens=int(row["prompt_tokens"] or 0),
             completion_tokens=int(row["completion_tokens"] or 0),
             total_tokens=int(row["total_tokens"] or 0),
+            cached_tokens=int(row["cached_tokens"] or 0),
+            reasoning_tokens=int(row["reasoning_tokens"] or 0),
             avg_latency_ms=float(row["avg_latency_ms"]) if row["avg_latency_ms"] is not None else None,
         )
         for row in rows

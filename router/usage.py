@@ -77,6 +77,7 @@ class RequestRecord:
     cached_tokens: int = 0
     cache_write_tokens: int = 0
     reasoning_tokens: int = 0
+    response_id: str | None = None
     id: int = 0
     created_at: datetime | None = None
     # Not stored in the request log; for tracing only.
@@ -143,6 +144,10 @@ class RequestRecord:
             self.prompt_tokens,
             self.completion_tokens,
             self.total_tokens,
+            self.cached_tokens,
+            self.cache_write_tokens,
+            self.reasoning_tokens,
+            self.response_id,
             self.latency_ms,
             self.ttft_ms,
             self.attempts,
@@ -165,6 +170,10 @@ LOG_COLUMNS = (
     "prompt_tokens",
     "completion_tokens",
     "total_tokens",
+    "cached_tokens",
+    "cache_write_tokens",
+    "reasoning_tokens",
+    "response_id",
     "latency_ms",
     "ttft_ms",
     "attempts",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import httpx
+import openai
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -74,3 +75,41 @@ def test_chat_adapter_asks_for_stream_usage_and_frames_events():
     assert chat.text_of_event(None, {"choices": [{"delta": {"content": "hi"}}]}) == "hi"
     assert ADAPTERS["/v1/completions"].text_of_event(None, {"choices": [{"text": "yo"}]}) == "yo"
     assert not ADAPTERS["/v1/embeddings"].is_stream({"stream": True})
+
+
+# --- usage details ------------------------------------------------------------------------------
+
+
+def test_usage_details_reach_the_request_log_and_graphql(router_factory, upstream_factory, tmp_path):
+    detailed = upstream_factory(name="detailed", models=["m"], cached_tokens=5, reasoning_tokens=2)
+    silent = upstream_factory(name="silent", models=["quiet"], stream_usage=False)
+    config = write_config(
+        tmp_path / "c.yaml", {"detailed": {"url": detailed.base_url}, "silent": {"url": silent.base_url}}
+    )
+    router = router_factory(config=config)
+    client = openai.OpenAI(base_url=router.v1, api_key=router.add_user("alice"), max_retries=0)
+
+    plain = client.chat.completions.create(model="m", messages=MESSAGES)
+    assert plain.usage.prompt_tokens_details.cached_tokens == 5
+    chunks = list(client.chat.completions.create(model="m", messages=MESSAGES, stream=True))
+    assert all(c.usage is None for c in chunks)
+    list(client.chat.completions.create(model="quiet", messages=MESSAGES, stream=True))
+
+    rows = router.wait_for_logs(3)
+    detailed_rows = [r for r in rows if r["backend_name"] == "detailed"]
+    assert [(r["cached_tokens"], r["reasoning_tokens"], r["cache_write_tokens"]) for r in detailed_rows] == [
+        (5, 2, 0),
+        (5, 2, 0),
+    ]
+    quiet = next(r for r in rows if r["backend_name"] == "silent")
+    # No usage from the upstream: zeros, never a guess.
+    assert (quiet["prompt_tokens"], quiet["completion_tokens"], quiet["cached_tokens"]) == (0, 0, 0)
+
+    data = router.gql_ok(
+        "{ requestLogs(first: 10) { items { backendName cachedTokens cacheWriteTokens reasoningTokens } }"
+        " usage(groupBy: [BACKEND]) { backendName cachedTokens reasoningTokens } }"
+    )
+    logged = sorted((i["backendName"], i["cachedTokens"], i["reasoningTokens"]) for i in data["requestLogs"]["items"])
+    assert logged == [("detailed", 5, 2), ("detailed", 5, 2), ("silent", 0, 0)]
+    sums = {u["backendName"]: (u["cachedTokens"], u["reasoningTokens"]) for u in data["usage"]}
+    assert sums == {"detailed": (10, 4), "silent": (0, 0)}

@@ -54,6 +54,10 @@ class UpstreamServer:
     stream_chunks: int = 3
     stream_delay_s: float = 0.0
     required_key: str | None = None
+    # Usage details as vLLM reports them (prompt_tokens_details / completion_tokens_details) when non-zero.
+    cached_tokens: int = 0
+    reasoning_tokens: int = 0
+    stream_usage: bool = True  # False: never send usage in streams, even when asked
     received: list[Received] = field(default_factory=list)
     streams_cancelled: int = 0
     port: int = 0
@@ -179,10 +183,19 @@ class UpstreamServer:
             {"object": "list", "data": [{"id": m, "object": "model", "owned_by": self.name} for m in self.models]}
         )
 
-    def _usage(self, body: dict) -> dict[str, int]:
+    def _usage(self, body: dict) -> dict[str, Any]:
         prompt = len(json.dumps(body.get("messages") or body.get("prompt") or body.get("input")).split())
         completion = self.stream_chunks
-        return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+        usage: dict[str, Any] = {
+            "prompt_tokens": prompt,
+            "completion_tokens": completion,
+            "total_tokens": prompt + completion,
+        }
+        if self.cached_tokens:
+            usage["prompt_tokens_details"] = {"cached_tokens": self.cached_tokens}
+        if self.reasoning_tokens:
+            usage["completion_tokens_details"] = {"reasoning_tokens": self.reasoning_tokens}
+        return usage
 
     async def _chat(self, request: web.Request) -> web.StreamResponse:
         received = await self._record(request)
@@ -270,7 +283,7 @@ class UpstreamServer:
                     "choices": [choice],
                 }
                 await response.write(b"data: " + json.dumps(chunk).encode() + b"\n\n")
-            if (body.get("stream_options") or {}).get("include_usage"):
+            if self.stream_usage and (body.get("stream_options") or {}).get("include_usage"):
                 usage_chunk = {
                     "id": "chunk",
                     "object": "chat.completion.chunk",

@@ -22,6 +22,11 @@ class RequestLog(Model):
     prompt_tokens = fields.IntField(default=0)
     completion_tokens = fields.IntField(default=0)
     total_tokens = fields.IntField(default=0)
+    cached_tokens = fields.IntField(default=0)
+    cache_write_tokens = fields.IntField(default=0)
+    reasoning_tokens = fields.IntField(default=0)
+    # The Responses API's response id: which backend (and user) a stored response belongs to.
+    response_id = fields.CharField(max_length=128, null=True, db_index=True)
     latency_ms = fields.FloatField(default=0.0)
     ttft_ms = fields.FloatField(null=True)
     attempts = fields.IntField(default=1)
