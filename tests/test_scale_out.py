@@ -439,6 +439,12 @@ def migration_rows(router: RouterProcess) -> list[tuple[str, str]]:
     return sorted(rows)
 
 
+def all_migrations() -> list[tuple[str, str]]:
+    """Every committed migration as (app, name): what a fresh database ends up with."""
+    root = Path(__file__).resolve().parents[1] / "router" / "migrations"
+    return sorted((app, p.stem) for app in ("core", "analytics") for p in (root / app).glob("0*.py"))
+
+
 @pytest.mark.parametrize("database", ["sqlite", "postgres"])
 def test_workers_2_start_together_and_serve(tmp_path, upstream, database, request):
     env: dict[str, str] = {"LOG_FLUSH_INTERVAL_S": "0.05"}
@@ -455,7 +461,7 @@ def test_workers_2_start_together_and_serve(tmp_path, upstream, database, reques
         while router.log().count("llm-router ready") < 2:
             assert time.monotonic() < deadline, router.log()
             time.sleep(0.1)
-        assert migration_rows(router) == [("analytics", "0001_initial"), ("core", "0001_initial")]
+        assert migration_rows(router) == all_migrations()
         assert "Traceback" not in router.log()
         assert "admin changes take up to" in router.log()  # no REDIS_URL: the CLI says what that means
         key = router.add_user("ivy")  # by the CLI; without Redis each worker picks it up through its poll
@@ -471,7 +477,7 @@ def test_workers_2_start_together_and_serve(tmp_path, upstream, database, reques
     second = RouterProcess(tmp_path / "w", env)
     try:
         second.start(extra_args=["--workers", "2"], timeout=60)
-        assert migration_rows(second) == [("analytics", "0001_initial"), ("core", "0001_initial")]
+        assert migration_rows(second) == all_migrations()
     finally:
         second.stop()
 
