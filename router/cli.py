@@ -15,6 +15,7 @@ from typing import Any
 
 from router.config import ConfigError, Settings, load_config_file, load_settings
 from router.crypto import SecretBox
+from router.datadir import session_secret
 from router.db import close_db, init_db, is_postgres
 from router.services import AdminService, ServiceError, parse_permissions
 from router.urls import redact_url
@@ -22,11 +23,27 @@ from router.urls import redact_url
 log = logging.getLogger("router")
 
 
+def _data_dir_option() -> argparse.ArgumentParser:
+    """`--data-dir`, accepted before or after the command (`llm-router --data-dir D users list`)."""
+    option = argparse.ArgumentParser(add_help=False)
+    option.add_argument(
+        "--data-dir",
+        default=argparse.SUPPRESS,
+        help="directory of the SQLite databases (DATA_DIR; default ./data); CORE_DB_URL/ANALYTICS_DB_URL win",
+    )
+    return option
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="llm-router", description=__doc__)
+    common = _data_dir_option()
+    parser = argparse.ArgumentParser(prog="llm-router", description=__doc__, parents=[common])
     commands = parser.add_subparsers(dest="command", required=True)
 
-    serve = commands.add_parser("serve", help="serve /v1, /graphql and /admin")
+    def add_command(group: Any, name: str, help: str) -> argparse.ArgumentParser:
+        command: argparse.ArgumentParser = group.add_parser(name, help=help, parents=[common])
+        return command
+
+    serve = add_command(commands, "serve", "serve /v1, /graphql and /admin")
     serve.add_argument("--host", help="address to bind (SERVER_HOST; default 0.0.0.0)")
     serve.add_argument("--port", type=int, help="port (SERVER_PORT; default 3000)")
     serve.add_argument("--workers", type=int, help="worker processes sharing the port (WORKERS; default 1)")
@@ -37,33 +54,38 @@ def build_parser() -> argparse.ArgumentParser:
         help="deactivate every backend that is not in --config (as `prune: true` in the file does)",
     )
 
-    users = commands.add_parser("users", help="manage users and their API keys").add_subparsers(
+    users = commands.add_parser("users", help="manage users and their API keys", parents=[common]).add_subparsers(
         dest="action", required=True
     )
-    add = users.add_parser("add", help="create a user and print its API key")
+    add = add_command(users, "add", "create a user and print its API key")
     add.add_argument("name")
     add.add_argument("--email")
     add.add_argument("--permissions", default="*", help='"*" (every backend, default) or "backend1,backend2"')
-    users.add_parser("delete", help="delete a user").add_argument("name")
-    users.add_parser("list", help="list users")
-    modify = users.add_parser("modify", help="change a user's permissions, e-mail or state")
+    add_command(users, "delete", "delete a user").add_argument("name")
+    add_command(users, "list", "list users")
+    modify = add_command(users, "modify", "change a user's permissions, e-mail or state")
     modify.add_argument("name")
     modify.add_argument("--permissions")
     modify.add_argument("--email")
     state = modify.add_mutually_exclusive_group()
     state.add_argument("--activate", action="store_true")
     state.add_argument("--deactivate", action="store_true")
-    users.add_parser("regenerate-key", help="issue a new API key (the old one stops working)").add_argument("name")
-    users.add_parser("import", help="create users from CSV (username,email[,permissions]) or JSON").add_argument("file")
+    add_command(users, "regenerate-key", "issue a new API key (the old one stops working)").add_argument("name")
+    add_command(users, "import", "create users from CSV (username,email[,permissions]) or JSON").add_argument("file")
 
-    backends = commands.add_parser("backends", help="inspect backends").add_subparsers(dest="action", required=True)
-    backends.add_parser("list", help="list backends (upstream keys are never shown)")
+    backends = commands.add_parser("backends", help="inspect backends", parents=[common]).add_subparsers(
+        dest="action", required=True
+    )
+    add_command(backends, "list", "list backends (upstream keys are never shown)")
     return parser
 
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     try:
+        if getattr(args, "data_dir", None):
+            # The flag wins over DATA_DIR (and .env), not over CORE_DB_URL; serve's workers inherit it.
+            os.environ["DATA_DIR"] = args.data_dir
         settings = load_settings()
         if args.command == "serve":
             serve(settings, args)
@@ -90,6 +112,13 @@ def serve(settings: Settings, args: argparse.Namespace) -> None:
         settings = settings.with_overrides(host="127.0.0.1")
     setup_logging(settings)
     check_workers(settings)
+    log.info("core database: %s", describe_database(settings.core_db_url))
+    log.info("analytics database: %s", describe_database(settings.analytics_db_url))
+    if settings.admin_password and not settings.admin_session_secret:
+        try:
+            settings = settings.with_overrides(admin_session_secret=session_secret(settings.data_dir))
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"ADMIN_SESSION_SECRET is unset and the data directory cannot keep one: {exc}") from None
     if settings.config_file:
         config = load_config_file(settings.config_file)  # fails before anything starts
         changes = asyncio.run(_with_db(settings, lambda service: service.sync_backends(config, args.prune)))
@@ -120,6 +149,7 @@ def serve(settings: Settings, args: argparse.Namespace) -> None:
         SERVER_PORT=str(settings.port),
         CORE_DB_URL=settings.core_db_url,
         ANALYTICS_DB_URL=settings.analytics_db_url,
+        **({"ADMIN_SESSION_SECRET": settings.admin_session_secret} if settings.admin_session_secret else {}),
     )
     uvicorn.run(
         "router.app:create_app_from_env",
@@ -177,6 +207,13 @@ async def _with_db(settings: Settings, action: Callable[[AdminService], Awaitabl
         await close_db()
 
 
+def describe_database(url: str) -> str:
+    """Where a database is, for people: the SQLite file, or the server URL without its password."""
+    if url.startswith("sqlite://"):
+        return url.removeprefix("sqlite://").split("?", 1)[0]
+    return redact_url(url)
+
+
 async def run_admin_command(settings: Settings, args: argparse.Namespace) -> int:
     handlers = {
         ("users", "add"): users_add,
@@ -188,6 +225,10 @@ async def run_admin_command(settings: Settings, args: argparse.Namespace) -> int
         ("backends", "list"): backends_list,
     }
     handler = handlers[(args.command, args.action)]
+    where = describe_database(settings.core_db_url)
+    new = settings.core_db_url.startswith("sqlite://") and not Path(where).exists()
+    # On stderr, so stdout stays what scripts parse (keys, lists).
+    print(f"llm-router: database {where}{' (new, empty)' if new else ''}", file=sys.stderr)
     try:
         await _with_db(settings, lambda service: handler(service, args))
     except ServiceError as exc:

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 
-from tests.conftest import RouterProcess, write_config
+from tests.conftest import ADMIN_PASSWORD, RouterProcess, write_config
 from tests.upstream import free_port
 
 
@@ -134,3 +137,53 @@ def test_config_sync_prune_and_unset_variables(tmp_path, upstream):
 def active_backends(router: RouterProcess) -> set[str]:
     rows = [line.split() for line in router.cli("backends", "list").stdout.splitlines()[1:]]
     return {row[0] for row in rows if row[1] == "yes"}
+
+
+def run_cli(cwd, env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "router", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=60
+    )
+
+
+def test_data_dir_flag_and_environment_and_the_database_is_named(tmp_path):
+    """`--data-dir` (before or after the command) beats DATA_DIR; every command says which database it used."""
+    env = {k: v for k, v in os.environ.items() if k not in ("DATA_DIR", "CORE_DB_URL", "CORE_DB_PATH")}
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    data = tmp_path / "team-data"
+
+    added = run_cli(elsewhere, env, "users", "add", "ann", "--data-dir", str(data))
+    assert added.returncode == 0, added.stderr
+    assert f"database {data / 'core.db'} (new, empty)" in added.stderr and "sk-" in added.stdout
+    listed = run_cli(elsewhere, env, "--data-dir", str(data), "users", "list")
+    assert "ann" in listed.stdout and f"database {data / 'core.db'}\n" in listed.stderr
+    assert not (elsewhere / "data").exists()
+
+    from_env = run_cli(elsewhere, {**env, "DATA_DIR": str(data)}, "users", "list")
+    assert "ann" in from_env.stdout
+    flag_wins = run_cli(elsewhere, {**env, "DATA_DIR": str(data)}, "users", "list", "--data-dir", str(tmp_path / "x"))
+    assert "ann" not in flag_wins.stdout and "(new, empty)" in flag_wins.stderr
+    # Without anything, ./data of the working directory, said out loud.
+    default = run_cli(elsewhere, env, "users", "list")
+    assert f"database {elsewhere / 'data' / 'core.db'} (new, empty)" in default.stderr
+
+
+def test_admin_sessions_survive_a_restart_without_session_secret(tmp_path):
+    env = {"ADMIN_SESSION_SECRET": ""}
+    router = RouterProcess(tmp_path / "data", env).start()
+    token = router.gql_ok(f'mutation {{ login(password: "{ADMIN_PASSWORD}") {{ token }} }}')["login"]["token"]
+    router.stop()
+    secret_file = tmp_path / "data" / "session-secret"
+    assert secret_file.stat().st_mode & 0o777 == 0o600
+    router = RouterProcess(tmp_path / "data", env).start()
+    try:
+        assert "errors" not in router.graphql("{ users { id } }", token=token)
+        assert secret_file.read_text().strip() not in router.log()
+    finally:
+        router.stop()
+    # Another data directory, another secret: that session is not valid there.
+    other = RouterProcess(tmp_path / "other", env).start()
+    try:
+        assert other.graphql("{ users { id } }", token=token)["errors"][0]["extensions"]["code"] == "UNAUTHENTICATED"
+    finally:
+        other.stop()
