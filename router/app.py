@@ -10,7 +10,7 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
-from starlette.types import Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from graphql_schema import graphql_routes
 from router import errors, protocols, proxy
@@ -22,6 +22,7 @@ from router.logging_setup import setup_logging
 from router.metrics import metrics_endpoint
 from router.models.core import User
 from router.runtime import LOCAL_USER_NAME, Runtime
+from router.server_limits import RequestLimits
 from router.services import AdminService
 
 log = logging.getLogger("router")
@@ -48,7 +49,7 @@ async def ensure_local_user(service: AdminService) -> int:
     return user.id
 
 
-def create_app(settings: Settings | None = None) -> V1FastPath:
+def create_app(settings: Settings | None = None) -> RequestLimits:
     settings = settings or load_settings()
 
     @contextlib.asynccontextmanager
@@ -81,7 +82,18 @@ def create_app(settings: Settings | None = None) -> V1FastPath:
     ]
     routes += graphql_routes(settings)
     routes += admin_routes()
-    return V1FastPath(Starlette(routes=routes, lifespan=lifespan))
+    starlette = Starlette(routes=routes, lifespan=lifespan)
+    other: ASGIApp = starlette
+    if settings.server == "granian":  # uvicorn reads X-Forwarded-For itself (FORWARDED_ALLOW_IPS)
+        from granian.utils.proxies import wrap_asgi_with_proxy_headers
+
+        other = wrap_asgi_with_proxy_headers(starlette, settings.forwarded_allow_ips)
+    return RequestLimits(
+        V1FastPath(starlette, other),
+        v1_body_bytes=settings.max_request_body_bytes,
+        other_body_bytes=settings.max_admin_body_bytes,
+        body_timeout_s=settings.client_body_timeout_s,
+    )
 
 
 class V1FastPath:
@@ -92,8 +104,9 @@ class V1FastPath:
     Everything else, lifespan included, goes to the Starlette app.
     """
 
-    def __init__(self, app: Starlette) -> None:
+    def __init__(self, app: Starlette, other: ASGIApp) -> None:
         self.app = app
+        self.other = other  # the same app, maybe behind the proxy-headers wrapper
         self.state = app.state
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -102,11 +115,11 @@ class V1FastPath:
             response = await proxy.handle_generation(Request(scope, receive, send))
             await response(scope, receive, send)
             return
-        await self.app(scope, receive, send)
+        await self.other(scope, receive, send)
 
 
-def create_app_from_env() -> V1FastPath:
-    """The uvicorn factory (`--workers` re-imports the app in each worker from the environment)."""
+def create_app_from_env() -> RequestLimits:
+    """The server's app factory (`--workers` re-imports the app in each worker from the environment)."""
     settings = load_settings()
     setup_logging(settings)
     return create_app(settings)

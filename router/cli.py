@@ -100,8 +100,6 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def serve(settings: Settings, args: argparse.Namespace) -> None:
-    import uvicorn
-
     from router.logging_setup import setup_logging
 
     overrides: dict[str, Any] = {"port": args.port, "workers": args.workers, "config_file": args.config}
@@ -151,14 +149,59 @@ def serve(settings: Settings, args: argparse.Namespace) -> None:
         ANALYTICS_DB_URL=settings.analytics_db_url,
         **({"ADMIN_SESSION_SECRET": settings.admin_session_secret} if settings.admin_session_secret else {}),
     )
+    if settings.server == "uvicorn":
+        run_uvicorn(settings)
+    else:
+        run_granian(settings)
+
+
+APP_FACTORY = "router.app:create_app_from_env"
+
+
+def run_granian(settings: Settings) -> None:
+    """Granian (the default): Rust HTTP/1.1 server, uvloop, one process per worker."""
+    from granian.constants import HTTPModes, Interfaces, Loops
+    from granian.http import HTTP1Settings
+    from granian.log import LogLevels
+    from granian.server import Server
+
+    Server(
+        APP_FACTORY,
+        factory=True,
+        address=settings.host,
+        port=settings.port,
+        interface=Interfaces.ASGI,
+        workers=settings.workers,
+        loop=Loops.uvloop,
+        http=HTTPModes.http1,
+        websockets=True,
+        backlog=2048,
+        http1_settings=HTTP1Settings(
+            header_read_timeout=int(settings.client_header_timeout_s * 1000),
+            keep_alive=True,
+            max_buffer_size=max(settings.max_request_header_bytes, 8192),
+        ),
+        log_enabled=True,
+        log_level=LogLevels.warning,
+        log_access=False,
+        workers_kill_timeout=int(settings.shutdown_grace_s) + 5,
+    ).serve()
+
+
+def run_uvicorn(settings: Settings) -> None:
+    """uvicorn (SERVER=uvicorn), with the router's header size and header/body time limits."""
+    import uvicorn
+
+    from router.server_limits import limited_httptools_protocol
+
     uvicorn.run(
-        "router.app:create_app_from_env",
+        APP_FACTORY,
         factory=True,
         host=settings.host,
         port=settings.port,
         workers=settings.workers if settings.workers > 1 else None,
         loop="uvloop",
-        http="httptools",
+        http=limited_httptools_protocol(settings.max_request_header_bytes, settings.client_header_timeout_s),
         log_config=None,
         access_log=False,
         timeout_graceful_shutdown=int(settings.shutdown_grace_s),

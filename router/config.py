@@ -88,11 +88,25 @@ class Settings:
     redis_prefix: str = "llm-router"  # Redis key and channel prefix: one per router cluster
     log_format: str = "text"
     log_level: str = "INFO"
-    upstream_transport: str = "aiohttp"  # or "httpx"
+    upstream_transport: str = "aiohttp"  # or "pyreqwest", "httpx"
+    server: str = "granian"  # or "uvicorn"
+    max_request_header_kb: float = 64.0
+    client_header_timeout_s: float = 10.0
+    client_body_timeout_s: float = 30.0
+    max_admin_body_mb: float = 4.0
+    forwarded_allow_ips: str = "127.0.0.1"
 
     @property
     def max_request_body_bytes(self) -> int:
         return int(self.max_request_body_mb * 1024 * 1024)
+
+    @property
+    def max_request_header_bytes(self) -> int:
+        return int(self.max_request_header_kb * 1024)
+
+    @property
+    def max_admin_body_bytes(self) -> int:
+        return int(self.max_admin_body_mb * 1024 * 1024)
 
     @property
     def langfuse_enabled(self) -> bool:
@@ -149,13 +163,20 @@ _ENV: dict[str, tuple[str, Any]] = {
     "LOG_FORMAT": ("log_format", str),
     "LOG_LEVEL": ("log_level", str),
     "UPSTREAM_TRANSPORT": ("upstream_transport", str),
+    "SERVER": ("server", str),
+    "MAX_REQUEST_HEADER_KB": ("max_request_header_kb", float),
+    "CLIENT_HEADER_TIMEOUT_S": ("client_header_timeout_s", float),
+    "CLIENT_BODY_TIMEOUT_S": ("client_body_timeout_s", float),
+    "MAX_ADMIN_BODY_MB": ("max_admin_body_mb", float),
+    "FORWARDED_ALLOW_IPS": ("forwarded_allow_ips", str),
 }
 
 _CHOICES = {
     "routing_strategy": ("weighted", "least_busy"),
     "model_list_style": ("plain", "aliased"),
     "log_format": ("text", "json"),
-    "upstream_transport": ("aiohttp", "httpx"),
+    "upstream_transport": ("aiohttp", "pyreqwest", "httpx"),
+    "server": ("granian", "uvicorn"),
 }
 
 
@@ -214,6 +235,8 @@ def validate_settings(settings: Settings) -> None:
         value = getattr(settings, f.name)
         if isinstance(value, (int, float)) and not isinstance(value, bool) and value < 0:
             raise ConfigError(f"setting {f.name}: must not be negative")
+    if settings.client_header_timeout_s <= 0 or settings.client_body_timeout_s <= 0:
+        raise ConfigError("CLIENT_HEADER_TIMEOUT_S and CLIENT_BODY_TIMEOUT_S must be positive")
     if settings.max_attempts < 1:
         raise ConfigError("environment variable MAX_ATTEMPTS: must be at least 1")
     from router.crypto import check_secrets_key  # imports this module

@@ -1,0 +1,139 @@
+"""The floor: a bare ASGI proxy that only forwards the body and relays the answer (or the SSE stream).
+
+No framework, no auth, no parsing, no logging: what a Python proxy on this server and client costs
+at the least. `FLOOR_UPSTREAM` is the mock's base URL; `FLOOR_CLIENT` is aiohttp, pyreqwest or
+pyqwest. Run it like the router: `granian --interface asgi --loop uvloop --factory
+benchmarks.floor_app:create` or `uvicorn --factory benchmarks.floor_app:create`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+Forward = Callable[[str, bytes], Awaitable[tuple[int, bytes, AsyncIterator[bytes] | None]]]
+
+_HEADERS = {"Content-Type": "application/json"}
+
+
+def _aiohttp() -> tuple[Forward, Callable[[], Awaitable[None]]]:
+    import aiohttp
+
+    session: aiohttp.ClientSession | None = None
+
+    async def forward(url: str, body: bytes) -> tuple[int, bytes, AsyncIterator[bytes] | None]:
+        nonlocal session
+        if session is None:
+            session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=1000))
+        resp = await session.post(url, data=body, headers=_HEADERS)
+        if resp.headers.get("content-type", "").startswith("text/event-stream"):
+
+            async def chunks() -> AsyncIterator[bytes]:
+                try:
+                    async for chunk in resp.content.iter_any():
+                        yield chunk
+                finally:
+                    resp.release()
+
+            return resp.status, b"text/event-stream", chunks()
+        data = await resp.read()
+        resp.release()
+        return resp.status, data, None
+
+    async def close() -> None:
+        if session is not None:
+            await session.close()
+
+    return forward, close
+
+
+def _pyreqwest() -> tuple[Forward, Callable[[], Awaitable[None]]]:
+    from pyreqwest.client import ClientBuilder
+
+    client = ClientBuilder().max_connections(1000).build()
+
+    async def forward(url: str, body: bytes) -> tuple[int, bytes, AsyncIterator[bytes] | None]:
+        if b'"stream":true' in body:
+            request = client.post(url).body_bytes(body).headers(_HEADERS).streamed_read_buffer_limit(0).build_streamed()
+            resp = await request.__aenter__()
+
+            async def chunks() -> AsyncIterator[bytes]:
+                try:
+                    while (chunk := await resp.body_reader.read_chunk()) is not None:
+                        yield chunk.to_bytes()
+                finally:
+                    await request.__aexit__(None, None, None)
+
+            return resp.status, b"text/event-stream", chunks()
+        resp = await client.post(url).body_bytes(body).headers(_HEADERS).build().send()
+        return resp.status, (await resp.bytes()).to_bytes(), None
+
+    return forward, client.close
+
+
+def _pyqwest() -> tuple[Forward, Callable[[], Awaitable[None]]]:
+    from pyqwest import Client, HTTPTransport
+
+    transport = HTTPTransport(follow_redirects=False, enable_otel=False, enable_gzip=False)
+    client = Client(transport)
+
+    async def forward(url: str, body: bytes) -> tuple[int, bytes, AsyncIterator[bytes] | None]:
+        if b'"stream":true' in body:
+            context = client.stream("POST", url, _HEADERS, body)
+            resp = await context.__aenter__()
+
+            async def chunks() -> AsyncIterator[bytes]:
+                try:
+                    async for chunk in resp.content:
+                        yield bytes(chunk)
+                finally:
+                    await context.__aexit__(None, None, None)
+
+            return resp.status, b"text/event-stream", chunks()
+        resp = await client.post(url, _HEADERS, body)
+        return resp.status, bytes(resp.content), None
+
+    return forward, transport.aclose
+
+
+def create() -> Callable[[dict[str, Any], Receive, Send], Awaitable[None]]:
+    upstream = os.environ["FLOOR_UPSTREAM"].rstrip("/")
+    forward, close = {"aiohttp": _aiohttp, "pyreqwest": _pyreqwest, "pyqwest": _pyqwest}[
+        os.environ.get("FLOOR_CLIENT", "aiohttp")
+    ]()
+
+    async def app(scope: dict[str, Any], receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            while True:
+                message = await receive()
+                if message["type"] == "lifespan.startup":
+                    await send({"type": "lifespan.startup.complete"})
+                else:
+                    await close()
+                    await send({"type": "lifespan.shutdown.complete"})
+                    return
+        if scope["path"] == "/healthz":
+            await send({"type": "http.response.start", "status": 200, "headers": []})
+            await send({"type": "http.response.body", "body": b"ok"})
+            return
+        chunks = []
+        more = True
+        while more:
+            message = await receive()
+            chunks.append(message.get("body", b""))
+            more = message.get("more_body", False)
+        status, data, stream = await forward(upstream + scope["path"], b"".join(chunks))
+        if stream is None:
+            headers = [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode())]
+            await send({"type": "http.response.start", "status": status, "headers": headers})
+            await send({"type": "http.response.body", "body": data})
+            return
+        await send({"type": "http.response.start", "status": status, "headers": [(b"content-type", data)]})
+        async for chunk in stream:
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        await send({"type": "http.response.body", "body": b""})
+
+    return app
