@@ -147,7 +147,8 @@ def limited_httptools_protocol(max_head_bytes: int, head_timeout_s: float) -> ty
     from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
     class LimitedHttpToolsProtocol(HttpToolsProtocol):
-        _head_bytes = 0
+        _head_bytes = 0  # raw bytes received while the head is incomplete (bounds what the parser buffers)
+        _head_counted = 0  # request line + header bytes as parsed (exact)
         _in_head = True
         _head_timer: asyncio.TimerHandle | None = None
 
@@ -175,12 +176,32 @@ def limited_httptools_protocol(max_head_bytes: int, head_timeout_s: float) -> ty
                     self._unsupported_upgrade_warning()
                 return
             except httptools.HttpParserError:
-                self.send_400_response("Invalid HTTP request received.")
+                if self._head_counted > max_head_bytes:
+                    self._send_431()
+                else:
+                    self.send_400_response("Invalid HTTP request received.")
                 return
             finally:
                 self._unset_keepalive_if_required()
             if self._in_head and self._head_bytes > max_head_bytes:
                 self._send_431()
+
+        def on_message_begin(self) -> None:
+            super().on_message_begin()
+            self._head_counted = 0
+
+        def on_url(self, url: bytes) -> None:
+            self._count(len(url))
+            super().on_url(url)
+
+        def on_header(self, name: bytes, value: bytes) -> None:
+            self._count(len(name) + len(value) + 4)
+            super().on_header(name, value)
+
+        def _count(self, size: int) -> None:
+            self._head_counted += size
+            if self._head_counted > max_head_bytes:
+                raise ValueError("request head too large")  # stops the parser: answered with 431
 
         def on_headers_complete(self) -> None:
             self._in_head = False

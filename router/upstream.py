@@ -185,7 +185,8 @@ class _PyreqwestResponse:
 
     async def read(self) -> bytes:
         try:
-            return (await self._resp.bytes()).to_bytes()
+            body: bytes = (await self._resp.bytes()).to_bytes()
+            return body
         except self._errors as exc:
             raise _pyreqwest_error(exc) from exc
         finally:
