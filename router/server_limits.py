@@ -15,6 +15,7 @@ import asyncio
 from typing import Any
 
 import orjson
+from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from router import errors
@@ -44,16 +45,16 @@ class RequestLimits:
                         body = await _read_rest(first, receive, limit, _declared_length(scope))
                 except TimeoutError:
                     message = f"The request body did not arrive within {self.body_timeout_s:g} s."
-                    await _refuse(send, is_v1, 408, message)
+                    await _refuse(scope, send, is_v1, 408, message)
                     return
                 except _TooLarge:
-                    await _refuse(send, is_v1, 413, f"Request body is larger than {limit / 1024 / 1024:g} MB.")
+                    await _refuse(scope, send, is_v1, 413, f"Request body is larger than {limit / 1024 / 1024:g} MB.")
                     return
                 except _Disconnected:
                     return
                 first = {"type": "http.request", "body": body, "more_body": False}
             elif first["type"] == "http.request" and len(first.get("body", b"")) > limit:
-                await _refuse(send, is_v1, 413, f"Request body is larger than {limit / 1024 / 1024:g} MB.")
+                await _refuse(scope, send, is_v1, 413, f"Request body is larger than {limit / 1024 / 1024:g} MB.")
                 return
             await self.app(scope, _replay(first, receive), send)
         elif kind == "websocket":
@@ -109,20 +110,25 @@ def _replay(first: Message, receive: Receive) -> Receive:
     return replay
 
 
-async def _refuse(send: Send, is_v1: bool, status: int, message: str) -> None:
+async def _refuse(scope: Scope, send: Send, is_v1: bool, status: int, message: str) -> None:
+    """413/408 in the shape of the API that was called, then the connection is closed."""
+    close = {"connection": "close"}
     if is_v1:
+        from router import protocols
+
         code = "request_too_large" if status == 413 else "request_timeout"
-        body = errors.ApiError(status, message, "invalid_request_error", code).body()
+        error = errors.ApiError(status, message, "invalid_request_error", code)
+        adapter = protocols.ADAPTERS.get(scope["path"])
+        response = adapter.error_response(error, close) if adapter else error.response(close)
     else:
         code = "PAYLOAD_TOO_LARGE" if status == 413 else "REQUEST_TIMEOUT"
         body = orjson.dumps({"errors": [{"message": message, "extensions": {"code": code}}]})
-    headers = [
-        (b"content-type", b"application/json"),
-        (b"content-length", str(len(body)).encode()),
-        (b"connection", b"close"),
-    ]
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
+        response = Response(body, status, close, media_type="application/json")
+    await response(scope, _no_receive, send)
+
+
+async def _no_receive() -> Message:
+    return {"type": "http.disconnect"}
 
 
 def _bounded_messages(receive: Receive, send: Send, limit: int) -> Receive:
