@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from datetime import UTC, datetime
 from typing import Any
 
@@ -38,7 +37,7 @@ Ctx = Info[AdminContext, None]
 async def check_code(code: str) -> None:
     """Refuse JavaScript that does not parse (BAD_USER_INPUT naming `code`, with the line)."""
     # The validator parses in its own V8 context under a lock: keep the event loop free meanwhile.
-    problem = await asyncio.to_thread(validate, code)
+    problem = await validate(code)
     if problem is not None:
         where = f" at line {problem.line}" if problem.line else ""
         raise bad_input(f"code is not a valid script{where}: {problem.message}", "code", line=problem.line)

@@ -29,18 +29,21 @@ from router.auth import bearer_token, hash_api_key
 from router.catalog import BackendEntry, ScriptEntry, UserEntry, split_alias
 from router.errors import ApiError
 from router.hooks import (
-    early_response,
-    header_changes,
+    backend_view,
+    on_request,
+    on_response,
+    on_stream_chunk,
+    on_stream_response,
     request_context,
-    response_parts,
-    run_chain,
     script_source,
     scripts_for,
+    stream_chunk_context,
     visible_headers,
 )
 from router.protocols import DROP, Adapter, translate
 from router.routing import candidate_backends
 from router.runtime import Runtime
+from router.scripts import RawJSON
 from router.upstream import SSESplitter, UpstreamError, UpstreamResponse, sse_data, sse_event_name
 from router.urls import allowed_proxy_url, redact_url
 from router.usage import RequestRecord
@@ -441,31 +444,23 @@ def _is_sse(upstream: UpstreamResponse) -> bool:
 async def prepare(call: Call, target: Target, untouched: bool) -> Outgoing | Response:
     """Run the onRequest hooks for this target; the body and headers to send, or a script's own answer."""
     hooks = Hooks(scripts_for(call.rt.catalog.snapshot, call.user.id, target.backend.id if target.backend else None))
-    body, extra_headers = call.payload, None
+    body, extra_headers, body_changed = call.payload, None, False
     if hooks.scripts:
-        client_headers = visible_headers(call.request.headers)
+        client_body = RawJSON(call.raw_body) if untouched else call.payload
+        path, headers = call.request.scope["path"], visible_headers(call.request.headers)
         context = request_context(
-            call.user,
-            _backend_view(target),
-            "POST",
-            call.request.scope["path"],
-            client_headers,
-            call.payload,
-            call.record.stream,
+            call.user, _backend_view(target), "POST", path, headers, client_body, call.record.stream
         )
-        hooks.context = await run_chain(call.rt.scripts, hooks.scripts, "onRequest", context, call.record.request_id)
-        early = early_response(hooks.context)
-        if early is not None:
-            return answer_from_script(call.rt, call.record, early)
-        body = hooks.context["request"].get("body")
-        if not isinstance(body, dict):
-            raise errors.script_failed(hooks.scripts[0].name, "request.body must stay a JSON object")
+        outcome = await on_request(call.rt.scripts, hooks.scripts, context, call.payload, call.record.request_id)
+        hooks.context = outcome.context
+        if outcome.early is not None:
+            return answer_from_script(call.rt, call.record, outcome.early)
+        body, extra_headers, body_changed = outcome.body, outcome.headers, outcome.body_changed
         call.record.model = body.get("model", call.record.model)
-        extra_headers = header_changes(client_headers, hooks.context["request"].get("headers"))
     adapter, stream = call.adapter, call.record.stream
     if target.api is not None:
         return translated(call, target.api, body, extra_headers, hooks)
-    if untouched and not hooks.scripts:
+    if untouched and not body_changed:
         wire = call.raw_body
     else:
         wire = orjson.dumps(adapter.with_stream_usage(body) if stream else body)
@@ -489,8 +484,7 @@ def translated(
 
 
 def _backend_view(target: Target) -> dict[str, Any]:
-    backend = target.backend
-    return {"id": backend.id if backend else None, "name": target.name, "base_url": redact_url(target.base_url)}
+    return backend_view(target.backend, target.name, target.base_url)
 
 
 def answer_from_script(rt: Runtime, record: RequestRecord, early: tuple[int, dict[str, str], bytes]) -> Response:
@@ -533,15 +527,17 @@ async def plain_response(call: Call, attempt: Attempt, upstream: UpstreamRespons
         body = orjson.dumps(parsed)
         headers["content-type"] = "application/json"
     if hooks.context is not None:
-        hooks.context["response"] = {
-            "status": status,
-            "headers": visible_headers(upstream.headers),
-            "body": parsed if parsed is not None else (_loads(body) if body else None),
-            "isStream": False,
-        }
-        context = await run_chain(rt.scripts, hooks.reversed, "onResponse", hooks.context, record.request_id)
-        status, changed_headers, body = response_parts(context.get("response") or {}, status)
-        headers.update(changed_headers)
+        status, headers, body = await on_response(
+            rt.scripts,
+            hooks.reversed,
+            hooks.context,
+            status,
+            upstream.headers,
+            headers,
+            body,
+            parsed,
+            record.request_id,
+        )
     rt.finish(record, upstream.status, error)
     return Response(body, status_code=status, headers=headers)
 
@@ -563,19 +559,9 @@ async def stream_response(call: Call, attempt: Attempt, outgoing: Outgoing) -> R
     hooks = outgoing.hooks
     status, headers = upstream.status, response_headers(upstream, call.record.request_id)
     if hooks.context is not None:
-        hooks.context["response"] = {
-            "status": status,
-            "headers": visible_headers(upstream.headers),
-            "body": None,
-            "isStream": True,
-        }
-        hooks.context = await run_chain(
-            call.rt.scripts, hooks.reversed, "onResponse", hooks.context, call.record.request_id
+        hooks.context, status, headers = await on_stream_response(
+            call.rt.scripts, hooks.reversed, hooks.context, status, upstream.headers, headers, call.record.request_id
         )
-        response = hooks.context.get("response") or {}
-        status = response.get("status", status) if isinstance(response.get("status"), int) else status
-        headers.update(header_changes({}, response.get("headers") or {}))
-        headers["content-type"] = "text/event-stream"
     relay = Relay(call, attempt.keep(), outgoing)
     return RelayResponse(relay, status, headers)
 
@@ -616,7 +602,7 @@ class Relay:
         self.chunk_context: dict[str, Any] = {}
         if self.chunk_scripts and hooks.context is not None:
             # Each event crosses into V8: leave the (possibly large) request body out.
-            self.chunk_context = {**hooks.context, "request": {**hooks.context["request"], "body": None}}
+            self.chunk_context = stream_chunk_context(hooks.context)
         self.inspect_every_event = self.collect or bool(self.chunk_scripts)
 
     async def events(self) -> AsyncIterator[bytes]:
@@ -709,7 +695,7 @@ class Relay:
         if self.collect:
             self.pieces.append(adapter.text_of_event(name, parsed))
         if self.chunk_scripts:
-            return await self._run_chunk_scripts(name, parsed)
+            return await self._run_chunk_scripts(name, parsed, event)
         return event
 
     async def _translate(self, chunk: bytes) -> bytes:
@@ -751,11 +737,11 @@ class Relay:
                 out.append(self.adapter.frame_event(name, data))
         return b"".join(out)
 
-    async def _run_chunk_scripts(self, name: str | None, parsed: Any) -> bytes:
+    async def _run_chunk_scripts(self, name: str | None, parsed: Any, event: bytes | None = None) -> bytes:
         rt = self.call.rt
-        self.chunk_context["chunk"] = parsed
-        self.chunk_context = await run_chain(
-            rt.scripts, self.chunk_scripts, "onStreamChunk", self.chunk_context, self.call.record.request_id
+        self.chunk_context, chunk = await on_stream_chunk(
+            rt.scripts, self.chunk_scripts, self.chunk_context, parsed, self.call.record.request_id
         )
-        chunk = self.chunk_context.get("chunk")
-        return b"" if chunk is None else self.adapter.frame_event(name, chunk)
+        if chunk is None:
+            return b""
+        return event if chunk is parsed and event is not None else self.adapter.frame_event(name, chunk)

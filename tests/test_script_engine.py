@@ -59,8 +59,8 @@ def test_hooks_constant():
     ],
 )
 async def test_forms(engine, code):
-    assert validate(code) is None
-    assert "onRequest" in defined_hooks(code)
+    assert await validate(code) is None
+    assert "onRequest" in await defined_hooks(code)
     res = await engine.run_hook(src(code), "onRequest", REQ)
     assert res.ok, res.error
     assert res.context["request"]["headers"]["X-Team"] == "r"
@@ -78,14 +78,16 @@ async def test_admin_example_rewrites_headers_and_body(engine, caplog):
         res = await engine.run_hook(s, "onResponse", {**REQ, "response": {"status": 200}}, request_id="r2")
     assert res.ok and res.logs == ["[log] status 200"]
     assert "script team [r2] [log] status 200" in caplog.text
-    assert defined_hooks(ADMIN_EXAMPLE) == frozenset(HOOKS)
+    assert await defined_hooks(ADMIN_EXAMPLE) == frozenset(HOOKS)
 
 
 async def test_missing_hook_returns_context_unchanged(engine):
     s = src("function onStreamChunk(c) { return c; }")
-    assert not engine.has_hook(s, "onRequest") and engine.has_hook(s, "onStreamChunk")
+    assert engine.has_hook(s, "onRequest")  # not known before the script is compiled
     res = await engine.run_hook(s, "onRequest", REQ)
     assert res.ok and res.context is REQ and res.logs == [] and res.error is None
+    # known from the script's own context from then on (never from a shared one)
+    assert not engine.has_hook(s, "onRequest") and engine.has_hook(s, "onStreamChunk")
 
 
 async def test_stream_chunk_modify_and_drop(engine):
@@ -199,27 +201,27 @@ async def test_memory_bomb_fails_and_process_survives():
         await eng.close()
 
 
-def test_validate_syntax_error_line():
-    err = validate("function onRequest(c) {\n  let a = 1;\n  let x = ;\n  return c;\n}")
+async def test_validate_syntax_error_line():
+    err = await validate("function onRequest(c) {\n  let a = 1;\n  let x = ;\n  return c;\n}")
     assert isinstance(err, ScriptSyntaxError)
     assert err.line == 3 and "SyntaxError" in err.message
-    err = validate("export async function onRequest(c) {\n  return c\n")
+    err = await validate("export async function onRequest(c) {\n  return c\n")
     assert err is not None and err.line is not None
 
 
-def test_validate_requires_a_hook():
-    err = validate("function helper(c) { return c; }")
+async def test_validate_requires_a_hook():
+    err = await validate("function helper(c) { return c; }")
     assert err == ScriptSyntaxError("script defines none of onRequest, onResponse, onStreamChunk", None)
-    assert defined_hooks("function helper() {}") == frozenset()
+    assert await defined_hooks("function helper() {}") == frozenset()
 
 
-def test_validate_does_not_run_user_code():
-    assert validate("while (true) {}\nfunction onRequest(c) { return c; }") is None
+async def test_validate_does_not_run_user_code():
+    assert await validate("while (true) {}\nfunction onRequest(c) { return c; }") is None
 
 
 async def test_validate_works_inside_event_loop():
-    assert validate("function onResponse(c) { return c; }") is None
-    assert validate("function onResponse(c) {") is not None
+    assert await validate("function onResponse(c) { return c; }") is None
+    assert await validate("function onResponse(c) {") is not None
 
 
 async def test_syntax_error_reported_by_run_hook(engine):

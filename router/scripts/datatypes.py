@@ -34,3 +34,12 @@ class HookResult:
     logs: list[str] = field(default_factory=list)
     error: str | None = None
     duration_ms: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class RawJSON:
+    """A JSON value kept as its exact bytes; hooks see it parsed, and when they leave it
+    unchanged the same object (and so the same bytes) comes back. Only build it from bytes a
+    JSON parser accepted: they are handed to V8 as they are."""
+
+    raw: bytes

@@ -3,47 +3,75 @@
 Design:
 
 * One V8 context (isolate) per script, so scripts cannot see each other's globals or
-  prototype changes. The user code is compiled once per ``(script.id, version)``
-  inside a strict function scope and its hooks are kept by a small runtime (``__rt``).
-* Threading model: contexts are created on the running event loop and driven with
-  ``eval_cancelable`` under ``asyncio.timeout``. V8 runs on mini-racer's own per-isolate
-  native thread and releases the GIL, so the loop only awaits a future: a spinning script
-  delays nobody but later calls of that same script. This was measured ~2x cheaper
-  per call than a sync ``eval(timeout_sec=...)`` via ``asyncio.to_thread`` (two extra thread
-  hops). Creating a context runs one short sync eval on the loop (~2-4 ms, once per version).
-* Calls of one script are serialized by an ``asyncio.Lock``; the timeout covers only the
-  call's own JS time (both evals of an async hook), not waiting for the lock.
-* Async hooks: eval 1 starts the hook and attaches ``.then``; microtasks drain before
-  eval 2 reads the settled result (sync hooks finish in eval 1).
-* After a timeout, OOM, cancellation or internal fault the context is closed (a
-  microtask spin survives cancellation) and the next call recompiles. Every context
-  has a hard memory limit so V8 never aborts the process.
-* Context data crosses the boundary as JSON strings (orjson out, JSON.parse inside).
-  Measured: ~0.22 ms per call for a no-op sync hook with a ~2 KB context (~0.3 ms async).
-* Limitations: console lines of a call that times out are lost; calls of one script queue
-  behind a spinning call of that script; V8 is initialised when this package is imported,
-  which must happen on the main thread (see ``validate``).
+  prototype changes. The user code is compiled once per ``(script.id, version)`` inside a
+  strict function scope and its hooks are kept by a small runtime (``__rt``, see js.py).
+* The event loop never waits for V8: contexts are created and closed on other threads
+  (``MiniRacer()`` runs a sync eval; closing waits until the isolate stops, which takes as
+  long as a built-in that ignores termination, e.g. ``new Uint8Array(1<<30).fill(1)``), and
+  every call is one ``eval_cancelable`` under ``asyncio.timeout`` (V8 runs on the isolate's
+  own thread without the GIL; the loop only awaits a future).
+* One call is one eval for a sync hook: the context goes in as a JSON expression inside the
+  code (``__rt.start("onRequest", {...})``, no second escaping pass), and the answer comes back
+  as one JSON string. Bodies and the stream chunk come back only when the hook changed them
+  (compared as JSON inside V8); otherwise the caller's own object is put back, so unchanged
+  bodies are not re-encoded (``RawJSON`` bodies keep their exact bytes). Async hooks need a
+  second eval to read the settled result (microtasks drain between evals).
+* Calls of one script are serialized by an ``asyncio.Lock``; the timeout covers the call's
+  own JS time (both evals of an async hook), not waiting for the lock.
+* After a timeout, OOM, cancellation or internal fault the context is abandoned and closed in
+  the background (a microtask spin or a long built-in survives cancellation); the next call
+  builds a new one. While an abandoned context of a script is still stopping, calls of that
+  script wait up to one time limit for it and then fail, so a hostile script cannot pile up
+  runaway isolates.
+* Memory: a hard V8 heap limit per context (``max_memory_mb``) and, for what V8's heap limit
+  does not count, an ArrayBuffer/typed-array budget of the same size kept by the sandbox
+  (allocations are counted and never uncounted; a context that used half of it is rebuilt
+  after the call, so the budget only ever fails a single call that allocates too much).
+  WebAssembly, SharedArrayBuffer and Intl are removed.
+* Console lines of a call that times out are lost.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
-import math
+import re
+import threading
 import time
+from collections.abc import Mapping
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
+from typing import Any
 
 import orjson
-from py_mini_racer import JSEvalException, JSOOMException, JSParseException, MiniRacer
+from py_mini_racer import (
+    JSEvalException,
+    JSOOMException,
+    JSParseException,
+    MiniRacer,
+    init_mini_racer,
+    mini_racer,
+)
 
-from .datatypes import HOOKS, HookResult, ScriptSource
-from .js import RUNTIME, compile_source, parse_error_location
-from .validate import defined_hooks
+from .datatypes import HOOKS, HookResult, RawJSON, ScriptSource
+from .js import compile_source, parse_error_location, runtime_source
+
+# V8 must be initialised on the main thread: measured with mini-racer 0.14.1, initialising it
+# from another thread and then creating contexts on several threads segfaults the process.
+# Importing this package (normally done on the main thread) does it early.
+init_mini_racer(ignore_duplicate_init=True)
 
 _REQUIRED_KEYS = {"onRequest": ("request",), "onResponse": ("request",), "onStreamChunk": ("chunk",)}
 _SHAPE_KEYS = ("request", "response", "chunk")
+# The parts the runtime may leave out of its answer when unchanged (same order as PARTS in js.py).
+_PARTS: tuple[tuple[str | None, str], ...] = (("request", "body"), ("response", "body"), (None, "chunk"))
 _RETRY_AFTER_S = 5.0
+_SETUP_TIMEOUT_S = 2.0
+# A JSON text is a JS expression with one exception: an object literal's "__proto__" key sets the
+# prototype. Such payloads (also when spelled with escapes) go through JSON.parse instead.
+_PROTO_ESCAPE = re.compile(rb"\\u00(?:5[fF]|7[024]|6[fF])")
 
 
 class _ScriptFault(Exception):
@@ -55,8 +83,9 @@ class _TransientFault(_ScriptFault):
 
 
 @dataclass
-class _Compiled:
+class _Context:
     racer: MiniRacer
+    closer: AbstractContextManager[MiniRacer]
     version: str
     hooks: frozenset[str]
     loop: asyncio.AbstractEventLoop
@@ -66,9 +95,11 @@ class _Compiled:
 class _Slot:
     loop: asyncio.AbstractEventLoop
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-    compiled: _Compiled | None = None
+    ctx: _Context | None = None
     # (version, error, retry_at) of a failed compile; retry_at is inf for deterministic failures
     failed: tuple[str, str, float] | None = None
+    stopping: int = 0  # abandoned contexts of this script not closed yet
+    stopped: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 class ScriptEngine:
@@ -79,35 +110,40 @@ class ScriptEngine:
         self.max_memory_mb = max_memory_mb
         self.log = log or logging.getLogger("router.scripts")
         self._slots: dict[int, _Slot] = {}
-        self._static: dict[int, tuple[str, frozenset[str]]] = {}
+        self._hooks: dict[int, tuple[str, frozenset[str]]] = {}  # id -> (version, hooks it defines)
+        self._closing: set[threading.Thread] = set()
 
     # -- public API -------------------------------------------------------------------------------
 
     def has_hook(self, script: ScriptSource, hook: str) -> bool:
-        """Whether the code declares ``hook`` (static check, cached per version)."""
-        cached = self._static.get(script.id)
-        if cached is None or cached[0] != script.version:
-            cached = (script.version, defined_hooks(script.code))
-            self._static[script.id] = cached
-        return hook in cached[1]
+        """False only when the script's compiled version is known not to define ``hook``."""
+        known = self._hooks.get(script.id)
+        return known is None or known[0] != script.version or hook in known[1]
+
+    @property
+    def open_contexts(self) -> int:
+        """Contexts alive now (for tests and metrics), abandoned ones still stopping included."""
+        return sum(1 for s in self._slots.values() if s.ctx is not None) + len(self._closing)
 
     async def run_hook(
-        self, script: ScriptSource, hook: str, context: dict, request_id: str | None = None
+        self, script: ScriptSource, hook: str, context: dict[str, Any], request_id: str | None = None
     ) -> HookResult:
-        """Run ``hook`` of ``script`` on ``context``; never raises for script faults."""
+        """Run ``hook`` of ``script`` on ``context``; never raises for script faults.
+
+        ``context`` is not modified; the result's context shares the parts the hook left as
+        they were (bodies, chunk) with it.
+        """
         started = time.perf_counter()
         logs: list[str] = []
         try:
             if hook not in HOOKS:
                 raise _ScriptFault(f"unknown hook {hook!r}")
-            if self._static_says_absent(script, hook):
-                return HookResult(True, context, [], None, _ms(started))
             slot = self._slot(script.id)
             async with slot.lock:
-                compiled = await self._ensure(slot, script)
-                if hook not in compiled.hooks:
+                ctx = await self._ensure(slot, script)
+                if hook not in ctx.hooks:
                     return HookResult(True, context, [], None, _ms(started))
-                out = await self._call(slot, compiled, hook, context, logs)
+                out = await self._call(slot, ctx, hook, context, logs)
             self._check_shape(hook, context, out)
             return HookResult(True, out, logs, None, _ms(started))
         except _ScriptFault as e:
@@ -119,28 +155,36 @@ class ScriptEngine:
             for line in logs:
                 self.log.info("script %s [%s] %s", script.name, request_id, line)
 
+    def retain(self, live: Mapping[int, str]) -> None:
+        """Free the contexts of scripts not in ``live`` (id -> version), or of an older version."""
+        for script_id in list(self._slots):
+            version = live.get(script_id)
+            slot = self._slots[script_id]
+            if version is None:
+                self.evict(script_id)
+            elif slot.ctx is not None and slot.ctx.version != version and not slot.lock.locked():
+                self._discard(slot)
+        for script_id in list(self._hooks):
+            if script_id not in live:
+                del self._hooks[script_id]
+
     def evict(self, script_id: int) -> None:
         """Forget a script (e.g. deleted) and close its context."""
-        self._static.pop(script_id, None)
+        self._hooks.pop(script_id, None)
         slot = self._slots.pop(script_id, None)
         if slot is not None:
             self._discard(slot)
 
     async def close(self) -> None:
-        """Close all contexts."""
+        """Close all contexts and wait until they are closed."""
         for script_id in list(self._slots):
             self.evict(script_id)
-        self._static.clear()
+        self._hooks.clear()
+        deadline = time.monotonic() + 10
+        while self._closing and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
 
     # -- internals --------------------------------------------------------------------------------
-
-    def _static_says_absent(self, script: ScriptSource, hook: str) -> bool:
-        cached = self._static.get(script.id)
-        if cached is None or cached[0] != script.version:
-            self.has_hook(script, hook)
-            cached = self._static[script.id]
-        # an empty set also means "does not parse": let the compile path report the error
-        return bool(cached[1]) and hook not in cached[1]
 
     def _slot(self, script_id: int) -> _Slot:
         loop = asyncio.get_running_loop()
@@ -151,40 +195,74 @@ class ScriptEngine:
             slot = self._slots[script_id] = _Slot(loop)
         return slot
 
-    def _discard(self, slot: _Slot) -> None:
-        compiled, slot.compiled = slot.compiled, None
-        if compiled is not None:
+    def _discard(self, slot: _Slot, busy: bool = False) -> None:
+        """Close the slot's context off the loop; ``busy``: it may still be running JS."""
+        ctx, slot.ctx = slot.ctx, None
+        if ctx is None:
+            return
+        if busy:
+            slot.stopping += 1
+            slot.stopped.clear()
+        self._close_in_background(ctx.closer, slot if busy else None)
+
+    def _close_in_background(self, closer: AbstractContextManager[MiniRacer], slot: _Slot | None) -> None:
+        loop = slot.loop if slot is not None else None
+
+        def done() -> None:
+            if slot is not None:
+                slot.stopping -= 1
+                if slot.stopping == 0:
+                    slot.stopped.set()
+
+        def run() -> None:
             try:
-                compiled.racer.close()
+                closer.__exit__(None, None, None)
             except Exception:  # pragma: no cover - best effort
                 self.log.debug("closing script context failed", exc_info=True)
+            finally:
+                self._closing.discard(thread)
+                if loop is not None and not loop.is_closed():
+                    with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+                        loop.call_soon_threadsafe(done)
 
-    async def _ensure(self, slot: _Slot, script: ScriptSource) -> _Compiled:
+        thread = threading.Thread(target=run, name="script-context-close", daemon=True)
+        self._closing.add(thread)
+        thread.start()
+
+    async def _ensure(self, slot: _Slot, script: ScriptSource) -> _Context:
         loop = asyncio.get_running_loop()
-        c = slot.compiled
+        c = slot.ctx
         if c is not None and c.version == script.version and c.loop is loop:
             return c
         self._discard(slot)
         failed = slot.failed
         if failed is not None and failed[0] == script.version and time.monotonic() < failed[2]:
             raise _ScriptFault(failed[1])
+        if slot.stopping:
+            try:
+                async with asyncio.timeout(max(self.timeout_ms, 1) / 1000):
+                    await slot.stopped.wait()
+            except TimeoutError:
+                raise _ScriptFault("still stopping an earlier call of this script that exceeded its limits") from None
         try:
-            slot.compiled = await self._compile(script, loop)
+            slot.ctx = await self._compile(script, loop)
             slot.failed = None
-            return slot.compiled
+            self._hooks[script.id] = (script.version, slot.ctx.hooks)
+            return slot.ctx
         except _TransientFault as e:  # timeout / OOM at top level: retry a little later
             slot.failed = (script.version, str(e), time.monotonic() + _RETRY_AFTER_S)
             raise
         except _ScriptFault as e:  # syntax error / top-level throw: fails until the code changes
-            slot.failed = (script.version, str(e), math.inf)
+            slot.failed = (script.version, str(e), float("inf"))
             raise
 
-    async def _compile(self, script: ScriptSource, loop: asyncio.AbstractEventLoop) -> _Compiled:
-        racer = MiniRacer()
+    async def _compile(self, script: ScriptSource, loop: asyncio.AbstractEventLoop) -> _Context:
+        limit = self.max_memory_mb << 20
+        closer, racer = await asyncio.to_thread(_open_context, loop, limit)
+        ok = False
         try:
-            racer.set_hard_memory_limit(self.max_memory_mb << 20)
-            async with asyncio.timeout(max(self.timeout_ms, 1000) / 1000):
-                await racer.eval_cancelable(RUNTIME)
+            async with asyncio.timeout(max(self.timeout_ms / 1000, _SETUP_TIMEOUT_S)):
+                await racer.eval_cancelable(runtime_source(limit))
             try:
                 async with asyncio.timeout(self.timeout_ms / 1000):
                     names = await racer.eval_cancelable(compile_source(script.code))
@@ -199,42 +277,46 @@ class ScriptEngine:
             except JSEvalException as e:
                 msg, line = parse_error_location(str(e))
                 raise _ScriptFault(f"{msg} (line {line})" if line else msg) from None
-            return _Compiled(racer, script.version, frozenset(json.loads(names)), loop)
-        except BaseException:
-            racer.close()
-            raise
+            ok = True
+            return _Context(racer, closer, script.version, frozenset(json.loads(str(names))), loop)
+        finally:
+            if not ok:
+                self._close_in_background(closer, None)
 
-    async def _call(self, slot: _Slot, c: _Compiled, hook: str, context: dict, logs: list[str]) -> dict:
-        try:
-            payload = orjson.dumps(context).decode()
-        except TypeError as e:
-            raise _ScriptFault(f"context is not JSON-serializable: {e}") from None
-        code = f"__rt.start({json.dumps(hook)},{json.dumps(payload)})"
+    async def _call(
+        self, slot: _Slot, c: _Context, hook: str, context: dict[str, Any], logs: list[str]
+    ) -> dict[str, Any]:
+        code = _call_source(hook, context)
         try:
             async with asyncio.timeout(self.timeout_ms / 1000):
-                env = orjson.loads(await c.racer.eval_cancelable(code))
+                env = orjson.loads(str(await c.racer.eval_cancelable(code)))
                 logs.extend(env["l"])
                 if "p" in env:
-                    env = orjson.loads(await c.racer.eval_cancelable("__rt.take()"))
+                    env = orjson.loads(str(await c.racer.eval_cancelable("__rt.take()")))
                     logs.extend(env["l"])
         except TimeoutError:
-            self._discard(slot)
+            self._discard(slot, busy=True)
             raise _ScriptFault(f"TimeoutError: script exceeded {self.timeout_ms:g} ms") from None
         except JSOOMException:
-            self._discard(slot)
+            self._discard(slot, busy=True)
             raise _ScriptFault("out of memory") from None
         except JSEvalException as e:  # outside the runtime's try/catch, e.g. stack overflow in stringify
-            self._discard(slot)
+            self._discard(slot, busy=True)
             raise _ScriptFault(parse_error_location(str(e))[0]) from None
         except BaseException:  # cancellation or engine fault: the context state is unknown
-            self._discard(slot)
+            self._discard(slot, busy=True)
             raise
+        if env.get("m", 0) * 2 > self.max_memory_mb << 20:
+            self._discard(slot)  # buffers are never uncounted: start afresh before the budget runs out
         if "e" in env:
             raise _ScriptFault(env["e"])
-        return env["v"]
+        out = env["v"]
+        for index in env.get("k", ()):
+            _put_back(out, context, _PARTS[index])
+        return out  # type: ignore[no-any-return]
 
     @staticmethod
-    def _check_shape(hook: str, given: dict, out: object) -> None:
+    def _check_shape(hook: str, given: dict[str, Any], out: object) -> None:
         if not isinstance(out, dict):
             raise _ScriptFault("hook did not return a context object")
         for key in _REQUIRED_KEYS[hook]:
@@ -245,6 +327,39 @@ class ScriptEngine:
                 raise _ScriptFault(f"hook did not return a context object (missing {key!r})")
             if key != "chunk" and isinstance(given.get(key), dict) and not isinstance(out.get(key), dict):
                 raise _ScriptFault(f"hook returned a context whose {key!r} is not an object")
+
+
+def _open_context(loop: asyncio.AbstractEventLoop, limit: int) -> tuple[AbstractContextManager[MiniRacer], MiniRacer]:
+    """Create a context bound to ``loop`` (run on another thread: creating one runs a sync eval)."""
+    closer = mini_racer(loop)
+    racer = closer.__enter__()
+    racer.set_hard_memory_limit(limit)
+    return closer, racer
+
+
+def _fragment(value: object) -> orjson.Fragment:
+    if isinstance(value, RawJSON):
+        return orjson.Fragment(value.raw)
+    raise TypeError(f"{type(value).__name__} is not JSON-serializable")
+
+
+def _call_source(hook: str, context: dict[str, Any]) -> str:
+    try:
+        payload = orjson.dumps(context, default=_fragment, option=orjson.OPT_PASSTHROUGH_DATACLASS)
+    except TypeError as e:
+        raise _ScriptFault(f"context is not JSON-serializable: {e}") from None
+    if b"__proto__" in payload or (b"\\u00" in payload and _PROTO_ESCAPE.search(payload)):
+        return f'__rt.start("{hook}",JSON.parse({json.dumps(payload.decode())}))'
+    return f'__rt.start("{hook}",{payload.decode()})'
+
+
+def _put_back(out: Any, given: dict[str, Any], part: tuple[str | None, str]) -> None:
+    """Restore a part the hook did not change, as the caller's own object."""
+    outer, key = part
+    source: Any = given if outer is None else given.get(outer)
+    target: Any = out if outer is None else (out.get(outer) if isinstance(out, dict) else None)
+    if isinstance(source, dict) and isinstance(target, dict) and key in source:
+        target[key] = source[key]
 
 
 def _ms(started: float) -> float:

@@ -18,20 +18,96 @@ _EXPORT_RE = re.compile(
 _EXPORT_LIST_RE = re.compile(r"^([ \t]*)export[ \t]*\{[^}]*\}[ \t]*;?", re.MULTILINE)
 _PARSE_LOC_RE = re.compile(r"^[^\n]*?:(\d+): (.*)$", re.MULTILINE)
 
-# Removes timers (setTimeout polyfill and its Atomics.waitAsync base) and anything
-# host-like; installs a capturing console and the frozen runtime object `__rt`.
+# Removes timers (setTimeout polyfill and its Atomics.waitAsync base), anything host-like, and
+# what allocates memory V8's heap limit does not see (WebAssembly, SharedArrayBuffer, Intl's ICU
+# objects); puts ArrayBuffer and typed-array allocations on a budget; installs a capturing
+# console and the frozen runtime object `__rt`.
 _RUNTIME_TEMPLATE = r"""
 (function () {
   'use strict';
   const g = globalThis;
   for (const k of ['setTimeout', 'clearTimeout', 'setInterval', 'clearInterval', 'setImmediate',
                    'clearImmediate', 'queueMicrotask', '__timer_manager', 'fetch', 'XMLHttpRequest',
-                   'WebSocket', 'require', 'process', 'Deno', 'Bun']) {
+                   'WebSocket', 'require', 'process', 'Deno', 'Bun', 'WebAssembly', 'SharedArrayBuffer',
+                   'Atomics', 'Intl']) {
     try { delete g[k]; } catch (e) { /* var-declared: not configurable */ }
     try { if (k in g) g[k] = undefined; } catch (e) { /* ignore */ }
   }
-  try { delete Atomics.waitAsync; delete Atomics.wait; } catch (e) { /* ignore */ }
   const parse = JSON.parse, stringify = JSON.stringify, Str = String, isArr = Array.isArray;
+  const R = Reflect, construct = R.construct, apply = R.apply, defProp = Object.defineProperty;
+  const getDesc = Object.getOwnPropertyDescriptor, trunc = Math.trunc, Num = Number, aFrom = Array.from;
+
+  // --- buffer budget: every byte a script can get in an ArrayBuffer is counted, never uncounted
+  const MAXB = __MAXB__;
+  let used = 0;
+  const charge = (n) => {
+    n = trunc(Num(n));
+    if (!(n > 0)) return;
+    if (used + n > MAXB) {
+      throw new RangeError('out of memory: ArrayBuffer allocations exceed the script limit of '
+                           + (MAXB / 1048576) + ' MB');
+    }
+    used += n;
+  };
+  const prim = (x) => (x !== null && (typeof x === 'object' || typeof x === 'function')) ? Num(x) : x;
+  const AB = ArrayBuffer, U8 = Uint8Array, TA = Object.getPrototypeOf(Uint8Array);
+  const abLen = getDesc(AB.prototype, 'byteLength').get;
+  const taLen = getDesc(TA.prototype, 'length').get, taBytes = getDesc(TA.prototype, 'byteLength').get;
+  const isBuf = (x) => { try { apply(abLen, x, []); return true; } catch (e) { return false; } };
+  const isTA = (x) => { try { apply(taLen, x, []); return true; } catch (e) { return false; } };
+  const guard = (Orig, pre) => {
+    const P = new Proxy(Orig, {
+      construct(t, args, nt) { return construct(t, pre(args), nt === P ? t : nt); },
+    });
+    defProp(Orig.prototype, 'constructor', { value: P, writable: true, configurable: true });
+    defProp(g, Orig.name, { value: P, writable: true, configurable: true });
+  };
+  guard(AB, (args) => {
+    const n = prim(args[0]);
+    const o = args[1];
+    let max;
+    if (o !== null && typeof o === 'object') { max = o.maxByteLength; if (max !== undefined) max = prim(max); }
+    if (max === undefined) { charge(n); return [n]; }
+    charge(trunc(Num(max)) > trunc(Num(n)) ? max : n);
+    return [n, { maxByteLength: max }];
+  });
+  for (const name of ['Int8Array', 'Uint8Array', 'Uint8ClampedArray', 'Int16Array', 'Uint16Array',
+                      'Int32Array', 'Uint32Array', 'Float16Array', 'Float32Array', 'Float64Array',
+                      'BigInt64Array', 'BigUint64Array']) {
+    const T = g[name];
+    if (typeof T !== 'function') continue;
+    const bpe = T.BYTES_PER_ELEMENT;
+    guard(T, (args) => {
+      const a = args[0];
+      if (a === null || (typeof a !== 'object' && typeof a !== 'function')) { charge(Num(a) * bpe); return [a]; }
+      if (isBuf(a)) return args;  // a view on an existing buffer: nothing allocated
+      if (isTA(a)) { charge(apply(taLen, a, []) * bpe); return [a]; }
+      const list = aFrom(a);  // iterable or array-like, materialised once (on the heap, which is limited)
+      charge(list.length * bpe);
+      return [list];
+    });
+  }
+  const wrapMethod = (obj, name, size) => {
+    const f = obj[name];
+    if (typeof f !== 'function') return;
+    defProp(obj, name, { value: { [name](...args) { charge(size(this, args)); return apply(f, this, args); } }[name],
+                         writable: true, configurable: true });
+  };
+  const ownBytes = (t) => apply(taBytes, t, []);
+  for (const m of ['toReversed', 'toSorted', 'with']) wrapMethod(TA.prototype, m, ownBytes);
+  for (const m of ['transfer', 'transferToFixedLength']) {
+    const f = AB.prototype[m];
+    if (typeof f !== 'function') continue;
+    defProp(AB.prototype, m, { value: { [m](len) {
+      const n = len === undefined ? apply(abLen, this, []) : prim(len);
+      charge(n);
+      return len === undefined ? apply(f, this, []) : apply(f, this, [n]);
+    } }[m], writable: true, configurable: true });
+  }
+  wrapMethod(U8, 'fromBase64', (t, args) => typeof args[0] === 'string' ? args[0].length * 3 / 4 + 3 : 0);
+  wrapMethod(U8, 'fromHex', (t, args) => typeof args[0] === 'string' ? args[0].length / 2 + 1 : 0);
+
+  // --- console
   const MAXL = __MAXL__, MAXC = __MAXC__;
   let logs = [], dropped = 0, hooks = {}, pending = null;
   const fmt = (a) => {
@@ -54,6 +130,7 @@ _RUNTIME_TEMPLATE = r"""
     logs = []; dropped = 0;
     return stringify(l);
   };
+  const tail = () => ',"m":' + used + ',"l":' + drain() + '}';
   const errStr = (e) => {
     let msg;
     try {
@@ -67,49 +144,89 @@ _RUNTIME_TEMPLATE = r"""
         msg = 'Uncaught ' + (fmt(e));
       }
     } catch (x) { msg = 'Uncaught exception'; }
-    return '{"e":' + stringify(Str(msg)) + ',"l":' + drain() + '}';
+    return '{"e":' + stringify(Str(msg)) + tail();
   };
-  const fin = (r) => {
+
+  // --- big parts (bodies, the stream chunk) come back only when the hook changed them
+  const PARTS = [['request', 'body'], ['response', 'body'], [null, 'chunk']];
+  const holder = (c, p) => {
+    if (p[0] === null) return c;
+    const h = c[p[0]];
+    return h !== null && typeof h === 'object' && !isArr(h) ? h : null;
+  };
+  const snap = (c) => PARTS.map((p) => {
+    const h = holder(c, p);
+    return h !== null && p[1] in h ? stringify(h[p[1]]) : null;
+  });
+  const fin = (r, before) => {
+    if (r === null || typeof r !== 'object' || isArr(r))
+      return '{"e":"hook did not return a context object"' + tail();
+    const kept = [];
+    const detached = [];
     let s;
-    try { s = stringify(r); } catch (e) { return errStr(e); }
-    if (s === undefined || r === null || typeof r !== 'object' || isArr(r))
-      return '{"e":"hook did not return a context object","l":' + drain() + '}';
-    return '{"v":' + s + ',"l":' + drain() + '}';
+    try {
+      for (let i = 0; i < PARTS.length; i++) {
+        if (before[i] === null) continue;
+        const h = holder(r, PARTS[i]);
+        const k = PARTS[i][1];
+        if (h !== null && k in h && stringify(h[k]) === before[i]) {
+          const v = h[k];
+          try { h[k] = undefined; } catch (e) { continue; }  // frozen: send it back whole
+          detached.push([h, k, v]);
+          kept.push(i);
+        }
+      }
+      s = stringify(r);
+    } catch (e) {
+      return errStr(e);
+    } finally {
+      for (const [h, k, v] of detached) h[k] = v;
+    }
+    if (s === undefined) return '{"e":"hook did not return a context object"' + tail();
+    return '{"v":' + s + ',"k":' + stringify(kept) + tail();
   };
   const rt = Object.freeze({
     install(h) {
       hooks = h;
       return stringify(Object.keys(h).filter((k) => typeof h[k] === 'function'));
     },
-    start(name, json) {
+    start(name, ctx) {
       pending = null;
       const f = hooks[name];
-      if (typeof f !== 'function') return '{"e":"hook ' + name + ' is not defined","l":' + drain() + '}';
-      let r;
+      if (typeof f !== 'function') return '{"e":"hook ' + name + ' is not defined"' + tail();
+      let r, before;
       try {
-        r = f(parse(json));
+        before = snap(ctx);
+        r = f(ctx);
         if (r !== null && typeof r === 'object' && typeof r.then === 'function') {
           const box = { done: false, out: null };
           pending = box;
-          r.then((v) => { box.done = true; box.out = fin(v); },
+          r.then((v) => { box.done = true; box.out = fin(v, before); },
                  (e) => { box.done = true; box.out = errStr(e); });
-          return '{"p":1,"l":' + drain() + '}';
+          return '{"p":1' + tail();
         }
       } catch (e) { return errStr(e); }
-      return fin(r);
+      return fin(r, before);
     },
     take() {
       const box = pending;
       pending = null;
       if (box === null || !box.done)
-        return '{"e":"hook did not settle (awaited a promise that never resolves)","l":' + drain() + '}';
+        return '{"e":"hook did not settle (awaited a promise that never resolves)"' + tail();
       return box.out;
     },
   });
   Object.defineProperty(g, '__rt', { value: rt, writable: false, configurable: false });
 })();
 """
-RUNTIME = (
+
+
+def runtime_source(max_buffer_bytes: int) -> str:
+    """The sandbox and runtime for one context, with its ArrayBuffer budget."""
+    return _RUNTIME.replace("__MAXB__", str(int(max_buffer_bytes)))
+
+
+_RUNTIME = (
     _RUNTIME_TEMPLATE.replace("__MAXL__", str(MAX_LOG_LINES))
     .replace("__MAXC__", str(MAX_LOG_CHARS))
     .replace("__URL__", re.escape(SOURCE_URL))

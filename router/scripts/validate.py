@@ -1,61 +1,42 @@
 """Static checks of script code: syntax and which hooks it declares.
 
-Nothing here runs user code: the code is wrapped in a function that returns before the
-user's first statement (declarations are still hoisted), so a spinning or hostile top
-level cannot hurt. The checks use one shared V8 context owned by its own event-loop
-thread, so they work from any thread, including a running event loop (they block the
-caller only for the parse, typically well under a few ms).
+Nothing here runs user code in a context anything else uses: every check gets a throw-away V8
+context (created and closed off the event loop), and the code is wrapped in a function that
+returns before the user's first statement (declarations are still hoisted). If a crafted script
+escapes the wrapper, it runs only in that throw-away context, under a time and memory limit, and
+can at worst make its own check pass or fail.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import threading
 
-from py_mini_racer import JSEvalException, JSParseException, MiniRacer, init_mini_racer
+from py_mini_racer import JSEvalException, JSParseException
 
 from .datatypes import HOOKS, ScriptSyntaxError
+from .engine import _open_context
 from .js import parse_error_location, probe_source
 
 _PROBE_TIMEOUT_S = 2.0
 _VALIDATOR_MEMORY = 64 << 20
 _VAR_RE = {h: re.compile(rf"\bvar\s+{h}\b") for h in HOOKS}
 
-# V8 must be initialised on the main thread: measured with mini-racer 0.14.1, initialising it
-# from another thread and then creating contexts on several threads segfaults the process.
-# Importing this package (normally done on the main thread) does it early.
-init_mini_racer(ignore_duplicate_init=True)
 
-_lock = threading.Lock()
-_racer: MiniRacer | None = None
-
-
-def _get_racer() -> MiniRacer:
-    """Create the shared probe context on a thread without a running loop (it gets its own)."""
-    global _racer
-    if _racer is None:
-        box: list[MiniRacer] = []
-        t = threading.Thread(target=lambda: box.append(MiniRacer()), name="script-validator-init")
-        t.start()
-        t.join()
-        box[0].set_hard_memory_limit(_VALIDATOR_MEMORY)
-        _racer = box[0]
-    return _racer
-
-
-def _probe(code: str) -> list[str]:
-    global _racer
-    with _lock:
-        racer = _get_racer()
-        try:
-            return json.loads(racer.eval(probe_source(code), timeout_sec=_PROBE_TIMEOUT_S))
-        except (JSParseException, JSEvalException):
-            raise
-        except Exception:
-            racer.close()  # timeout/OOM/internal: start afresh next time
-            _racer = None
-            raise
+async def _probe(code: str) -> list[str]:
+    loop = asyncio.get_running_loop()
+    closer, racer = await asyncio.to_thread(_open_context, loop, _VALIDATOR_MEMORY)
+    try:
+        async with asyncio.timeout(_PROBE_TIMEOUT_S):
+            result = json.loads(str(await racer.eval_cancelable(probe_source(code))))
+    finally:
+        # closing waits for the isolate to stop: never on the loop
+        threading.Thread(target=closer.__exit__, args=(None, None, None), daemon=True).start()
+    if not isinstance(result, list) or len(result) != len(HOOKS):
+        raise ValueError("unexpected probe result")
+    return [str(k) for k in result]
 
 
 def _hooks_from_probe(code: str, kinds: list[str]) -> frozenset[str]:
@@ -65,14 +46,21 @@ def _hooks_from_probe(code: str, kinds: list[str]) -> frozenset[str]:
     return frozenset(found)
 
 
-def validate(code: str) -> ScriptSyntaxError | None:
+async def defined_hooks(code: str) -> frozenset[str]:
+    """Hooks the code declares (function declarations exactly; let/const/var/class bindings
+    with a hook name are counted without checking they hold a function). Empty on syntax error."""
+    try:
+        kinds = await _probe(code)
+    except Exception:
+        return frozenset()
+    return _hooks_from_probe(code, kinds)
+
+
+async def validate(code: str) -> ScriptSyntaxError | None:
     """Syntax check plus 'defines at least one hook' check; None when the code is fine."""
     try:
-        kinds = _probe(code)
-    except JSParseException as e:
-        message, line = parse_error_location(str(e))
-        return ScriptSyntaxError(message, line)
-    except JSEvalException as e:
+        kinds = await _probe(code)
+    except (JSParseException, JSEvalException) as e:
         message, line = parse_error_location(str(e))
         return ScriptSyntaxError(message, line)
     except Exception as e:  # timeout / OOM while parsing a pathological input
@@ -80,13 +68,3 @@ def validate(code: str) -> ScriptSyntaxError | None:
     if not _hooks_from_probe(code, kinds):
         return ScriptSyntaxError(f"script defines none of {', '.join(HOOKS)}", None)
     return None
-
-
-def defined_hooks(code: str) -> frozenset[str]:
-    """Hooks the code declares (function declarations exactly; let/const/var/class bindings
-    with a hook name are counted without checking they hold a function). Empty on syntax error."""
-    try:
-        kinds = _probe(code)
-    except Exception:
-        return frozenset()
-    return _hooks_from_probe(code, kinds)

@@ -1,0 +1,135 @@
+"""What one no-op script costs: CPU time, not wall time (the machine is shared).
+
+Two measurements:
+
+* ``engine``: ``ScriptEngine.run_hook`` of ``function onRequest(c){return c}`` on a ~1 KB
+  chat context, in this process; CPU per call from ``time.process_time()`` (all threads,
+  so V8's own thread counts too).
+* ``router``: the real router (``python -m router serve``) against the benchmark mock, the
+  same sequential chat requests without and with one active no-op ``PER_BACKEND`` script,
+  in alternating rounds; CPU per request = router process utime+stime (``/proc``) / requests.
+  The script's added CPU per request is the difference of the medians.
+
+    .venv/bin/python benchmarks/script_cost.py [--requests 2000] [--rounds 3] [--engine-only]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from services import MODEL, Router, start_mock, stop_process
+
+NOOP = "function onRequest(c){return c}"
+CONTEXT = {
+    "user": {"id": 1, "name": "bench", "email": None},
+    "backend": {"id": 1, "name": "mock", "baseUrl": "http://127.0.0.1:1/v1"},
+    "request": {
+        "method": "POST",
+        "path": "/v1/chat/completions",
+        "headers": {"content-type": "application/json", "user-agent": "bench", "accept": "*/*"},
+        "body": {"model": MODEL, "messages": [{"role": "user", "content": "hello " * 120}], "max_tokens": 16},
+        "isStream": False,
+    },
+    "response": None,
+}
+
+
+def engine_cost(calls: int) -> float:
+    """CPU ms per no-op hook call."""
+    from router.scripts import ScriptEngine, ScriptSource
+
+    async def run() -> float:
+        engine = ScriptEngine(timeout_ms=50, max_memory_mb=64)
+        source = ScriptSource(1, "noop", NOOP, "1")
+        for _ in range(200):
+            await engine.run_hook(source, "onRequest", CONTEXT)
+        started = time.process_time()
+        for _ in range(calls):
+            await engine.run_hook(source, "onRequest", CONTEXT)
+        cost = (time.process_time() - started) / calls * 1000
+        await engine.close()
+        return cost
+
+    return asyncio.run(run())
+
+
+def process_cpu_s(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def router_round(router: Router, client: httpx.Client, requests: int) -> float:
+    """CPU ms per request of `requests` sequential chat requests."""
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "hello " * 120}], "max_tokens": 16}
+    headers = {"Authorization": f"Bearer {router.key}"}
+    for _ in range(50):  # warm-up (compiles the script once per version)
+        client.post(f"{router.url}/v1/chat/completions", json=body, headers=headers).raise_for_status()
+    started = process_cpu_s(router.pid)
+    for _ in range(requests):
+        client.post(f"{router.url}/v1/chat/completions", json=body, headers=headers).raise_for_status()
+    return (process_cpu_s(router.pid) - started) / requests * 1000
+
+
+def router_cost(requests: int, rounds: int) -> dict[str, float]:
+    mock = start_mock(None)
+    with tempfile.TemporaryDirectory() as tmp:
+        router = Router(Path(tmp), Path(__file__).resolve().parents[1], None, {"mock": mock.url + "/v1"}, [MODEL])
+        try:
+            router.prepare()
+            router.start()
+            plain: list[float] = []
+            scripted: list[float] = []
+            with httpx.Client(timeout=30) as client:
+                for _ in range(rounds):
+                    plain.append(router_round(router, client, requests))
+                    backend = router.graphql("{ backends { id } }")["backends"][0]["id"]
+                    created = router.graphql(
+                        "mutation($in: CreateScriptInput!) { createScript(input: $in) { id } }",
+                        {"in": {"name": "noop", "type": "PER_BACKEND", "backendId": backend, "code": NOOP}},
+                    )
+                    script_id = created["createScript"]["id"]
+                    router.graphql("mutation($id: ID!) { activateScript(id: $id) { id } }", {"id": script_id})
+                    time.sleep(0.5)  # the catalog refresh is asynchronous
+                    scripted.append(router_round(router, client, requests))
+                    router.graphql("mutation($id: ID!) { deleteScript(id: $id) }", {"id": script_id})
+                    time.sleep(0.5)
+        finally:
+            router.stop()
+            stop_process(mock.proc)
+    return {
+        "plain_ms": statistics.median(plain),
+        "script_ms": statistics.median(scripted),
+        "added_ms": statistics.median(scripted) - statistics.median(plain),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--requests", type=int, default=2000)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--calls", type=int, default=5000)
+    parser.add_argument("--engine-only", action="store_true")
+    args = parser.parse_args()
+    print(f"engine: no-op onRequest, CPU per call: {engine_cost(args.calls):.3f} ms")
+    if not args.engine_only:
+        result = router_cost(args.requests, args.rounds)
+        print(
+            f"router: CPU per request without script {result['plain_ms']:.3f} ms, "
+            f"with a no-op script {result['script_ms']:.3f} ms, added {result['added_ms']:.3f} ms"
+        )
+
+
+if __name__ == "__main__":
+    main()
