@@ -32,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from services import MODEL, Router, start_mock, stop_process
 
 NOOP = "function onRequest(c){return c}"
+VERBOSE = False
 CONTEXT = {
     "user": {"id": 1, "name": "bench", "email": None},
     "backend": {"id": 1, "name": "mock", "baseUrl": "http://127.0.0.1:1/v1"},
@@ -70,6 +71,20 @@ def process_cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def thread_cpu_s(pid: int) -> dict[str, float]:
+    """CPU seconds per thread name (summed), to see where a cost lands."""
+    out: dict[str, float] = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            stat = (task / "stat").read_text()
+        except OSError:
+            continue
+        name = "main" if task.name == str(pid) else "other threads"
+        fields = stat.rsplit(")", 1)[1].split()
+        out[name] = out.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return out
+
+
 def router_round(router: Router, client: httpx.Client, requests: int) -> float:
     """CPU ms per request of `requests` sequential chat requests."""
     body = {"model": MODEL, "messages": [{"role": "user", "content": "hello " * 120}], "max_tokens": 16}
@@ -77,8 +92,15 @@ def router_round(router: Router, client: httpx.Client, requests: int) -> float:
     for _ in range(50):  # warm-up (compiles the script once per version)
         client.post(f"{router.url}/v1/chat/completions", json=body, headers=headers).raise_for_status()
     started = process_cpu_s(router.pid)
+    threads = thread_cpu_s(router.pid)
     for _ in range(requests):
-        client.post(f"{router.url}/v1/chat/completions", json=body, headers=headers).raise_for_status()
+        response = client.post(f"{router.url}/v1/chat/completions", json=body, headers=headers)
+        if response.status_code != 200:
+            raise RuntimeError(f"HTTP {response.status_code}: {response.text[:500]}")
+    if VERBOSE:
+        after = thread_cpu_s(router.pid)
+        spent = {k: round((v - threads.get(k, 0.0)) / requests * 1000, 3) for k, v in after.items()}
+        print("  per thread, ms/request:", {k: v for k, v in spent.items() if v}, file=sys.stderr)
     return (process_cpu_s(router.pid) - started) / requests * 1000
 
 
@@ -105,6 +127,10 @@ def router_cost(requests: int, rounds: int) -> dict[str, float]:
                     scripted.append(router_round(router, client, requests))
                     router.graphql("mutation($id: ID!) { deleteScript(id: $id) }", {"id": script_id})
                     time.sleep(0.5)
+        except Exception:
+            for log in Path(tmp).glob("router-*.log"):
+                print(log.read_text()[-4000:], file=sys.stderr)
+            raise
         finally:
             router.stop()
             stop_process(mock.proc)
@@ -121,7 +147,10 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--calls", type=int, default=5000)
     parser.add_argument("--engine-only", action="store_true")
+    parser.add_argument("--verbose", action="store_true", help="CPU per thread name for each round")
     args = parser.parse_args()
+    global VERBOSE
+    VERBOSE = args.verbose
     print(f"engine: no-op onRequest, CPU per call: {engine_cost(args.calls):.3f} ms")
     if not args.engine_only:
         result = router_cost(args.requests, args.rounds)
