@@ -29,6 +29,7 @@ from graphql_schema.types import (
     UserWithKey,
     given,
 )
+from router.hooks import script_test_context
 from router.scripts import ScriptEngine, ScriptSource, validate
 
 Ctx = Info[AdminContext, None]
@@ -239,7 +240,10 @@ class Mutation:
     )
     async def test_script(self, info: Ctx, id: strawberry.ID, input: ScriptTestInput) -> ScriptTestResult:
         script = await info.context.admin.get_script(id)
-        if not isinstance(input.context, dict):
+        context = input.context
+        if context is None:
+            context = await test_context_of(info, script, input.hook.value)
+        if not isinstance(context, dict):
             raise bad_input("input.context must be a JSON object", "input.context")
         # A throw-away engine: the test shares no V8 context, globals or lock with live traffic,
         # and a runaway script only costs its own (closed) context.
@@ -247,7 +251,7 @@ class Mutation:
         engine = ScriptEngine(timeout_ms=settings.script_timeout_ms, max_memory_mb=settings.script_max_memory_mb)
         source = ScriptSource(script.id, script.name, script.code, script.updated_at.isoformat())
         try:
-            result = await engine.run_hook(source, input.hook.value, input.context, request_id=None)
+            result = await engine.run_hook(source, input.hook.value, context, request_id=None)
         finally:
             await engine.close()
         return ScriptTestResult(
@@ -257,3 +261,11 @@ class Mutation:
             error=result.error,
             duration_ms=result.duration_ms,
         )
+
+
+async def test_context_of(info: Ctx, script: Any, hook: str) -> dict[str, Any]:
+    """What `hook` of `script` would get for the latest request of its user/backend (redacted)."""
+    rt = info.context.runtime
+    return await script_test_context(
+        rt.catalog.snapshot, rt.models.ordered_models_of, script.user_id, script.backend_id, hook
+    )

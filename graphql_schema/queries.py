@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 
 import strawberry
+from strawberry.scalars import JSON
 from strawberry.types import Info
 
 from graphql_schema.context import AdminContext
@@ -17,6 +18,7 @@ from graphql_schema.types import (
     RequestLogFilter,
     RequestLogPage,
     Script,
+    ScriptHook,
     ScriptType,
     TimeBucket,
     UsageFilter,
@@ -103,6 +105,19 @@ class Query:
         script_type = ModelScriptType(type.value) if type is not None else None
         rows = await info.context.admin.list_scripts(script_type, bool(active_only))
         return [Script.from_model(s) for s in rows]
+
+    @strawberry.field(
+        description="A real-shaped context to test a script's hook with: what the hook would get for the "
+        "latest request of the script's user/backend (the same builder as live traffic), with the prompt "
+        "and answer redacted. Feed it to testScript as input.context (or leave that null)."
+    )
+    async def script_test_context(
+        self, info: Ctx, script_id: strawberry.ID, hook: ScriptHook = ScriptHook.ON_REQUEST
+    ) -> JSON:
+        from graphql_schema.mutations import test_context_of
+
+        script = await info.context.admin.get_script(script_id)
+        return await test_context_of(info, script, hook.value)
 
     @strawberry.field(description="A script by id; null if there is none.")
     async def script(self, info: Ctx, id: strawberry.ID) -> Script | None:

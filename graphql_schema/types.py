@@ -37,6 +37,7 @@ class ScriptType(Enum):
 class ScriptHook(Enum):
     ON_REQUEST = "onRequest"
     ON_RESPONSE = "onResponse"
+    ON_STREAM_CHUNK = "onStreamChunk"
 
 
 @strawberry.enum
@@ -540,11 +541,14 @@ class UpdateScriptInput:
 
 @strawberry.input(
     description="What a script hook is run on: a context shaped like the one the proxy builds "
-    "(user, backend, request, response)."
+    "(user, backend, request, response; chunk for ON_STREAM_CHUNK)."
 )
 class ScriptTestInput:
     hook: ScriptHook
-    context: JSON
+    context: JSON | None = strawberry.field(
+        default=None,
+        description="The context to run on; when null, scriptTestContext(scriptId, hook) for this script.",
+    )
 
 
 def given(value: Any) -> bool:

@@ -12,7 +12,7 @@ must be real. A body (or stream chunk) a hook left as it was passes on byte for 
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -51,7 +51,13 @@ _BAD_VALUE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 MAX_HEADER_NAME = 256
 MAX_HEADER_VALUE = 8192
 MAX_SCRIPT_HEADERS = 64
-_PROMPT_FIELD = {"/v1/chat/completions": "messages", "/v1/completions": "prompt", "/v1/embeddings": "input"}
+_PROMPT_FIELD = {
+    "/v1/chat/completions": "messages",
+    "/v1/completions": "prompt",
+    "/v1/embeddings": "input",
+    "/v1/responses": "input",
+    "/v1/messages": "messages",
+}
 
 
 def scripts_for(snapshot: Snapshot, user_id: int | None, backend_id: int | None) -> tuple[ScriptEntry, ...]:
@@ -424,3 +430,40 @@ def apply_header_changes(headers: dict[str, str], changes: Mapping[str, str | No
     out = {k: v for k, v in headers.items() if k.lower() not in names}
     out.update({k: v for k, v in changes.items() if v is not None})
     return out
+
+
+async def script_test_context(
+    snapshot: Snapshot,
+    models_of: Callable[[int], Sequence[str]],
+    user_id: int | None,
+    backend_id: int | None,
+    hook: str,
+) -> dict[str, Any]:
+    """A real-shaped context for testing a script targeting this user and/or backend: built like
+    live traffic's from the latest logged request of that user/backend (the other one of the pair,
+    endpoint, model, stream flag); prompt and answer are redacted since request logs keep no bodies."""
+    from router.models.analytics import RequestLog
+
+    query = RequestLog.all()
+    if user_id is not None:
+        query = query.filter(user_id=user_id)
+    if backend_id is not None:
+        query = query.filter(backend_id=backend_id)
+    latest = await query.order_by("-id").first()
+    if latest is not None:
+        user_id = latest.user_id if user_id is None else user_id
+        backend_id = latest.backend_id if backend_id is None else backend_id
+    user = snapshot.users_by_id.get(user_id) if user_id is not None else None
+    backend = snapshot.backends_by_id.get(backend_id) if backend_id is not None else None
+    model = latest.model if latest is not None and latest.model else None
+    if model is None:
+        known = models_of(backend.id) if backend is not None else ()
+        model = known[0] if known else "example-model"
+    return example_context(
+        hook,
+        user_view(user) or {"id": user_id, "name": "(example user)", "email": None},
+        backend_view(backend) if backend is not None else None,
+        latest.endpoint if latest is not None else "/v1/chat/completions",
+        model,
+        bool(latest.stream) if latest is not None else False,
+    )
