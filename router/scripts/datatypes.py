@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 HOOKS: tuple[str, ...] = ("onRequest", "onResponse", "onStreamChunk")
 
@@ -30,7 +31,7 @@ class HookResult:
     """Outcome of one hook call."""
 
     ok: bool
-    context: dict | None
+    context: dict[str, Any] | None
     logs: list[str] = field(default_factory=list)
     error: str | None = None
     duration_ms: float = 0.0
