@@ -45,7 +45,7 @@ from router.routing import candidate_backends
 from router.runtime import Runtime
 from router.scripts import RawJSON
 from router.upstream import SSESplitter, UpstreamError, UpstreamResponse, sse_data, sse_event_name
-from router.urls import allowed_proxy_url, redact_url
+from router.urls import allowed_proxy_url
 from router.usage import RequestRecord
 
 log = logging.getLogger("router.proxy")
