@@ -11,6 +11,7 @@ from router.catalog import BackendEntry, Catalog, UserEntry
 from router.config import Settings
 from router.crypto import SecretBox
 from router.health import HealthChecker
+from router.hooks import retain_scripts
 from router.metrics import Metrics
 from router.model_lists import ModelDirectory
 from router.routing import HealthTracker, InFlight, WeightedRoundRobin, order_least_busy
@@ -70,6 +71,7 @@ class Runtime:
         self.local_user_id: int | None = None
         self._tasks: list[asyncio.Task] = []
         self.catalog.on_reload(self.models.use_snapshot)
+        self.catalog.on_reload(lambda snapshot: retain_scripts(self.scripts, snapshot))  # free what went
         # REDIS_URL: catalog changes, request-log rows, backend health and in-flight counts are shared.
         self.shared: SharedState | None = None
         if settings.redis_url:

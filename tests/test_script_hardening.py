@@ -103,6 +103,30 @@ def test_unchanged_request_body_goes_upstream_as_the_client_sent_it(router, upst
     assert response.status_code == 200 and response.json()["got"] == len(raw)
 
 
+# --- item 6: a deleted script's context is freed at once ---------------------------------------------
+
+
+def test_deleted_scripts_free_their_contexts(router):
+    from pathlib import Path
+
+    user_id, key = new_user(router)
+
+    def threads() -> int:
+        return len(list(Path(f"/proc/{router.proc.pid}/task").iterdir()))
+
+    ids = [add_script(router, "function onRequest(c) { return c; }", user_id=user_id) for _ in range(6)]
+    before = threads()
+    assert chat(router, key).status_code == 200  # six contexts, each with its own V8 thread
+    with_contexts = threads()
+    assert with_contexts >= before + 6, (before, with_contexts)
+    for script_id in ids:
+        router.gql_ok("mutation($id: ID!) { deleteScript(id: $id) }", {"id": script_id})
+    deadline = time.monotonic() + 10
+    while threads() > with_contexts - 6 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert threads() <= with_contexts - 6, (before, with_contexts, threads())
+
+
 # --- item 9: headers scripts hand over ----------------------------------------------------------------
 
 
