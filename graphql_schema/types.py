@@ -331,6 +331,11 @@ class RequestLog:
     time_to_first_token_ms: float | None
     error: str | None
     attempts: int = strawberry.field(description="Upstream attempts made (more than 1 after failover).")
+    translated_to: str | None = strawberry.field(
+        default=None,
+        description="The upstream API path the request was translated to (e.g. /chat/completions for a "
+        "/v1/messages call on a chat-only backend); null when it went upstream in the API it was called in.",
+    )
 
     @classmethod
     def from_row(cls, row: Any) -> RequestLog:
@@ -357,6 +362,7 @@ class RequestLog:
             time_to_first_token_ms=row.ttft_ms,
             error=row.error,
             attempts=row.attempts or 0,
+            translated_to=row.translated_to,
         )
 
 

@@ -152,6 +152,7 @@ class RequestRecord:
             self.ttft_ms,
             self.attempts,
             self.error,
+            self.translated_to,
         )
 
 
@@ -178,6 +179,7 @@ LOG_COLUMNS = (
     "ttft_ms",
     "attempts",
     "error",
+    "translated_to",
 )
 _CREATED_AT = LOG_COLUMNS.index("created_at")
 

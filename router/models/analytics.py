@@ -31,6 +31,8 @@ class RequestLog(Model):
     ttft_ms = fields.FloatField(null=True)
     attempts = fields.IntField(default=1)
     error = fields.TextField(null=True)
+    # The upstream API path a translated request went to (router.protocols.translate); null = as called.
+    translated_to = fields.CharField(max_length=64, null=True)
 
     class Meta:
         app = "analytics"
