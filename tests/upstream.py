@@ -12,7 +12,7 @@ import json
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -42,7 +42,7 @@ class Scripted:
 
     status: int = 200
     body: Any = None
-    events: list[tuple[str | None, Any]] | None = None
+    events: Sequence[tuple[str | None, Any]] | None = None
     abort: bool = False
 
 
