@@ -404,6 +404,7 @@ async def forward(call: Call, route: Route) -> Response:
     for record.attempts, target in enumerate(targets_to_try(rt, route), 1):
         record.backend_id = target.backend.id if target.backend else None
         record.backend_name = target.name
+        record.translated_to = None  # set again if this target is asked in another API
         try:
             outgoing = await prepare(call, target, untouched)
         except translate.TranslationError as exc:  # another target may speak the client's API
