@@ -21,7 +21,16 @@ from strawberry.exceptions import ConnectionRejectionError
 from strawberry.http.websocket_origin import normalize_origin
 from strawberry.subscriptions import GRAPHQL_TRANSPORT_WS_PROTOCOL, GRAPHQL_WS_PROTOCOL
 
-from graphql_schema.context import AdminContext, AdminSecurity, Loaders, client_address, token_from_params
+from graphql_schema.context import (
+    USER_KEY_REFUSED,
+    AdminContext,
+    AdminSecurity,
+    Loaders,
+    client_address,
+    token_from_params,
+    viewer_for,
+)
+from graphql_schema.errors import FORBIDDEN, api_error
 from graphql_schema.schema import AdminSchema, build_schema
 from router.auth import bearer_token
 from router.config import Settings
@@ -62,6 +71,7 @@ class AdminGraphQL(GraphQL):
         is_ws = request.scope["type"] == "websocket"
         # A WebSocket may still authenticate with its connection_init payload (see on_ws_connect).
         token = bearer_token(request.headers.get("authorization"))
+        viewer = None if is_ws else viewer_for(request.app.state.runtime, token)
         context = AdminContext(
             request=request,
             response=response,
@@ -71,7 +81,8 @@ class AdminGraphQL(GraphQL):
             settings=self.settings,
             address=address,
             loaders=Loaders(request.app.state.admin, cache=not is_ws),
-            auth_error=security.authenticate(token, address),
+            auth_error=api_error(FORBIDDEN, USER_KEY_REFUSED) if viewer else security.authenticate(token, address),
+            viewer=viewer,
         )
         return context
 

@@ -19,7 +19,8 @@ from starlette.requests import HTTPConnection
 from strawberry.dataloader import DataLoader
 
 from graphql_schema.errors import DISABLED_MESSAGE, FORBIDDEN, UNAUTHENTICATED, api_error
-from router.auth import AdminTokens, bearer_token
+from router.auth import AdminTokens, bearer_token, hash_api_key
+from router.catalog import UserEntry
 from router.config import Settings
 from router.models.core import Backend, User
 from router.runtime import Runtime
@@ -161,6 +162,8 @@ class AdminContext:
     auth_error: GraphQLError | None = None
     # The connection_init payload (WebSocket only); strawberry sets it.
     connection_params: dict[str, Any] | None = field(default=None)
+    # Set when the bearer token is a user's own API key: then only `me` may be asked.
+    viewer: UserEntry | None = None
 
     @property
     def authenticated(self) -> bool:
@@ -169,6 +172,17 @@ class AdminContext:
     def require_admin(self) -> None:
         if self.auth_error is not None:
             raise self.auth_error
+
+
+USER_KEY_REFUSED = "A user's API key may only query `me`; everything else needs the admin token."
+
+
+def viewer_for(runtime: Runtime, token: str | None) -> UserEntry | None:
+    """The active user whose API key `token` is (from the in-memory catalog), else None."""
+    if not token or not token.startswith("sk-"):
+        return None
+    user = runtime.catalog.snapshot.users_by_key_hash.get(hash_api_key(token))
+    return user if user is not None and user.is_active else None
 
 
 def token_from_params(params: Any) -> str | None:

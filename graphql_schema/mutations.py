@@ -10,6 +10,7 @@ from strawberry.types import Info
 
 from graphql_schema.context import AdminContext, too_many_attempts
 from graphql_schema.errors import DISABLED_MESSAGE, FORBIDDEN, NOT_FOUND, UNAUTHENTICATED, api_error, bad_input
+from graphql_schema.quotas import QuotaMutation
 from graphql_schema.types import (
     AdminSession,
     Backend,
@@ -70,7 +71,7 @@ def _backend_changes(inp: CreateBackendInput | UpdateBackendInput) -> dict[str, 
 
 
 @strawberry.type
-class Mutation:
+class Mutation(QuotaMutation):
     @strawberry.mutation(description="Exchange the admin password for an expiring session token.")
     async def login(self, info: Ctx, password: str) -> AdminSession:
         context = info.context

@@ -10,6 +10,7 @@ from strawberry.types import Info
 
 from graphql_schema.context import AdminContext
 from graphql_schema.errors import bad_input
+from graphql_schema.quotas import QuotaQuery
 from graphql_schema.types import (
     Backend,
     BackendMetrics,
@@ -74,7 +75,7 @@ async def _or_none(awaitable):
 
 
 @strawberry.type
-class Query:
+class Query(QuotaQuery):
     @strawberry.field(description="Every user, oldest first.")
     async def users(self, info: Ctx) -> list[User]:
         return [User.from_model(u) for u in await info.context.admin.list_users()]

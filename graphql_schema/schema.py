@@ -18,9 +18,11 @@ from router.config import Settings
 
 # Root fields anyone may ask for (everything else needs an admin token).
 PUBLIC_ROOT_FIELDS = frozenset({"login", "__typename"})
+# Root fields a user's own API key may ask for.
+VIEWER_ROOT_FIELDS = frozenset({"me", "__typename"})
 
 
-def _public_only(execution_context: Any) -> bool:
+def _public_only(execution_context: Any, allowed: frozenset[str] = PUBLIC_ROOT_FIELDS) -> bool:
     document = execution_context.graphql_document
     if document is None:
         return False
@@ -28,7 +30,7 @@ def _public_only(execution_context: Any) -> bool:
     if operation is None:
         return False
     return all(
-        isinstance(selection, FieldNode) and selection.name.value in PUBLIC_ROOT_FIELDS
+        isinstance(selection, FieldNode) and selection.name.value in allowed
         for selection in operation.selection_set.selections
     )
 
@@ -43,7 +45,8 @@ class AdminAuth(SchemaExtension):
     def on_execute(self) -> Iterator[None]:
         context = self.execution_context.context
         auth_error: GraphQLError | None = getattr(context, "auth_error", None)
-        if auth_error is not None and not _public_only(self.execution_context):
+        allowed = VIEWER_ROOT_FIELDS if getattr(context, "viewer", None) is not None else PUBLIC_ROOT_FIELDS
+        if auth_error is not None and not _public_only(self.execution_context, allowed):
             self.execution_context.result = GraphQLExecutionResult(data=None, errors=[auth_error])
         yield
 

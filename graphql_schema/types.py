@@ -14,7 +14,10 @@ from strawberry.types import Info
 
 from graphql_schema.context import AdminContext
 from graphql_schema.errors import bad_input
+from graphql_schema.limits_types import Limits, QuotaState, Subject, quota_state
 from router import analytics_queries
+from router import limits as lim
+from router.catalog import backend_limits, user_limits
 from router.models.core import Backend as BackendModel
 from router.models.core import Permission as PermissionModel
 from router.models.core import Script as ScriptModel
@@ -82,11 +85,20 @@ class User:
     )
     created_at: datetime
     updated_at: datetime
+    limits_data: strawberry.Private[lim.Limits] = lim.NO_LIMITS
 
     @strawberry.field
     async def permissions(self, info: Info[AdminContext, None]) -> list[Permission]:
         rows = await info.context.admin.list_permissions(user_id=self.id)
         return [Permission.from_model(p) for p in rows]
+
+    @strawberry.field
+    def limits(self) -> Limits:
+        return Limits.of(self.limits_data)
+
+    @strawberry.field
+    async def quota(self, info: Info[AdminContext, None]) -> QuotaState:
+        return await quota_state(info, Subject(int(self.id), self.name, self.limits_data), "user")
 
     @classmethod
     def from_model(cls, user: UserModel) -> User:
@@ -99,6 +111,7 @@ class User:
             api_key_prefix=user.api_key_prefix,
             created_at=user.created_at,
             updated_at=user.updated_at,
+            limits_data=user_limits(user),
         )
 
 
@@ -130,6 +143,7 @@ class Backend:
     )
     created_at: datetime
     updated_at: datetime
+    limits_data: strawberry.Private[lim.Limits] = lim.NO_LIMITS
 
     @strawberry.field(description="The models this backend serves, resolved from the above.")
     def models(self, info: Info[AdminContext, None]) -> list[str]:
@@ -142,6 +156,14 @@ class Backend:
     @strawberry.field(description="Why the backend is unhealthy and since when, and its latest active health check.")
     def health(self, info: Info[AdminContext, None]) -> BackendHealth:
         return BackendHealth.from_status(info.context.runtime.health.status(int(self.id)))
+
+    @strawberry.field
+    def limits(self) -> Limits:
+        return Limits.of(self.limits_data)
+
+    @strawberry.field
+    async def quota(self, info: Info[AdminContext, None]) -> QuotaState:
+        return await quota_state(info, Subject(int(self.id), self.name, self.limits_data), "backend")
 
     @classmethod
     def from_model(cls, backend: BackendModel) -> Backend:
@@ -158,6 +180,7 @@ class Backend:
             apis=[BackendApi(api) for api in backend.apis or BACKEND_APIS if api in BACKEND_APIS],
             created_at=backend.created_at,
             updated_at=backend.updated_at,
+            limits_data=backend_limits(backend),
         )
 
 
@@ -336,6 +359,9 @@ class RequestLog:
         description="The upstream API path the request was translated to (e.g. /chat/completions for a "
         "/v1/messages call on a chat-only backend); null when it went upstream in the API it was called in.",
     )
+    cost_usd: float | None = strawberry.field(
+        default=None, description="What this request cost by the matching model price; null when no price matches."
+    )
 
     @classmethod
     def from_row(cls, row: Any) -> RequestLog:
@@ -363,6 +389,7 @@ class RequestLog:
             error=row.error,
             attempts=row.attempts or 0,
             translated_to=row.translated_to,
+            cost_usd=getattr(row, "cost_usd", None),
         )
 
 
@@ -408,6 +435,9 @@ class UsageRow:
     cached_tokens: int
     reasoning_tokens: int
     avg_latency_ms: float | None
+    cost_usd: float = strawberry.field(
+        default=0.0, description="Sum of the requests' cost; requests without a matching price count as 0."
+    )
 
     @classmethod
     def from_data(cls, row: analytics_queries.UsageRow) -> UsageRow:
@@ -426,6 +456,7 @@ class UsageRow:
             cached_tokens=row.cached_tokens,
             reasoning_tokens=row.reasoning_tokens,
             avg_latency_ms=row.avg_latency_ms,
+            cost_usd=row.cost_usd,
         )
 
 

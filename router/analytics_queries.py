@@ -176,6 +176,7 @@ class UsageRow:
     cached_tokens: int
     reasoning_tokens: int
     avg_latency_ms: float | None
+    cost_usd: float = 0.0
 
 
 async def usage(flt: LogFilter, group_by: Sequence[str] = (), bucket: str | None = None) -> list[UsageRow]:
@@ -219,6 +220,7 @@ async def usage(flt: LogFilter, group_by: Sequence[str] = (), bucket: str | None
         "SUM(cached_tokens) AS cached_tokens",
         "SUM(reasoning_tokens) AS reasoning_tokens",
         "AVG(latency_ms) AS avg_latency_ms",
+        "SUM(cost_usd) AS cost_usd",
     ]
     where = sql.where(flt)
     text = f"SELECT {', '.join(select)} FROM {TABLE} {where}"
@@ -242,6 +244,7 @@ async def usage(flt: LogFilter, group_by: Sequence[str] = (), bucket: str | None
             cached_tokens=int(row["cached_tokens"] or 0),
             reasoning_tokens=int(row["reasoning_tokens"] or 0),
             avg_latency_ms=float(row["avg_latency_ms"]) if row["avg_latency_ms"] is not None else None,
+            cost_usd=float(row["cost_usd"] or 0.0),
         )
         for row in rows
         if row["requests"]
@@ -302,3 +305,19 @@ async def _latency_at(backend_id: int, since: datetime, offset: int) -> float | 
     )
     rows = await sql.rows(text)
     return float(rows[0]["latency_ms"]) if rows else None
+
+
+# --- spend (from the hourly rollups) ---------------------------------------------------------------
+
+ROLLUPS = "usage_rollups"
+
+
+async def spent_usd(user_id: int, since: datetime, until: datetime) -> float:
+    """A user's spend in [since, until) from the hourly rollups (bounds are whole hours: periods are)."""
+    sql = _Sql()
+    text = (
+        f"SELECT COALESCE(SUM(cost_usd), 0) AS spent FROM {ROLLUPS} "
+        f"WHERE user_id = {sql.param(user_id)} AND hour >= {sql.param(since)} AND hour < {sql.param(until)}"
+    )
+    rows = await sql.rows(text)
+    return float(rows[0]["spent"] or 0.0) if rows else 0.0

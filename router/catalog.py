@@ -16,7 +16,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from router.crypto import SecretBox
-from router.models.core import Backend, CatalogRevision, Permission, Script, User
+from router.limits import NO_LIMITS, BudgetPeriod, Limits
+from router.models.core import Backend, CatalogRevision, ModelPrice, Permission, Script, User
+from router.pricing import Price, PriceTable
 
 log = logging.getLogger("router.catalog")
 
@@ -74,6 +76,7 @@ class UserEntry:
     is_active: bool
     all_backends: bool
     permitted_backend_ids: frozenset[int]
+    limits: Limits = NO_LIMITS
 
     def may_use(self, backend_id: int) -> bool:
         return self.all_backends or backend_id in self.permitted_backend_ids
@@ -91,6 +94,7 @@ class BackendEntry:
     weight: int
     is_active: bool
     apis: frozenset[str] | None = None  # the request formats it speaks natively; None = all
+    limits: Limits = NO_LIMITS
 
     @property
     def asks_upstream_for_models(self) -> bool:
@@ -118,6 +122,7 @@ class Snapshot:
     backends_by_id: dict[int, BackendEntry] = field(default_factory=dict)
     backends_by_name: dict[str, BackendEntry] = field(default_factory=dict)
     active_scripts: tuple[ScriptEntry, ...] = ()
+    prices: PriceTable = field(default_factory=PriceTable)
     revision: int = 0
 
 
@@ -140,6 +145,7 @@ async def load_snapshot(secrets: SecretBox | None = None) -> Snapshot:
             is_active=u.is_active,
             all_backends=u.all_backends,
             permitted_backend_ids=frozenset(perms.get(u.id, ())),
+            limits=user_limits(u),
         )
         for u in users
     }
@@ -155,6 +161,7 @@ async def load_snapshot(secrets: SecretBox | None = None) -> Snapshot:
             weight=b.weight,
             is_active=b.is_active,
             apis=frozenset(b.apis) if b.apis is not None else None,
+            limits=backend_limits(b),
         )
         for b in await Backend.all().order_by("id")
     ]
@@ -177,7 +184,29 @@ async def load_snapshot(secrets: SecretBox | None = None) -> Snapshot:
         backends_by_id={b.id: b for b in backends},
         backends_by_name={b.name: b for b in backends},
         active_scripts=scripts,
+        prices=PriceTable(price_of(p) for p in await ModelPrice.all()),
         revision=revision_row.revision if revision_row else 0,
+    )
+
+
+def user_limits(user: User) -> Limits:
+    period = BudgetPeriod(user.budget_period) if user.budget_period else None
+    return Limits(user.rpm, user.tpm, user.max_concurrent, user.budget_usd, period)
+
+
+def backend_limits(backend: Backend) -> Limits:
+    return Limits(backend.rpm, backend.tpm, backend.max_concurrent)
+
+
+def price_of(row: ModelPrice) -> Price:
+    return Price(
+        id=row.id,
+        model=row.model,
+        backend_id=row.backend_id,  # type: ignore[attr-defined]
+        input_per_mtok=row.input_per_mtok,
+        output_per_mtok=row.output_per_mtok,
+        cached_input_per_mtok=row.cached_input_per_mtok,
+        cache_write_per_mtok=row.cache_write_per_mtok,
     )
 
 

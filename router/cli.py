@@ -17,7 +17,8 @@ from router.config import ConfigError, Settings, load_config_file, load_settings
 from router.crypto import SecretBox
 from router.datadir import session_secret
 from router.db import close_db, init_db, is_postgres
-from router.services import AdminService, ServiceError, parse_permissions
+from router.limits import Limits, check_limits
+from router.services import AdminService, ServiceError, parse_budget_period, parse_permissions
 from router.urls import redact_url
 
 log = logging.getLogger("router")
@@ -61,6 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     add.add_argument("name")
     add.add_argument("--email")
     add.add_argument("--permissions", default="*", help='"*" (every backend, default) or "backend1,backend2"')
+    _limit_arguments(add)
     add_command(users, "delete", "delete a user").add_argument("name")
     add_command(users, "list", "list users")
     modify = add_command(users, "modify", "change a user's permissions, e-mail or state")
@@ -70,6 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     state = modify.add_mutually_exclusive_group()
     state.add_argument("--activate", action="store_true")
     state.add_argument("--deactivate", action="store_true")
+    _limit_arguments(modify)
     add_command(users, "regenerate-key", "issue a new API key (the old one stops working)").add_argument("name")
     add_command(users, "import", "create users from CSV (username,email[,permissions]) or JSON").add_argument("file")
 
@@ -78,6 +81,43 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_command(backends, "list", "list backends (upstream keys are never shown)")
     return parser
+
+
+_UNLIMITED = "none"
+_LIMIT_FLAGS = ("rpm", "tpm", "max_concurrent", "budget_usd", "budget_period")
+
+
+def _limit_value(parse: Callable[[str], Any]) -> Callable[[str], Any]:
+    def convert(text: str) -> Any:
+        return _UNLIMITED if text.lower() in (_UNLIMITED, "unlimited") else parse(text)
+
+    return convert
+
+
+def _limit_arguments(parser: argparse.ArgumentParser) -> None:
+    """--rpm/--tpm/--max-concurrent/--budget-usd/--budget-period; 'none' removes a limit."""
+    parser.add_argument("--rpm", type=_limit_value(int), help="requests per minute ('none': unlimited)")
+    parser.add_argument("--tpm", type=_limit_value(int), help="tokens per minute ('none': unlimited)")
+    parser.add_argument("--max-concurrent", type=_limit_value(int), help="requests in flight at once")
+    parser.add_argument("--budget-usd", type=_limit_value(float), help="spend allowed per budget period, USD")
+    parser.add_argument(
+        "--budget-period", type=str.upper, choices=["DAY", "WEEK", "MONTH"], help="calendar period, UTC (default MONTH)"
+    )
+
+
+def limits_from_args(current: Limits, args: argparse.Namespace) -> Limits | None:
+    """`current` with the limit flags given on the command line applied; None when none was given."""
+    given = {name: getattr(args, name, None) for name in _LIMIT_FLAGS if getattr(args, name, None) is not None}
+    if not given:
+        return None
+    values = {name: getattr(current, name) for name in _LIMIT_FLAGS}
+    for name, value in given.items():
+        values[name] = None if value == _UNLIMITED else value
+    values["budget_period"] = parse_budget_period(values["budget_period"])
+    try:
+        return check_limits(Limits(**values))
+    except ValueError as exc:
+        raise ServiceError("BAD_USER_INPUT", str(exc).replace("maxConcurrent", "max-concurrent")) from None
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -119,16 +159,27 @@ def serve(settings: Settings, args: argparse.Namespace) -> None:
             raise ConfigError(f"ADMIN_SESSION_SECRET is unset and the data directory cannot keep one: {exc}") from None
     if settings.config_file:
         config = load_config_file(settings.config_file)  # fails before anything starts
-        changes = asyncio.run(_with_db(settings, lambda service: service.sync_backends(config, args.prune)))
+
+        async def sync(service: AdminService) -> list[tuple[int, str]]:
+            changes = await service.sync_backends(config, args.prune)
+            if config.prices:  # after the servers: a price may name one
+                await service.sync_prices(config.prices, skip_backends={d.name for d in config.disabled})
+            return changes
+
+        try:
+            changes = asyncio.run(_with_db(settings, sync))
+        except ServiceError as exc:
+            raise ConfigError(f"{settings.config_file}: {exc.message}") from None
         for warning in config.warnings:
             log.warning("%s: %s", settings.config_file, warning)
         for level, message in changes:
             log.log(level, "%s: %s", settings.config_file, message)
         log.info(
-            "%s: %d servers synced, %d disabled, %d changes",
+            "%s: %d servers synced, %d disabled, %d prices, %d changes",
             settings.config_file,
             len(config.servers),
             len(config.disabled),
+            len(config.prices),
             len(changes),
         )
     elif args.prune:
@@ -221,8 +272,9 @@ def check_workers(settings: Settings) -> None:
         log.warning(
             "%d workers without REDIS_URL: each worker has its own caches, so admin changes take up to "
             "CATALOG_POLL_INTERVAL_S=%gs to reach the other workers, backend health and in-flight counts are per "
-            "worker, and a live requestLogged subscription only sees the requests of the worker it is connected "
-            "to. Set REDIS_URL to share them.",
+            "worker, rate limits, concurrency limits and budget counters are per worker (each admits up to the "
+            "full limit), and a live requestLogged subscription only sees the requests of the worker it is "
+            "connected to. Set REDIS_URL to share them.",
             settings.workers,
             settings.catalog_poll_interval_s,
         )
@@ -282,7 +334,10 @@ async def run_admin_command(settings: Settings, args: argparse.Namespace) -> int
 
 async def users_add(service: AdminService, args: argparse.Namespace) -> None:
     all_backends, names = parse_permissions(args.permissions)
+    limits = limits_from_args(Limits(), args)
     user, key = await service.create_user(args.name, args.email, all_backends, backend_names=names)
+    if limits is not None:
+        await service.set_user_limits(user.id, limits)
     print(f"Created user {user.name}. API key (shown only now, store it safely):")
     print(key)
 
@@ -318,6 +373,11 @@ async def users_modify(service: AdminService, args: argparse.Namespace) -> None:
         changes["is_active"] = bool(args.activate)
     if changes:
         await service.update_user(user.id, **changes)
+    from router.catalog import user_limits
+
+    limits = limits_from_args(user_limits(user), args)
+    if limits is not None:
+        await service.set_user_limits(user.id, limits)
     print(f"Updated user {args.name}.")
 
 

@@ -96,6 +96,10 @@ class Settings:
     max_admin_body_mb: float = 4.0
     forwarded_allow_ips: str = "127.0.0.1"
 
+    queue_timeout_s: float = 30.0  # longest wait for a slot of a backend at its maxConcurrent
+    limits_default_max_tokens: int = 1024  # TPM reservation for a request without max_tokens
+    budget_sync_interval_s: float = 10.0  # how often spend counters are raised to the rollups' totals
+
     @property
     def max_request_body_bytes(self) -> int:
         return int(self.max_request_body_mb * 1024 * 1024)
@@ -169,6 +173,9 @@ _ENV: dict[str, tuple[str, Any]] = {
     "CLIENT_BODY_TIMEOUT_S": ("client_body_timeout_s", float),
     "MAX_ADMIN_BODY_MB": ("max_admin_body_mb", float),
     "FORWARDED_ALLOW_IPS": ("forwarded_allow_ips", str),
+    "QUEUE_TIMEOUT_S": ("queue_timeout_s", float),
+    "LIMITS_DEFAULT_MAX_TOKENS": ("limits_default_max_tokens", int),
+    "BUDGET_SYNC_INTERVAL_S": ("budget_sync_interval_s", float),
 }
 
 _CHOICES = {
@@ -270,6 +277,18 @@ class BackendSpec:
 
 
 @dataclass(frozen=True)
+class PriceSpec:
+    """One model price: a `prices:` entry of config.yaml, or the admin API's ModelPriceInput."""
+
+    model: str
+    input_per_mtok: float
+    output_per_mtok: float
+    cached_input_per_mtok: float | None = None
+    cache_write_per_mtok: float | None = None
+    backend: str | None = None  # a backend name (config.yaml); None: every backend
+
+
+@dataclass(frozen=True)
 class DisabledServer:
     """A `servers:` entry that references unset environment variables: not synced, and deactivated if it exists."""
 
@@ -285,6 +304,7 @@ class ConfigFile:
     disabled: list[DisabledServer] = field(default_factory=list)
     prune: bool = False
     warnings: list[str] = field(default_factory=list)
+    prices: list[PriceSpec] = field(default_factory=list)
 
     @property
     def names(self) -> set[str]:
@@ -294,7 +314,7 @@ class ConfigFile:
 
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _SERVER_KEYS = {"url", "api_key", "filter", "override", "append", "weight", "apis"}
-_TOP_KEYS = {"servers", "prune"}
+_TOP_KEYS = {"servers", "prune", "prices"}
 
 
 def _missing_env(value: Any, where: str, environ: dict[str, str]) -> list[str]:
@@ -367,7 +387,7 @@ def load_config_file(path: str, environ: dict[str, str] | None = None) -> Config
             disabled.append(DisabledServer(alias, f"{', '.join(missing)} not set in the environment"))
             continue
         specs.append(_server_spec(alias, {key: _expand_env(value, environ) for key, value in entry.items()}, where))
-    return ConfigFile(specs, disabled, prune, warnings)
+    return ConfigFile(specs, disabled, prune, warnings, _prices(data.get("prices"), path))
 
 
 def _server_spec(alias: str, entry: dict[str, Any], where: str) -> BackendSpec:
@@ -402,3 +422,49 @@ def _apis(value: Any, where: str) -> list[str] | None:
     if not isinstance(value, list) or not value or unknown_apis(value):
         raise ConfigError(f"{where}: must be a non-empty list of {', '.join(BACKEND_APIS)}")
     return list(dict.fromkeys(value))
+
+
+_PRICE_KEYS = {"model", "backend", "input", "output", "cached_input", "cache_write"}
+
+
+def _price_number(entry: dict[str, Any], key: str, where: str, required: bool) -> float | None:
+    value = entry.get(key)
+    if value is None:
+        if required:
+            raise ConfigError(f"{where}.{key}: required (USD per million tokens)")
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1e6:
+        raise ConfigError(f"{where}.{key}: must be a number from 0 to 1000000 (USD per million tokens)")
+    return float(value)
+
+
+def _prices(prices: Any, path: str) -> list[PriceSpec]:
+    """The optional `prices:` list: model, backend?, input, output, cached_input?, cache_write?."""
+    if prices is None:
+        return []
+    if not isinstance(prices, list):
+        raise ConfigError(f"{path}: prices: must be a list of {{model, input, output, ...}} entries")
+    specs = []
+    for index, entry in enumerate(prices):
+        where = f"{path}: prices[{index}]"
+        if not isinstance(entry, dict):
+            raise ConfigError(f"{where}: must be a mapping with model, input and output")
+        unknown = set(entry) - _PRICE_KEYS
+        if unknown:
+            raise ConfigError(f"{where}: unknown key(s) {', '.join(sorted(map(str, unknown)))}")
+        model, backend = entry.get("model"), entry.get("backend")
+        if not isinstance(model, str) or not model.strip() or len(model.strip()) > 256:
+            raise ConfigError(f"{where}.model: must be a model name or glob such as gpt-4o*")
+        if backend is not None and not isinstance(backend, str):
+            raise ConfigError(f"{where}.backend: must be the name of a server")
+        specs.append(
+            PriceSpec(
+                model=model.strip(),
+                input_per_mtok=_price_number(entry, "input", where, True) or 0.0,
+                output_per_mtok=_price_number(entry, "output", where, True) or 0.0,
+                cached_input_per_mtok=_price_number(entry, "cached_input", where, False),
+                cache_write_per_mtok=_price_number(entry, "cache_write", where, False),
+                backend=backend,
+            )
+        )
+    return specs

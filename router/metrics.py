@@ -86,7 +86,7 @@ class Metrics:
         self.user_labels = user_labels
         self.multiprocess = multiprocess_dir() is not None
         self.registry = CollectorRegistry(auto_describe=True)
-        self._live_gauges: tuple[Gauge, Gauge, Gauge] | None = None
+        self._live_gauges: tuple[Gauge, Gauge, Gauge, Gauge] | None = None
         if self.multiprocess:
             self._files = _FileBackedMetrics(self.registry, user_labels, runtime.models.models_of)
             self.observe = self._files.observe
@@ -95,6 +95,7 @@ class Metrics:
                 Gauge(f"{PREFIX}_requests_in_flight", "", ("backend",), multiprocess_mode="livesum", registry=None),
                 Gauge(f"{PREFIX}_backend_healthy", "", ("backend",), multiprocess_mode="livemin", registry=None),
                 Gauge(f"{PREFIX}_log_queue_depth", "", multiprocess_mode="livesum", registry=None),
+                Gauge(f"{PREFIX}_backend_queue_depth", "", ("backend",), multiprocess_mode="livesum", registry=None),
             )
         else:
             self._counts = _InMemoryMetrics(user_labels, runtime.models.models_of)
@@ -125,12 +126,14 @@ class Metrics:
     def refresh_live(self) -> None:
         if self._live_gauges is None:
             return
-        in_flight, healthy, queue_depth = self._live_gauges
+        in_flight, healthy, queue_depth, backend_queue = self._live_gauges
         for name, value in _in_flight(self.runtime):
             in_flight.labels(name).set(value)
         for name, value in _healthy(self.runtime):
             healthy.labels(name).set(value)
         queue_depth.set(self.runtime.writer.queue_depth)
+        for name, value in _queued(self.runtime):
+            backend_queue.labels(name).set(value)
 
     def close(self) -> None:
         if self.multiprocess:
@@ -311,6 +314,14 @@ def _in_flight(rt: Runtime) -> Iterator[tuple[str, int]]:
         yield backend.name, rt.in_flight.get(backend.id)
 
 
+def _queued(rt: Runtime) -> Iterator[tuple[str, int]]:
+    """Requests waiting for a slot of each backend at its maxConcurrent (router.limits.FairQueue)."""
+    queues = rt.limiter.queues
+    for backend in rt.catalog.snapshot.backends_by_id.values():
+        queue = queues.get(backend.id)
+        yield backend.name, queue.depth if queue is not None else 0
+
+
 def _healthy(rt: Runtime) -> Iterator[tuple[str, int]]:
     for backend in rt.catalog.snapshot.backends_by_id.values():
         yield backend.name, int(rt.health.is_healthy(backend.id))
@@ -344,6 +355,14 @@ class _LiveCollector(Collector):
         yield GaugeMetricFamily(
             f"{PREFIX}_log_queue_depth", "Request-log rows waiting to be written.", value=rt.writer.queue_depth
         )
+        queued = GaugeMetricFamily(
+            f"{PREFIX}_backend_queue_depth",
+            "Requests waiting for a slot of a backend at its maxConcurrent.",
+            labels=["backend"],
+        )
+        for name, value in _queued(rt):
+            queued.add_metric([name], value)
+        yield queued
 
 
 async def metrics_endpoint(request: Request) -> Response:

@@ -10,6 +10,7 @@ Everything it needs lives on the Runtime (`request.app.state.runtime`); the deci
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import logging
 import secrets
@@ -40,6 +41,7 @@ from router.hooks import (
     stream_chunk_context,
     visible_headers,
 )
+from router.limits import LimitExceeded, answer_headers
 from router.protocols import DROP, Adapter, translate
 from router.routing import candidate_backends
 from router.runtime import Runtime
@@ -138,10 +140,16 @@ async def handle_generation(request: Request) -> Response:
             record.input = adapter.traced_input(payload)
         route = plan_route(rt, user, record.model, request, adapter)
         call = Call(rt, request, record, user, adapter, payload, raw_body)
-        return await forward(call, route)
+        response = await forward(call, route)
+        if record.admission is not None:
+            response.headers.update(answer_headers(record.admission, None, limit_header_style(adapter)))
+        return response
     except ApiError as err:
         rt.finish(record, err.status, err.message)
-        return adapter.error_response(err, {"x-request-id": record.request_id})
+        headers = {"x-request-id": record.request_id}
+        if record.admission is not None or isinstance(err, LimitExceeded):
+            headers.update(answer_headers(record.admission, err, limit_header_style(adapter)))
+        return adapter.error_response(err, headers)
     except Exception as exc:  # a bug must still give an API-shaped answer and a log row
         log.exception("request %s failed unexpectedly", record.request_id)
         rt.finish(record, 500, f"internal error: {exc.__class__.__name__}")
@@ -406,6 +414,13 @@ async def forward(call: Call, route: Route) -> Response:
         record.backend_name = target.name
         record.translated_to = None  # set again if this target is asked in another API
         try:
+            await admit(call, target)
+        except LimitExceeded as exc:
+            if exc.scope != "backend":
+                raise
+            failure = exc  # this backend is at its limits; the next candidate may not be
+            continue
+        try:
             outgoing = await prepare(call, target, untouched)
         except translate.TranslationError as exc:  # another target may speak the client's API
             failure, record.error = errors.bad_request(str(exc), "not_translatable"), f"{target.name}: {exc}"
@@ -436,6 +451,28 @@ async def forward(call: Call, route: Route) -> Response:
                 return await stream_response(call, attempt, outgoing)
             return await plain_response(call, attempt, upstream, outgoing)
     raise failure or errors.no_healthy_backend(record.model or "")
+
+
+async def admit(call: Call, target: Target) -> None:
+    """Count the attempt against the user's and the backend's limits: a 429, a wait in the backend's queue, or on.
+
+    `Runtime.finish` settles the admission (real tokens, cost, slots) when the request is accounted.
+    """
+    limiter, record = call.rt.limiter, call.record
+    backend = target.backend
+    tokens = limiter.estimate(call.payload, len(call.raw_body)) if limiter.needs_estimate(call.user, backend) else 0
+    gone = functools.partial(client_gone, call.request)
+    record.admission = await limiter.admit(call.user, backend, tokens, gone, previous=record.admission)
+
+
+async def client_gone(request: Request) -> None:
+    """Returns when the client disconnects (the body has been read: the next message is the disconnect)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+def limit_header_style(adapter: Adapter) -> str:
+    return "anthropic" if adapter.name == "messages" else "openai"
 
 
 def _is_sse(upstream: UpstreamResponse) -> bool:

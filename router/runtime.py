@@ -7,11 +7,13 @@ import logging
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from router.catalog import BackendEntry, Catalog, UserEntry
+from router.analytics_queries import spent_usd
+from router.catalog import BackendEntry, Catalog, UserEntry, split_alias
 from router.config import Settings
 from router.crypto import SecretBox
 from router.health import HealthChecker
 from router.hooks import retain_scripts
+from router.limits import Admission, Limiter, RedisStore, make_store
 from router.metrics import Metrics
 from router.model_lists import ModelDirectory
 from router.routing import HealthTracker, InFlight, WeightedRoundRobin, order_least_busy
@@ -67,6 +69,12 @@ class Runtime:
             self.tracer = LangfuseTracer(settings)
         self.metrics = Metrics(self, settings.metrics_user_labels)
         self.scripts = ScriptEngine(settings.script_timeout_ms, settings.script_max_memory_mb)
+        # Rate limits, budgets and backend queues: shared through Redis when REDIS_URL is set.
+        self.limiter = Limiter(
+            make_store(settings.redis_url, f"{settings.redis_prefix}"),
+            settings.limits_default_max_tokens,
+            settings.queue_timeout_s,
+        )
         # Personal mode (ENABLE_ACCOUNT_MANAGEMENT=false): every request acts as this user.
         self.local_user_id: int | None = None
         self._tasks: list[asyncio.Task] = []
@@ -110,6 +118,25 @@ class Runtime:
             self._tasks.append(loop.create_task(self.checker.run_forever(interval), name="health-checks"))
         if self.shared is not None:
             await self.shared.start()
+        if isinstance(self.limiter.store, RedisStore):
+            await self.limiter.store.start()
+        try:  # spend so far this period, before the first request is admitted
+            await asyncio.wait_for(self.sync_budgets(), timeout=5.0)
+        except Exception as exc:
+            log.warning("could not read this period's spend from the rollups yet: %s", exc)
+        self._tasks.append(loop.create_task(self._sync_budgets_forever(), name="budget-sync"))
+
+    async def sync_budgets(self) -> None:
+        """Raise budgeted users' spend counters to what the rollups hold (other processes' spend too)."""
+        await self.limiter.seed_budgets(self.catalog.snapshot.users_by_id.values(), spent_usd)
+
+    async def _sync_budgets_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.budget_sync_interval_s)
+            try:
+                await self.sync_budgets()
+            except Exception as exc:  # the database may be briefly away
+                log.warning("budget sync failed: %s", exc)
 
     async def stop(self) -> None:
         for task in self._tasks:
@@ -118,6 +145,8 @@ class Runtime:
         await self.writer.close(self.settings.shutdown_grace_s)
         if self.shared is not None:
             await self.shared.stop()  # after the writer: its last rows still reach the other processes
+        if isinstance(self.limiter.store, RedisStore):
+            await self.limiter.store.stop()
         await self.tracer.close()
         await self.scripts.close()
         self.metrics.close()
@@ -162,7 +191,19 @@ class Runtime:
     def finish(self, record: RequestRecord, status: int, error: str | None = None) -> None:
         """A request is over: log it, queue its row, trace it. Never raises, never waits."""
         record.finish(status, error)
+        prices = self.catalog.snapshot.prices
+        if prices and record.model:
+            record.cost_usd = prices.cost(
+                split_alias(record.model)[1],
+                record.backend_id,
+                record.prompt_tokens,
+                record.completion_tokens,
+                record.cached_tokens,
+                record.cache_write_tokens,
+            )
         self.writer.submit(record)
+        if record.admission is not None:
+            self.settle(record.admission, record)
         self.tracer.record(record)
         self.metrics.observe(record)
         log.info(
@@ -177,3 +218,10 @@ class Runtime:
             record.latency_ms,
             f" error={record.error[:200]!r}" if record.error else "",
         )
+
+    def settle(self, admission: Admission, record: RequestRecord) -> None:
+        """In `finish`: the request's real tokens and cost replace its reservation; slots are freed."""
+        # An error answer used no tokens (its reservation goes back); a stream the client cut (499)
+        # without usage keeps its reservation: its tokens were probably spent.
+        failed = record.status_code >= 400 and record.status_code != 499
+        self.limiter.settle(admission, record.total_tokens, record.cost_usd, failed=failed)

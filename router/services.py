@@ -16,9 +16,10 @@ from tortoise.transactions import in_transaction
 
 from router.auth import api_key_prefix, generate_api_key, hash_api_key
 from router.catalog import bump_revision
-from router.config import ConfigFile
+from router.config import ConfigFile, PriceSpec
 from router.crypto import SecretBox, SecretError
-from router.models.core import Backend, Permission, Script, ScriptType, User
+from router.limits import BudgetPeriod, Limits, check_limits
+from router.models.core import Backend, ModelPrice, Permission, Script, ScriptType, User
 from router.protocols.translate import BACKEND_APIS, unknown_apis
 from router.urls import UrlError, check_http_url, redact_url
 
@@ -418,6 +419,110 @@ class AdminService:
         await script.delete()
         await self.changed()
 
+    # --- limits ---
+
+    async def set_user_limits(self, user_id: int | str, limits: Limits) -> User:
+        """Replace a user's limits as a whole (None fields: unlimited)."""
+        user = await self.get_user(user_id)
+        _checked(limits, for_backend=False)
+        user.rpm, user.tpm, user.max_concurrent = limits.rpm, limits.tpm, limits.max_concurrent
+        user.budget_usd = limits.budget_usd
+        user.budget_period = limits.budget_period.value if limits.budget_period else None
+        await user.save()
+        await self.changed()
+        return user
+
+    async def set_backend_limits(self, backend_id: int | str, limits: Limits) -> Backend:
+        backend = await self.get_backend(backend_id)
+        _checked(limits, for_backend=True)
+        backend.rpm, backend.tpm, backend.max_concurrent = limits.rpm, limits.tpm, limits.max_concurrent
+        await backend.save()
+        await self.changed()
+        return backend
+
+    # --- model prices ---
+
+    async def list_prices(self) -> list[ModelPrice]:
+        return await ModelPrice.all().order_by("model", "id")
+
+    async def get_price(self, price_id: int | str) -> ModelPrice:
+        price = await ModelPrice.get_or_none(id=_int_id(price_id, "model price"))
+        if price is None:
+            raise not_found("model price", price_id)
+        return price
+
+    async def create_price(self, spec: PriceSpec, backend_id: int | str | None) -> ModelPrice:
+        values = await self._price_values(spec, backend_id)
+        await self._check_price_unique(values["model"], values["backend_id"], None)
+        price = await ModelPrice.create(**values)
+        await self.changed()
+        return price
+
+    async def update_price(self, price_id: int | str, spec: PriceSpec, backend_id: int | str | None) -> ModelPrice:
+        price = await self.get_price(price_id)
+        values = await self._price_values(spec, backend_id)
+        await self._check_price_unique(values["model"], values["backend_id"], price.id)
+        await ModelPrice.filter(id=price.id).update(**values)
+        await self.changed()
+        return await self.get_price(price.id)
+
+    async def delete_price(self, price_id: int | str) -> None:
+        price = await self.get_price(price_id)
+        await price.delete()
+        await self.changed()
+
+    async def sync_prices(self, specs: list[PriceSpec], skip_backends: set[str] | None = None) -> None:
+        """Create or update the prices of config.yaml by (model, backend); others are left alone.
+
+        Prices of a server in `skip_backends` (disabled in the file) are skipped.
+        """
+        async with in_transaction("core"):
+            for spec in specs:
+                backend_id = None
+                if spec.backend is not None and spec.backend in (skip_backends or ()):
+                    continue
+                if spec.backend is not None:
+                    backend = await Backend.get_or_none(name=spec.backend)
+                    if backend is None:
+                        raise ServiceError("NOT_FOUND", f"prices: no server named {spec.backend!r}", "backend")
+                    backend_id = backend.id
+                values = await self._price_values(spec, backend_id)
+                existing = await ModelPrice.get_or_none(model=values["model"], backend_id=backend_id)
+                if existing is None:
+                    await ModelPrice.create(**values)
+                else:
+                    await ModelPrice.filter(id=existing.id).update(**values)
+        await self.changed()
+
+    async def _price_values(self, spec: PriceSpec, backend_id: int | str | None) -> dict[str, Any]:
+        model = (spec.model or "").strip()
+        if not model or len(model) > 256:
+            raise ServiceError("BAD_USER_INPUT", "model must be a model name or glob of 1-256 characters", "model")
+        for field, value in (
+            ("inputPerMTok", spec.input_per_mtok),
+            ("outputPerMTok", spec.output_per_mtok),
+            ("cachedInputPerMTok", spec.cached_input_per_mtok),
+            ("cacheWritePerMTok", spec.cache_write_per_mtok),
+        ):
+            if value is not None and not (0 <= value <= 1e6):
+                raise ServiceError("BAD_USER_INPUT", f"{field} must be a number from 0 to 1000000 (USD)", field)
+        bid = (await self.get_backend(backend_id)).id if backend_id is not None else None
+        return {
+            "model": model,
+            "backend_id": bid,
+            "input_per_mtok": spec.input_per_mtok,
+            "output_per_mtok": spec.output_per_mtok,
+            "cached_input_per_mtok": spec.cached_input_per_mtok,
+            "cache_write_per_mtok": spec.cache_write_per_mtok,
+        }
+
+    @staticmethod
+    async def _check_price_unique(model: str, backend_id: int | None, own_id: int | None) -> None:
+        clash = await ModelPrice.filter(model=model, backend_id=backend_id).exclude(id=own_id or 0).exists()
+        if clash:
+            where = f"backend {backend_id}" if backend_id is not None else "every backend"
+            raise ServiceError("CONFLICT", f"a price for {model!r} on {where} already exists", "model")
+
     # --- listings (read-only; ids that are not integers match nothing) ---
 
     async def list_users(self) -> list[User]:
@@ -484,6 +589,23 @@ def parse_permissions(value: Any) -> tuple[bool, list[str]]:
     if "*" in names:
         return True, []
     return False, [n for n in names if n]
+
+
+def _checked(limits: Limits, for_backend: bool) -> Limits:
+    try:
+        return check_limits(limits, for_backend)
+    except ValueError as exc:
+        field = str(exc).split(" ", 1)[0]
+        raise ServiceError("BAD_USER_INPUT", str(exc), field) from None
+
+
+def parse_budget_period(value: str | None) -> BudgetPeriod | None:
+    if value is None:
+        return None
+    try:
+        return BudgetPeriod(value.upper())
+    except ValueError:
+        raise ServiceError("BAD_USER_INPUT", "budgetPeriod must be DAY, WEEK or MONTH", "budgetPeriod") from None
 
 
 def _int_id(value: int | str | None, kind: str) -> int:

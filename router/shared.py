@@ -57,7 +57,7 @@ SUBSCRIBE_WAIT_S = 2.0  # at start-up, wait this long for the first subscription
 
 # The request-log fields that travel (what the log row holds; never prompts or completions).
 _WIRE_FIELDS = tuple(
-    name for name in RequestRecord.__dataclass_fields__ if name not in ("started_at", "input", "output")
+    name for name in RequestRecord.__dataclass_fields__ if name not in ("started_at", "input", "output", "admission")
 )
 
 

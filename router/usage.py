@@ -15,8 +15,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 from tortoise import connections
+from tortoise.transactions import in_transaction
 
-from router.models.analytics import RequestLog
+from router.models.analytics import RequestLog, UsageRollup
 from router.protocols.base import Usage
 from router.urls import redact_text
 
@@ -78,11 +79,14 @@ class RequestRecord:
     cache_write_tokens: int = 0
     reasoning_tokens: int = 0
     response_id: str | None = None
+    cost_usd: float | None = None
     id: int = 0
     created_at: datetime | None = None
     # Not stored in the request log; for tracing only.
     input: Any = field(default=None, repr=False)
     output: Any = field(default=None, repr=False)
+    # Not stored either: what `Runtime.finish` settles with the limiter (router.limits.Admission).
+    admission: Any = field(default=None, repr=False)
 
     def set_usage(self, usage: Usage | None) -> None:
         """The answer's usage (a body's, or a stream's so far)."""
@@ -153,6 +157,7 @@ class RequestRecord:
             self.attempts,
             self.error,
             self.translated_to,
+            self.cost_usd,
         )
 
 
@@ -180,12 +185,16 @@ LOG_COLUMNS = (
     "attempts",
     "error",
     "translated_to",
+    "cost_usd",
 )
 _CREATED_AT = LOG_COLUMNS.index("created_at")
 
 
 async def insert_log_rows(records: list[RequestRecord]) -> None:
-    """One multi-row INSERT in one transaction: no ORM objects on the hot path's event loop."""
+    """One multi-row INSERT and the hourly rollups' upserts, in one transaction.
+
+    No ORM objects on the hot path's event loop; a failed batch leaves neither rows nor totals.
+    """
     conn = connections.get("analytics")
     sqlite = conn.capabilities.dialect == "sqlite"
     marks = ", ".join("?" if sqlite else f"${i}" for i in range(1, len(LOG_COLUMNS) + 1))
@@ -193,7 +202,64 @@ async def insert_log_rows(records: list[RequestRecord]) -> None:
     rows = [record.as_tuple() for record in records]
     if sqlite:  # stored as Tortoise stores datetimes in SQLite: str() of the aware datetime
         rows = [(*row[:_CREATED_AT], str(row[_CREATED_AT]), *row[_CREATED_AT + 1 :]) for row in rows]
-    await conn.execute_many(sql, rows)  # both backends wrap it in one transaction
+    rollups = rollup_rows(records, sqlite)
+    async with in_transaction("analytics") as tx:
+        await tx.execute_many(sql, rows)
+        await tx.execute_many(_rollup_sql(sqlite), rollups)
+
+
+# --- hourly rollups ---------------------------------------------------------------------------
+
+ROLLUP_KEY = ("hour", "user_id", "backend_id", "model")
+ROLLUP_NAMES = ("user_name", "backend_name")
+ROLLUP_SUMS = (
+    "requests",
+    "errors",
+    "prompt_tokens",
+    "completion_tokens",
+    "total_tokens",
+    "cached_tokens",
+    "reasoning_tokens",
+    "cost_usd",
+    "latency_ms_sum",
+)
+
+
+def rollup_rows(records: list[RequestRecord], sqlite: bool = False) -> list[tuple[Any, ...]]:
+    """A batch summed per (UTC hour, user, backend, model), in ROLLUP_KEY + NAMES + SUMS order."""
+    sums: dict[tuple[Any, ...], list[Any]] = {}
+    for r in records:
+        created = r.created_at or datetime.fromtimestamp(r.started_at, UTC)
+        hour = created.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
+        key = (hour, r.user_id or 0, r.backend_id or 0, r.model or "")
+        entry = sums.get(key)
+        if entry is None:
+            entry = sums[key] = [r.user_name, r.backend_name, 0, 0, 0, 0, 0, 0, 0, 0.0, 0.0]
+        entry[0], entry[1] = r.user_name or entry[0], r.backend_name or entry[1]
+        entry[2] += 1
+        entry[3] += 1 if r.status_code >= 400 or r.error is not None else 0
+        entry[4] += r.prompt_tokens
+        entry[5] += r.completion_tokens
+        entry[6] += r.total_tokens
+        entry[7] += r.cached_tokens
+        entry[8] += r.reasoning_tokens
+        entry[9] += r.cost_usd or 0.0
+        entry[10] += r.latency_ms
+    # Sorted: concurrent writers then lock the same rows in the same order (no deadlocks).
+    ordered = sorted(sums.items(), key=lambda item: (item[0][0], item[0][1], item[0][2], item[0][3]))
+    return [((str(k[0]) if sqlite else k[0]), *k[1:], *v) for k, v in ordered]
+
+
+def _rollup_sql(sqlite: bool) -> str:
+    columns = (*ROLLUP_KEY, *ROLLUP_NAMES, *ROLLUP_SUMS)
+    marks = ", ".join("?" if sqlite else f"${i}" for i in range(1, len(columns) + 1))
+    table = UsageRollup._meta.db_table
+    updates = [f"{c} = COALESCE(excluded.{c}, {table}.{c})" for c in ROLLUP_NAMES]
+    updates += [f"{c} = {table}.{c} + excluded.{c}" for c in ROLLUP_SUMS]
+    return (
+        f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({marks}) "
+        f"ON CONFLICT ({', '.join(ROLLUP_KEY)}) DO UPDATE SET {', '.join(updates)}"
+    )
 
 
 # --- the batched writer -----------------------------------------------------------------------

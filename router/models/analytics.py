@@ -33,6 +33,7 @@ class RequestLog(Model):
     error = fields.TextField(null=True)
     # The upstream API path a translated request went to (router.protocols.translate); null = as called.
     translated_to = fields.CharField(max_length=64, null=True)
+    cost_usd = fields.FloatField(null=True)
 
     class Meta:
         app = "analytics"
@@ -41,3 +42,35 @@ class RequestLog(Model):
             Index(fields=("user_id", "created_at")),
             Index(fields=("backend_id", "created_at")),
         )
+
+
+class UsageRollup(Model):
+    """Request-log totals per UTC hour, user, backend and model, updated with every written batch.
+
+    Spend and usage over long ranges read these instead of scanning the request log.
+
+    `user_id`/`backend_id` 0 and `model` "" stand for "none" (NULL would defeat the unique key).
+    """
+
+    id = fields.BigIntField(primary_key=True)
+    hour = fields.DatetimeField()
+    user_id = fields.IntField(default=0)
+    backend_id = fields.IntField(default=0)
+    model = fields.CharField(max_length=256, default="")
+    user_name = fields.CharField(max_length=128, null=True)
+    backend_name = fields.CharField(max_length=128, null=True)
+    requests = fields.BigIntField(default=0)
+    errors = fields.BigIntField(default=0)
+    prompt_tokens = fields.BigIntField(default=0)
+    completion_tokens = fields.BigIntField(default=0)
+    total_tokens = fields.BigIntField(default=0)
+    cached_tokens = fields.BigIntField(default=0)
+    reasoning_tokens = fields.BigIntField(default=0)
+    cost_usd = fields.FloatField(default=0.0)
+    latency_ms_sum = fields.FloatField(default=0.0)
+
+    class Meta:
+        app = "analytics"
+        table = "usage_rollups"
+        unique_together = (("hour", "user_id", "backend_id", "model"),)
+        indexes = (Index(fields=("user_id", "hour")), Index(fields=("backend_id", "hour")))

@@ -22,6 +22,12 @@ class User(Model):
     all_backends = fields.BooleanField(default=False)
     api_key_hash = fields.CharField(max_length=64, unique=True)
     api_key_prefix = fields.CharField(max_length=16)
+    # Limits (null = unlimited); see router/limits.py.
+    rpm = fields.IntField(null=True)
+    tpm = fields.IntField(null=True)
+    max_concurrent = fields.IntField(null=True)
+    budget_usd = fields.FloatField(null=True)
+    budget_period = fields.CharField(max_length=8, null=True)
     created_at = fields.DatetimeField(auto_now_add=True)
     updated_at = fields.DatetimeField(auto_now=True)
 
@@ -42,6 +48,10 @@ class Backend(Model):
     is_active = fields.BooleanField(default=True)
     # The request formats it speaks natively (router.protocols.translate.BACKEND_APIS); null = all.
     apis = fields.JSONField(null=True)
+    # Limits (null = unlimited); see router/limits.py.
+    rpm = fields.IntField(null=True)
+    tpm = fields.IntField(null=True)
+    max_concurrent = fields.IntField(null=True)
     created_at = fields.DatetimeField(auto_now_add=True)
     updated_at = fields.DatetimeField(auto_now=True)
 
@@ -88,6 +98,26 @@ class Script(Model):
     class Meta:
         app = "core"
         table = "scripts"
+
+
+class ModelPrice(Model):
+    """USD per million tokens for a model name or glob, on one backend or (backend null) on all."""
+
+    id = fields.IntField(primary_key=True)
+    model = fields.CharField(max_length=256)
+    backend: fields.ForeignKeyNullableRelation[Backend] = fields.ForeignKeyField(
+        "core.Backend", related_name="prices", null=True, on_delete=fields.CASCADE
+    )
+    input_per_mtok = fields.FloatField()
+    cached_input_per_mtok = fields.FloatField(null=True)
+    cache_write_per_mtok = fields.FloatField(null=True)
+    output_per_mtok = fields.FloatField()
+    created_at = fields.DatetimeField(auto_now_add=True)
+    updated_at = fields.DatetimeField(auto_now=True)
+
+    class Meta:
+        app = "core"
+        table = "model_prices"
 
 
 class CatalogRevision(Model):

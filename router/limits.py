@@ -1,0 +1,1230 @@
+"""Rate limits, concurrency limits, budgets and fair queues for /v1 requests.
+
+Pure parts (windows, periods, estimates, headers) are plain functions and small classes; the
+counters live in a store: `LocalStore` (this process) or `RedisStore` (every process sharing a
+Redis, one atomic Lua script per admission, falling back to a `LocalStore` while Redis is away).
+
+How a request is admitted (`Limiter.admit`), before it is forwarded:
+
+- RPM and TPM are sliding windows of 60 s in 1 s steps. A request is admitted while the window is
+  below the limit; it then counts 1 request and reserves its token estimate (prompt size from the
+  body plus max_tokens, or `LIMITS_DEFAULT_MAX_TOKENS`). `settle` replaces the reservation with
+  the real usage. So a burst overshoots a TPM limit by at most the last admitted request.
+- maxConcurrent: a user at its limit is refused at once; a backend at its limit queues the request
+  in a per-backend fair queue (round-robin across users) for up to `QUEUE_TIMEOUT_S`.
+- Budgets: a user whose spend in the current period (calendar day, ISO week or month, UTC) has
+  reached `budgetUsd` is refused until the period ends. Spend counters are seeded from the usage
+  rollups (never the request log) and grow with each settled request's cost.
+
+Nothing is asked of any store when neither the user nor the backend has a limit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import itertools
+import logging
+import math
+import os
+import socket
+import time
+import uuid
+from collections import OrderedDict, deque
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from enum import StrEnum
+from typing import Any, Protocol
+
+from router.errors import ApiError
+
+log = logging.getLogger("router.limits")
+
+WINDOW_S = 60
+LEASE_S = 30.0  # a concurrency slot of a process that died frees itself after this long...
+LEASE_REFRESH_S = 10.0  # ...because live processes extend theirs this often
+CHARS_PER_TOKEN = 4  # prompt estimate from the body size: roughly 4 bytes of JSON per token
+REDIS_RETRY_S = 1.0  # while Redis is away, probe it this often (never on the request path)
+QUEUE_POLL_S = 0.05  # with Redis, a waiting queue re-checks capacity freed by other processes this often
+SETTLE_BATCH = 500
+MAX_QUEUE_PER_BACKEND = 10_000
+
+Clock = Callable[[], float]
+
+
+# --- what a user or backend may do ------------------------------------------------------------
+
+
+class BudgetPeriod(StrEnum):
+    DAY = "DAY"
+    WEEK = "WEEK"
+    MONTH = "MONTH"
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """None means unlimited. Budgets apply to users only."""
+
+    rpm: int | None = None
+    tpm: int | None = None
+    max_concurrent: int | None = None
+    budget_usd: float | None = None
+    budget_period: BudgetPeriod | None = None
+
+    def __bool__(self) -> bool:
+        return (
+            self.rpm is not None
+            or self.tpm is not None
+            or self.max_concurrent is not None
+            or self.budget_usd is not None
+        )
+
+    @property
+    def period(self) -> BudgetPeriod:
+        return self.budget_period or BudgetPeriod.MONTH
+
+
+NO_LIMITS = Limits()
+
+
+def check_limits(limits: Limits, for_backend: bool = False) -> Limits:
+    """The same limits if valid; ValueError naming the field otherwise."""
+    for name in ("rpm", "tpm", "max_concurrent"):
+        value = getattr(limits, name)
+        if value is not None and (not isinstance(value, int) or value < 1 or value > 1_000_000_000):
+            raise ValueError(f"{_camel(name)} must be a whole number from 1 to 1000000000 (or null: unlimited)")
+    if limits.budget_usd is not None:
+        if for_backend:
+            raise ValueError("budgetUsd applies to users only")
+        if not math.isfinite(limits.budget_usd) or limits.budget_usd < 0 or limits.budget_usd > 1e12:
+            raise ValueError("budgetUsd must be a number from 0 to 1e12 (or null: unlimited)")
+    if limits.budget_period is not None and for_backend:
+        raise ValueError("budgetPeriod applies to users only")
+    return limits
+
+
+def _camel(name: str) -> str:
+    head, *rest = name.split("_")
+    return head + "".join(part.title() for part in rest)
+
+
+# --- periods (pure) ---------------------------------------------------------------------------
+
+
+def period_bounds(period: BudgetPeriod, now: float) -> tuple[datetime, datetime]:
+    """[start, end) of the calendar day, ISO week (Monday) or month containing `now`, in UTC."""
+    moment = datetime.fromtimestamp(now, UTC)
+    day = moment.replace(hour=0, minute=0, second=0, microsecond=0)
+    if period is BudgetPeriod.DAY:
+        return day, day + timedelta(days=1)
+    if period is BudgetPeriod.WEEK:
+        start = day - timedelta(days=day.weekday())
+        return start, start + timedelta(days=7)
+    start = day.replace(day=1)
+    end = start.replace(year=start.year + 1, month=1) if start.month == 12 else start.replace(month=start.month + 1)
+    return start, end
+
+
+def estimate_tokens(payload: dict[str, Any], body_size: int, default_max_tokens: int) -> int:
+    """Tokens to reserve: the prompt estimated from the body size, plus the completion's ceiling."""
+    completion = default_max_tokens
+    for name in ("max_tokens", "max_completion_tokens", "max_output_tokens"):
+        value = payload.get(name)
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            completion = value
+            break
+    return body_size // CHARS_PER_TOKEN + completion
+
+
+# --- the sliding window (pure, in-process) ----------------------------------------------------
+
+
+class Window:
+    """Amounts per whole second over the last WINDOW_S seconds, with their running total."""
+
+    __slots__ = ("buckets", "total")
+
+    def __init__(self) -> None:
+        self.buckets: deque[list[int]] = deque()  # [second, amount], oldest first
+        self.total = 0
+
+    def advance(self, second: int) -> None:
+        buckets = self.buckets
+        while buckets and buckets[0][0] <= second - WINDOW_S:
+            self.total -= buckets.popleft()[1]
+
+    def add(self, second: int, amount: int) -> None:
+        buckets = self.buckets
+        if buckets and buckets[-1][0] == second:
+            buckets[-1][1] += amount
+        else:
+            buckets.append([second, amount])
+        self.total += amount
+
+    def adjust(self, second: int, delta: int, now_second: int) -> None:
+        """Correct what was added at `second` (a reservation settled); gone buckets take only a surplus."""
+        for bucket in reversed(self.buckets):
+            if bucket[0] == second:
+                bucket[1] += delta
+                self.total += delta
+                return
+            if bucket[0] < second:
+                break
+        if delta > 0:
+            self.advance(now_second)
+            self.add(now_second, delta)
+
+    def wait_s(self, limit: int, now: float) -> float:
+        """Seconds until the total drops below `limit` (0 if it is below already)."""
+        if self.total < limit:
+            return 0.0
+        freed = 0
+        for second, amount in self.buckets:
+            freed += amount
+            if self.total - freed < limit:
+                return max(second + WINDOW_S - now, 0.0)
+        return float(WINDOW_S)
+
+    def next_release_s(self, now: float) -> float:
+        """Seconds until the oldest counted amount leaves the window (0 when empty)."""
+        return max(self.buckets[0][0] + WINDOW_S - now, 0.0) if self.buckets else 0.0
+
+
+# --- operations a store performs atomically ---------------------------------------------------
+
+WINDOW, SLOT, QUEUE_SLOT, SPEND = "w", "c", "q", "s"
+
+
+@dataclass(frozen=True, slots=True)
+class Op:
+    """One check (and, when every check passes, one update) of an admission.
+
+    WINDOW: used < limit, then add `amount` at this second. SLOT: slots held < limit, then hold
+    one as `member`. QUEUE_SLOT: like SLOT, but when it alone is full the request waits instead of
+    being refused. SPEND: spent < limit (nothing added: spend is added at settlement).
+    """
+
+    kind: str
+    key: str
+    limit: float
+    amount: int = 1
+    member: str = ""
+
+
+@dataclass(slots=True)
+class OpResult:
+    used: float  # before this request
+    wait_s: float  # when refused: until there is room; else until the oldest entry leaves
+
+
+@dataclass(slots=True)
+class StoreAnswer:
+    status: int  # ADMITTED, REFUSED or MUST_QUEUE
+    index: int  # the refusing (or queueing) op; -1 when admitted
+    results: list[OpResult]
+
+
+ADMITTED, REFUSED, MUST_QUEUE = 0, 1, 2
+
+
+class Store(Protocol):
+    async def admit(self, ops: Sequence[Op], now: float) -> StoreAnswer: ...
+
+    async def acquire(self, key: str, limit: int, member: str, now: float) -> bool: ...
+
+    def settle(self, changes: Sequence[Settle], now: float) -> None: ...
+
+    async def peek(self, ops: Sequence[Op], now: float) -> list[OpResult]: ...
+
+    async def seed_spend(self, key: str, amount: float, ttl_s: float) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Settle:
+    """One update after the answer: a window correction, a slot released, spend added."""
+
+    kind: str  # WINDOW (amount = delta, second = when reserved), SLOT (member released), SPEND
+    key: str
+    amount: float = 0
+    second: int = 0
+    member: str = ""
+    ttl_s: float = 0
+
+
+class LocalStore:
+    """Counters of this process only (no Redis, or Redis away)."""
+
+    def __init__(self) -> None:
+        self.windows: dict[str, Window] = {}
+        self.slots: dict[str, set[str]] = {}
+        self.spend: dict[str, tuple[float, float]] = {}  # key -> (amount, expires at)
+        self.on_release: Callable[[str], None] | None = None
+
+    def _window(self, key: str, second: int) -> Window:
+        window = self.windows.get(key)
+        if window is None:
+            window = self.windows[key] = Window()
+        window.advance(second)
+        return window
+
+    def _spent(self, key: str, now: float) -> float:
+        entry = self.spend.get(key)
+        if entry is None:
+            return 0.0
+        if entry[1] <= now:
+            del self.spend[key]
+            return 0.0
+        return entry[0]
+
+    def check(self, ops: Sequence[Op], now: float, apply: bool) -> StoreAnswer:
+        second = int(now)
+        results: list[OpResult] = []
+        refused = queued = -1
+        for index, op in enumerate(ops):
+            if op.kind == WINDOW:
+                window = self._window(op.key, second)
+                limit = int(op.limit)
+                used: float = window.total
+                wait = window.wait_s(limit, now) if used >= limit else window.next_release_s(now)
+            elif op.kind == SPEND:
+                used, wait = self._spent(op.key, now), 0.0
+            else:
+                used, wait = len(self.slots.get(op.key, ())), 0.0
+            results.append(OpResult(used, wait))
+            if used >= op.limit:
+                if op.kind == QUEUE_SLOT:
+                    queued = index if queued < 0 else queued
+                elif refused < 0:
+                    refused = index
+        if refused >= 0:
+            return StoreAnswer(REFUSED, refused, results)
+        if apply:
+            for op in ops:
+                if op.kind == WINDOW:
+                    self.windows[op.key].add(second, op.amount)
+                elif op.kind == SLOT or (op.kind == QUEUE_SLOT and queued < 0):
+                    self.slots.setdefault(op.key, set()).add(op.member)
+        return StoreAnswer(MUST_QUEUE if queued >= 0 else ADMITTED, queued, results)
+
+    async def admit(self, ops: Sequence[Op], now: float) -> StoreAnswer:
+        return self.check(ops, now, apply=True)
+
+    async def peek(self, ops: Sequence[Op], now: float) -> list[OpResult]:
+        return self.check(ops, now, apply=False).results
+
+    def try_acquire(self, key: str, limit: int, member: str) -> bool:
+        held = self.slots.setdefault(key, set())
+        if len(held) >= limit:
+            return False
+        held.add(member)
+        return True
+
+    async def acquire(self, key: str, limit: int, member: str, now: float) -> bool:
+        return self.try_acquire(key, limit, member)
+
+    def settle(self, changes: Sequence[Settle], now: float) -> None:
+        for change in changes:
+            if change.kind == WINDOW:
+                window = self.windows.get(change.key)
+                if window is not None:
+                    window.advance(int(now))
+                    window.adjust(change.second, int(change.amount), int(now))
+            elif change.kind == SPEND:
+                spent = self._spent(change.key, now)
+                self.spend[change.key] = (spent + change.amount, now + change.ttl_s)
+            else:
+                held = self.slots.get(change.key)
+                if held is not None:
+                    held.discard(change.member)
+                    if not held:
+                        del self.slots[change.key]
+                if self.on_release is not None:
+                    self.on_release(change.key)
+
+    async def seed_spend(self, key: str, amount: float, ttl_s: float) -> None:
+        now = time.time()
+        if amount > self._spent(key, now):
+            self.spend[key] = (amount, now + ttl_s)
+
+
+# --- Redis ------------------------------------------------------------------------------------
+
+# KEYS: one per op. ARGV: now (ms), apply (1/0), lease (ms), then kind, limit, amount, member per op.
+# Returns {status, index (1-based, 0 = none), {used, wait_ms} per op}; `used` as a string (floats).
+ADMIT_LUA = """
+local now_ms = tonumber(ARGV[1])
+local apply = ARGV[2] == '1'
+local lease_ms = tonumber(ARGV[3])
+local now_s = math.floor(now_ms / 1000)
+local window_s = 60
+local info = {}
+local refused, queued = 0, 0
+for i = 1, #KEYS do
+  local base = 3 + (i - 1) * 4
+  local kind, limit = ARGV[base + 1], tonumber(ARGV[base + 2])
+  local key = KEYS[i]
+  local used, wait_ms = 0, 0
+  if kind == 'w' then
+    local flat = redis.call('HGETALL', key)
+    local seconds, amounts = {}, {}
+    for j = 1, #flat, 2 do
+      local s, a = tonumber(flat[j]), tonumber(flat[j + 1])
+      if s <= now_s - window_s then
+        redis.call('HDEL', key, flat[j])
+      else
+        used = used + a
+        if amounts[s] == nil then seconds[#seconds + 1] = s; amounts[s] = 0 end
+        amounts[s] = amounts[s] + a
+      end
+    end
+    table.sort(seconds)
+    if used >= limit then
+      local freed = 0
+      wait_ms = window_s * 1000
+      for _, s in ipairs(seconds) do
+        freed = freed + amounts[s]
+        if used - freed < limit then wait_ms = (s + window_s) * 1000 - now_ms; break end
+      end
+    elseif #seconds > 0 then
+      wait_ms = (seconds[1] + window_s) * 1000 - now_ms
+    end
+  elseif kind == 's' then
+    used = tonumber(redis.call('GET', key) or '0')
+  else
+    redis.call('ZREMRANGEBYSCORE', key, '-inf', now_ms)
+    used = redis.call('ZCARD', key)
+  end
+  if wait_ms < 0 then wait_ms = 0 end
+  info[#info + 1] = tostring(used)
+  info[#info + 1] = wait_ms
+  if used >= limit then
+    if kind == 'q' then
+      if queued == 0 then queued = i end
+    elseif refused == 0 then
+      refused = i
+    end
+  end
+end
+if refused > 0 then return {1, refused, info} end
+if apply then
+  for i = 1, #KEYS do
+    local base = 3 + (i - 1) * 4
+    local kind, amount, member = ARGV[base + 1], ARGV[base + 3], ARGV[base + 4]
+    if kind == 'w' then
+      redis.call('HINCRBY', KEYS[i], now_s, amount)
+      redis.call('EXPIRE', KEYS[i], window_s * 2)
+    elseif kind == 'c' or (kind == 'q' and queued == 0) then
+      redis.call('ZADD', KEYS[i], now_ms + lease_ms, member)
+      redis.call('PEXPIRE', KEYS[i], lease_ms * 2)
+    end
+  end
+end
+if queued > 0 then return {2, queued, info} end
+return {0, 0, info}
+"""
+
+# One slot for a queued request: KEYS[1] the slot set; ARGV: now (ms), limit, lease (ms), member.
+ACQUIRE_LUA = """
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', tonumber(ARGV[1]))
+if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[2]) then return 0 end
+redis.call('ZADD', KEYS[1], tonumber(ARGV[1]) + tonumber(ARGV[3]), ARGV[4])
+redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[3]) * 2)
+return 1
+"""
+
+# Spend seeded from the rollups: raise the counter to at least ARGV[1], keep it ARGV[2] ms.
+SEED_LUA = """
+local current = tonumber(redis.call('GET', KEYS[1]) or '-1')
+if current < tonumber(ARGV[1]) then redis.call('SET', KEYS[1], ARGV[1]) end
+redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[2]))
+return 1
+"""
+
+
+class RedisStore:
+    """Counters shared by every process through Redis; a LocalStore while Redis is away.
+
+    Admission is one EVALSHA (the script is atomic, so N processes together admit exactly the
+    limit). Settlements are queued and sent in pipelined batches by a background task, never on
+    the request path. Concurrency slots are leases that the holder extends every LEASE_REFRESH_S,
+    so a process that dies frees its slots within LEASE_S.
+    """
+
+    def __init__(self, redis_url: str, prefix: str, local: LocalStore | None = None) -> None:
+        import redis.asyncio as aioredis
+        from redis.asyncio.retry import Retry
+        from redis.backoff import NoBackoff
+
+        self.prefix = prefix
+        self.local = local or LocalStore()
+        self._redis = aioredis.Redis.from_url(
+            redis_url, socket_connect_timeout=1.0, socket_timeout=1.0, retry=Retry(NoBackoff(), 1)
+        )
+        self._admit = self._redis.register_script(ADMIT_LUA)
+        self._acquire = self._redis.register_script(ACQUIRE_LUA)
+        self._seed = self._redis.register_script(SEED_LUA)
+        self.degraded = False
+        self._pending: deque[Settle] = deque()
+        self._wake = asyncio.Event()
+        self._leases: dict[tuple[str, str], None] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+        self.on_release: Callable[[str], None] | None = None
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._tasks = [
+            loop.create_task(self._settle_forever(), name="limits-settle"),
+            loop.create_task(self._refresh_leases_forever(), name="limits-leases"),
+        ]
+
+    async def stop(self) -> None:
+        if self._pending and not self.degraded:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._flush(), 2.0)
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        with contextlib.suppress(Exception):
+            await self._redis.aclose()
+
+    # --- availability ---
+
+    def _down(self, exc: BaseException) -> None:
+        if not self.degraded:
+            self.degraded = True
+            log.warning(
+                "Redis unavailable for limits (%s: %s): counting in this process only until it is back "
+                "(each process then admits up to the full limit)",
+                exc.__class__.__name__,
+                exc,
+            )
+            self._tasks.append(asyncio.get_running_loop().create_task(self._probe_until_up(), name="limits-probe"))
+
+    async def _probe_until_up(self) -> None:
+        while self.degraded:
+            await asyncio.sleep(REDIS_RETRY_S)
+            try:
+                await self._redis.ping()
+            except Exception:
+                continue
+            self.degraded = False
+            log.warning("Redis is reachable again: limits are shared across processes")
+
+    # --- the request path ---
+
+    def _args(self, ops: Sequence[Op], now: float, apply: bool) -> tuple[list[str], list[Any]]:
+        keys = [f"{self.prefix}:{op.key}" for op in ops]
+        args: list[Any] = [int(now * 1000), 1 if apply else 0, int(LEASE_S * 1000)]
+        for op in ops:
+            args += [op.kind, op.limit, op.amount, op.member]
+        return keys, args
+
+    async def admit(self, ops: Sequence[Op], now: float) -> StoreAnswer:
+        if self.degraded:
+            return await self.local.admit(ops, now)
+        keys, args = self._args(ops, now, apply=True)
+        try:
+            status, index, info = await self._admit(keys=keys, args=args)
+        except Exception as exc:
+            self._down(exc)
+            return await self.local.admit(ops, now)
+        answer = StoreAnswer(int(status), int(index) - 1, _results(info))
+        if answer.status != REFUSED:
+            for op in ops:
+                if op.kind == SLOT or (op.kind == QUEUE_SLOT and answer.status == ADMITTED):
+                    self._leases[(op.key, op.member)] = None
+        return answer
+
+    async def acquire(self, key: str, limit: int, member: str, now: float) -> bool:
+        if self.degraded:
+            return self.local.try_acquire(key, limit, member)
+        try:
+            got = await self._acquire(
+                keys=[f"{self.prefix}:{key}"], args=[int(now * 1000), limit, int(LEASE_S * 1000), member]
+            )
+        except Exception as exc:
+            self._down(exc)
+            return self.local.try_acquire(key, limit, member)
+        if got:
+            self._leases[(key, member)] = None
+        return bool(got)
+
+    async def peek(self, ops: Sequence[Op], now: float) -> list[OpResult]:
+        if self.degraded:
+            return await self.local.peek(ops, now)
+        keys, args = self._args(ops, now, apply=False)
+        try:
+            _, _, info = await self._admit(keys=keys, args=args)
+        except Exception as exc:
+            self._down(exc)
+            return await self.local.peek(ops, now)
+        return _results(info)
+
+    def settle(self, changes: Sequence[Settle], now: float) -> None:
+        for change in changes:
+            if change.kind != WINDOW and change.kind != SPEND:
+                self._leases.pop((change.key, change.member), None)
+        self._pending.extend(changes)
+        self._wake.set()
+
+    async def seed_spend(self, key: str, amount: float, ttl_s: float) -> None:
+        await self.local.seed_spend(key, amount, ttl_s)
+        if self.degraded:
+            return
+        try:
+            await self._seed(keys=[f"{self.prefix}:{key}"], args=[repr(amount), int(ttl_s * 1000)])
+        except Exception as exc:
+            self._down(exc)
+
+    # --- background ---
+
+    async def _settle_forever(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while self._pending:
+                await self._flush()
+
+    async def _flush(self) -> None:
+        batch = [self._pending.popleft() for _ in range(min(SETTLE_BATCH, len(self._pending)))]
+        now = time.time()
+        if self.degraded:
+            self.local.settle(batch, now)
+            return
+        second = int(now)
+        try:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for change in batch:
+                    key = f"{self.prefix}:{change.key}"
+                    if change.kind == WINDOW:
+                        if second - change.second < WINDOW_S:
+                            pipe.hincrby(key, str(change.second), int(change.amount))
+                        elif change.amount > 0:  # the reservation has left the window: count the surplus now
+                            pipe.hincrby(key, str(second), int(change.amount))
+                            pipe.expire(key, WINDOW_S * 2)
+                    elif change.kind == SPEND:
+                        pipe.incrbyfloat(key, change.amount)
+                        pipe.expire(key, max(int(change.ttl_s), 1))
+                    else:
+                        pipe.zrem(key, change.member)
+                await pipe.execute()
+        except Exception as exc:
+            self._down(exc)  # slots expire by themselves (LEASE_S); corrections and spend are lost
+            return
+        if self.on_release is not None:
+            for change in batch:
+                if change.kind == SLOT:
+                    self.on_release(change.key)
+
+    async def _refresh_leases_forever(self) -> None:
+        while True:
+            await asyncio.sleep(LEASE_REFRESH_S)
+            if self.degraded or not self._leases:
+                continue
+            expires = int((time.time() + LEASE_S) * 1000)
+            try:
+                async with self._redis.pipeline(transaction=False) as pipe:
+                    for key, member in list(self._leases):
+                        pipe.zadd(f"{self.prefix}:{key}", {member: expires}, xx=True)
+                        pipe.pexpire(f"{self.prefix}:{key}", int(LEASE_S * 2000))
+                    await pipe.execute()
+            except Exception as exc:
+                self._down(exc)
+
+
+def _results(info: list[Any]) -> list[OpResult]:
+    return [OpResult(float(info[i]), int(info[i + 1]) / 1000.0) for i in range(0, len(info), 2)]
+
+
+# --- fair queues --------------------------------------------------------------------------------
+
+
+class FairQueue:
+    """Requests waiting for a backend slot, served round-robin across users.
+
+    Each user has a FIFO of waiters; `pump` hands free slots to the head waiter of the next user
+    in turn, so a user with 500 waiting requests and a user with 1 alternate.
+    """
+
+    def __init__(self, key: str, limit: int, store: Store, clock: Clock) -> None:
+        self.key = key
+        self.limit = limit
+        self.store = store
+        self.clock = clock
+        self._users: OrderedDict[int, deque[asyncio.Future[bool]]] = OrderedDict()
+        self.depth = 0
+        self._pumping = False
+        self._again = False
+
+    def enqueue(self, user_id: int) -> asyncio.Future[bool]:
+        if self.depth >= MAX_QUEUE_PER_BACKEND:
+            raise OverflowError
+        waiter: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._users.setdefault(user_id, deque()).append(waiter)
+        self.depth += 1
+        return waiter
+
+    def forget(self, user_id: int, waiter: asyncio.Future[bool]) -> None:
+        waiters = self._users.get(user_id)
+        if waiters is not None and waiter in waiters:
+            waiters.remove(waiter)
+            self.depth -= 1
+            if not waiters:
+                del self._users[user_id]
+
+    def _next(self) -> tuple[int, asyncio.Future[bool]] | None:
+        while self._users:
+            user_id, waiters = next(iter(self._users.items()))
+            self._users.move_to_end(user_id)
+            waiter = waiters[0]
+            return user_id, waiter
+        return None
+
+    async def pump(self, member_of: Callable[[asyncio.Future[bool]], str]) -> None:
+        """Give free slots to waiters in round-robin order until none is free."""
+        if self._pumping:
+            self._again = True
+            return
+        self._pumping = True
+        try:
+            while True:
+                self._again = False
+                picked = self._next()
+                if picked is None:
+                    return
+                user_id, waiter = picked
+                if not await self.store.acquire(self.key, self.limit, member_of(waiter), self.clock()):
+                    # Round-robin turns only advance on success: put this user back in front.
+                    self._users.move_to_end(user_id, last=False)
+                    if not self._again:
+                        return
+                    continue
+                self.forget(user_id, waiter)
+                if not waiter.done():
+                    waiter.set_result(True)
+        finally:
+            self._pumping = False
+
+
+# --- admission ----------------------------------------------------------------------------------
+
+
+class ClientDisconnected(ApiError):
+    """The client went away while its request waited in a queue (logged as 499)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(499, message, "invalid_request_error", "client_disconnected")
+
+
+class LimitExceeded(ApiError):
+    """A refused request (429): what was exceeded and when to come back.
+
+    An ApiError, so each protocol's adapter renders it in its own error shape; `headers` carry
+    Retry-After and the user's rate-limit headers.
+    """
+
+    def __init__(
+        self,
+        kind: str,
+        scope: str,
+        message: str,
+        retry_after_s: float,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        # OpenAI's error: type `requests` / `tokens` + code rate_limit_exceeded; budgets: insufficient_quota.
+        if kind == "budget":
+            type_, code = "insufficient_quota", "insufficient_quota"
+        else:
+            type_, code = ("tokens" if kind == "tokens" else "requests"), "rate_limit_exceeded"
+        super().__init__(429, message, type_, code)
+        self.kind = kind  # "requests", "tokens", "concurrency", "budget", "queue"
+        self.scope = scope  # "user" or "backend"
+        self.retry_after_s = retry_after_s
+        self.admission: Admission | None = None  # the views for the rate-limit headers
+        self.headers = {**(headers or {}), **retry_headers(retry_after_s)}
+
+    @property
+    def openai_type(self) -> str:
+        return self.type
+
+    @property
+    def openai_code(self) -> str:
+        return self.code or ""
+
+
+@dataclass(slots=True)
+class WindowView:
+    limit: int
+    remaining: int
+    reset_s: float
+
+
+@dataclass(slots=True)
+class Admission:
+    """An admitted request: its headers' numbers and what to settle when it ends."""
+
+    requests: WindowView | None = None
+    tokens: WindowView | None = None
+    reserved: int = 0
+    token_keys: list[tuple[str, int]] = field(default_factory=list)  # (TPM key, second reserved at)
+    slots: list[tuple[str, str]] = field(default_factory=list)  # (slot key, member)
+    backend_keys: frozenset[str] = frozenset()  # the keys of the current backend (given back on failover)
+    spend_key: str | None = None
+    spend_ttl_s: float = 0.0
+    settled: bool = False
+
+    @property
+    def limited(self) -> bool:
+        return self.requests is not None or self.tokens is not None
+
+
+NOT_LIMITED = Admission(settled=True)  # shared: nothing to settle, no headers
+
+
+def duration_text(seconds: float) -> str:
+    """OpenAI's reset format: `20ms`, `6s`, `1m30s`."""
+    if seconds < 1:
+        return f"{max(int(seconds * 1000), 0)}ms"
+    whole = math.ceil(seconds)
+    minutes, secs = divmod(whole, 60)
+    return f"{minutes}m{secs}s" if minutes else f"{secs}s"
+
+
+def openai_headers(admission: Admission) -> dict[str, str]:
+    """x-ratelimit-* headers of a user's RPM/TPM (only the limits the user has)."""
+    headers: dict[str, str] = {}
+    if admission.requests is not None:
+        r = admission.requests
+        headers["x-ratelimit-limit-requests"] = str(r.limit)
+        headers["x-ratelimit-remaining-requests"] = str(r.remaining)
+        headers["x-ratelimit-reset-requests"] = duration_text(r.reset_s)
+    if admission.tokens is not None:
+        t = admission.tokens
+        headers["x-ratelimit-limit-tokens"] = str(t.limit)
+        headers["x-ratelimit-remaining-tokens"] = str(t.remaining)
+        headers["x-ratelimit-reset-tokens"] = duration_text(t.reset_s)
+    return headers
+
+
+def anthropic_headers(admission: Admission, now: float) -> dict[str, str]:
+    """anthropic-ratelimit-* headers (reset as an RFC 3339 time)."""
+
+    def at(seconds: float) -> str:
+        return datetime.fromtimestamp(now + seconds, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+    headers: dict[str, str] = {}
+    if admission.requests is not None:
+        r = admission.requests
+        headers["anthropic-ratelimit-requests-limit"] = str(r.limit)
+        headers["anthropic-ratelimit-requests-remaining"] = str(r.remaining)
+        headers["anthropic-ratelimit-requests-reset"] = at(r.reset_s)
+    if admission.tokens is not None:
+        t = admission.tokens
+        headers["anthropic-ratelimit-tokens-limit"] = str(t.limit)
+        headers["anthropic-ratelimit-tokens-remaining"] = str(t.remaining)
+        headers["anthropic-ratelimit-tokens-reset"] = at(t.reset_s)
+    return headers
+
+
+def answer_headers(
+    admission: Admission | None, error: Exception | None = None, style: str = "openai", now: float | None = None
+) -> dict[str, str]:
+    """The rate-limit headers of an answer to a limited user (`style` "anthropic" or "openai"), plus
+    Retry-After when `error` is a refusal."""
+    refusal = error if isinstance(error, LimitExceeded) else None
+    views = refusal.admission if refusal is not None and refusal.admission is not None else admission
+    headers: dict[str, str] = {}
+    if views is not None and views.limited:
+        if style == "anthropic":
+            headers.update(anthropic_headers(views, time.time() if now is None else now))
+        else:
+            headers.update(openai_headers(views))
+    if refusal is not None:
+        headers.update(retry_headers(refusal.retry_after_s))
+    return headers
+
+
+def retry_headers(retry_after_s: float) -> dict[str, str]:
+    """Retry-After in whole seconds (at least 1) and, for the OpenAI SDK, in milliseconds."""
+    return {
+        "retry-after": str(max(math.ceil(retry_after_s), 1)),
+        "retry-after-ms": str(max(int(retry_after_s * 1000), 1)),
+    }
+
+
+class HasLimits(Protocol):
+    @property
+    def id(self) -> int: ...
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def limits(self) -> Limits: ...
+
+
+@dataclass(slots=True)
+class _Plan:
+    ops: list[Op]
+    roles: list[tuple[str, str]]  # (scope, what) per op: ("user", "rpm"), ("backend", "slot"), ...
+
+
+class Limiter:
+    """Decides admissions against a store; one per process (on the Runtime)."""
+
+    def __init__(
+        self,
+        store: Store,
+        default_max_tokens: int = 1024,
+        queue_timeout_s: float = 30.0,
+        clock: Clock = time.time,
+    ) -> None:
+        self.store = store
+        self.default_max_tokens = default_max_tokens
+        self.queue_timeout_s = queue_timeout_s
+        self.clock = clock
+        self.queues: dict[int, FairQueue] = {}
+        self._members = itertools.count()
+        self._node = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        self._waiter_members: dict[asyncio.Future[bool], str] = {}
+        self._poller: asyncio.Task[None] | None = None
+        if isinstance(store, (LocalStore, RedisStore)):
+            store.on_release = self._released
+        if isinstance(store, RedisStore):
+            store.local.on_release = self._released
+
+    # --- keys ---
+
+    @staticmethod
+    def spend_key(user_id: int, period: BudgetPeriod, start: datetime) -> str:
+        return f"lim:u:{user_id}:spend:{period.value}:{start:%Y%m%d}"
+
+    def _plan(
+        self, user: HasLimits | None, backend: HasLimits | None, tokens: int, now: float, member: str
+    ) -> tuple[_Plan, Admission]:
+        """The ops of an admission: the user's and the backend's limits (user None: the backend's only)."""
+        ops: list[Op] = []
+        roles: list[tuple[str, str]] = []
+        admission = Admission()
+        subjects: list[tuple[str, str, HasLimits]] = [] if user is None else [("user", "u", user)]
+        if backend is not None and backend.limits:
+            subjects.append(("backend", "b", backend))
+        backend_keys: list[str] = []
+        for scope, tag, subject in subjects:
+            limits = subject.limits
+            prefix = f"lim:{tag}:{subject.id}"
+            keys = backend_keys if scope == "backend" else []
+            if limits.rpm is not None:
+                ops.append(Op(WINDOW, f"{prefix}:rpm", limits.rpm))
+                roles.append((scope, "rpm"))
+            if limits.tpm is not None:
+                ops.append(Op(WINDOW, f"{prefix}:tpm", limits.tpm, tokens))
+                roles.append((scope, "tpm"))
+                admission.token_keys.append((f"{prefix}:tpm", int(now)))
+                admission.reserved = tokens
+                keys.append(f"{prefix}:tpm")
+            if limits.max_concurrent is not None:
+                kind = SLOT if scope == "user" else QUEUE_SLOT
+                ops.append(Op(kind, f"{prefix}:slots", limits.max_concurrent, member=member))
+                roles.append((scope, "slot"))
+                admission.slots.append((f"{prefix}:slots", member))
+                keys.append(f"{prefix}:slots")
+            if scope == "user" and limits.budget_usd is not None:
+                start, end = period_bounds(limits.period, now)
+                admission.spend_key = self.spend_key(subject.id, limits.period, start)
+                admission.spend_ttl_s = end.timestamp() - now + 86_400
+                ops.append(Op(SPEND, admission.spend_key, limits.budget_usd))
+                roles.append((scope, "budget"))
+        admission.backend_keys = frozenset(backend_keys)
+        return _Plan(ops, roles), admission
+
+    def estimate(self, payload: dict[str, Any], body_size: int) -> int:
+        return estimate_tokens(payload, body_size, self.default_max_tokens)
+
+    def needs_estimate(self, user: HasLimits, backend: HasLimits | None) -> bool:
+        return user.limits.tpm is not None or (backend is not None and backend.limits.tpm is not None)
+
+    # --- admit / settle ---
+
+    async def admit(
+        self,
+        user: HasLimits,
+        backend: HasLimits | None,
+        tokens: int = 0,
+        disconnected: Callable[[], Awaitable[Any]] | None = None,
+        previous: Admission | None = None,
+    ) -> Admission:
+        """Count the request or raise LimitExceeded; may wait in the backend's fair queue.
+
+        `previous`: the admission of an earlier attempt of the same request (failover). The user
+        was counted then; the earlier backend's slot and reservation are given back and only the
+        new backend's limits are checked.
+        """
+        if previous is not None:
+            return await self._admit_failover(previous, user, backend, tokens, disconnected)
+        if not user.limits and (backend is None or not backend.limits):
+            return NOT_LIMITED
+        return await self._admit(user, backend, tokens, disconnected)
+
+    async def _admit(
+        self,
+        user: HasLimits | None,
+        backend: HasLimits | None,
+        tokens: int,
+        disconnected: Callable[[], Awaitable[Any]] | None,
+        user_id: int = 0,
+    ) -> Admission:
+        now = self.clock()
+        member = f"{self._node}:{next(self._members)}"
+        plan, admission = self._plan(user, backend, tokens, now, member)
+        answer = await self.store.admit(plan.ops, now)
+        self._fill_views(admission, plan, answer.results, counted=answer.status != REFUSED)
+        if answer.status == REFUSED:
+            admission.settled = True
+            raise self._refusal(plan, answer, admission, user, backend)
+        if answer.status == MUST_QUEUE:
+            assert backend is not None
+            op = plan.ops[answer.index]
+            try:
+                await self._wait_for_slot(backend, op, user.id if user else user_id, member, disconnected)
+            except BaseException:
+                self.settle(admission, 0, 0.0, failed=True, queued_out=op.key)
+                raise
+        return admission
+
+    async def _admit_failover(
+        self,
+        previous: Admission,
+        user: HasLimits,
+        backend: HasLimits | None,
+        tokens: int,
+        disconnected: Callable[[], Awaitable[Any]] | None,
+    ) -> Admission:
+        merged = dataclasses.replace(previous, slots=list(previous.slots), token_keys=list(previous.token_keys))
+        if previous.backend_keys and not previous.settled:
+            gone = previous.backend_keys
+            changes = [Settle(SLOT, k, member=m) for k, m in previous.slots if k in gone]
+            changes += [Settle(WINDOW, k, -previous.reserved, s) for k, s in previous.token_keys if k in gone]
+            self.store.settle(changes, self.clock())
+            merged.slots = [(k, m) for k, m in previous.slots if k not in gone]
+            merged.token_keys = [(k, s) for k, s in previous.token_keys if k not in gone]
+            merged.backend_keys = frozenset()
+        if previous is not NOT_LIMITED:
+            previous.settled = True  # `merged` owns what is left
+        merged.settled = not (merged.slots or merged.token_keys or merged.spend_key)
+        if backend is None or not backend.limits:
+            return merged
+        extra = await self._admit(None, backend, tokens, disconnected, user_id=user.id)
+        merged.slots += extra.slots
+        merged.token_keys += extra.token_keys
+        merged.reserved = tokens if extra.token_keys else merged.reserved
+        merged.backend_keys = extra.backend_keys
+        merged.settled = False
+        return merged
+
+    def _fill_views(self, admission: Admission, plan: _Plan, results: list[OpResult], counted: bool) -> None:
+        for (scope, what), op, result in zip(plan.roles, plan.ops, results, strict=True):
+            if scope != "user" or what not in ("rpm", "tpm"):
+                continue
+            used = result.used + (op.amount if counted else 0)
+            limit = int(op.limit)
+            reset = result.wait_s if result.wait_s > 0 or not counted else float(WINDOW_S)
+            view = WindowView(limit, max(limit - int(used), 0), reset)
+            if what == "rpm":
+                admission.requests = view
+            else:
+                admission.tokens = view
+
+    def _refusal(
+        self,
+        plan: _Plan,
+        answer: StoreAnswer,
+        admission: Admission,
+        user: HasLimits | None,
+        backend: HasLimits | None,
+    ) -> LimitExceeded:
+        refusal = self._refusal_of(plan, answer, admission, user, backend)
+        refusal.admission = admission
+        return refusal
+
+    def _refusal_of(
+        self,
+        plan: _Plan,
+        answer: StoreAnswer,
+        admission: Admission,
+        user: HasLimits | None,
+        backend: HasLimits | None,
+    ) -> LimitExceeded:
+        scope, what = plan.roles[answer.index]
+        op, result = plan.ops[answer.index], answer.results[answer.index]
+        headers = openai_headers(admission)
+        subject = (
+            f"user '{user.name if user else ''}'" if scope == "user" else f"backend '{backend.name if backend else ''}'"
+        )
+        if what == "budget" and user is not None:
+            _, end = period_bounds(user.limits.period, self.clock())
+            wait = max(end.timestamp() - self.clock(), 1.0)
+            message = (
+                f"You exceeded your budget of ${op.limit:g} for this {user.limits.period.value.lower()} "
+                f"(spent ${result.used:.4f}); it renews at {end:%Y-%m-%dT%H:%M:%SZ}."
+            )
+            return LimitExceeded("budget", scope, message, wait, headers)
+        if what == "slot":
+            message = f"Rate limit reached for {subject}: {int(op.limit)} requests in flight at once."
+            return LimitExceeded("concurrency", scope, message, 1.0, headers)
+        unit = "requests" if what == "rpm" else "tokens"
+        message = (
+            f"Rate limit reached for {subject}: {int(op.limit)} {unit} per minute "
+            f"(used {int(result.used)}). Please try again in {duration_text(result.wait_s)}."
+        )
+        return LimitExceeded(unit, scope, message, max(result.wait_s, 0.001), headers)
+
+    async def _wait_for_slot(
+        self,
+        backend: HasLimits,
+        op: Op,
+        user_id: int,
+        member: str,
+        disconnected: Callable[[], Awaitable[Any]] | None,
+    ) -> None:
+        queue = self.queues.get(backend.id)
+        if queue is None or queue.limit != int(op.limit):
+            queue = self.queues[backend.id] = FairQueue(op.key, int(op.limit), self.store, self.clock)
+        try:
+            waiter = queue.enqueue(user_id)
+        except OverflowError:
+            raise LimitExceeded(
+                "queue", "backend", f"Backend '{backend.name}' is at capacity and its queue is full.", 1.0
+            ) from None
+        self._waiter_members[waiter] = member
+        self._ensure_poller()
+        watcher = asyncio.ensure_future(disconnected()) if disconnected is not None else None
+        acquired = False
+        try:
+            await queue.pump(self._member_of)
+            waits: set[asyncio.Future[Any]] = {waiter} if watcher is None else {waiter, watcher}
+            done, _ = await asyncio.wait(waits, timeout=self.queue_timeout_s, return_when=asyncio.FIRST_COMPLETED)
+            if waiter in done:
+                acquired = True
+                return
+            if watcher is not None and watcher in done:
+                raise ClientDisconnected("client disconnected while queued")
+            raise LimitExceeded(
+                "queue",
+                "backend",
+                f"Backend '{backend.name}' stayed at its {int(op.limit)} concurrent requests for "
+                f"{self.queue_timeout_s:g} s (QUEUE_TIMEOUT_S).",
+                1.0,
+            )
+        finally:
+            queue.forget(user_id, waiter)
+            self._waiter_members.pop(waiter, None)
+            if watcher is not None:
+                watcher.cancel()
+            if not acquired and waiter.done() and not waiter.cancelled():
+                # Handed a slot just as it gave up: give the slot back.
+                self.store.settle([Settle(SLOT, op.key, member=member)], self.clock())
+
+    def _member_of(self, waiter: asyncio.Future[bool]) -> str:
+        return self._waiter_members.get(waiter, f"{self._node}:orphan")
+
+    def _released(self, key: str) -> None:
+        for queue in self.queues.values():
+            if queue.key == key and queue.depth:
+                asyncio.get_running_loop().create_task(queue.pump(self._member_of))
+
+    def _ensure_poller(self) -> None:
+        """With Redis, slots freed by other processes are noticed by polling while requests wait."""
+        if isinstance(self.store, RedisStore) and (self._poller is None or self._poller.done()):
+            self._poller = asyncio.get_running_loop().create_task(self._poll_queues(), name="limits-queues")
+
+    async def _poll_queues(self) -> None:
+        while any(q.depth for q in self.queues.values()):
+            await asyncio.sleep(QUEUE_POLL_S)
+            for queue in list(self.queues.values()):
+                if queue.depth:
+                    await queue.pump(self._member_of)
+
+    def settle(
+        self,
+        admission: Admission,
+        total_tokens: int,
+        cost_usd: float | None,
+        failed: bool = False,
+        queued_out: str | None = None,
+    ) -> None:
+        """The request is over: true up reserved tokens, free its slots, add its cost. Never waits.
+
+        `total_tokens` 0 with `failed` (no answer from upstream) gives the reservation back; 0
+        without it (usage unknown, e.g. a stream cut off) keeps the reservation.
+        """
+        if admission.settled:
+            return
+        admission.settled = True
+        changes: list[Settle] = []
+        if admission.token_keys and (total_tokens > 0 or failed):
+            delta = total_tokens - admission.reserved
+            if delta:
+                changes += [Settle(WINDOW, key, delta, second) for key, second in admission.token_keys]
+        for key, member in admission.slots:
+            if key != queued_out:
+                changes.append(Settle(SLOT, key, member=member))
+        if admission.spend_key is not None and cost_usd:
+            changes.append(Settle(SPEND, admission.spend_key, cost_usd, ttl_s=admission.spend_ttl_s))
+        if changes:
+            self.store.settle(changes, self.clock())
+
+    # --- state for the admin API ---
+
+    async def quota(self, subject: HasLimits, scope: str) -> QuotaView:
+        """Requests and tokens in the last minute, slots held, spend this period (from the store)."""
+        limits = subject.limits
+        tag = "u" if scope == "user" else "b"
+        prefix = f"lim:{tag}:{subject.id}"
+        now = self.clock()
+        ops = [Op(WINDOW, f"{prefix}:rpm", 1), Op(WINDOW, f"{prefix}:tpm", 1), Op(SLOT, f"{prefix}:slots", 1)]
+        start = end = None
+        if scope == "user":
+            start, end = period_bounds(limits.period, now)
+            ops.append(Op(SPEND, self.spend_key(subject.id, limits.period, start), 1))
+        results = await self.store.peek(ops, now)
+        queue = self.queues.get(subject.id) if scope == "backend" else None
+        return QuotaView(
+            requests=int(results[0].used),
+            tokens=int(results[1].used),
+            in_flight=int(results[2].used),
+            spent_usd=results[3].used if scope == "user" else 0.0,
+            period_start=start,
+            period_end=end,
+            queued=queue.depth if queue is not None else 0,
+        )
+
+    async def seed_budgets(
+        self, users: Iterable[HasLimits], spent: Callable[[int, datetime, datetime], Awaitable[float]]
+    ) -> None:
+        """Raise each budgeted user's spend counter to what the rollups say it spent this period."""
+        now = self.clock()
+        for user in users:
+            if user.limits.budget_usd is None:
+                continue
+            start, end = period_bounds(user.limits.period, now)
+            amount = await spent(user.id, start, end)
+            ttl = end.timestamp() - now + 86_400
+            await self.store.seed_spend(self.spend_key(user.id, user.limits.period, start), amount, ttl)
+
+
+@dataclass(slots=True)
+class QuotaView:
+    requests: int
+    tokens: int
+    in_flight: int
+    spent_usd: float
+    period_start: datetime | None
+    period_end: datetime | None
+    queued: int = 0
+
+
+def make_store(redis_url: str | None, prefix: str) -> LocalStore | RedisStore:
+    return RedisStore(redis_url, prefix) if redis_url else LocalStore()

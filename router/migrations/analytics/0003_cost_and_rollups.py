@@ -1,0 +1,40 @@
+from tortoise import migrations
+from tortoise.migrations import operations as ops
+from tortoise import fields
+from tortoise.indexes import Index
+
+class Migration(migrations.Migration):
+    dependencies = [('analytics', '0002_request_log_translated_to'), ('analytics', '0002_usage_details_and_response_id')]
+
+    initial = False
+
+    operations = [
+        ops.CreateModel(
+            name='UsageRollup',
+            fields=[
+                ('id', fields.BigIntField(generated=True, primary_key=True, unique=True, db_index=True)),
+                ('hour', fields.DatetimeField(auto_now=False, auto_now_add=False)),
+                ('user_id', fields.IntField(default=0)),
+                ('backend_id', fields.IntField(default=0)),
+                ('model', fields.CharField(default='', max_length=256)),
+                ('user_name', fields.CharField(null=True, max_length=128)),
+                ('backend_name', fields.CharField(null=True, max_length=128)),
+                ('requests', fields.BigIntField(default=0)),
+                ('errors', fields.BigIntField(default=0)),
+                ('prompt_tokens', fields.BigIntField(default=0)),
+                ('completion_tokens', fields.BigIntField(default=0)),
+                ('total_tokens', fields.BigIntField(default=0)),
+                ('cached_tokens', fields.BigIntField(default=0)),
+                ('reasoning_tokens', fields.BigIntField(default=0)),
+                ('cost_usd', fields.FloatField(default=0.0)),
+                ('latency_ms_sum', fields.FloatField(default=0.0)),
+            ],
+            options={'table': 'usage_rollups', 'app': 'analytics', 'unique_together': (('hour', 'user_id', 'backend_id', 'model'),), 'indexes': [Index(fields=['user_id', 'hour']), Index(fields=['backend_id', 'hour'])], 'pk_attr': 'id', 'table_description': 'Request-log totals per UTC hour, user, backend and model, updated with every written batch.'},
+            bases=['Model'],
+        ),
+        ops.AddField(
+            model_name='RequestLog',
+            name='cost_usd',
+            field=fields.FloatField(null=True),
+        ),
+    ]
