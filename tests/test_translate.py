@@ -28,6 +28,9 @@ except ImportError:  # older SDKs use httpx
 
 JSON = dict[str, Any]
 SSE = {"content-type": "text/event-stream"}
+# The SDKs' stream event unions as validators (built once: building one takes long).
+ANTHROPIC_EVENT: TypeAdapter[Any] = TypeAdapter(RawMessageStreamEvent)
+RESPONSES_EVENT: TypeAdapter[Any] = TypeAdapter(ResponseStreamEvent)
 
 # --- helpers ------------------------------------------------------------------------------------
 
@@ -396,7 +399,7 @@ def anthropic_final(events: list[t.Event]) -> Message:
     for name, data in events:
         assert data["type"] == name
         if name != "error":  # error events are not part of the SDK's event union
-            TypeAdapter(RawMessageStreamEvent).validate_python(data)
+            ANTHROPIC_EVENT.validate_python(data)
     client = anthropic_client(serve(sse_bytes(events), headers=SSE))
     with client.messages.stream(model="m", max_tokens=5, messages=[{"role": "user", "content": "hi"}]) as stream:
         return stream.get_final_message()
@@ -714,7 +717,7 @@ def openai_chat_final(events: list[t.Event]) -> Any:
 def test_messages_stream_to_chat_through_the_sdk() -> None:
     for name, data in anthropic_stream_events():
         if name != "ping":
-            TypeAdapter(RawMessageStreamEvent).validate_python(data)
+            ANTHROPIC_EVENT.validate_python(data)
     translator = t.MessagesToChatStream("claude-x", include_usage=True)
     events = run(translator, anthropic_stream_events())
     assert translator.complete
@@ -933,7 +936,7 @@ def test_chat_response_cut_by_length_is_incomplete() -> None:
 def openai_responses_final(events: list[t.Event]) -> Any:
     """Validate each translated event and let the openai SDK's Responses stream helper rebuild the response."""
     for sequence, (name, data) in enumerate(events):
-        TypeAdapter(ResponseStreamEvent).validate_python(data)
+        RESPONSES_EVENT.validate_python(data)
         assert data["type"] == name
         assert data["sequence_number"] == sequence
     client = openai_client(serve(sse_bytes(events), headers=SSE))
@@ -1002,7 +1005,7 @@ def test_chat_stream_to_responses_length_is_incomplete() -> None:
     assert events[-1][0] == "response.incomplete"
     assert events[-1][1]["response"]["incomplete_details"] == {"reason": "max_output_tokens"}
     for _, data in events:
-        TypeAdapter(ResponseStreamEvent).validate_python(data)
+        RESPONSES_EVENT.validate_python(data)
     with pytest.raises(RuntimeError, match=r"response\.completed"):
         openai_responses_final(events)  # the SDK only finishes a completed response
 
@@ -1012,7 +1015,7 @@ def test_chat_stream_cut_off_reaches_the_responses_client_as_failed() -> None:
     events = run(translator, [chunk("abc")])
     assert not translator.complete
     assert events[-1][0] == "response.failed"
-    failed = TypeAdapter(ResponseStreamEvent).validate_python(events[-1][1])
+    failed = RESPONSES_EVENT.validate_python(events[-1][1])
     assert failed.response.error.message == t.STREAM_CUT_OFF  # type: ignore[union-attr]
     client = openai_client(serve(sse_bytes(events), headers=SSE))
     assert list(client.responses.create(model="m", input="hi", stream=True))[-1].type == "response.failed"
