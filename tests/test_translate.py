@@ -1016,7 +1016,7 @@ def test_chat_stream_cut_off_reaches_the_responses_client_as_failed() -> None:
     assert not translator.complete
     assert events[-1][0] == "response.failed"
     failed = RESPONSES_EVENT.validate_python(events[-1][1])
-    assert failed.response.error.message == t.STREAM_CUT_OFF  # type: ignore[union-attr]
+    assert failed.response.error.message == t.STREAM_CUT_OFF
     client = openai_client(serve(sse_bytes(events), headers=SSE))
     assert list(client.responses.create(model="m", input="hi", stream=True))[-1].type == "response.failed"
 

@@ -13,7 +13,7 @@ from router.protocols import translate as t
 from tests.test_translate import anthropic_final, chunk, openai_responses_final, run
 
 # A segment of an answer: ("text", s), ("reasoning", s) or ("tool", name, arguments object).
-texts = st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), min_size=1, max_size=12)
+texts = st.text(st.characters(codec="utf-8", exclude_categories=["Cs"]), min_size=1, max_size=12)
 arguments = st.dictionaries(
     st.sampled_from(["city", "n", "flag"]), st.one_of(st.integers(-(2**53), 2**53), texts, st.booleans()), max_size=3
 )

@@ -244,9 +244,13 @@ def test_anthropic_client_on_chat_backend_text(env: Env) -> None:
         15,
         6,
     )
-    row = log_of(env, raw.headers["x-request-id"])
+    request_id = raw.headers["x-request-id"]
+    row = log_of(env, request_id)
     assert (row["endpoint"], row["translated_to"]) == ("/v1/messages", "/chat/completions")
     assert (row["prompt_tokens"], row["completion_tokens"]) == (40, 6)  # as the upstream counted, once
+    logs = ok(env.router, "{ requestLogs(first: 50) { items { requestId endpoint translatedTo } } }")["requestLogs"]
+    logged = next(item for item in logs["items"] if item["requestId"] == request_id)
+    assert (logged["endpoint"], logged["translatedTo"]) == ("/v1/messages", "/chat/completions")
 
 
 @needs_messages
