@@ -7,8 +7,10 @@ import contextlib
 import fcntl
 import logging
 import os
+import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any, BinaryIO
 from urllib.parse import urlsplit
 
 from tortoise import Tortoise, connections
@@ -28,7 +30,7 @@ ANALYTICS_MIGRATIONS = "router.migrations.analytics"
 _SCHEMA_LOCK_ID = 4_180_512
 
 
-def tortoise_config(core_db_url: str, analytics_db_url: str) -> dict:
+def tortoise_config(core_db_url: str, analytics_db_url: str) -> dict[str, Any]:
     """The Tortoise config dict for both apps."""
     return {
         "connections": {"core": core_db_url, "analytics": analytics_db_url},
@@ -70,14 +72,49 @@ def _ensure_sqlite_file(url: str) -> None:
             )
 
 
+def _leave_wal(url: str) -> str:
+    """Switch a SQLite file from WAL (earlier versions) to the rollback journal `url` asks for.
+
+    Only possible while no other connection has it open: under the migration lock, so workers
+    starting together take turns. If a process of an earlier version still holds it, the file
+    stays in WAL for this run (returned URL says so, with a warning) instead of failing to start.
+    """
+    path = _sqlite_path(url)
+    if path is None or "journal_mode=DELETE" not in url:
+        return url
+    with open_lock_file(path) as lock_file:
+        fcntl.flock(lock_file.fileno(), fcntl.LOCK_EX)
+        conn = sqlite3.connect(path, timeout=10, isolation_level=None)
+        try:
+            if conn.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+                return url
+            conn.execute("PRAGMA journal_mode=DELETE")
+            return url
+        except sqlite3.OperationalError as exc:
+            log.warning(
+                "%s stays in WAL mode for now (%s: another process, e.g. an older router, has it open); "
+                "it switches to a rollback journal at a start when nothing else holds it",
+                path,
+                exc,
+            )
+            return url.replace("journal_mode=DELETE", "journal_mode=WAL")
+        finally:
+            conn.close()
+
+
+def open_lock_file(path: str) -> BinaryIO:
+    """`<database file>.migrate.lock`, created 0600: the cross-process lock of schema changes."""
+    return os.fdopen(os.open(f"{path}.migrate.lock", os.O_CREAT | os.O_RDWR, 0o600), "r+b")
+
+
 async def init_db(settings: Settings, create_schema: bool = True) -> None:
     """Connect both databases and bring their tables up to date (one process at a time)."""
     for url in (settings.core_db_url, settings.analytics_db_url):
         _ensure_sqlite_file(url)
-    await Tortoise.init(
-        config=tortoise_config(settings.core_db_url, settings.analytics_db_url),
-        _enable_global_fallback=True,
+    core_url, analytics_url = await asyncio.gather(
+        asyncio.to_thread(_leave_wal, settings.core_db_url), asyncio.to_thread(_leave_wal, settings.analytics_db_url)
     )
+    await Tortoise.init(config=tortoise_config(core_url, analytics_url), _enable_global_fallback=True)
     if not create_schema:
         return
     try:
@@ -110,7 +147,7 @@ async def migrate_db(settings: Settings) -> None:
             await _migrate_app(conn, app, config["apps"][app])
 
 
-async def _migrate_app(conn: BaseDBAsyncClient, app: str, app_config: dict) -> None:
+async def _migrate_app(conn: BaseDBAsyncClient, app: str, app_config: dict[str, Any]) -> None:
     executor = MigrationExecutor(conn, {app: app_config})
     await executor.recorder.ensure_schema(executor._schema_editor(atomic=False))
     applied = [key for key in await executor.recorder.applied_migrations() if key.app_label == app]
@@ -147,7 +184,7 @@ async def _migration_lock(conn: BaseDBAsyncClient, url: str) -> AsyncIterator[No
     if path is None:  # in-memory: private to this process
         yield
         return
-    lock_file = os.fdopen(os.open(f"{path}.migrate.lock", os.O_CREAT | os.O_RDWR, 0o600), "r+b")
+    lock_file = open_lock_file(path)
     try:
         await asyncio.to_thread(fcntl.flock, lock_file.fileno(), fcntl.LOCK_EX)
         try:
@@ -168,7 +205,7 @@ async def close_db() -> None:
     await Tortoise.close_connections()
 
 
-def __getattr__(name: str) -> dict:
+def __getattr__(name: str) -> dict[str, Any]:
     """`router.db.TORTOISE_ORM`: the config for Tortoise's own CLI, from this environment.
 
     e.g. `tortoise -c router.db.TORTOISE_ORM history` or `... makemigrations` after a model change.

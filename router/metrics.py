@@ -46,6 +46,11 @@ _MAX_SERIES = 10_000
 OTHER = "other"
 # backend id -> the models the catalog says it serves
 KnownModels = Callable[[int], frozenset[str]]
+# (backend, model, status[, user]); a series: [requests, prompt tokens, completion tokens, latency h, ttft h]
+SeriesKey = tuple[Any, ...]
+Series = list[Any]
+# (backend, model) -> non-cumulative bucket counts (+Inf last), then the sum
+Histograms = dict[tuple[str, str], list[Any]]
 
 
 def multiprocess_dir() -> str | None:
@@ -64,7 +69,7 @@ def model_label(record: RequestRecord, known_models: KnownModels) -> str | None:
     return OTHER
 
 
-def series_key(record: RequestRecord, user_labels: bool, known_models: KnownModels) -> tuple:
+def series_key(record: RequestRecord, user_labels: bool, known_models: KnownModels) -> SeriesKey:
     """(backend, model, status[, user]) of a finished request, every part from a bounded set."""
     backend = record.backend_name
     model = model_label(record, known_models)
@@ -73,7 +78,7 @@ def series_key(record: RequestRecord, user_labels: bool, known_models: KnownMode
     return (backend, model, record.status_code)
 
 
-def overflow_key(key: tuple) -> tuple:
+def overflow_key(key: SeriesKey) -> SeriesKey:
     """Where a request goes once _MAX_SERIES combinations exist: its status kept, the rest OTHER."""
     return (OTHER, OTHER, key[2], *((OTHER,) if len(key) > 3 else ()))
 
@@ -88,8 +93,9 @@ class Metrics:
         self.registry = CollectorRegistry(auto_describe=True)
         self._live_gauges: tuple[Gauge, Gauge, Gauge, Gauge] | None = None
         if self.multiprocess:
-            self._files = _FileBackedMetrics(self.registry, user_labels, runtime.models.models_of)
-            self.observe = self._files.observe
+            self._sink: _FileBackedMetrics | _InMemoryMetrics = _FileBackedMetrics(
+                self.registry, user_labels, runtime.models.models_of
+            )
             # Live values go through files so that every worker's share is visible.
             self._live_gauges = (
                 Gauge(f"{PREFIX}_requests_in_flight", "", ("backend",), multiprocess_mode="livesum", registry=None),
@@ -98,13 +104,13 @@ class Metrics:
                 Gauge(f"{PREFIX}_backend_queue_depth", "", ("backend",), multiprocess_mode="livesum", registry=None),
             )
         else:
-            self._counts = _InMemoryMetrics(user_labels, runtime.models.models_of)
-            self.observe = self._counts.observe
-            self.registry.register(self._counts)
+            self._sink = _InMemoryMetrics(user_labels, runtime.models.models_of)
+            self.registry.register(self._sink)
             self.registry.register(_LiveCollector(runtime))
 
-    def observe(self, record: RequestRecord) -> None:  # replaced per instance in __init__
+    def observe(self, record: RequestRecord) -> None:
         """Count one finished request. Called once per request from Runtime.finish."""
+        self._sink.observe(record)
 
     # --- scraping ---
 
@@ -114,7 +120,7 @@ class Metrics:
         from prometheus_client import multiprocess
 
         registry = CollectorRegistry()
-        multiprocess.MultiProcessCollector(registry)
+        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
         return generate_latest(registry)
 
     async def refresh_forever(self, interval_s: float = 1.0) -> None:
@@ -139,10 +145,10 @@ class Metrics:
         if self.multiprocess:
             from prometheus_client import multiprocess
 
-            multiprocess.mark_process_dead(os.getpid())
+            multiprocess.mark_process_dead(os.getpid())  # type: ignore[no-untyped-call]
 
 
-def _bounded_key(store: dict[tuple, Any], key: tuple) -> tuple:
+def _bounded_key(store: dict[SeriesKey, Any], key: SeriesKey) -> SeriesKey:
     """`key`, or its overflow key when the store already holds _MAX_SERIES combinations (warned once)."""
     if key in store or len(store) < _MAX_SERIES:
         return key
@@ -180,10 +186,10 @@ class _InMemoryMetrics(Collector):
         self.user_labels = user_labels
         self.known_models = known_models
         # (backend, model, status[, user]) -> [requests, prompt tokens, completion tokens, latency h, ttft h]
-        self._series: dict[tuple, list] = {}
+        self._series: dict[SeriesKey, Series] = {}
         # (backend, model) -> histogram: non-cumulative bucket counts (+Inf last), then the sum
-        self._latency: dict[tuple[str, str], list] = {}
-        self._ttft: dict[tuple[str, str], list] = {}
+        self._latency: Histograms = {}
+        self._ttft: Histograms = {}
 
     def observe(self, record: RequestRecord) -> None:
         key = series_key(record, self.user_labels, self.known_models)
@@ -204,7 +210,7 @@ class _InMemoryMetrics(Collector):
             ttft[bisect_left(TTFT_BUCKETS, seconds)] += 1
             ttft[-1] += seconds
 
-    def _new_series(self, key: tuple) -> list:
+    def _new_series(self, key: SeriesKey) -> Series:
         labels = (key[0] or "", key[1] or "")
         latency = self._latency.setdefault(labels, [0] * (len(LATENCY_BUCKETS) + 1) + [0.0])
         ttft = self._ttft.setdefault(labels, [0] * (len(TTFT_BUCKETS) + 1) + [0.0])
@@ -212,7 +218,7 @@ class _InMemoryMetrics(Collector):
         self._series[key] = series
         return series
 
-    def describe(self) -> list:
+    def describe(self) -> list[Any]:
         return []
 
     def collect(self) -> Iterator[Any]:
@@ -221,7 +227,7 @@ class _InMemoryMetrics(Collector):
             f"{PREFIX}_requests", _HELP["requests"], labels=["backend", "model", "status", *by_user]
         )
         tokens = CounterMetricFamily(f"{PREFIX}_tokens", _HELP["tokens"], labels=["backend", "model", "kind", *by_user])
-        token_totals: dict[tuple, list[int]] = {}
+        token_totals: dict[SeriesKey, list[int]] = {}
         for key, (count, prompt, completion, _, _) in self._series.items():
             backend, model = key[0] or "", key[1] or ""
             user = [key[3] or ""] if self.user_labels else []
@@ -238,13 +244,13 @@ class _InMemoryMetrics(Collector):
         yield _histogram(f"{PREFIX}_time_to_first_token_seconds", _HELP["ttft"], TTFT_BUCKETS, self._ttft)
 
 
-def _histogram(name: str, documentation: str, bounds: tuple[float, ...], data: dict) -> HistogramMetricFamily:
+def _histogram(name: str, documentation: str, bounds: tuple[float, ...], data: Histograms) -> HistogramMetricFamily:
     family = HistogramMetricFamily(name, documentation, labels=["backend", "model"])
     for labels, counts in data.items():
         cumulative, buckets = 0, []
         for bound, count in zip((*bounds, math.inf), counts, strict=False):
             cumulative += count
-            buckets.append((floatToGoString(bound), cumulative))
+            buckets.append((floatToGoString(bound), cumulative))  # type: ignore[no-untyped-call]
         if cumulative:
             family.add_metric(list(labels), buckets, sum_value=counts[-1])
     return family
@@ -277,7 +283,7 @@ class _FileBackedMetrics:
             buckets=TTFT_BUCKETS,
             registry=registry,
         )
-        self._children: dict[tuple, tuple[Any, Any, Any, Any, Any]] = {}
+        self._children: dict[SeriesKey, tuple[Any, Any, Any, Any, Any]] = {}
 
     def observe(self, record: RequestRecord) -> None:
         key = series_key(record, self.user_labels, self.known_models)
@@ -295,7 +301,7 @@ class _FileBackedMetrics:
         if record.stream and record.ttft_ms is not None:
             ttft.observe(record.ttft_ms / 1000.0)
 
-    def _new_children(self, key: tuple) -> tuple[Any, Any, Any, Any, Any]:
+    def _new_children(self, key: SeriesKey) -> tuple[Any, Any, Any, Any, Any]:
         backend, model, status = key[0] or "", key[1] or "", str(key[2])
         by_user = (key[3] or "",) if self.user_labels else ()
         children = (
@@ -333,7 +339,7 @@ class _LiveCollector(Collector):
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
 
-    def describe(self) -> list:
+    def describe(self) -> list[Any]:
         return []
 
     def collect(self) -> Iterator[GaugeMetricFamily]:

@@ -344,3 +344,23 @@ def test_broken_analytics_database_keeps_v1_answering_and_rows_wait(router_facto
     rows = router.wait_for_logs(16, timeout=30)
     assert len(rows) == 16, len(rows)  # the first, then the newest 15 of the 20
     assert router.proc.poll() is None
+
+
+async def test_a_wal_database_of_an_earlier_version_is_switched_when_free(tmp_path: Path, upstream) -> None:
+    analytics = tmp_path / "analytics.db"
+    older = sqlite3.connect(analytics, isolation_level=None)  # an older router, still running
+    assert older.execute("PRAGMA journal_mode=WAL").fetchone()[0] == "wal"
+    older.execute("CREATE TABLE unrelated (x)")
+    try:
+        with text_log() as log_text:
+            async with in_process(tmp_path, {"alpha": {"url": upstream.base_url}}) as router:
+                assert (await router.chat("test-model")).status_code == 200
+                await router.runtime.writer.flush()
+        assert "stays in WAL mode for now" in log_text.getvalue()
+    finally:
+        older.close()
+    async with in_process(tmp_path) as router:
+        pass
+    with sqlite3.connect(analytics) as conn:
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "delete"
+        assert conn.execute("SELECT count(*) FROM request_logs").fetchone()[0] == 1
