@@ -44,6 +44,7 @@ def new_log_id(now: float | None = None) -> int:
 MAX_ERROR_CHARS = 2000  # request_logs.error is TEXT: a bound of our own
 _MODEL_MAX = RequestLog._meta.fields_map["model"].max_length
 _BACKEND_NAME_MAX = RequestLog._meta.fields_map["backend_name"].max_length
+_ENDPOINT_MAX = RequestLog._meta.fields_map["endpoint"].max_length
 
 
 def clip(text: str | None, limit: int) -> str | None:
@@ -125,6 +126,7 @@ class RequestRecord:
         # Client-chosen strings are cut to their column's size before anything stores, logs or counts them.
         self.model = clip(redact_text(self.model), _MODEL_MAX) if self.model else None
         self.backend_name = clip(self.backend_name, _BACKEND_NAME_MAX)
+        self.endpoint = clip(self.endpoint, _ENDPOINT_MAX) or ""
         self.error = clip(redact_text(self.error), MAX_ERROR_CHARS) if self.error else None
         now = time.time()
         self.latency_ms = (now - self.started_at) * 1000.0
