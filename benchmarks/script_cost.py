@@ -66,22 +66,42 @@ def engine_cost(calls: int) -> float:
     return asyncio.run(run())
 
 
-def process_cpu_s(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+def process_tree(pid: int) -> list[int]:
+    """`pid` and its descendants (the server may run the app in worker processes)."""
+    try:
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        return []
+    return [pid] + [p for child in children for p in process_tree(int(child))]
+
+
+def _cpu_of(stat: str) -> float:
+    fields = stat.rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def thread_cpu_s(pid: int) -> dict[str, float]:
-    """CPU seconds per thread name (summed), to see where a cost lands."""
-    out: dict[str, float] = {}
-    for task in Path(f"/proc/{pid}/task").iterdir():
+def process_cpu_s(pid: int) -> float:
+    """utime+stime of the router and its worker processes."""
+    total = 0.0
+    for proc in process_tree(pid):
         try:
-            stat = (task / "stat").read_text()
+            total += _cpu_of(Path(f"/proc/{proc}/stat").read_text())
         except OSError:
             continue
-        name = "main" if task.name == str(pid) else "other threads"
-        fields = stat.rsplit(")", 1)[1].split()
-        out[name] = out.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
+
+
+def thread_cpu_s(pid: int) -> dict[str, float]:
+    """CPU seconds of each process's main thread and of all other threads, to see where a cost lands."""
+    out: dict[str, float] = {}
+    for proc in process_tree(pid):
+        for task in Path(f"/proc/{proc}/task").iterdir():
+            try:
+                cpu = _cpu_of((task / "stat").read_text())
+            except OSError:
+                continue
+            name = "main threads" if task.name == str(proc) else "other threads"
+            out[name] = out.get(name, 0.0) + cpu
     return out
 
 
