@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
+from typing import Any
 
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from graphql_schema import graphql_routes
 from router import errors, protocols, proxy
@@ -112,10 +114,67 @@ class V1FastPath:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["method"] == "POST" and scope["path"] in protocols.ADAPTERS:
             scope["app"] = self.app
-            response = await proxy.handle_generation(Request(scope, receive, send))
-            await response(scope, receive, send)
+            await self._generation(scope, receive, send)
             return
         await self.other(scope, receive, send)
+
+    async def _generation(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Run the proxy; if the client goes away before the answer starts, cancel it.
+
+        Neither server cancels a handler whose client left, so without this a non-stream request
+        would keep its upstream generating for nobody. Cancelling the handler cancels the
+        upstream request (the transport closes that connection) and logs a 499.
+        """
+        first = await receive()  # the whole body: RequestLimits read it before the app runs
+        if first.get("more_body", False):  # not read ahead: nothing to watch with
+            replay = _replay(first, receive)
+            response = await proxy.handle_generation(Request(scope, replay, send))
+            await response(scope, replay, send)
+            return
+        gone: asyncio.Future[Any] = asyncio.ensure_future(receive())  # completes on http.disconnect
+        task = asyncio.current_task()
+
+        def client_gone(future: asyncio.Future[Any]) -> None:
+            try:
+                message = future.result()
+            except BaseException:  # cancelled by us, or the server failed the receive
+                return
+            if task is not None and message.get("type") == "http.disconnect":
+                task.cancel()
+
+        gone.add_done_callback(client_gone)
+        pending: Message | None = first
+
+        async def receive_after_body() -> Message:
+            nonlocal pending
+            if pending is not None:
+                message, pending = pending, None
+                return message
+            disconnect: Message = await gone  # the streaming response listens for the disconnect
+            return disconnect
+
+        try:
+            try:
+                response = await proxy.handle_generation(Request(scope, receive_after_body, send))
+            finally:
+                gone.remove_done_callback(client_gone)
+            await response(scope, receive_after_body, send)
+        finally:
+            if not gone.done():
+                gone.cancel()
+
+
+def _replay(first: Message, receive: Receive) -> Receive:
+    pending: Message | None = first
+
+    async def replay() -> Message:
+        nonlocal pending
+        if pending is not None:
+            message, pending = pending, None
+            return message
+        return await receive()
+
+    return replay
 
 
 def create_app_from_env() -> RequestLimits:

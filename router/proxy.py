@@ -150,6 +150,9 @@ async def handle_generation(request: Request) -> Response:
         if record.admission is not None or isinstance(err, LimitExceeded):
             headers.update(answer_headers(record.admission, err, limit_header_style(adapter)))
         return adapter.error_response(err, headers)
+    except asyncio.CancelledError:  # the client went away before the answer started (app.V1FastPath)
+        rt.finish(record, 499, "client disconnected")
+        raise
     except Exception as exc:  # a bug must still give an API-shaped answer and a log row
         log.exception("request %s failed unexpectedly", record.request_id)
         rt.finish(record, 500, f"internal error: {exc.__class__.__name__}")

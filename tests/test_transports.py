@@ -5,13 +5,17 @@ connection is closed when the router gives up on a request (client gone)."""
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
+import threading
 import time
 from collections.abc import Awaitable, Callable
 
+import httpx
 import pytest
 
 from router.upstream import UpstreamClient, UpstreamError, make_upstream_client
+from tests.conftest import write_config
 
 TRANSPORTS = ["aiohttp", "pyreqwest", "httpx"]
 
@@ -210,3 +214,52 @@ async def test_cancel_while_waiting_for_the_answer_drops_the_connection(transpor
             await asyncio.wait_for(server.closed.wait(), 2)
         finally:
             await upstream.aclose()
+
+
+# --- the router: a client that goes away cancels the upstream request -----------------------------
+
+
+class HangingUpstream:
+    """A backend that reads each request and never answers; `closed` is set when the router hangs up."""
+
+    def __init__(self) -> None:
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.received = threading.Event()
+        self.closed = threading.Event()
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.listener.getsockname()[1]}/v1"
+
+    def _serve(self) -> None:
+        while True:
+            conn, _ = self.listener.accept()
+            threading.Thread(target=self._hold, args=(conn,), daemon=True).start()
+
+    def _hold(self, conn: socket.socket) -> None:
+        with conn:
+            self.received.set()
+            while conn.recv(65536):
+                pass
+            self.closed.set()
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["non-stream", "stream"])
+@pytest.mark.parametrize("server", ["granian", "uvicorn"])
+def test_client_gone_before_the_answer_cancels_the_upstream_request(router_factory, tmp_path, server, stream):
+    backend = HangingUpstream()
+    config = write_config(tmp_path / "c.yaml", {"hang": {"url": backend.base_url, "override": ["m"]}})
+    router = router_factory(config=config, env={"SERVER": server})
+    key = router.add_user("gone")
+    body = json.dumps({"model": "m", "messages": [{"role": "user", "content": "hi"}], "stream": stream}).encode()
+    with socket.create_connection(("127.0.0.1", router.port)) as client:
+        client.sendall(
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Authorization: Bearer %s\r\nContent-Length: %d\r\n\r\n%s" % (key.encode(), len(body), body)
+        )
+        assert backend.received.wait(10), "the request did not reach the backend"
+    assert backend.closed.wait(5), "the upstream request went on after the client left"
+    row = router.wait_for_logs(1)[0]
+    assert row["status_code"] == 499 and row["error"] == "client disconnected"
+    assert httpx.get(f"{router.url}/healthz", timeout=10).status_code == 200
