@@ -80,6 +80,9 @@ def create_app(settings: Settings | None = None) -> RequestLimits:
         Route("/metrics", metrics_endpoint, methods=["GET"]),
         Route("/v1/models", proxy.list_models, methods=["GET"]),
         *(Route(path, proxy.handle_generation, methods=["POST"]) for path in protocols.ADAPTERS),
+        Route("/v1/responses/{response_id}", proxy.handle_stored_response, methods=["GET", "DELETE"]),
+        Route("/v1/responses/{response_id}/cancel", proxy.handle_stored_response, methods=["POST"]),
+        Route("/v1/responses/{response_id}/input_items", proxy.handle_stored_response, methods=["GET"]),
         Route("/v1/{rest:path}", v1_not_found, methods=["GET", "POST", "PUT", "DELETE", "PATCH"]),
     ]
     routes += graphql_routes(settings)

@@ -95,6 +95,11 @@ class Settings:
     client_body_timeout_s: float = 30.0
     max_admin_body_mb: float = 4.0
     forwarded_allow_ips: str = "127.0.0.1"
+    # Responses API: how long and how many response-id -> backend bindings are kept (router/affinity.py).
+    response_affinity_ttl_s: float = 30 * 86400.0
+    response_affinity_max: int = 100_000
+    # Upstream response headers passed to clients besides the built-in allow-list (router/proxy.py).
+    upstream_response_headers: list[str] = field(default_factory=list)
 
     queue_timeout_s: float = 30.0  # longest wait for a slot of a backend at its maxConcurrent
     limits_default_max_tokens: int = 1024  # TPM reservation for a request without max_tokens
@@ -176,6 +181,9 @@ _ENV: dict[str, tuple[str, Any]] = {
     "QUEUE_TIMEOUT_S": ("queue_timeout_s", float),
     "LIMITS_DEFAULT_MAX_TOKENS": ("limits_default_max_tokens", int),
     "BUDGET_SYNC_INTERVAL_S": ("budget_sync_interval_s", float),
+    "RESPONSE_AFFINITY_TTL_S": ("response_affinity_ttl_s", float),
+    "RESPONSE_AFFINITY_MAX": ("response_affinity_max", int),
+    "UPSTREAM_RESPONSE_HEADERS": ("upstream_response_headers", _env_list),
 }
 
 _CHOICES = {

@@ -66,6 +66,19 @@ def script_failed(script_name: str, message: str) -> ApiError:
     return ApiError(500, f"Script '{script_name}' failed: {message}", "script_error", "script_error")
 
 
+def previous_response_not_found(response_id: str) -> ApiError:
+    """As OpenAI answers a `previous_response_id` it does not know."""
+    shown = response_id[:128]
+    return ApiError(
+        400, f"Previous response with id '{shown}' not found.", "invalid_request_error", "previous_response_not_found"
+    )
+
+
+def response_not_found(response_id: str) -> ApiError:
+    """As OpenAI answers an unknown response id (also for a response of another user)."""
+    return ApiError(404, f"Response with id '{response_id[:128]}' not found.", "invalid_request_error", None)
+
+
 def internal_error() -> ApiError:
     return ApiError(
         500, "The router failed to handle this request; it has been logged.", "server_error", "internal_error"

@@ -13,6 +13,7 @@ import asyncio
 import functools
 import itertools
 import logging
+import re
 import secrets
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -26,6 +27,7 @@ from starlette.responses import Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 from router import errors, protocols
+from router.affinity import MAX_RESPONSE_ID, Binding
 from router.auth import bearer_token, hash_api_key
 from router.catalog import BackendEntry, ScriptEntry, UserEntry, split_alias
 from router.errors import ApiError
@@ -138,8 +140,10 @@ async def handle_generation(request: Request) -> Response:
         record.stream = adapter.is_stream(payload)
         if rt.tracer.enabled:
             record.input = adapter.traced_input(payload)
-        route = plan_route(rt, user, record.model, request, adapter)
-        call = Call(rt, request, record, user, adapter, payload, raw_body)
+        previous = adapter.previous_response_id(payload)
+        route = await plan_bound_route(rt, user, record.model, previous) if previous else None
+        route = route or plan_route(rt, user, record.model, request, adapter)
+        call = Call(rt, request, record, user, adapter, payload, raw_body, path=endpoint[len("/v1") :])
         response = await forward(call, route)
         if record.admission is not None:
             response.headers.update(answer_headers(record.admission, None, limit_header_style(adapter)))
@@ -154,6 +158,43 @@ async def handle_generation(request: Request) -> Response:
         rt.finish(record, 499, "client disconnected")
         raise
     except Exception as exc:  # a bug must still give an API-shaped answer and a log row
+        log.exception("request %s failed unexpectedly", record.request_id)
+        rt.finish(record, 500, f"internal error: {exc.__class__.__name__}")
+        return adapter.error_response(errors.internal_error(), {"x-request-id": record.request_id})
+
+
+_RESPONSE_ID = re.compile(r"[A-Za-z0-9_\-.]{1,128}")
+
+
+async def handle_stored_response(request: Request) -> Response:
+    """GET/DELETE /v1/responses/{id}, POST .../cancel, GET .../input_items: to the backend that stored it.
+
+    Only the user who created the response reaches it; anyone else gets the 404 of an unknown id.
+    """
+    rt: Runtime = request.app.state.runtime
+    adapter = protocols.ADAPTERS["/v1/responses"]
+    response_id = str(request.path_params["response_id"])
+    action = (
+        request.scope["path"].rsplit("/", 1)[1] if request.scope["path"].endswith(("/cancel", "/input_items")) else ""
+    )
+    endpoint = "/v1/responses/{id}" + (f"/{action}" if action else "")
+    record = RequestRecord(request_id=request_id_of(request), endpoint=endpoint)
+    try:
+        user = authenticate(rt, request)
+        record.user_id, record.user_name = user.id, user.name
+        binding = await rt.affinity.lookup(response_id) if _RESPONSE_ID.fullmatch(response_id) else None
+        backend = bound_backend(rt, user, binding) if binding is not None else None
+        if backend is None:
+            raise errors.response_not_found(response_id)
+        query = request.scope["query_string"].decode("latin-1")
+        path = f"/responses/{response_id}" + (f"/{action}" if action else "") + (f"?{query}" if query else "")
+        record.stream = request.method == "GET" and not action and request.query_params.get("stream") == "true"
+        call = Call(rt, request, record, user, adapter, {}, b"", request.method, path, False, False)
+        return await forward(call, Route("", [Target.of(backend)]))
+    except ApiError as err:
+        rt.finish(record, err.status, err.message)
+        return adapter.error_response(err, {"x-request-id": record.request_id})
+    except Exception as exc:
         log.exception("request %s failed unexpectedly", record.request_id)
         rt.finish(record, 500, f"internal error: {exc.__class__.__name__}")
         return adapter.error_response(errors.internal_error(), {"x-request-id": record.request_id})
@@ -260,6 +301,36 @@ def speaking(adapter: Adapter, backends: list[BackendEntry], model: str) -> list
     return targets
 
 
+async def plan_bound_route(rt: Runtime, user: UserEntry, model: str, response_id: str) -> Route | None:
+    """A request continuing a stored response goes to the backend that stored it (no failover).
+
+    None for an id the router never bound (lost bindings, another router): it is routed by model
+    and the upstream answers for it. Another user's id is refused like an id nobody knows.
+    """
+    binding = await rt.affinity.lookup(response_id)
+    if binding is None:
+        return None
+    backend = bound_backend(rt, user, binding)
+    if backend is None:
+        raise errors.previous_response_not_found(response_id)
+    return Route(split_alias(model)[1], [Target.of(backend)])
+
+
+def bound_backend(rt: Runtime, user: UserEntry, binding: Binding) -> BackendEntry | None:
+    """The backend of a binding, if it belongs to `user` and the user may still use that backend."""
+    backend = rt.catalog.snapshot.backends_by_id.get(binding.backend_id)
+    if binding.user_id != user.id or backend is None or not backend.is_active or not user.may_use(backend.id):
+        return None
+    return backend
+
+
+def remember_response(call: Call, target: Target, response_id: str) -> None:
+    """A stored response: log its id and bind it to this backend and user."""
+    call.record.response_id = response_id[:MAX_RESPONSE_ID]
+    if target.backend is not None:
+        call.rt.affinity.bind(response_id, target.backend.id, call.user.id)
+
+
 def proxy_target(rt: Runtime, user: UserEntry, url: str, request: Request) -> Target:
     """An allow-listed URL for proxy mode; anything else is refused (no open relay)."""
     if rt.settings.proxy_allowlist and not user.all_backends:
@@ -268,9 +339,13 @@ def proxy_target(rt: Runtime, user: UserEntry, url: str, request: Request) -> Ta
     return Target(f"proxy:{urlsplit(url).netloc}", url, request.headers.get("x-upstream-authorization"))
 
 
-def upstream_headers(target: Target, request_id: str, extra: dict[str, str] | None) -> dict[str, str]:
+def upstream_headers(
+    target: Target, request_id: str, extra: dict[str, str] | None, has_body: bool = True
+) -> dict[str, str]:
     """What the upstream gets: our framing, its key (never the user's), the request id, script headers."""
-    headers = {"Content-Type": "application/json", "Accept": "application/json, text/event-stream"}
+    headers = {"Accept": "application/json, text/event-stream"}
+    if has_body:
+        headers["Content-Type"] = "application/json"
     if extra:
         headers.update(extra)
     headers["X-Request-ID"] = request_id
@@ -299,6 +374,10 @@ class Call:
     adapter: Adapter  # the API the client called (errors, framing toward it)
     payload: dict[str, Any]
     raw_body: bytes
+    method: str = "POST"
+    path: str = ""  # under the target's base URL (with the query string it passes on, if any)
+    has_body: bool = True
+    accounts_usage: bool = True  # False: reading a stored answer spends no tokens
 
 
 @dataclass(slots=True)
@@ -352,8 +431,10 @@ class Attempt:
         if not self._kept:
             await self.release()
 
-    async def send(self, url: str, headers: dict[str, str], body: bytes, stream: bool) -> UpstreamResponse:
-        self.response = await self.rt.upstream.send("POST", url, headers, body, stream)
+    async def send(
+        self, method: str, url: str, headers: dict[str, str], body: bytes | None, stream: bool
+    ) -> UpstreamResponse:
+        self.response = await self.rt.upstream.send(method, url, headers, body, stream)
         return self.response
 
     def failed(self) -> None:
@@ -409,8 +490,9 @@ async def forward(call: Call, route: Route) -> Response:
     """Try the targets in order; retry on connect errors, timeouts, 429 and 5xx before any byte is sent."""
     rt, record = call.rt, call.record
     # The client's bytes go upstream as they came unless something must change in them.
-    untouched = route.upstream_model == call.payload["model"] and not record.stream
-    call.payload = call.adapter.with_model(call.payload, route.upstream_model)
+    untouched = not call.has_body or (route.upstream_model == call.payload["model"] and not record.stream)
+    if call.has_body:
+        call.payload = call.adapter.with_model(call.payload, route.upstream_model)
     failure: ApiError | None = None
     for record.attempts, target in enumerate(targets_to_try(rt, route), 1):
         record.backend_id = target.backend.id if target.backend else None
@@ -433,9 +515,10 @@ async def forward(call: Call, route: Route) -> Response:
         async with Attempt(rt, target) as attempt:
             try:
                 upstream = await attempt.send(
+                    call.method,
                     target.base_url + outgoing.path,
-                    upstream_headers(target, record.request_id, outgoing.headers),
-                    outgoing.wire,
+                    upstream_headers(target, record.request_id, outgoing.headers, call.has_body),
+                    outgoing.wire if call.has_body else None,
                     record.stream,
                 )
             except UpstreamError as exc:
@@ -487,17 +570,18 @@ async def prepare(call: Call, target: Target, untouched: bool) -> Outgoing | Res
     hooks = Hooks(scripts_for(call.rt.catalog.snapshot, call.user.id, target.backend.id if target.backend else None))
     body, extra_headers, body_changed = call.payload, None, False
     if hooks.scripts:
-        client_body = RawJSON(call.raw_body) if untouched else call.payload
+        client_body = None if not call.has_body else RawJSON(call.raw_body) if untouched else call.payload
         path, headers = call.request.scope["path"], visible_headers(call.request.headers)
         context = request_context(
-            call.user, _backend_view(target), "POST", path, headers, client_body, call.record.stream
+            call.user, _backend_view(target), call.method, path, headers, client_body, call.record.stream
         )
         outcome = await on_request(call.rt.scripts, hooks.scripts, context, call.payload, call.record.request_id)
         hooks.context = outcome.context
         if outcome.early is not None:
             return answer_from_script(call.rt, call.record, outcome.early)
         body, extra_headers, body_changed = outcome.body, outcome.headers, outcome.body_changed
-        call.record.model = body.get("model", call.record.model)
+        if call.has_body:
+            call.record.model = body.get("model", call.record.model)
     adapter, stream = call.adapter, call.record.stream
     if target.api is not None:
         return translated(call, target.api, body, extra_headers, hooks)
@@ -506,8 +590,7 @@ async def prepare(call: Call, target: Target, untouched: bool) -> Outgoing | Res
     else:
         wire = orjson.dumps(adapter.with_stream_usage(body) if stream else body)
     strip_usage = stream and not adapter.client_wants_usage(body)
-    path = call.request.scope["path"][len("/v1") :]
-    return Outgoing(body, wire, extra_headers, hooks, strip_usage, adapter, path)
+    return Outgoing(body, wire, extra_headers, hooks, strip_usage, adapter, call.path)
 
 
 def translated(
@@ -555,9 +638,14 @@ async def plain_response(call: Call, attempt: Attempt, upstream: UpstreamRespons
     record.ttft_ms = (time.time() - record.started_at) * 1000.0
     parsed, error = None, None
     if upstream.status < 400:
-        if outgoing.adapter.usage_marker in body or rt.tracer.enabled or translator:
+        upstream_api = outgoing.adapter
+        if upstream_api.usage_marker in body or rt.tracer.enabled or translator or upstream_api.stateful:
             parsed = _loads(body)
-            record.set_usage(outgoing.adapter.usage_of_body(parsed))
+            if call.accounts_usage:
+                record.set_usage(upstream_api.usage_of_body(parsed))
+                response_id = upstream_api.response_id_of_body(parsed) if translator is None else None
+                if response_id is not None:
+                    remember_response(call, attempt.target, response_id)
             if rt.tracer.enabled:
                 record.output = parsed
     else:
@@ -703,12 +791,12 @@ class Relay:
 
     def _passes_as_is(self, chunk: bytes) -> bool:
         """Whole events with nothing to read in them (the common case): forward as they came."""
-        return not self.inspect_every_event and self.splitter.is_clean(chunk) and self.adapter.usage_marker not in chunk
+        return not self.inspect_every_event and self.splitter.is_clean(chunk) and not self.adapter.wants_event(chunk)
 
     async def _rewrite(self, chunk: bytes) -> bytes:
         out = []
         for event in self.splitter.feed(chunk):
-            if not self.inspect_every_event and self.adapter.usage_marker not in event:
+            if not self.inspect_every_event and not self.adapter.wants_event(event):
                 out.append(event)
                 continue
             out.append(await self._event(event))
@@ -724,7 +812,10 @@ class Relay:
         if parsed is None:
             return event
         adapter = self.adapter
-        usage = adapter.usage_of_event(name, parsed)
+        response_id = adapter.response_id_of_event(name, parsed) if self.call.accounts_usage else None
+        if response_id is not None:
+            remember_response(self.call, self.attempt.target, response_id)
+        usage = adapter.usage_of_event(name, parsed) if self.call.accounts_usage else None
         if usage:
             self.call.record.add_usage(usage)
             if self.strip_usage:

@@ -7,6 +7,7 @@ import logging
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+from router.affinity import ResponseAffinity
 from router.analytics_queries import spent_usd
 from router.catalog import BackendEntry, Catalog, UserEntry, split_alias
 from router.config import Settings
@@ -68,6 +69,7 @@ class Runtime:
 
             self.tracer = LangfuseTracer(settings)
         self.metrics = Metrics(self, settings.metrics_user_labels)
+        self.affinity = ResponseAffinity(settings.response_affinity_max, settings.response_affinity_ttl_s)
         self.scripts = ScriptEngine(settings.script_timeout_ms, settings.script_max_memory_mb)
         # Rate limits, budgets and backend queues: shared through Redis when REDIS_URL is set.
         self.limiter = Limiter(
@@ -86,6 +88,7 @@ class Runtime:
             from router.shared import SharedState
 
             self.shared = SharedState(settings, self.catalog, self.health, self.in_flight, self.bus, self.writer)
+            self.affinity.remote, self.affinity.prefix = self.shared, settings.redis_prefix
         self.checker = HealthChecker(
             self.catalog,
             self.models,
@@ -143,6 +146,7 @@ class Runtime:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.writer.close(self.settings.shutdown_grace_s)
+        await self.affinity.close()
         if self.shared is not None:
             await self.shared.stop()  # after the writer: its last rows still reach the other processes
         if isinstance(self.limiter.store, RedisStore):

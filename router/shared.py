@@ -128,6 +128,15 @@ class SharedState:
         health.on_change = self._health_changed
         writer.on_written = self._records_written
 
+    # --- response bindings (router.affinity) ---
+
+    async def get_binding(self, key: str) -> bytes | None:
+        value: bytes | None = await self._redis.get(key)
+        return value
+
+    async def set_binding(self, key: str, value: bytes, ttl_s: float) -> None:
+        await self._redis.set(key, value, px=max(1, int(ttl_s * 1000)))
+
     # --- lifecycle ---
 
     async def start(self) -> None:

@@ -113,3 +113,60 @@ def test_usage_details_reach_the_request_log_and_graphql(router_factory, upstrea
     assert logged == [("detailed", 5, 2), ("detailed", 5, 2), ("silent", 0, 0)]
     sums = {u["backendName"]: (u["cachedTokens"], u["reasoningTokens"]) for u in data["usage"]}
     assert sums == {"detailed": (10, 4), "silent": (0, 0)}
+
+
+def test_responses_adapter_reads_ids_and_usage_from_typed_events():
+    from router.errors import upstream_failed
+    from router.protocols import ADAPTERS, Usage
+
+    responses = ADAPTERS["/v1/responses"]
+    created = {"type": "response.created", "response": {"id": "resp_1", "object": "response", "usage": None}}
+    usage = {"input_tokens": 7, "output_tokens": 3, "output_tokens_details": {"reasoning_tokens": 2}}
+    completed = {"type": "response.completed", "response": {"id": "resp_1", "object": "response", "usage": usage}}
+    assert responses.response_id_of_event("response.created", created) == "resp_1"
+    assert responses.response_id_of_event("response.completed", completed) is None
+    assert responses.usage_of_event("response.created", created) is None
+    assert responses.usage_of_event(None, completed) == Usage(7, 3, 0, reasoning=2)  # the type names it too
+    assert responses.response_id_of_body({"id": "resp_2", "object": "response"}) == "resp_2"
+    assert responses.text_of_event("response.output_text.delta", {"delta": "hi"}) == "hi"
+    assert responses.frame_event(None, {"type": "response.x"}).startswith(b"event: response.x\ndata: ")
+    assert responses.stream_error(upstream_failed("gone")).startswith(b'event: error\ndata: {"type":"error"')
+    assert responses.previous_response_id({"previous_response_id": "resp_1"}) == "resp_1"
+    assert responses.wants_event(b'event: response.created\ndata: {"response": {}}\n\n')
+    assert not responses.wants_event(b'event: response.output_text.delta\ndata: {"delta": "x"}\n\n')
+
+
+def test_response_affinity_falls_back_from_memory_to_redis_to_the_log():
+    import asyncio
+
+    from router.affinity import Binding, ResponseAffinity
+
+    class FakeRedis:
+        def __init__(self) -> None:
+            self.data: dict[str, bytes] = {}
+
+        async def get_binding(self, key: str) -> bytes | None:
+            return self.data.get(key)
+
+        async def set_binding(self, key: str, value: bytes, ttl_s: float) -> None:
+            self.data[key] = value
+
+    async def from_log(response_id: str) -> Binding | None:
+        return Binding(9, 9) if response_id == "resp_logged" else None
+
+    async def run() -> None:
+        redis = FakeRedis()
+        writer = ResponseAffinity(max_entries=2, remote=redis, prefix="p", from_log=from_log)
+        writer.bind("resp_a", 1, 2)
+        await writer.close()
+        assert redis.data == {"p:response:resp_a": b"1:2"}
+        reader = ResponseAffinity(remote=redis, prefix="p", from_log=from_log)
+        assert await reader.lookup("resp_a") == Binding(1, 2)
+        assert await reader.lookup("resp_logged") == Binding(9, 9)
+        assert await reader.lookup("resp_none") is None
+        assert await reader.lookup("x" * 500) is None
+        for i in range(3):  # bounded: the oldest is forgotten locally
+            writer.bind(f"r{i}", 1, 1)
+        assert list(writer._local) == ["r1", "r2"]
+
+    asyncio.run(run())

@@ -12,6 +12,7 @@ import json
 import socket
 import threading
 import time
+import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -72,6 +73,8 @@ class UpstreamServer:
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
         self.stream_cancelled = threading.Event()
+        self.stored: dict[str, dict[str, Any]] = {}  # Responses API: id -> (response, input items)
+        self._stored_inputs: dict[str, list[dict[str, Any]]] = {}
 
     # --- lifecycle ---
 
@@ -102,6 +105,12 @@ class UpstreamServer:
         app.router.add_post("/v1/chat/completions", self._chat)
         app.router.add_post("/v1/completions", self._completions)
         app.router.add_post("/v1/embeddings", self._embeddings)
+        app.router.add_post("/v1/responses", self._responses)
+        app.router.add_post("/v1/responses/input_tokens", self._input_tokens)
+        app.router.add_get("/v1/responses/{id}", self._get_response)
+        app.router.add_delete("/v1/responses/{id}", self._delete_response)
+        app.router.add_post("/v1/responses/{id}/cancel", self._cancel_response)
+        app.router.add_get("/v1/responses/{id}/input_items", self._input_items)
         self._runner = web.AppRunner(app, handle_signals=False)
         await self._runner.setup()
         await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
@@ -299,3 +308,201 @@ class UpstreamServer:
             self.stream_cancelled.set()
             raise
         return response
+
+    # --- the Responses API, as vLLM serves it (store=True keeps responses in memory) ---
+
+    def _response_usage(self, body: dict) -> dict[str, Any]:
+        prompt = len(json.dumps(body.get("input")).split())
+        output = self.stream_chunks
+        return {
+            "input_tokens": prompt,
+            "input_tokens_details": {"cached_tokens": self.cached_tokens},
+            "output_tokens": output,
+            "output_tokens_details": {"reasoning_tokens": self.reasoning_tokens},
+            "total_tokens": prompt + output,
+        }
+
+    def _response_object(self, body: dict, response_id: str, text: str, status: str, usage: Any) -> dict[str, Any]:
+        message = {
+            "id": f"msg_{response_id[5:]}",
+            "type": "message",
+            "role": "assistant",
+            "status": "completed",
+            "content": [{"type": "output_text", "text": text, "annotations": [], "logprobs": []}],
+        }
+        return {
+            "id": response_id,
+            "object": "response",
+            "created_at": int(time.time()),
+            "model": body.get("model"),
+            "status": status,
+            "output": [message] if status == "completed" else [],
+            "parallel_tool_calls": True,
+            "tool_choice": "auto",
+            "tools": [],
+            "previous_response_id": body.get("previous_response_id"),
+            "usage": usage,
+            "error": None,
+            "incomplete_details": None,
+            "instructions": body.get("instructions"),
+            "metadata": {"server": self.name},
+        }
+
+    def _input_items_of(self, body: dict) -> list[dict[str, Any]]:
+        raw = body.get("input")
+        if isinstance(raw, str):
+            raw = [{"role": "user", "content": raw}]
+        items = []
+        for i, item in enumerate(raw or []):
+            content = item.get("content")
+            if isinstance(content, str):
+                content = [{"type": "input_text", "text": content}]
+            items.append({"id": f"in_{i}", "type": "message", "role": item.get("role", "user"), "content": content})
+        return items
+
+    async def _responses(self, request: web.Request) -> web.StreamResponse:
+        received = await self._record(request)
+        refusal = self._refusal(request)
+        if refusal is not None:
+            return refusal
+        body = received.body
+        previous = body.get("previous_response_id")
+        if previous is not None and previous not in self.stored:
+            return web.json_response(
+                {
+                    "error": {
+                        "message": f"Response with id '{previous}' not found.",
+                        "type": "invalid_request_error",
+                        "param": "previous_response_id",
+                        "code": None,
+                    }
+                },
+                status=404,
+            )
+        response_id = f"resp_{self.name}_{uuid.uuid4().hex[:16]}"
+        text = "".join(f"tok{i} " for i in range(self.stream_chunks))
+        if previous is not None:
+            text = f"(after {previous}) " + text
+        final = self._response_object(body, response_id, text, "completed", self._response_usage(body))
+        if body.get("store", True):
+            self.stored[response_id] = final
+            self._stored_inputs[response_id] = self._input_items_of(body)
+        if not body.get("stream"):
+            return web.json_response(final)
+        return await self._stream_response(request, body, final)
+
+    async def _stream_response(self, request: web.Request, body: dict, final: dict) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "X-Upstream": self.name})
+        await response.prepare(request)
+        started = {**final, "status": "in_progress", "output": [], "usage": None}
+        message = final["output"][0]
+        item_id = message["id"]
+        events: list[tuple[str, dict[str, Any]]] = [
+            ("response.created", {"response": started}),
+            ("response.in_progress", {"response": started}),
+            (
+                "response.output_item.added",
+                {"output_index": 0, "item": {**message, "status": "in_progress", "content": []}},
+            ),
+            (
+                "response.content_part.added",
+                {
+                    "item_id": item_id,
+                    "output_index": 0,
+                    "content_index": 0,
+                    "part": {"type": "output_text", "text": "", "annotations": []},
+                },
+            ),
+        ]
+        text = message["content"][0]["text"]
+        for piece in text.split(" ")[:-1]:
+            events.append(
+                (
+                    "response.output_text.delta",
+                    {"item_id": item_id, "output_index": 0, "content_index": 0, "delta": piece + " ", "logprobs": []},
+                )
+            )
+        events += [
+            (
+                "response.output_text.done",
+                {"item_id": item_id, "output_index": 0, "content_index": 0, "text": text, "logprobs": []},
+            ),
+            (
+                "response.content_part.done",
+                {"item_id": item_id, "output_index": 0, "content_index": 0, "part": message["content"][0]},
+            ),
+            ("response.output_item.done", {"output_index": 0, "item": message}),
+            ("response.completed", {"response": final}),
+        ]
+        try:
+            for number, (name, data) in enumerate(events):
+                if self.stream_delay_s and name == "response.output_text.delta":
+                    await asyncio.sleep(self.stream_delay_s)
+                data = {"type": name, "sequence_number": number, **data}
+                await response.write(f"event: {name}\ndata: {json.dumps(data)}\n\n".encode())
+        except (asyncio.CancelledError, ConnectionResetError):
+            self.streams_cancelled += 1
+            self.stream_cancelled.set()
+            raise
+        return response
+
+    def _not_found(self, response_id: str) -> web.Response:
+        return web.json_response(
+            {
+                "error": {
+                    "message": f"Response with id '{response_id}' not found.",
+                    "type": "invalid_request_error",
+                    "param": None,
+                    "code": None,
+                }
+            },
+            status=404,
+        )
+
+    async def _get_response(self, request: web.Request) -> web.Response:
+        await self._record(request)
+        response_id = request.match_info["id"]
+        stored = self.stored.get(response_id)
+        return web.json_response(stored) if stored is not None else self._not_found(response_id)
+
+    async def _delete_response(self, request: web.Request) -> web.Response:
+        await self._record(request)
+        response_id = request.match_info["id"]
+        if self.stored.pop(response_id, None) is None:
+            return self._not_found(response_id)
+        return web.json_response({"id": response_id, "object": "response.deleted", "deleted": True})
+
+    async def _cancel_response(self, request: web.Request) -> web.Response:
+        await self._record(request)
+        response_id = request.match_info["id"]
+        stored = self.stored.get(response_id)
+        if stored is None:
+            return self._not_found(response_id)
+        return web.json_response({**stored, "status": "cancelled"})
+
+    async def _input_items(self, request: web.Request) -> web.Response:
+        await self._record(request)
+        response_id = request.match_info["id"]
+        if response_id not in self.stored:
+            return self._not_found(response_id)
+        items = self._stored_inputs.get(response_id, [])
+        limit = int(request.query.get("limit", "20"))
+        page = items[:limit]
+        return web.json_response(
+            {
+                "object": "list",
+                "data": page,
+                "first_id": page[0]["id"] if page else None,
+                "last_id": page[-1]["id"] if page else None,
+                "has_more": len(items) > limit,
+            }
+        )
+
+    async def _input_tokens(self, request: web.Request) -> web.Response:
+        received = await self._record(request)
+        refusal = self._refusal(request)
+        if refusal is not None:
+            return refusal
+        return web.json_response(
+            {"object": "response.input_tokens", "input_tokens": len(json.dumps(received.body.get("input")).split())}
+        )

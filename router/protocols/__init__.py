@@ -33,6 +33,7 @@ from typing import Any, Protocol
 
 from router.protocols.base import DROP, Adapter, Drop, Usage, parse_usage
 from router.protocols.openai import ChatCompletions, Completions, Embeddings
+from router.protocols.responses import Responses, ResponsesInputTokens
 from router.protocols.translate import TRANSLATIONS
 
 __all__ = [
@@ -55,6 +56,8 @@ ADAPTERS: dict[str, Adapter] = {
     "/v1/chat/completions": ChatCompletions(),
     "/v1/completions": Completions(),
     "/v1/embeddings": Embeddings(),
+    "/v1/responses": Responses(),
+    "/v1/responses/input_tokens": ResponsesInputTokens(),
 }
 
 

@@ -84,6 +84,8 @@ class Adapter:
     path: ClassVar[str] = ""  # the upstream path under a backend's base URL, e.g. "/chat/completions"
     required: ClassVar[tuple[str, ...]] = ()  # body fields that must be present (besides `model`)
     streamable: ClassVar[bool] = False
+    # Answers are stored upstream under an id (Responses): requests naming one go to its backend.
+    stateful: ClassVar[bool] = False
     # Bytes every stream event that carries usage contains: events without them are relayed unparsed.
     usage_marker: ClassVar[bytes] = b'"usage"'
 
@@ -113,6 +115,10 @@ class Adapter:
         """What a trace shows as the request's input."""
         return payload.get(self.required[0]) if self.required else None
 
+    def previous_response_id(self, payload: dict[str, Any]) -> str | None:
+        """The stored response this request continues (it must go to that response's backend)."""
+        return None
+
     def with_stream_usage(self, payload: dict[str, Any]) -> dict[str, Any]:
         """The payload asking the upstream to report usage in its stream (unchanged if it always does)."""
         return payload
@@ -125,6 +131,17 @@ class Adapter:
 
     def usage_of_body(self, body: Any) -> Usage | None:
         return parse_usage(body.get("usage")) if isinstance(body, dict) else None
+
+    def wants_event(self, raw: bytes) -> bool:
+        """Whether a raw stream event must be parsed (usage, a response id); others pass unparsed."""
+        return self.usage_marker in raw
+
+    def response_id_of_body(self, body: Any) -> str | None:
+        """The id under which the upstream stored this answer (stateful APIs)."""
+        return None
+
+    def response_id_of_event(self, event: str | None, data: Any) -> str | None:
+        return None
 
     def usage_of_event(self, event: str | None, data: Any) -> Usage | None:
         """Usage reported by one stream event (`event` is its SSE `event:` name, if any)."""
