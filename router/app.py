@@ -36,9 +36,21 @@ async def healthz(request: Request) -> Response:
 
 
 async def v1_not_found(request: Request) -> Response:
-    return errors.ApiError(
-        404, f"Unknown endpoint {request.method} {request.url.path}.", "invalid_request_error", "unknown_url"
-    ).response()
+    return errors.unknown_path(request.method, request.url.path).response()
+
+
+def v1_path_meant(path: str) -> str | None:
+    """The /v1 path a request outside /v1 probably meant (`/chat/completions` -> `/v1/chat/completions`)."""
+    for known in (*protocols.ADAPTERS, "/v1/models"):
+        tail = known.removeprefix("/v1")
+        if path.rstrip("/") == tail or (path.rstrip("/").endswith(tail) and not path.startswith("/v1/")):
+            return known
+    return None
+
+
+async def not_found(request: Request, exc: Exception) -> Response:
+    """Any path nothing serves: a JSON 404 in OpenAI's shape, pointing at /v1 when that is what was meant."""
+    return errors.unknown_path(request.method, request.url.path, v1_path_meant(request.url.path)).response()
 
 
 async def ensure_local_user(service: AdminService) -> int:
@@ -87,7 +99,7 @@ def create_app(settings: Settings | None = None) -> RequestLimits:
     ]
     routes += graphql_routes(settings)
     routes += admin_routes()
-    starlette = Starlette(routes=routes, lifespan=lifespan)
+    starlette = Starlette(routes=routes, lifespan=lifespan, exception_handlers={404: not_found})
     other: ASGIApp = starlette
     if settings.server == "granian":  # uvicorn reads X-Forwarded-For itself (FORWARDED_ALLOW_IPS)
         from granian.utils.proxies import wrap_asgi_with_proxy_headers

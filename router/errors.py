@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
+from datetime import UTC, datetime
+
 import orjson
 from starlette.responses import Response
 
@@ -9,17 +13,21 @@ from starlette.responses import Response
 class ApiError(Exception):
     """An error the client should see as-is."""
 
-    def __init__(self, status: int, message: str, type_: str, code: str | None = None) -> None:
+    def __init__(
+        self, status: int, message: str, type_: str, code: str | None = None, headers: dict[str, str] | None = None
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
         self.type = type_
         self.code = code
+        self.headers = headers or {}  # e.g. Retry-After
 
     def body(self) -> bytes:
         return orjson.dumps({"error": {"message": self.message, "type": self.type, "code": self.code}})
 
     def response(self, headers: dict[str, str] | None = None) -> Response:
+        headers = {**self.headers, **(headers or {})}
         return Response(self.body(), status_code=self.status, media_type="application/json", headers=headers)
 
 
@@ -31,10 +39,12 @@ def forbidden(message: str) -> ApiError:
     return ApiError(403, message, "permission_error", "model_not_permitted")
 
 
-def model_not_found(model: str) -> ApiError:
+def model_not_found(model: str, suggestions: Sequence[str] = ()) -> ApiError:
+    """404 for a model nobody serves; `suggestions`: close names the caller may use (see `close_model_names`)."""
+    hint = f" Models you may use with a similar name: {', '.join(suggestions)}." if suggestions else ""
     return ApiError(
         404,
-        f"The model '{model}' does not exist or no active backend serves it.",
+        f"The model '{model}' does not exist or no active backend serves it.{hint} GET /v1/models lists them all.",
         "invalid_request_error",
         "model_not_found",
     )
@@ -48,10 +58,39 @@ def too_large(limit_mb: float) -> ApiError:
     return ApiError(413, f"Request body is larger than {limit_mb:g} MB.", "invalid_request_error", "request_too_large")
 
 
-def no_healthy_backend(model: str) -> ApiError:
-    return ApiError(
-        503, f"No healthy backend is available for model '{model}'.", "service_unavailable", "no_healthy_backend"
+def no_healthy_backend(model: str, down: Sequence[tuple[str, float | None]] = (), now: float = 0.0) -> ApiError:
+    """503 when every backend for `model` is cooling down: `down` is (name, until as a Unix time).
+
+    The message says which backends and until when; Retry-After is the soonest of those times.
+    """
+    message = f"No healthy backend is available for model '{model}'."
+    headers: dict[str, str] = {}
+    times = [until for _, until in down if until is not None]
+    if down:
+        listed = ", ".join(
+            f"{name} until {_iso(until)}" if until is not None else f"{name} (unhealthy)" for name, until in down[:10]
+        )
+        message += f" Unhealthy: {listed}."
+    if times:
+        wait = max(1, math.ceil(min(times) - now))
+        headers["Retry-After"] = str(wait)
+        message += f" Retry in {wait} s."
+    return ApiError(503, message, "service_unavailable", "no_healthy_backend", headers)
+
+
+def _iso(timestamp: float) -> str:
+    return datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def unknown_path(method: str, path: str, suggestion: str | None = None) -> ApiError:
+    """404 for a path the router does not serve; `suggestion` is the /v1 path the caller probably meant."""
+    hint = (
+        f" Did you mean {method} {suggestion}? The OpenAI base URL of this router ends in /v1 "
+        "(e.g. http://host:3000/v1)."
+        if suggestion
+        else ""
     )
+    return ApiError(404, f"Unknown endpoint {method} {path}.{hint}", "invalid_request_error", "unknown_url")
 
 
 def upstream_failed(message: str) -> ApiError:

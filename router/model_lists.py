@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import difflib
 import logging
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import orjson
@@ -23,6 +25,26 @@ def parse_model_list(body: bytes) -> list[str]:
     if not isinstance(items, list):
         raise ValueError("no 'data' list in /models response")
     return [item["id"] for item in items if isinstance(item, dict) and isinstance(item.get("id"), str)]
+
+
+def close_model_names(wanted: str, available: Iterable[str], limit: int = 5) -> list[str]:
+    """Up to `limit` of `available` that look like `wanted`: a typo, another casing or version, a prefix.
+
+    Best first: same name in another case, then names containing it (or contained in it), then
+    difflib's close matches.
+    """
+    names = list(dict.fromkeys(available))
+    if not wanted or not names:
+        return []
+    folded = wanted.casefold().split("]")[-1]  # "[alias]model": compare the model part
+    by_fold: dict[str, list[str]] = {}
+    for name in names:
+        by_fold.setdefault(name.casefold(), []).append(name)
+    ranked: list[str] = list(by_fold.get(folded, []))
+    if len(folded) >= 3:
+        ranked += sorted((n for n in names if folded in n.casefold() or n.casefold() in folded), key=len)
+    ranked += [n for f in difflib.get_close_matches(folded, list(by_fold), n=limit, cutoff=0.6) for n in by_fold[f]]
+    return list(dict.fromkeys(ranked))[:limit]
 
 
 @dataclass(frozen=True)

@@ -44,6 +44,7 @@ from router.hooks import (
     visible_headers,
 )
 from router.limits import LimitExceeded, answer_headers
+from router.model_lists import close_model_names
 from router.protocols import DROP, Adapter, translate
 from router.routing import candidate_backends
 from router.runtime import Runtime
@@ -150,7 +151,7 @@ async def handle_generation(request: Request) -> Response:
         return response
     except ApiError as err:
         rt.finish(record, err.status, err.message)
-        headers = {"x-request-id": record.request_id}
+        headers = {**err.headers, "x-request-id": record.request_id}
         if record.admission is not None or isinstance(err, LimitExceeded):
             headers.update(answer_headers(record.admission, err, limit_header_style(adapter)))
         return adapter.error_response(err, headers)
@@ -277,7 +278,7 @@ def plan_route(rt: Runtime, user: UserEntry, model: str, request: Request, adapt
     if not candidates:
         if any_forbidden:
             raise errors.forbidden(f"You are not allowed to use model '{model}'.")
-        raise errors.model_not_found(model)
+        raise errors.model_not_found(model, close_model_names(model, (m["id"] for m in model_list(rt, user))))
     return Route(model, speaking(adapter, rt.order_backends(candidates), model))
 
 
@@ -536,7 +537,13 @@ async def forward(call: Call, route: Route) -> Response:
             if record.stream and upstream.status == 200 and _is_sse(upstream):
                 return await stream_response(call, attempt, outgoing)
             return await plain_response(call, attempt, upstream, outgoing)
-    raise failure or errors.no_healthy_backend(record.model or "")
+    raise failure or errors.no_healthy_backend(record.model or "", unhealthy_targets(rt, route), time.time())
+
+
+def unhealthy_targets(rt: Runtime, route: Route) -> list[tuple[str, float | None]]:
+    """(name, until) of the route's backends that are cooling down, for the 503's message and Retry-After."""
+    statuses = ((t.name, rt.health.status(t.backend.id)) for t in route.targets if t.backend is not None)
+    return [(name, status.retry_at) for name, status in statuses if not status.healthy]
 
 
 async def admit(call: Call, target: Target) -> None:
@@ -635,8 +642,7 @@ async def plain_response(call: Call, attempt: Attempt, upstream: UpstreamRespons
         raise unreachable(attempt.target, exc) if exc.kind == "timeout" else errors.upstream_failed(str(exc)) from None
     finally:
         await attempt.release()
-    record.ttft_ms = (time.time() - record.started_at) * 1000.0
-    parsed, error = None, None
+    parsed, error = None, None  # no ttft_ms: a first token means something only in a stream
     if upstream.status < 400:
         upstream_api = outgoing.adapter
         if upstream_api.usage_marker in body or rt.tracer.enabled or translator or upstream_api.stateful:
