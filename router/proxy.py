@@ -438,13 +438,13 @@ class Attempt:
         self.response = await self.rt.upstream.send(method, url, headers, body, stream)
         return self.response
 
-    def failed(self) -> None:
-        self.rt.record_failure(self.target.backend)
+    def failed(self, reason: str | None = None) -> None:
+        self.rt.record_failure(self.target.backend, reason)
 
     def settle(self, status: int) -> None:
         """Record the backend's health from the status it answered with."""
         if status >= 500:
-            self.rt.record_failure(self.target.backend)
+            self.rt.record_failure(self.target.backend, f"HTTP {status}")
         else:
             self.rt.record_success(self.target.backend)
 
@@ -523,13 +523,13 @@ async def forward(call: Call, route: Route) -> Response:
                     record.stream,
                 )
             except UpstreamError as exc:
-                attempt.failed()
+                attempt.failed(str(exc))
                 failure, record.error = unreachable(target, exc), f"{target.name}: {exc}"
                 continue
             has_next = _has_next(rt, route, target)
             if should_retry(upstream.status, record.attempts, rt.settings.max_attempts, has_next):
                 if upstream.status >= 500:
-                    attempt.failed()
+                    attempt.failed(f"HTTP {upstream.status}")
                 record.error = f"{target.name}: HTTP {upstream.status}"
                 continue
             attempt.settle(upstream.status)

@@ -159,7 +159,8 @@ class HealthTracker:
         state.probing = False
         if state.failures >= self.threshold or state.down_until:
             what = reason or "request failed"
-            self._mark_down(backend_id, state, f"{state.failures} requests in a row failed; last: {what}", False)
+            count = f"{state.failures} failed requests in a row" if state.failures > 1 else "a failed request"
+            self._mark_down(backend_id, state, f"{count}, the last: {what}", False)
             return True
         return False
 

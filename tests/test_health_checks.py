@@ -67,7 +67,7 @@ def test_a_passing_check_does_not_override_failing_requests_before_the_cooldown(
     health = HealthTracker(threshold=2, cooldown_s=30, clock=lambda: now[0])
     health.record_failure(1, "HTTP 500")
     assert health.record_failure(1, "HTTP 500")
-    assert health.status(1).reason == "2 requests in a row failed; last: HTTP 500"
+    assert health.status(1).reason == "2 failed requests in a row, the last: HTTP 500"
     ok = CheckResult(0.0, True, 1.0)
     assert health.record_check(1, ok) is None and not health.is_healthy(1)  # /models answers, requests fail
     now[0] = 31.0

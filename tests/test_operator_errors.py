@@ -88,6 +88,8 @@ def test_503_says_which_backends_until_when_with_retry_after(router_factory, ups
     message = response.json()["error"]["message"]
     assert "Unhealthy: flaky until 20" in message and "Retry in" in message
     assert response.headers["x-request-id"]
+    health = router.gql_ok("{ backends { health { healthy reason since retryAt } } }")["backends"][0]["health"]
+    assert health["reason"] == "a failed request, the last: HTTP 500" and health["since"] and health["retryAt"]
 
 
 def test_time_to_first_token_only_for_streams(router_with_backend):
