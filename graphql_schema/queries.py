@@ -10,6 +10,7 @@ from strawberry.types import Info
 
 from graphql_schema.context import AdminContext
 from graphql_schema.errors import bad_input
+from graphql_schema.pages import BackendSearch, PageQuery, ScriptSearch, UserSearch
 from graphql_schema.quotas import QuotaQuery
 from graphql_schema.types import (
     Backend,
@@ -75,19 +76,27 @@ async def _or_none(awaitable):
 
 
 @strawberry.type
-class Query(QuotaQuery):
-    @strawberry.field(description="Every user, oldest first.")
-    async def users(self, info: Ctx) -> list[User]:
-        return [User.from_model(u) for u in await info.context.admin.list_users()]
+class Query(QuotaQuery, PageQuery):
+    @strawberry.field(description="Every user, oldest first (usersPage: a page at a time).")
+    async def users(
+        self,
+        info: Ctx,
+        search: UserSearch = None,
+    ) -> list[User]:
+        return [User.from_model(u) for u in await info.context.admin.list_users(search)]
 
     @strawberry.field(description="A user by id; null if there is none.")
     async def user(self, info: Ctx, id: strawberry.ID) -> User | None:
         user = await _or_none(info.context.admin.get_user(id))
         return User.from_model(user) if user else None
 
-    @strawberry.field(description="Every backend, oldest first.")
-    async def backends(self, info: Ctx) -> list[Backend]:
-        return [Backend.from_model(b) for b in await info.context.admin.list_backends()]
+    @strawberry.field(description="Every backend, oldest first (backendsPage: a page at a time).")
+    async def backends(
+        self,
+        info: Ctx,
+        search: BackendSearch = None,
+    ) -> list[Backend]:
+        return [Backend.from_model(b) for b in await info.context.admin.list_backends(search)]
 
     @strawberry.field(description="A backend by id; null if there is none.")
     async def backend(self, info: Ctx, id: strawberry.ID) -> Backend | None:
@@ -101,10 +110,16 @@ class Query(QuotaQuery):
         rows = await info.context.admin.list_permissions(user_id, backend_id)
         return [Permission.from_model(p) for p in rows]
 
-    @strawberry.field(description="Scripts ordered by type, then priority.")
-    async def scripts(self, info: Ctx, type: ScriptType | None = None, active_only: bool | None = None) -> list[Script]:
+    @strawberry.field(description="Scripts ordered by type, then priority (scriptsPage: a page at a time).")
+    async def scripts(
+        self,
+        info: Ctx,
+        type: ScriptType | None = None,
+        active_only: bool | None = None,
+        search: ScriptSearch = None,
+    ) -> list[Script]:
         script_type = ModelScriptType(type.value) if type is not None else None
-        rows = await info.context.admin.list_scripts(script_type, bool(active_only))
+        rows = await info.context.admin.list_scripts(script_type, bool(active_only), search)
         return [Script.from_model(s) for s in rows]
 
     @strawberry.field(

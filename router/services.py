@@ -9,9 +9,12 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
 from typing import Any
 
 from tortoise.exceptions import IntegrityError
+from tortoise.expressions import Q
+from tortoise.queryset import QuerySet
 from tortoise.transactions import in_transaction
 
 from router.auth import api_key_prefix, generate_api_key, hash_api_key
@@ -525,11 +528,30 @@ class AdminService:
 
     # --- listings (read-only; ids that are not integers match nothing) ---
 
-    async def list_users(self) -> list[User]:
-        return await User.all().order_by("id")
+    async def list_users(self, search: str | None = None) -> list[User]:
+        return await _searched(User.all(), search, ("name", "email")).order_by("id")
 
-    async def list_backends(self) -> list[Backend]:
-        return await Backend.all().order_by("id")
+    async def list_backends(self, search: str | None = None) -> list[Backend]:
+        return await _searched(Backend.all(), search, ("name", "base_url")).order_by("id")
+
+    async def page_users(self, search: str | None, first: int, after_id: int | None, active: bool | None) -> Page:
+        """Users in id order (oldest first), `first` at a time after `after_id`, name/e-mail containing `search`."""
+        query = _searched(User.all(), search, ("name", "email"))
+        return await _page(query if active is None else query.filter(is_active=active), first, after_id)
+
+    async def page_backends(self, search: str | None, first: int, after_id: int | None, active: bool | None) -> Page:
+        """Backends in id order, `first` at a time after `after_id`, name/base URL containing `search`."""
+        query = _searched(Backend.all(), search, ("name", "base_url"))
+        return await _page(query if active is None else query.filter(is_active=active), first, after_id)
+
+    async def page_scripts(
+        self, search: str | None, first: int, after_id: int | None, script_type: ScriptType | None, active: bool | None
+    ) -> Page:
+        """Scripts in id order, `first` at a time after `after_id`, name containing `search`."""
+        query = _searched(Script.all(), search, ("name",))
+        if script_type is not None:
+            query = query.filter(type=script_type)
+        return await _page(query if active is None else query.filter(is_active=active), first, after_id)
 
     async def list_permissions(
         self, user_id: int | str | None = None, backend_id: int | str | None = None
@@ -543,8 +565,10 @@ class AdminService:
                 query = query.filter(**{column: ident})
         return await query.order_by("id")
 
-    async def list_scripts(self, script_type: ScriptType | None = None, active_only: bool = False) -> list[Script]:
-        query = Script.all()
+    async def list_scripts(
+        self, script_type: ScriptType | None = None, active_only: bool = False, search: str | None = None
+    ) -> list[Script]:
+        query = _searched(Script.all(), search, ("name",))
         if script_type is not None:
             query = query.filter(type=script_type)
         if active_only:
@@ -625,3 +649,36 @@ def _maybe_int(value: int | str) -> int | None:
 def _camel(attr: str) -> str:
     head, *rest = attr.split("_")
     return head + "".join(part.title() for part in rest)
+
+
+MAX_SEARCH_LENGTH = 200
+
+
+@dataclass(frozen=True)
+class Page:
+    """One page of a list: its rows, how many match in all, and the id to continue after (None: last page)."""
+
+    items: list[Any]
+    total_count: int
+    next_after_id: int | None
+
+
+def _searched(query: QuerySet[Any], search: str | None, columns: tuple[str, ...]) -> QuerySet[Any]:
+    """Rows with `search` in any of `columns`, case-insensitively (no search: all rows)."""
+    if search is None or not search.strip():
+        return query
+    if len(search) > MAX_SEARCH_LENGTH:
+        raise ServiceError("BAD_USER_INPUT", f"search must be at most {MAX_SEARCH_LENGTH} characters", "search")
+    term = search.strip()
+    condition = Q(**{f"{columns[0]}__icontains": term})
+    for column in columns[1:]:
+        condition |= Q(**{f"{column}__icontains": term})
+    return query.filter(condition)
+
+
+async def _page(query: QuerySet[Any], first: int, after_id: int | None) -> Page:
+    total = await query.count()
+    rows = await (query.filter(id__gt=after_id) if after_id is not None else query).order_by("id").limit(first + 1)
+    more = len(rows) > first
+    rows = rows[:first]
+    return Page(rows, total, rows[-1].id if more else None)
