@@ -78,24 +78,27 @@ def drop_pg_database(url: str, db_url: str) -> None:
 def require_postgres() -> str:
     url = postgres_url()
     if not url:
-        pytest.skip("PostgreSQL test skipped: TEST_POSTGRES_URL is not set")
+        pytest.skip(
+            "needs PostgreSQL: set TEST_POSTGRES_URL to a server where the tests may create databases, "
+            "e.g. postgres://postgres@127.0.0.1:5432/postgres"
+        )
     try:
         _pg_admin(url, "SELECT 1")
     except Exception as exc:
-        pytest.skip(f"PostgreSQL test skipped: {url} is not reachable ({exc.__class__.__name__})")
+        pytest.skip(f"needs PostgreSQL: TEST_POSTGRES_URL={url} is not reachable ({exc.__class__.__name__})")
     return url
 
 
 def require_redis() -> str:
     url = redis_url()
     if not url:
-        pytest.skip("Redis test skipped: TEST_REDIS_URL is not set")
+        pytest.skip("needs Redis: set TEST_REDIS_URL, e.g. redis://127.0.0.1:6379/0 (each test uses its own prefix)")
     import redis
 
     try:
         redis.Redis.from_url(url, socket_connect_timeout=2).ping()
     except Exception as exc:
-        pytest.skip(f"Redis test skipped: {url} is not reachable ({exc.__class__.__name__})")
+        pytest.skip(f"needs Redis: TEST_REDIS_URL={url} is not reachable ({exc.__class__.__name__})")
     return url
 
 

@@ -41,10 +41,11 @@ def _require_browser():
     try:
         from playwright.sync_api import sync_playwright
     except ImportError:
-        pytest.skip("dashboard e2e skipped: the `playwright` Python package is not installed (pip install playwright)")
+        pytest.skip("dashboard browser test: needs the playwright package (pip install -e '.[test]' installs it)")
     if not Path(CHROMIUM).is_file():
         pytest.skip(
-            f"dashboard e2e skipped: no Chromium at {CHROMIUM} (apt-get install chromium, or set CHROMIUM_PATH)"
+            f"dashboard browser test: needs Chromium at {CHROMIUM} (Debian/Ubuntu: apt-get install chromium; "
+            "or set CHROMIUM_PATH to a Chromium or Chrome binary)"
         )
     return sync_playwright
 

@@ -306,7 +306,10 @@ class RedisServer:
     def __init__(self, workdir: Path) -> None:
         binary = shutil.which("redis-server")
         if binary is None:
-            pytest.skip("redis-server binary not found: cannot stop and restart a private Redis")
+            pytest.skip(
+                "needs the redis-server program (apt-get install redis-server) to run a private Redis that this "
+                "test stops and restarts"
+            )
         self.binary = binary
         self.port = free_port()
         self.workdir = workdir
