@@ -10,6 +10,7 @@ from graphql import ExecutionResult as GraphQLExecutionResult
 from graphql import FieldNode, GraphQLError, get_operation_ast
 from strawberry.extensions import QueryDepthLimiter, SchemaExtension
 
+from graphql_schema.descriptions import describe
 from graphql_schema.errors import AdminErrors, log_unexpected
 from graphql_schema.mutations import Mutation
 from graphql_schema.queries import Query
@@ -60,7 +61,7 @@ class AdminSchema(strawberry.Schema):
 def build_schema(settings: Settings | None = None) -> AdminSchema:
     settings = settings or Settings()
     max_depth = settings.graphql_max_depth
-    return AdminSchema(
+    schema = AdminSchema(
         query=Query,
         mutation=Mutation,
         subscription=Subscription,
@@ -70,3 +71,5 @@ def build_schema(settings: Settings | None = None) -> AdminSchema:
             AdminErrors,
         ],
     )
+    describe(schema._schema)
+    return schema

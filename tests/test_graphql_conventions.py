@@ -109,3 +109,13 @@ def test_activate_and_deactivate_user(router):
     assert models().status_code == 200
     missing = router.graphql('mutation { deactivateUser(id: "99999") { isActive } }')["errors"][0]
     assert missing["extensions"]["code"] == "NOT_FOUND"
+
+
+def test_every_type_and_field_is_described():
+    """A field without `description=` needs an entry in graphql_schema/descriptions.py; stale entries fail too."""
+    from graphql_schema.descriptions import DESCRIPTIONS, schema_members, undescribed
+    from graphql_schema.schema import build_schema
+
+    schema = build_schema()._schema
+    assert undescribed(schema) == []
+    assert sorted(set(DESCRIPTIONS) - set(schema_members(schema))) == []
