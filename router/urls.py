@@ -19,7 +19,7 @@ _DEFAULT_PORTS = {"http": 80, "https": 443}
 # Anything an http(s) URL must never carry: controls, spaces, backslashes (some servers read them as '/').
 _FORBIDDEN = re.compile(r"[\x00-\x20\x7f\\]")
 # "scheme://user[:password]@" anywhere in free text (error messages, exceptions, log lines).
-_USERINFO_IN_TEXT = re.compile(r"(?i)\b([a-z][a-z0-9+.\-]*://)[^/\s@?#]*@")
+_USERINFO_IN_TEXT = re.compile(r"(?i)\b([a-z][a-z0-9+.\-]*://)[^/\s?#]*@")
 # In a proxy path: an encoded '/', '\', '%' or control character would be decoded by someone after
 # our check (the upstream, a reverse proxy in front of it), so such paths are refused.
 _ENCODED_SEPARATOR = re.compile(r"(?i)%(2f|5c|25|[01][0-9a-f]|7f)")

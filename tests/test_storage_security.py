@@ -24,7 +24,7 @@ import pytest
 from router.config import ConfigError, load_config_file, load_settings
 from router.logging_setup import JsonFormatter, TextFormatter
 from router.models.core import Backend
-from router.urls import UrlError, allowed_proxy_url, check_http_url, normalize_proxy_url, redact_url
+from router.urls import UrlError, allowed_proxy_url, check_http_url, normalize_proxy_url, redact_text, redact_url
 from tests.conftest import write_config
 from tests.inprocess import in_process
 
@@ -80,6 +80,10 @@ def test_url_checks_and_redaction() -> None:
     assert normalize_proxy_url("http://h/a/b/../../../c") == "http://h/c"
     assert check_http_url(" https://h/v1/ ") == "https://h/v1"
     assert redact_url("https://user:secret@h/v1") == "https://***@h/v1"
+    assert redact_url("https://user:p@ss@h/v1") == "https://***@h/v1"
+    assert (
+        redact_text("see http://h/x?to=a@b and postgres://u:pw@db/x") == "see http://h/x?to=a@b and postgres://***@db/x"
+    )
     for bad in ("ftp://h", "http://", "http://h:99999/v1", "http://h/v 1", "http://h/#x", 5):
         with pytest.raises(UrlError):
             check_http_url(bad)  # type: ignore[arg-type]
