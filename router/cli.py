@@ -184,6 +184,8 @@ def serve(settings: Settings, args: argparse.Namespace) -> None:
         )
     elif args.prune:
         raise ConfigError("--prune needs --config (or CONFIG_FILE)")
+    else:  # migrations and the stored keys' check (SECRETS_KEY) fail here, not in every worker
+        asyncio.run(_with_db(settings, _nothing))
     if not settings.enable_account_management:
         log.warning(
             "ACCOUNTS ARE OFF (ENABLE_ACCOUNT_MANAGEMENT=false): /v1 needs no key and anyone who can reach "
@@ -204,6 +206,10 @@ def serve(settings: Settings, args: argparse.Namespace) -> None:
         run_uvicorn(settings)
     else:
         run_granian(settings)
+
+
+async def _nothing(service: AdminService) -> None:
+    return None
 
 
 APP_FACTORY = "router.app:create_app_from_env"
@@ -261,10 +267,10 @@ def run_uvicorn(settings: Settings) -> None:
 
 
 def check_workers(settings: Settings) -> None:
-    """Several workers on SQLite are safe here (WAL, busy timeout, batched log writes); say what it costs."""
+    """Several workers on SQLite are safe here (busy timeout, batched log writes); say what it costs."""
     if settings.workers > 1 and not (is_postgres(settings.core_db_url) and is_postgres(settings.analytics_db_url)):
         log.info(
-            "%d workers on SQLite: WAL mode and a busy timeout make this safe; writes are serialized by SQLite. "
+            "%d workers on SQLite: a busy timeout makes this safe; writes are serialized by SQLite. "
             "Use PostgreSQL (CORE_DB_URL/ANALYTICS_DB_URL) for heavy write loads or several hosts.",
             settings.workers,
         )

@@ -14,6 +14,8 @@ import random
 import sqlite3
 import stat
 import string
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,6 +29,7 @@ from router.models.core import Backend
 from router.urls import UrlError, allowed_proxy_url, check_http_url, normalize_proxy_url, redact_text, redact_url
 from tests.conftest import write_config
 from tests.inprocess import in_process
+from tests.upstream import free_port
 
 MESSAGES = [{"role": "user", "content": "hi"}]
 
@@ -368,3 +371,16 @@ async def test_a_wal_database_of_an_earlier_version_is_switched_when_free(tmp_pa
     with sqlite3.connect(analytics) as conn:
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "delete"
         assert conn.execute("SELECT count(*) FROM request_logs").fetchone()[0] == 1
+
+
+async def test_serve_without_the_key_stops_before_any_worker(tmp_path: Path, upstream) -> None:
+    from cryptography.fernet import Fernet
+
+    servers = {"alpha": {"url": upstream.base_url, "api_key": "sk-x"}}
+    async with in_process(tmp_path, servers, {"SECRETS_KEY": Fernet.generate_key().decode()}):
+        pass
+    env = {**os.environ, "DATA_DIR": str(tmp_path), "SECRETS_KEY": ""}
+    args = [sys.executable, "-m", "router", "serve", "--host", "127.0.0.1", "--port", str(free_port())]
+    result = subprocess.run([*args, "--workers", "2"], env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "backend 'alpha': it is encrypted and SECRETS_KEY is not set" in result.stderr
