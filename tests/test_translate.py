@@ -1141,3 +1141,22 @@ def test_config_file_apis(tmp_path: Any) -> None:
         path.write_text(f"servers:\n  x: {{url: 'http://h/v1', apis: {bad}}}\n")
         with pytest.raises(ConfigError, match=r"servers\.x\.apis: must be a non-empty list of chat_completions"):
             load_config_file(str(path), {})
+
+
+def test_tool_calls_without_index_are_told_apart_by_id() -> None:
+    """Some servers send each tool call whole, without `index`."""
+    calls = [
+        {"id": "call_a", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}},
+        {"id": "call_b", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Rome"}'}},
+    ]
+    chunks = [chunk(tool_calls=[calls[0]]), chunk(tool_calls=[calls[1]]), chunk(finish="tool_calls")]
+    message = anthropic_final(run(t.ChatToMessagesStream("m"), chunks))
+    assert [(b.id, b.input) for b in message.content if b.type == "tool_use"] == [
+        ("call_a", {"city": "Paris"}),
+        ("call_b", {"city": "Rome"}),
+    ]
+    response = openai_responses_final(run(t.ChatToResponsesStream({"model": "m"}), chunks))
+    assert [(i.call_id, i.arguments) for i in response.output if i.type == "function_call"] == [
+        ("call_a", '{"city": "Paris"}'),
+        ("call_b", '{"city": "Rome"}'),
+    ]

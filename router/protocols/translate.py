@@ -164,6 +164,20 @@ def _chat_reasoning(delta: JSON) -> str:
     return value if isinstance(value, str) else ""
 
 
+def _call_position(call: JSON, ids: dict[int, str]) -> int:
+    """A streamed tool call's `index` (`ids`: the calls so far by index, with their ids).
+
+    Servers that leave `index` out start a new call by sending a new id.
+    """
+    index = call.get("index")
+    if isinstance(index, int) and not isinstance(index, bool):
+        return index
+    if not ids:
+        return 0
+    last = max(ids)
+    return last + 1 if call.get("id") and call.get("id") != ids[last] else last
+
+
 def _chat_cached(usage: JSON) -> int:
     details = usage.get("prompt_tokens_details")
     cached = _int(details.get("cached_tokens")) if isinstance(details, dict) else 0
@@ -581,6 +595,7 @@ class ChatToMessagesStream:
         self._block: str | None = None  # kind of the open content block
         self._index = -1  # index of the newest content block
         self._tool_blocks: dict[int, int] = {}  # chat tool_calls index -> content block index
+        self._tool_ids: dict[int, str] = {}  # chat tool_calls index -> its id
         self._finish: tuple[str, str | None] | None = None
         self._usage: JSON | None = None
         self._complete = False
@@ -673,10 +688,11 @@ class ChatToMessagesStream:
 
     def _tool_delta(self, call: JSON) -> list[Event]:
         out: list[Event] = []
-        position = call.get("index", 0)
+        position = _call_position(call, self._tool_ids)
         function = _obj(call.get("function"))
         if position not in self._tool_blocks:
-            block = {"type": "tool_use", "id": call.get("id") or _new_id("toolu_"), "name": function.get("name") or ""}
+            self._tool_ids[position] = call.get("id") or _new_id("toolu_")
+            block = {"type": "tool_use", "id": self._tool_ids[position], "name": function.get("name") or ""}
             out = self._open("tool_use", {**block, "input": {}})
             self._tool_blocks[position] = self._index
         arguments = function.get("arguments")
@@ -1415,7 +1431,7 @@ class ChatToResponsesStream:
 
     def _call_delta(self, call: JSON) -> list[Event]:
         out: list[Event] = []
-        position = call.get("index", 0)
+        position = _call_position(call, {i: item["call_id"] for i, item in self._calls.items()})
         function = _obj(call.get("function"))
         if position not in self._calls:
             call_id = call.get("id") or _new_id("call_")
