@@ -33,8 +33,8 @@ USAGE = {
     "completion_tokens_details": {"reasoning_tokens": 2},
 }
 
-needs_messages = pytest.mark.skipif(protocols.adapter_named("messages") is None, reason="no Messages adapter yet")
-needs_responses = pytest.mark.skipif(protocols.adapter_named("responses") is None, reason="no Responses adapter yet")
+needs_messages = pytest.mark.skipif(protocols.adapter_for("/v1/messages") is None, reason="no /v1/messages yet")
+needs_responses = pytest.mark.skipif(protocols.adapter_for("/v1/responses") is None, reason="no /v1/responses")
 
 
 # --- scripted upstream answers ------------------------------------------------------------------
