@@ -284,15 +284,15 @@ def plan_route(rt: Runtime, user: UserEntry, model: str, request: Request, adapt
 
 def speaking(adapter: Adapter, backends: list[BackendEntry], model: str) -> list[Target]:
     """Targets for the backends that speak the client's API or one it translates to (order kept)."""
-    if all(b.apis is None for b in backends):
+    client_api = translate.api_of_path(adapter.path)
+    if client_api is None or all(b.apis is None for b in backends):
         return [Target.of(b) for b in backends]
-    client_api = translate.API_NAMES.get(adapter.name, adapter.name)
     targets = []
     for backend in backends:
         api = translate.upstream_api(client_api, backend.apis)
         if api == client_api:
             targets.append(Target.of(backend))
-        elif api is not None and (upstream := protocols.adapter_named(translate.ADAPTER_NAMES[api])) is not None:
+        elif api is not None and (upstream := _translatable(adapter, api)) is not None:
             targets.append(Target.of(backend, upstream))
     if not targets:
         raise errors.bad_request(
@@ -300,6 +300,12 @@ def speaking(adapter: Adapter, backends: list[BackendEntry], model: str) -> list
             "api_not_supported",
         )
     return targets
+
+
+def _translatable(adapter: Adapter, api: str) -> Adapter | None:
+    """The adapter of `api` if the client's requests translate to it (not, e.g., a token count)."""
+    upstream = protocols.adapter_named(translate.ADAPTER_NAMES[api])
+    return upstream if upstream is not None and (adapter.name, upstream.name) in protocols.TRANSLATORS else None
 
 
 async def plan_bound_route(rt: Runtime, user: UserEntry, model: str, response_id: str) -> Route | None:

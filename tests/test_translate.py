@@ -1160,3 +1160,19 @@ def test_tool_calls_without_index_are_told_apart_by_id() -> None:
         ("call_a", '{"city": "Paris"}'),
         ("call_b", '{"city": "Rome"}'),
     ]
+
+
+@pytest.mark.parametrize(
+    ("path", "api"),
+    [
+        ("/chat/completions", "chat_completions"),
+        ("/completions", "completions"),
+        ("/responses", "responses"),
+        ("/responses/input_tokens", "responses"),
+        ("/messages/count_tokens", "messages"),
+        ("/rerank", None),
+        ("/messagesx", None),
+    ],
+)
+def test_api_of_path(path: str, api: str | None) -> None:
+    assert t.api_of_path(path) == api

@@ -490,3 +490,11 @@ def test_scripts_see_the_request_and_events_as_the_client_has_them(env: Env) -> 
     received = env.chat.received[-1]
     assert received.headers["X-Saw"] == "max_tokens,messages,model,stream"  # the Messages request, not chat's
     assert "stream_options" in received.body
+
+
+@needs_responses
+def test_responses_input_tokens_is_not_sent_to_a_chat_backend(env: Env) -> None:
+    before = len(env.chat.received)
+    with pytest.raises(openai.BadRequestError, match="speaks this API or one the router translates it to"):
+        env.openai().post("/responses/input_tokens", body={"model": CHAT_MODEL, "input": "hi"}, cast_to=object)
+    assert len(env.chat.received) == before

@@ -65,7 +65,22 @@ ADAPTER_NAMES = {
     "responses": "responses",
     "messages": "messages",
 }
-API_NAMES = {adapter: api for api, adapter in ADAPTER_NAMES.items()}
+# API names -> their path under /v1; an endpoint below one (/responses/input_tokens) belongs to it.
+API_PATHS = {
+    "chat_completions": "/chat/completions",
+    "completions": "/completions",
+    "embeddings": "/embeddings",
+    "responses": "/responses",
+    "messages": "/messages",
+}
+
+
+def api_of_path(path: str) -> str | None:
+    """The declared API an endpoint (an adapter's path under /v1) belongs to; None for the others."""
+    for api, root in API_PATHS.items():
+        if path == root or path.startswith(root + "/"):
+            return api
+    return None
 
 
 def upstream_api(client_api: str, backend_apis: Collection[str] | None) -> str | None:
