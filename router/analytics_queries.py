@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -24,6 +24,7 @@ from tortoise.queryset import QuerySet
 from router.models.analytics import RequestLog
 
 TABLE = "request_logs"
+ROLLUPS = "usage_rollups"  # hourly totals, written with each log batch (router.usage.rollup_rows)
 _ERROR_SQL = "(status_code >= 400 OR error IS NOT NULL)"
 
 GROUP_KEYS = ("user", "backend", "model")
@@ -122,10 +123,25 @@ class _Sql:
         self.params.append(value)
         return f"${len(self.params)}" if self.postgres else "?"
 
-    def bucket(self, bucket: str) -> str:
+    def bucket(self, bucket: str, column: str = "created_at") -> str:
         if self.postgres:
-            return f"date_trunc('{bucket}', created_at AT TIME ZONE 'UTC')"
-        return f"strftime('{_SQLITE_BUCKET[bucket]}', created_at)"
+            return f"date_trunc('{bucket}', {column} AT TIME ZONE 'UTC')"
+        return f"strftime('{_SQLITE_BUCKET[bucket]}', {column})"
+
+    def rollup_where(self, flt: LogFilter) -> str:
+        """The conditions of `flt` on the hourly rollups (since/until are whole hours there)."""
+        conditions = []
+        if flt.user_id is not None:
+            conditions.append(f"user_id = {self.param(flt.user_id)}")
+        if flt.backend_id is not None:
+            conditions.append(f"backend_id = {self.param(flt.backend_id)}")
+        if flt.model is not None:
+            conditions.append(f"model = {self.param(flt.model)}")
+        if flt.since is not None:
+            conditions.append(f"hour >= {self.param(flt.since)}")
+        if flt.until is not None:
+            conditions.append(f"hour < {self.param(flt.until)}")
+        return ("WHERE " + " AND ".join(conditions)) if conditions else ""
 
     def where(self, flt: LogFilter) -> str:
         conditions = []
@@ -180,21 +196,62 @@ class UsageRow:
 
 
 async def usage(flt: LogFilter, group_by: Sequence[str] = (), bucket: str | None = None) -> list[UsageRow]:
-    """Requests, errors, tokens and mean latency per group and time bucket, by one GROUP BY.
+    """Requests, errors, tokens, cost and mean latency per group and time bucket.
 
     `group_by` holds any of "user", "backend", "model"; `bucket` one of "minute", "hour", "day"
-    (UTC) or None. Names come from the log rows (the name a user or backend had when logged; the
-    latest alphabetically if it was renamed within a group). Only groups with requests appear:
-    no rows at all gives an empty list. Ordered by bucket, then most requests first.
+    (UTC) or None. Whole hours are read from the hourly rollups (so 30 days cost a few thousand
+    rollup rows, not millions of log rows); the partial hours at the edges of since/until, minute
+    buckets and status filters from the request log. Names come from the rows (the name a user or
+    backend had when logged; the latest alphabetically if it was renamed within a group). Only
+    groups with requests appear. Ordered by bucket, then most requests first.
     """
     unknown = set(group_by) - set(GROUP_KEYS)
     if unknown or (bucket is not None and bucket not in BUCKETS):
         raise ValueError(f"bad grouping {sorted(unknown)} / bucket {bucket!r}")
+    parts: list[dict[str, Any]] = []
+    hours = _whole_hours(flt) if bucket != "minute" and flt.status_code is None and not flt.errors_only else None
+    if hours is None:
+        parts += await _usage_rows(TABLE, flt, group_by, bucket)
+    else:
+        first, last = hours
+        parts += await _usage_rows(ROLLUPS, replace(flt, since=first, until=last), group_by, bucket)
+        if flt.since is not None and _utc(flt.since) < first:
+            parts += await _usage_rows(TABLE, replace(flt, until=first), group_by, bucket)
+        if last is not None and flt.until is not None and last < _utc(flt.until):
+            parts += await _usage_rows(TABLE, replace(flt, since=last), group_by, bucket)
+    return _merged(parts)
+
+
+def _floor_hour(value: datetime) -> datetime:
+    return _utc(value).replace(minute=0, second=0, microsecond=0)
+
+
+def _whole_hours(flt: LogFilter) -> tuple[datetime, datetime | None] | None:
+    """[first, last) of the whole UTC hours inside since/until (last None: open), or None if there are none."""
+    first = datetime(1970, 1, 1, tzinfo=UTC)
+    if flt.since is not None:
+        first = _floor_hour(flt.since)
+        if first < _utc(flt.since):
+            first += timedelta(hours=1)
+    last = _floor_hour(flt.until) if flt.until is not None else None
+    if last is not None and last <= first:
+        return None
+    return first, last
+
+
+_SUMS = ("requests", "errors", "prompt_tokens", "completion_tokens", "total_tokens", "cached_tokens")
+_SUMS += ("reasoning_tokens", "latency_sum", "cost_usd")
+
+
+async def _usage_rows(table: str, flt: LogFilter, group_by: Sequence[str], bucket: str | None) -> list[dict[str, Any]]:
+    """One GROUP BY over the request log or the rollups, with sums (not means) so parts can be added."""
+    rollup = table == ROLLUPS
     sql = _Sql()
+    time_column = "hour" if rollup else "created_at"
     select: list[str] = []
     group: list[str] = []
     if bucket is not None:
-        expr = sql.bucket(bucket)
+        expr = sql.bucket(bucket, time_column)
         select.append(f"{expr} AS bucket_start")
         group.append(expr)
     else:
@@ -211,43 +268,77 @@ async def usage(flt: LogFilter, group_by: Sequence[str] = (), bucket: str | None
             select.append("NULL AS model")
         else:
             select += [f"NULL AS {key}_id", f"NULL AS {key}_name"]
-    select += [
-        "COUNT(*) AS requests",
-        f"SUM(CASE WHEN {_ERROR_SQL} THEN 1 ELSE 0 END) AS errors",
-        "SUM(prompt_tokens) AS prompt_tokens",
-        "SUM(completion_tokens) AS completion_tokens",
-        "SUM(total_tokens) AS total_tokens",
-        "SUM(cached_tokens) AS cached_tokens",
-        "SUM(reasoning_tokens) AS reasoning_tokens",
-        "AVG(latency_ms) AS avg_latency_ms",
-        "SUM(cost_usd) AS cost_usd",
-    ]
-    where = sql.where(flt)
-    text = f"SELECT {', '.join(select)} FROM {TABLE} {where}"
+    if rollup:
+        select += [f"SUM({c}) AS {c}" for c in _SUMS if c != "latency_sum"] + ["SUM(latency_ms_sum) AS latency_sum"]
+        where = sql.rollup_where(flt)
+    else:
+        select += [
+            "COUNT(*) AS requests",
+            f"SUM(CASE WHEN {_ERROR_SQL} THEN 1 ELSE 0 END) AS errors",
+            *(f"SUM({c}) AS {c}" for c in _SUMS[2:] if c != "latency_sum"),
+            "SUM(latency_ms) AS latency_sum",
+        ]
+        where = sql.where(flt)
+    text = f"SELECT {', '.join(select)} FROM {table} {where}"
     if group:
         text += f" GROUP BY {', '.join(group)}"
-        text += " ORDER BY " + (f"{group[0]}, " if bucket is not None else "") + "COUNT(*) DESC"
     rows = await sql.rows(text)
+    if rollup:  # 0 and "" stand for "none" in the rollups' key
+        for row in rows:
+            for column in ("user_id", "backend_id"):
+                if row[column] == 0:
+                    row[column] = None
+            if row["model"] == "":
+                row["model"] = None
+    return rows
+
+
+def _merged(parts: list[dict[str, Any]]) -> list[UsageRow]:
+    """Rows of the same (bucket, user, backend, model) added up; ordered by bucket, most requests, then ids."""
+    groups: dict[tuple[Any, ...], dict[str, Any]] = {}
+    for row in parts:
+        if not row["requests"]:
+            continue
+        bucket_start = _as_datetime(row["bucket_start"])
+        key = (bucket_start, row["user_id"], row["backend_id"], row["model"])
+        entry = groups.get(key)
+        if entry is None:
+            groups[key] = {**row, "bucket_start": bucket_start, **{c: row[c] or 0 for c in _SUMS}}
+            continue
+        for column in _SUMS:
+            entry[column] += row[column] or 0
+        for column in ("user_name", "backend_name"):
+            entry[column] = max(filter(None, (entry[column], row[column])), default=None)
+    epoch = datetime(1970, 1, 1, tzinfo=UTC)
+    ordered = sorted(
+        groups.values(),
+        key=lambda r: (
+            r["bucket_start"] or epoch,
+            -r["requests"],
+            r["user_id"] or 0,
+            r["backend_id"] or 0,
+            r["model"] or "",
+        ),
+    )
     return [
         UsageRow(
-            bucket_start=_as_datetime(row["bucket_start"]),
+            bucket_start=row["bucket_start"],
             user_id=row["user_id"],
             user_name=row["user_name"],
             backend_id=row["backend_id"],
             backend_name=row["backend_name"],
             model=row["model"],
             requests=int(row["requests"]),
-            errors=int(row["errors"] or 0),
-            prompt_tokens=int(row["prompt_tokens"] or 0),
-            completion_tokens=int(row["completion_tokens"] or 0),
-            total_tokens=int(row["total_tokens"] or 0),
-            cached_tokens=int(row["cached_tokens"] or 0),
-            reasoning_tokens=int(row["reasoning_tokens"] or 0),
-            avg_latency_ms=float(row["avg_latency_ms"]) if row["avg_latency_ms"] is not None else None,
-            cost_usd=float(row["cost_usd"] or 0.0),
+            errors=int(row["errors"]),
+            prompt_tokens=int(row["prompt_tokens"]),
+            completion_tokens=int(row["completion_tokens"]),
+            total_tokens=int(row["total_tokens"]),
+            cached_tokens=int(row["cached_tokens"]),
+            reasoning_tokens=int(row["reasoning_tokens"]),
+            avg_latency_ms=float(row["latency_sum"]) / int(row["requests"]),
+            cost_usd=float(row["cost_usd"]),
         )
-        for row in rows
-        if row["requests"]
+        for row in ordered
     ]
 
 
@@ -308,8 +399,6 @@ async def _latency_at(backend_id: int, since: datetime, offset: int) -> float | 
 
 
 # --- spend (from the hourly rollups) ---------------------------------------------------------------
-
-ROLLUPS = "usage_rollups"
 
 
 async def spent_usd(user_id: int, since: datetime, until: datetime) -> float:

@@ -3,6 +3,23 @@ from tortoise.migrations import operations as ops
 from tortoise import fields
 from tortoise.indexes import Index
 
+
+async def backfill_rollups(apps, schema_editor) -> None:
+    """Hourly totals of the request log as it is, so usage over old hours reads the same from the rollups."""
+    conn = schema_editor.client
+    if conn.capabilities.dialect == "postgres":
+        hour = "date_trunc('hour', created_at AT TIME ZONE 'UTC') AT TIME ZONE 'UTC'"
+    else:  # the text Tortoise stores for an aware datetime, as router.usage.rollup_rows writes it
+        hour = "strftime('%Y-%m-%d %H:00:00+00:00', created_at)"
+    await conn.execute_script(
+        "INSERT INTO usage_rollups (hour, user_id, backend_id, model, user_name, backend_name, requests, errors, "
+        "prompt_tokens, completion_tokens, total_tokens, cached_tokens, reasoning_tokens, cost_usd, latency_ms_sum) "
+        f"SELECT {hour}, COALESCE(user_id, 0), COALESCE(backend_id, 0), COALESCE(model, ''), MAX(user_name), "
+        "MAX(backend_name), COUNT(*), SUM(CASE WHEN status_code >= 400 OR error IS NOT NULL THEN 1 ELSE 0 END), "
+        "SUM(prompt_tokens), SUM(completion_tokens), SUM(total_tokens), SUM(cached_tokens), SUM(reasoning_tokens), "
+        "COALESCE(SUM(cost_usd), 0), SUM(latency_ms) FROM request_logs GROUP BY 1, 2, 3, 4"
+    )
+
 class Migration(migrations.Migration):
     dependencies = [('analytics', '0002_request_log_translated_to'), ('analytics', '0002_usage_details_and_response_id')]
 
@@ -37,4 +54,5 @@ class Migration(migrations.Migration):
             name='cost_usd',
             field=fields.FloatField(null=True),
         ),
+        ops.RunPython(backfill_rollups, ops.RunPython.noop),
     ]

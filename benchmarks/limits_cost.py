@@ -1,0 +1,209 @@
+"""What limits cost: admission + settlement per request (in-process and Redis stores), and the usage /
+spend queries over the hourly rollups of N request-log rows on PostgreSQL.
+
+    .venv/bin/python benchmarks/limits_cost.py admission [--requests 200000] [--redis-url redis://…]
+    .venv/bin/python benchmarks/limits_cost.py rollups --postgres-url postgres://… [--rows 10000000]
+
+`admission`: CPU time (process_time) per admit + settle of a user with RPM, TPM, maxConcurrent and a
+budget on a backend with RPM and maxConcurrent, minus the same loop for an unlimited user (what the
+limiter adds to a request). With --redis-url also the RedisStore: CPU of this process per request
+and the wall time per admission round trip (settlements batched off the path, as in the router).
+
+`rollups`: a fresh database with the router's tables; N rows over 30 days (100 users, 4 backends,
+8 models) are COPYed into request_logs, the rollups are built by the same SQL as their migration's
+backfill, then `usage` over the last 30 days (no grouping, by user, by user+model with DAY buckets)
+and one user's month-to-date spend are timed (best and median of 5, after one warm-up run).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import random
+import statistics
+import sys
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from types import SimpleNamespace
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from router.limits import Limiter, Limits, LocalStore, RedisStore
+
+
+@dataclass(frozen=True)
+class Subject:
+    id: int
+    name: str
+    limits: Limits
+
+
+USER = Subject(1, "alice", Limits(rpm=10**9, tpm=10**9, max_concurrent=1000, budget_usd=1e9))
+BACKEND = Subject(1, "gpu", Limits(rpm=10**9, max_concurrent=1000))
+FREE_USER, FREE_BACKEND = Subject(2, "bob", Limits()), Subject(2, "cpu", Limits())
+BODY = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 64}
+
+
+async def per_request_cpu(limiter: Limiter, user: Subject, backend: Subject, requests: int) -> float:
+    """CPU seconds per admit + estimate + settle, as the request path does them."""
+    for _ in range(1000):  # warm-up
+        limiter.settle(await limiter.admit(user, backend, limiter.estimate(BODY, 120)), 80, 0.0001)
+    started = time.process_time()
+    for _ in range(requests):
+        tokens = limiter.estimate(BODY, 120) if limiter.needs_estimate(user, backend) else 0
+        admission = await limiter.admit(user, backend, tokens)
+        limiter.settle(admission, 80, 0.0001)
+    return (time.process_time() - started) / requests
+
+
+async def admission(args: argparse.Namespace) -> None:
+    local = Limiter(LocalStore())
+    free = await per_request_cpu(local, FREE_USER, FREE_BACKEND, args.requests)
+    limited = await per_request_cpu(local, USER, BACKEND, args.requests)
+    print(f"in-process: unlimited user {free * 1e6:.2f} µs, limited user {limited * 1e6:.2f} µs CPU per request")
+    print(f"in-process: limits add {(limited - free) * 1e6:.2f} µs CPU per request (target ≤ 30 µs)")
+    if args.redis_url:
+        store = RedisStore(args.redis_url, f"bench-{uuid.uuid4().hex[:8]}")
+        await store.start()
+        remote = Limiter(store)
+        requests = max(args.requests // 20, 1000)
+        started = time.perf_counter()
+        cpu = await per_request_cpu(remote, USER, BACKEND, requests)
+        wall = (time.perf_counter() - started) / (requests + 1000)
+        await store.stop()
+        print(f"redis: {cpu * 1e6:.1f} µs CPU of this process and {wall * 1e3:.3f} ms wall per request (sequential)")
+
+
+# --- rollups ------------------------------------------------------------------------------------
+
+
+async def rollups(args: argparse.Namespace) -> None:
+    import asyncpg
+    from tortoise import connections
+
+    from router import analytics_queries as aq
+    from router.config import Settings
+    from router.db import close_db, init_db
+
+    server = args.postgres_url
+    name = f"llmrouter_bench_{uuid.uuid4().hex[:8]}"
+    admin = await asyncpg.connect(server)
+    await admin.execute(f'CREATE DATABASE "{name}"')
+    await admin.close()
+    url = f"{server.rsplit('/', 1)[0]}/{name}"
+    try:
+        await init_db(Settings(core_db_url=url, analytics_db_url=url))
+        conn = await asyncpg.connect(url)
+        now = datetime.now(UTC)
+        started = time.perf_counter()
+        await fill(conn, args.rows, now)
+        print(f"inserted {args.rows:,} rows in {time.perf_counter() - started:.1f} s")
+        started = time.perf_counter()
+        migration = importlib.import_module("router.migrations.analytics.0003_cost_and_rollups")
+        await migration.backfill_rollups(None, SimpleNamespace(client=connections.get("analytics")))
+        rollup_rows = await conn.fetchval("SELECT count(*) FROM usage_rollups")
+        print(f"rollups built in {time.perf_counter() - started:.1f} s: {rollup_rows:,} rows")
+        await conn.execute("ANALYZE")
+        await conn.close()
+        since = now - timedelta(days=30)
+        cases = {
+            "usage 30 d, total": (aq.LogFilter(since=since), (), None),
+            "usage 30 d, by user": (aq.LogFilter(since=since), ("user",), None),
+            "usage 30 d, by user+model, DAY buckets": (aq.LogFilter(since=since), ("user", "model"), "day"),
+            "usage 30 d, one user, by model": (aq.LogFilter(since=since, user_id=7), ("model",), None),
+        }
+        for label, (flt, group_by, bucket) in cases.items():
+            times = await timed(lambda f=flt, g=group_by, b=bucket: aq.usage(f, g, b))
+            print(f"{label}: best {min(times):.1f} ms, median {statistics.median(times):.1f} ms")
+        month = now.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+        times = await timed(lambda: aq.spent_usd(7, month, now + timedelta(hours=1)))
+        print(f"spend month-to-date, one user: best {min(times):.1f} ms, median {statistics.median(times):.1f} ms")
+        await close_db()
+    finally:
+        admin = await asyncpg.connect(server)
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.close()
+
+
+async def timed(make, runs: int = 5) -> list[float]:
+    await make()
+    out = []
+    for _ in range(runs):
+        started = time.perf_counter()
+        await make()
+        out.append((time.perf_counter() - started) * 1000)
+    return out
+
+
+async def fill(conn, rows: int, now: datetime) -> None:
+    rng = random.Random(1)
+    columns = [
+        "id",
+        "request_id",
+        "created_at",
+        "user_id",
+        "user_name",
+        "backend_id",
+        "backend_name",
+        "model",
+        "endpoint",
+        "status_code",
+        "stream",
+        "prompt_tokens",
+        "completion_tokens",
+        "total_tokens",
+        "latency_ms",
+        "attempts",
+        "cost_usd",
+    ]
+    span = 30 * 86400
+    chunk = 200_000
+    for offset in range(0, rows, chunk):
+        batch = []
+        for i in range(offset, min(offset + chunk, rows)):
+            user = rng.randrange(1, 101)
+            backend = rng.randrange(1, 5)
+            prompt, completion = rng.randrange(10, 2000), rng.randrange(1, 500)
+            batch.append(
+                (
+                    i + 1,
+                    f"r{i}",
+                    now - timedelta(seconds=rng.randrange(span)),
+                    user,
+                    f"user{user}",
+                    backend,
+                    f"b{backend}",
+                    f"model-{rng.randrange(8)}",
+                    "/v1/chat/completions",
+                    200 if rng.random() > 0.02 else 502,
+                    False,
+                    prompt,
+                    completion,
+                    prompt + completion,
+                    rng.uniform(50, 3000),
+                    1,
+                    (prompt + 4 * completion) * 1e-6,
+                )
+            )
+        await conn.copy_records_to_table("request_logs", records=batch, columns=columns)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="what", required=True)
+    a = sub.add_parser("admission")
+    a.add_argument("--requests", type=int, default=200_000)
+    a.add_argument("--redis-url")
+    r = sub.add_parser("rollups")
+    r.add_argument("--postgres-url", required=True)
+    r.add_argument("--rows", type=int, default=10_000_000)
+    args = parser.parse_args()
+    asyncio.run(admission(args) if args.what == "admission" else rollups(args))
+
+
+if __name__ == "__main__":
+    main()
