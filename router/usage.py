@@ -252,6 +252,30 @@ def rollup_rows(records: list[RequestRecord], sqlite: bool = False) -> list[tupl
     return [((str(k[0]) if sqlite else k[0]), *k[1:], *v) for k, v in ordered]
 
 
+def rollup_backfill_sql(postgres: bool) -> str:
+    """INSERT ... SELECT of the whole request log's hourly totals into an empty usage_rollups."""
+    if postgres:
+        hour = "date_trunc('hour', created_at AT TIME ZONE 'UTC') AT TIME ZONE 'UTC'"
+    else:  # the text Tortoise stores for an aware datetime, as rollup_rows writes it
+        hour = "strftime('%Y-%m-%d %H:00:00+00:00', created_at)"
+    return (
+        f"INSERT INTO {UsageRollup._meta.db_table} ({', '.join((*ROLLUP_KEY, *ROLLUP_NAMES, *ROLLUP_SUMS))}) "
+        f"SELECT {hour}, COALESCE(user_id, 0), COALESCE(backend_id, 0), COALESCE(model, ''), MAX(user_name), "
+        "MAX(backend_name), COUNT(*), SUM(CASE WHEN status_code >= 400 OR error IS NOT NULL THEN 1 ELSE 0 END), "
+        "SUM(prompt_tokens), SUM(completion_tokens), SUM(total_tokens), SUM(cached_tokens), SUM(reasoning_tokens), "
+        f"COALESCE(SUM(cost_usd), 0), SUM(latency_ms) FROM {RequestLog._meta.db_table} GROUP BY 1, 2, 3, 4"
+    )
+
+
+async def rebuild_rollups() -> None:
+    """Recompute the hourly rollups from the whole request log (after rows were written around the
+    log writer, e.g. a bulk import or a test's fixtures)."""
+    conn = connections.get("analytics")
+    async with in_transaction("analytics") as tx:
+        await tx.execute_script(f"DELETE FROM {UsageRollup._meta.db_table}")
+        await tx.execute_script(rollup_backfill_sql(conn.capabilities.dialect == "postgres"))
+
+
 def _rollup_sql(sqlite: bool) -> str:
     columns = (*ROLLUP_KEY, *ROLLUP_NAMES, *ROLLUP_SUMS)
     marks = ", ".join("?" if sqlite else f"${i}" for i in range(1, len(columns) + 1))

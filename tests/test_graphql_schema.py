@@ -23,7 +23,7 @@ from router.auth import AdminTokens
 from router.config import Settings, sqlite_url
 from router.db import close_db, init_db
 from router.models.analytics import RequestLog
-from router.usage import EventBus, RequestRecord, new_log_id
+from router.usage import EventBus, RequestRecord, new_log_id, rebuild_rollups
 from tests.conftest import create_pg_database, drop_pg_database, postgres_url, require_postgres
 
 CONTRACT = Path(__file__).parent / "contract" / "admin.graphql"
@@ -262,6 +262,7 @@ async def _insert_rows() -> list[int]:
             )
         )
     await RequestLog.bulk_create(rows)
+    await rebuild_rollups()  # rows written around the log writer: usage reads whole hours from the rollups
     return ids
 
 
