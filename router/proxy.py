@@ -10,7 +10,6 @@ Everything it needs lives on the Runtime (`request.app.state.runtime`); the deci
 from __future__ import annotations
 
 import asyncio
-import functools
 import itertools
 import logging
 import re
@@ -556,18 +555,12 @@ async def admit(call: Call, target: Target) -> None:
     """Count the attempt against the user's and the backend's limits: a 429, a wait in the backend's queue, or on.
 
     `Runtime.finish` settles the admission (real tokens, cost, slots) when the request is accounted.
+    A client that leaves while queued cancels this request (app.V1FastPath), which leaves the queue.
     """
     limiter, record = call.rt.limiter, call.record
     backend = target.backend
     tokens = limiter.estimate(call.payload, len(call.raw_body)) if limiter.needs_estimate(call.user, backend) else 0
-    gone = functools.partial(client_gone, call.request)
-    record.admission = await limiter.admit(call.user, backend, tokens, gone, previous=record.admission)
-
-
-async def client_gone(request: Request) -> None:
-    """Returns when the client disconnects (the body has been read: the next message is the disconnect)."""
-    while (await request.receive())["type"] != "http.disconnect":
-        pass
+    record.admission = await limiter.admit(call.user, backend, tokens, previous=record.admission)
 
 
 def limit_header_style(adapter: Adapter) -> str:
