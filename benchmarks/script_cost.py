@@ -124,10 +124,10 @@ def router_round(router: Router, client: httpx.Client, requests: int) -> float:
     return (process_cpu_s(router.pid) - started) / requests * 1000
 
 
-def router_cost(requests: int, rounds: int) -> dict[str, float]:
+def router_cost(requests: int, rounds: int, src: Path) -> dict[str, float]:
     mock = start_mock(None)
     with tempfile.TemporaryDirectory() as tmp:
-        router = Router(Path(tmp), Path(__file__).resolve().parents[1], None, {"mock": mock.url + "/v1"}, [MODEL])
+        router = Router(Path(tmp), src, None, {"mock": mock.url + "/v1"}, [MODEL])
         try:
             router.prepare()
             router.start()
@@ -168,12 +168,18 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=5000)
     parser.add_argument("--engine-only", action="store_true")
     parser.add_argument("--verbose", action="store_true", help="CPU per thread name for each round")
+    parser.add_argument(
+        "--router-src",
+        type=Path,
+        default=Path(__file__).resolve().parents[1],
+        help="the router tree to measure (e.g. a worktree of an older commit)",
+    )
     args = parser.parse_args()
     global VERBOSE
     VERBOSE = args.verbose
     print(f"engine: no-op onRequest, CPU per call: {engine_cost(args.calls):.3f} ms")
     if not args.engine_only:
-        result = router_cost(args.requests, args.rounds)
+        result = router_cost(args.requests, args.rounds, args.router_src)
         print(
             f"router: CPU per request without script {result['plain_ms']:.3f} ms, "
             f"with a no-op script {result['script_ms']:.3f} ms, added {result['added_ms']:.3f} ms"

@@ -168,13 +168,13 @@ def test_deleted_scripts_free_their_contexts(router):
 def test_bad_headers_from_scripts_are_a_script_error_and_logged_so(router, upstream, code, needle):
     user_id, key = new_user(router)
     add_script(router, code, user_id=user_id)
-    before = len(upstream.received)
+    before = len(upstream.requests_to("/v1/chat/completions"))
     response = chat(router, key)
     assert response.status_code == 500, response.text
     error = response.json()["error"]
     assert error["type"] == "script_error" and needle in error["message"], error
     if "onRequest" in code:
-        assert len(upstream.received) == before  # nothing went upstream
+        assert len(upstream.requests_to("/v1/chat/completions")) == before  # nothing went upstream
     assert logged_status(router, response.headers["x-request-id"]) == 500
 
 
@@ -189,7 +189,7 @@ def test_good_headers_still_pass(router, upstream):
     )
     response = chat(router, key, model="plain-text")
     assert response.status_code == 200 and response.headers["x-out"] == "ok" and "x-up" not in response.headers
-    sent = upstream.received[-1].headers
+    sent = upstream.requests_to("/v1/chat/completions")[-1].headers
     assert sent["X-Team"] == "r" and sent["X-N"] == "5"
 
 
@@ -289,7 +289,7 @@ function onRequest(c) {
 }"""
     script_id = add_script(router, recorder, user_id=user_id)
     assert chat(router, key).status_code == 200
-    live_shape = upstream.received[-1].headers["X-Shape"]
+    live_shape = upstream.requests_to("/v1/chat/completions")[-1].headers["X-Shape"]
     test = router.gql_ok(
         "query($id: ID!) { scriptTestContext(scriptId: $id) }",
         {"id": script_id},

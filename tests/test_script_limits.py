@@ -48,7 +48,11 @@ async def test_long_builtins_neither_outlive_the_limit_nor_block_the_loop():
         baseline, _ = await max_loop_lag(engine.run_hook(noop, "onRequest", REQ))
         # A built-in that ignores V8's termination request: it keeps the isolate busy long after
         # the limit, and the context must be abandoned without the loop waiting for it.
-        sorter = src("function onRequest(c) { new Float64Array(3 << 20).fill(1.5).sort().sort().sort(); return c; }", 2)
+        sorter = src(
+            "function onRequest(c) { new Float64Array(6 << 20).fill(1.5).sort().sort().sort().sort().sort().sort();"
+            " return c; }",
+            2,
+        )
         huge = src("function onRequest(c) { new Uint8Array(1 << 30).fill(1); return c; }", 3)
         for script in (sorter, huge):
             started = time.perf_counter()
@@ -59,6 +63,32 @@ async def test_long_builtins_neither_outlive_the_limit_nor_block_the_loop():
         assert (await engine.run_hook(noop, "onRequest", REQ)).ok  # others unaffected
     finally:
         await engine.close()
+
+
+async def test_the_limit_is_cpu_time_not_wall_time():
+    """A busy machine delays V8's thread; a script that does little must not fail for it."""
+    engine = ScriptEngine(timeout_ms=30)
+    try:
+        light = src("function onRequest(c) { let n = 0; for (let i = 0; i < 1e5; i++) n += i; c.n = n; return c; }")
+        assert (await engine.run_hook(light, "onRequest", REQ)).ok
+        hogs = [asyncio.to_thread(_spin_cpu, 1.0) for _ in range(8)]  # more runnable threads than cores
+        results = await asyncio.gather(*(engine.run_hook(light, "onRequest", REQ) for _ in range(20)), *hogs)
+        assert all(r.ok for r in results[:20]), [r.error for r in results[:20] if not r.ok]
+        spinner = src("function onRequest(c) { while (true) {} }", 2)
+        started = time.perf_counter()
+        result = await engine.run_hook(spinner, "onRequest", REQ)
+        assert not result.ok and "exceeded 30 ms" in result.error and time.perf_counter() - started < 2.5
+    finally:
+        await engine.close()
+
+
+def _spin_cpu(seconds: float) -> None:
+    import hashlib
+
+    end = time.perf_counter() + seconds
+    data = b"x" * 1_000_000
+    while time.perf_counter() < end:
+        hashlib.sha256(data).digest()  # releases the GIL: real contention for the cores
 
 
 async def test_array_buffers_count_against_the_memory_limit():

@@ -16,8 +16,11 @@ Design:
   (compared as JSON inside V8); otherwise the caller's own object is put back, so unchanged
   bodies are not re-encoded (``RawJSON`` bodies keep their exact bytes). Async hooks need a
   second eval to read the settled result (microtasks drain between evals).
-* Calls of one script are serialized by an ``asyncio.Lock``; the timeout covers the call's
-  own JS time (both evals of an async hook), not waiting for the lock.
+* The time limit is CPU time of the isolate's thread for the call (both evals of an async hook),
+  read from that thread's CPU clock when the limit could have been reached; wall time only
+  backstops it (``WALL_FACTOR`` x the limit, at least 2 s), so a busy machine does not fail
+  scripts that did little. Calls of one script are serialized by an ``asyncio.Lock``; waiting
+  for it does not count.
 * After a timeout, OOM, cancellation or internal fault the context is abandoned and closed in
   the background (a microtask spin or a long built-in survives cancellation); the next call
   builds a new one. While an abandoned context of a script is still stopping, calls of that
@@ -54,6 +57,7 @@ from py_mini_racer import (
     init_mini_racer,
     mini_racer,
 )
+from py_mini_racer._context import Context as _MRContext
 
 from .datatypes import HOOKS, HookResult, RawJSON, ScriptSource
 from .js import compile_source, parse_error_location, runtime_source
@@ -63,12 +67,33 @@ from .js import compile_source, parse_error_location, runtime_source
 # Importing this package (normally done on the main thread) does it early.
 init_mini_racer(ignore_duplicate_init=True)
 
+# The time limit is CPU time of the isolate's thread, so a busy machine (other processes on the core)
+# does not fail scripts that did little; wall time only backstops it at WALL_FACTOR x the limit.
+WALL_FACTOR = 20
+_MIN_WALL_S = 2.0
+# mini-racer runs each isolate's JS on a thread of its own and calls back from it: remember which
+# thread that is (per mini-racer context) to read its CPU clock. mini-racer 0.14 internals.
+_isolate_threads: dict[int, int] = {}
+
+
+def _recording(original: Any) -> Any:
+    def handle_callback_from_v8(self: _MRContext, callback_id: int, raw_val_handle: Any) -> None:
+        _isolate_threads[id(self)] = threading.get_ident()
+        original(self, callback_id, raw_val_handle)
+
+    handle_callback_from_v8.records_thread = True  # type: ignore[attr-defined]
+    return handle_callback_from_v8
+
+
+if not getattr(_MRContext.handle_callback_from_v8, "records_thread", False):
+    _MRContext.handle_callback_from_v8 = _recording(_MRContext.handle_callback_from_v8)  # type: ignore[method-assign]
+
 _REQUIRED_KEYS = {"onRequest": ("request",), "onResponse": ("request",), "onStreamChunk": ("chunk",)}
 _SHAPE_KEYS = ("request", "response", "chunk")
 # The parts the runtime may leave out of its answer when unchanged (same order as PARTS in js.py).
 _PARTS: tuple[tuple[str | None, str], ...] = (("request", "body"), ("response", "body"), (None, "chunk"))
 _RETRY_AFTER_S = 5.0
-_SETUP_TIMEOUT_S = 2.0
+_SETUP_TIMEOUT_S = 10.0  # the sandbox's own set-up (wall time; it never spins)
 # A JSON text is a JS expression with one exception: an object literal's "__proto__" key sets the
 # prototype. Such payloads (also when spelled with escapes) go through JSON.parse instead.
 _PROTO_ESCAPE = re.compile(rb"\\u00(?:5[fF]|7[024]|6[fF])")
@@ -89,6 +114,66 @@ class _Context:
     version: str
     hooks: frozenset[str]
     loop: asyncio.AbstractEventLoop
+    clock: int | None  # CPU clock of the isolate's thread (None: unknown, wall time is used)
+
+
+def _isolate_clock(racer: MiniRacer) -> int | None:
+    ident = _isolate_threads.pop(id(racer._ctx), None)
+    if ident is None:
+        return None
+    try:
+        clock = time.pthread_getcpuclockid(ident)
+        time.clock_gettime(clock)
+        return clock
+    except OSError:
+        return None
+
+
+def _cpu(clock: int | None) -> float:
+    if clock is None:
+        return 0.0
+    try:
+        return time.clock_gettime(clock)
+    except OSError:  # the thread is gone
+        return float("inf")
+
+
+class _Limit:
+    """Cancels the running task once the isolate's thread spent `limit_s` of CPU on this call (or,
+    as a backstop, WALL_FACTOR times that in wall time). Checked when the limit could have been
+    reached, re-armed for the CPU time still left."""
+
+    __slots__ = ("_finished", "_handle", "clock", "cpu0", "fired", "limit_s", "loop", "started", "task", "wall_s")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, clock: int | None, limit_s: float) -> None:
+        self.loop, self.clock, self.limit_s = loop, clock, limit_s
+        self.task = asyncio.current_task()
+        self.cpu0 = _cpu(clock)
+        self.started = loop.time()
+        self.wall_s = limit_s if clock is None else max(limit_s * WALL_FACTOR, _MIN_WALL_S)
+        self.fired = False
+        self._finished = False
+        self._handle = loop.call_at(self.started + limit_s, self._check)
+
+    def _check(self) -> None:
+        used = _cpu(self.clock) - self.cpu0 if self.clock is not None else self.limit_s
+        elapsed = self.loop.time() - self.started
+        if used >= self.limit_s or elapsed >= self.wall_s:
+            self.fired = True
+            if self.task is not None:
+                self.task.cancel()
+            return
+        wait = min(max(self.limit_s - used, 0.002), self.wall_s - elapsed)
+        self._handle = self.loop.call_at(self.loop.time() + wait, self._check)
+
+    def done(self) -> bool:
+        """Stop watching; True when the limit cancelled the task (the CancelledError is ours)."""
+        if not self._finished:
+            self._finished = True
+            self._handle.cancel()
+            if self.fired and self.task is not None:
+                self.task.uncancel()
+        return self.fired
 
 
 @dataclass
@@ -259,13 +344,13 @@ class ScriptEngine:
     async def _compile(self, script: ScriptSource, loop: asyncio.AbstractEventLoop) -> _Context:
         limit = self.max_memory_mb << 20
         closer, racer = await asyncio.to_thread(_open_context, loop, limit)
+        clock = _isolate_clock(racer)
         ok = False
         try:
-            async with asyncio.timeout(max(self.timeout_ms / 1000, _SETUP_TIMEOUT_S)):
+            async with asyncio.timeout(_SETUP_TIMEOUT_S):
                 await racer.eval_cancelable(runtime_source(limit))
             try:
-                async with asyncio.timeout(self.timeout_ms / 1000):
-                    names = await racer.eval_cancelable(compile_source(script.code))
+                names = await self._limited(loop, clock, racer.eval_cancelable(compile_source(script.code)))
             except JSParseException as e:
                 msg, line = parse_error_location(str(e))
                 raise _ScriptFault(f"{msg} (line {line})" if line else msg) from None
@@ -278,22 +363,41 @@ class ScriptEngine:
                 msg, line = parse_error_location(str(e))
                 raise _ScriptFault(f"{msg} (line {line})" if line else msg) from None
             ok = True
-            return _Context(racer, closer, script.version, frozenset(json.loads(str(names))), loop)
+            return _Context(racer, closer, script.version, frozenset(json.loads(str(names))), loop, clock)
         finally:
             if not ok:
                 self._close_in_background(closer, None)
+
+    async def _limited(self, loop: asyncio.AbstractEventLoop, clock: int | None, work: Any) -> Any:
+        """Await `work` under the CPU time limit; TimeoutError when it is exceeded."""
+        limit = _Limit(loop, clock, self.timeout_ms / 1000)
+        try:
+            return await work
+        except asyncio.CancelledError:
+            if limit.done():
+                raise TimeoutError from None
+            raise
+        finally:
+            limit.done()
 
     async def _call(
         self, slot: _Slot, c: _Context, hook: str, context: dict[str, Any], logs: list[str]
     ) -> dict[str, Any]:
         code = _call_source(hook, context)
         try:
-            async with asyncio.timeout(self.timeout_ms / 1000):
+            limit = _Limit(c.loop, c.clock, self.timeout_ms / 1000)
+            try:
                 env = orjson.loads(str(await c.racer.eval_cancelable(code)))
                 logs.extend(env["l"])
                 if "p" in env:
                     env = orjson.loads(str(await c.racer.eval_cancelable("__rt.take()")))
                     logs.extend(env["l"])
+            except asyncio.CancelledError:
+                if limit.done():
+                    raise TimeoutError from None
+                raise
+            finally:
+                limit.done()
         except TimeoutError:
             self._discard(slot, busy=True)
             raise _ScriptFault(f"TimeoutError: script exceeded {self.timeout_ms:g} ms") from None
