@@ -10,6 +10,7 @@ import httpx
 import openai
 import pytest
 
+from router.scripts.engine import WALL_FACTOR
 from tests.conftest import RouterProcess, write_config
 from tests.upstream import UpstreamServer
 
@@ -201,7 +202,8 @@ def test_failing_script_fails_only_its_requests(router, code, needle):
     name = router.gql_ok("query($id: ID!) { script(id: $id) { name } }", {"id": script_id})["script"]["name"]
     started = time.monotonic()
     response = chat(router, key)
-    assert time.monotonic() - started < 5
+    # the limit is 1 s of the isolate's CPU; on a busy machine that takes longer, up to the wall backstop
+    assert time.monotonic() - started < 1.0 * WALL_FACTOR + 5
     assert response.status_code == 500, response.text
     error = response.json()["error"]
     assert error["type"] == "script_error" and name in error["message"] and needle in error["message"]
