@@ -15,7 +15,8 @@ from strawberry.types import Info
 
 from graphql_schema.context import AdminContext
 from graphql_schema.errors import bad_input
-from graphql_schema.types import Backend, Script, ScriptType, User
+from graphql_schema.types import Backend, RequestLog, Script, ScriptType, User
+from router.models.analytics import RequestLog as RequestLogModel
 from router.models.core import ScriptType as ModelScriptType
 from router.services import Page
 
@@ -92,6 +93,22 @@ class ScriptPage:
 
 @strawberry.type
 class PageQuery:
+    @strawberry.field(
+        description="One request-log row, by its id or by the X-Request-ID the client got (the newest row with "
+        "that request id); null if there is none. For a detail view: attempts and attemptErrors, tokens, cost, "
+        "timings."
+    )
+    async def request_log(self, id: strawberry.ID | None = None, request_id: str | None = None) -> RequestLog | None:
+        if (id is None) == (request_id is None):
+            raise bad_input("give exactly one of id and requestId", "id")
+        if id is not None:
+            if not str(id).isdigit() or len(str(id)) > 19:
+                raise bad_input(f"id must be a request-log id, got {id!r}", "id")
+            row = await RequestLogModel.get_or_none(id=int(id))
+        else:
+            row = await RequestLogModel.filter(request_id=request_id).order_by("-id").first()
+        return RequestLog.from_row(row) if row is not None else None
+
     @strawberry.field(description="Users a page at a time, searchable by name and e-mail.")
     async def users_page(
         self,

@@ -56,6 +56,8 @@ def log_filter(flt: RequestLogFilter | UsageFilter | None) -> analytics_queries.
     if since is not None and until is not None and since > until:
         raise bad_input("filter.since must not be after filter.until", "filter.since")
     return analytics_queries.LogFilter(
+        request_id=getattr(flt, "request_id", None),
+        endpoint=getattr(flt, "endpoint", None),
         user_id=filter_id(flt.user_id, "filter.userId"),
         backend_id=filter_id(flt.backend_id, "filter.backendId"),
         model=flt.model,

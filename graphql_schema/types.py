@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import json
 from datetime import UTC, datetime
 from enum import Enum
 from typing import Any
@@ -362,6 +363,11 @@ class RequestLog:
     cost_usd: float | None = strawberry.field(
         default=None, description="What this request cost by the matching model price; null when no price matches."
     )
+    attempt_errors: list[str] = strawberry.field(
+        default_factory=list,
+        description="Why each failed attempt failed, in order ('backend: reason'), also when a later attempt "
+        "succeeded after failover; empty when the first attempt answered.",
+    )
 
     @classmethod
     def from_row(cls, row: Any) -> RequestLog:
@@ -390,7 +396,20 @@ class RequestLog:
             attempts=row.attempts or 0,
             translated_to=row.translated_to,
             cost_usd=getattr(row, "cost_usd", None),
+            attempt_errors=_attempt_errors(getattr(row, "attempt_errors", None)),
         )
+
+
+def _attempt_errors(value: Any) -> list[str]:
+    """A stored row holds them as JSON text, a live record as a list."""
+    if not value:
+        return []
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except ValueError:
+            return [value]
+    return [str(item) for item in value] if isinstance(value, list) else []
 
 
 @strawberry.type
@@ -481,6 +500,8 @@ class AdminSession:
 
 @strawberry.input
 class RequestLogFilter:
+    request_id: str | None = strawberry.field(default=None, description="Only rows with this X-Request-ID.")
+    endpoint: str | None = strawberry.field(default=None, description="Only calls of this path, e.g. /v1/embeddings.")
     user_id: strawberry.ID | None = None
     backend_id: strawberry.ID | None = None
     model: str | None = None

@@ -40,6 +40,8 @@ _SQLITE_BUCKET = {"minute": "%Y-%m-%dT%H:%M:00", "hour": "%Y-%m-%dT%H:00:00", "d
 class LogFilter:
     """Which request-log rows: every given condition must hold."""
 
+    request_id: str | None = None
+    endpoint: str | None = None
     user_id: int | None = None
     backend_id: int | None = None
     model: str | None = None
@@ -56,6 +58,10 @@ def _utc(value: datetime) -> datetime:
 
 def filtered_logs(flt: LogFilter) -> QuerySet[RequestLog]:
     query = RequestLog.all()
+    if flt.request_id is not None:
+        query = query.filter(request_id=flt.request_id)
+    if flt.endpoint is not None:
+        query = query.filter(endpoint=flt.endpoint)
     if flt.user_id is not None:
         query = query.filter(user_id=flt.user_id)
     if flt.backend_id is not None:
@@ -145,6 +151,10 @@ class _Sql:
 
     def where(self, flt: LogFilter) -> str:
         conditions = []
+        if flt.request_id is not None:
+            conditions.append(f"request_id = {self.param(flt.request_id)}")
+        if flt.endpoint is not None:
+            conditions.append(f"endpoint = {self.param(flt.endpoint)}")
         if flt.user_id is not None:
             conditions.append(f"user_id = {self.param(flt.user_id)}")
         if flt.backend_id is not None:

@@ -515,6 +515,7 @@ async def forward(call: Call, route: Route) -> Response:
             outgoing = await prepare(call, target, untouched)
         except translate.TranslationError as exc:  # another target may speak the client's API
             failure, record.error = errors.bad_request(str(exc), "not_translatable"), f"{target.name}: {exc}"
+            record.attempt_failed(record.error)
             continue
         if isinstance(outgoing, Response):
             return outgoing
@@ -530,12 +531,14 @@ async def forward(call: Call, route: Route) -> Response:
             except UpstreamError as exc:
                 attempt.failed(str(exc))
                 failure, record.error = unreachable(target, exc), f"{target.name}: {exc}"
+                record.attempt_failed(record.error)
                 continue
             has_next = _has_next(rt, route, target)
             if should_retry(upstream.status, record.attempts, rt.settings.max_attempts, has_next):
                 if upstream.status >= 500:
                     attempt.failed(f"HTTP {upstream.status}")
                 record.error = f"{target.name}: HTTP {upstream.status}"
+                record.attempt_failed(record.error)
                 continue
             attempt.settle(upstream.status)
             record.error = None

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
 from tortoise import connections
 from tortoise.transactions import in_transaction
 
@@ -42,6 +43,8 @@ def new_log_id(now: float | None = None) -> int:
 
 
 MAX_ERROR_CHARS = 2000  # request_logs.error is TEXT: a bound of our own
+MAX_ATTEMPT_ERRORS = 10
+MAX_ATTEMPT_ERROR_CHARS = 500
 _MODEL_MAX = RequestLog._meta.fields_map["model"].max_length
 _BACKEND_NAME_MAX = RequestLog._meta.fields_map["backend_name"].max_length
 _ENDPOINT_MAX = RequestLog._meta.fields_map["endpoint"].max_length
@@ -81,6 +84,7 @@ class RequestRecord:
     reasoning_tokens: int = 0
     response_id: str | None = None
     cost_usd: float | None = None
+    attempt_errors: list[str] | None = None  # why each failed attempt failed, in order
     id: int = 0
     created_at: datetime | None = None
     # Not stored in the request log; for tracing only.
@@ -118,6 +122,13 @@ class RequestRecord:
             self.reasoning_tokens,
         )
         self.set_usage(so_far.merged(usage))
+
+    def attempt_failed(self, error: str) -> None:
+        """Keep why one attempt failed (bounded: the first MAX_ATTEMPT_ERRORS, each clipped and redacted)."""
+        errors = self.attempt_errors if self.attempt_errors is not None else []
+        if len(errors) < MAX_ATTEMPT_ERRORS:
+            errors.append(clip(redact_text(error), MAX_ATTEMPT_ERROR_CHARS) or "")
+        self.attempt_errors = errors
 
     def finish(self, status_code: int, error: str | None = None) -> None:
         self.status_code = status_code
@@ -160,6 +171,7 @@ class RequestRecord:
             self.error,
             self.translated_to,
             self.cost_usd,
+            orjson.dumps(self.attempt_errors).decode() if self.attempt_errors else None,
         )
 
 
@@ -188,6 +200,7 @@ LOG_COLUMNS = (
     "error",
     "translated_to",
     "cost_usd",
+    "attempt_errors",
 )
 _CREATED_AT = LOG_COLUMNS.index("created_at")
 

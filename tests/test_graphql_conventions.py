@@ -119,3 +119,39 @@ def test_every_type_and_field_is_described():
     schema = build_schema()._schema
     assert undescribed(schema) == []
     assert sorted(set(DESCRIPTIONS) - set(schema_members(schema))) == []
+
+
+def test_request_detail_with_attempt_errors_and_log_filters(router_factory, upstream_factory, tmp_path):
+    """A request that failed over: its row says which attempts failed and why, and is found by its request id."""
+    from tests.upstream import free_port
+
+    good = upstream_factory(name="good", models=["m"])
+    config = write_config(
+        tmp_path / "c.yaml",
+        {
+            "dead": {"url": f"http://127.0.0.1:{free_port()}/v1", "override": ["m"], "weight": 100},
+            "good": {"url": good.base_url, "weight": 1},
+        },
+    )
+    router = router_factory(config=config, env={"HEALTH_CHECK_INTERVAL_S": "0"})
+    key = router.add_user("wes")
+    auth = {"Authorization": f"Bearer {key}", "X-Request-ID": "detail-1"}
+    body = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+    assert httpx.post(f"{router.v1}/chat/completions", json=body, headers=auth).status_code == 200
+    httpx.post(f"{router.v1}/embeddings", json={"model": "m", "input": "x"}, headers={**auth, "X-Request-ID": "e-1"})
+    router.wait_for_logs(2)
+
+    fields = "id requestId endpoint statusCode attempts attemptErrors error backendName latencyMs timeToFirstTokenMs"
+    row = router.gql_ok(f'{{ requestLog(requestId: "detail-1") {{ {fields} }} }}')["requestLog"]
+    assert row["statusCode"] == 200 and row["attempts"] == 2 and row["error"] is None
+    assert row["backendName"] == "good" and len(row["attemptErrors"]) == 1
+    assert row["attemptErrors"][0].startswith("dead: ") and row["timeToFirstTokenMs"] is None
+    by_id = router.gql_ok(f'{{ requestLog(id: "{row["id"]}") {{ requestId }} }}')["requestLog"]
+    assert by_id == {"requestId": "detail-1"}
+    assert router.gql_ok('{ requestLog(requestId: "nope") { id } }')["requestLog"] is None
+    assert router.graphql("{ requestLog { id } }")["errors"][0]["extensions"]["code"] == "BAD_USER_INPUT"
+
+    page = router.gql_ok('{ requestLogs(filter: {endpoint: "/v1/embeddings"}) { totalCount items { requestId } } }')
+    assert page["requestLogs"] == {"totalCount": 1, "items": [{"requestId": "e-1"}]}
+    by_request = router.gql_ok('{ requestLogs(filter: {requestId: "detail-1"}) { totalCount } }')["requestLogs"]
+    assert by_request["totalCount"] == 1

@@ -34,6 +34,8 @@ class RequestLog(Model):
     # The upstream API path a translated request went to (router.protocols.translate); null = as called.
     translated_to = fields.CharField(max_length=64, null=True)
     cost_usd = fields.FloatField(null=True)
+    # Why each failed attempt failed (a JSON list of strings, in order), also when a later attempt succeeded.
+    attempt_errors = fields.TextField(null=True)
 
     class Meta:
         app = "analytics"
