@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import orjson
-from tortoise import connections
+from tortoise import connections, fields
 from tortoise.transactions import in_transaction
 
 from router.models.analytics import RequestLog, UsageRollup
@@ -45,9 +45,12 @@ def new_log_id(now: float | None = None) -> int:
 MAX_ERROR_CHARS = 2000  # request_logs.error is TEXT: a bound of our own
 MAX_ATTEMPT_ERRORS = 10
 MAX_ATTEMPT_ERROR_CHARS = 500
-_MODEL_MAX = RequestLog._meta.fields_map["model"].max_length
-_BACKEND_NAME_MAX = RequestLog._meta.fields_map["backend_name"].max_length
-_ENDPOINT_MAX = RequestLog._meta.fields_map["endpoint"].max_length
+# Every VARCHAR column of the request log: a longer value would fail the whole batch on PostgreSQL.
+_CHAR_COLUMNS = tuple(
+    (name, column.max_length)
+    for name, column in RequestLog._meta.fields_map.items()
+    if isinstance(column, fields.CharField) and name != "request_id"  # request_id_of bounds it
+)
 
 
 def clip(text: str | None, limit: int) -> str | None:
@@ -134,10 +137,13 @@ class RequestRecord:
         self.status_code = status_code
         if error and not self.error:
             self.error = error
-        # Client-chosen strings are cut to their column's size before anything stores, logs or counts them.
-        self.model = clip(redact_text(self.model), _MODEL_MAX) if self.model else None
-        self.backend_name = clip(self.backend_name, _BACKEND_NAME_MAX)
-        self.endpoint = clip(self.endpoint, _ENDPOINT_MAX) or ""
+        # Client- or upstream-chosen strings are cut to their column before anything stores, logs or counts them.
+        if self.model and "@" in self.model:
+            self.model = redact_text(self.model)
+        for name, limit in _CHAR_COLUMNS:
+            value = getattr(self, name, None)
+            if value is not None and len(value) > limit:
+                setattr(self, name, clip(value, limit))
         self.error = clip(redact_text(self.error), MAX_ERROR_CHARS) if self.error else None
         now = time.time()
         self.latency_ms = (now - self.started_at) * 1000.0

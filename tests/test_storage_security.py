@@ -384,3 +384,26 @@ async def test_serve_without_the_key_stops_before_any_worker(tmp_path: Path, ups
     result = subprocess.run([*args, "--workers", "2"], env=env, capture_output=True, text=True, timeout=120)
     assert result.returncode == 2, result.stderr[-2000:]
     assert "backend 'alpha': it is encrypted and SECRETS_KEY is not set" in result.stderr
+
+
+def test_every_request_log_string_fits_its_column() -> None:
+    """A longer value fails the whole batch on PostgreSQL (and so every row behind it)."""
+    from tortoise import fields
+
+    from router.models.analytics import RequestLog
+    from router.usage import RequestRecord
+
+    record = RequestRecord("r" * 128, "/v1/" + "e" * 10_000)
+    columns = {
+        name: column.max_length
+        for name, column in RequestLog._meta.fields_map.items()
+        if isinstance(column, fields.CharField) and name != "request_id"
+    }
+    assert {"model", "response_id", "backend_name", "user_name", "translated_to", "endpoint"} <= set(columns)
+    for name in columns:
+        if name != "endpoint":
+            setattr(record, name, "x" * 10_000)
+    record.finish(200, "e" * 100_000)
+    for name, limit in columns.items():
+        assert len(getattr(record, name)) <= limit, name
+    assert len(record.error) <= 2000
