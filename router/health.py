@@ -87,9 +87,12 @@ class HealthChecker:
         return await self._check(backend)
 
     async def run_forever(self, interval_s: float) -> None:
-        """A round every `interval_s`, the first one interval after start-up (start-up lists models anyway)."""
+        """A round every `interval_s` (start to start, so slow answers do not stretch the period), the first
+        one interval after start-up (start-up lists models anyway)."""
+        next_round = time.monotonic() + interval_s
         while True:
-            await asyncio.sleep(interval_s)
+            await asyncio.sleep(max(0.0, next_round - time.monotonic()))
+            next_round = max(next_round + interval_s, time.monotonic())
             try:
                 if self._lead is None or await self._lead():
                     await self.round()

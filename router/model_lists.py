@@ -100,7 +100,7 @@ class ModelDirectory:
         self._resolved: dict[int, frozenset[str]] = {}
         self._ordered: dict[int, tuple[str, ...]] = {}
         self._snapshot = Snapshot()
-        self._refresh_tasks: set[asyncio.Task] = set()
+        self._refresh_tasks: set[asyncio.Task[bool]] = set()
         self._failing: dict[int, str] = {}  # backend id -> last error, so a failure streak is logged once
 
     def models_of(self, backend_id: int) -> frozenset[str]:
