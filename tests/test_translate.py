@@ -810,8 +810,7 @@ def test_responses_request_to_chat_codex_style() -> None:
     assert chat == {
         "model": "gpt-x",
         "messages": [
-            {"role": "system", "content": "You are a coding agent."},
-            {"role": "system", "content": "Sandbox: none."},
+            {"role": "system", "content": "You are a coding agent.\n\nSandbox: none."},
             {
                 "role": "user",
                 "content": [
@@ -871,6 +870,7 @@ def test_responses_request_plain_string_input_and_json_object() -> None:
             "model": "m",
             "input": "hi",
             "text": {"format": {"type": "json_object"}},
+            "tools": [{"type": "function", "name": "f"}],
             "tool_choice": {"type": "function", "name": "f"},
         }
     )
@@ -883,7 +883,7 @@ def test_responses_request_plain_string_input_and_json_object() -> None:
     ("body", "message"),
     [
         ({"previous_response_id": "resp_1"}, "needs|full conversation"),
-        ({"tools": [{"type": "web_search"}]}, "web_search"),
+        ({"tools": [{"type": "web_search"}], "tool_choice": {"type": "web_search"}}, "cannot run"),
         ({"input": [{"type": "item_reference", "id": "x"}]}, "item_reference"),
         ({"input": [{"role": "user", "content": [{"type": "input_image", "file_id": "f"}]}]}, "file_id"),
         ({"background": True}, "background"),
@@ -1176,3 +1176,37 @@ def test_tool_calls_without_index_are_told_apart_by_id() -> None:
 )
 def test_api_of_path(path: str, api: str | None) -> None:
     assert t.api_of_path(path) == api
+
+
+def test_codex_tools_hosted_ones_left_out_namespaces_flattened_and_named_back() -> None:
+    """What Codex CLI 0.171 sends: function tools, a `namespace` of functions, and `web_search`."""
+    spawn = {"type": "function", "name": "spawn_agent", "parameters": {"type": "object", "properties": {}}}
+    request = {
+        "model": "m",
+        "input": "hi",
+        "tools": [
+            FUNCTION_TOOL,
+            {"type": "namespace", "name": "multi_agent_v1", "description": "Sub-agents.", "tools": [spawn]},
+            {"type": "web_search", "external_web_access": False},
+        ],
+        "tool_choice": "auto",
+        "parallel_tool_calls": True,
+        "stream": True,
+    }
+    chat = t.responses_request_to_chat(request)
+    assert [tool["function"]["name"] for tool in chat["tools"]] == ["get_weather", "spawn_agent"]
+    assert chat["tool_choice"] == "auto" and chat["parallel_tool_calls"] is True
+    chunks = [chunk(tool_calls=[call_delta(0, id="call_1", name="spawn_agent", args="{}")]), chunk(finish="tool_calls")]
+    response = openai_responses_final(run(t.ChatToResponsesStream(request), chunks))
+    call = response.output[0]
+    assert call.type == "function_call" and (call.name, call.namespace) == ("spawn_agent", "multi_agent_v1")
+    plain = t.chat_response_to_responses(
+        chat_completion(
+            {"tool_calls": [{"id": "c", "type": "function", "function": {"name": "get_weather", "arguments": "{}"}}]},
+            "tool_calls",
+        ),
+        request,
+    )
+    assert "namespace" not in plain["output"][0]
+    only_hosted = t.responses_request_to_chat({**request, "tools": [{"type": "web_search"}]})
+    assert "tools" not in only_hosted and "parallel_tool_calls" not in only_hosted

@@ -7,9 +7,13 @@ from __future__ import annotations
 
 import base64
 import json
+import os
+import shutil
+import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import anthropic
@@ -498,3 +502,37 @@ def test_responses_input_tokens_is_not_sent_to_a_chat_backend(env: Env) -> None:
     with pytest.raises(openai.BadRequestError, match="speaks this API or one the router translates it to"):
         env.openai().post("/responses/input_tokens", body={"model": CHAT_MODEL, "input": "hi"}, cast_to=object)
     assert len(env.chat.received) == before
+
+
+# --- Codex CLI on a chat-only upstream ----------------------------------------------------------
+
+CODEX = os.environ.get("CODEX_BIN") or shutil.which("codex")
+
+
+@needs_responses
+@pytest.mark.skipif(CODEX is None, reason="Codex CLI not installed (npm install @openai/codex; CODEX_BIN=path)")
+def test_codex_exec_on_a_chat_only_backend(env: Env, tmp_path: Path) -> None:
+    """`codex exec` (Responses API, hosted and namespaced tools, store: false) answered by a chat-only server."""
+    assert CODEX is not None
+    env.reply(streamed({"content": "Hello from "}, {"content": "a chat-only server."}))
+    home = tmp_path / "home"
+    (home / ".codex").mkdir(parents=True)
+    (home / ".codex" / "config.toml").write_text(
+        f'model = "{CHAT_MODEL}"\nmodel_provider = "router"\n[model_providers.router]\nname = "router"\n'
+        f'base_url = "{env.router.v1}"\nenv_key = "ROUTER_KEY"\nwire_api = "responses"\n'
+    )
+    codex_env = {**os.environ, "HOME": str(home), "CODEX_HOME": str(home / ".codex"), "ROUTER_KEY": env.key}
+    result = subprocess.run(
+        [CODEX, "exec", "--skip-git-repo-check", "say hi"],
+        env=codex_env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "Hello from a chat-only server." in result.stdout
+    sent = env.chat.received[-1]
+    assert sent.path == "/v1/chat/completions" and sent.body["stream"] is True
+    assert sent.body["messages"][0]["role"] == "system"
+    assert {tool["type"] for tool in sent.body["tools"]} == {"function"}

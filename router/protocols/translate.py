@@ -1155,12 +1155,31 @@ def _responses_input_to_chat(items: list[Any], messages: list[JSON]) -> None:
             raise TranslationError(f"Input item type '{kind}' cannot be sent to a chat completions backend.")
 
 
-def _responses_tool_to_chat(tool: JSON) -> JSON:
-    if tool.get("type") != "function":
-        raise TranslationError(f"Tool type '{tool.get('type')}' cannot be run by a chat completions backend.")
+def _function_tool_to_chat(tool: JSON) -> JSON:
     function: JSON = {"name": _str(tool.get("name"), "tools[].name")}
     _copy(tool, function, (("description", "description"), ("parameters", "parameters"), ("strict", "strict")))
     return {"type": "function", "function": function}
+
+
+def _function_tools(tools: Any) -> Iterable[tuple[str | None, JSON]]:
+    """(namespace, function tool) for the function tools, also those grouped in `namespace` tools."""
+    for raw in _list(tools, "tools") if tools else ():
+        tool = _dict(raw, "tools[]")
+        if tool.get("type") == "function":
+            yield None, tool
+        elif tool.get("type") == "namespace":
+            namespace = _str(tool.get("name"), "tools[].name")
+            for inner in _list(tool.get("tools"), "tools[].tools"):
+                if isinstance(inner, dict) and inner.get("type") == "function":
+                    yield namespace, inner
+
+
+def tool_namespaces(request: JSON) -> dict[str, str]:
+    """Function name -> its namespace, for the functions a Responses request groups in namespaces."""
+    try:
+        return {tool["name"]: ns for ns, tool in _function_tools(request.get("tools")) if ns is not None}
+    except TranslationError:
+        return {}
 
 
 def _responses_tool_choice_to_chat(choice: Any) -> Any:
@@ -1189,6 +1208,18 @@ def _responses_format_to_chat(text: Any) -> JSON | None:
     raise TranslationError(f"text.format type '{fmt['type']}' is not valid.")
 
 
+def _merge_system(messages: list[JSON]) -> list[JSON]:
+    """Consecutive system messages as one (many chat templates allow a single system message)."""
+    merged: list[JSON] = []
+    for message in messages:
+        last = merged[-1] if merged else None
+        if last is not None and message["role"] == last["role"] == "system":
+            last["content"] = f"{last['content']}\n\n{message['content']}"
+        else:
+            merged.append(message)
+    return merged
+
+
 def responses_request_to_chat(body: JSON) -> JSON:
     """An OpenAI Responses request as a chat completions request (stateless: the input must be complete)."""
     if body.get("previous_response_id") is not None or body.get("conversation") is not None:
@@ -1204,7 +1235,7 @@ def responses_request_to_chat(body: JSON) -> JSON:
         messages.append({"role": "user", "content": source})
     else:
         _responses_input_to_chat(_list(source, "input"), messages)
-    out: JSON = {"model": body.get("model"), "messages": messages}
+    out: JSON = {"model": body.get("model"), "messages": _merge_system(messages)}
     _copy(
         body,
         out,
@@ -1215,10 +1246,16 @@ def responses_request_to_chat(body: JSON) -> JSON:
             ("parallel_tool_calls", "parallel_tool_calls"),
         ),
     )
-    if body.get("tools"):
-        out["tools"] = [_responses_tool_to_chat(_dict(t, "tools[]")) for t in _list(body["tools"], "tools")]
-    if body.get("tool_choice") is not None:
-        out["tool_choice"] = _responses_tool_choice_to_chat(body["tool_choice"])
+    # Hosted tools (web search, file search, code interpreter, ...) need OpenAI's servers: left out.
+    tools = [_function_tool_to_chat(tool) for _, tool in _function_tools(body.get("tools"))]
+    if tools:
+        out["tools"] = tools
+        if body.get("tool_choice") is not None:
+            out["tool_choice"] = _responses_tool_choice_to_chat(body["tool_choice"])
+    else:
+        out.pop("parallel_tool_calls", None)  # chat servers refuse it (and tool_choice) without tools
+        if body.get("tool_choice") not in (None, "auto", "none"):
+            raise TranslationError("tool_choice names a tool that a chat completions backend cannot run.")
     response_format = _responses_format_to_chat(body.get("text"))
     if response_format is not None:
         out["response_format"] = response_format
@@ -1291,9 +1328,11 @@ def _message_item(parts: list[JSON], status: str, item_id: str | None = None) ->
     return {"id": item_id, "type": "message", "role": "assistant", "status": status, "content": parts}
 
 
-def _call_item(call_id: str, name: str, arguments: str, status: str, item_id: str | None = None) -> JSON:
-    item = {"id": item_id or _new_id("fc_"), "type": "function_call", "status": status}
-    return {**item, "call_id": call_id, "name": name, "arguments": arguments}
+def _call_item(call_id: str, name: str, arguments: str, status: str, namespace: str | None = None) -> JSON:
+    item = {"id": _new_id("fc_"), "type": "function_call", "status": status, "call_id": call_id, "name": name}
+    if namespace is not None:
+        item["namespace"] = namespace
+    return {**item, "arguments": arguments}
 
 
 def chat_response_to_responses(body: JSON, request: JSON) -> JSON:
@@ -1311,13 +1350,14 @@ def chat_response_to_responses(body: JSON, request: JSON) -> JSON:
         parts.append({"type": "refusal", "refusal": message["refusal"]})
     if parts:
         output.append(_message_item(parts, status))
+    namespaces = tool_namespaces(request)
     for call in message.get("tool_calls") or []:
         function = call.get("function") or {}
         arguments = function.get("arguments")
         arguments = arguments if isinstance(arguments, str) else "{}"
-        output.append(
-            _call_item(call.get("id") or _new_id("call_"), function.get("name") or "", arguments, "completed")
-        )
+        name = function.get("name") or ""
+        call_id = call.get("id") or _new_id("call_")
+        output.append(_call_item(call_id, name, arguments, "completed", namespaces.get(name)))
     response = _response_object(
         request,
         _new_id("resp_"),
@@ -1346,6 +1386,7 @@ class ChatToResponsesStream:
 
     def __init__(self, request: JSON) -> None:
         self._request = request
+        self._namespaces = tool_namespaces(request)
         self._response = _response_object(request, _new_id("resp_"), int(time.time()), str(request.get("model") or ""))
         self._sequence = 0
         self._started = False
@@ -1449,8 +1490,8 @@ class ChatToResponsesStream:
         position = _call_position(call, {i: item["call_id"] for i, item in self._calls.items()})
         function = _obj(call.get("function"))
         if position not in self._calls:
-            call_id = call.get("id") or _new_id("call_")
-            item = _call_item(call_id, function.get("name") or "", "", "in_progress")
+            call_id, name = call.get("id") or _new_id("call_"), function.get("name") or ""
+            item = _call_item(call_id, name, "", "in_progress", self._namespaces.get(name))
             self._calls[position] = item
             out += self._add(item)
         item = self._calls[position]
