@@ -309,7 +309,7 @@ def test_messages_stream_request_asks_for_usage() -> None:
     [
         ({"tools": [{"type": "web_search_20250305", "name": "web_search"}]}, "web_search_20250305"),
         ({"messages": [{"role": "user", "content": [{"type": "search_result"}]}]}, "search_result"),
-        ({"messages": [{"role": "system", "content": "x"}]}, "role 'system'"),
+        ({"messages": [{"role": "tool", "content": "x"}]}, "role 'tool'"),
         ({"messages": "hi"}, "'messages' must be an array"),
         ({"messages": [{"role": "user", "content": [{"type": "image", "source": {"type": "file"}}]}]}, "file"),
     ],
@@ -1210,3 +1210,22 @@ def test_codex_tools_hosted_ones_left_out_namespaces_flattened_and_named_back() 
     assert "namespace" not in plain["output"][0]
     only_hosted = t.responses_request_to_chat({**request, "tools": [{"type": "web_search"}]})
     assert "tools" not in only_hosted and "parallel_tool_calls" not in only_hosted
+
+
+def test_messages_system_messages_in_the_conversation() -> None:
+    """Claude Code 2.1 sends system messages inside `messages` too."""
+    body = {
+        "model": "m",
+        "max_tokens": 5,
+        "system": [{"type": "text", "text": "You are Claude Code."}],
+        "messages": [
+            {"role": "system", "content": [{"type": "text", "text": "Tools policy."}]},
+            {"role": "user", "content": "hi"},
+            {"role": "system", "content": "Reminder."},
+        ],
+    }
+    assert t.messages_request_to_chat(body)["messages"] == [
+        {"role": "system", "content": "You are Claude Code.\n\nTools policy."},
+        {"role": "user", "content": "hi"},
+        {"role": "system", "content": "Reminder."},
+    ]

@@ -536,3 +536,39 @@ def test_codex_exec_on_a_chat_only_backend(env: Env, tmp_path: Path) -> None:
     assert sent.path == "/v1/chat/completions" and sent.body["stream"] is True
     assert sent.body["messages"][0]["role"] == "system"
     assert {tool["type"] for tool in sent.body["tools"]} == {"function"}
+
+
+# --- Claude Code on a chat-only upstream --------------------------------------------------------
+
+CLAUDE = os.environ.get("CLAUDE_BIN") or shutil.which("claude")
+
+
+@needs_messages
+@pytest.mark.skipif(
+    CLAUDE is None, reason="Claude Code not installed (npm install @anthropic-ai/claude-code; CLAUDE_BIN)"
+)
+def test_claude_code_on_a_chat_only_backend(env: Env, tmp_path: Path) -> None:
+    """`claude -p` (Messages API, streamed, its tools and system messages) answered by a chat-only server."""
+    assert CLAUDE is not None
+    env.reply(*[streamed({"content": "Hello from "}, {"content": "a chat-only server."}) for _ in range(3)])
+    claude_env = {
+        **os.environ,
+        "HOME": str(tmp_path),
+        "ANTHROPIC_BASE_URL": env.router.url,
+        "ANTHROPIC_AUTH_TOKEN": env.key,
+        "ANTHROPIC_SMALL_FAST_MODEL": CHAT_MODEL,
+        "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
+    }
+    result = subprocess.run(
+        [CLAUDE, "-p", "say hi", "--model", CHAT_MODEL],
+        env=claude_env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=150,
+    )
+    assert result.returncode == 0, (result.stdout + result.stderr)[-2000:]
+    assert "Hello from a chat-only server." in result.stdout
+    sent = env.chat.received[-1]
+    assert sent.path == "/v1/chat/completions" and sent.body["stream"] is True
+    assert sent.body["messages"][0]["role"] == "system" and sent.body["tools"]

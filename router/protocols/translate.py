@@ -469,8 +469,10 @@ def _assistant_turn_to_chat(content: list[Any]) -> list[JSON]:
 def _messages_turn_to_chat(message: JSON) -> list[JSON]:
     role = message.get("role")
     content = message.get("content")
+    if role == "system":  # system messages within the conversation (text only)
+        return [{"role": "system", "content": _system_text(content)}]
     if role not in ("user", "assistant"):
-        raise TranslationError(f"Message role '{role}' is not valid; use 'user' or 'assistant'.")
+        raise TranslationError(f"Message role '{role}' is not valid; use 'user', 'assistant' or 'system'.")
     if isinstance(content, str):
         return [{"role": role, "content": content}]
     blocks = _list(content, "messages[].content")
@@ -507,7 +509,7 @@ def messages_request_to_chat(body: JSON) -> JSON:
         messages.append({"role": "system", "content": _system_text(body["system"])})
     for item in _list(body.get("messages"), "messages"):
         messages.extend(_messages_turn_to_chat(_dict(item, "messages[]")))
-    out: JSON = {"model": body.get("model"), "messages": messages}
+    out: JSON = {"model": body.get("model"), "messages": _merge_system(messages)}
     _copy(body, out, (("max_tokens", "max_tokens"), ("temperature", "temperature"), ("top_p", "top_p")))
     if body.get("stop_sequences"):
         out["stop"] = _list(body["stop_sequences"], "stop_sequences")
