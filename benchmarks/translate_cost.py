@@ -55,7 +55,7 @@ def messages_stream(events: int) -> list[bytes]:
         return b"event: " + name.encode() + b"\ndata: " + orjson.dumps({"type": name, **data}) + b"\n\n"
 
     texts = range(events)
-    message = {"id": "msg_1", "type": "message", "role": "assistant", "model": "m", "content": []}
+    message: dict[str, Any] = {"id": "msg_1", "type": "message", "role": "assistant", "model": "m", "content": []}
     message.update(stop_reason=None, stop_sequence=None, usage={"input_tokens": 20, "output_tokens": 1})
     return [
         event("message_start", {"message": message}),
