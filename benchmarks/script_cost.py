@@ -7,10 +7,12 @@ Two measurements:
   so V8's own thread counts too).
 * ``router``: the real router (``python -m router serve``) against the benchmark mock, the
   same sequential chat requests without and with one active no-op ``PER_BACKEND`` script,
-  in alternating rounds; CPU per request = router process utime+stime (``/proc``) / requests.
-  The script's added CPU per request is the difference of the medians.
+  in alternating rounds; CPU per request = utime+stime of the router and its worker processes
+  (``/proc``) / requests. The script's added CPU per request is the median of the per-round
+  differences (each scripted round against the plain round just before it).
 
     .venv/bin/python benchmarks/script_cost.py [--requests 2000] [--rounds 3] [--engine-only]
+        [--server granian|uvicorn] [--router-src /path/to/older/tree] [--verbose]
 """
 
 from __future__ import annotations
@@ -124,28 +126,28 @@ def router_round(router: Router, client: httpx.Client, requests: int) -> float:
     return (process_cpu_s(router.pid) - started) / requests * 1000
 
 
-def router_cost(requests: int, rounds: int, src: Path) -> dict[str, float]:
+def router_cost(requests: int, rounds: int, src: Path, server: str | None) -> dict[str, float]:
     mock = start_mock(None)
     with tempfile.TemporaryDirectory() as tmp:
         router = Router(Path(tmp), src, None, {"mock": mock.url + "/v1"}, [MODEL])
         try:
             router.prepare()
-            router.start()
+            router.start({"SERVER": server} if server else None)
             plain: list[float] = []
             scripted: list[float] = []
+            backend = router.graphql("{ backends { id } }")["backends"][0]["id"]
+            created = router.graphql(
+                "mutation($in: CreateScriptInput!) { createScript(input: $in) { id } }",
+                {"in": {"name": "noop", "type": "PER_BACKEND", "backendId": backend, "code": NOOP}},
+            )
+            script_id = created["createScript"]["id"]
             with httpx.Client(timeout=30) as client:
-                for _ in range(rounds):
+                for _ in range(rounds):  # alternating, so both sides share the machine's noise
                     plain.append(router_round(router, client, requests))
-                    backend = router.graphql("{ backends { id } }")["backends"][0]["id"]
-                    created = router.graphql(
-                        "mutation($in: CreateScriptInput!) { createScript(input: $in) { id } }",
-                        {"in": {"name": "noop", "type": "PER_BACKEND", "backendId": backend, "code": NOOP}},
-                    )
-                    script_id = created["createScript"]["id"]
                     router.graphql("mutation($id: ID!) { activateScript(id: $id) { id } }", {"id": script_id})
                     time.sleep(0.5)  # the catalog refresh is asynchronous
                     scripted.append(router_round(router, client, requests))
-                    router.graphql("mutation($id: ID!) { deleteScript(id: $id) }", {"id": script_id})
+                    router.graphql("mutation($id: ID!) { deactivateScript(id: $id) { id } }", {"id": script_id})
                     time.sleep(0.5)
         except Exception:
             for log in Path(tmp).glob("router-*.log"):
@@ -154,10 +156,13 @@ def router_cost(requests: int, rounds: int, src: Path) -> dict[str, float]:
         finally:
             router.stop()
             stop_process(mock.proc)
+    pairs = sorted(b - a for a, b in zip(plain, scripted, strict=True))
     return {
         "plain_ms": statistics.median(plain),
         "script_ms": statistics.median(scripted),
-        "added_ms": statistics.median(scripted) - statistics.median(plain),
+        "added_ms": statistics.median(pairs),  # median of the per-round differences
+        "added_q1_ms": pairs[len(pairs) // 4],
+        "added_q3_ms": pairs[(3 * len(pairs)) // 4],
     }
 
 
@@ -167,6 +172,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--calls", type=int, default=5000)
     parser.add_argument("--engine-only", action="store_true")
+    parser.add_argument("--server", choices=["granian", "uvicorn"], help="SERVER for the router (its default if unset)")
     parser.add_argument("--verbose", action="store_true", help="CPU per thread name for each round")
     parser.add_argument(
         "--router-src",
@@ -179,10 +185,12 @@ def main() -> None:
     VERBOSE = args.verbose
     print(f"engine: no-op onRequest, CPU per call: {engine_cost(args.calls):.3f} ms")
     if not args.engine_only:
-        result = router_cost(args.requests, args.rounds, args.router_src)
+        result = router_cost(args.requests, args.rounds, args.router_src, args.server)
         print(
             f"router: CPU per request without script {result['plain_ms']:.3f} ms, "
-            f"with a no-op script {result['script_ms']:.3f} ms, added {result['added_ms']:.3f} ms"
+            f"with a no-op script {result['script_ms']:.3f} ms, added {result['added_ms']:.3f} ms "
+            f"(median of {args.rounds} paired rounds; "
+            f"quartiles {result['added_q1_ms']:.3f}-{result['added_q3_ms']:.3f})"
         )
 
 

@@ -331,6 +331,7 @@ class ScriptEngine:
                 raise _ScriptFault("still stopping an earlier call of this script that exceeded its limits") from None
         try:
             slot.ctx = await self._compile(script, loop)
+            self.log.debug("script %s: new V8 context for version %s", script.name, script.version)
             slot.failed = None
             self._hooks[script.id] = (script.version, slot.ctx.hooks)
             return slot.ctx
