@@ -15,7 +15,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from graphql_schema import graphql_routes
-from router import errors, protocols, proxy
+from router import protocols, proxy
 from router.admin_ui import admin_routes
 from router.config import Settings, load_settings
 from router.crypto import SecretBox
@@ -35,8 +35,9 @@ async def healthz(request: Request) -> Response:
     return JSONResponse({"status": "ok", "backends": len(rt.catalog.snapshot.backends_by_id)})
 
 
-async def v1_not_found(request: Request) -> Response:
-    return errors.unknown_path(request.method, request.url.path).response()
+async def root(request: Request) -> Response:
+    """`GET /` and `HEAD /` (clients such as Claude Code probe it): 200 and where things are."""
+    return JSONResponse({"name": "llm-router", "api": "/v1", "admin": "/admin", "graphql": "/graphql"})
 
 
 def v1_path_meant(path: str) -> str | None:
@@ -49,8 +50,9 @@ def v1_path_meant(path: str) -> str | None:
 
 
 async def not_found(request: Request, exc: Exception) -> Response:
-    """Any path nothing serves: a JSON 404 in OpenAI's shape, pointing at /v1 when that is what was meant."""
-    return errors.unknown_path(request.method, request.url.path, v1_path_meant(request.url.path)).response()
+    """Any path nothing serves: a JSON 404 in OpenAI's shape (pointing at /v1 when that is what was
+    meant), logged with its method and path."""
+    return await proxy.handle_unknown(request, v1_path_meant(request.scope["path"]))
 
 
 async def ensure_local_user(service: AdminService) -> int:
@@ -88,6 +90,7 @@ def create_app(settings: Settings | None = None) -> RequestLimits:
             log.info("llm-router stopped")
 
     routes = [
+        Route("/", root, methods=["GET", "HEAD"]),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/metrics", metrics_endpoint, methods=["GET"]),
         Route("/v1/models", proxy.list_models, methods=["GET"]),
@@ -95,7 +98,7 @@ def create_app(settings: Settings | None = None) -> RequestLimits:
         Route("/v1/responses/{response_id}", proxy.handle_stored_response, methods=["GET", "DELETE"]),
         Route("/v1/responses/{response_id}/cancel", proxy.handle_stored_response, methods=["POST"]),
         Route("/v1/responses/{response_id}/input_items", proxy.handle_stored_response, methods=["GET"]),
-        Route("/v1/{rest:path}", v1_not_found, methods=["GET", "POST", "PUT", "DELETE", "PATCH"]),
+        Route("/v1/{rest:path}", proxy.handle_unknown, methods=["GET", "POST", "PUT", "DELETE", "PATCH"]),
     ]
     routes += graphql_routes(settings)
     routes += admin_routes()

@@ -10,6 +10,7 @@ Everything it needs lives on the Runtime (`request.app.state.runtime`); the deci
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 import re
@@ -58,22 +59,30 @@ log = logging.getLogger("router.proxy")
 _REQUEST_ID_PREFIX = secrets.token_hex(8)
 _request_counter = itertools.count()
 
-# Never copied from the upstream's response to the client: the router frames its own response.
-_DROP_RESPONSE_HEADERS = frozenset(
+# Upstream response headers a client receives; everything else (the upstream account's rate limits,
+# vendor headers such as x-litellm-*, cookies, framing) stops at the router. UPSTREAM_RESPONSE_HEADERS
+# adds names (or `prefix*` patterns).
+PASSED_RESPONSE_HEADERS = frozenset(
     {
-        "content-length",
-        "content-encoding",
-        "transfer-encoding",
-        "connection",
-        "keep-alive",
-        "date",
-        "server",
-        "set-cookie",
-        "proxy-authenticate",
-        "trailer",
-        "upgrade",
+        "content-type",
+        "content-disposition",
+        "cache-control",
+        "retry-after",
+        "openai-processing-ms",
+        "openai-version",
+        "x-processing-ms",
+        "request-id",
+        "x-upstream-request-id",
     }
 )
+
+
+def header_allowed(name: str, extra: tuple[str, ...]) -> bool:
+    """Whether an upstream response header reaches the client (`extra`: lower-case names or `prefix*`)."""
+    lowered = name.lower()
+    if lowered in PASSED_RESPONSE_HEADERS:
+        return True
+    return any(lowered.startswith(e[:-1]) if e.endswith("*") else lowered == e for e in extra)
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,6 +172,25 @@ async def handle_generation(request: Request) -> Response:
         return adapter.error_response(errors.internal_error(), {"x-request-id": record.request_id})
 
 
+async def handle_unknown(request: Request, suggestion: str | None = None) -> Response:
+    """A path the router does not serve: 404 in OpenAI's shape, with a request-log row (method and path).
+
+    Probing clients (agents looking for an API) are then visible to admins. The caller is named when
+    its key is valid; the stored path is cut to the endpoint column.
+    """
+    rt: Runtime = request.app.state.runtime
+    path = request.scope["path"]
+    record = RequestRecord(request_id=request_id_of(request), endpoint=path, method=request.method)
+    with contextlib.suppress(ApiError):
+        user = authenticate(rt, request)
+        record.user_id, record.user_name = user.id, user.name
+    shown = path if len(path) <= 200 else path[:199] + "…"
+    err = errors.unknown_path(request.method, shown, suggestion)
+    record.attempts = 0
+    rt.finish(record, 404, err.message)
+    return err.response({"x-request-id": record.request_id})
+
+
 _RESPONSE_ID = re.compile(r"[A-Za-z0-9_\-.]{1,128}")
 
 
@@ -178,7 +206,7 @@ async def handle_stored_response(request: Request) -> Response:
         request.scope["path"].rsplit("/", 1)[1] if request.scope["path"].endswith(("/cancel", "/input_items")) else ""
     )
     endpoint = "/v1/responses/{id}" + (f"/{action}" if action else "")
-    record = RequestRecord(request_id=request_id_of(request), endpoint=endpoint)
+    record = RequestRecord(request_id=request_id_of(request), endpoint=endpoint, method=request.method)
     try:
         user = authenticate(rt, request)
         record.user_id, record.user_name = user.id, user.name
@@ -360,8 +388,9 @@ def upstream_headers(
     return headers
 
 
-def response_headers(upstream: UpstreamResponse, request_id: str) -> dict[str, str]:
-    headers = {k: v for k, v in upstream.headers.items() if k.lower() not in _DROP_RESPONSE_HEADERS}
+def response_headers(upstream: UpstreamResponse, request_id: str, extra: tuple[str, ...] = ()) -> dict[str, str]:
+    """The upstream's headers a client may see (the allow-list), and the router's request id."""
+    headers = {k: v for k, v in upstream.headers.items() if header_allowed(k, extra)}
     headers["x-request-id"] = request_id
     return headers
 
@@ -647,8 +676,15 @@ async def plain_response(call: Call, attempt: Attempt, upstream: UpstreamRespons
     parsed, error = None, None  # no ttft_ms: a first token means something only in a stream
     if upstream.status < 400:
         upstream_api = outgoing.adapter
-        if upstream_api.usage_marker in body or rt.tracer.enabled or translator or upstream_api.stateful:
+        if upstream_api.json_answers and upstream.status != 204:
             parsed = _loads(body)
+            if parsed is None:
+                attempt.failed()
+                content_type = upstream.headers.get("content-type", "none")
+                raise errors.upstream_failed(
+                    f"Backend '{attempt.target.name}' answered {upstream.status} with a body that is not JSON "
+                    f"(content-type {content_type[:100]!r}): {_snippet(body)}"
+                )
             if call.accounts_usage:
                 record.set_usage(upstream_api.usage_of_body(parsed))
                 response_id = upstream_api.response_id_of_body(parsed) if translator is None else None
@@ -658,7 +694,7 @@ async def plain_response(call: Call, attempt: Attempt, upstream: UpstreamRespons
                 record.output = parsed
     else:
         error = f"upstream HTTP {upstream.status}: {body[:500].decode(errors='replace')}"
-    status, headers = upstream.status, response_headers(upstream, record.request_id)
+    status, headers = upstream.status, response_headers(upstream, record.request_id, rt.passed_headers)
     if translator is not None:  # the answer as the client's API gives it (scripts see that too)
         parsed = translator.response(parsed) if error is None else translator.error(upstream.status, body)
         body = orjson.dumps(parsed)
@@ -693,14 +729,60 @@ async def stream_response(call: Call, attempt: Attempt, outgoing: Outgoing) -> R
     """Run the onResponse hooks on the stream's head, then relay its events (the relay owns the attempt)."""
     upstream = attempt.response
     assert upstream is not None
+    chunks = upstream.iter_chunks()
+    head, data = await read_stream_head(chunks, call.rt.settings.sse_max_event_bytes)
+    problem = stream_head_problem(head, data, outgoing.adapter)
+    if problem is not None:
+        attempt.failed()
+        raise errors.upstream_failed(f"Backend '{attempt.target.name}' {problem}")
     hooks = outgoing.hooks
-    status, headers = upstream.status, response_headers(upstream, call.record.request_id)
+    status, headers = upstream.status, response_headers(upstream, call.record.request_id, call.rt.passed_headers)
     if hooks.context is not None:
         hooks.context, status, headers = await on_stream_response(
             call.rt.scripts, hooks.reversed, hooks.context, status, upstream.headers, headers, call.record.request_id
         )
-    relay = Relay(call, attempt.keep(), outgoing)
+    relay = Relay(call, attempt.keep(), outgoing, chunks, head)
     return RelayResponse(relay, status, headers)
+
+
+async def read_stream_head(chunks: AsyncIterator[bytes], max_event_bytes: int) -> tuple[list[bytes], bytes | None]:
+    """The stream's first chunks, up to the first event with data, and that data (None if none came).
+
+    Nothing is sent before this: a stream that does not start as SSE still gets a proper 502.
+    """
+    head: list[bytes] = []
+    splitter = SSESplitter(max_event_bytes)
+    try:
+        while True:
+            try:
+                chunk = await anext(chunks)
+            except StopAsyncIteration:
+                rest = splitter.rest()
+                return head, sse_data(rest) if rest.strip() else None
+            head.append(chunk)
+            for event in splitter.feed(chunk):
+                data = sse_data(event)
+                if data is not None:
+                    return head, data
+    except UpstreamError as exc:
+        raise errors.upstream_failed(f"The upstream stream broke off before its first event: {exc}") from None
+
+
+def stream_head_problem(head: list[bytes], data: bytes | None, adapter: Adapter) -> str | None:
+    """Why a stream's start is not a stream of this API (None when it is)."""
+    if data is None:
+        if not any(chunk.strip() for chunk in head):
+            return "answered an empty stream."
+        return f"answered with something that is not server-sent events: {_snippet(b''.join(head))}"
+    if adapter.is_stream_end(data) or _loads(data) is not None:
+        return None
+    return f"answered a stream whose first event is not JSON: {_snippet(data)}"
+
+
+def _snippet(body: bytes, limit: int = 200) -> str:
+    text = body[:limit].decode(errors="replace")
+    text = "".join(c if c.isprintable() else " " for c in text)
+    return repr(text + ("…" if len(body) > limit else ""))
 
 
 class RelayResponse(StreamingResponse):
@@ -720,14 +802,18 @@ class RelayResponse(StreamingResponse):
 class Relay:
     """Forwards one upstream stream's SSE events as they arrive; reads usage; runs onStreamChunk."""
 
-    def __init__(self, call: Call, attempt: Attempt, outgoing: Outgoing) -> None:
+    def __init__(
+        self, call: Call, attempt: Attempt, outgoing: Outgoing, chunks: AsyncIterator[bytes], head: list[bytes]
+    ) -> None:
         self.call = call
         self.attempt = attempt
+        self.chunks = chunks
+        self.head = head
         self.adapter = call.adapter
         self.upstream_adapter = outgoing.adapter
         self.translator = outgoing.translator.stream() if outgoing.translator is not None else None
         self.strip_usage = outgoing.strip_usage
-        self.splitter = SSESplitter()
+        self.splitter = SSESplitter(call.rt.settings.sse_max_event_bytes)
         self.collect = call.rt.tracer.enabled
         self.pieces: list[str] = []
         self.status: int = 200
@@ -742,11 +828,16 @@ class Relay:
             self.chunk_context = stream_chunk_context(hooks.context)
         self.inspect_every_event = self.collect or bool(self.chunk_scripts)
 
+    async def _all_chunks(self) -> AsyncIterator[bytes]:
+        for chunk in self.head:
+            yield chunk
+        self.head = []
+        async for chunk in self.chunks:
+            yield chunk
+
     async def events(self) -> AsyncIterator[bytes]:
-        upstream = self.attempt.response
-        assert upstream is not None
         try:
-            async for chunk in upstream.iter_chunks():
+            async for chunk in self._all_chunks():
                 if self.translator is not None:
                     out = await self._translate(chunk)
                 else:
@@ -879,6 +970,7 @@ class Relay:
 
     async def _run_chunk_scripts(self, name: str | None, parsed: Any, event: bytes | None = None) -> bytes:
         rt = self.call.rt
+        self.chunk_context["event"] = name  # the SSE event name (Responses, Messages), null for chat
         self.chunk_context, chunk = await on_stream_chunk(
             rt.scripts, self.chunk_scripts, self.chunk_context, parsed, self.call.record.request_id
         )

@@ -69,6 +69,8 @@ class Runtime:
 
             self.tracer = LangfuseTracer(settings)
         self.metrics = Metrics(self, settings.metrics_user_labels)
+        # Extra upstream response headers clients may see (UPSTREAM_RESPONSE_HEADERS), lower-case.
+        self.passed_headers = tuple(h.strip().lower() for h in settings.upstream_response_headers if h.strip())
         self.affinity = ResponseAffinity(settings.response_affinity_max, settings.response_affinity_ttl_s)
         self.scripts = ScriptEngine(settings.script_timeout_ms, settings.script_max_memory_mb)
         # Rate limits, budgets and backend queues: shared through Redis when REDIS_URL is set.
@@ -211,8 +213,10 @@ class Runtime:
         self.tracer.record(record)
         self.metrics.observe(record)
         log.info(
-            "request id=%s user=%s backend=%s model=%s status=%d tokens=%d/%d latency_ms=%.1f%s",
+            "request id=%s %s %s user=%s backend=%s model=%s status=%d tokens=%d/%d latency_ms=%.1f%s",
             record.request_id,
+            record.method,
+            record.endpoint,
             record.user_name,
             record.backend_name,
             record.model,

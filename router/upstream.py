@@ -266,36 +266,84 @@ def make_upstream_client(transport: str, connect_timeout_s: float, read_timeout_
 # --- server-sent events -----------------------------------------------------------------------
 
 
+DEFAULT_MAX_EVENT_BYTES = 16 * 1024 * 1024
+
+
+class SSEEventTooLarge(UpstreamError):
+    """One stream event grew beyond the bound: the upstream is broken (or hostile)."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__("invalid", f"an upstream stream event is larger than {limit} bytes")
+
+
 class SSESplitter:
-    """Cuts a byte stream into whole SSE events (each ending with a blank line)."""
+    """Cuts a byte stream into whole SSE events (each ending with a blank line), in linear time.
 
-    __slots__ = ("_buffer",)
+    Each byte is scanned once: an unfinished event is kept as a list of pieces, not re-joined per
+    chunk. CRLF line ends become LF (a CR at a chunk's end waits for the next chunk). An event
+    larger than `max_event_bytes` raises SSEEventTooLarge.
+    """
 
-    def __init__(self) -> None:
-        self._buffer = b""
+    __slots__ = ("_cr", "_max", "_parts", "_size")
+
+    def __init__(self, max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES) -> None:
+        self._parts: list[bytes] = []
+        self._size = 0
+        self._cr = False  # the previous chunk ended with CR
+        self._max = max_event_bytes
+
+    def _normalise(self, chunk: bytes) -> bytes:
+        if self._cr:
+            chunk = b"\r" + chunk
+            self._cr = False
+        if b"\r" not in chunk:
+            return chunk
+        if chunk.endswith(b"\r"):
+            chunk, self._cr = chunk[:-1], True
+        return chunk.replace(b"\r\n", b"\n")
 
     def feed(self, chunk: bytes) -> list[bytes]:
-        data = self._buffer + chunk if self._buffer else chunk
-        if b"\r\n" in data:
-            data = data.replace(b"\r\n", b"\n")
-        events = []
+        chunk = self._normalise(chunk)
+        if not chunk:
+            return []
+        events: list[bytes] = []
         start = 0
+        if self._parts:
+            if self._parts[-1].endswith(b"\n") and chunk.startswith(b"\n"):
+                start = 1  # the blank line straddles the boundary
+            else:
+                end = chunk.find(b"\n\n")
+                if end < 0:
+                    self._keep(chunk)
+                    return events
+                start = end + 2
+            events.append(b"".join(self._parts) + chunk[:start])
+            self._parts, self._size = [], 0
         while True:
-            end = data.find(b"\n\n", start)
+            end = chunk.find(b"\n\n", start)
             if end < 0:
                 break
-            events.append(data[start : end + 2])
+            events.append(chunk[start : end + 2])
             start = end + 2
-        self._buffer = data[start:]
+        if start < len(chunk):
+            self._keep(chunk[start:] if start else chunk)
         return events
+
+    def _keep(self, piece: bytes) -> None:
+        self._size += len(piece)
+        if self._size > self._max:
+            self._parts, self._size = [], 0
+            raise SSEEventTooLarge(self._max)
+        self._parts.append(piece)
 
     def is_clean(self, chunk: bytes) -> bool:
         """True when `chunk` is whole events and nothing is buffered: it can be passed on as it is."""
-        return not self._buffer and chunk.endswith(b"\n\n") and b"\r" not in chunk
+        return not self._parts and not self._cr and chunk.endswith(b"\n\n") and b"\r" not in chunk
 
     def rest(self) -> bytes:
         """Whatever is left when the stream ends without a final blank line."""
-        rest, self._buffer = self._buffer, b""
+        rest = b"".join(self._parts) + (b"\r" if self._cr else b"")
+        self._parts, self._size, self._cr = [], 0, False
         return rest
 
 

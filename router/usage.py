@@ -86,6 +86,7 @@ class RequestRecord:
     cache_write_tokens: int = 0
     reasoning_tokens: int = 0
     response_id: str | None = None
+    method: str = "POST"  # not stored (the endpoint is): shown in the per-request log line
     cost_usd: float | None = None
     attempt_errors: list[str] | None = None  # why each failed attempt failed, in order
     id: int = 0

@@ -45,6 +45,8 @@ class Scripted:
     body: Any = None
     events: Sequence[tuple[str | None, Any]] | None = None
     abort: bool = False
+    raw: bytes | None = None  # a body sent as it is (with `headers`' content type), instead of `body`
+    headers: dict[str, str] = field(default_factory=dict)  # extra response headers
 
 
 @dataclass
@@ -146,9 +148,12 @@ class UpstreamServer:
         return await handler(request)
 
     async def _scripted_reply(self, request: web.Request, reply: Scripted) -> web.StreamResponse:
+        if reply.raw is not None:
+            return web.Response(body=reply.raw, status=reply.status, headers=reply.headers)
         if reply.events is None:
-            return web.json_response(reply.body, status=reply.status)
-        response = web.StreamResponse(status=reply.status, headers={"Content-Type": "text/event-stream"})
+            return web.json_response(reply.body, status=reply.status, headers=reply.headers)
+        headers = {"Content-Type": "text/event-stream", **reply.headers}
+        response = web.StreamResponse(status=reply.status, headers=headers)
         await response.prepare(request)
         for name, data in reply.events:
             if self.stream_delay_s:

@@ -84,6 +84,8 @@ class Adapter:
     path: ClassVar[str] = ""  # the upstream path under a backend's base URL, e.g. "/chat/completions"
     required: ClassVar[tuple[str, ...]] = ()  # body fields that must be present (besides `model`)
     streamable: ClassVar[bool] = False
+    # Successful answers are JSON (a body that is not is a broken upstream: 502). False for binary APIs.
+    json_answers: ClassVar[bool] = True
     # Answers are stored upstream under an id (Responses): requests naming one go to its backend.
     stateful: ClassVar[bool] = False
     # Bytes every stream event that carries usage contains: events without them are relayed unparsed.

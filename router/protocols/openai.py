@@ -23,10 +23,12 @@ class ChatCompletions(Adapter):
         return isinstance(options, dict) and options.get("include_usage") is True
 
     def without_usage(self, event: str | None, data: Any) -> Any:
-        """The usage-only chunk `include_usage` adds is dropped."""
-        if isinstance(data, dict) and data.get("usage") and not data.get("choices"):
+        """The usage-only chunk `include_usage` adds is dropped; usage on a chunk with choices is removed."""
+        if not isinstance(data, dict) or "usage" not in data:
+            return data
+        if not data.get("choices"):
             return DROP
-        return data
+        return {k: v for k, v in data.items() if k != "usage"}
 
     def text_of_event(self, event: str | None, data: Any) -> str:
         try:
