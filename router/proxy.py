@@ -676,15 +676,23 @@ async def plain_response(call: Call, attempt: Attempt, upstream: UpstreamRespons
     parsed, error = None, None  # no ttft_ms: a first token means something only in a stream
     if upstream.status < 400:
         upstream_api = outgoing.adapter
-        if upstream_api.json_answers and upstream.status != 204:
+        content_type = upstream.headers.get("content-type", "")
+        if upstream_api.json_answers and upstream.status != 204 and _claims_json(content_type):
             parsed = _loads(body)
-            if parsed is None:
-                attempt.failed()
-                content_type = upstream.headers.get("content-type", "none")
-                raise errors.upstream_failed(
-                    f"Backend '{attempt.target.name}' answered {upstream.status} with a body that is not JSON "
-                    f"(content-type {content_type[:100]!r}): {_snippet(body)}"
-                )
+        if upstream_api.json_answers and malformed_answer(content_type, parsed, body, upstream.status):
+            attempt.failed()
+            raise errors.upstream_failed(
+                f"Backend '{attempt.target.name}' answered {upstream.status} with a body that is not valid "
+                f"(content-type {content_type[:100]!r}): {_snippet(body)}"
+            )
+        if (
+            parsed is not None
+            or upstream_api.usage_marker in body
+            or rt.tracer.enabled
+            or translator
+            or upstream_api.stateful
+        ):
+            parsed = parsed if parsed is not None else _loads(body)
             if call.accounts_usage:
                 record.set_usage(upstream_api.usage_of_body(parsed))
                 response_id = upstream_api.response_id_of_body(parsed) if translator is None else None
@@ -713,6 +721,24 @@ async def plain_response(call: Call, attempt: Attempt, upstream: UpstreamRespons
         )
     rt.finish(record, upstream.status, error)
     return Response(body, status_code=status, headers=headers)
+
+
+def _claims_json(content_type: str) -> bool:
+    media = content_type.split(";", 1)[0].strip().lower()
+    return media == "application/json" or media.endswith("+json")
+
+
+def malformed_answer(content_type: str, parsed: Any, body: bytes, status: int) -> bool:
+    """A success no client of a JSON API can use: an HTML page, or a body that says JSON and is not.
+
+    Other content types (text, binary) pass through untouched: scripts and clients may expect them.
+    """
+    if status == 204:
+        return False
+    media = content_type.split(";", 1)[0].strip().lower()
+    if media in ("text/html", "application/xhtml+xml"):
+        return True
+    return _claims_json(content_type) and parsed is None
 
 
 def _loads(body: bytes) -> Any:
