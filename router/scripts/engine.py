@@ -73,12 +73,14 @@ WALL_FACTOR = 20
 _MIN_WALL_S = 2.0
 # mini-racer runs each isolate's JS on a thread of its own and calls back from it: remember which
 # thread that is (per mini-racer context) to read its CPU clock. mini-racer 0.14 internals.
-_isolate_threads: dict[int, int] = {}
+# Only contexts being set up are watched (id of the mini-racer context -> thread, None until seen).
+_isolate_threads: dict[int, int | None] = {}
 
 
 def _recording(original: Any) -> Any:
     def handle_callback_from_v8(self: _MRContext, callback_id: int, raw_val_handle: Any) -> None:
-        _isolate_threads[id(self)] = threading.get_ident()
+        if id(self) in _isolate_threads:
+            _isolate_threads[id(self)] = threading.get_ident()
         original(self, callback_id, raw_val_handle)
 
     handle_callback_from_v8.records_thread = True  # type: ignore[attr-defined]
@@ -345,11 +347,14 @@ class ScriptEngine:
     async def _compile(self, script: ScriptSource, loop: asyncio.AbstractEventLoop) -> _Context:
         limit = self.max_memory_mb << 20
         closer, racer = await asyncio.to_thread(_open_context, loop, limit)
-        clock = _isolate_clock(racer)
+        _isolate_threads[id(racer._ctx)] = None  # learn the isolate's thread from the next callback
         ok = False
         try:
-            async with asyncio.timeout(_SETUP_TIMEOUT_S):
-                await racer.eval_cancelable(runtime_source(limit))
+            try:
+                async with asyncio.timeout(_SETUP_TIMEOUT_S):
+                    await racer.eval_cancelable(runtime_source(limit))
+            finally:
+                clock = _isolate_clock(racer)
             try:
                 names = await self._limited(loop, clock, racer.eval_cancelable(compile_source(script.code)))
             except JSParseException as e:
