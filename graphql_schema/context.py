@@ -2,29 +2,36 @@
 
 A client authenticates with `Authorization: Bearer <token>`, the token being ADMIN_PASSWORD or a
 session token from `login`; over WebSocket the same header goes in the connection_init payload.
-Failed attempts (a wrong login password or a wrong bearer token) are counted per client address;
-after a few, that address must wait before trying again, twice as long after each new failure.
+Failed attempts (a wrong login password or a wrong bearer token) are counted per client address,
+or per browser for one holding a device cookie from an earlier successful login; after a few,
+that address (or browser) must wait before trying again, twice as long after each new failure.
+Session tokens can be revoked before they expire (`logout`), in every process through Redis.
 """
 
 from __future__ import annotations
 
+import hmac
+import logging
 import math
+import secrets
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
-from graphql import GraphQLError
+from graphql import DocumentNode, FieldNode, GraphQLError, get_operation_ast
 from starlette.requests import HTTPConnection
 from strawberry.dataloader import DataLoader
 
 from graphql_schema.errors import DISABLED_MESSAGE, FORBIDDEN, UNAUTHENTICATED, api_error
-from router.auth import AdminTokens, bearer_token, hash_api_key
+from router.auth import AdminTokens, bearer_token, hash_api_key, token_id
 from router.catalog import UserEntry
 from router.config import Settings
 from router.models.core import Backend, User
 from router.runtime import Runtime
 from router.services import AdminService
+
+log = logging.getLogger("router.graphql")
 
 
 class LoginThrottle:
@@ -79,40 +86,121 @@ class LoginThrottle:
         self._clients.pop(address, None)
 
 
-class AdminSecurity:
-    """The app's admin token checker and login throttle (one per app)."""
+class Revocations:
+    """Session tokens revoked before they expire (`logout`), by token id until their expiry.
 
-    def __init__(self, tokens: AdminTokens, throttle: LoginThrottle | None = None) -> None:
+    Kept in this process and, with REDIS_URL, in Redis (`<prefix>:revoked:<id>`, expiring with the
+    token) so that every process refuses a revoked session. If Redis cannot be reached, a warning
+    is logged and this process's own list still applies.
+    """
+
+    MAX_LOCAL = 100_000
+
+    def __init__(self, redis_url: str | None = None, prefix: str = "llm-router") -> None:
+        self._local: dict[str, float] = {}
+        self._redis_url = redis_url
+        self._prefix = prefix
+        self._redis: Any = None
+
+    def _client(self) -> Any:
+        if self._redis is None and self._redis_url:
+            import redis.asyncio as aioredis
+
+            self._redis = aioredis.Redis.from_url(self._redis_url, socket_connect_timeout=2, socket_timeout=2)
+        return self._redis
+
+    async def revoke(self, token: str, expires_at: float) -> None:
+        now = time.time()
+        self._local = {k: v for k, v in self._local.items() if v > now} if len(self._local) > 1000 else self._local
+        if len(self._local) >= self.MAX_LOCAL:  # bounded: forget the sessions closest to expiring anyway
+            del self._local[min(self._local, key=self._local.__getitem__)]
+        self._local[token_id(token)] = expires_at
+        client = self._client()
+        if client is not None and expires_at > now:
+            try:
+                await client.set(f"{self._prefix}:revoked:{token_id(token)}", b"1", exat=int(expires_at) + 1)
+            except Exception as exc:
+                log.warning("could not share a session revocation through Redis: %s", exc)
+
+    async def is_revoked(self, token: str) -> bool:
+        tid = token_id(token)
+        if tid in self._local:
+            return True
+        client = self._client()
+        if client is None:
+            return False
+        try:
+            return bool(await client.exists(f"{self._prefix}:revoked:{tid}"))
+        except Exception as exc:
+            log.warning("could not check session revocations in Redis: %s", exc)
+            return False
+
+
+DEVICE_COOKIE = "llm_router_device"
+DEVICE_COOKIE_MAX_AGE_S = 30 * 24 * 3600
+
+
+class AdminSecurity:
+    """The app's admin token checker, session revocations and login throttle (one per app).
+
+    The throttle counts failures per client address, except for a browser holding a device
+    cookie (set by a successful `login`): its failures count against that device only, so
+    someone guessing from the same address (a shared NAT or proxy) cannot lock it out.
+    """
+
+    def __init__(
+        self, tokens: AdminTokens, throttle: LoginThrottle | None = None, revocations: Revocations | None = None
+    ) -> None:
         self.tokens = tokens
         self.throttle = throttle or LoginThrottle()
+        self.revocations = revocations or Revocations()
 
     @classmethod
     def from_settings(cls, settings: Settings) -> AdminSecurity:
-        return cls(AdminTokens(settings.admin_password, settings.admin_session_ttl_s, settings.admin_session_secret))
+        return cls(
+            AdminTokens(settings.admin_password, settings.admin_session_ttl_s, settings.admin_session_secret),
+            revocations=Revocations(settings.redis_url, settings.redis_prefix),
+        )
 
     @property
     def enabled(self) -> bool:
         return self.tokens.enabled
 
-    def authenticate(self, token: str | None, address: str) -> GraphQLError | None:
-        """None when `token` is valid, else the error to answer with (and the failure is counted)."""
+    def issue_device(self) -> str:
+        nonce = secrets.token_urlsafe(12)
+        return f"{nonce}.{self.tokens.sign('device:' + nonce)}"
+
+    def device_key(self, cookie: str | None) -> str | None:
+        """The throttle key of a genuine device cookie, else None."""
+        if not cookie or not self.enabled:
+            return None
+        nonce, _, signature = cookie.partition(".")
+        expected = self.tokens.sign("device:" + nonce).encode()
+        if not nonce or not hmac.compare_digest(signature.encode("utf-8", "surrogateescape"), expected):
+            return None
+        return f"device:{nonce}"
+
+    async def authenticate(self, token: str | None, who: str) -> GraphQLError | None:
+        """None when `token` is valid, else the error to answer with (a failure is counted for `who`)."""
         if not self.enabled:
             return api_error(FORBIDDEN, DISABLED_MESSAGE)
         if not token:
             return api_error(UNAUTHENTICATED, "Admin authentication required: send Authorization: Bearer <token>.")
-        blocked = self.throttle.retry_after(address) > 0
+        blocked = self.throttle.retry_after(who) > 0
         if self.tokens.verify(token):
-            # While an address is blocked only session tokens work, and the password gets the same
+            if await self.revocations.is_revoked(token):
+                return api_error(UNAUTHENTICATED, "The admin session has ended (logged out): log in again.")
+            # While `who` is blocked only session tokens work, and the password gets the same
             # answer as a wrong one, so guessing it from there tells nothing.
             if not (blocked and self.tokens.check_password(token)):
                 return None
-        elif self.tokens.verify(token, now=1.0):
-            # Genuine but expired (it would have been valid long ago): not a guess, not counted, so
-            # a dashboard left open with an old session cannot lock its admin out of `login`.
+        elif self.tokens.session_expiry(token) is not None:
+            # Genuine but expired: not a guess, not counted, so a dashboard left open with an old
+            # session cannot lock its admin out of `login`.
             return api_error(UNAUTHENTICATED, "The admin session has expired: log in again.")
-        self.throttle.failure(address)
+        self.throttle.failure(who)
         if blocked:
-            return too_many_attempts(self.throttle.retry_after(address))
+            return too_many_attempts(self.throttle.retry_after(who))
         return api_error(UNAUTHENTICATED, "Invalid admin token.")
 
 
@@ -158,6 +246,10 @@ class AdminContext:
     settings: Settings
     address: str
     loaders: Loaders
+    # The throttle key of this client: its device cookie's, else its address.
+    who: str = ""
+    # The bearer token this request or connection authenticated with (None if none or invalid).
+    token: str | None = None
     # None once authenticated; otherwise the error every operation but `login` answers with.
     auth_error: GraphQLError | None = None
     # The connection_init payload (WebSocket only); strawberry sets it.
@@ -183,6 +275,30 @@ def viewer_for(runtime: Runtime, token: str | None) -> UserEntry | None:
         return None
     user = runtime.catalog.snapshot.users_by_key_hash.get(hash_api_key(token))
     return user if user is not None and user.is_active else None
+
+
+# Root fields anyone may ask for (everything else needs an admin token).
+PUBLIC_ROOT_FIELDS = frozenset({"login", "__typename"})
+# Root fields a user's own API key may ask for.
+VIEWER_ROOT_FIELDS = frozenset({"me", "__typename"})
+
+
+def public_only(
+    document: DocumentNode | None, operation_name: str | None, allowed: frozenset[str] = PUBLIC_ROOT_FIELDS
+) -> bool:
+    """True when the operation selects nothing but `allowed` root fields."""
+    operation = get_operation_ast(document, operation_name) if document is not None else None
+    if operation is None:
+        return False
+    return all(
+        isinstance(selection, FieldNode) and selection.name.value in allowed
+        for selection in operation.selection_set.selections
+    )
+
+
+def allowed_roots(context: Any) -> frozenset[str]:
+    """The root fields this caller may use without an admin token."""
+    return VIEWER_ROOT_FIELDS if getattr(context, "viewer", None) is not None else PUBLIC_ROOT_FIELDS
 
 
 def token_from_params(params: Any) -> str | None:

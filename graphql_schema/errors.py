@@ -1,17 +1,20 @@
 """Error shapes of the admin API: every error carries `extensions.code`.
 
-Codes: UNAUTHENTICATED, FORBIDDEN, NOT_FOUND, BAD_USER_INPUT, CONFLICT (the contract's), plus
-INTERNAL_SERVER_ERROR for masked internal failures (no message, stack trace or SQL leaves the
-process; they are logged instead).
+Codes: UNAUTHENTICATED, FORBIDDEN, NOT_FOUND, BAD_USER_INPUT, CONFLICT (the contract's),
+GRAPHQL_PARSE_FAILED and GRAPHQL_VALIDATION_FAILED (Apollo's, for documents refused before they
+run), plus INTERNAL_SERVER_ERROR for masked internal failures (no message, stack trace or SQL
+leaves the process; they are logged instead).
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from typing import Any
 
 from graphql import GraphQLError
-from strawberry.extensions import MaskErrors
+from strawberry.extensions import SchemaExtension
+from strawberry.types.execution import StreamExecutionResult
 
 from router.services import ServiceError
 
@@ -49,37 +52,58 @@ def is_internal(error: GraphQLError) -> bool:
     return original is not None and not isinstance(original, (GraphQLError, ServiceError))
 
 
-class AdminErrors(MaskErrors):
-    """MaskErrors that keeps GraphQL errors, turns ServiceErrors into coded errors, hides the rest.
+def shape(error: GraphQLError) -> GraphQLError:
+    """The error as clients see it: internal failures masked, ServiceErrors coded, a code on all."""
+    original = error.original_error
+    if is_internal(error):
+        return GraphQLError(
+            "Internal server error.",
+            nodes=error.nodes,
+            source=error.source,
+            positions=error.positions,
+            path=error.path,
+            extensions={"code": INTERNAL},
+        )
+    if isinstance(original, ServiceError):
+        return GraphQLError(
+            original.message,
+            nodes=error.nodes,
+            source=error.source,
+            positions=error.positions,
+            path=error.path,
+            extensions=from_service_error(original).extensions,
+        )
+    if not (error.extensions or {}).get("code"):
+        error.extensions = {**(error.extensions or {}), "code": BAD_USER_INPUT}
+    return error
 
-    Errors without a code (query syntax, validation, depth limit, bad variables) get BAD_USER_INPUT.
+
+class AdminErrors(SchemaExtension):
+    """Applies `shape` to every answer, plain or streamed (a subscription's events).
+
+    Parse and validation errors already carry GRAPHQL_PARSE_FAILED / GRAPHQL_VALIDATION_FAILED
+    (graphql_schema.limits); what else has no code (a bad variable value) gets BAD_USER_INPUT.
     """
 
     def __init__(self) -> None:
-        super().__init__(should_mask_error=is_internal, error_message="Internal server error.")
+        self._streamed = False
 
-    def anonymise_error(self, error: GraphQLError) -> GraphQLError:
-        masked = super().anonymise_error(error)
-        masked.extensions = {"code": INTERNAL}
-        return masked
+    def on_operation(self) -> Iterator[None]:
+        self._streamed = False
+        yield
+        if not self._streamed:
+            _shape_result(self.execution_context.result)
 
-    def _process_errors(self, errors: list[GraphQLError]) -> list[GraphQLError]:
-        shaped = []
-        for error in super()._process_errors(errors):
-            original = error.original_error
-            if isinstance(original, ServiceError):
-                error = GraphQLError(
-                    original.message,
-                    nodes=error.nodes,
-                    source=error.source,
-                    positions=error.positions,
-                    path=error.path,
-                    extensions=from_service_error(original).extensions,
-                )
-            elif not (error.extensions or {}).get("code"):
-                error.extensions = {**(error.extensions or {}), "code": BAD_USER_INPUT}
-            shaped.append(error)
-        return shaped
+    def on_stream_result(self, result: StreamExecutionResult) -> Iterator[None]:
+        self._streamed = True
+        _shape_result(result)
+        yield None
+
+
+def _shape_result(result: object) -> None:
+    errors = getattr(result, "errors", None)
+    if errors:
+        result.errors = [shape(error) for error in errors]  # type: ignore[attr-defined]
 
 
 def log_unexpected(errors: list[GraphQLError]) -> None:

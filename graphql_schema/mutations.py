@@ -6,9 +6,10 @@ from datetime import UTC, datetime
 from typing import Any
 
 import strawberry
+from starlette.responses import Response
 from strawberry.types import Info
 
-from graphql_schema.context import AdminContext, too_many_attempts
+from graphql_schema.context import DEVICE_COOKIE, DEVICE_COOKIE_MAX_AGE_S, AdminContext, too_many_attempts
 from graphql_schema.errors import DISABLED_MESSAGE, FORBIDDEN, NOT_FOUND, UNAUTHENTICATED, api_error, bad_input
 from graphql_schema.quotas import QuotaMutation
 from graphql_schema.types import (
@@ -70,6 +71,23 @@ def _backend_changes(inp: CreateBackendInput | UpdateBackendInput) -> dict[str, 
     return changes
 
 
+def _remember_device(context: AdminContext) -> None:
+    """Give a browser that just logged in a device cookie: its failed logins then count against it
+    alone, so guesses from the same address cannot lock it out (see AdminSecurity)."""
+    response = context.response
+    if not isinstance(response, Response) or context.who.startswith("device:"):
+        return
+    response.set_cookie(
+        DEVICE_COOKIE,
+        context.security.issue_device(),
+        max_age=DEVICE_COOKIE_MAX_AGE_S,
+        path="/graphql",
+        httponly=True,
+        samesite="strict",
+        secure=context.request.url.scheme == "https",
+    )
+
+
 @strawberry.type
 class Mutation(QuotaMutation):
     @strawberry.mutation(description="Exchange the admin password for an expiring session token.")
@@ -78,17 +96,31 @@ class Mutation(QuotaMutation):
         security = context.security
         if not security.enabled:
             raise api_error(FORBIDDEN, DISABLED_MESSAGE)
-        if security.throttle.retry_after(context.address) > 0:
+        who = context.who or context.address
+        if security.throttle.retry_after(who) > 0:
             # Refused without looking at the password (the same answer whether it is right or not);
             # hammering on extends the wait.
-            security.throttle.failure(context.address)
-            raise too_many_attempts(security.throttle.retry_after(context.address))
+            security.throttle.failure(who)
+            raise too_many_attempts(security.throttle.retry_after(who))
         if not security.tokens.check_password(password):
-            security.throttle.failure(context.address)
+            security.throttle.failure(who)
             raise api_error(UNAUTHENTICATED, "Wrong admin password.")
-        security.throttle.success(context.address)
+        security.throttle.success(who)
+        _remember_device(context)
         token, expires = security.tokens.issue()
         return AdminSession(token=token, expires_at=datetime.fromtimestamp(expires, UTC))
+
+    @strawberry.mutation(
+        description="End the session whose token authenticates this request: the token stops working at once, "
+        "in every router process. The admin password itself cannot be logged out (change it instead)."
+    )
+    async def logout(self, info: Ctx) -> bool:
+        context = info.context
+        expiry = context.security.tokens.session_expiry(context.token)
+        if context.token is None or expiry is None:
+            raise bad_input("Only a session token from `login` can be logged out; this request used the password.")
+        await context.security.revocations.revoke(context.token, expiry)
+        return True
 
     # --- users ---
 

@@ -1,39 +1,24 @@
-"""The admin schema: roots, the auth gate, error shaping and the depth limit."""
+"""The admin schema: roots, the auth gate, error shaping and the query limits."""
 
 from __future__ import annotations
 
+import concurrent.futures
 from collections.abc import Iterator
 from typing import Any
 
 import strawberry
 from graphql import ExecutionResult as GraphQLExecutionResult
-from graphql import FieldNode, GraphQLError, get_operation_ast
+from graphql import GraphQLError
 from strawberry.extensions import QueryDepthLimiter, SchemaExtension
 
+from graphql_schema.context import allowed_roots, public_only
 from graphql_schema.descriptions import describe
 from graphql_schema.errors import AdminErrors, log_unexpected
+from graphql_schema.limits import QueryLimits, QueryLimitSettings
 from graphql_schema.mutations import Mutation
-from graphql_schema.queries import Query
+from graphql_schema.queries import DEFAULT_PAGE, Query
 from graphql_schema.subscriptions import Subscription
 from router.config import Settings
-
-# Root fields anyone may ask for (everything else needs an admin token).
-PUBLIC_ROOT_FIELDS = frozenset({"login", "__typename"})
-# Root fields a user's own API key may ask for.
-VIEWER_ROOT_FIELDS = frozenset({"me", "__typename"})
-
-
-def _public_only(execution_context: Any, allowed: frozenset[str] = PUBLIC_ROOT_FIELDS) -> bool:
-    document = execution_context.graphql_document
-    if document is None:
-        return False
-    operation = get_operation_ast(document, execution_context.operation_name)
-    if operation is None:
-        return False
-    return all(
-        isinstance(selection, FieldNode) and selection.name.value in allowed
-        for selection in operation.selection_set.selections
-    )
 
 
 class AdminAuth(SchemaExtension):
@@ -46,8 +31,8 @@ class AdminAuth(SchemaExtension):
     def on_execute(self) -> Iterator[None]:
         context = self.execution_context.context
         auth_error: GraphQLError | None = getattr(context, "auth_error", None)
-        allowed = VIEWER_ROOT_FIELDS if getattr(context, "viewer", None) is not None else PUBLIC_ROOT_FIELDS
-        if auth_error is not None and not _public_only(self.execution_context, allowed):
+        ctx = self.execution_context
+        if auth_error is not None and not public_only(ctx.graphql_document, ctx.operation_name, allowed_roots(context)):
             self.execution_context.result = GraphQLExecutionResult(data=None, errors=[auth_error])
         yield
 
@@ -61,11 +46,23 @@ class AdminSchema(strawberry.Schema):
 def build_schema(settings: Settings | None = None) -> AdminSchema:
     settings = settings or Settings()
     max_depth = settings.graphql_max_depth
+    limits = QueryLimitSettings(
+        max_query_chars=settings.graphql_max_query_kb * 1024,
+        max_tokens=settings.graphql_max_tokens,
+        max_aliases=settings.graphql_max_aliases,
+        max_fragments=settings.graphql_max_fragments,
+        max_cost=settings.graphql_max_cost,
+        default_page=DEFAULT_PAGE,
+        max_page=settings.graphql_max_page,
+    )
+    # Large documents are parsed and validated here, one at a time, off the event loop.
+    pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="graphql-parse")
     schema = AdminSchema(
         query=Query,
         mutation=Mutation,
         subscription=Subscription,
         extensions=[
+            lambda: QueryLimits(limits, pool),
             AdminAuth,
             lambda: QueryDepthLimiter(max_depth=max_depth),
             AdminErrors,

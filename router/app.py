@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -17,6 +18,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from graphql_schema import graphql_routes
 from router import protocols, proxy
 from router.admin_ui import admin_routes
+from router.auth import bearer_matches
 from router.config import Settings, load_settings
 from router.crypto import SecretBox
 from router.db import close_db, init_db
@@ -53,6 +55,36 @@ async def not_found(request: Request, exc: Exception) -> Response:
     """Any path nothing serves: a JSON 404 in OpenAI's shape (pointing at /v1 when that is what was
     meant), logged with its method and path."""
     return await proxy.handle_unknown(request, v1_path_meant(request.scope["path"]))
+
+
+def metrics_route(settings: Settings) -> Route:
+    """GET /metrics; with METRICS_TOKEN set, only for `Authorization: Bearer <METRICS_TOKEN>`."""
+    token = settings.metrics_token
+
+    async def metrics(request: Request) -> Response:
+        if token and not bearer_matches(request.headers.get("authorization"), token):
+            return errors.ApiError(
+                401, "Send Authorization: Bearer <METRICS_TOKEN>.", "authentication_error", "invalid_metrics_token"
+            ).response({"WWW-Authenticate": "Bearer"})
+        return await metrics_endpoint(request)
+
+    return Route("/metrics", metrics, methods=["GET"])
+
+
+async def http_exception(request: Request, exc: Exception) -> Response:
+    """404/405 and other HTTP errors raised outside a handler, in the route's own error shape."""
+    assert isinstance(exc, HTTPException)
+    headers = dict(exc.headers or {})
+    path, method = request.url.path, request.method
+    if exc.status_code == 405 and method == "OPTIONS":
+        return Response(status_code=204, headers={"Allow": headers.get("Allow", "")})
+    if exc.status_code == 404:
+        message = f"Not found: {method} {path}."
+    elif exc.status_code == 405:
+        message = f"Method {method} is not allowed on {path} (allowed: {headers.get('Allow', 'none')})."
+    else:
+        message = str(exc.detail)
+    return errors.http_error(path, exc.status_code, message, headers)
 
 
 async def ensure_local_user(service: AdminService) -> int:
@@ -92,7 +124,7 @@ def create_app(settings: Settings | None = None) -> RequestLimits:
     routes = [
         Route("/", root, methods=["GET", "HEAD"]),
         Route("/healthz", healthz, methods=["GET"]),
-        Route("/metrics", metrics_endpoint, methods=["GET"]),
+        metrics_route(settings),
         Route("/v1/models", proxy.list_models, methods=["GET"]),
         *(Route(path, proxy.handle_generation, methods=["POST"]) for path in protocols.ADAPTERS),
         Route("/v1/responses/{response_id}", proxy.handle_stored_response, methods=["GET", "DELETE"]),

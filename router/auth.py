@@ -38,9 +38,10 @@ def bearer_token(authorization: str | None) -> str | None:
 class AdminTokens:
     """Verifies the admin password and issues expiring session tokens signed with it.
 
-    Tokens are `<expiry>.<signature>`, where the HMAC key is derived from the admin password and
-    `session_secret`: changing the password revokes every session; so does a restart unless the
-    operator pins ADMIN_SESSION_SECRET (needed when several processes must accept one session).
+    Tokens are `<expiry>.<nonce>.<signature>`, where the HMAC key is derived from the admin
+    password and `session_secret`: changing the password revokes every session; so does a restart
+    unless the operator pins ADMIN_SESSION_SECRET (needed when several processes must accept one
+    session). The nonce makes every session distinct, so one can be revoked alone (`logout`).
     """
 
     def __init__(self, password: str | None, ttl_s: float, session_secret: str | None = None) -> None:
@@ -56,13 +57,23 @@ class AdminTokens:
     def check_password(self, candidate: str) -> bool:
         if not self.password:
             return False
-        return hmac.compare_digest(candidate.encode(), self.password.encode())
+        return hmac.compare_digest(_utf8(candidate), self.password.encode())
 
     def issue(self, now: float | None = None) -> tuple[str, float]:
         """A new session token and its expiry (unix seconds)."""
-        expires = (now or time.time()) + self.ttl_s
-        payload = str(int(expires))
-        return f"{payload}.{self._sign(payload)}", float(int(expires))
+        expires = int((now or time.time()) + self.ttl_s)
+        payload = f"{expires}.{secrets.token_urlsafe(12)}"
+        return f"{payload}.{self.sign(payload)}", float(expires)
+
+    def session_expiry(self, token: str | None) -> float | None:
+        """The expiry of a genuine session token (expired or not); None for anything else."""
+        if not token or not self.enabled:
+            return None
+        payload, _, signature = token.rpartition(".")
+        expiry = payload.partition(".")[0]
+        if not expiry.isdigit() or not hmac.compare_digest(_utf8(signature), self.sign(payload).encode()):
+            return None
+        return float(expiry)
 
     def verify(self, token: str | None, now: float | None = None) -> bool:
         """True for the admin password itself or a valid, unexpired session token."""
@@ -70,11 +81,24 @@ class AdminTokens:
             return False
         if self.check_password(token):
             return True
-        payload, _, signature = token.partition(".")
-        if not payload.isdigit() or not hmac.compare_digest(signature, self._sign(payload)):
-            return False
-        return int(payload) > (now or time.time())
+        expiry = self.session_expiry(token)
+        return expiry is not None and expiry > (now or time.time())
 
-    def _sign(self, payload: str) -> str:
+    def sign(self, payload: str) -> str:
         digest = hmac.new(self._key, payload.encode(), hashlib.sha256).digest()
         return base64.urlsafe_b64encode(digest).decode().rstrip("=")
+
+
+def token_id(token: str) -> str:
+    """A short, non-reversible name for a token (what revocation lists store)."""
+    return hashlib.sha256(_utf8(token)).hexdigest()[:32]
+
+
+def _utf8(text: str) -> bytes:
+    """Bytes to compare in constant time; header values may hold any character (latin-1 decoded)."""
+    return text.encode("utf-8", "surrogateescape")
+
+
+def bearer_matches(authorization: str | None, expected: str) -> bool:
+    """True when `Authorization: Bearer <token>` carries `expected` (compared in constant time)."""
+    return hmac.compare_digest(_utf8(bearer_token(authorization) or ""), _utf8(expected))

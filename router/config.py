@@ -69,6 +69,13 @@ class Settings:
     cors_origins: list[str] = field(default_factory=list)
     graphql_max_depth: int = 10
     graphql_max_page: int = 500
+    graphql_max_query_kb: int = 32
+    graphql_max_tokens: int = 2000
+    graphql_max_aliases: int = 30
+    graphql_max_fragments: int = 30
+    graphql_max_cost: int = 20_000
+    graphiql: bool = True
+    metrics_token: str | None = None
 
     enable_account_management: bool = True
     model_list_style: str = "plain"  # or "aliased"
@@ -162,6 +169,13 @@ _ENV: dict[str, tuple[str, Any]] = {
     "ADMIN_SESSION_SECRET": ("admin_session_secret", str),
     "CORS_ORIGINS": ("cors_origins", _env_list),
     "GRAPHQL_MAX_DEPTH": ("graphql_max_depth", int),
+    "GRAPHQL_MAX_QUERY_KB": ("graphql_max_query_kb", int),
+    "GRAPHQL_MAX_TOKENS": ("graphql_max_tokens", int),
+    "GRAPHQL_MAX_ALIASES": ("graphql_max_aliases", int),
+    "GRAPHQL_MAX_FRAGMENTS": ("graphql_max_fragments", int),
+    "GRAPHQL_MAX_COST": ("graphql_max_cost", int),
+    "GRAPHIQL": ("graphiql", _env_bool),
+    "METRICS_TOKEN": ("metrics_token", str),
     "ENABLE_ACCOUNT_MANAGEMENT": ("enable_account_management", _env_bool),
     "MODEL_LIST_STYLE": ("model_list_style", str),
     "SCRIPT_TIMEOUT_MS": ("script_timeout_ms", float),

@@ -122,3 +122,32 @@ def internal_error() -> ApiError:
     return ApiError(
         500, "The router failed to handle this request; it has been logged.", "server_error", "internal_error"
     )
+
+
+# --- errors raised outside a handler (routing, body caps) -----------------------------------
+
+_HTTP_CODES = {
+    400: "BAD_REQUEST",
+    401: "UNAUTHENTICATED",
+    403: "FORBIDDEN",
+    404: "NOT_FOUND",
+    405: "METHOD_NOT_ALLOWED",
+    413: "PAYLOAD_TOO_LARGE",
+    415: "UNSUPPORTED_MEDIA_TYPE",
+}
+
+
+def graphql_http_error(status: int, message: str, headers: dict[str, str] | None = None) -> Response:
+    """An error answered before any GraphQL operation ran, in GraphQL's shape with extensions.code."""
+    code = _HTTP_CODES.get(status, "BAD_REQUEST" if status < 500 else "INTERNAL_SERVER_ERROR")
+    body = orjson.dumps({"errors": [{"message": message, "extensions": {"code": code}}]})
+    return Response(body, status_code=status, media_type="application/json", headers=headers)
+
+
+def http_error(path: str, status: int, message: str, headers: dict[str, str] | None = None) -> Response:
+    """The error shape of the route at `path`: GraphQL's for /graphql, OpenAI's everywhere else."""
+    if path == "/graphql" or path.startswith("/graphql/"):
+        return graphql_http_error(status, message, headers)
+    code = _HTTP_CODES.get(status, "error").lower()
+    type_ = "invalid_request_error" if status < 500 else "server_error"
+    return ApiError(status, message, type_, code).response(headers)

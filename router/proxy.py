@@ -29,6 +29,7 @@ from starlette.types import Receive, Scope, Send
 from router import errors, protocols
 from router.affinity import MAX_RESPONSE_ID, Binding
 from router.auth import bearer_token, hash_api_key
+from router.bodies import ensure_json_depth
 from router.catalog import BackendEntry, ScriptEntry, UserEntry, split_alias
 from router.errors import ApiError
 from router.hooks import (
@@ -275,6 +276,7 @@ def parse_payload(body: bytes, adapter: Adapter | str) -> dict[str, Any]:
         payload = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
         raise errors.bad_request(f"The request body is not valid JSON: {exc}", "invalid_json") from None
+    ensure_json_depth(body, payload)
     if not isinstance(payload, dict):
         raise errors.bad_request("The request body must be a JSON object.", "invalid_json")
     adapter.validate(payload)

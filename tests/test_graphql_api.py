@@ -300,7 +300,7 @@ def test_depth_limit_and_page_cap(router):
     for _ in range(5):  # depth 2 + 5 * 2 = 12 > 10
         nested = nested.replace("{ name }", "{ permissions { user { name } } }")
     error = fails(router, nested)
-    assert error["code"] == "BAD_USER_INPUT"
+    assert error["code"] == "GRAPHQL_VALIDATION_FAILED"
     assert "exceeds maximum operation depth" in error["message"]
     error = fails(router, "{ requestLogs(first: 501) { totalCount } }")
     assert (error["code"], error["field"], error["max"]) == ("BAD_USER_INPUT", "first", 500)
@@ -309,10 +309,15 @@ def test_depth_limit_and_page_cap(router):
     assert fails(router, '{ requestLogs(after: "not-a-cursor") { totalCount } }')["field"] == "after"
 
 
-def test_invalid_queries_are_bad_user_input(router):
-    assert fails(router, "{ users { apiKey } }")["code"] == "BAD_USER_INPUT"  # no such field: keys are never readable
-    assert fails(router, "{ backends { apiKey } }")["code"] == "BAD_USER_INPUT"
-    assert fails(router, "{ users { ")["code"] == "BAD_USER_INPUT"
+def test_invalid_queries_use_apollo_codes(router):
+    # Apollo's conventions: documents that do not parse or validate are refused before they run.
+    assert fails(router, "{ users { apiKey } }")["code"] == "GRAPHQL_VALIDATION_FAILED"  # keys are never readable
+    assert fails(router, "{ backends { apiKey } }")["code"] == "GRAPHQL_VALIDATION_FAILED"
+    assert fails(router, "{ users { ")["code"] == "GRAPHQL_PARSE_FAILED"
+    # A value that does not fit its variable's type is the caller's input, as before.
+    assert fails(router, "query($n: Int) { requestLogs(first: $n) { totalCount } }", {"n": "x"})["code"] == (
+        "BAD_USER_INPUT"
+    )
 
 
 def test_cors_for_configured_origins(router):

@@ -105,7 +105,7 @@ async def test_internal_errors_are_masked(caplog):
 
 async def test_unauthenticated_context_executes_nothing():
     context = _context()
-    context.auth_error = context.security.authenticate(None, "127.0.0.1")
+    context.auth_error = await context.security.authenticate(None, "127.0.0.1")
     result = await build_schema().execute("{ liveSubscribers }", context_value=context)
     assert result.data is None
     assert [e.extensions["code"] for e in result.errors] == ["UNAUTHENTICATED"]
@@ -152,18 +152,18 @@ def test_login_throttle_tracks_a_bounded_number_of_addresses():
     assert throttle.retry_after("10.0.0.49", now=0) > 0
 
 
-def test_blocked_address_accepts_session_tokens_only():
+async def test_blocked_address_accepts_session_tokens_only():
     security = AdminSecurity(AdminTokens("secret", 60), LoginThrottle(free_attempts=0))
     session, _ = security.tokens.issue()
-    assert security.authenticate("wrong", "x") is not None
-    assert security.authenticate("secret", "x").extensions["retryAfterSeconds"] >= 1  # type: ignore[union-attr]
-    assert security.authenticate(session, "x") is None
-    assert security.authenticate("secret", "elsewhere") is None
+    assert await security.authenticate("wrong", "x") is not None
+    assert (await security.authenticate("secret", "x")).extensions["retryAfterSeconds"] >= 1  # type: ignore[union-attr]
+    assert await security.authenticate(session, "x") is None
+    assert await security.authenticate("secret", "elsewhere") is None
     expired, _ = security.tokens.issue(now=1000.0)
     for _ in range(5):
-        assert "expired" in security.authenticate(expired, "y").message  # type: ignore[union-attr]
+        assert "expired" in (await security.authenticate(expired, "y")).message  # type: ignore[union-attr]
     assert security.throttle.retry_after("y") == 0  # expired sessions are not guesses
-    disabled = AdminSecurity(AdminTokens(None, 60)).authenticate("anything", "x")
+    disabled = await AdminSecurity(AdminTokens(None, 60)).authenticate("anything", "x")
     assert disabled.extensions["code"] == "FORBIDDEN"  # type: ignore[union-attr]
 
 

@@ -38,7 +38,14 @@ LOG_FIELDS = "id requestId userId userName backendId backendName model endpoint 
 def genv(tmp_path_factory) -> Iterator[GqlEnv]:
     gql_env, databases = start_env(
         tmp_path_factory.mktemp("graphql-ws"),
-        {"SUBSCRIBER_QUEUE_SIZE": str(QUEUE_SIZE), "LOG_FLUSH_INTERVAL_S": "0.05"},
+        {
+            "SUBSCRIBER_QUEUE_SIZE": str(QUEUE_SIZE),
+            "LOG_FLUSH_INTERVAL_S": "0.05",
+            # The stuck-subscriber tests fatten each message with 5,000 aliases: allow that here.
+            "GRAPHQL_MAX_ALIASES": "10000",
+            "GRAPHQL_MAX_TOKENS": "50000",
+            "GRAPHQL_MAX_QUERY_KB": "256",
+        },
     )
     yield gql_env
     stop_env(gql_env, databases)
