@@ -72,15 +72,15 @@ def metrics_route(settings: Settings) -> Route:
 
 
 async def http_exception(request: Request, exc: Exception) -> Response:
-    """404/405 and other HTTP errors raised outside a handler, in the route's own error shape."""
+    """405 (OPTIONS: 204 with Allow) and other HTTP errors raised outside a handler, in the route's shape."""
     assert isinstance(exc, HTTPException)
     headers = dict(exc.headers or {})
     path, method = request.url.path, request.method
+    if exc.status_code == 404:
+        return await not_found(request, exc)
     if exc.status_code == 405 and method == "OPTIONS":
         return Response(status_code=204, headers={"Allow": headers.get("Allow", "")})
-    if exc.status_code == 404:
-        message = f"Not found: {method} {path}."
-    elif exc.status_code == 405:
+    if exc.status_code == 405:
         message = f"Method {method} is not allowed on {path} (allowed: {headers.get('Allow', 'none')})."
     else:
         message = str(exc.detail)
@@ -134,7 +134,9 @@ def create_app(settings: Settings | None = None) -> RequestLimits:
     ]
     routes += graphql_routes(settings)
     routes += admin_routes()
-    starlette = Starlette(routes=routes, lifespan=lifespan, exception_handlers={404: not_found})
+    starlette = Starlette(
+        routes=routes, lifespan=lifespan, exception_handlers={404: not_found, HTTPException: http_exception}
+    )
     other: ASGIApp = starlette
     if settings.server == "granian":  # uvicorn reads X-Forwarded-For itself (FORWARDED_ALLOW_IPS)
         from granian.utils.proxies import wrap_asgi_with_proxy_headers

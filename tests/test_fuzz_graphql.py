@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import graphql
@@ -18,10 +19,10 @@ from hypothesis import strategies as st
 from hypothesis_graphql import Mode, mutations, queries
 
 from graphql_schema import build_schema
-from router.app import create_app
-from router.config import load_settings
+from tests.conftest import ADMIN_PASSWORD
+from tests.inprocess import InProcessRouter, in_process
 
-PASSWORD = "fuzz-password"
+PASSWORD = ADMIN_PASSWORD
 CODES = {
     "UNAUTHENTICATED",
     "FORBIDDEN",
@@ -51,33 +52,37 @@ SCHEMA = build_schema()._schema
 
 
 class App:
-    """The router app in this process, on its own event loop (hypothesis tests are synchronous)."""
+    """The router app in this process (tests/inprocess.py), on its own event loop: hypothesis tests
+    are synchronous, and the app's lifespan must stay open in one task between examples."""
 
-    def __init__(self, data_dir: str) -> None:
-        environ = {"DATA_DIR": data_dir, "ADMIN_PASSWORD": PASSWORD, "LOG_LEVEL": "ERROR"}
-        self.app = create_app(load_settings(environ, dotenv=False))
+    def __init__(self, data_dir: Path) -> None:
         self.loop = asyncio.new_event_loop()
-        starlette = self.app.app
-        self.lifespan = starlette.router.lifespan_context(starlette)
-        self.loop.run_until_complete(self.lifespan.__aenter__())
-        transport = httpx.ASGITransport(app=self.app)  # type: ignore[arg-type]
-        self.http = httpx.AsyncClient(transport=transport, base_url="http://router")
+        ready: asyncio.Future[InProcessRouter] = self.loop.create_future()
+        self.stop = asyncio.Event()
+
+        async def hold() -> None:
+            async with in_process(data_dir, env={"LOG_LEVEL": "ERROR"}) as router:
+                ready.set_result(router)
+                await self.stop.wait()
+
+        self.task = self.loop.create_task(hold())
+        self.router = self.loop.run_until_complete(ready)
 
     def post(self, body: bytes, token: str | bytes | None = PASSWORD) -> httpx.Response:
         headers: dict[str, str | bytes] = {"Content-Type": "application/json"}
         if token:
             headers["Authorization"] = b"Bearer " + (token if isinstance(token, bytes) else token.encode())
-        return self.loop.run_until_complete(self.http.post("/graphql", content=body, headers=headers))
+        return self.loop.run_until_complete(self.router.client.post("/graphql", content=body, headers=headers))
 
     def close(self) -> None:
-        self.loop.run_until_complete(self.http.aclose())
-        self.loop.run_until_complete(self.lifespan.__aexit__(None, None, None))
+        self.stop.set()
+        self.loop.run_until_complete(self.task)
         self.loop.close()
 
 
 @pytest.fixture(scope="module")
 def app(tmp_path_factory) -> Iterator[App]:
-    instance = App(str(tmp_path_factory.mktemp("fuzz")))
+    instance = App(tmp_path_factory.mktemp("fuzz"))
     yield instance
     instance.close()
 

@@ -306,7 +306,7 @@ def test_options_404_and_405_are_well_formed(router):
         response = httpx.options(f"{router.url}{path}")
         assert response.status_code == 204 and allow in response.headers["allow"], (path, response)
     response = httpx.get(f"{router.url}/nothing")
-    assert response.status_code == 404 and response.json()["error"]["code"] == "not_found"
+    assert response.status_code == 404 and response.json()["error"]["code"] == "unknown_url"
     response = httpx.post(f"{router.url}/healthz")
     assert response.status_code == 405 and response.json()["error"]["code"] == "method_not_allowed"
     assert "GET" in response.headers["allow"]
