@@ -121,11 +121,10 @@ class AdminGraphQL(GraphQL):
             auth_error: GraphQLError | None = api_error(FORBIDDEN, USER_KEY_REFUSED)
         else:
             auth_error = await security.authenticate(token, who)
-        if auth_error is not None and not is_ws and len(await request.body()) > UNAUTHENTICATED_MAX_BODY:
+        if auth_error is not None and await _body_over(request, UNAUTHENTICATED_MAX_BODY):
             # Without a valid token only `login` (or `me`) can run: a small body is all they need.
-            raise HTTPException(
-                413, f"Request body is larger than {UNAUTHENTICATED_MAX_BODY // 1024} KB (without a valid admin token)."
-            )
+            limit_kb = UNAUTHENTICATED_MAX_BODY // 1024
+            raise HTTPException(413, f"Request body is larger than {limit_kb} KB (without a valid admin token).")
         return AdminContext(
             request=request,
             response=response,
@@ -153,6 +152,11 @@ class AdminGraphQL(GraphQL):
         if expiry is not None and isinstance(context.request, WebSocket):
             context.request.scope[_WATCH_KEY] = asyncio.create_task(_end_with_session(context, expiry))
         return None
+
+
+async def _body_over(conn: Request | WebSocket, limit: int) -> bool:
+    """True for an HTTP POST whose body (already read by server_limits, so bounded) is over `limit`."""
+    return isinstance(conn, Request) and conn.method == "POST" and len(await conn.body()) > limit
 
 
 SESSION_RECHECK_S = 5.0  # how soon an open WebSocket notices that its session was logged out
