@@ -8,7 +8,9 @@ In order, for every operation (HTTP or WebSocket):
 3. Validation (the standard rules plus depth, aliases, fragments) and then the cost estimate;
    failures carry `GRAPHQL_VALIDATION_FAILED`.
 Documents longer than OFFLOAD_CHARS are parsed and validated on a worker thread (one at a time),
-so a large document never holds the event loop for long.
+so a large document never holds the event loop for long; graphql-core's own validation budgets
+(overlapping fields, fragment work) are lowered to VALIDATION_BUDGET / FRAGMENT_WORK_BUDGET so
+that a hostile document within the token limit is given up on after a few milliseconds.
 
 Cost: every field counts 1; the fields under a list count once per expected item: the `first`
 argument when the field has one (a variable's value, or the default page), else LIST_ESTIMATE.
@@ -45,6 +47,8 @@ from graphql import (
     get_operation_ast,
     parse,
 )
+from graphql.validation import validation_context
+from graphql.validation.rules import overlapping_fields_can_be_merged as overlapping_fields
 from strawberry.extensions import SchemaExtension
 from strawberry.schema.schema import validate_document
 
@@ -58,6 +62,14 @@ OFFLOAD_CHARS = 2048
 LIST_ESTIMATE = 10
 INTROSPECTION_COST = 2000
 _TRIVIAL = parse("{ __typename }")  # stands in for a document that could not be parsed
+VALIDATION_BUDGET = 20_000  # graphql-core's default is 500,000 (about 0.5 s of comparisons)
+FRAGMENT_WORK_BUDGET = 5_000  # graphql-core's default is 50,000
+
+
+def lower_validation_budgets() -> None:
+    """graphql-core reads these module attributes at each validation (its documented knobs)."""
+    overlapping_fields.MAX_COMPLEXITY_BUDGET = VALIDATION_BUDGET
+    validation_context.MAX_FRAGMENT_WORK = FRAGMENT_WORK_BUDGET
 
 
 @dataclass(frozen=True)
@@ -75,6 +87,7 @@ class QueryLimits(SchemaExtension):
     """Runs parsing and validation itself (see the module docstring), with the limits above."""
 
     def __init__(self, limits: QueryLimitSettings, pool: concurrent.futures.Executor) -> None:
+        lower_validation_budgets()
         self.limits = limits
         self.pool = pool
 

@@ -98,8 +98,9 @@ def baseline(router: RouterProcess, key: str) -> float:
 
 
 def allowed_delay(base: float) -> float:
-    """Generous: 30x the quiet median, at least 0.4 s (the attacks froze /v1 for seconds)."""
-    return max(30 * base, 0.4)
+    """Generous (CI machines are shared): 30x the quiet median, at least 1 s; the attacks froze /v1
+    for 2 to 12 s before."""
+    return max(30 * base, 1.0)
 
 
 def rss_kb(pid: int) -> int:
@@ -131,8 +132,8 @@ def test_unauthenticated_documents_are_not_parsed_and_do_not_stall_v1(router, us
 
 
 def test_admin_documents_are_bounded_and_do_not_stall_v1(router, user_key):
-    big = "{" + " __typename" * 1990 + "}"  # within the token limit, parsed and validated off the loop
-    too_many_tokens = "{" + " __typename" * 2500 + "}"
+    big = "{" + " __typename" * 990 + "}"  # within the token limit, parsed and validated off the loop
+    too_many_tokens = "{" + " __typename" * 1500 + "}"
     aliases = "{" + " ".join(f"a{i}: requestLogs(first: 500) {{ items {{ id model }} }}" for i in range(1000)) + "}"
 
     def attack() -> None:
