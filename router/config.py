@@ -70,7 +70,7 @@ class Settings:
     graphql_max_depth: int = 10
     graphql_max_page: int = 500
     graphql_max_query_kb: int = 32
-    graphql_max_tokens: int = 1000
+    graphql_max_tokens: int = 500
     graphql_max_aliases: int = 30
     graphql_max_fragments: int = 30
     graphql_max_cost: int = 20_000
