@@ -16,7 +16,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from graphql_schema import graphql_routes
-from router import protocols, proxy
+from router import errors, protocols, proxy
 from router.admin_ui import admin_routes
 from router.auth import bearer_matches
 from router.config import Settings, load_settings
