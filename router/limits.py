@@ -890,6 +890,8 @@ class Limiter:
         self._node = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self._waiter_members: dict[asyncio.Future[bool], str] = {}
         self._poller: asyncio.Task[None] | None = None
+        self._templates: dict[tuple[str, int, Limits], tuple[tuple[Op, str], ...]] = {}
+        self._budgets: dict[tuple[int, BudgetPeriod, int], tuple[str, float]] = {}
         if isinstance(store, (LocalStore, RedisStore)):
             store.on_release = self._released
         if isinstance(store, RedisStore):
@@ -901,6 +903,40 @@ class Limiter:
     def spend_key(user_id: int, period: BudgetPeriod, start: datetime) -> str:
         return f"lim:u:{user_id}:spend:{period.value}:{start:%Y%m%d}"
 
+    def _templates_of(self, scope: str, subject: HasLimits) -> tuple[tuple[Op, str], ...]:
+        """A subject's RPM/TPM/slot ops with their keys built once per (subject, limits), and their roles."""
+        cache_key = (scope, subject.id, subject.limits)
+        found = self._templates.get(cache_key)
+        if found is not None:
+            return found
+        limits = subject.limits
+        prefix = f"lim:{'u' if scope == 'user' else 'b'}:{subject.id}"
+        items: list[tuple[Op, str]] = []
+        if limits.rpm is not None:
+            items.append((Op(WINDOW, f"{prefix}:rpm", limits.rpm), "rpm"))
+        if limits.tpm is not None:
+            items.append((Op(WINDOW, f"{prefix}:tpm", limits.tpm), "tpm"))
+        if limits.max_concurrent is not None:
+            items.append(
+                (Op(SLOT if scope == "user" else QUEUE_SLOT, f"{prefix}:slots", limits.max_concurrent), "slot")
+            )
+        if len(self._templates) >= 10_000:
+            self._templates.clear()
+        templates = self._templates[cache_key] = tuple(items)
+        return templates
+
+    def _budget_of(self, user: HasLimits, now: float) -> tuple[str, float]:
+        """(spend key, period end as a timestamp) of the user's current budget period."""
+        period = user.limits.period
+        cache_key = (user.id, period, int(now // 3600))
+        found = self._budgets.get(cache_key)
+        if found is None:
+            start, end = period_bounds(period, now)
+            if len(self._budgets) >= 10_000:
+                self._budgets.clear()
+            found = self._budgets[cache_key] = (self.spend_key(user.id, period, start), end.timestamp())
+        return found
+
     def _plan(
         self, user: HasLimits | None, backend: HasLimits | None, tokens: int, now: float, member: str
     ) -> tuple[_Plan, Admission]:
@@ -908,36 +944,31 @@ class Limiter:
         ops: list[Op] = []
         roles: list[tuple[str, str]] = []
         admission = Admission()
-        subjects: list[tuple[str, str, HasLimits]] = [] if user is None else [("user", "u", user)]
+        subjects: list[tuple[str, HasLimits]] = [] if user is None else [("user", user)]
         if backend is not None and backend.limits:
-            subjects.append(("backend", "b", backend))
+            subjects.append(("backend", backend))
         backend_keys: list[str] = []
-        for scope, tag, subject in subjects:
-            limits = subject.limits
-            prefix = f"lim:{tag}:{subject.id}"
-            keys = backend_keys if scope == "backend" else []
-            if limits.rpm is not None:
-                ops.append(Op(WINDOW, f"{prefix}:rpm", limits.rpm))
-                roles.append((scope, "rpm"))
-            if limits.tpm is not None:
-                ops.append(Op(WINDOW, f"{prefix}:tpm", limits.tpm, tokens))
-                roles.append((scope, "tpm"))
-                admission.token_keys.append((f"{prefix}:tpm", int(now)))
-                admission.reserved = tokens
-                keys.append(f"{prefix}:tpm")
-            if limits.max_concurrent is not None:
-                kind = SLOT if scope == "user" else QUEUE_SLOT
-                ops.append(Op(kind, f"{prefix}:slots", limits.max_concurrent, member=member))
-                roles.append((scope, "slot"))
-                admission.slots.append((f"{prefix}:slots", member))
-                keys.append(f"{prefix}:slots")
-            if scope == "user" and limits.budget_usd is not None:
-                start, end = period_bounds(limits.period, now)
-                admission.spend_key = self.spend_key(subject.id, limits.period, start)
-                admission.spend_ttl_s = end.timestamp() - now + 86_400
-                ops.append(Op(SPEND, admission.spend_key, limits.budget_usd))
+        for scope, subject in subjects:
+            for op, role in self._templates_of(scope, subject):
+                if role == "tpm":
+                    op = Op(WINDOW, op.key, op.limit, tokens)
+                    admission.token_keys.append((op.key, int(now)))
+                    admission.reserved = tokens
+                elif role == "slot":
+                    op = Op(op.kind, op.key, op.limit, member=member)
+                    admission.slots.append((op.key, member))
+                if scope == "backend" and role != "rpm":
+                    backend_keys.append(op.key)
+                ops.append(op)
+                roles.append((scope, role))
+            budget = subject.limits.budget_usd
+            if scope == "user" and budget is not None:
+                admission.spend_key, end = self._budget_of(subject, now)
+                admission.spend_ttl_s = end - now + 86_400
+                ops.append(Op(SPEND, admission.spend_key, budget))
                 roles.append((scope, "budget"))
-        admission.backend_keys = frozenset(backend_keys)
+        if backend_keys:
+            admission.backend_keys = frozenset(backend_keys)
         return _Plan(ops, roles), admission
 
     def estimate(self, payload: dict[str, Any], body_size: int) -> int:
