@@ -60,6 +60,20 @@ async def per_request_cpu(limiter: Limiter, user: Subject, backend: Subject, req
     return (time.process_time() - started) / requests
 
 
+async def concurrent_cpu(limiter: Limiter, requests: int, concurrency: int) -> float:
+    """CPU seconds per request with `concurrency` requests admitted, held briefly and settled at once."""
+
+    async def one_client(count: int) -> None:
+        for _ in range(count):
+            admission = await limiter.admit(USER, BACKEND, limiter.estimate(BODY, 120))
+            await asyncio.sleep(0)
+            limiter.settle(admission, 80, 0.0001)
+
+    started = time.process_time()
+    await asyncio.gather(*(one_client(requests // concurrency) for _ in range(concurrency)))
+    return (time.process_time() - started) / (requests // concurrency * concurrency)
+
+
 async def admission(args: argparse.Namespace) -> None:
     local = Limiter(LocalStore())
     free = await per_request_cpu(local, FREE_USER, FREE_BACKEND, args.requests)
@@ -76,6 +90,12 @@ async def admission(args: argparse.Namespace) -> None:
         wall = (time.perf_counter() - started) / (requests + 1000)
         await store.stop()
         print(f"redis: {cpu * 1e6:.1f} µs CPU of this process and {wall * 1e3:.3f} ms wall per request (sequential)")
+        store = RedisStore(args.redis_url, f"bench-{uuid.uuid4().hex[:8]}")
+        await store.start()
+        remote = Limiter(store)
+        cpu = await concurrent_cpu(remote, requests, 64)
+        await store.stop()
+        print(f"redis: {cpu * 1e6:.1f} µs CPU of this process per request with 64 requests at once")
 
 
 # --- rollups ------------------------------------------------------------------------------------
@@ -122,8 +142,8 @@ async def rollups(args: argparse.Namespace) -> None:
         month = now.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
         times = await timed(lambda: aq.spent_usd(7, month, now + timedelta(hours=1)))
         print(f"spend month-to-date, one user: best {min(times):.1f} ms, median {statistics.median(times):.1f} ms")
-        await close_db()
     finally:
+        await close_db()
         admin = await asyncpg.connect(server)
         await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         await admin.close()
@@ -158,6 +178,9 @@ async def fill(conn, rows: int, now: datetime) -> None:
         "total_tokens",
         "latency_ms",
         "attempts",
+        "cached_tokens",
+        "cache_write_tokens",
+        "reasoning_tokens",
         "cost_usd",
     ]
     span = 30 * 86400
@@ -186,6 +209,9 @@ async def fill(conn, rows: int, now: datetime) -> None:
                     prompt + completion,
                     rng.uniform(50, 3000),
                     1,
+                    prompt // 4,
+                    0,
+                    0,
                     (prompt + 4 * completion) * 1e-6,
                 )
             )

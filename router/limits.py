@@ -447,8 +447,9 @@ class RedisStore:
     """Counters shared by every process through Redis; a LocalStore while Redis is away.
 
     Admission is one EVALSHA (the script is atomic, so N processes together admit exactly the
-    limit). Settlements are queued and sent in pipelined batches by a background task, never on
-    the request path. Concurrency slots are leases that the holder extends every LEASE_REFRESH_S,
+    limit); the admissions of one event-loop turn go in one pipeline, together with the
+    settlements queued so far. Settlements are otherwise sent in pipelined batches by a background
+    task, never on the request path. Concurrency slots are leases that the holder extends every LEASE_REFRESH_S,
     so a process that dies frees its slots within LEASE_S.
     """
 
@@ -471,6 +472,10 @@ class RedisStore:
         self._leases: dict[tuple[str, str], None] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self.on_release: Callable[[str], None] | None = None
+        self._sha: str | None = None
+        self._batch: list[tuple[list[str], list[Any], asyncio.Future[Any]]] = []
+        self._batch_scheduled = False
+        self._batch_tasks: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -526,7 +531,7 @@ class RedisStore:
             return await self.local.admit(ops, now)
         keys, args = self._args(ops, now, apply=True)
         try:
-            status, index, info = await self._admit(keys=keys, args=args)
+            status, index, info = await self._eval_admit(keys, args)
         except Exception as exc:
             self._down(exc)
             return await self.local.admit(ops, now)
@@ -589,34 +594,94 @@ class RedisStore:
 
     async def _flush(self) -> None:
         batch = [self._pending.popleft() for _ in range(min(SETTLE_BATCH, len(self._pending)))]
-        now = time.time()
         if self.degraded:
-            self.local.settle(batch, now)
+            self.local.settle(batch, time.time())
             return
-        second = int(now)
         try:
             async with self._redis.pipeline(transaction=False) as pipe:
-                for change in batch:
-                    key = f"{self.prefix}:{change.key}"
-                    if change.kind == WINDOW:
-                        if second - change.second < WINDOW_S:
-                            pipe.hincrby(key, str(change.second), int(change.amount))
-                        elif change.amount > 0:  # the reservation has left the window: count the surplus now
-                            pipe.hincrby(key, str(second), int(change.amount))
-                            pipe.expire(key, WINDOW_S * 2)
-                    elif change.kind == SPEND:
-                        pipe.incrbyfloat(key, change.amount)
-                        pipe.expire(key, max(int(change.ttl_s), 1))
-                    else:
-                        pipe.zrem(key, change.member)
+                self._queue_settlements(pipe, batch)
                 await pipe.execute()
         except Exception as exc:
             self._down(exc)  # slots expire by themselves (LEASE_S); corrections and spend are lost
             return
+        self._released_slots(batch)
+
+    def _queue_settlements(self, pipe: Any, batch: Sequence[Settle]) -> int:
+        """Add the commands of `batch` to a pipeline; returns how many were added."""
+        second = int(time.time())
+        added = 0
+        for change in batch:
+            key = f"{self.prefix}:{change.key}"
+            if change.kind == WINDOW:
+                if second - change.second < WINDOW_S:
+                    pipe.hincrby(key, str(change.second), int(change.amount))
+                    added += 1
+                elif change.amount > 0:  # the reservation has left the window: count the surplus now
+                    pipe.hincrby(key, str(second), int(change.amount))
+                    pipe.expire(key, WINDOW_S * 2)
+                    added += 2
+            elif change.kind == SPEND:
+                pipe.incrbyfloat(key, change.amount)
+                pipe.expire(key, max(int(change.ttl_s), 1))
+                added += 2
+            else:
+                pipe.zrem(key, change.member)
+                added += 1
+        return added
+
+    def _released_slots(self, batch: Sequence[Settle]) -> None:
         if self.on_release is not None:
             for change in batch:
                 if change.kind == SLOT:
                     self.on_release(change.key)
+
+    # --- admissions of one event-loop turn share one pipeline (and carry the pending settlements) ---
+
+    async def _eval_admit(self, keys: list[str], args: list[Any]) -> Any:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
+        self._batch.append((keys, args, future))
+        if not self._batch_scheduled:
+            self._batch_scheduled = True
+            loop.call_soon(self._start_batch)
+        return await future
+
+    def _start_batch(self) -> None:
+        self._batch_scheduled = False
+        batch, self._batch = self._batch, []
+        task = asyncio.get_running_loop().create_task(self._send_batch(batch))
+        self._batch_tasks.add(task)
+        task.add_done_callback(self._batch_tasks.discard)
+
+    async def _send_batch(self, batch: list[tuple[list[str], list[Any], asyncio.Future[Any]]]) -> None:
+        settlements = [self._pending.popleft() for _ in range(min(SETTLE_BATCH, len(self._pending)))]
+        try:
+            if self._sha is None:
+                self._sha = str(await self._redis.script_load(ADMIT_LUA))
+            async with self._redis.pipeline(transaction=False) as pipe:
+                skip = self._queue_settlements(pipe, settlements)
+                for keys, args, _ in batch:
+                    pipe.evalsha(self._sha, len(keys), *keys, *args)
+                results = await pipe.execute(raise_on_error=False)
+        except Exception as exc:
+            for _, _, future in batch:
+                if not future.done():
+                    future.set_exception(exc)
+            return
+        self._released_slots(settlements)
+        for (keys, args, future), result in zip(batch, results[skip:], strict=True):
+            if future.done():
+                continue
+            if isinstance(result, Exception) and "NOSCRIPT" in str(result):  # Redis restarted: load it again
+                self._sha = None
+                try:
+                    result = await self._admit(keys=keys, args=args)
+                except Exception as exc:
+                    result = exc
+            if isinstance(result, Exception):
+                future.set_exception(result)
+            else:
+                future.set_result(result)
 
     async def _refresh_leases_forever(self) -> None:
         while True:
