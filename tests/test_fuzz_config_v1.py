@@ -1,4 +1,4 @@
-"""Fuzzing, bounded in examples (a few seconds each): the config.yaml loader and /v1 request bodies.
+"""Fuzzing, bounded in examples (FUZZ_EXAMPLES, default 150: a few seconds each): config.yaml, /v1 bodies.
 
 The loader either returns a ConfigFile or raises ConfigError (never another exception). Every /v1
 answer is a success from the upstream or a well-formed OpenAI error, and the router stays up.
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,7 @@ from tests.inprocess import in_process
 from tests.upstream import UpstreamServer
 
 FUZZ = settings(
-    max_examples=150,
+    max_examples=int(os.environ.get("FUZZ_EXAMPLES", "150")),
     deadline=None,
     database=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
