@@ -47,6 +47,7 @@ from router.hooks import (
 from router.limits import LimitExceeded, answer_headers
 from router.model_lists import close_model_names
 from router.protocols import DROP, Adapter, translate
+from router.protocols.anthropic import anthropic_model_list
 from router.routing import candidate_backends
 from router.runtime import Runtime
 from router.scripts import RawJSON
@@ -96,10 +97,21 @@ class Target:
     backend: BackendEntry | None = None
     api: Adapter | None = None  # the API it is asked in when it does not speak the client's (translation)
 
+    key_header: str = "Authorization"  # Anthropic's own API takes the key as x-api-key, bare
+
     @classmethod
     def of(cls, backend: BackendEntry, api: Adapter | None = None) -> Target:
-        auth = f"Bearer {backend.api_key}" if backend.api_key else None
-        return cls(backend.name, backend.base_url, auth, backend, api)
+        if not backend.api_key:
+            return cls(backend.name, backend.base_url, None, backend, api)
+        if upstream_key_header(backend.base_url) == "x-api-key":
+            return cls(backend.name, backend.base_url, backend.api_key, backend, api, "x-api-key")
+        return cls(backend.name, backend.base_url, f"Bearer {backend.api_key}", backend, api)
+
+
+def upstream_key_header(base_url: str) -> str:
+    """How a backend takes its key: x-api-key for Anthropic's API, a Bearer token everywhere else."""
+    host = (urlsplit(base_url).hostname or "").lower()
+    return "x-api-key" if host == "anthropic.com" or host.endswith(".anthropic.com") else "Authorization"
 
 
 @dataclass(slots=True)
@@ -118,7 +130,12 @@ async def list_models(request: Request) -> Response:
         user = authenticate(rt, request)
     except ApiError as err:
         return err.response({"x-request-id": request_id})
-    body = {"object": "list", "data": model_list(rt, user)}
+    models = model_list(rt, user)
+    # Anthropic clients (Claude Code's model discovery) send anthropic-version and read Anthropic's list.
+    if "anthropic-version" in request.headers:
+        body = anthropic_model_list(models)
+    else:
+        body = {"object": "list", "data": models}
     return Response(orjson.dumps(body), media_type="application/json", headers={"x-request-id": request_id})
 
 
@@ -243,9 +260,11 @@ def authenticate(rt: Runtime, request: Request) -> UserEntry:
     """The user behind the request's API key (or the local user when accounts are off)."""
     if rt.local_user is not None:
         return rt.local_user
-    token = bearer_token(request.headers.get("authorization"))
-    if token is None:
-        raise errors.unauthorized("Missing API key: send 'Authorization: Bearer <your router key>'.")
+    token = bearer_token(request.headers.get("authorization")) or request.headers.get("x-api-key")
+    if not token:
+        raise errors.unauthorized(
+            "Missing API key: send 'Authorization: Bearer <your router key>' (or 'x-api-key: <your router key>')."
+        )
     user = rt.catalog.snapshot.users_by_key_hash.get(hash_api_key(token))
     if user is None:
         raise errors.unauthorized("Invalid API key.")
@@ -386,7 +405,7 @@ def upstream_headers(
         headers.update(extra)
     headers["X-Request-ID"] = request_id
     if target.authorization:
-        headers["Authorization"] = target.authorization
+        headers[target.key_header] = target.authorization
     return headers
 
 
@@ -622,6 +641,9 @@ async def prepare(call: Call, target: Target, untouched: bool) -> Outgoing | Res
         body, extra_headers, body_changed = outcome.body, outcome.headers, outcome.body_changed
         if call.has_body:
             call.record.model = body.get("model", call.record.model)
+    passed = call.adapter.passed_headers(call.request.headers)
+    if passed:
+        extra_headers = {**passed, **(extra_headers or {})}
     adapter, stream = call.adapter, call.record.stream
     if target.api is not None:
         return translated(call, target.api, body, extra_headers, hooks)

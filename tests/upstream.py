@@ -59,6 +59,7 @@ class UpstreamServer:
     required_key: str | None = None
     # Usage details as vLLM reports them (prompt_tokens_details / completion_tokens_details) when non-zero.
     cached_tokens: int = 0
+    cache_write_tokens: int = 0  # Messages: cache_creation_input_tokens
     reasoning_tokens: int = 0
     stream_usage: bool = True  # False: never send usage in streams, even when asked
     received: list[Received] = field(default_factory=list)
@@ -113,6 +114,8 @@ class UpstreamServer:
         app.router.add_delete("/v1/responses/{id}", self._delete_response)
         app.router.add_post("/v1/responses/{id}/cancel", self._cancel_response)
         app.router.add_get("/v1/responses/{id}/input_items", self._input_items)
+        app.router.add_post("/v1/messages", self._messages)
+        app.router.add_post("/v1/messages/count_tokens", self._count_tokens)
         self._runner = web.AppRunner(app, handle_signals=False)
         await self._runner.setup()
         await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
@@ -511,3 +514,115 @@ class UpstreamServer:
         return web.json_response(
             {"object": "response.input_tokens", "input_tokens": len(json.dumps(received.body.get("input")).split())}
         )
+
+    # --- Anthropic Messages, as Anthropic's API (and vLLM's /v1/messages) answer it ---
+
+    def _message_usage(self, body: dict) -> dict[str, Any]:
+        usage: dict[str, Any] = {
+            "input_tokens": len(json.dumps(body.get("messages")).split()),
+            "output_tokens": self.stream_chunks,
+            "cache_read_input_tokens": self.cached_tokens,
+            "cache_creation_input_tokens": self.cache_write_tokens,
+        }
+        return usage
+
+    def _anthropic_refusal(self, request: web.Request) -> web.Response | None:
+        if self.required_key and request.headers.get("x-api-key") != self.required_key:
+            error = {"type": "authentication_error", "message": "invalid x-api-key"}
+            return web.json_response({"type": "error", "error": error}, status=401)
+        if self.fail_status:
+            error = {"type": "api_error", "message": f"{self.name} failing"}
+            return web.json_response({"type": "error", "error": error}, status=self.fail_status)
+        return None
+
+    async def _messages(self, request: web.Request) -> web.StreamResponse:
+        received = await self._record(request)
+        refusal = self._anthropic_refusal(request)
+        if refusal is not None:
+            return refusal
+        body = received.body
+        last = body["messages"][-1].get("content") if body.get("messages") else ""
+        text = f"{self.name} says: {last}"
+        usage = self._message_usage(body)
+        message = {
+            "id": "msg_test",
+            "type": "message",
+            "role": "assistant",
+            "model": body.get("model"),
+            "content": [{"type": "text", "text": text}],
+            "stop_reason": "end_turn",
+            "stop_sequence": None,
+            "usage": usage,
+        }
+        if not body.get("stream"):
+            return web.json_response(message)
+        words = text.split(" ")
+        start = {**message, "content": [], "stop_reason": None, "usage": {**usage, "output_tokens": 1}}
+        events: list[tuple[str, Any]] = [
+            ("message_start", {"type": "message_start", "message": start}),
+            (
+                "content_block_start",
+                {
+                    "type": "content_block_start",
+                    "index": 0,
+                    "content_block": {"type": "thinking", "thinking": "", "signature": ""},
+                },
+            ),
+            (
+                "content_block_delta",
+                {
+                    "type": "content_block_delta",
+                    "index": 0,
+                    "delta": {"type": "thinking_delta", "thinking": "Let me think."},
+                },
+            ),
+            (
+                "content_block_delta",
+                {
+                    "type": "content_block_delta",
+                    "index": 0,
+                    "delta": {"type": "signature_delta", "signature": "c2lnbmF0dXJl+/="},
+                },
+            ),
+            ("content_block_stop", {"type": "content_block_stop", "index": 0}),
+            (
+                "content_block_start",
+                {"type": "content_block_start", "index": 1, "content_block": {"type": "text", "text": ""}},
+            ),
+            ("ping", {"type": "ping"}),
+        ]
+        for i, word in enumerate(words):
+            piece = word if i == 0 else " " + word
+            events.append(
+                (
+                    "content_block_delta",
+                    {"type": "content_block_delta", "index": 1, "delta": {"type": "text_delta", "text": piece}},
+                )
+            )
+        events += [
+            ("content_block_stop", {"type": "content_block_stop", "index": 1}),
+            (
+                "message_delta",
+                {
+                    "type": "message_delta",
+                    "delta": {"stop_reason": "end_turn", "stop_sequence": None},
+                    "usage": {"output_tokens": self.stream_chunks},
+                },
+            ),
+            ("message_stop", {"type": "message_stop"}),
+        ]
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "request-id": "req_upstream"})
+        await response.prepare(request)
+        for name, data in events:
+            if self.stream_delay_s:
+                await asyncio.sleep(self.stream_delay_s)
+            await response.write(f"event: {name}\ndata: {json.dumps(data)}\n\n".encode())
+        await response.write_eof()
+        return response
+
+    async def _count_tokens(self, request: web.Request) -> web.Response:
+        received = await self._record(request)
+        refusal = self._anthropic_refusal(request)
+        if refusal is not None:
+            return refusal
+        return web.json_response({"input_tokens": len(json.dumps(received.body.get("messages")).split())})

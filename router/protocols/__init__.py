@@ -31,6 +31,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, Protocol
 
+from router.protocols.anthropic import Messages, MessagesCountTokens
 from router.protocols.base import DROP, Adapter, Drop, Usage, parse_usage
 from router.protocols.openai import ChatCompletions, Completions, Embeddings
 from router.protocols.responses import Responses, ResponsesInputTokens
@@ -58,6 +59,8 @@ ADAPTERS: dict[str, Adapter] = {
     "/v1/embeddings": Embeddings(),
     "/v1/responses": Responses(),
     "/v1/responses/input_tokens": ResponsesInputTokens(),
+    "/v1/messages": Messages(),
+    "/v1/messages/count_tokens": MessagesCountTokens(),
 }
 
 

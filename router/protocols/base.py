@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any, ClassVar
 
@@ -124,6 +125,10 @@ class Adapter:
     def with_stream_usage(self, payload: dict[str, Any]) -> dict[str, Any]:
         """The payload asking the upstream to report usage in its stream (unchanged if it always does)."""
         return payload
+
+    def passed_headers(self, headers: Mapping[str, str]) -> dict[str, str]:
+        """Client request headers that reach an upstream of this API unchanged (e.g. anthropic-version)."""
+        return {}
 
     def client_wants_usage(self, payload: dict[str, Any]) -> bool:
         """Whether the client asked for the stream usage itself (else the router removes it)."""
