@@ -1,4 +1,5 @@
-"""Fuzzing /graphql in-process (hypothesis-graphql and raw bytes), a few seconds per strategy.
+"""Fuzzing /graphql in-process (hypothesis-graphql and raw bytes), a few seconds per strategy
+(FUZZ_EXAMPLES examples each, default 40).
 
 Every answer must be a well-formed GraphQL answer (`data` and/or `errors`, each error with an
 `extensions.code`), never a 500 or a masked internal error, and the app must keep answering.
@@ -7,6 +8,7 @@ Every answer must be a well-formed GraphQL answer (`data` and/or `errors`, each 
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -35,7 +37,7 @@ CODES = {
     "PAYLOAD_TOO_LARGE",
 }
 FUZZ = settings(
-    max_examples=40,
+    max_examples=int(os.environ.get("FUZZ_EXAMPLES", "40")),  # each example is a round trip (and DB work)
     deadline=None,
     derandomize=True,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much],
