@@ -5,7 +5,13 @@ failover, relay, account). Everything that differs between APIs is asked of an `
 (see `base.py`): required fields, where the model and the stream flag are, how to ask an
 upstream for stream usage, how to read usage from a body and from stream events, which stream
 events a client that did not ask for usage must not see, how errors look to its clients and how
-stream events are framed. Adapters are pure: no I/O, no state.
+stream events are framed. Adapters are pure: no I/O, no state. Class attributes: `name`, `path`
+(under a backend's base URL), `required`, `streamable`, `json_answers` (False for binary answers:
+no JSON check, no usage), `stateful` (answers stored upstream under an id, see router/affinity.py),
+`usage_marker`. Methods, all overridable: validate, model_of, with_model, is_stream,
+traced_input, previous_response_id, with_stream_usage, client_wants_usage, usage_of_body,
+wants_event, response_id_of_body, response_id_of_event, usage_of_event, without_usage,
+text_of_event, frame_event, is_stream_end, error_body, error_response, stream_error.
 
 How to add a protocol:
 1. Write a subclass of `Adapter` in a module of this package (override only what differs from
@@ -21,7 +27,7 @@ add it to `Adapter` with a default that keeps the other protocols unchanged.
 Client side vs upstream side: the pipeline holds the adapter of the API the client called
 (`client`: errors, framing and usage stripping toward the client) and the adapter of the API the
 upstream is asked in (`upstream`: its path, asking for and reading its usage). Today they are
-the same object. A `Translator` (router/protocols/translate.py) turns a request of the client's
+the same object unless the backend declares `apis` without the client's one. A `Translator` (router/protocols/translate.py) turns a request of the client's
 API into one of the upstream's, and the upstream's answers (a body, or stream events one by one)
 back; `translator_for(client, upstream)` is where the pipeline finds it.
 """
