@@ -26,10 +26,11 @@ add it to `Adapter` with a default that keeps the other protocols unchanged.
 
 Client side vs upstream side: the pipeline holds the adapter of the API the client called
 (`client`: errors, framing and usage stripping toward the client) and the adapter of the API the
-upstream is asked in (`upstream`: its path, asking for and reading its usage). Today they are
-the same object unless the backend declares `apis` without the client's one. A `Translator` (router/protocols/translate.py) turns a request of the client's
-API into one of the upstream's, and the upstream's answers (a body, or stream events one by one)
-back; `translator_for(client, upstream)` is where the pipeline finds it.
+upstream is asked in (`upstream`: its path, asking for and reading its usage). They are the
+same object unless the backend declares `apis` without the client's one. A `Translator`
+(router/protocols/translate.py) turns a request of the client's API into one of the upstream's,
+and the upstream's answers (a body, or stream events one by one) back;
+`translator_for(client, upstream)` is where the pipeline finds it.
 """
 
 from __future__ import annotations
