@@ -404,3 +404,25 @@ def test_json_logs_are_one_object_per_line(router_factory, backend_config):
     request_lines = [e for e in entries if e["logger"] == "router.requests" and "req-json-7" in e["message"]]
     assert len(request_lines) == 1
     assert "user=alice backend=alpha model=test-model status=200" in request_lines[0]["message"]
+
+
+def test_responses_and_unknown_paths_are_traced_too(router_factory, backend_config, receiver):
+    lf = receiver("ok")
+    router = start_router(router_factory, backend_config, langfuse_env(lf.url))
+    client = OpenAI(base_url=router.v1, api_key=router.api_key, max_retries=0)
+    client.responses.create(model="test-model", input="hello", extra_headers={"X-Request-ID": "req-resp-1"})
+    events = list(client.responses.create(model="test-model", input="hi", stream=True))
+    assert events[-1].type == "response.completed"
+    stored = events[-1].response.id
+    client.responses.retrieve(stored, extra_headers={"X-Request-ID": "req-get-1"})
+    httpx.get(f"{router.v1}/nowhere", headers={"X-Request-ID": "req-404-1"}, timeout=10)
+    stop_gracefully(router)
+    lf.wait_for(lambda: len(lf.spans) >= 4, timeout=5)
+    by_id = {attr_json(s["attrs"], "langfuse.observation.metadata.request_id"): s for s in lf.spans}
+    assert by_id["req-resp-1"]["attrs"]["langfuse.trace.name"] == "responses"
+    assert attr_json(by_id["req-resp-1"]["attrs"], "langfuse.observation.input") == "hello"
+    streamed = next(s for s in lf.spans if attr_json(s["attrs"], "langfuse.observation.metadata.stream") is True)
+    assert attr_json(streamed["attrs"], "langfuse.observation.output") == "tok0 tok1 tok2 "
+    assert attr_json(streamed["attrs"], "langfuse.observation.usage_details")["output"] == 3
+    assert attr_json(by_id["req-get-1"]["attrs"], "langfuse.observation.metadata.status") == 200
+    assert attr_json(by_id["req-404-1"]["attrs"], "langfuse.observation.metadata.status") == 404
