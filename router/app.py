@@ -126,6 +126,7 @@ def create_app(settings: Settings | None = None) -> RequestLimits:
         Route("/healthz", healthz, methods=["GET"]),
         metrics_route(settings),
         Route("/v1/models", proxy.list_models, methods=["GET"]),
+        Route("/v1/models/{model:path}", proxy.retrieve_model, methods=["GET"]),
         *(Route(path, proxy.handle_generation, methods=["POST"]) for path in protocols.ADAPTERS),
         Route("/v1/responses/{response_id}", proxy.handle_stored_response, methods=["GET", "DELETE"]),
         Route("/v1/responses/{response_id}/cancel", proxy.handle_stored_response, methods=["POST"]),

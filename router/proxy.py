@@ -139,6 +139,21 @@ async def list_models(request: Request) -> Response:
     return Response(orjson.dumps(body), media_type="application/json", headers={"x-request-id": request_id})
 
 
+async def retrieve_model(request: Request) -> Response:
+    """GET /v1/models/{model}: OpenAI's model object, or its 404 for a model the caller may not use."""
+    rt: Runtime = request.app.state.runtime
+    request_id = request_id_of(request)
+    try:
+        user = authenticate(rt, request)
+        model_id = str(request.path_params["model"])
+        found = next((m for m in model_list(rt, user) if m["id"] == model_id), None)
+        if found is None:
+            raise errors.model_not_found(model_id[:200])
+    except ApiError as err:
+        return err.response({"x-request-id": request_id})
+    return Response(orjson.dumps(found), media_type="application/json", headers={"x-request-id": request_id})
+
+
 def model_list(rt: Runtime, user: UserEntry) -> list[dict[str, Any]]:
     """OpenAI's model list for `user`: plain ids deduplicated across backends, or `[alias]model`."""
     aliased = rt.settings.model_list_style == "aliased"
@@ -170,7 +185,7 @@ async def handle_generation(request: Request) -> Response:
         previous = adapter.previous_response_id(payload)
         route = await plan_bound_route(rt, user, record.model, previous) if previous else None
         route = route or plan_route(rt, user, record.model, request, adapter)
-        call = Call(rt, request, record, user, adapter, payload, raw_body, path=endpoint[len("/v1") :])
+        call = Call(rt, request, record, user, adapter, payload, raw_body, path=adapter.path)
         response = await forward(call, route)
         if record.admission is not None:
             response.headers.update(answer_headers(record.admission, None, limit_header_style(adapter)))
@@ -573,7 +588,7 @@ async def forward(call: Call, route: Route) -> Response:
             try:
                 upstream = await attempt.send(
                     call.method,
-                    target.base_url + outgoing.path,
+                    protocols.upstream_url(target.base_url, outgoing.path, outgoing.adapter.at_root),
                     upstream_headers(target, record.request_id, outgoing.headers, call.has_body),
                     outgoing.wire if call.has_body else None,
                     record.stream,

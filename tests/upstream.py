@@ -115,6 +115,11 @@ class UpstreamServer:
         app.router.add_post("/v1/responses/{id}/cancel", self._cancel_response)
         app.router.add_get("/v1/responses/{id}/input_items", self._input_items)
         app.router.add_post("/v1/messages", self._messages)
+        for path in ("/v1/rerank", "/rerank", "/v2/rerank", "/v1/moderations", "/v1/images/generations"):
+            app.router.add_post(path, self._generic)
+        app.router.add_post("/v1/audio/speech", self._speech)
+        app.router.add_post("/tokenize", self._tokenize)
+        app.router.add_post("/detokenize", self._tokenize)
         app.router.add_post("/v1/messages/count_tokens", self._count_tokens)
         self._runner = web.AppRunner(app, handle_signals=False)
         await self._runner.setup()
@@ -626,3 +631,37 @@ class UpstreamServer:
         if refusal is not None:
             return refusal
         return web.json_response({"input_tokens": len(json.dumps(received.body.get("messages")).split())})
+
+    # --- the other model-routed endpoints (vLLM's shapes, trimmed) ---
+
+    async def _generic(self, request: web.Request) -> web.Response:
+        received = await self._record(request)
+        refusal = self._refusal(request)
+        if refusal is not None:
+            return refusal
+        body, path = received.body, request.path
+        if path.endswith("/moderations"):
+            result = {"flagged": False, "categories": {}, "category_scores": {}}
+            return web.json_response({"id": "modr-1", "model": body["model"], "results": [result]})
+        if path.endswith("/images/generations"):
+            return web.json_response({"created": 1, "data": [{"b64_json": "aW1n", "revised_prompt": body["prompt"]}]})
+        documents = body.get("documents") or []
+        results = [{"index": i, "relevance_score": 1.0 / (i + 1)} for i in range(len(documents))]
+        usage = {"total_tokens": len(documents) * 5, "prompt_tokens": len(documents) * 5}
+        return web.json_response({"id": "rerank-1", "model": body["model"], "results": results, "usage": usage})
+
+    async def _speech(self, request: web.Request) -> web.StreamResponse:
+        await self._record(request)
+        response = web.StreamResponse(headers={"Content-Type": "audio/mpeg"})
+        await response.prepare(request)
+        for i in range(4):
+            await response.write(bytes([i]) * 1000)
+        await response.write_eof()
+        return response
+
+    async def _tokenize(self, request: web.Request) -> web.Response:
+        received = await self._record(request)
+        if request.path == "/tokenize":
+            tokens = list(range(len(str(received.body.get("prompt", "")).split())))
+            return web.json_response({"count": len(tokens), "max_model_len": 4096, "tokens": tokens})
+        return web.json_response({"prompt": " ".join("w" for _ in received.body.get("tokens", []))})

@@ -40,6 +40,7 @@ from typing import Any, Protocol
 
 from router.protocols.anthropic import Messages, MessagesCountTokens
 from router.protocols.base import DROP, Adapter, Drop, Usage, parse_usage
+from router.protocols.generic import GENERIC_ADAPTERS, upstream_url
 from router.protocols.openai import ChatCompletions, Completions, Embeddings
 from router.protocols.responses import Responses, ResponsesInputTokens
 from router.protocols.translate import TRANSLATIONS
@@ -57,6 +58,7 @@ __all__ = [
     "adapter_named",
     "parse_usage",
     "translator_for",
+    "upstream_url",
 ]
 
 # The request path (scope["path"]) -> the adapter of the API served there.
@@ -68,6 +70,7 @@ ADAPTERS: dict[str, Adapter] = {
     "/v1/responses/input_tokens": ResponsesInputTokens(),
     "/v1/messages": Messages(),
     "/v1/messages/count_tokens": MessagesCountTokens(),
+    **GENERIC_ADAPTERS,
 }
 
 

@@ -91,6 +91,8 @@ class Adapter:
     stateful: ClassVar[bool] = False
     # Bytes every stream event that carries usage contains: events without them are relayed unparsed.
     usage_marker: ClassVar[bytes] = b'"usage"'
+    # Asked at the backend's root (its base URL without `/v1`), as vLLM serves /tokenize and /rerank.
+    at_root: ClassVar[bool] = False
 
     # --- the request ---
 
