@@ -250,7 +250,9 @@ async def handle_stored_response(request: Request) -> Response:
         query = request.scope["query_string"].decode("latin-1")
         path = f"/responses/{response_id}" + (f"/{action}" if action else "") + (f"?{query}" if query else "")
         record.stream = request.method == "GET" and not action and request.query_params.get("stream") == "true"
-        call = Call(rt, request, record, user, adapter, {}, b"", request.method, path, False, False)
+        call = Call(
+            rt, request, record, user, adapter, {}, b"", request.method, path, has_body=False, accounts_usage=False
+        )
         return await forward(call, Route("", [Target.of(backend)]))
     except ApiError as err:
         rt.finish(record, err.status, err.message)
