@@ -288,8 +288,10 @@ function onRequest(c) {
   return c;
 }"""
     script_id = add_script(router, recorder, user_id=user_id)
-    assert chat(router, key).status_code == 200
+    live = chat(router, key)
+    assert live.status_code == 200
     live_shape = upstream.requests_to("/v1/chat/completions")[-1].headers["X-Shape"]
+    logged_status(router, live.headers["x-request-id"])  # rows are written in batches
     test = router.gql_ok(
         "query($id: ID!) { scriptTestContext(scriptId: $id) }",
         {"id": script_id},
