@@ -64,7 +64,7 @@ class ModelPrice:
             cached_input_per_mtok=row.cached_input_per_mtok,
             cache_write_per_mtok=row.cache_write_per_mtok,
             output_per_mtok=row.output_per_mtok,
-            backend_id=row.backend_id,  # type: ignore[attr-defined]
+            backend_id=row.backend_id,
         )
 
 

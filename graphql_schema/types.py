@@ -258,8 +258,8 @@ class Permission:
         return cls(
             id=strawberry.ID(str(permission.id)),
             created_at=permission.created_at,
-            user_id=permission.user_id,  # type: ignore[attr-defined]
-            backend_id=permission.backend_id,  # type: ignore[attr-defined]
+            user_id=permission.user_id,
+            backend_id=permission.backend_id,
         )
 
 
@@ -303,8 +303,8 @@ class Script:
             priority=script.priority,
             created_at=script.created_at,
             updated_at=script.updated_at,
-            user_id=script.user_id,  # type: ignore[attr-defined]
-            backend_id=script.backend_id,  # type: ignore[attr-defined]
+            user_id=script.user_id,
+            backend_id=script.backend_id,
         )
 
 

@@ -113,7 +113,7 @@ class _Sql:
 
     def __init__(self) -> None:
         self.conn = connections.get("analytics")
-        self.dialect = self.conn.capabilities.dialect
+        self.dialect: str = self.conn.capabilities.dialect
         self.params: list[Any] = []
 
     @property
@@ -172,7 +172,8 @@ class _Sql:
         return ("WHERE " + " AND ".join(conditions)) if conditions else ""
 
     async def rows(self, sql: str) -> list[dict[str, Any]]:
-        return await self.conn.execute_query_dict(sql, self.params)
+        rows: list[dict[str, Any]] = await self.conn.execute_query_dict(sql, self.params)
+        return rows
 
 
 def _as_datetime(value: Any) -> datetime | None:
@@ -249,7 +250,7 @@ def _whole_hours(flt: LogFilter) -> tuple[datetime, datetime | None] | None:
     return first, last
 
 
-_SUMS = ("requests", "errors", "prompt_tokens", "completion_tokens", "total_tokens", "cached_tokens")
+_SUMS: tuple[str, ...] = ("requests", "errors", "prompt_tokens", "completion_tokens", "total_tokens", "cached_tokens")
 _SUMS += ("reasoning_tokens", "latency_sum", "cost_usd")
 
 

@@ -12,7 +12,7 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from graphql_schema import graphql_routes
@@ -121,7 +121,7 @@ def create_app(settings: Settings | None = None) -> RequestLimits:
             await close_db()
             log.info("llm-router stopped")
 
-    routes = [
+    routes: list[BaseRoute] = [
         Route("/", root, methods=["GET", "HEAD"]),
         Route("/healthz", healthz, methods=["GET"]),
         metrics_route(settings),

@@ -12,7 +12,7 @@ import asyncio
 import functools
 import logging
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from router.crypto import SecretBox
@@ -202,7 +202,7 @@ def price_of(row: ModelPrice) -> Price:
     return Price(
         id=row.id,
         model=row.model,
-        backend_id=row.backend_id,  # type: ignore[attr-defined]
+        backend_id=row.backend_id,
         input_per_mtok=row.input_per_mtok,
         output_per_mtok=row.output_per_mtok,
         cached_input_per_mtok=row.cached_input_per_mtok,
@@ -218,7 +218,7 @@ async def bump_revision() -> int:
     if not updated:
         await CatalogRevision.get_or_create(id=1, defaults={"revision": 1})
     row = await CatalogRevision.get(id=1)
-    return row.revision
+    return int(row.revision)
 
 
 class Catalog:
@@ -228,10 +228,10 @@ class Catalog:
         self.snapshot = Snapshot()
         self._secrets = secrets
         self._reload_lock = asyncio.Lock()
-        self._listeners: list = []
-        self._change_listeners: list = []
+        self._listeners: list[Callable[[Snapshot], object]] = []
+        self._change_listeners: list[Callable[[int], object]] = []
 
-    def on_reload(self, callback) -> None:
+    def on_reload(self, callback: Callable[[Snapshot], object]) -> None:
         """Call `callback(snapshot)` after every reload (e.g. to refresh model lists)."""
         self._listeners.append(callback)
 
@@ -242,7 +242,7 @@ class Catalog:
             callback(self.snapshot)
         return self.snapshot
 
-    def on_change(self, callback) -> None:
+    def on_change(self, callback: Callable[[int], object]) -> None:
         """Call `callback(revision)` after this process changed the core data (e.g. to broadcast it)."""
         self._change_listeners.append(callback)
 

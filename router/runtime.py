@@ -81,7 +81,7 @@ class Runtime:
         )
         # Personal mode (ENABLE_ACCOUNT_MANAGEMENT=false): every request acts as this user.
         self.local_user_id: int | None = None
-        self._tasks: list[asyncio.Task] = []
+        self._tasks: list[asyncio.Task[None]] = []
         self.catalog.on_reload(self.models.use_snapshot)
         self.catalog.on_reload(lambda snapshot: retain_scripts(self.scripts, snapshot))  # free what went
         # REDIS_URL: catalog changes, request-log rows, backend health and in-flight counts are shared.

@@ -372,8 +372,8 @@ class AdminService:
             raise ServiceError("BAD_USER_INPUT", f"a {script_type.value} script needs userId", "userId")
         if needs_backend and backend_id is None:
             raise ServiceError("BAD_USER_INPUT", f"a {script_type.value} script needs backendId", "backendId")
-        uid = (await self.get_user(user_id)).id if needs_user else None
-        bid = (await self.get_backend(backend_id)).id if needs_backend else None
+        uid = (await self.get_user(user_id)).id if needs_user and user_id is not None else None
+        bid = (await self.get_backend(backend_id)).id if needs_backend and backend_id is not None else None
         return uid, bid
 
     async def create_script(self, **fields: Any) -> Script:

@@ -118,7 +118,7 @@ class SharedState:
         self._outbox: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue(OUTBOX_MAX)
         self._reload_wanted = asyncio.Event()
         self._subscribed = asyncio.Event()
-        self._tasks: list[asyncio.Task] = []
+        self._tasks: list[asyncio.Task[None]] = []
         self.degraded = False
         self.dropped = 0  # outbox overflows
         self.received = 0  # messages from other processes applied
@@ -131,8 +131,8 @@ class SharedState:
     # --- response bindings (router.affinity) ---
 
     async def get_binding(self, key: str) -> bytes | None:
-        value: bytes | None = await self._redis.get(key)
-        return value
+        value = await self._redis.get(key)
+        return value.encode() if isinstance(value, str) else value
 
     async def set_binding(self, key: str, value: bytes, ttl_s: float) -> None:
         await self._redis.set(key, value, px=max(1, int(ttl_s * 1000)))
@@ -282,7 +282,7 @@ class SharedState:
                 backoff = min(backoff * 2, BACKOFF_MAX_S)
             finally:
                 with contextlib.suppress(Exception):
-                    await asyncio.shield(pubsub.aclose())
+                    await asyncio.shield(pubsub.aclose())  # type: ignore[no-untyped-call]  # redis-py leaves it unannotated
 
     async def _publish(self, batch: list[tuple[str, bytes]]) -> None:
         async with self._redis.pipeline(transaction=False) as pipe:

@@ -31,6 +31,11 @@ TRACER_SCOPE = "llm-router"
 _STOP = object()
 
 
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
 class LangfuseTracer:
     """The tracer interface of Runtime (`enabled`, `record`, `close`) backed by Langfuse."""
 
@@ -79,7 +84,7 @@ class LangfuseTracer:
     async def close(self) -> None:
         """Send what is pending (bounded by `close_timeout_s`); runs the blocking parts in a thread."""
         loop = asyncio.get_running_loop()
-        done = loop.create_future()
+        done: asyncio.Future[None] = loop.create_future()
 
         def finish() -> None:
             self._thread.join()
@@ -88,7 +93,7 @@ class LangfuseTracer:
             except Exception:
                 log.exception("Langfuse shutdown failed")
             finally:
-                loop.call_soon_threadsafe(lambda: done.done() or done.set_result(None))
+                loop.call_soon_threadsafe(_resolve, done)
 
         self._queue.put(_STOP)
         # A daemon thread (not asyncio.to_thread): a hung Langfuse must not hold up the process exit.

@@ -226,8 +226,8 @@ async def insert_log_rows(records: list[RequestRecord]) -> None:
         rows = [(*row[:_CREATED_AT], str(row[_CREATED_AT]), *row[_CREATED_AT + 1 :]) for row in rows]
     rollups = rollup_rows(records, sqlite)
     async with in_transaction("analytics") as tx:
-        await tx.execute_many(sql, rows)
-        await tx.execute_many(_rollup_sql(sqlite), rollups)
+        await tx.execute_many(sql, [list(row) for row in rows])
+        await tx.execute_many(_rollup_sql(sqlite), [list(row) for row in rollups])
 
 
 # --- hourly rollups ---------------------------------------------------------------------------

@@ -31,6 +31,9 @@ class User(Model):
     created_at = fields.DatetimeField(auto_now_add=True)
     updated_at = fields.DatetimeField(auto_now=True)
 
+    permissions: fields.ReverseRelation[Permission]
+    scripts: fields.ReverseRelation[Script]
+
     class Meta:
         app = "core"
         table = "users"
@@ -42,18 +45,21 @@ class Backend(Model):
     base_url = fields.CharField(max_length=2048)
     api_key = fields.TextField(null=True)
     model_filter = fields.CharField(max_length=1024, null=True)
-    model_override = fields.JSONField(null=True)
-    model_append = fields.JSONField(null=True)
+    model_override: fields.JSONField[list[str] | None] = fields.JSONField(null=True)
+    model_append: fields.JSONField[list[str] | None] = fields.JSONField(null=True)
     weight = fields.IntField(default=1)
     is_active = fields.BooleanField(default=True)
     # The request formats it speaks natively (router.protocols.translate.BACKEND_APIS); null = all.
-    apis = fields.JSONField(null=True)
+    apis: fields.JSONField[list[str] | None] = fields.JSONField(null=True)
     # Limits (null = unlimited); see router/limits.py.
     rpm = fields.IntField(null=True)
     tpm = fields.IntField(null=True)
     max_concurrent = fields.IntField(null=True)
     created_at = fields.DatetimeField(auto_now_add=True)
     updated_at = fields.DatetimeField(auto_now=True)
+
+    permissions: fields.ReverseRelation[Permission]
+    scripts: fields.ReverseRelation[Script]
 
     class Meta:
         app = "core"
@@ -71,6 +77,9 @@ class Permission(Model):
     backend: fields.ForeignKeyRelation[Backend] = fields.ForeignKeyField(
         "core.Backend", related_name="permissions", on_delete=fields.CASCADE
     )
+    # The foreign keys' columns, which Tortoise adds at run time.
+    user_id: int
+    backend_id: int
     created_at = fields.DatetimeField(auto_now_add=True)
 
     class Meta:
@@ -89,6 +98,8 @@ class Script(Model):
     backend: fields.ForeignKeyNullableRelation[Backend] = fields.ForeignKeyField(
         "core.Backend", related_name="scripts", null=True, on_delete=fields.CASCADE
     )
+    user_id: int | None
+    backend_id: int | None
     code = fields.TextField()
     is_active = fields.BooleanField(default=False)
     priority = fields.IntField(default=0)
@@ -108,6 +119,7 @@ class ModelPrice(Model):
     backend: fields.ForeignKeyNullableRelation[Backend] = fields.ForeignKeyField(
         "core.Backend", related_name="prices", null=True, on_delete=fields.CASCADE
     )
+    backend_id: int | None
     input_per_mtok = fields.FloatField()
     cached_input_per_mtok = fields.FloatField(null=True)
     cache_write_per_mtok = fields.FloatField(null=True)
