@@ -229,7 +229,8 @@ def log_of(env: Env, request_id: str) -> dict[str, Any]:
 @needs_messages
 def test_anthropic_client_on_chat_backend_text(env: Env) -> None:
     env.reply(completion("Hello from a chat server.", stop_reason="END"))
-    raw = env.anthropic().messages.with_raw_response.create(
+    client = anthropic.Anthropic(base_url=env.router.url, api_key=env.key, max_retries=0, timeout=30)  # x-api-key
+    raw = client.messages.with_raw_response.create(
         model=CHAT_MODEL,
         max_tokens=200,
         system="Be brief.",
