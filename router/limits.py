@@ -514,6 +514,7 @@ class RedisStore:
                 await self._redis.ping()
             except Exception:
                 continue
+            self._sha = None  # it may have restarted without the script
             self.degraded = False
             log.warning("Redis is reachable again: limits are shared across processes")
 
@@ -654,6 +655,8 @@ class RedisStore:
         task.add_done_callback(self._batch_tasks.discard)
 
     async def _send_batch(self, batch: list[tuple[list[str], list[Any], asyncio.Future[Any]]]) -> None:
+        from redis.exceptions import NoScriptError
+
         settlements = [self._pending.popleft() for _ in range(min(SETTLE_BATCH, len(self._pending)))]
         try:
             if self._sha is None:
@@ -672,7 +675,7 @@ class RedisStore:
         for (keys, args, future), result in zip(batch, results[skip:], strict=True):
             if future.done():
                 continue
-            if isinstance(result, Exception) and "NOSCRIPT" in str(result):  # Redis restarted: load it again
+            if isinstance(result, NoScriptError):  # Redis restarted without its scripts: load it again
                 self._sha = None
                 try:
                     result = await self._admit(keys=keys, args=args)
