@@ -177,7 +177,7 @@ async def handle_generation(request: Request) -> Response:
         user = authenticate(rt, request)
         record.user_id, record.user_name = user.id, user.name
         raw_body = await read_body(request, rt.settings.max_request_body_bytes)
-        payload = parse_payload(raw_body, adapter)
+        payload = parse_payload(raw_body, adapter, request.headers.get("content-type", ""))
         record.model = adapter.model_of(payload)
         record.stream = adapter.is_stream(payload)
         if rt.tracer.enabled:
@@ -304,10 +304,14 @@ async def read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-def parse_payload(body: bytes, adapter: Adapter | str) -> dict[str, Any]:
-    """The request body as a JSON object the adapter's API accepts, or a 400."""
+def parse_payload(body: bytes, adapter: Adapter | str, content_type: str = "") -> dict[str, Any]:
+    """The request body as a JSON object (or a form's fields) the adapter's API accepts, or a 400."""
     if isinstance(adapter, str):
         adapter = protocols.ADAPTERS[adapter]
+    if adapter.form_body:
+        fields = adapter.form_payload(body, content_type)
+        adapter.validate(fields)
+        return fields
     try:
         payload = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
@@ -646,7 +650,8 @@ async def prepare(call: Call, target: Target, untouched: bool) -> Outgoing | Res
     hooks = Hooks(scripts_for(call.rt.catalog.snapshot, call.user.id, target.backend.id if target.backend else None))
     body, extra_headers, body_changed = call.payload, None, False
     if hooks.scripts:
-        client_body = None if not call.has_body else RawJSON(call.raw_body) if untouched else call.payload
+        raw_json = untouched and not call.adapter.form_body
+        client_body = None if not call.has_body else RawJSON(call.raw_body) if raw_json else call.payload
         path, headers = call.request.scope["path"], visible_headers(call.request.headers)
         context = request_context(
             call.user, _backend_view(target), call.method, path, headers, client_body, call.record.stream
@@ -666,6 +671,8 @@ async def prepare(call: Call, target: Target, untouched: bool) -> Outgoing | Res
         return translated(call, target.api, body, extra_headers, hooks)
     if untouched and not body_changed:
         wire = call.raw_body
+    elif adapter.form_body:
+        wire = adapter.encode_form(call.raw_body, call.request.headers.get("content-type", ""), body)
     else:
         wire = orjson.dumps(adapter.with_stream_usage(body) if stream else body)
     strip_usage = stream and not adapter.client_wants_usage(body)

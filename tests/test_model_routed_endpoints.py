@@ -71,3 +71,50 @@ def test_upstream_url_at_the_root_or_under_the_base() -> None:
     assert upstream_url("http://h:8000/v1", "/tokenize", True) == "http://h:8000/tokenize"
     assert upstream_url("http://h:8000/v1/", "/rerank", True) == "http://h:8000/rerank"
     assert upstream_url("http://h:8000/v1", "/rerank", False) == "http://h:8000/v1/rerank"
+
+
+@pytest.mark.filterwarnings("ignore:deprecated:DeprecationWarning")  # the SDK marks audio.translations deprecated
+@pytest.mark.parametrize("endpoint", ["transcriptions", "translations"])
+def test_audio_uploads_are_routed_by_their_model_field(env, endpoint) -> None:
+    router, upstream, _, sdk = env
+    audio = bytes(range(256)) * 400  # 100 KB, binary
+    api = sdk.audio.transcriptions if endpoint == "transcriptions" else sdk.audio.translations
+    result = api.create(model=MODEL, file=("talk.wav", audio, "audio/wav"))
+    assert result.text == f"{len(audio)} bytes of talk.wav for {MODEL}"  # the file arrived byte for byte
+    sent = upstream.received[-1]
+    assert sent.path == f"/v1/audio/{endpoint}" and sent.headers["Content-Type"].startswith("multipart/form-data")
+    [row] = router.wait_for_logs(1)
+    assert row["endpoint"] == f"/v1/audio/{endpoint}" and row["model"] == MODEL and row["total_tokens"] == 15
+
+
+def test_an_aliased_model_is_rewritten_inside_the_form(env) -> None:
+    router, upstream, key, _ = env
+    files = {"file": ("a.wav", b"\x00\x01", "audio/wav")}
+    answer = httpx.post(
+        f"{router.v1}/audio/transcriptions",
+        data={"model": f"[multi]{MODEL}", "language": "en"},
+        files=files,
+        headers={"Authorization": f"Bearer {key}"},
+        timeout=30,
+    )
+    assert answer.status_code == 200, answer.text
+    assert upstream.received[-1].body == {"model": MODEL, "language": "en"}
+
+
+def test_form_fields_are_bounded_and_a_json_body_is_refused() -> None:
+    from router.errors import ApiError
+    from router.protocols.forms import form_fields, with_field
+
+    ctype = "multipart/form-data; boundary=XyZ"
+    body = (
+        b'--XyZ\r\nContent-Disposition: form-data; name="model"\r\n\r\nm1\r\n'
+        b'--XyZ\r\nContent-Disposition: form-data; name="file"; filename="f"\r\n\r\n\x00--Xy\r\n'
+        b"--XyZ--\r\n"
+    )
+    assert form_fields(body, ctype) == {"model": "m1"}
+    assert form_fields(with_field(body, ctype, "model", "other"), ctype) == {"model": "other"}
+    with pytest.raises(ApiError):
+        form_fields(b"{}", "application/json")
+    many = b"".join(b'--XyZ\r\nContent-Disposition: form-data; name="f%d"\r\n\r\nv\r\n' % i for i in range(100))
+    with pytest.raises(ApiError):
+        form_fields(many + b"--XyZ--\r\n", ctype)

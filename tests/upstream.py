@@ -118,6 +118,8 @@ class UpstreamServer:
         for path in ("/v1/rerank", "/rerank", "/v2/rerank", "/v1/moderations", "/v1/images/generations"):
             app.router.add_post(path, self._generic)
         app.router.add_post("/v1/audio/speech", self._speech)
+        app.router.add_post("/v1/audio/transcriptions", self._transcribe)
+        app.router.add_post("/v1/audio/translations", self._transcribe)
         app.router.add_post("/tokenize", self._tokenize)
         app.router.add_post("/detokenize", self._tokenize)
         app.router.add_post("/v1/messages/count_tokens", self._count_tokens)
@@ -665,3 +667,14 @@ class UpstreamServer:
             tokens = list(range(len(str(received.body.get("prompt", "")).split())))
             return web.json_response({"count": len(tokens), "max_model_len": 4096, "tokens": tokens})
         return web.json_response({"prompt": " ".join("w" for _ in received.body.get("tokens", []))})
+
+    async def _transcribe(self, request: web.Request) -> web.Response:
+        form = await request.post()
+        upload = form["file"]
+        audio = upload.file.read()
+        fields = {k: v for k, v in form.items() if isinstance(v, str)}
+        with self._lock:
+            self.received.append(Received(request.method, request.path, dict(request.headers), fields))
+        text = f"{len(audio)} bytes of {upload.filename} for {fields.get('model')}"
+        usage = {"type": "tokens", "input_tokens": 11, "output_tokens": 4, "total_tokens": 15}
+        return web.json_response({"text": text, "usage": usage})

@@ -40,6 +40,7 @@ from typing import Any, Protocol
 
 from router.protocols.anthropic import Messages, MessagesCountTokens
 from router.protocols.base import DROP, Adapter, Drop, Usage, parse_usage
+from router.protocols.forms import FORM_ADAPTERS
 from router.protocols.generic import GENERIC_ADAPTERS, upstream_url
 from router.protocols.openai import ChatCompletions, Completions, Embeddings
 from router.protocols.responses import Responses, ResponsesInputTokens
@@ -71,6 +72,7 @@ ADAPTERS: dict[str, Adapter] = {
     "/v1/messages": Messages(),
     "/v1/messages/count_tokens": MessagesCountTokens(),
     **GENERIC_ADAPTERS,
+    **FORM_ADAPTERS,
 }
 
 

@@ -93,6 +93,8 @@ class Adapter:
     usage_marker: ClassVar[bytes] = b'"usage"'
     # Asked at the backend's root (its base URL without `/v1`), as vLLM serves /tokenize and /rerank.
     at_root: ClassVar[bool] = False
+    # The body is a multipart form (uploads), not JSON: see `form_payload` and `encode_form`.
+    form_body: ClassVar[bool] = False
 
     # --- the request ---
 
@@ -104,6 +106,14 @@ class Adapter:
         for name in self.required:
             if payload.get(name) is None:
                 raise errors.bad_request(f"Missing required parameter: '{name}'.", "missing_required_parameter")
+
+    def form_payload(self, body: bytes, content_type: str) -> dict[str, Any]:
+        """The fields of a form body (form APIs only)."""
+        raise NotImplementedError
+
+    def encode_form(self, body: bytes, content_type: str, payload: dict[str, Any]) -> bytes:
+        """The form body with `payload`'s fields written back (form APIs only)."""
+        raise NotImplementedError
 
     def model_of(self, payload: dict[str, Any]) -> str:
         return str(payload["model"])
