@@ -22,7 +22,7 @@ from tests.conftest import ADMIN_PASSWORD
 ROOT = Path(__file__).resolve().parents[1]
 SHOTS = ROOT / "test-artifacts" / "screenshots"
 DOC_SHOTS = ROOT / "docs" / "screenshots"
-DOC_PAGES = ("live.png", "usage.png", "scripts-syntax-error.png")
+DOC_PAGES = ("live.png", "usage.png", "scripts-syntax-error.png", "logs.png", "request-detail.png", "users-new.png")
 CHROMIUM = os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium")
 CHROMIUM_ARGS = [
     "--headless",
@@ -145,6 +145,9 @@ def shot(page, name: str, full_page: bool = True) -> None:
     SHOTS.mkdir(parents=True, exist_ok=True)
     page.evaluate("document.querySelectorAll('#toasts .toast').forEach((t) => t.remove())")
     page.screenshot(path=str(SHOTS / name), full_page=full_page)
+    if os.environ.get("UPDATE_DOC_SCREENSHOTS") == "1" and name in DOC_PAGES:
+        DOC_SHOTS.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(SHOTS / name, DOC_SHOTS / name)
 
 
 def nav(page, view: str) -> None:
@@ -342,11 +345,6 @@ def test_dashboard_end_to_end(page, upstream):
 
     assert not page.problems, page.problems
 
-    if os.environ.get("UPDATE_DOC_SCREENSHOTS") == "1":
-        DOC_SHOTS.mkdir(parents=True, exist_ok=True)
-        for name in DOC_PAGES:
-            shutil.copyfile(SHOTS / name, DOC_SHOTS / name)
-
 
 @pytest.mark.browser
 def test_dashboard_reports_api_errors_in_words(page):
@@ -499,4 +497,177 @@ def test_dashboard_manages_users_backends_and_scripts(page, upstream):
     page.click(".dialog button[type=submit]")
     expect(page.locator(".dialog .alert.error")).to_be_visible()
     assert page.locator(".dialog .alert.error").inner_text().strip()
+    assert not page.problems, page.problems
+
+
+@pytest.mark.browser
+def test_new_user_dialog_picks_backends_and_says_what_the_key_can_do(page, upstream):
+    """Issue 18 item 5: backends are picked in the dialog; the note never claims access that is not there."""
+    from playwright.sync_api import expect
+
+    router = page.router_process
+    router.gql_ok(
+        "mutation($i: CreateBackendInput!) { createBackend(input: $i) { id } }",
+        {"i": {"name": "pick-a", "baseUrl": upstream.base_url}},
+    )
+    router.gql_ok(
+        "mutation($i: CreateBackendInput!) { createBackend(input: $i) { id } }",
+        {"i": {"name": "pick-b", "baseUrl": upstream.base_url}},
+    )
+    page.goto("/admin#/users")
+    page.fill("#password", ADMIN_PASSWORD)
+    page.click("form.login-card button[type=submit]")
+    page.wait_for_selector(".page[data-page=users]")
+
+    # no backend picked: the dialog says the key cannot call anything yet
+    page.click("#new-user")
+    page.fill(".dialog input[name=name]", "nobackend")
+    labels = page.locator(".dialog .check")
+    boxes = [labels.nth(i).bounding_box() for i in range(labels.count())]
+    tops = [b["y"] for b in boxes if b]
+    assert len(tops) == len(set(tops)), "checkboxes share a line"
+    page.click(".dialog button[type=submit]")
+    note = page.locator(".dialog p").first
+    expect(note).to_contain_text("no backend yet")
+    assert "can now call" not in note.inner_text()
+    page.click(".dialog .actions button")
+
+    # one backend picked: granted, and named in the note
+    page.click("#new-user")
+    page.fill(".dialog input[name=name]", "picker")
+    page.locator("#backend-picker label", has_text="pick-b").locator("input").check()
+    shot(page, "users-new.png")
+    page.click(".dialog button[type=submit]")
+    expect(page.locator(".dialog p").first).to_contain_text("can now call /v1 with this key, on: pick-b")
+    page.click(".dialog .actions button")
+    expect(page.locator("tr[data-user-name=picker] td.backends")).to_have_text("pick-b")
+
+    # all backends: the picker is disabled and the note says every backend
+    page.click("#new-user")
+    page.fill(".dialog input[name=name]", "everything")
+    page.check(".dialog input[name=allBackends]")
+    expect(page.locator("#backend-picker input").first).to_be_disabled()
+    page.click(".dialog button[type=submit]")
+    expect(page.locator(".dialog p").first).to_contain_text("on every backend")
+    page.click(".dialog .actions button")
+
+    users = {
+        u["name"]: u for u in router.gql_ok("{ users { name allBackends permissions { backend { name } } } }")["users"]
+    }
+    assert users["nobackend"]["permissions"] == [] and not users["nobackend"]["allBackends"]
+    assert [p["backend"]["name"] for p in users["picker"]["permissions"]] == ["pick-b"]
+    assert users["everything"]["allBackends"]
+    assert not page.problems, page.problems
+
+
+@pytest.mark.browser
+def test_logs_page_filters_pages_exports_and_opens_request_detail(page, upstream, tmp_path):
+    """Issue 18 item 4: server-side filters, cursor paging, CSV/JSONL export, the request detail view."""
+    from openai import OpenAI
+    from playwright.sync_api import expect
+
+    router = page.router_process
+    backend_id = router.gql_ok(
+        "mutation($i: CreateBackendInput!) { createBackend(input: $i) { id } }",
+        {"i": {"name": "logs-upstream", "baseUrl": upstream.base_url}},
+    )["createBackend"]["id"]
+    keys = {}
+    for name in ("alice", "bob"):
+        created = router.gql_ok(
+            "mutation($i: CreateUserInput!) { createUser(input: $i) { apiKey user { id } } }",
+            {"i": {"name": name, "allBackends": True}},
+        )["createUser"]
+        keys[name] = created["apiKey"]
+    assert backend_id
+
+    def served(key: str) -> bool:
+        r = httpx.get(f"{router.v1}/models", headers={"Authorization": f"Bearer {key}"}, timeout=5)
+        return r.status_code == 200 and bool(r.json()["data"])
+
+    wait_until(lambda: served(keys["bob"]), 20, "the new users and backend to be served")
+    for i in range(5):
+        OpenAI(base_url=router.v1, api_key=keys["alice"], max_retries=0).chat.completions.create(
+            model="test-model", messages=[{"role": "user", "content": f"alice {i}"}]
+        )
+    OpenAI(base_url=router.v1, api_key=keys["bob"], max_retries=0).embeddings.create(model="test-model", input="bob")
+    wait_until(
+        lambda: router.gql_ok("{ requestLogs { totalCount } }")["requestLogs"]["totalCount"] >= 6, 15, "6 log rows"
+    )
+
+    page.goto("/admin#/logs")
+    page.fill("#password", ADMIN_PASSWORD)
+    page.click("form.login-card button[type=submit]")
+    page.wait_for_selector(".page[data-page=logs]")
+    expect(page.locator("#logs-info")).to_have_attribute("data-total", "6")
+
+    # server-side filter by user, then by endpoint
+    page.select_option("#logs-user", label="alice")
+    expect(page.locator("#logs-info")).to_have_attribute("data-total", "5")
+    expect(page.locator("#logs tr[data-user=bob]")).to_have_count(0)
+    page.select_option("#logs-user", "")
+    page.fill("#logs-endpoint", "/v1/embeddings")
+    page.click("#logs-apply")
+    expect(page.locator("#logs-info")).to_have_attribute("data-total", "1")
+    expect(page.locator("#logs tr[data-user=bob]")).to_have_count(1)
+    page.fill("#logs-endpoint", "")
+    # a date range in the future matches nothing
+    page.fill("#logs-since", "2099-01-01T00:00")
+    page.click("#logs-apply")
+    expect(page.locator("#logs-info")).to_have_attribute("data-total", "0")
+    page.fill("#logs-since", "")
+    page.click("#logs-apply")
+
+    # cursor paging: 25 per page is the smallest choice; ask the server for pages of 2 through the select's value
+    page.evaluate("() => { const s = document.querySelector('#logs-page-size'); s.add(new Option('2 / page', '2')); }")
+    page.select_option("#logs-page-size", "2")
+    expect(page.locator("#logs tr.clickable")).to_have_count(2)
+    expect(page.locator("#logs-info")).to_contain_text("1 to 2 of 6")
+    first_ids = page.locator("#logs tr.clickable").evaluate_all("rows => rows.map(r => r.dataset.logId)")
+    page.click("#logs-next")
+    expect(page.locator("#logs-info")).to_contain_text("3 to 4 of 6")
+    second_ids = page.locator("#logs tr.clickable").evaluate_all("rows => rows.map(r => r.dataset.logId)")
+    assert not set(first_ids) & set(second_ids)
+    page.click("#logs-next")
+    expect(page.locator("#logs-info")).to_contain_text("5 to 6 of 6")
+    expect(page.locator("#logs-next")).to_be_disabled()
+    page.click("#logs-prev")
+    expect(page.locator("#logs-info")).to_contain_text("3 to 4 of 6")
+
+    # export of the current filter (all pages), CSV and JSONL
+    page.select_option("#logs-user", label="alice")
+    with page.expect_download() as dl:
+        page.click("#export-csv")
+    csv_text = Path(dl.value.path()).read_text()
+    lines = csv_text.strip().splitlines()
+    assert lines[0].startswith("id,requestId,createdAt") and len(lines) == 6
+    with page.expect_download() as dl:
+        page.click("#export-jsonl")
+    import json
+
+    records = [json.loads(line) for line in Path(dl.value.path()).read_text().splitlines()]
+    assert len(records) == 5 and {r["userName"] for r in records} == {"alice"}
+    assert all("cachedTokens" in r and "attemptErrors" in r for r in records)
+
+    # the detail view of a row
+    page.select_option("#logs-page-size", "50")
+    page.locator("#logs tr.clickable").first.click()
+    detail = page.locator("#request-detail[data-loaded=true]")
+    expect(detail).to_be_visible()
+    expect(detail.locator("dd[data-field=user]")).to_have_text("alice")
+    expect(detail.locator("dd[data-field=backend]")).to_have_text("logs-upstream")
+    expect(detail.locator("dd[data-field=endpoint]")).to_have_text("/v1/chat/completions")
+    expect(detail.locator("dd[data-field=attempts]")).to_have_text("1")
+    expect(detail.locator("dd[data-field=cachedTokens]")).to_be_visible()
+    expect(detail.locator("dd[data-field=reasoningTokens]")).to_be_visible()
+    expect(detail.locator("dd[data-field=costUsd]")).to_contain_text("no matching price")
+    shot(page, "request-detail.png")
+    page.keyboard.press("Escape")
+    page.select_option("#logs-user", "")
+    shot(page, "logs.png")
+
+    # and from Live traffic
+    nav(page, "live")
+    page.locator("#feed tr[data-user=bob]").first.click()
+    expect(page.locator("#request-detail[data-loaded=true] dd[data-field=endpoint]")).to_have_text("/v1/embeddings")
+    page.keyboard.press("Escape")
     assert not page.problems, page.problems

@@ -9,6 +9,7 @@ import * as permissions from "./views/permissions.js";
 import * as scripts from "./views/scripts.js";
 import * as live from "./views/live.js";
 import * as usage from "./views/usage.js";
+import * as logs from "./views/logs.js";
 
 const VIEWS = [
   { path: "users", title: "Users", view: users },
@@ -16,6 +17,7 @@ const VIEWS = [
   { path: "permissions", title: "Permissions", view: permissions },
   { path: "scripts", title: "Scripts", view: scripts },
   { path: "live", title: "Live traffic", view: live },
+  { path: "logs", title: "Logs", view: logs },
   { path: "usage", title: "Usage", view: usage },
 ];
 const DEFAULT_VIEW = "live";

@@ -2,6 +2,7 @@
 // few from `requestLogs`), filterable by user, backend and model. Reconnects by itself.
 
 import { gql, subscribe, subscriptions } from "../graphql.js";
+import { openRequestDetail } from "./request-detail.js";
 import { badge, clear, emptyRow, errorBox, fmtInt, fmtMs, fmtTime, h, labelCells, tableWrap } from "../ui.js";
 
 const LOG_FIELDS = `id requestId createdAt userId userName backendId backendName model endpoint statusCode stream
@@ -83,8 +84,14 @@ export async function mount(el) {
 
   function rowFor(log, fresh) {
     return h(
-      `tr${fresh ? ".fresh" : ""}`,
-      { dataset: { requestId: log.requestId, user: log.userName || "", backend: log.backendName || "", model: log.model || "" } },
+      `tr.clickable${fresh ? ".fresh" : ""}`,
+      {
+        dataset: { requestId: log.requestId, logId: log.id, user: log.userName || "", backend: log.backendName || "", model: log.model || "" },
+        title: "Open the request detail",
+        tabIndex: 0,
+        onclick: () => openRequestDetail(log.id),
+        onkeydown: (e) => e.key === "Enter" && openRequestDetail(log.id),
+      },
       h("td", { title: log.createdAt }, fmtTime(log.createdAt)),
       h("td", log.userName || h("span.muted", log.userId ? `#${log.userId}` : "–")),
       h("td", log.backendName || h("span.muted", "–")),

@@ -90,8 +90,27 @@ export async function mount(el) {
     const creating = !user;
     const name = h("input", { name: "name", required: true, value: user ? user.name : "", autocomplete: "off" });
     const email = h("input", { name: "email", type: "email", value: (user && user.email) || "", autocomplete: "off" });
-    const all = checkbox("May use every backend (all backends)", user ? user.allBackends : false, { name: "allBackends" });
+    const all = checkbox("All backends (present and future)", user ? user.allBackends : false, { name: "allBackends" });
     const active = checkbox("Active", user ? user.isActive : true, { name: "isActive" });
+    // New users get their backends here; existing ones keep theirs (edited on Permissions).
+    let picks = [];
+    let picker = null;
+    if (creating) {
+      let backends = [];
+      try {
+        backends = (await gql("query BackendNames { backends { id name isActive } }")).backends;
+      } catch (err) {
+        toastError(err);
+      }
+      picks = backends.map((b) => ({ backend: b, box: checkbox(b.isActive ? b.name : `${b.name} (disabled)`, false, { name: "backend", value: b.id }) }));
+      const list = h(
+        "div.check-list#backend-picker",
+        picks.length ? picks.map((p) => p.box.el) : h("span.muted", "No backends yet: add one on Backends, then give it on Permissions."),
+      );
+      const sync = () => picks.forEach((p) => (p.box.input.disabled = all.input.checked));
+      all.input.addEventListener("change", sync);
+      picker = h("fieldset.field.backend-picker", h("legend", "Backends this user may call"), all.el, list);
+    }
     const result = await modal(creating ? "New user" : `Edit ${user.name}`, (close) => {
       const form = h(
         "form.form",
@@ -111,7 +130,20 @@ export async function mount(el) {
                     `mutation CreateUser($input: CreateUserInput!) { createUser(input: $input) { apiKey user { ${USER_FIELDS} } } }`,
                     { input },
                   );
-                  close(data.createUser);
+                  const created = data.createUser;
+                  const chosen = input.allBackends ? [] : picks.filter((p) => p.box.input.checked).map((p) => p.backend);
+                  const failed = [];
+                  for (const b of chosen) {
+                    try {
+                      await gql("mutation Grant($input: CreatePermissionInput!) { createPermission(input: $input) { id } }", {
+                        input: { userId: created.user.id, backendId: b.id },
+                      });
+                    } catch {
+                      failed.push(b.name);
+                    }
+                  }
+                  const fresh = (await gql(`query User($id: ID!) { user(id: $id) { ${USER_FIELDS} } }`, { id: created.user.id })).user;
+                  close({ apiKey: created.apiKey, user: fresh || created.user, failed });
                 } else {
                   const data = await gql(
                     `mutation UpdateUser($id: ID!, $input: UpdateUserInput!) { updateUser(id: $id, input: $input) { ${USER_FIELDS} } }`,
@@ -127,7 +159,7 @@ export async function mount(el) {
         },
         field("Name", name),
         field("E-mail (optional)", email),
-        all.el,
+        creating ? picker : all.el,
         active.el,
         h("div.actions", h("button", { type: "button", onclick: () => close() }, "Cancel"), h("button.primary", { type: "submit" }, creating ? "Create user" : "Save")),
       );
@@ -137,12 +169,24 @@ export async function mount(el) {
     if (creating) {
       users.push(result.user);
       draw();
-      await showSecretOnce("User created", `API key for ${result.user.name}`, result.apiKey, `${result.user.name} can now call /v1 with this key.`);
+      await showSecretOnce("User created", `API key for ${result.user.name}`, result.apiKey, accessNote(result.user, result.failed));
     } else {
       users = users.map((u) => (u.id === result.user.id ? result.user : u));
       draw();
       toast(`Saved ${result.user.name}.`, "ok");
     }
+  }
+
+  /** What the new key can do, said truthfully: which backends, or why nothing yet. */
+  function accessNote(user, failed) {
+    const warn = failed && failed.length ? ` Could not grant: ${failed.join(", ")} (retry on Permissions).` : "";
+    if (!user.isActive) return `${user.name} is inactive: the key is refused until you activate the user.${warn}`;
+    if (user.allBackends) return `${user.name} can now call /v1 with this key, on every backend.${warn}`;
+    if (user.permissions.length) {
+      const names = user.permissions.map((p) => p.backend.name).join(", ");
+      return `${user.name} can now call /v1 with this key, on: ${names}.${warn}`;
+    }
+    return `${user.name} has no backend yet: /v1 requests with this key are refused until you give it backends on Permissions.${warn}`;
   }
 
   async function setActive(user, isActive) {
