@@ -54,7 +54,7 @@ log = logging.getLogger("router.graphql")
 UNAUTHENTICATED_MAX_BODY = 8 * 1024  # bytes: ample for `login`, nothing to parse for an attacker
 
 
-class AdminGraphQL(GraphQL):
+class AdminGraphQL(GraphQL[AdminContext, None]):
     """Strawberry's ASGI app with the router's context, admin authentication and request limits."""
 
     def __init__(self, schema: AdminSchema, settings: Settings, origins: list[str]) -> None:
@@ -147,7 +147,8 @@ class AdminGraphQL(GraphQL):
             context.token = token if context.auth_error is None else None
         if context.auth_error is not None:
             log.info("admin WebSocket from %s refused: %s", context.address, context.auth_error.message)
-            raise ConnectionRejectionError({"message": context.auth_error.message, **context.auth_error.extensions})
+            extensions = context.auth_error.extensions or {}
+            raise ConnectionRejectionError({"message": context.auth_error.message, **extensions})
         expiry = context.security.tokens.session_expiry(context.token)
         if expiry is not None and isinstance(context.request, WebSocket):
             context.request.scope[_WATCH_KEY] = asyncio.create_task(_end_with_session(context, expiry))

@@ -7,6 +7,7 @@ from typing import Any
 
 import strawberry
 from starlette.responses import Response
+from strawberry.scalars import JSON
 from strawberry.types import Info
 
 from graphql_schema.context import DEVICE_COOKIE, DEVICE_COOKIE_MAX_AGE_S, AdminContext, too_many_attempts
@@ -273,7 +274,7 @@ class Mutation(QuotaMutation):
     )
     async def test_script(self, info: Ctx, id: strawberry.ID, input: ScriptTestInput) -> ScriptTestResult:
         script = await info.context.admin.get_script(id)
-        context = input.context
+        context: object = input.context
         if context is None:
             context = await test_context_of(info, script, input.hook.value)
         if not isinstance(context, dict):
@@ -289,7 +290,7 @@ class Mutation(QuotaMutation):
             await engine.close()
         return ScriptTestResult(
             ok=result.ok,
-            context=result.context,
+            context=None if result.context is None else JSON(result.context),
             logs=list(result.logs),
             error=result.error,
             duration_ms=result.duration_ms,

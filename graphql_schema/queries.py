@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
 from datetime import datetime
+from typing import TypeVar
 
 import strawberry
 from strawberry.scalars import JSON
 from strawberry.types import Info
 
 from graphql_schema.context import AdminContext
-from graphql_schema.errors import bad_input
+from graphql_schema.errors import NOT_FOUND, bad_input
 from graphql_schema.pages import BackendSearch, PageQuery, ScriptSearch, UserSearch
 from graphql_schema.quotas import QuotaQuery
 from graphql_schema.types import (
@@ -37,6 +39,7 @@ from router.services import ServiceError
 DEFAULT_PAGE = 50
 
 Ctx = Info[AdminContext, None]
+T = TypeVar("T")
 
 
 def filter_id(value: strawberry.ID | None, field: str) -> int | None:
@@ -68,11 +71,11 @@ def log_filter(flt: RequestLogFilter | UsageFilter | None) -> analytics_queries.
     )
 
 
-async def _or_none(awaitable):
+async def _or_none(awaitable: Awaitable[T]) -> T | None:
     try:
         return await awaitable
     except ServiceError as exc:
-        if exc.code == "NOT_FOUND":
+        if exc.code == NOT_FOUND:
             return None
         raise
 
@@ -135,7 +138,7 @@ class Query(QuotaQuery, PageQuery):
         from graphql_schema.mutations import test_context_of
 
         script = await info.context.admin.get_script(script_id)
-        return await test_context_of(info, script, hook.value)
+        return JSON(await test_context_of(info, script, hook.value))
 
     @strawberry.field(description="A script by id; null if there is none.")
     async def script(self, info: Ctx, id: strawberry.ID) -> Script | None:

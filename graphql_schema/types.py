@@ -14,7 +14,7 @@ from strawberry.scalars import JSON
 from strawberry.types import Info
 
 from graphql_schema.context import AdminContext
-from graphql_schema.errors import bad_input
+from graphql_schema.errors import NOT_FOUND, api_error, bad_input
 from graphql_schema.limits_types import Limits, QuotaState, Subject, quota_state
 from router import analytics_queries
 from router import limits as lim
@@ -245,13 +245,21 @@ class Permission:
     user_id: strawberry.Private[int]
     backend_id: strawberry.Private[int]
 
+    # Both can be gone when the permission was read just before its user or backend was deleted
+    # (deleting either deletes its permissions): a NOT_FOUND error then, not a masked internal one.
     @strawberry.field
     async def user(self, info: Info[AdminContext, None]) -> User:
-        return User.from_model(await info.context.loaders.users.load(self.user_id))
+        user = await info.context.loaders.users.load(self.user_id)
+        if user is None:
+            raise api_error(NOT_FOUND, f"User {self.user_id} of permission {self.id} no longer exists.")
+        return User.from_model(user)
 
     @strawberry.field
     async def backend(self, info: Info[AdminContext, None]) -> Backend:
-        return Backend.from_model(await info.context.loaders.backends.load(self.backend_id))
+        backend = await info.context.loaders.backends.load(self.backend_id)
+        if backend is None:
+            raise api_error(NOT_FOUND, f"Backend {self.backend_id} of permission {self.id} no longer exists.")
+        return Backend.from_model(backend)
 
     @classmethod
     def from_model(cls, permission: PermissionModel) -> Permission:

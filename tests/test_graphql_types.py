@@ -1,0 +1,35 @@
+"""GraphQL object types resolved in-process against the real schema and database."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from router.services import AdminService
+from tests.inprocess import in_process
+
+QUERY = "{ permissions { id user { name } backend { name } } }"
+
+
+@pytest.mark.parametrize("gone", ["users", "backends"])
+async def test_permission_whose_user_or_backend_was_deleted_meanwhile_is_not_found_not_internal(
+    tmp_path: Path, upstream, monkeypatch: pytest.MonkeyPatch, gone: str
+) -> None:
+    """The permission list is read, then its user or backend is deleted before the batched look-up."""
+    async with in_process(tmp_path, {"alpha": {"url": upstream.base_url}}) as router:
+        admin = router.app.state.admin
+        user, _ = await admin.create_user("bob")
+        backend = (await admin.list_backends(None))[0]
+        await admin.create_permission(user.id, backend.id)
+        assert (await router.gql(QUERY))["data"]["permissions"][0]["user"]["name"] == "bob"
+
+        async def nothing(self: AdminService, ids: object) -> dict[int, object]:
+            return {}
+
+        monkeypatch.setattr(AdminService, f"{gone}_by_id", nothing)
+        answer = await router.gql(QUERY)
+        assert answer["data"] is None
+        [error] = answer["errors"]
+        assert error["extensions"]["code"] == "NOT_FOUND", error
+        assert "no longer exists" in error["message"]
