@@ -1,23 +1,46 @@
-"""Subscription root: live request logs from the runtime's event bus.
+"""Subscription root: live request logs from the runtime's event bus, and live usage ticks.
 
 Each subscription owns one bounded queue on `runtime.bus` (SUBSCRIBER_QUEUE_SIZE entries). The
 log writer publishes without ever waiting; when a subscriber's queue is full (a slow or stuck
 client), the oldest undelivered entry is dropped and counted in `Subscription.dropped`, so /v1
 and other subscribers are never held up and a stuck client costs bounded memory. A client that
 falls that far behind sees a gap, never stale data from long ago; `requestLogs` fills gaps.
+
+`usageTicks` reads `runtime.ticker` (router/live.py): one message per interval whatever the
+traffic, from a one-slot mailbox per subscription (a slow client gets the newest tick and how many
+it skipped).
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncGenerator
+from datetime import datetime
 
 import strawberry
 from strawberry.types import Info
 
 from graphql_schema.context import AdminContext
+from graphql_schema.errors import bad_input
 from graphql_schema.queries import filter_id
-from graphql_schema.types import RequestLog
+from graphql_schema.types import RequestLog, UsageGroupBy, UsageRow
+from router.live import MAX_INTERVAL_S
 from router.usage import RequestRecord
+
+
+@strawberry.type(
+    description="Live aggregates of the last interval across all router processes (one message per interval, "
+    "whatever the traffic)."
+)
+class UsageTick:
+    at: datetime = strawberry.field(description="End of the interval.")
+    interval_s: int
+    skipped: int = strawberry.field(
+        description="Ticks this subscriber missed since its previous message (a slow reader gets the newest "
+        "tick); 0 normally."
+    )
+    rows: list[UsageRow] = strawberry.field(
+        description="One row per group that had requests in the interval; empty for an interval without traffic."
+    )
 
 
 @strawberry.type
@@ -46,3 +69,27 @@ class Subscription:
                 yield RequestLog.from_row(record)
         finally:
             subscription.close()
+
+    @strawberry.subscription(
+        description="Aggregates of the last intervalS seconds (default 1), grouped as asked (default none: one "
+        "row), every intervalS seconds."
+    )
+    async def usage_ticks(
+        self,
+        info: Info[AdminContext, None],
+        interval_s: int | None = None,
+        group_by: list[UsageGroupBy] | None = None,
+    ) -> AsyncGenerator[UsageTick, None]:
+        info.context.require_admin()
+        interval = 1 if interval_s is None else interval_s
+        if not 1 <= interval <= MAX_INTERVAL_S:
+            raise bad_input(f"intervalS must be between 1 and {MAX_INTERVAL_S} seconds, got {interval}", "intervalS")
+        ticker = info.context.runtime.ticker
+        mailbox = ticker.subscribe(interval, [g.value for g in group_by or ()])
+        try:
+            while True:
+                tick, skipped = await mailbox.get()
+                rows = [UsageRow.from_data(row) for row in tick.rows]
+                yield UsageTick(at=tick.at, interval_s=tick.interval_s, skipped=skipped, rows=rows)
+        finally:
+            ticker.unsubscribe(mailbox)

@@ -15,6 +15,7 @@ from router.crypto import SecretBox
 from router.health import HealthChecker
 from router.hooks import retain_scripts
 from router.limits import Admission, Limiter, RedisStore, make_store
+from router.live import UsageTicker
 from router.metrics import Metrics
 from router.model_lists import ModelDirectory
 from router.routing import HealthTracker, InFlight, WeightedRoundRobin, order_least_busy
@@ -91,6 +92,8 @@ class Runtime:
 
             self.shared = SharedState(settings, self.catalog, self.health, self.in_flight, self.bus, self.writer)
             self.affinity.remote, self.affinity.prefix = self.shared, settings.redis_prefix
+        # usageTicks: per-second aggregates, summed across processes in Redis when shared.
+        self.ticker = UsageTicker(self.shared.redis if self.shared is not None else None, settings.redis_prefix)
         self.checker = HealthChecker(
             self.catalog,
             self.models,
@@ -111,6 +114,7 @@ class Runtime:
         except TimeoutError:
             log.warning("some backends did not list their models within 3 s; continuing")
         self.writer.start()
+        self.ticker.start()
         loop = asyncio.get_running_loop()
         self._tasks = [
             loop.create_task(self.catalog.poll_forever(self.settings.catalog_poll_interval_s)),
@@ -147,6 +151,7 @@ class Runtime:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.ticker.stop()
         await self.writer.close(self.settings.shutdown_grace_s)
         await self.affinity.close()
         if self.shared is not None:
@@ -208,6 +213,7 @@ class Runtime:
                 record.cache_write_tokens,
             )
         self.writer.submit(record)
+        self.ticker.add(record)
         if record.admission is not None:
             self.settle(record.admission, record)
         self.tracer.record(record)

@@ -128,6 +128,11 @@ class SharedState:
         health.on_change = self._health_changed
         writer.on_written = self._records_written
 
+    @property
+    def redis(self) -> Any:
+        """The shared client (router.live sums usage ticks with it)."""
+        return self._redis
+
     # --- response bindings (router.affinity) ---
 
     async def get_binding(self, key: str) -> bytes | None:

@@ -1,0 +1,297 @@
+"""Live usage ticks: per-second aggregates of finished requests, delivered every N seconds.
+
+Each finished request adds its numbers to this second's bucket in memory (one dict update, no
+message to anyone). Once a second a background task closes the bucket of the second just ended:
+
+- without Redis, that bucket is the second's numbers;
+- with `REDIS_URL`, every process adds its bucket to one Redis hash per second
+  (`<REDIS_PREFIX>:usage:<epoch second>`, one pipeline per process per second, expiring after
+  BUCKET_TTL_S), and after TICK_GRACE_S reads the whole hash back: every process then holds the
+  same cluster-wide numbers for that second, and each second is counted once, by its key.
+
+Intervals are aligned to the epoch (an `intervalS` of 5 ends at :00, :05, ...), so two subscribers
+with the same interval see the same totals wherever they are connected. Each subscriber has a
+one-slot mailbox: a tick that finds the previous one still undelivered replaces it and counts it
+in `skipped`, so a slow client costs one tick of memory and gets the newest numbers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+
+from router.analytics_queries import UsageRow
+from router.usage import RequestRecord
+
+log = logging.getLogger("router.live")
+
+MAX_INTERVAL_S = 60
+FLUSH_DELAY_S = 0.05  # after the second ends: its last requests have surely been added
+TICK_GRACE_S = 0.5  # after the second ends: every process has pushed its bucket to Redis
+BUCKET_TTL_S = 2 * MAX_INTERVAL_S + 10
+MAX_GROUPS_PER_SECOND = 10_000  # distinct (user, backend, model) in one second; more go to one overflow group
+
+# (user id, user name, backend id, backend name, model) of a request.
+GroupKey = tuple[int | None, str | None, int | None, str | None, str | None]
+_OVERFLOW: GroupKey = (None, None, None, None, "(other)")
+# Sums per group, in this order.
+SUMS = ("requests", "errors", "prompt", "completion", "total", "cached", "reasoning", "cost", "latency")
+_FLOATS = frozenset({"cost", "latency"})
+Sums = list[float]
+
+
+@dataclass(frozen=True, slots=True)
+class Tick:
+    """What one subscription gets: the interval's end, its length, its rows (empty when quiet)."""
+
+    at: datetime
+    interval_s: int
+    rows: list[UsageRow]
+
+
+class TickMailbox:
+    """One subscriber's single slot: the newest undelivered tick and how many it replaced."""
+
+    def __init__(self, interval_s: int, group_by: tuple[str, ...]) -> None:
+        self.interval_s = interval_s
+        self.group_by = group_by
+        self._tick: Tick | None = None
+        self._missed = 0
+        self._ready = asyncio.Event()
+
+    def put(self, tick: Tick) -> None:
+        if self._tick is not None:
+            self._missed += 1
+        self._tick = tick
+        self._ready.set()
+
+    async def get(self) -> tuple[Tick, int]:
+        """The newest tick and the number of ticks skipped since the previous `get`."""
+        while self._tick is None:
+            self._ready.clear()
+            await self._ready.wait()
+        tick, skipped = self._tick, self._missed
+        self._tick, self._missed = None, 0
+        return tick, skipped
+
+
+def add_record(bucket: dict[GroupKey, Sums], record: RequestRecord) -> None:
+    """Add one finished request to a second's bucket."""
+    key: GroupKey = (record.user_id, record.user_name, record.backend_id, record.backend_name, record.model)
+    sums = bucket.get(key)
+    if sums is None:
+        if len(bucket) >= MAX_GROUPS_PER_SECOND:
+            key = _OVERFLOW
+            sums = bucket.get(key)
+        if sums is None:
+            sums = bucket[key] = [0.0] * len(SUMS)
+    sums[0] += 1
+    sums[1] += 1 if record.status_code >= 400 or record.error is not None else 0
+    sums[2] += record.prompt_tokens
+    sums[3] += record.completion_tokens
+    sums[4] += record.total_tokens
+    sums[5] += record.cached_tokens
+    sums[6] += record.reasoning_tokens
+    sums[7] += record.cost_usd or 0.0
+    sums[8] += record.latency_ms
+
+
+def merge(buckets: Iterable[dict[GroupKey, Sums]]) -> dict[GroupKey, Sums]:
+    total: dict[GroupKey, Sums] = {}
+    for bucket in buckets:
+        for key, sums in bucket.items():
+            into = total.get(key)
+            if into is None:
+                total[key] = list(sums)
+            else:
+                for i, value in enumerate(sums):
+                    into[i] += value
+    return total
+
+
+def rows_of(bucket: dict[GroupKey, Sums], group_by: Sequence[str]) -> list[UsageRow]:
+    """The bucket summed per the asked grouping ("user", "backend", "model"; none: one row)."""
+    by_user, by_backend, by_model = "user" in group_by, "backend" in group_by, "model" in group_by
+    grouped: dict[GroupKey, Sums] = {}
+    for (uid, uname, bid, bname, model), sums in bucket.items():
+        key: GroupKey = (
+            uid if by_user else None,
+            uname if by_user else None,
+            bid if by_backend else None,
+            bname if by_backend else None,
+            model if by_model else None,
+        )
+        into = grouped.get(key)
+        if into is None:
+            grouped[key] = list(sums)
+        else:
+            for i, value in enumerate(sums):
+                into[i] += value
+    rows = []
+    for (uid, uname, bid, bname, model), s in sorted(grouped.items(), key=lambda item: -item[1][0]):
+        requests = int(s[0])
+        rows.append(
+            UsageRow(
+                bucket_start=None,
+                user_id=uid,
+                user_name=uname,
+                backend_id=bid,
+                backend_name=bname,
+                model=model,
+                requests=requests,
+                errors=int(s[1]),
+                prompt_tokens=int(s[2]),
+                completion_tokens=int(s[3]),
+                total_tokens=int(s[4]),
+                cached_tokens=int(s[5]),
+                reasoning_tokens=int(s[6]),
+                avg_latency_ms=s[8] / requests if requests else None,
+                cost_usd=s[7],
+            )
+        )
+    return rows
+
+
+def encode_bucket(bucket: dict[GroupKey, Sums]) -> list[tuple[str, bytes, int | float]]:
+    """(command, hash field, increment) for HINCRBY/HINCRBYFLOAT of every non-zero sum."""
+    out: list[tuple[str, bytes, int | float]] = []
+    for key, sums in bucket.items():
+        group = orjson.dumps(key)
+        for name, value in zip(SUMS, sums, strict=True):
+            if value:
+                field = group + b"|" + name.encode()
+                out.append(("hincrbyfloat", field, value) if name in _FLOATS else ("hincrby", field, int(value)))
+    return out
+
+
+def decode_bucket(entries: dict[bytes, bytes]) -> dict[GroupKey, Sums]:
+    bucket: dict[GroupKey, Sums] = {}
+    index = {name.encode(): i for i, name in enumerate(SUMS)}
+    for raw_field, raw_value in entries.items():
+        group, _, name = raw_field.rpartition(b"|")
+        i = index.get(name)
+        if i is None:
+            continue
+        try:
+            uid, uname, bid, bname, model = orjson.loads(group)
+            value = float(raw_value)
+        except (orjson.JSONDecodeError, TypeError, ValueError):
+            continue
+        key: GroupKey = (uid, uname, bid, bname, model)
+        sums = bucket.get(key)
+        if sums is None:
+            sums = bucket[key] = [0.0] * len(SUMS)
+        sums[i] += value
+    return bucket
+
+
+class UsageTicker:
+    """Per-second usage buckets of this process (shared through Redis when given) and tick fan-out."""
+
+    def __init__(self, redis: Any | None = None, prefix: str = "llm-router") -> None:
+        self.redis = redis
+        self.prefix = prefix
+        self._open: dict[int, dict[GroupKey, Sums]] = {}  # second -> this process's bucket
+        self._closed: dict[int, dict[GroupKey, Sums]] = {}  # second -> final numbers (last MAX_INTERVAL_S)
+        self._mailboxes: set[TickMailbox] = set()
+        self._task: asyncio.Task[None] | None = None
+        self._redis_failed = False
+        self.ticks = 0  # seconds closed (for tests and metrics)
+
+    # --- the request path ---
+
+    def add(self, record: RequestRecord) -> None:
+        """A finished request: one dict update in this second's bucket."""
+        second = int(time.time())
+        bucket = self._open.get(second)
+        if bucket is None:
+            bucket = self._open[second] = {}
+        add_record(bucket, record)
+
+    # --- subscribers ---
+
+    def subscribe(self, interval_s: int, group_by: Sequence[str]) -> TickMailbox:
+        mailbox = TickMailbox(interval_s, tuple(sorted(set(group_by))))
+        self._mailboxes.add(mailbox)
+        return mailbox
+
+    def unsubscribe(self, mailbox: TickMailbox) -> None:
+        self._mailboxes.discard(mailbox)
+
+    @property
+    def subscriber_count(self) -> int:
+        return len(self._mailboxes)
+
+    # --- lifecycle ---
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="usage-ticks")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _run(self) -> None:
+        last = int(time.time()) - 1  # the last closed second
+        while True:
+            second = last + 1
+            await asyncio.sleep(max(0.0, second + 1 + FLUSH_DELAY_S - time.time()))
+            if int(time.time()) - second > MAX_INTERVAL_S:  # the loop was blocked for long: no backlog
+                second = int(time.time()) - 1
+            try:
+                await self._close_second(second)
+            except Exception:
+                log.exception("closing the usage second %d failed", second)
+            last = second
+
+    async def _close_second(self, second: int) -> None:
+        mine = merge(self._open.pop(s) for s in [s for s in self._open if s <= second])
+        numbers = mine
+        if self.redis is not None:
+            key = f"{self.prefix}:usage:{second}"
+            try:
+                if mine:
+                    async with self.redis.pipeline(transaction=False) as pipe:
+                        for command, field, value in encode_bucket(mine):
+                            getattr(pipe, command)(key, field, value)
+                        pipe.expire(key, BUCKET_TTL_S)
+                        await pipe.execute()
+                await asyncio.sleep(max(0.0, second + 1 + TICK_GRACE_S - time.time()))
+                numbers = decode_bucket(await self.redis.hgetall(key))
+                if self._redis_failed:
+                    self._redis_failed = False
+                    log.warning("usage ticks: Redis is reachable again, ticks cover every process")
+            except Exception as exc:
+                if not self._redis_failed:
+                    self._redis_failed = True
+                    log.warning("usage ticks: Redis unavailable (%s): ticks cover this process only", exc)
+        self._closed[second] = numbers
+        for old in [s for s in self._closed if s <= second - MAX_INTERVAL_S]:
+            del self._closed[old]
+        self.ticks += 1
+        self._deliver(second + 1)
+
+    def _deliver(self, end: int) -> None:
+        """Ticks for every subscriber whose interval ends at `end` (epoch seconds)."""
+        made: dict[tuple[int, tuple[str, ...]], Tick] = {}
+        at = datetime.fromtimestamp(end, UTC)
+        for mailbox in tuple(self._mailboxes):
+            if end % mailbox.interval_s:
+                continue
+            shape = (mailbox.interval_s, mailbox.group_by)
+            tick = made.get(shape)
+            if tick is None:
+                seconds = range(end - mailbox.interval_s, end)
+                numbers = merge(self._closed[s] for s in seconds if s in self._closed)
+                tick = made[shape] = Tick(at, mailbox.interval_s, rows_of(numbers, mailbox.group_by))
+            mailbox.put(tick)

@@ -1,0 +1,264 @@
+"""`usageTicks` over real WebSockets (graphql-transport-ws) against running routers: totals equal
+the requests sent, a quiet interval still ticks, a stuck subscriber gets the newest tick with the
+count it skipped, auth, and two processes sharing Redis showing the same totals.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import uuid
+from collections.abc import Iterator
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import openai
+import pytest
+from websockets.exceptions import ConnectionClosed
+
+from tests.conftest import RouterProcess, require_redis, write_config
+from tests.test_graphql_api import GqlEnv, start_env, stop_env
+from tests.test_graphql_subscriptions import StuckClient, Subscriber, new_user
+
+TICK_FIELDS = (
+    "at intervalS skipped rows { userId userName backendName model requests errors promptTokens "
+    "completionTokens totalTokens cachedTokens reasoningTokens costUsd avgLatencyMs }"
+)
+FAT_ALIASES = 20_000  # `at` this many times: ~0.8 MB per tick, so a client that does not read stalls the router's sends
+
+
+@pytest.fixture(scope="module")
+def genv(tmp_path_factory) -> Iterator[GqlEnv]:
+    gql_env, databases = start_env(
+        tmp_path_factory.mktemp("usage-ticks"),
+        {
+            "GRAPHQL_MAX_ALIASES": str(FAT_ALIASES + 10),
+            "GRAPHQL_MAX_TOKENS": str(4 * FAT_ALIASES),
+            "GRAPHQL_MAX_QUERY_KB": "1024",
+            "GRAPHQL_MAX_COST": str(4 * FAT_ALIASES),
+        },
+    )
+    yield gql_env
+    stop_env(gql_env, databases)
+
+
+@pytest.fixture
+def router(genv: GqlEnv) -> RouterProcess:
+    return genv.router
+
+
+async def tick_subscription(router: RouterProcess, args: str = "", fields: str = TICK_FIELDS) -> Subscriber:
+    sub = await Subscriber.connect(router)
+    await sub.acknowledged()
+    await sub.subscribe(f"subscription {{ usageTicks{args} {{ {fields} }} }}")
+    return sub
+
+
+async def next_tick(sub: Subscriber, timeout: float = 10.0) -> dict[str, Any]:
+    message = await sub.message(timeout)
+    assert message["type"] == "next", message
+    assert not message["payload"].get("errors"), message
+    tick: dict[str, Any] = message["payload"]["data"]["usageTicks"]
+    return tick
+
+
+def epoch(at: str) -> float:
+    return datetime.fromisoformat(at).timestamp()
+
+
+async def chat_usage(base_url: str, key: str, count: int) -> int:
+    """`count` chat completions through the official SDK; the sum of their total_tokens."""
+    async with openai.AsyncOpenAI(base_url=base_url, api_key=key, max_retries=0, timeout=30) as client:
+        total = 0
+        for _ in range(count):
+            reply = await client.chat.completions.create(
+                model="test-model", messages=[{"role": "user", "content": "hi"}]
+            )
+            assert reply.usage is not None
+            total += reply.usage.total_tokens
+    return total
+
+
+async def ticks_until(sub: Subscriber, requests: int, quiet_after: int = 2) -> list[dict[str, Any]]:
+    """Ticks until `requests` requests were counted, plus `quiet_after` more (which must be empty)."""
+    ticks: list[dict[str, Any]] = []
+    while sum(row["requests"] for t in ticks for row in t["rows"]) < requests:
+        ticks.append(await next_tick(sub))
+        assert len(ticks) < 30, ticks
+    for _ in range(quiet_after):
+        ticks.append(await next_tick(sub))
+    return ticks
+
+
+# --- totals -----------------------------------------------------------------------------------
+
+
+async def test_tick_totals_equal_the_requests_sent(router):
+    user, key = await new_user(router, "alpha")
+    whole = await tick_subscription(router)
+    grouped = await tick_subscription(router, "(groupBy: [USER, MODEL])")
+    try:
+        await next_tick(whole)  # subscribed: everything from here on is counted
+        await next_tick(grouped)
+        tokens = await chat_usage(router.v1, key, 5)
+        ticks = await ticks_until(whole, 5)
+        assert all(t["intervalS"] == 1 and t["skipped"] == 0 for t in ticks)
+        rows = [row for t in ticks for row in t["rows"]]
+        assert sum(r["requests"] for r in rows) == 5 and sum(r["totalTokens"] for r in rows) == tokens
+        assert sum(r["promptTokens"] + r["completionTokens"] for r in rows) == tokens
+        assert all(r["errors"] == 0 and r["avgLatencyMs"] > 0 and r["userId"] is None for r in rows)
+        assert ticks[-1]["rows"] == []  # nothing after the requests: quiet ticks
+
+        by_user = [row for t in await ticks_until(grouped, 5) for row in t["rows"]]
+        assert {(r["userId"], r["model"], r["backendName"]) for r in by_user} == {(user, "test-model", None)}
+        assert sum(r["requests"] for r in by_user) == 5
+    finally:
+        await whole.close()
+        await grouped.close()
+
+
+async def test_errors_are_counted(router):
+    _user, key = await new_user(router, "alpha")
+    sub = await tick_subscription(router, "(groupBy: [USER])")
+    try:
+        await next_tick(sub)
+        async with openai.AsyncOpenAI(base_url=router.v1, api_key=key, max_retries=0) as client:
+            with pytest.raises(openai.NotFoundError):
+                await client.chat.completions.create(model="no-such-model", messages=[{"role": "user", "content": "x"}])
+        rows = [row for t in await ticks_until(sub, 1, quiet_after=0) for row in t["rows"]]
+        assert [(r["requests"], r["errors"], r["totalTokens"]) for r in rows] == [(1, 1, 0)]
+    finally:
+        await sub.close()
+
+
+# --- quiet intervals and longer intervals -----------------------------------------------------
+
+
+async def test_an_empty_interval_still_ticks(router):
+    sub = await tick_subscription(router, "(intervalS: 1)")
+    try:
+        first, second, third = [await next_tick(sub) for _ in range(3)]
+        assert first["rows"] == second["rows"] == third["rows"] == []
+        assert epoch(second["at"]) - epoch(first["at"]) == 1 and epoch(third["at"]) - epoch(second["at"]) == 1
+        assert epoch(third["at"]) % 1 == 0 and third["skipped"] == 0
+    finally:
+        await sub.close()
+
+
+async def test_a_longer_interval_is_aligned_and_sums_its_seconds(router):
+    _user, key = await new_user(router, "alpha")
+    sub = await tick_subscription(router, "(intervalS: 2)", fields="at intervalS skipped rows { requests }")
+    try:
+        first = await next_tick(sub)
+        assert first["intervalS"] == 2 and epoch(first["at"]) % 2 == 0
+        await chat_usage(router.v1, key, 3)
+        ticks = await ticks_until(sub, 3, quiet_after=1)
+        assert [epoch(t["at"]) - epoch(first["at"]) for t in ticks] == [2.0 * (i + 1) for i in range(len(ticks))]
+        assert sum(r["requests"] for t in ticks for r in t["rows"]) == 3
+    finally:
+        await sub.close()
+
+
+@pytest.mark.parametrize("interval", [0, -1, 61])
+async def test_an_interval_out_of_range_is_refused(router, interval):
+    sub = await tick_subscription(router, f"(intervalS: {interval})", fields="at")
+    try:
+        message = await sub.message()
+        errors = message["payload"] if message["type"] == "error" else message["payload"].get("errors")
+        [error] = errors
+        assert error["extensions"]["code"] == "BAD_USER_INPUT" and error["extensions"]["field"] == "intervalS"
+        assert "between 1 and 60" in error["message"]
+    finally:
+        await sub.close()
+
+
+# --- a slow subscriber ------------------------------------------------------------------------
+
+
+async def test_a_stuck_subscriber_gets_the_newest_tick_with_the_skipped_count(router):
+    fat = " ".join(f"f{i}: at" for i in range(FAT_ALIASES))
+    stuck = await asyncio.to_thread(StuckClient, router)
+    try:
+        stuck.send({"type": "connection_init", "payload": {"Authorization": "Bearer " + router.env["ADMIN_PASSWORD"]}})
+        assert (await asyncio.to_thread(stuck.read))["type"] == "connection_ack"
+        query = f"subscription {{ usageTicks {{ at skipped {fat} }} }}"
+        stuck.send({"id": "1", "type": "subscribe", "payload": {"query": query}})
+        healthy = await tick_subscription(router, fields="at skipped")
+        try:
+            seen = [await next_tick(healthy) for _ in range(12)]  # 12 s during which the stuck one reads nothing
+            assert all(t["skipped"] == 0 for t in seen)  # the healthy one is not held up
+        finally:
+            await healthy.close()
+        got: list[dict[str, Any]] = []
+        while not got or epoch(got[-1]["at"]) < epoch(seen[-1]["at"]):
+            message = await asyncio.to_thread(stuck.read)
+            assert message["type"] == "next", str(message)[:300]
+            got.append(message["payload"]["data"]["usageTicks"])
+        skipped = [t["skipped"] for t in got]
+        assert any(skipped), f"the router never had to skip: {skipped}"
+        # Nothing lost silently: the gap between two messages is exactly 1 + the ticks skipped.
+        for before, after in itertools.pairwise(got):
+            assert epoch(after["at"]) - epoch(before["at"]) == 1 + after["skipped"]
+    finally:
+        stuck.close()
+
+
+# --- auth -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("token", [None, "wrong-password"])
+async def test_usage_ticks_without_a_valid_token_are_refused(router, token):
+    sub = await Subscriber.connect(router, token=token)
+    await sub.subscribe(f"subscription {{ usageTicks {{ {TICK_FIELDS} }} }}")
+    with pytest.raises(ConnectionClosed) as closed:
+        await sub.message()
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == 4403
+
+
+# --- two processes sharing Redis --------------------------------------------------------------
+
+
+@pytest.fixture
+def redis_pair(tmp_path: Path, upstream) -> Iterator[tuple[RouterProcess, RouterProcess]]:
+    """Two routers (personal mode: no keys to share) on the same Redis prefix, each with its own database."""
+    env = {
+        "REDIS_URL": require_redis(),
+        "REDIS_PREFIX": f"test-{uuid.uuid4().hex[:12]}",
+        "ENABLE_ACCOUNT_MANAGEMENT": "false",
+    }
+    routers: list[RouterProcess] = []
+    for name in ("a", "b"):
+        config = write_config(tmp_path / f"{name}.yaml", {"alpha": {"url": upstream.base_url}})
+        routers.append(RouterProcess(tmp_path / name, env, config))
+    try:
+        for router in routers:
+            router.start()
+        yield routers[0], routers[1]
+    finally:
+        for router in routers:
+            router.stop()
+
+
+async def test_two_processes_sharing_redis_show_the_same_totals(redis_pair):
+    a, b = redis_pair
+    on_a, on_b = await tick_subscription(a), await tick_subscription(b)
+    try:
+        await next_tick(on_a)
+        await next_tick(on_b)
+        tokens = await chat_usage(a.v1, "local", 3) + await chat_usage(b.v1, "local", 4)
+        seen_a, seen_b = await ticks_until(on_a, 7), await ticks_until(on_b, 7)
+
+        def per_second(ticks: list[dict[str, Any]]) -> dict[str, tuple[int, int]]:
+            return {
+                t["at"]: (sum(r["requests"] for r in t["rows"]), sum(r["totalTokens"] for r in t["rows"]))
+                for t in ticks
+                if t["rows"]
+            }
+
+        assert per_second(seen_a) == per_second(seen_b)  # the same intervals, the same numbers
+        assert sum(n for n, _ in per_second(seen_a).values()) == 7  # each request counted once
+        assert sum(t for _, t in per_second(seen_a).values()) == tokens
+    finally:
+        await on_a.close()
+        await on_b.close()
