@@ -40,10 +40,19 @@ def cpu_seconds_self(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
 
 
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of `pid` and its descendants, in seconds."""
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
+def cpu_seconds(pid: int, only: bytes | None = None) -> float:
+    """utime + stime of `pid` and its descendants (those whose command line holds `only`), in seconds."""
     total = 0
     for p in children_of(pid):
+        if only is not None and only not in _cmdline(p):
+            continue
         try:
             stat = Path(f"/proc/{p}/stat").read_text()
         except OSError:
@@ -82,16 +91,22 @@ def open_fds(pid: int) -> int:
 
 
 class CpuMeter:
-    """CPU time a process tree used between start() and stop()."""
+    """CPU time a process tree used between start() and stop(); `helper` = the part of it in helper processes."""
+
+    HELPERS = b"router.tracing"  # the Langfuse exporter process: off the event loop
 
     def __init__(self, pid: int) -> None:
         self.pid = pid
         self._start = 0.0
+        self._helper_start = 0.0
+        self.helper = 0.0
 
     def start(self) -> None:
         self._start = cpu_seconds(self.pid)
+        self._helper_start = cpu_seconds(self.pid, self.HELPERS)
 
     def stop(self) -> float:
+        self.helper = cpu_seconds(self.pid, self.HELPERS) - self._helper_start
         return cpu_seconds(self.pid) - self._start
 
 

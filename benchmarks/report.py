@@ -417,6 +417,7 @@ def render(results: dict[str, Any]) -> str:
         ("analytics", "Analytics at scale", analytics_lines),
         ("workers", "--workers 2 vs --workers 1", workers_lines),
         ("profile", "Profile (py-spy)", profile_lines),
+        ("ab", "Variants and the floor, measured in alternation", ab_lines),
     ]
     for key, title, render_section in sections:
         if results.get(key):
@@ -437,3 +438,38 @@ def update_readme(path: Path, results: dict[str, Any]) -> None:
     head, rest = text.split(BEGIN, 1)
     _, tail = rest.split(END, 1)
     path.write_text(head + render(results) + tail)
+
+
+def ab_lines(ab: dict[str, Any]) -> list[str]:
+    """Medians over the rounds of an A/B run (`--variant ... --floor`), and each variant as a share of each floor."""
+    summary = ab.get("summary", {})
+    cells = sorted({c for by_cell in summary.values() for c in by_cell})
+    out = [
+        f"{ab.get('rounds')} rounds, every target measured once per cell per round (medians; CPU ms per request "
+        "is the server process tree's own, the Langfuse exporter apart).",
+        "",
+        "| target | " + " | ".join(f"{c} req/s | {c} CPU ms/req" for c in cells) + " | others on its CPU |",
+        "|---|" + "---|---|" * len(cells) + "---|",
+    ]
+    for name, by_cell in summary.items():
+        values = " | ".join(
+            f"{fmt(by_cell.get(c, {}).get('rps'), 0)} | {fmt(by_cell.get(c, {}).get('cpu_ms_per_req'), 3)}"
+            for c in cells
+        )
+        noise = max((v.get("others_on_cpu_pct", 0) for v in by_cell.values()), default=0)
+        out.append(f"| {name} | {values} | up to {noise:.0f} % |")
+    ratios = ab.get("vs_floor", {})
+    if ratios:
+        floors = sorted({f for cells_ in ratios.values() for by_floor in cells_.values() for f in by_floor})
+        out += [
+            "",
+            "Throughput as a share of each floor, median of the per-round ratios:",
+            "",
+            "| variant | cell | " + " | ".join(floors) + " |",
+            "|---|---|" + "---|" * len(floors),
+        ]
+        for variant, by_cell in ratios.items():
+            for cell_name, by_floor in sorted(by_cell.items()):
+                shares = " | ".join(fmt(100 * by_floor[f], 0, " %") if f in by_floor else "—" for f in floors)
+                out.append(f"| {variant} | {cell_name} | {shares} |")
+    return out

@@ -39,11 +39,13 @@ from services import (
     MODEL,
     REPO,
     SLOW_MODEL,
+    Floor,
     GraphQLError,
     GraphQLUnavailable,
     Mock,
     Router,
     install_litellm,
+    start_floor,
     start_litellm,
     start_mock,
     stop_process,
@@ -178,6 +180,9 @@ def measure_once(
     row["machine_busy_before_pct"] = round(quiet, 1)
     if meter and pid:
         cpu = meter.stop()
+        if meter.helper:  # the Langfuse exporter process: reported apart from the event loop's CPU
+            row["helper_cpu_ms_per_req"] = round(meter.helper * 1000 / max(result.requests, 1), 3)
+            cpu -= meter.helper
         row["cpu_ms_per_req"] = round(cpu * 1000 / max(result.requests, 1), 3)
         row["cpu_busy_pct"] = round(100 * cpu / result.duration_s, 1)
         # What one dedicated core would sustain at this CPU cost: robust to other processes on a shared machine.
@@ -234,7 +239,7 @@ def run_ab(ctx: Ctx) -> dict[str, Any]:
     `--variant NAME=SRC[,K=V...]`: a checkout to run the router from, plus router environment.
     """
     routers: dict[str, Router] = {}
-    cells = ((False, 64), (True, 64), (False, 1))
+    cells = ((False, 64), (True, 64), (False, 16)) if ctx.args.floor else ((False, 64), (True, 64), (False, 1))
     samples: dict[str, dict[str, list[dict[str, Any]]]] = {}
     try:
         for spec in ctx.args.variant:
@@ -250,16 +255,53 @@ def run_ab(ctx: Ctx) -> dict[str, Any]:
             router.prepare()
             router.start(dict(e.split("=", 1) for e in env))
             routers[name] = router
+        floors = start_floors(ctx) if ctx.args.floor else []
+        targets = [(name, r.url, r.key, r.pid) for name, r in routers.items()]
+        targets += [(f.name, f.url, None, f.pid) for f in floors]
         for round_ in range(ctx.args.rounds):
             log(f"A/B round {round_ + 1}/{ctx.args.rounds}")
             for stream, c in cells:
-                for name, router in routers.items():
-                    row = measure_once(name, router.url + CHAT, stream, c, ctx, router.key, router.pid, MODEL)
+                for name, url, key, pid in targets:
+                    row = measure_once(name, url + CHAT, stream, c, ctx, key, pid, MODEL)
                     samples.setdefault(name, {}).setdefault(f"{row['mode']} c{c}", []).append(row)
     finally:
         for router in routers.values():
             router.stop()
-    return {"variants": ctx.args.variant, "rounds": ctx.args.rounds, "summary": ab_summary(samples)}
+        for floor in locals().get("floors") or []:
+            stop_process(floor.proc)
+    summary = ab_summary(samples)
+    return {
+        "variants": ctx.args.variant,
+        "rounds": ctx.args.rounds,
+        "summary": summary,
+        "vs_floor": floor_ratios(samples, list(routers), [f.name for f in floors]),
+    }
+
+
+FLOORS = (("granian", "aiohttp"), ("uvicorn", "aiohttp"), ("granian", "pyreqwest"))
+
+
+def start_floors(ctx: Ctx) -> list[Floor]:
+    """The bare forward-and-relay app on the router's pairing (granian+aiohttp), the fallback's, the fastest."""
+    return [start_floor(server, client, ctx.fast.url, ctx.cpus.router, ctx.work) for server, client in FLOORS]
+
+
+def floor_ratios(
+    samples: dict[str, dict[str, list[dict[str, Any]]]], variants: list[str], floors: list[str]
+) -> dict[str, Any]:
+    """Per variant, cell and floor: median over rounds of (variant req/s ÷ floor req/s in the same round)."""
+    out: dict[str, Any] = {}
+    for variant in variants:
+        for floor in floors:
+            for cell_name, rows in samples.get(variant, {}).items():
+                floor_rows = samples.get(floor, {}).get(cell_name, [])
+                ratios = [r["rps"] / f["rps"] for r, f in zip(rows, floor_rows, strict=False) if f["rps"]]
+                if ratios:
+                    out.setdefault(variant, {}).setdefault(cell_name, {})[floor] = round(statistics.median(ratios), 3)
+    for variant, cells in out.items():
+        for cell_name, by_floor in cells.items():
+            log(f"{variant} {cell_name}: " + ", ".join(f"{v:.0%} of {k}" for k, v in by_floor.items()))
+    return out
 
 
 def ab_summary(samples: dict[str, dict[str, list[dict[str, Any]]]]) -> dict[str, Any]:
@@ -298,7 +340,7 @@ def run_matrix(ctx: Ctx) -> dict[str, Any]:
     router = ctx.new_router("router")
     router.start(ctx.router_env)
     try:
-        log(f"router (aiohttp transport), pid {router.pid}, CPU {ctx.cpus.router}")
+        log(f"router (its default server and transport), pid {router.pid}, CPU {ctx.cpus.router}")
         cells += matrix("router", router.url, ctx, router.key, router.pid, conc)
         section["ttft"].append(ttft("router", router.url, ctx, router.key))
         section["peak_rss_mib"] = round(procstat.peak_rss_mib(router.pid), 1)
@@ -306,12 +348,18 @@ def run_matrix(ctx: Ctx) -> dict[str, Any]:
     finally:
         router.stop()
 
-    for transport in ("httpx",):
-        router.start({"UPSTREAM_TRANSPORT": transport})
+    variants = (("router-pyreqwest", {"UPSTREAM_TRANSPORT": "pyreqwest"}), ("router-uvicorn", {"SERVER": "uvicorn"}))
+    for label, env in variants:
+        router.start({**ctx.router_env, **env})
         try:
-            cells += matrix(f"router-{transport}", router.url, ctx, router.key, router.pid, (16, 64))
+            cells += matrix(label, router.url, ctx, router.key, router.pid, (16, 64))
         finally:
             router.stop()
+    for floor in start_floors(ctx):
+        try:
+            cells += matrix(floor.name, floor.url, ctx, None, floor.pid, (16, 64))
+        finally:
+            stop_process(floor.proc)
     langfuse_cells(ctx, router, section)
     return section
 
@@ -755,6 +803,7 @@ def profile_once(ctx: Ctx, router: Router, py_spy: str, name: str, stream: bool,
             "raw",
             "-o",
             str(out),
+            "--subprocesses",  # granian serves from a worker process
             "--pid",
             str(router.pid),
         ],
@@ -842,6 +891,7 @@ def parse_args() -> argparse.Namespace:
         help="A/B mode: router variants measured in alternation (repeat the flag)",
     )
     p.add_argument("--rounds", type=int, default=5, help="A/B rounds")
+    p.add_argument("--floor", action="store_true", help="A/B: measure the floor apps in the same rounds")
     p.add_argument("--lite", action="store_true", help="router-only cells (ns c1/c64, stream c64) for A/B runs")
     p.add_argument("--output", default=str(RESULTS / "latest.json"))
     p.add_argument("--no-readme", action="store_true", help="do not rewrite benchmarks/README.md")

@@ -253,3 +253,44 @@ def start_litellm(exe: Path, work: Path, mocks: dict[str, str], cpus: str | None
         tail = (work / "litellm.log").read_text(errors="replace")[-1500:]
         raise RuntimeError(f"{exc}\n{tail}") from None
     return LiteLLM(proc, port)
+
+
+# --- the floor: a bare forward-and-relay app on a given server and client -------------------------
+
+
+@dataclass
+class Floor:
+    """`benchmarks/floor_app.py` on `server` (granian|uvicorn) with `client` (aiohttp|pyreqwest|pyqwest)."""
+
+    server: str
+    client: str
+    proc: subprocess.Popen
+    port: int
+
+    @property
+    def name(self) -> str:
+        return f"floor {self.server}+{self.client}"
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+
+def start_floor(server: str, client: str, upstream: str, cpus: str | None, work: Path) -> Floor:
+    port = free_port()
+    env = {**os.environ, "FLOOR_UPSTREAM": upstream, "FLOOR_CLIENT": client, "PYTHONPATH": str(REPO)}
+    app = "benchmarks.floor_app:create"
+    if server == "granian":
+        cmd = [sys.executable, "-m", "granian", "--interface", "asgi", "--loop", "uvloop", "--http", "1"]
+        cmd += ["--factory", "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning", app]
+    else:
+        cmd = [sys.executable, "-m", "uvicorn", "--factory", "--loop", "uvloop", "--http", "httptools"]
+        cmd += ["--host", "127.0.0.1", "--port", str(port), "--log-level", "warning", "--no-access-log", app]
+    log = open(work / f"floor-{server}-{client}.log", "ab")  # noqa: SIM115 (closed with the process)
+    proc = subprocess.Popen(pinned(cmd, cpus), env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+    wait_http(f"http://127.0.0.1:{port}/healthz", proc=proc)
+    return Floor(server, client, proc, port)

@@ -1,26 +1,29 @@
 """Langfuse tracing: every finished /v1 request becomes a trace with one generation.
 
-Imported only when the LANGFUSE_* variables are set. The event loop does one thing per request:
-put the finished RequestRecord on a bounded in-memory queue (`record`, ~1 µs). A background
-thread turns records into Langfuse generations with the request's real start/end times, and the
-Langfuse SDK (OpenTelemetry based) exports them in batches from its own thread. Langfuse being
-slow, wrong or down therefore never slows a /v1 request: at worst the queues fill and traces
-are dropped (counted, logged). `close` drains both queues on a graceful stop, within a bound.
-
-The thread still shares the GIL with the event loop (~0.2-0.9 ms of Python per trace, SDK and
-OTLP encoding included): it yields between traces, but a burst of thousands of traces delays
-loop wake-ups by a few ms at p99 while the backlog is worked off.
+Imported only when the LANGFUSE_* variables are set. The Langfuse SDK (OpenTelemetry based,
+~0.2-0.9 ms of Python per trace) runs in a child process (`python -m router.tracing`), so it
+never holds the router's GIL. The event loop does one small thing per request (`record`): the
+fields of the finished RequestRecord as one JSON line (orjson) into a buffer, written to the
+child's stdin once per loop iteration with a non-blocking write. Langfuse being slow, wrong or
+down therefore never slows a /v1 request: at worst the pipe and the buffer (bounded) fill and
+traces are dropped (counted, logged). `close` hands the child what is pending and waits for it
+to flush, within a bound.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-import queue
-import threading
+import os
+import subprocess
+import sys
 import time
 from datetime import UTC, datetime
+from types import SimpleNamespace
 from typing import Any
+
+import orjson
 
 from router.config import Settings
 from router.usage import RequestRecord
@@ -28,29 +31,139 @@ from router.usage import RequestRecord
 log = logging.getLogger("router.tracing")
 
 TRACER_SCOPE = "llm-router"
-_STOP = object()
-
-
-def _resolve(future: asyncio.Future[None]) -> None:
-    if not future.done():
-        future.set_result(None)
+# What a trace needs of a RequestRecord (the child rebuilds a record-like object from these).
+TRACED_FIELDS = (
+    "request_id",
+    "endpoint",
+    "started_at",
+    "user_name",
+    "backend_name",
+    "model",
+    "status_code",
+    "stream",
+    "prompt_tokens",
+    "completion_tokens",
+    "total_tokens",
+    "latency_ms",
+    "ttft_ms",
+    "attempts",
+    "error",
+)
 
 
 class LangfuseTracer:
-    """The tracer interface of Runtime (`enabled`, `record`, `close`) backed by Langfuse."""
+    """The tracer interface of Runtime (`enabled`, `record`, `close`), exporting through a child process."""
 
     enabled = True
 
-    def __init__(self, settings: Settings, max_queue: int = 10_000, close_timeout_s: float = 10.0) -> None:
+    def __init__(
+        self, settings: Settings, max_buffer_bytes: int = 64 * 1024 * 1024, close_timeout_s: float = 10.0
+    ) -> None:
+        self.capture_content = settings.langfuse_capture_content
+        self.max_buffer_bytes = max_buffer_bytes
+        self.close_timeout_s = min(close_timeout_s, settings.shutdown_grace_s or close_timeout_s)
+        self.dropped = 0
+        self._warned_full = False
+        self._buffer = bytearray()
+        self._flush_scheduled = False
+        self._writer_registered = False
+        self._loop = asyncio.get_running_loop()
+        self._child = subprocess.Popen([sys.executable, "-m", "router.tracing"], stdin=subprocess.PIPE)
+        assert self._child.stdin is not None
+        self._fd = self._child.stdin.fileno()
+        os.set_blocking(self._fd, False)
+        log.info("Langfuse tracing on: sending to %s (exporter process %d)", settings.langfuse_host, self._child.pid)
+
+    # --- on the event loop ---
+
+    def record(self, record: RequestRecord) -> None:
+        """Queue a finished request for tracing. Never blocks, never raises."""
+        if len(self._buffer) >= self.max_buffer_bytes or self._fd < 0:
+            self.dropped += 1
+            if not self._warned_full:
+                self._warned_full = True
+                log.warning("Langfuse exporter is not keeping up (%d bytes queued): dropping traces", len(self._buffer))
+            return
+        fields = {name: getattr(record, name) for name in TRACED_FIELDS}
+        if self.capture_content:
+            fields["input"], fields["output"] = record.input, record.output
+        try:
+            self._buffer += orjson.dumps(fields, default=str, option=orjson.OPT_APPEND_NEWLINE)
+        except TypeError:  # content orjson cannot encode (never expected: it came from JSON)
+            self.dropped += 1
+            return
+        if not self._flush_scheduled and not self._writer_registered:
+            self._flush_scheduled = True
+            self._loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        """Write what the pipe takes now; wait for it to drain before writing the rest."""
+        self._flush_scheduled = False
+        while self._buffer and self._fd >= 0:
+            try:
+                written = os.write(self._fd, self._buffer)
+            except BlockingIOError:
+                break
+            except OSError:  # the exporter died: stop tracing rather than fail requests
+                log.exception("Langfuse exporter process is gone; traces are dropped from now on")
+                self._stop_writing()
+                self._buffer.clear()
+                return
+            del self._buffer[:written]
+        want_writer = bool(self._buffer) and self._fd >= 0
+        if want_writer and not self._writer_registered:
+            self._loop.add_writer(self._fd, self._flush)
+        elif not want_writer and self._writer_registered:
+            self._loop.remove_writer(self._fd)
+        self._writer_registered = want_writer
+        if self._warned_full and len(self._buffer) < self.max_buffer_bytes // 2:
+            self._warned_full = False
+
+    def _stop_writing(self) -> None:
+        if self._writer_registered:
+            self._loop.remove_writer(self._fd)
+            self._writer_registered = False
+        if self._fd >= 0:
+            assert self._child.stdin is not None
+            with contextlib.suppress(OSError):
+                self._child.stdin.close()
+            self._fd = -1
+
+    async def close(self) -> None:
+        """Hand the exporter what is pending and let it flush (bounded by `close_timeout_s`)."""
+        deadline = time.monotonic() + self.close_timeout_s
+        while self._buffer and self._fd >= 0 and time.monotonic() < deadline:
+            self._flush()
+            if self._buffer:
+                await asyncio.sleep(0.01)
+        if self._buffer:
+            self.dropped += len(self._buffer.splitlines())
+        self._stop_writing()  # end of input: the exporter flushes and exits
+        while self._child.poll() is None and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        if self._child.poll() is None:
+            log.warning(
+                "Langfuse did not take the pending traces within %.0f s; they may be lost", self.close_timeout_s
+            )
+            self._child.kill()
+            await asyncio.to_thread(self._child.wait)
+        if self.dropped:
+            log.warning("%d Langfuse traces were dropped (exporter not keeping up)", self.dropped)
+
+
+# --- in the exporter process ------------------------------------------------------------------
+
+
+class LangfuseExporter:
+    """The Langfuse SDK side: one trace with one generation per record."""
+
+    def __init__(self, settings: Settings) -> None:
         from langfuse import Langfuse, LangfuseGeneration, propagate_attributes
         from opentelemetry.sdk.trace import TracerProvider
 
         self._generation_class = LangfuseGeneration
         self._propagate_attributes = propagate_attributes
-
         self.capture_content = settings.langfuse_capture_content
-        self.max_queue = max_queue
-        self.close_timeout_s = min(close_timeout_s, settings.shutdown_grace_s or close_timeout_s)
         # A provider of our own: the process-global OpenTelemetry provider is left alone.
         self._provider = TracerProvider(shutdown_on_exit=False)
         self._otel_tracer = self._provider.get_tracer(TRACER_SCOPE)
@@ -61,67 +174,18 @@ class LangfuseTracer:
             tracer_provider=self._provider,
             should_export_span=_is_router_span,
         )
-        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        self.dropped = 0
-        self.sent = 0
-        self._warned_full = False
-        self._thread = threading.Thread(target=self._run, name="langfuse-tracer", daemon=True)
-        self._thread.start()
-        log.info("Langfuse tracing on: sending to %s", settings.langfuse_host)
 
-    # --- on the event loop ---
-
-    def record(self, record: RequestRecord) -> None:
-        """Queue a finished request for tracing. Never blocks, never raises."""
-        if self._queue.qsize() >= self.max_queue:
-            self.dropped += 1
-            if not self._warned_full:
-                self._warned_full = True
-                log.warning("Langfuse trace queue full (%d): dropping traces", self.max_queue)
-            return
-        self._queue.put(record)
-
-    async def close(self) -> None:
-        """Send what is pending (bounded by `close_timeout_s`); runs the blocking parts in a thread."""
-        loop = asyncio.get_running_loop()
-        done: asyncio.Future[None] = loop.create_future()
-
-        def finish() -> None:
-            self._thread.join()
+    def run(self, lines: Any) -> None:
+        """Trace every line until the router closes the pipe, then flush."""
+        for line in lines:
             try:
-                self.client.shutdown()  # flushes the exporter, stops the SDK's threads
+                fields = orjson.loads(line)
+                fields.setdefault("input", None)
+                fields.setdefault("output", None)
+                self.send(SimpleNamespace(**fields))  # type: ignore[arg-type]
             except Exception:
-                log.exception("Langfuse shutdown failed")
-            finally:
-                loop.call_soon_threadsafe(_resolve, done)
-
-        self._queue.put(_STOP)
-        # A daemon thread (not asyncio.to_thread): a hung Langfuse must not hold up the process exit.
-        threading.Thread(target=finish, name="langfuse-close", daemon=True).start()
-        try:
-            await asyncio.wait_for(done, self.close_timeout_s)
-        except TimeoutError:
-            log.warning(
-                "Langfuse did not take the pending traces within %.0f s; they may be lost", self.close_timeout_s
-            )
-        if self.dropped:
-            log.warning("%d Langfuse traces were dropped (queue full)", self.dropped)
-
-    # --- on the tracer thread ---
-
-    def _run(self) -> None:
-        while True:
-            item = self._queue.get()
-            if item is _STOP:
-                return
-            try:
-                self.send(item)
-                self.sent += 1
-            except Exception:
-                log.exception("building the Langfuse trace of request %s failed", item.request_id)
-            if self._warned_full and self._queue.qsize() < self.max_queue // 2:
-                self._warned_full = False
-            time.sleep(0)  # hand the GIL back to the event loop between traces
+                log.exception("building a Langfuse trace failed")
+        self.client.shutdown()  # flushes the exporter, stops the SDK's threads
 
     def send(self, record: RequestRecord) -> None:
         """One trace with one generation, timed by the request's own timestamps."""
@@ -185,3 +249,17 @@ def output_of(record: RequestRecord) -> Any:
         data = output.get("data")
         return {"embeddings": len(data) if isinstance(data, list) else 0}
     return output
+
+
+def main() -> None:
+    """`python -m router.tracing`: the exporter process the router starts (settings from the environment)."""
+    from router.config import load_settings
+    from router.logging_setup import setup_logging
+
+    settings = load_settings()
+    setup_logging(settings)
+    LangfuseExporter(settings).run(sys.stdin.buffer)
+
+
+if __name__ == "__main__":
+    main()
