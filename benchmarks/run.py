@@ -239,7 +239,7 @@ def run_ab(ctx: Ctx) -> dict[str, Any]:
     `--variant NAME=SRC[,K=V...]`: a checkout to run the router from, plus router environment.
     """
     routers: dict[str, Router] = {}
-    cells = ((False, 64), (True, 64), (False, 16)) if ctx.args.floor else ((False, 64), (True, 64), (False, 1))
+    cells = tuple((kind == "st", int(c)) for kind, c in (x.split(":") for x in ctx.args.ab_cells.split(",")))
     samples: dict[str, dict[str, list[dict[str, Any]]]] = {}
     try:
         for spec in ctx.args.variant:
@@ -892,6 +892,7 @@ def parse_args() -> argparse.Namespace:
     )
     p.add_argument("--rounds", type=int, default=5, help="A/B rounds")
     p.add_argument("--floor", action="store_true", help="A/B: measure the floor apps in the same rounds")
+    p.add_argument("--ab-cells", default="ns:64,st:64,ns:16,ns:1", help="A/B cells: ns|st:concurrency,...")
     p.add_argument("--lite", action="store_true", help="router-only cells (ns c1/c64, stream c64) for A/B runs")
     p.add_argument("--output", default=str(RESULTS / "latest.json"))
     p.add_argument("--no-readme", action="store_true", help="do not rewrite benchmarks/README.md")

@@ -29,6 +29,8 @@ class RequestLimits:
         self.v1_body_bytes = v1_body_bytes
         self.other_body_bytes = other_body_bytes
         self.body_timeout_s = body_timeout_s
+        # An app that takes the read body directly (app.V1FastPath) gets the server's own receive.
+        self._with_body = getattr(app, "with_body", None)
 
     def __getattr__(self, name: str) -> Any:  # `state` and friends of the wrapped app
         return getattr(self.app, name)
@@ -56,7 +58,10 @@ class RequestLimits:
             elif first["type"] == "http.request" and len(first.get("body", b"")) > limit:
                 await _refuse(scope, send, is_v1, 413, f"Request body is larger than {limit / 1024 / 1024:g} MB.")
                 return
-            await self.app(scope, _replay(first, receive), send)
+            if self._with_body is not None:
+                await self._with_body(scope, first, receive, send)
+            else:
+                await self.app(scope, _replay(first, receive), send)
         elif kind == "websocket":
             await self.app(scope, _bounded_messages(receive, send, self.other_body_bytes), send)
         else:
