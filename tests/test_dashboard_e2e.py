@@ -22,7 +22,16 @@ from tests.conftest import ADMIN_PASSWORD
 ROOT = Path(__file__).resolve().parents[1]
 SHOTS = ROOT / "test-artifacts" / "screenshots"
 DOC_SHOTS = ROOT / "docs" / "screenshots"
-DOC_PAGES = ("live.png", "usage.png", "scripts-syntax-error.png", "logs.png", "request-detail.png", "users-new.png")
+DOC_PAGES = (
+    "live.png",
+    "usage.png",
+    "scripts-syntax-error.png",
+    "logs.png",
+    "request-detail.png",
+    "users-new.png",
+    "backends.png",
+    "backends-test-connection.png",
+)
 CHROMIUM = os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium")
 CHROMIUM_ARGS = [
     "--headless",
@@ -670,4 +679,105 @@ def test_logs_page_filters_pages_exports_and_opens_request_detail(page, upstream
     page.locator("#feed tr[data-user=bob]").first.click()
     expect(page.locator("#request-detail[data-loaded=true] dd[data-field=endpoint]")).to_have_text("/v1/embeddings")
     page.keyboard.press("Escape")
+    assert not page.problems, page.problems
+
+
+@pytest.fixture
+def fast_health_page(browser, router_factory):
+    """A signed-in page on a router whose active health checks run every second."""
+    router = router_factory(env={"HEALTH_CHECK_INTERVAL_S": "1", "HEALTH_CHECK_TIMEOUT_S": "1"})
+    context = browser.new_context(viewport={"width": 1280, "height": 860}, base_url=router.url)
+    pg = context.new_page()
+    pg.set_default_timeout(10_000)
+    problems: list[str] = []
+    pg.on("pageerror", lambda exc: problems.append(f"page error: {exc}"))
+    pg.router_process = router
+    pg.problems = problems
+    pg.goto("/admin#/backends")
+    pg.fill("#password", ADMIN_PASSWORD)
+    pg.click("form.login-card button[type=submit]")
+    pg.wait_for_selector(".page[data-page=backends]")
+    yield pg
+    context.close()
+
+
+@pytest.mark.browser
+def test_backends_page_health_test_connection_apis_limits_and_user_spend(fast_health_page, upstream):
+    """Health reason and since, Test connection, apis, (de)activate, backend and user limits, spend vs budget."""
+    from playwright.sync_api import expect
+
+    from tests.upstream import free_port
+
+    page = fast_health_page
+    router = page.router_process
+
+    # a live backend, created with two APIs and limits in the form
+    page.click("#new-backend")
+    page.fill(".dialog input[name=name]", "alive")
+    page.fill(".dialog input[name=baseUrl]", upstream.base_url)
+    for api in ("COMPLETIONS", "RESPONSES", "MESSAGES"):
+        page.uncheck(f"#backend-apis input[value={api}]")
+    page.fill(".dialog input[name=rpm]", "60")
+    page.fill(".dialog input[name=maxConcurrent]", "4")
+    page.click(".dialog button[type=submit]")
+    alive = page.locator("tr[data-backend-name=alive]")
+    expect(alive).to_contain_text("0/60 rpm")
+    data = router.gql_ok("{ backends { name apis limits { rpm tpm maxConcurrent } } }")["backends"][0]
+    assert data == {
+        "name": "alive",
+        "apis": ["CHAT_COMPLETIONS", "EMBEDDINGS"],
+        "limits": {"rpm": 60, "tpm": None, "maxConcurrent": 4},
+    }
+
+    alive.get_by_role("button", name="Test").click()
+    result = page.locator("#connection-test")
+    expect(result).to_have_attribute("data-ok", "true")
+    expect(result.locator("dd.reachable")).to_have_text("yes")
+    expect(result.locator("dd.models")).to_contain_text("test-model")
+    expect(result.locator("dd.latency")).to_contain_text("ms")
+    page.click(".dialog .actions button")
+
+    # a dead one: the test says unreachable, and the health column says why and since when
+    page.click("#new-backend")
+    page.fill(".dialog input[name=name]", "dead")
+    page.fill(".dialog input[name=baseUrl]", f"http://127.0.0.1:{free_port()}/v1")
+    page.fill(".dialog textarea[name=modelOverride]", "ghost-model")
+    page.click(".dialog button[type=submit]")
+    dead = page.locator("tr[data-backend-name=dead]")
+    dead.get_by_role("button", name="Test").click()
+    expect(result).to_have_attribute("data-reachable", "false")
+    expect(result.locator("dd.err-text")).not_to_be_empty()
+    shot(page, "backends-test-connection.png")
+    page.click(".dialog .actions button")
+    # active checks (every second here) turn it unhealthy; the page refreshes health every 10 s
+    expect(dead.locator(".health-reason")).to_be_visible(timeout=25_000)
+    expect(dead.locator(".health-since")).to_contain_text("since")
+    expect(dead).to_contain_text("unhealthy")
+    shot(page, "backends.png")
+
+    # deactivate / activate through their own mutations
+    dead.get_by_role("button", name="Disable").click()
+    expect(dead).to_contain_text("disabled")
+    dead.get_by_role("button", name="Enable").click()
+    expect(dead).not_to_contain_text("disabled")
+
+    # a user with a budget: spend against budget in the list
+    nav(page, "users")
+    page.click("#new-user")
+    page.fill(".dialog input[name=name]", "budgeted")
+    page.fill(".dialog input[name=budgetUsd]", "5")
+    page.select_option(".dialog select[name=budgetPeriod]", "WEEK")
+    page.fill(".dialog input[name=tpm]", "1000")
+    page.click(".dialog button[type=submit]")
+    page.click(".dialog .actions button")
+    row = page.locator("tr[data-user-name=budgeted]")
+    expect(row.locator(".spend")).to_contain_text("$0 / $5.00 per week")
+    expect(row).to_contain_text("0/1,000 tpm")
+    row.get_by_role("button", name="Edit").click()
+    expect(page.locator(".dialog input[name=budgetUsd]")).to_have_value("5")
+    page.fill(".dialog input[name=budgetUsd]", "")
+    page.click(".dialog button[type=submit]")
+    expect(row.locator(".spend")).to_contain_text("no budget")
+    user = router.gql_ok("{ users { limits { tpm budgetUsd budgetPeriod } } }")["users"][0]
+    assert user["limits"] == {"tpm": 1000, "budgetUsd": None, "budgetPeriod": None}
     assert not page.problems, page.problems

@@ -1,13 +1,22 @@
 // Backends: list with health, models and weight; create/edit (upstream key write-only); enable/disable; delete.
 
 import { gql } from "../graphql.js";
+import { limitFields, limitsInput, limitsSummary, limitsChanged } from "./limits.js";
 import {
-  badge, busy, checkbox, clear, confirmDialog, emptyRow, errorBox, field, h, modal, splitList,
+  badge, busy, fmtDate, fmtMs, checkbox, clear, confirmDialog, emptyRow, errorBox, field, h, modal, splitList,
   labelCells, tableWrap, toast, toastError,
 } from "../ui.js";
 
-const BACKEND_FIELDS =
-  "id name baseUrl hasApiKey modelFilter modelOverride modelAppend models weight isActive healthy createdAt updatedAt";
+const BACKEND_FIELDS = `id name baseUrl hasApiKey modelFilter modelOverride modelAppend models weight isActive healthy apis
+  createdAt updatedAt health { healthy reason since retryAt lastCheck { at ok latencyMs error } }
+  limits { rpm tpm maxConcurrent } quota { requestsThisMinute tokensThisMinute inFlight queued }`;
+const APIS = [
+  ["CHAT_COMPLETIONS", "Chat completions"],
+  ["COMPLETIONS", "Completions"],
+  ["EMBEDDINGS", "Embeddings"],
+  ["RESPONSES", "Responses"],
+  ["MESSAGES", "Anthropic Messages"],
+];
 const MODELS_SHOWN = 4;
 const REFRESH_MS = 10000;
 
@@ -26,7 +35,7 @@ export async function mount(el) {
     tableWrap(
       h(
         "table.data.backends-table.stack-sm",
-        h("thead", h("tr", h("th", "Name"), h("th.hide-sm", "Base URL"), h("th", "Health"), h("th", "Models"), h("th", "Weight"), h("th.hide-sm", "Key"), h("th.actions-col", "Actions"))),
+        h("thead", h("tr", h("th", "Name"), h("th.hide-sm", "Base URL"), h("th", "Health"), h("th", "Models"), h("th", "Weight"), h("th.hide-sm", "Limits"), h("th.hide-sm", "Key"), h("th.actions-col", "Actions"))),
         tbody,
       ),
     ),
@@ -50,10 +59,53 @@ export async function mount(el) {
     return h("div.chips", { title: backend.models.join("\n") }, shown, rest > 0 ? h("span.chip.more", `+${rest}`) : null);
   }
 
+  function healthDetail(b) {
+    const hl = b.health;
+    if (!b.isActive || !hl) return null;
+    const check = hl.lastCheck ? `last check ${fmtDate(hl.lastCheck.at)}: ${hl.lastCheck.ok ? `ok in ${fmtMs(hl.lastCheck.latencyMs)}` : hl.lastCheck.error || "failed"}` : null;
+    if (hl.healthy) return check ? h("div.muted.small.health-check", check) : null;
+    return h(
+      "div.health-why",
+      hl.reason ? h("div.err-text.health-reason", hl.reason) : null,
+      hl.since ? h("div.muted.small.health-since", `since ${fmtDate(hl.since)}`) : null,
+      hl.retryAt ? h("div.muted.small", `next try after ${fmtDate(hl.retryAt)}`) : null,
+    );
+  }
+
+  async function testConnection(b, button) {
+    button.disabled = true;
+    try {
+      const data = await gql(
+        `mutation Test($id: ID!) { testBackendConnection(id: $id) { ok reachable statusCode latencyMs models error backend { ${BACKEND_FIELDS} } } }`,
+        { id: b.id },
+      );
+      const t = data.testBackendConnection;
+      backends = backends.map((x) => (x.id === b.id ? t.backend : x));
+      draw();
+      await modal(`Connection test: ${b.name}`, (close) => [
+        h(
+          "dl.detail-list#connection-test",
+          { dataset: { ok: String(t.ok), reachable: String(t.reachable) } },
+          h("dt", "Result"), h("dd", t.ok ? badge("ok", "ok") : badge("failed", "bad")),
+          h("dt", "Reachable"), h("dd.reachable", t.reachable ? "yes" : "no"),
+          h("dt", "HTTP status"), h("dd", t.statusCode === null ? "–" : String(t.statusCode)),
+          h("dt", "Latency"), h("dd.latency", fmtMs(t.latencyMs)),
+          h("dt", `Models (${t.models.length})`), h("dd.models", t.models.length ? t.models.map((m) => h("span.chip", m)) : h("span.muted", "none")),
+          t.error ? [h("dt", "Error"), h("dd.err-text", t.error)] : null,
+        ),
+        h("div.actions", h("button", { type: "button", onclick: () => close() }, "Close")),
+      ]);
+    } catch (err) {
+      toastError(err);
+    } finally {
+      button.disabled = false;
+    }
+  }
+
   function draw() {
     clear(tbody);
     if (!backends.length) {
-      tbody.append(emptyRow(7, "No backends yet: add the first upstream server."));
+      tbody.append(emptyRow(8, "No backends yet: add the first upstream server."));
       return;
     }
     for (const b of backends) {
@@ -63,13 +115,15 @@ export async function mount(el) {
           { dataset: { backendId: b.id, backendName: b.name } },
           h("td.name", b.name),
           h("td.hide-sm", h("code.url", b.baseUrl)),
-          h("td", healthBadge(b)),
+          h("td.health", healthBadge(b), healthDetail(b)),
           h("td", modelsCell(b)),
           h("td.num", String(b.weight)),
+          h("td.limits.hide-sm", limitsSummary(b.limits, b.quota)),
           h("td.hide-sm", b.hasApiKey ? "set" : h("span.muted", "none")),
           h(
             "td.row-actions",
             h("button.small", { type: "button", onclick: () => edit(b) }, "Edit"),
+            h("button.small.test-connection", { type: "button", onclick: (e) => testConnection(b, e.currentTarget) }, "Test"),
             h("button.small", { type: "button", onclick: () => setActive(b, !b.isActive) }, b.isActive ? "Disable" : "Enable"),
             h("button.small.danger", { type: "button", onclick: () => remove(b) }, "Delete"),
           ),
@@ -98,6 +152,8 @@ export async function mount(el) {
     const weight = h("input", { name: "weight", type: "number", min: 0, step: 1, value: String(b.weight), required: true });
     const active = checkbox("Enabled", b.isActive, { name: "isActive" });
     const clearKey = checkbox("Remove the stored key", false, { name: "clearKey" });
+    const apiBoxes = APIS.map(([value, label]) => ({ value, box: checkbox(label, !b.apis || b.apis.includes(value), { name: "apis", value }) }));
+    const limits = limitFields(b.limits, { budget: false });
     clearKey.el.hidden = creating || !b.hasApiKey;
     apiKey.addEventListener("input", () => (clearKey.input.disabled = Boolean(apiKey.value)));
 
@@ -118,6 +174,13 @@ export async function mount(el) {
               weight: Number.parseInt(weight.value, 10),
               isActive: active.input.checked,
             };
+            const picked = apiBoxes.filter((a) => a.box.input.checked).map((a) => a.value);
+            if (!picked.length) {
+              form.prepend(errorBox(new Error("Pick at least one API the backend speaks.")));
+              return;
+            }
+            input.apis = picked.length === APIS.length ? null : picked;
+            const newLimits = limitsInput(limits);
             if (!creating) {
               // Send only what changed, so that empty optional fields don't reset what was left alone.
               for (const key of Object.keys(input)) {
@@ -132,7 +195,15 @@ export async function mount(el) {
                 const data = creating
                   ? await gql(`mutation CreateBackend($input: CreateBackendInput!) { createBackend(input: $input) { ${BACKEND_FIELDS} } }`, { input })
                   : await gql(`mutation UpdateBackend($id: ID!, $input: UpdateBackendInput!) { updateBackend(id: $id, input: $input) { ${BACKEND_FIELDS} } }`, { id: b.id, input });
-                close(creating ? data.createBackend : data.updateBackend);
+                let result = creating ? data.createBackend : data.updateBackend;
+                if (limitsChanged(b.limits, newLimits)) {
+                  const set = await gql(
+                    `mutation Limits($id: ID!, $limits: LimitsInput!) { setBackendLimits(backendId: $id, limits: $limits) { ${BACKEND_FIELDS} } }`,
+                    { id: result.id, limits: newLimits },
+                  );
+                  result = set.setBackendLimits;
+                }
+                close(result);
               });
             } catch {
               /* shown in the form */
@@ -147,6 +218,9 @@ export async function mount(el) {
         field("Model override", modelOverride, "When set, exactly these models are served and /models is not asked."),
         field("Extra models", modelAppend, "Appended after the (filtered) model list."),
         field("Weight", weight, "Share of traffic relative to other backends serving the same model."),
+        h("fieldset.field#backend-apis", h("legend", "APIs it speaks natively"), h("div.check-list", apiBoxes.map((a) => a.box.el)),
+          h("small.hint", "All checked: every format. Others are translated where a translation exists.")),
+        limits.el,
         active.el,
         h("div.actions", h("button", { type: "button", onclick: () => close() }, "Cancel"), h("button.primary", { type: "submit" }, creating ? "Create backend" : "Save")),
       );
@@ -161,11 +235,9 @@ export async function mount(el) {
 
   async function setActive(b, isActive) {
     try {
-      const data = await gql(
-        `mutation SetBackendActive($id: ID!, $input: UpdateBackendInput!) { updateBackend(id: $id, input: $input) { ${BACKEND_FIELDS} } }`,
-        { id: b.id, input: { isActive } },
-      );
-      backends = backends.map((x) => (x.id === b.id ? data.updateBackend : x));
+      const op = isActive ? "activateBackend" : "deactivateBackend";
+      const data = await gql(`mutation SetBackendActive($id: ID!) { ${op}(id: $id) { ${BACKEND_FIELDS} } }`, { id: b.id });
+      backends = backends.map((x) => (x.id === b.id ? data[op] : x));
       draw();
       toast(`${b.name} is now ${isActive ? "enabled" : "disabled"}.`, "ok");
     } catch (err) {

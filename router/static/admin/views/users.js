@@ -1,12 +1,14 @@
 // Users: list, search, create (key shown once), edit, activate/deactivate, regenerate key, delete.
 
 import { gql } from "../graphql.js";
+import { limitFields, limitsChanged, limitsInput, limitsSummary, spendCell } from "./limits.js";
 import {
   badge, busy, checkbox, clear, confirmDialog, emptyRow, errorBox, field, fmtDate, h, modal,
   labelCells, showSecretOnce, tableWrap, toast, toastError,
 } from "../ui.js";
 
-const USER_FIELDS = "id name email isActive allBackends apiKeyPrefix createdAt updatedAt permissions { id backend { id name } }";
+const USER_FIELDS = `id name email isActive allBackends apiKeyPrefix createdAt updatedAt permissions { id backend { id name } }
+  limits { rpm tpm maxConcurrent budgetUsd budgetPeriod } quota { requestsThisMinute tokensThisMinute inFlight spentUsd }`;
 
 export async function mount(el) {
   let users = [];
@@ -25,7 +27,7 @@ export async function mount(el) {
   const tbody = h("tbody");
   const table = h(
     "table.data.users-table.stack-sm",
-    h("thead", h("tr", h("th", "Name"), h("th", "E-mail"), h("th", "Key"), h("th", "Status"), h("th", "Backends"), h("th.hide-sm", "Created"), h("th.actions-col", "Actions"))),
+    h("thead", h("tr", h("th", "Name"), h("th", "E-mail"), h("th", "Key"), h("th", "Status"), h("th", "Backends"), h("th", "Spend"), h("th.hide-sm", "Limits"), h("th.hide-sm", "Created"), h("th.actions-col", "Actions"))),
     tbody,
   );
   clear(el).append(
@@ -54,7 +56,7 @@ export async function mount(el) {
     clear(tbody);
     const shown = users.filter(matches);
     if (!shown.length) {
-      tbody.append(emptyRow(7, users.length ? "No user matches the search." : "No users yet: create the first one."));
+      tbody.append(emptyRow(9, users.length ? "No user matches the search." : "No users yet: create the first one."));
       return;
     }
     for (const user of shown) {
@@ -72,6 +74,8 @@ export async function mount(el) {
           h("td", h("code", `${user.apiKeyPrefix}…`)),
           h("td", user.isActive ? badge("active", "ok") : badge("inactive", "off")),
           h("td.backends", backends),
+          h("td.spend-cell", spendCell(user.limits, user.quota)),
+          h("td.limits.hide-sm", limitsSummary(user.limits, user.quota)),
           h("td.hide-sm", fmtDate(user.createdAt)),
           h(
             "td.row-actions",
@@ -92,6 +96,7 @@ export async function mount(el) {
     const email = h("input", { name: "email", type: "email", value: (user && user.email) || "", autocomplete: "off" });
     const all = checkbox("All backends (present and future)", user ? user.allBackends : false, { name: "allBackends" });
     const active = checkbox("Active", user ? user.isActive : true, { name: "isActive" });
+    const limits = limitFields(user ? user.limits : null, { budget: true });
     // New users get their backends here; existing ones keep theirs (edited on Permissions).
     let picks = [];
     let picker = null;
@@ -123,6 +128,11 @@ export async function mount(el) {
               allBackends: all.input.checked,
               isActive: active.input.checked,
             };
+            const newLimits = limitsInput(limits);
+            const saveLimits = async (id) => {
+              if (!limitsChanged(user ? user.limits : null, newLimits)) return;
+              await gql("mutation Limits($id: ID!, $limits: LimitsInput!) { setUserLimits(userId: $id, limits: $limits) { id } }", { id, limits: newLimits });
+            };
             try {
               await busy(form, async () => {
                 if (creating) {
@@ -131,6 +141,8 @@ export async function mount(el) {
                     { input },
                   );
                   const created = data.createUser;
+                  // The user exists now: a refused limit is reported, not a reason to lose the key.
+                  await saveLimits(created.user.id).catch(toastError);
                   const chosen = input.allBackends ? [] : picks.filter((p) => p.box.input.checked).map((p) => p.backend);
                   const failed = [];
                   for (const b of chosen) {
@@ -149,7 +161,9 @@ export async function mount(el) {
                     `mutation UpdateUser($id: ID!, $input: UpdateUserInput!) { updateUser(id: $id, input: $input) { ${USER_FIELDS} } }`,
                     { id: user.id, input },
                   );
-                  close({ user: data.updateUser });
+                  await saveLimits(user.id);
+                  const fresh = (await gql(`query User($id: ID!) { user(id: $id) { ${USER_FIELDS} } }`, { id: user.id })).user;
+                  close({ user: fresh || data.updateUser });
                 }
               });
             } catch {
@@ -161,10 +175,11 @@ export async function mount(el) {
         field("E-mail (optional)", email),
         creating ? picker : all.el,
         active.el,
+        limits.el,
         h("div.actions", h("button", { type: "button", onclick: () => close() }, "Cancel"), h("button.primary", { type: "submit" }, creating ? "Create user" : "Save")),
       );
       return form;
-    });
+    }, { wide: true });
     if (!result) return;
     if (creating) {
       users.push(result.user);
