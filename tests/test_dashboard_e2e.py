@@ -31,6 +31,7 @@ DOC_PAGES = (
     "users-new.png",
     "backends.png",
     "backends-test-connection.png",
+    "prices.png",
 )
 CHROMIUM = os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -781,3 +782,60 @@ def test_backends_page_health_test_connection_apis_limits_and_user_spend(fast_he
     user = router.gql_ok("{ users { limits { tpm budgetUsd budgetPeriod } } }")["users"][0]
     assert user["limits"] == {"tpm": 1000, "budgetUsd": None, "budgetPeriod": None}
     assert not page.problems, page.problems
+
+
+@pytest.mark.browser
+def test_prices_page_creates_edits_and_deletes_prices(page, upstream):
+    """The Prices page over modelPrices / createModelPrice / updateModelPrice / deleteModelPrice."""
+    from playwright.sync_api import expect
+
+    router = page.router_process
+    router.gql_ok(
+        "mutation($i: CreateBackendInput!) { createBackend(input: $i) { id } }",
+        {"i": {"name": "priced", "baseUrl": upstream.base_url}},
+    )
+    page.goto("/admin#/prices")
+    page.fill("#password", ADMIN_PASSWORD)
+    page.click("form.login-card button[type=submit]")
+    page.wait_for_selector(".page[data-page=prices]")
+    expect(page.locator("#prices")).to_contain_text("No prices yet")
+
+    page.click("#new-price")
+    page.fill(".dialog input[name=model]", "test-*")
+    page.fill(".dialog input[name=inputPerMTok]", "2.5")
+    page.fill(".dialog input[name=outputPerMTok]", "10")
+    page.fill(".dialog input[name=cachedInputPerMTok]", "1.25")
+    page.click(".dialog button[type=submit]")
+    row = page.locator("#prices tr[data-model='test-*']")
+    expect(row).to_contain_text("all backends")
+    expect(row).to_contain_text("$1.25")
+
+    page.click("#new-price")
+    page.fill(".dialog input[name=model]", "test-model")
+    page.select_option(".dialog select[name=backendId]", label="priced")
+    page.fill(".dialog input[name=inputPerMTok]", "1")
+    page.fill(".dialog input[name=outputPerMTok]", "2")
+    page.click(".dialog button[type=submit]")
+    exact = page.locator("#prices tr[data-model=test-model]")
+    expect(exact).to_contain_text("priced")
+    exact.get_by_role("button", name="Edit").click()
+    page.fill(".dialog input[name=outputPerMTok]", "3")
+    page.click(".dialog button[type=submit]")
+    expect(exact.locator("td").nth(5)).to_have_text("$3")
+    shot(page, "prices.png")
+
+    # a bad price is refused in words
+    page.click("#new-price")
+    page.fill(".dialog input[name=model]", "x")
+    page.fill(".dialog input[name=inputPerMTok]", "-1")
+    page.fill(".dialog input[name=outputPerMTok]", "1")
+    page.evaluate("document.querySelector('.dialog form').noValidate = true")
+    page.click(".dialog button[type=submit]")
+    expect(page.locator(".dialog .alert.error")).to_be_visible()
+    page.keyboard.press("Escape")
+
+    row.get_by_role("button", name="Delete").click()
+    page.locator(".dialog").get_by_role("button", name="Delete price").click()
+    expect(row).to_have_count(0)
+    prices = router.gql_ok("{ modelPrices { model outputPerMTok backend { name } } }")["modelPrices"]
+    assert prices == [{"model": "test-model", "outputPerMTok": 3.0, "backend": {"name": "priced"}}]

@@ -10,11 +10,13 @@ import * as scripts from "./views/scripts.js";
 import * as live from "./views/live.js";
 import * as usage from "./views/usage.js";
 import * as logs from "./views/logs.js";
+import * as prices from "./views/prices.js";
 
 const VIEWS = [
   { path: "users", title: "Users", view: users },
   { path: "backends", title: "Backends", view: backends },
   { path: "permissions", title: "Permissions", view: permissions },
+  { path: "prices", title: "Prices", view: prices },
   { path: "scripts", title: "Scripts", view: scripts },
   { path: "live", title: "Live traffic", view: live },
   { path: "logs", title: "Logs", view: logs },
