@@ -839,3 +839,82 @@ def test_prices_page_creates_edits_and_deletes_prices(page, upstream):
     expect(row).to_have_count(0)
     prices = router.gql_ok("{ modelPrices { model outputPerMTok backend { name } } }")["modelPrices"]
     assert prices == [{"model": "test-model", "outputPerMTok": 3.0, "backend": {"name": "priced"}}]
+
+
+@pytest.mark.browser
+def test_scripts_test_panel_uses_the_live_context_shape(page, upstream):
+    """Issue 18 item 2: the template and the Test panel use the context live hooks get."""
+    from openai import OpenAI
+    from playwright.sync_api import expect
+
+    router = page.router_process
+    router.gql_ok(
+        "mutation($i: CreateBackendInput!) { createBackend(input: $i) { id } }",
+        {"i": {"name": "ctx-upstream", "baseUrl": upstream.base_url}},
+    )
+    api_key = router.gql_ok(
+        "mutation($i: CreateUserInput!) { createUser(input: $i) { apiKey } }",
+        {"i": {"name": "ctx-user", "email": "ctx@example.com", "allBackends": True}},
+    )["createUser"]["apiKey"]
+
+    def served() -> bool:
+        r = httpx.get(f"{router.v1}/models", headers={"Authorization": f"Bearer {api_key}"}, timeout=5)
+        return r.status_code == 200 and bool(r.json()["data"])
+
+    wait_until(served, 20, "the user and backend to be served")
+    OpenAI(base_url=router.v1, api_key=api_key, max_retries=0).chat.completions.create(
+        model="test-model", messages=[{"role": "user", "content": "secret prompt"}]
+    )
+    wait_until(
+        lambda: router.gql_ok("{ requestLogs { totalCount } }")["requestLogs"]["totalCount"] >= 1, 15, "a log row"
+    )
+
+    page.goto("/admin#/scripts")
+    page.fill("#password", ADMIN_PASSWORD)
+    page.click("form.login-card button[type=submit]")
+    page.wait_for_selector(".page[data-page=scripts]")
+    page.click("#new-script")
+    page.fill("#script-name", "template-script")
+    page.select_option("#script-type", "PER_USER")
+    page.select_option("#script-user", label="ctx-user")
+    code = page.evaluate("document.querySelector('.script-form .CodeMirror').CodeMirror.getValue()")
+    assert "context.request.body.model" in code and "context.request.model" not in code
+    page.click("#run-test")  # saves, loads scriptTestContext, runs testScript
+    result = page.locator("#test-result")
+    expect(result).to_contain_text("Returned context")
+    expect(result.locator(".result-head")).to_contain_text("ok")
+    expect(result.locator("pre.logs")).to_contain_text("ctx-user POST /v1/chat/completions model: test-model")
+    context = page.evaluate("JSON.parse(document.querySelector('.test-panel .CodeMirror').CodeMirror.getValue())")
+    assert set(context) >= {"user", "backend", "request"}
+    assert context["user"]["name"] == "ctx-user" and context["user"]["email"] == "ctx@example.com"
+    assert context["backend"]["name"] == "ctx-upstream" and "base_url" in context["backend"]
+    assert set(context["request"]) >= {"method", "path", "headers", "body", "isStream"}
+    assert "secret prompt" not in page.content()
+    shot(page, "scripts.png")
+
+    # onResponse: the context now carries a response; the README's example reads the request body
+    page.select_option("#test-hook", "ON_RESPONSE")
+    expect(page.locator(".test-panel .editor-host")).to_have_attribute("data-source", "live")
+    wait_until(
+        lambda: (
+            "response"
+            in page.evaluate("JSON.parse(document.querySelector('.test-panel .CodeMirror').CodeMirror.getValue())")
+            and page.evaluate("JSON.parse(document.querySelector('.test-panel .CodeMirror').CodeMirror.getValue())")[
+                "response"
+            ]
+        ),
+        5,
+        "an onResponse context",
+    )
+    readme_like = (
+        "export function onRequest(context) {\n"
+        "  context.request.body.max_tokens = Math.min(context.request.body.max_tokens ?? 512, 512);\n"
+        "  return context;\n"
+        "}\n"
+    )
+    page.evaluate("code => document.querySelector('.script-form .CodeMirror').CodeMirror.setValue(code)", readme_like)
+    page.select_option("#test-hook", "ON_REQUEST")
+    page.click("#run-test")
+    expect(result.locator(".result-head")).to_contain_text("ok")
+    expect(result.locator("pre.json")).to_contain_text('"max_tokens": 512')
+    assert not page.problems, page.problems

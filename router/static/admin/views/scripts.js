@@ -15,32 +15,33 @@ const TYPES = [
   { value: "PER_USER_BACKEND", label: "Per user and backend", needsUser: true, needsBackend: true },
 ];
 
-const TEMPLATE = `// Runs before the request goes upstream. Change context.request and return the context.
+// The hooks get the live context: {user: {id, name, email}, backend: {id, name, base_url} | null,
+// request: {method, path, headers, body, isStream}, response (onResponse), chunk (onStreamChunk)}.
+const TEMPLATE = `// Runs before the request goes upstream. Change context.request.body and return the context.
 export function onRequest(context) {
-  console.log("model:", context.request.model);
+  console.log(context.user.name, context.request.method, context.request.path, "model:", context.request.body.model);
   return context;
 }
 
-// Runs when the upstream answer is back.
+// Runs when the upstream answer is back (context.response).
 export function onResponse(context) {
   return context;
 }
 `;
 
+// Only until the script is saved: then the panel loads scriptTestContext (a real-shaped context).
 const SAMPLE_CONTEXT = {
-  user: { id: "1", name: "alice" },
-  backend: { id: "1", name: "local" },
+  user: { id: "1", name: "alice", email: null },
+  backend: { id: "1", name: "local", base_url: "http://127.0.0.1:8000/v1" },
   request: {
-    model: "llama-3",
-    messages: [{ role: "user", content: "Hello!" }],
+    method: "POST",
+    path: "/v1/chat/completions",
+    headers: { "content-type": "application/json" },
+    body: { model: "llama-3", messages: [{ role: "user", content: "Hello!" }] },
+    isStream: false,
   },
-  response: {
-    status: 200,
-    body: {
-      choices: [{ index: 0, message: { role: "assistant", content: "Hi there." }, finish_reason: "stop" }],
-      usage: { prompt_tokens: 3, completion_tokens: 3, total_tokens: 6 },
-    },
-  },
+  response: null,
+  chunk: null,
 };
 
 function typeInfo(type) {
@@ -97,15 +98,19 @@ export async function mount(el) {
   );
 
   // --- test panel ---
-  const hook = h("select#test-hook", { "aria-label": "Hook" }, h("option", { value: "ON_REQUEST" }, "onRequest"), h("option", { value: "ON_RESPONSE" }, "onResponse"));
+  const hook = h("select#test-hook", { "aria-label": "Hook" }, h("option", { value: "ON_REQUEST" }, "onRequest"), h("option", { value: "ON_RESPONSE" }, "onResponse"), h("option", { value: "ON_STREAM_CHUNK" }, "onStreamChunk"));
+  const reloadCtx = h("button#reload-context", { type: "button", onclick: () => loadContext() }, "Context from latest request");
+  const ctxNote = h("small.muted.context-note#context-note", "");
+  let contextSource = "sample"; // sample | live | edited
+  let settingContext = false;
   const contextHost = h("div.editor-host.small");
   const runBtn = h("button.primary#run-test", { type: "button", onclick: () => runTest() }, "Run test");
   const result = h("div.test-result#test-result", { "aria-live": "polite" }, h("p.muted", "Runs the saved script on this context without touching live traffic."));
   const testPanel = h(
     "section.test-panel",
     h("h2", "Test"),
-    h("div.toolbar", field("Hook", hook), h("span.spacer"), runBtn),
-    h("div.code-label", "Context (JSON)"),
+    h("div.toolbar", field("Hook", hook), h("span.spacer"), reloadCtx, runBtn),
+    h("div.code-label", "Context (JSON) ", ctxNote),
     contextHost,
     result,
   );
@@ -123,7 +128,44 @@ export async function mount(el) {
       }
     },
   });
-  const contextEditor = createEditor(contextHost, { value: JSON.stringify(SAMPLE_CONTEXT, null, 2), mode: "json", label: "Test context", minLines: 8 });
+  const contextEditor = createEditor(contextHost, {
+    value: JSON.stringify(SAMPLE_CONTEXT, null, 2),
+    mode: "json",
+    label: "Test context",
+    minLines: 8,
+    onChange: () => {
+      if (settingContext) return;
+      contextSource = "edited";
+      ctxNote.textContent = "(edited)";
+    },
+  });
+  ctxNote.textContent = "(example: saved scripts start from their latest request)";
+
+  function setContext(value, source, note) {
+    settingContext = true;
+    try {
+      contextEditor.setValue(JSON.stringify(value, null, 2));
+    } finally {
+      settingContext = false;
+    }
+    contextSource = source;
+    ctxNote.textContent = note;
+    contextHost.dataset.source = source;
+  }
+
+  /** The context live traffic would give this hook, from the script's latest request (bodies redacted). */
+  async function loadContext() {
+    if (!current) return;
+    try {
+      const data = await gql("query Ctx($id: ID!, $hook: ScriptHook!) { scriptTestContext(scriptId: $id, hook: $hook) }", { id: current.id, hook: hook.value });
+      setContext(data.scriptTestContext, "live", "(from the latest request of this script's user/backend; prompt and answer redacted)");
+    } catch (err) {
+      toastError(err);
+    }
+  }
+  hook.addEventListener("change", () => {
+    if (contextSource !== "edited") loadContext();
+  });
 
   for (const input of [name, priority]) input.addEventListener("input", markDirty);
   for (const input of [type, userSel, backendSel]) input.addEventListener("change", () => { markDirty(); syncTargets(); });
@@ -199,6 +241,8 @@ export async function mount(el) {
     syncTargets();
     drawList();
     editor.refresh();
+    if (script) await loadContext();
+    else setContext(SAMPLE_CONTEXT, "sample", "(example: saved scripts start from their latest request)");
     contextEditor.refresh();
     if (!script) name.focus();
   }
@@ -310,13 +354,6 @@ export async function mount(el) {
   }
 
   async function runTest() {
-    let context;
-    try {
-      context = JSON.parse(contextEditor.getValue());
-    } catch (err) {
-      clear(result).append(errorBox(new Error(`The context is not valid JSON: ${err.message}`)));
-      return;
-    }
     runBtn.disabled = true;
     try {
       if (!current || dirty) {
@@ -326,6 +363,16 @@ export async function mount(el) {
           clear(result).append(h("p.alert.error", "Save the script first: see the error above."));
           return;
         }
+      }
+      if (contextSource === "sample") await loadContext();
+      // An emptied editor runs on the server's own scriptTestContext.
+      const text = contextEditor.getValue().trim();
+      let context = null;
+      try {
+        context = text ? JSON.parse(text) : null;
+      } catch (err) {
+        clear(result).append(errorBox(new Error(`The context is not valid JSON: ${err.message}`)));
+        return;
       }
       clear(result).append(h("p.muted", "Running…"));
       const data = await gql(
