@@ -918,3 +918,66 @@ def test_scripts_test_panel_uses_the_live_context_shape(page, upstream):
     expect(result.locator(".result-head")).to_contain_text("ok")
     expect(result.locator("pre.json")).to_contain_text('"max_tokens": 512')
     assert not page.problems, page.problems
+
+
+@pytest.mark.browser
+def test_usage_legend_colours_are_stable_and_no_user_is_not_red(page, upstream):
+    """Issue 18 item 12: a group keeps its colour between views; "(no user)" is grey, not an alarm."""
+    from openai import OpenAI
+    from playwright.sync_api import expect
+
+    router = page.router_process
+    router.gql_ok(
+        "mutation($i: CreateBackendInput!) { createBackend(input: $i) { id } }",
+        {"i": {"name": "colour-upstream", "baseUrl": upstream.base_url}},
+    )
+    keys = {}
+    for name, count in (("busy-user", 3), ("quiet-user", 1)):
+        keys[name] = router.gql_ok(
+            "mutation($i: CreateUserInput!) { createUser(input: $i) { apiKey } }",
+            {"i": {"name": name, "allBackends": True}},
+        )["createUser"]["apiKey"]
+        wait_until(
+            lambda k=keys[name]: (
+                httpx.get(f"{router.v1}/models", headers={"Authorization": f"Bearer {k}"}).status_code == 200
+            ),
+            20,
+            "the user to be served",
+        )
+        for _ in range(count):
+            OpenAI(base_url=router.v1, api_key=keys[name], max_retries=0).chat.completions.create(
+                model="test-model", messages=[{"role": "user", "content": "hi"}]
+            )
+    refused = httpx.post(f"{router.v1}/chat/completions", headers={"Authorization": "Bearer sk-wrong"}, json={})
+    assert refused.status_code == 401
+    wait_until(lambda: router.gql_ok("{ requestLogs { totalCount } }")["requestLogs"]["totalCount"] >= 4, 15, "logs")
+
+    page.goto("/admin#/usage")
+    page.fill("#password", ADMIN_PASSWORD)
+    page.click("form.login-card button[type=submit]")
+    page.wait_for_selector(".page[data-page=usage]")
+    legend = page.locator(".legend")
+    expect(legend).to_contain_text("quiet-user")
+
+    def colours() -> dict[str, str]:
+        return page.eval_on_selector_all(
+            ".legend .legend-item",
+            "items => Object.fromEntries(items.map(i => "
+            "[i.textContent.trim(), getComputedStyle(i.querySelector('i')).backgroundColor]))",
+        )
+
+    before = colours()
+    assert before["busy-user"] != before["quiet-user"]
+    assert before["(no user)"] == "rgb(148, 163, 184)"  # the refused request, logged without a user
+    assert "rgb(220, 38, 38)" not in before.values()
+    page.click(".segmented button[data-value=day]")
+    page.click(".segmented button[data-value=MODEL]")
+    expect(legend).to_contain_text("test-model")
+    page.click(".segmented button[data-value=USER]")
+    expect(legend).to_contain_text("quiet-user")
+    after = colours()
+    assert after["busy-user"] == before["busy-user"] and after["quiet-user"] == before["quiet-user"]
+    page.reload()
+    expect(legend).to_contain_text("quiet-user")
+    assert colours()["quiet-user"] == before["quiet-user"]
+    assert not page.problems, page.problems

@@ -3,7 +3,48 @@
 // It redraws itself at the width of its host (ResizeObserver), so text stays legible on phones.
 
 const SVG = "http://www.w3.org/2000/svg";
-export const PALETTE = ["#2563eb", "#16a34a", "#dc2626", "#d97706", "#7c3aed", "#0891b2", "#db2777", "#65a30d", "#475569", "#ea580c"];
+// No red: red means errors on every page.
+export const PALETTE = ["#2563eb", "#16a34a", "#d97706", "#7c3aed", "#0891b2", "#db2777", "#65a30d", "#0d9488", "#ca8a04", "#4f46e5"];
+/** Groups without a name ("(no user)") and the "others" bucket: grey, never an alarm colour. */
+export const NEUTRAL = "#94a3b8";
+const COLOR_KEY = "llm-router.legend-colors";
+
+/**
+ * Gives each series a colour that stays its own between views and reloads (kept in
+ * sessionStorage): `items` are {id, neutral?}; returns the colours in order, never two alike.
+ */
+export function stableColors(items) {
+  let saved = {};
+  try {
+    saved = JSON.parse(sessionStorage.getItem(COLOR_KEY) || "{}") || {};
+  } catch {
+    saved = {};
+  }
+  const used = new Set();
+  const out = items.map((it) => {
+    if (it.neutral) return NEUTRAL;
+    const c = saved[it.id];
+    if (c && PALETTE.includes(c) && !used.has(c)) {
+      used.add(c);
+      return c;
+    }
+    return null;
+  });
+  items.forEach((it, i) => {
+    if (out[i]) return;
+    const free = PALETTE.find((c) => !used.has(c)) || PALETTE[i % PALETTE.length];
+    used.add(free);
+    out[i] = free;
+    saved[it.id] = free;
+  });
+  try {
+    const entries = Object.entries(saved);
+    sessionStorage.setItem(COLOR_KEY, JSON.stringify(Object.fromEntries(entries.slice(-200))));
+  } catch {
+    /* private mode: colours are still unique within the view */
+  }
+  return out;
+}
 
 function s(tag, attrs = {}, text) {
   const el = document.createElementNS(SVG, tag);

@@ -2,7 +2,7 @@
 // backend (from `usage`), and the backends' current metrics (from `backendMetrics`).
 
 import { gql } from "../graphql.js";
-import { PALETTE, barChart } from "../chart.js";
+import { barChart, stableColors } from "../chart.js";
 import { healthBadge } from "./backends.js";
 import { clear, errorBox, fmtInt, fmtMs, fmtPct, fmtTime, h, tableWrap } from "../ui.js";
 
@@ -120,7 +120,7 @@ export async function mount(el) {
     for (const row of rows) {
       const key = String(g.key(row));
       if (!groups.has(key)) {
-        groups.set(key, { name: g.name(row), values: METRICS.map(() => new Array(times.length).fill(0)), totals: { requests: 0, errors: 0, totalTokens: 0, promptTokens: 0, completionTokens: 0, latencySum: 0, latencyN: 0 } });
+        groups.set(key, { id: `${groupBy}:${key}`, neutral: g.key(row) === null, name: g.name(row), values: METRICS.map(() => new Array(times.length).fill(0)), totals: { requests: 0, errors: 0, totalTokens: 0, promptTokens: 0, completionTokens: 0, latencySum: 0, latencyN: 0 } });
       }
       const grp = groups.get(key);
       const t = row.bucketStart ? floorTo(Date.parse(row.bucketStart), r.step) : null;
@@ -139,11 +139,12 @@ export async function mount(el) {
     let list = [...groups.values()].sort((a, b) => b.totals.requests - a.totals.requests || b.totals.totalTokens - a.totals.totalTokens);
     if (list.length > MAX_SERIES) {
       const rest = list.slice(MAX_SERIES - 1);
-      const other = { name: `${rest.length} others`, values: METRICS.map((_, k) => times.map((_, i) => rest.reduce((a, x) => a + x.values[k][i], 0))), totals: {} };
+      const other = { id: "others", neutral: true, name: `${rest.length} others`, values: METRICS.map((_, k) => times.map((_, i) => rest.reduce((a, x) => a + x.values[k][i], 0))), totals: {} };
       for (const key of Object.keys(rest[0].totals)) other.totals[key] = rest.reduce((a, x) => a + x.totals[key], 0);
       list = [...list.slice(0, MAX_SERIES - 1), other];
     }
-    list.forEach((grp, i) => (grp.color = PALETTE[i % PALETTE.length]));
+    const colors = stableColors(list);
+    list.forEach((grp, i) => (grp.color = colors[i]));
     return { times, list };
   }
 
