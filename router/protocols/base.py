@@ -48,18 +48,25 @@ def parse_usage(usage: Any) -> Usage | None:
     Chat: prompt_tokens, completion_tokens, total_tokens, prompt_tokens_details.cached_tokens,
     completion_tokens_details.reasoning_tokens. Responses: input_tokens, output_tokens,
     input_tokens_details.cached_tokens, output_tokens_details.reasoning_tokens. Anthropic:
-    input_tokens, output_tokens, cache_read_input_tokens, cache_creation_input_tokens.
+    input_tokens, output_tokens, cache_read_input_tokens, cache_creation_input_tokens (the prompt
+    then counts all three, as OpenAI's prompt_tokens includes its cached tokens).
     """
     if not isinstance(usage, dict):
         return None
+    cache_read, cache_write = _int(usage.get("cache_read_input_tokens")), _int(usage.get("cache_creation_input_tokens"))
+    # Anthropic's input_tokens leaves out the cached part; the router counts prompts as OpenAI does
+    # (cached tokens included), so prices and limits treat both APIs alike.
+    prompt = _int(usage.get("prompt_tokens", usage.get("input_tokens")))
+    if "prompt_tokens" not in usage and "input_tokens" in usage:
+        prompt += cache_read + cache_write
     return Usage(
-        prompt=_int(usage.get("prompt_tokens", usage.get("input_tokens"))),
+        prompt=prompt,
         completion=_int(usage.get("completion_tokens", usage.get("output_tokens"))),
         total=_int(usage.get("total_tokens")),
         cached=_detail(usage, "prompt_tokens_details", "cached_tokens")
         or _detail(usage, "input_tokens_details", "cached_tokens")
-        or _int(usage.get("cache_read_input_tokens")),
-        cache_write=_int(usage.get("cache_creation_input_tokens")),
+        or cache_read,
+        cache_write=cache_write,
         reasoning=_detail(usage, "completion_tokens_details", "reasoning_tokens")
         or _detail(usage, "output_tokens_details", "reasoning_tokens"),
     )
