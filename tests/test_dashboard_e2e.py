@@ -270,6 +270,10 @@ def test_dashboard_end_to_end(page, upstream):
         pass
     client.chat.completions.create(model="test-model", messages=[{"role": "user", "content": "and one more"}])
     expect(page.locator("#feed tr[data-user=e2e-user]")).to_have_count(3)
+    # the live chart (usageTicks) counts them within a few ticks
+    live_chart = page.locator("#live-chart")
+    wait_until(lambda: int(live_chart.get_attribute("data-requests") or 0) >= 3, 10, "the live chart to count 3")
+    expect(live_chart.locator("svg rect.bar").first).to_be_visible()
     # filters
     page.fill("#filter-model", "no-such-model")
     expect(page.locator("#feed tr[data-user=e2e-user]")).to_have_count(0)

@@ -2,6 +2,7 @@
 // few from `requestLogs`), filterable by user, backend and model. Reconnects by itself.
 
 import { gql, subscribe, subscriptions } from "../graphql.js";
+import { PALETTE, barChart } from "../chart.js";
 import { openRequestDetail } from "./request-detail.js";
 import { badge, clear, emptyRow, errorBox, fmtInt, fmtMs, fmtTime, h, labelCells, tableWrap } from "../ui.js";
 
@@ -9,6 +10,9 @@ const LOG_FIELDS = `id requestId createdAt userId userName backendId backendName
   promptTokens completionTokens totalTokens latencyMs timeToFirstTokenMs error`;
 const MAX_ROWS = 500;
 const HISTORY = 50;
+const TICK_S = 2; // usageTicks interval
+const TICKS_KEPT = 60; // two minutes of live chart
+const ERROR_RED = "#dc2626"; // errors are the one thing in red
 
 export async function mount(el) {
   const rows = []; // newest first
@@ -27,7 +31,38 @@ export async function mount(el) {
   const tbody = h("tbody#feed");
   let table = null;
 
+  // Live chart: requests (and errors) per interval, from the usageTicks subscription.
+  const ticks = []; // {at: ms, requests, errors}
+  const liveChartHost = h("figure.chart-panel.live-chart#live-chart", { dataset: { ticks: "0" } }, h("figcaption", `Requests per ${TICK_S} s, last ${(TICK_S * TICKS_KEPT) / 60} minutes (all processes)`));
+  let liveChart = null;
+  function chartData() {
+    return {
+      times: ticks.map((t) => t.at),
+      series: [
+        { name: "ok", color: PALETTE[0], values: ticks.map((t) => (t.requests === null ? null : t.requests - t.errors)) },
+        { name: "errors", color: ERROR_RED, values: ticks.map((t) => t.errors) },
+      ],
+      formatTime: (ms) => fmtTime(new Date(ms).toISOString()),
+      title: "Live requests",
+    };
+  }
+  function addTick(tick) {
+    const at = Date.parse(tick.at);
+    const sum = (k) => tick.rows.reduce((a, r) => a + r[k], 0);
+    // The window starts full-width: intervals before the subscription are empty (null), not zero.
+    if (!ticks.length) for (let i = TICKS_KEPT - 1; i > 0; i -= 1) ticks.push({ at: at - i * tick.intervalS * 1000, requests: null, errors: null });
+    // Intervals a slow reader skipped are shown as gaps (zero), not guessed.
+    for (let i = tick.skipped; i > 0; i -= 1) ticks.push({ at: at - i * tick.intervalS * 1000, requests: 0, errors: 0 });
+    ticks.push({ at, requests: sum("requests"), errors: sum("errors") });
+    while (ticks.length > TICKS_KEPT) ticks.shift();
+    liveChartHost.dataset.ticks = String(ticks.filter((t) => t.requests !== null).length);
+    liveChartHost.dataset.requests = String(ticks.reduce((a, t) => a + (t.requests || 0), 0));
+    if (!liveChart) liveChart = barChart(liveChartHost, chartData());
+    else liveChart.update(chartData());
+  }
+
   clear(el).append(
+    liveChartHost,
     h(
       "div.toolbar.filters",
       userFilter,
@@ -196,9 +231,16 @@ export async function mount(el) {
     // Whatever finished while the connection was down is in the log: fetch it.
     reconnected: () => loadHistory(),
   });
+  const unsubscribeTicks = subscribe(
+    `subscription Ticks($s: Int) { usageTicks(intervalS: $s) { at intervalS skipped rows { requests errors } } }`,
+    { s: TICK_S },
+    { next: (data) => addTick(data.usageTicks), error: () => (liveChartHost.hidden = true) },
+  );
   await Promise.all([loadOptions(), loadHistory()]);
 
   return () => {
+    unsubscribeTicks();
+    if (liveChart) liveChart.destroy();
     unsubscribe();
     stopStatus();
   };

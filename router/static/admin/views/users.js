@@ -27,7 +27,7 @@ export async function mount(el) {
   const tbody = h("tbody");
   const table = h(
     "table.data.users-table.stack-sm",
-    h("thead", h("tr", h("th", "Name"), h("th", "E-mail"), h("th", "Key"), h("th", "Status"), h("th", "Backends"), h("th", "Spend"), h("th.hide-sm", "Limits"), h("th.hide-sm", "Created"), h("th.actions-col", "Actions"))),
+    h("thead", h("tr", h("th", "Name"), h("th", "E-mail"), h("th", "Key"), h("th", "Status"), h("th", "Backends"), h("th", "Spend"), h("th.hide-sm", "Limits"), h("th.hide-sm.hide-md", "Created"), h("th.actions-col", "Actions"))),
     tbody,
   );
   clear(el).append(
@@ -76,7 +76,7 @@ export async function mount(el) {
           h("td.backends", backends),
           h("td.spend-cell", spendCell(user.limits, user.quota)),
           h("td.limits.hide-sm", limitsSummary(user.limits, user.quota)),
-          h("td.hide-sm", fmtDate(user.createdAt)),
+          h("td.hide-sm.hide-md", fmtDate(user.createdAt)),
           h(
             "td.row-actions",
             h("button.small", { type: "button", onclick: () => editUser(user) }, "Edit"),
