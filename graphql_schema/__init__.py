@@ -178,8 +178,9 @@ async def _end_with_session(context: AdminContext, expiry: float) -> None:
             continue
         context.auth_error = api_error(UNAUTHENTICATED, reason)
         log.info("admin WebSocket from %s closed: %s", context.address, reason)
-        with contextlib.suppress(RuntimeError):
-            await context.request.close(4401, reason)  # type: ignore[attr-defined]
+        if isinstance(context.request, WebSocket):  # only WebSockets are watched (see on_ws_connect)
+            with contextlib.suppress(RuntimeError):
+                await context.request.close(4401, reason)
         return
 
 

@@ -634,8 +634,8 @@ def parse_budget_period(value: str | None) -> BudgetPeriod | None:
 
 def _int_id(value: int | str | None, kind: str) -> int:
     try:
-        return int(value)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
+        return int(value if value is not None else "")
+    except ValueError:
         raise ServiceError("NOT_FOUND", f"{kind} {value!r} does not exist", "id") from None
 
 
