@@ -984,4 +984,22 @@ def test_usage_legend_colours_are_stable_and_no_user_is_not_red(page, upstream):
     page.reload()
     expect(legend).to_contain_text("quiet-user")
     assert colours()["quiet-user"] == before["quiet-user"]
+
+    # a date range (issue 18 item 4): today has the requests, a day long ago has none
+    import datetime as dt
+
+    page.click(".segmented button[data-value=custom]")
+    today = dt.date.today().isoformat()
+    page.fill("#usage-from", today)
+    page.fill("#usage-until", today)
+    page.click("#refresh-usage")
+    chart = page.locator("figure[data-metric=requests] svg.usage-chart")
+    wait_until(lambda: float(chart.get_attribute("data-total") or 0) >= 5, 10, "today's requests in the chart")
+    page.fill("#usage-from", "2020-01-01")
+    page.fill("#usage-until", "2020-01-02")
+    page.click("#refresh-usage")
+    expect(page.locator(".legend")).to_contain_text("No requests between those days")
+    page.fill("#usage-until", "2019-12-31")
+    page.click("#refresh-usage")
+    expect(page.locator(".alert.error")).to_contain_text("on or before")
     assert not page.problems, page.problems

@@ -10,7 +10,9 @@ const RANGES = {
   hour: { label: "Last hour", ms: 3600e3, bucket: "MINUTE", step: 60e3 },
   day: { label: "Last day", ms: 86400e3, bucket: "HOUR", step: 3600e3 },
   month: { label: "Last month", ms: 30 * 86400e3, bucket: "DAY", step: 86400e3 },
+  custom: { label: "Dates…" },
 };
+const MAX_CUSTOM_DAYS = 366;
 const GROUPS = {
   USER: { label: "User", key: (r) => r.userId ?? null, name: (r) => r.userName || (r.userId ? `#${r.userId}` : "(no user)") },
   MODEL: { label: "Model", key: (r) => r.model ?? null, name: (r) => r.model || "(no model)" },
@@ -73,11 +75,33 @@ export async function mount(el) {
   const chartsHost = h("div.charts");
   const totalsHost = h("div.totals");
   const metricsBody = h("tbody#backend-metrics");
+  const today = new Date().toISOString().slice(0, 10);
+  const fromDate = h("input#usage-from", { type: "date", value: today, "aria-label": "From (day)" });
+  const untilDate = h("input#usage-until", { type: "date", value: today, "aria-label": "Until (day, included)" });
+  const customBox = h("span.custom-range#custom-range", { hidden: true }, fromDate, h("span.muted", " to "), untilDate);
+  for (const input of [fromDate, untilDate]) input.addEventListener("change", () => refresh());
+
+  /** The time window shown: {start, end (ms), bucket, step, kind}; custom days are local days. */
+  function windowOf() {
+    const now = Date.now();
+    if (range !== "custom") {
+      const r = RANGES[range];
+      return { start: floorTo(now - r.ms, r.step) + r.step, end: null, last: now, bucket: r.bucket, step: r.step, kind: range };
+    }
+    const start = new Date(`${fromDate.value}T00:00`).getTime();
+    const end = new Date(`${untilDate.value}T00:00`).getTime() + 86400e3;
+    if (!Number.isFinite(start) || !Number.isFinite(end) || end <= start) throw new Error("Pick a start day on or before the end day.");
+    if (end - start > MAX_CUSTOM_DAYS * 86400e3) throw new Error(`Pick at most ${MAX_CUSTOM_DAYS} days.`);
+    const hourly = end - start <= 3 * 86400e3;
+    const step = hourly ? 3600e3 : 86400e3;
+    return { start: floorTo(start, step), end, last: Math.min(end - 1, now), bucket: hourly ? "HOUR" : "DAY", step, kind: hourly ? "day" : "month" };
+  }
 
   clear(el).append(
     h(
       "div.toolbar",
-      segmented("Time range", Object.entries(RANGES).map(([k, r]) => [k, r.label]), range, (v) => { range = v; refresh(); }),
+      segmented("Time range", Object.entries(RANGES).map(([k, r]) => [k, r.label]), range, (v) => { range = v; customBox.hidden = v !== "custom"; refresh(); }),
+      customBox,
       segmented("Group by", Object.entries(GROUPS).map(([k, g]) => [k, `By ${g.label.toLowerCase()}`]), groupBy, (v) => { groupBy = v; refresh(); }),
       h("span.spacer"),
       updated,
@@ -103,18 +127,18 @@ export async function mount(el) {
 
   function formatTime(ms, long) {
     const d = new Date(ms);
-    if (range === "hour") return d.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
-    if (range === "day") return long ? d.toLocaleString([], { weekday: "short", hour: "2-digit", minute: "2-digit" }) : d.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
+    const kind = range === "custom" ? (current ? current.kind : "month") : range;
+    if (kind === "hour") return d.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
+    if (kind === "day") return long ? d.toLocaleString([], { weekday: "short", hour: "2-digit", minute: "2-digit" }) : d.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
     return d.toLocaleDateString([], { month: "short", day: "numeric" });
   }
 
+  let current = null; // the window of the latest refresh
   function build(rows) {
-    const r = RANGES[range];
+    const r = current;
     const g = GROUPS[groupBy];
-    const now = Date.now();
-    const first = floorTo(now - r.ms, r.step) + r.step;
     const times = [];
-    for (let t = first; t <= now; t += r.step) times.push(t);
+    for (let t = r.start; t <= r.last; t += r.step) times.push(t);
     const index = new Map(times.map((t, i) => [t, i]));
     const groups = new Map(); // key -> {name, values per metric, totals}
     for (const row of rows) {
@@ -124,7 +148,7 @@ export async function mount(el) {
       }
       const grp = groups.get(key);
       const t = row.bucketStart ? floorTo(Date.parse(row.bucketStart), r.step) : null;
-      const i = index.has(t) ? index.get(t) : t !== null && t < first ? -1 : times.length - 1;
+      const i = index.has(t) ? index.get(t) : t !== null && t < r.start ? -1 : times.length - 1;
       if (i >= 0) METRICS.forEach((metric, k) => (grp.values[k][i] += metric.get(row)));
       grp.totals.requests += row.requests;
       grp.totals.errors += row.errors;
@@ -173,7 +197,7 @@ export async function mount(el) {
     clear(legend).append(
       ...(list.length
         ? list.map((g) => h("span.legend-item", h("i", { style: { background: g.color } }), g.name))
-        : [h("span.muted", `No requests in the ${RANGES[range].label.toLowerCase()}.`)]),
+        : [h("span.muted", range === "custom" ? "No requests between those days." : `No requests in the ${RANGES[range].label.toLowerCase()}.`)]),
     );
     const datasets = METRICS.map((metric, k) => ({
       title: metric.title,
@@ -246,10 +270,12 @@ export async function mount(el) {
   let seq = 0;
   async function refresh() {
     const mine = ++seq;
-    const r = RANGES[range];
-    const since = new Date(floorTo(Date.now() - r.ms, r.step) + r.step).toISOString();
     try {
-      const data = await gql(USAGE_QUERY, { filter: { since }, groupBy: [groupBy], bucket: r.bucket, since });
+      const r = windowOf();
+      current = r;
+      const since = new Date(r.start).toISOString();
+      const filter = r.end === null ? { since } : { since, until: new Date(r.end).toISOString() };
+      const data = await gql(USAGE_QUERY, { filter, groupBy: [groupBy], bucket: r.bucket, since });
       if (mine !== seq) return;
       const built = build(data.usage);
       drawSummary(built.list);
