@@ -10,6 +10,7 @@ UPDATE_DOC_SCREENSHOTS=1 the ones used by the README are also copied to docs/scr
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import time
 from pathlib import Path
@@ -1002,4 +1003,50 @@ def test_usage_legend_colours_are_stable_and_no_user_is_not_red(page, upstream):
     page.fill("#usage-until", "2019-12-31")
     page.click("#refresh-usage")
     expect(page.locator(".alert.error")).to_contain_text("on or before")
+    assert not page.problems, page.problems
+
+
+@pytest.mark.browser
+def test_request_detail_shows_failed_attempts_and_their_errors(page):
+    """A request whose upstream is down: the detail view lists why each attempt failed."""
+    from playwright.sync_api import expect
+
+    from tests.upstream import free_port
+
+    router = page.router_process
+    router.gql_ok(
+        "mutation($i: CreateBackendInput!) { createBackend(input: $i) { id } }",
+        {"i": {"name": "down", "baseUrl": f"http://127.0.0.1:{free_port()}/v1", "modelOverride": ["ghost-model"]}},
+    )
+    api_key = router.gql_ok(
+        "mutation($i: CreateUserInput!) { createUser(input: $i) { apiKey } }",
+        {"i": {"name": "unlucky", "allBackends": True}},
+    )["createUser"]["apiKey"]
+
+    def failed_upstream() -> bool:
+        r = httpx.post(
+            f"{router.v1}/chat/completions",
+            headers={"Authorization": f"Bearer {api_key}"},
+            json={"model": "ghost-model", "messages": [{"role": "user", "content": "hi"}]},
+            timeout=10,
+        )
+        return r.status_code >= 500
+
+    wait_until(failed_upstream, 20, "a request that reached the dead backend")
+    logs = lambda: router.gql_ok(  # noqa: E731
+        '{ requestLogs(filter: {model: "ghost-model"}) { items { id attemptErrors } } }'
+    )["requestLogs"]["items"]
+    wait_until(lambda: any(item["attemptErrors"] for item in logs()), 15, "a log row with attempt errors")
+
+    page.goto("/admin#/logs")
+    page.fill("#password", ADMIN_PASSWORD)
+    page.click("form.login-card button[type=submit]")
+    page.wait_for_selector(".page[data-page=logs]")
+    page.fill("#logs-model", "ghost-model")
+    page.click("#logs-apply")
+    page.locator("#logs tr.clickable").first.click()
+    detail = page.locator("#request-detail[data-loaded=true]")
+    expect(detail.locator("ol.attempt-errors li").first).to_contain_text("down")
+    expect(detail.locator("dd[data-field=error]")).not_to_be_empty()
+    expect(detail.locator("dd[data-field=status] .badge")).to_have_class(re.compile(r"\bbad\b"))
     assert not page.problems, page.problems
