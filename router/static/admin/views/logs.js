@@ -6,7 +6,7 @@ import { DETAIL_FIELDS, fmtUsd, openRequestDetail } from "./request-detail.js";
 import { badge, clear, emptyRow, errorBox, fmtDate, fmtInt, fmtMs, h, labelCells, tableWrap, toast } from "../ui.js";
 
 const PAGE_SIZES = [25, 50, 100, 200];
-const EXPORT_PAGE = 500; // the server's maximum page
+const EXPORT_PAGE = 500; // the server's maximum page (GRAPHQL_MAX_PAGE, fixed at 500)
 export const EXPORT_MAX_ROWS = 20000; // an export stops here (and says so)
 const CSV_COLUMNS = DETAIL_FIELDS.split(/\s+/).filter(Boolean);
 
