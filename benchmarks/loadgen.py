@@ -64,6 +64,22 @@ def chat_body(model: str, stream: bool) -> bytes:
     )
 
 
+def responses_body(model: str) -> bytes:
+    """A streamed Responses API request with the same prompt as `chat_body`."""
+    return (
+        b'{"model":"' + model.encode() + b'","input":"Say hello in one short sentence, please.",'
+        b'"max_output_tokens":32,"stream":true}'
+    )
+
+
+def messages_body(model: str) -> bytes:
+    """A streamed Anthropic Messages request with the same prompt as `chat_body`."""
+    return (
+        b'{"model":"' + model.encode() + b'","messages":[{"role":"user","content":"Say hello in one short '
+        b'sentence, please."}],"max_tokens":32,"stream":true}'
+    )
+
+
 def run_load(url: str, body: bytes, key: str | None, concurrency: int, duration_s: float) -> LoadResult:
     if WRK:
         return run_wrk(url, body, key, concurrency, duration_s)

@@ -5,6 +5,10 @@
 - POST /v1/chat/completions (and /v1/completions): a fixed JSON answer with `usage`, or, when the
   body contains `"stream":true`, 20 SSE chunks + a usage chunk + `[DONE]` (chunked encoding).
   With --chunk-delay-ms the headers go out at once and each chunk follows after the delay.
+- POST /v1/responses and /v1/messages with `"stream":true`: the same 20 text events in the Responses
+  API's typed events (`response.created`, deltas, `response.completed` with usage) and in Anthropic's
+  (`message_start` with usage, `content_block_start`, deltas, `content_block_stop`, `message_delta`
+  with usage, `message_stop`).
 - GET /v1/models: one model.
 - Any other POST (e.g. Langfuse's /api/public/otel/v1/traces): 200 `{}`, counted — a tracing sink.
 - GET /__stats: {"sink_posts": n, "sink_bytes": n, "requests": n}.
@@ -17,6 +21,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+from typing import Any
 
 STREAM_CHUNKS = 20
 
@@ -79,7 +84,61 @@ def stream_events(model: str) -> list[bytes]:
     )
     payloads = [b"data: " + json.dumps(e, separators=(",", ":")).encode() + b"\n\n" for e in events]
     payloads.append(b"data: [DONE]\n\n")
-    return [f"{len(p):x}".encode() + b"\r\n" + p + b"\r\n" for p in payloads]
+    return [http_chunk(p) for p in payloads]
+
+
+def http_chunk(payload: bytes) -> bytes:
+    return f"{len(payload):x}".encode() + b"\r\n" + payload + b"\r\n"
+
+
+def typed_events(events: list[dict[str, Any]]) -> list[bytes]:
+    """`event: <type>` + `data:` SSE events (Responses and Messages framing), each an HTTP chunk."""
+    return [
+        http_chunk(
+            b"event: " + e["type"].encode() + b"\ndata: " + json.dumps(e, separators=(",", ":")).encode() + b"\n\n"
+        )
+        for e in events
+    ]
+
+
+def responses_events(model: str) -> list[bytes]:
+    """A streamed Responses API answer with as many text deltas as the chat stream."""
+    usage = {"input_tokens": 12, "output_tokens": STREAM_CHUNKS, "total_tokens": 12 + STREAM_CHUNKS}
+    response = {"id": "resp_bench", "object": "response", "model": model, "status": "in_progress", "output": []}
+    deltas = [
+        {
+            "type": "response.output_text.delta",
+            "item_id": "msg_bench",
+            "output_index": 0,
+            "content_index": 0,
+            "delta": f"tok{i} ",
+        }
+        for i in range(STREAM_CHUNKS)
+    ]
+    done = {**response, "status": "completed", "usage": usage}
+    return typed_events(
+        [{"type": "response.created", "response": response}, *deltas, {"type": "response.completed", "response": done}]
+    )
+
+
+def messages_events(model: str) -> list[bytes]:
+    """A streamed Anthropic Messages answer with as many text deltas as the chat stream."""
+    message = {"id": "msg_bench", "type": "message", "role": "assistant", "model": model, "content": []}
+    message["usage"] = {"input_tokens": 12, "output_tokens": 1}
+    deltas = [
+        {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": f"tok{i} "}}
+        for i in range(STREAM_CHUNKS)
+    ]
+    return typed_events(
+        [
+            {"type": "message_start", "message": message},
+            {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
+            *deltas,
+            {"type": "content_block_stop", "index": 0},
+            {"type": "message_delta", "delta": {"stop_reason": "end_turn"}, "usage": {"output_tokens": STREAM_CHUNKS}},
+            {"type": "message_stop"},
+        ]
+    )
 
 
 STREAM_HEAD = (
@@ -136,8 +195,12 @@ class MockServer:
     def __init__(self, model: str, chunk_delay_s: float) -> None:
         self.chunk_delay_s = chunk_delay_s
         self.completion = http_response(completion_body(model))
-        self.events = stream_events(model)
-        self.stream_at_once = STREAM_HEAD + b"".join(self.events) + STREAM_END
+        self.events = {
+            b"chat": stream_events(model),
+            b"/v1/responses": responses_events(model),
+            b"/v1/messages": messages_events(model),
+        }
+        self.at_once = {k: STREAM_HEAD + b"".join(v) + STREAM_END for k, v in self.events.items()}
         self.models = http_response(
             json.dumps({"object": "list", "data": [{"id": model, "object": "model", "owned_by": "bench"}]}).encode()
         )
@@ -149,9 +212,12 @@ class MockServer:
         self.stats.requests += 1
         line_end = head.find(b"\r\n")
         method, path, _ = head[: line_end if line_end > 0 else None].split(b" ", 2)
-        if method == b"POST" and path.startswith(b"/v1/") and path.endswith(b"completions"):
-            if b'"stream":true' in body or b'"stream": true' in body:
-                self.stream(transport)
+        streamed = b'"stream":true' in body or b'"stream": true' in body
+        if method == b"POST" and streamed and path.split(b"?", 1)[0] in self.events:
+            self.stream(transport, path.split(b"?", 1)[0])
+        elif method == b"POST" and path.startswith(b"/v1/") and path.endswith(b"completions"):
+            if streamed:
+                self.stream(transport, b"chat")
             else:
                 transport.write(self.completion)
         elif method == b"GET" and path == b"/v1/models":
@@ -167,13 +233,13 @@ class MockServer:
         else:
             transport.write(self.not_found)
 
-    def stream(self, transport: asyncio.Transport) -> None:
+    def stream(self, transport: asyncio.Transport, kind: bytes) -> None:
         if self.chunk_delay_s <= 0:
-            transport.write(self.stream_at_once)
+            transport.write(self.at_once[kind])
             return
         transport.write(STREAM_HEAD)
         loop = asyncio.get_running_loop()
-        pieces = [*self.events, STREAM_END]
+        pieces = [*self.events[kind], STREAM_END]
         for i, piece in enumerate(pieces):
             loop.call_later(self.chunk_delay_s * (i + 1), _write_if_open, transport, piece)
 

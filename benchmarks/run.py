@@ -5,6 +5,7 @@
     .venv/bin/python benchmarks/run.py --vs-litellm         # also LiteLLM's proxy, same mock, same cells
     .venv/bin/python benchmarks/run.py --no-matrix --soak 600 --analytics 1000000 --workers-compare
     .venv/bin/python benchmarks/run.py --no-matrix --profile 15   # py-spy under load, top frames
+    .venv/bin/python benchmarks/run.py --protocols --no-readme    # chat vs Responses vs Messages streams
 
 Results go to benchmarks/results/latest.json (each section keeps its own timestamp; sections not
 run this time are kept) and into the generated part of benchmarks/README.md.
@@ -147,11 +148,12 @@ def measure(
     key: str | None = None,
     pid: int | None = None,
     model: str = MODEL,
+    body: bytes | None = None,
 ) -> dict[str, Any]:
     """One row of the matrix; re-run (up to --retries times) when other processes shared the server's CPU."""
     best: dict[str, Any] | None = None
     for _ in range(ctx.args.retries + 1):
-        row = measure_once(label, url, stream, concurrency, ctx, key, pid, model)
+        row = measure_once(label, url, stream, concurrency, ctx, key, pid, model, body)
         if best is None or row.get("others_on_cpu_pct", 0) < best.get("others_on_cpu_pct", 0):
             best = row
         if row.get("others_on_cpu_pct", 0) <= NOISY_PCT:
@@ -163,11 +165,19 @@ def measure(
 
 
 def measure_once(
-    label: str, url: str, stream: bool, concurrency: int, ctx: Ctx, key: str | None, pid: int | None, model: str
+    label: str,
+    url: str,
+    stream: bool,
+    concurrency: int,
+    ctx: Ctx,
+    key: str | None,
+    pid: int | None,
+    model: str,
+    body: bytes | None = None,
 ) -> dict[str, Any]:
-    """Wait for quiet, warm up, then run the load while metering the server's CPU."""
+    """Wait for quiet, warm up, then run the load (a chat body unless `body`) while metering the server's CPU."""
     quiet = wait_quiet(ctx)
-    body = loadgen.chat_body(model, stream)
+    body = body or loadgen.chat_body(model, stream)
     loadgen.run_load(url, body, key, concurrency, ctx.warmup)
     meter = procstat.CpuMeter(pid) if pid else None
     if meter:
@@ -228,6 +238,25 @@ def run_lite(ctx: Ctx) -> dict[str, Any]:
         for stream, c in ((False, 1), (False, 64), (True, 64)):
             section["cells"].append(measure("router", router.url + CHAT, stream, c, ctx, router.key, router.pid))
         section["peak_rss_mib"] = round(procstat.peak_rss_mib(router.pid), 1)
+    finally:
+        router.stop()
+    return section
+
+
+def run_protocols(ctx: Ctx) -> dict[str, Any]:
+    """Chat vs Responses vs Messages streams through one router, c64, the same 20 text events (issue 12)."""
+    cells = (
+        ("chat", CHAT, loadgen.chat_body(MODEL, True)),
+        ("responses", "/v1/responses", loadgen.responses_body(MODEL)),
+        ("messages", "/v1/messages", loadgen.messages_body(MODEL)),
+    )
+    section: dict[str, Any] = {"cells": []}
+    router = ctx.new_router("protocols")
+    router.start(ctx.router_env)
+    try:
+        for label, path, body in cells:
+            row = measure(label, router.url + path, True, 64, ctx, router.key, router.pid, body=body)
+            section["cells"].append(row)
     finally:
         router.stop()
     return section
@@ -894,6 +923,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--floor", action="store_true", help="A/B: measure the floor apps in the same rounds")
     p.add_argument("--ab-cells", default="ns:64,st:64,ns:16,ns:1", help="A/B cells: ns|st:concurrency,...")
     p.add_argument("--lite", action="store_true", help="router-only cells (ns c1/c64, stream c64) for A/B runs")
+    p.add_argument("--protocols", action="store_true", help="chat vs Responses vs Messages streams, c64 (issue 12)")
     p.add_argument("--output", default=str(RESULTS / "latest.json"))
     p.add_argument("--no-readme", action="store_true", help="do not rewrite benchmarks/README.md")
     return p.parse_args()
@@ -928,6 +958,8 @@ def main() -> None:
                 sections["ab"] = lambda: run_ab(ctx)
             elif args.lite:
                 sections["lite"] = lambda: run_lite(ctx)
+            elif args.protocols:
+                sections["protocols"] = lambda: run_protocols(ctx)
             elif not args.no_matrix:
                 sections["matrix"] = lambda: run_matrix(ctx)
             if args.vs_litellm:
