@@ -5,6 +5,9 @@ log writer publishes without ever waiting; when a subscriber's queue is full (a 
 client), the oldest undelivered entry is dropped and counted in `Subscription.dropped`, so /v1
 and other subscribers are never held up and a stuck client costs bounded memory. A client that
 falls that far behind sees a gap, never stale data from long ago; `requestLogs` fills gaps.
+`maxPerSecond` caps a subscription's rate (the excess is left out before it is queued); each
+message's `skippedBefore` says how many matching requests were left out, by the cap or the queue,
+just before it.
 
 `usageTicks` reads `runtime.ticker` (router/live.py): one message per interval whatever the
 traffic, from a one-slot mailbox per subscription (a slow client gets the newest tick and how many
@@ -13,6 +16,7 @@ it skipped).
 
 from __future__ import annotations
 
+import typing
 from collections.abc import AsyncGenerator
 from datetime import datetime
 
@@ -25,6 +29,8 @@ from graphql_schema.queries import filter_id
 from graphql_schema.types import RequestLog, UsageGroupBy, UsageRow
 from router.live import MAX_INTERVAL_S
 from router.usage import RequestRecord
+
+MAX_PER_SECOND = 10_000
 
 
 @strawberry.type(
@@ -54,19 +60,32 @@ class Subscription:
         info: Info[AdminContext, None],
         user_id: strawberry.ID | None = None,
         backend_id: strawberry.ID | None = None,
+        max_per_second: typing.Annotated[
+            int | None,
+            strawberry.argument(
+                description=f"At most this many requests a second (1 to {MAX_PER_SECOND}); the rest are left out "
+                "and counted in the next message's skippedBefore. Default: every request."
+            ),
+        ] = None,
     ) -> AsyncGenerator[RequestLog, None]:
         info.context.require_admin()
         uid = filter_id(user_id, "userId")
         bid = filter_id(backend_id, "backendId")
+        if max_per_second is not None and not 1 <= max_per_second <= MAX_PER_SECOND:
+            raise bad_input(
+                f"maxPerSecond must be between 1 and {MAX_PER_SECOND}, got {max_per_second}", "maxPerSecond"
+            )
 
         def wanted(record: RequestRecord) -> bool:
             return (uid is None or record.user_id == uid) and (bid is None or record.backend_id == bid)
 
-        subscription = info.context.runtime.bus.subscribe(wanted)
+        subscription = info.context.runtime.bus.subscribe(wanted, max_per_second)
         try:
             while True:
-                record = await subscription.get()
-                yield RequestLog.from_row(record)
+                record, left_out = await subscription.get_with_left_out()
+                entry = RequestLog.from_row(record)
+                entry.skipped_before = left_out
+                yield entry
         finally:
             subscription.close()
 

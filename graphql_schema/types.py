@@ -376,6 +376,11 @@ class RequestLog:
         description="Why each failed attempt failed, in order ('backend: reason'), also when a later attempt "
         "succeeded after failover; empty when the first attempt answered.",
     )
+    skipped_before: int = strawberry.field(
+        default=0,
+        description="requestLogged only: matching requests this subscription left out just before this one "
+        "(over its maxPerSecond, or dropped because the client read too slowly); 0 in queries.",
+    )
 
     @classmethod
     def from_row(cls, row: Any) -> RequestLog:

@@ -408,24 +408,68 @@ class LogWriter:
 
 
 class Subscription:
-    """One subscriber's bounded queue. When full, the oldest event is dropped (and counted)."""
+    """One subscriber's bounded queue, optionally capped at `max_per_second` entries a second.
 
-    def __init__(self, bus: EventBus, maxsize: int, predicate: Callable[[RequestRecord], bool]) -> None:
+    Each queued entry carries how many requests were left out just before it: by the cap, or
+    because the queue was full (the oldest entry is dropped then, and its count moves to the next).
+    """
+
+    def __init__(
+        self,
+        bus: EventBus,
+        maxsize: int,
+        predicate: Callable[[RequestRecord], bool],
+        max_per_second: int | None = None,
+    ) -> None:
         self._bus = bus
-        self.queue: asyncio.Queue[RequestRecord] = asyncio.Queue(maxsize)
+        self.maxsize = max(1, maxsize)
         self.predicate = predicate
-        self.dropped = 0
+        self.max_per_second = max_per_second
+        self._items: deque[list[Any]] = deque()  # [record, left out just before it]
+        self._ready = asyncio.Event()
+        self._window = 0
+        self._in_window = 0
+        self._left_out = 0
+        self.dropped = 0  # queue overflows
+        self.capped = 0  # left out by max_per_second
 
     def offer(self, record: RequestRecord) -> None:
         if not self.predicate(record):
             return
-        if self.queue.full():
-            self.queue.get_nowait()
+        if self.max_per_second is not None:
+            window = int(time.monotonic())
+            if window != self._window:
+                self._window, self._in_window = window, 0
+            if self._in_window >= self.max_per_second:
+                self._left_out += 1
+                self.capped += 1
+                return
+            self._in_window += 1
+        if len(self._items) >= self.maxsize:
+            _, before = self._items.popleft()
             self.dropped += 1
-        self.queue.put_nowait(record)
+            if self._items:
+                self._items[0][1] += before + 1
+            else:
+                self._left_out += before + 1
+        self._items.append([record, self._left_out])
+        self._left_out = 0
+        self._ready.set()
 
     async def get(self) -> RequestRecord:
-        return await self.queue.get()
+        return (await self.get_with_left_out())[0]
+
+    async def get_with_left_out(self) -> tuple[RequestRecord, int]:
+        """The next entry and how many requests were left out just before it."""
+        while not self._items:
+            self._ready.clear()
+            await self._ready.wait()
+        record, left_out = self._items.popleft()
+        return record, left_out
+
+    def pending(self) -> list[tuple[RequestRecord, int]]:
+        """The queued entries and their left-out counts, oldest first (not removed)."""
+        return [(record, left_out) for record, left_out in self._items]
 
     def close(self) -> None:
         self._bus.unsubscribe(self)
@@ -438,8 +482,10 @@ class EventBus:
         self.queue_size = queue_size
         self._subscribers: set[Subscription] = set()
 
-    def subscribe(self, predicate: Callable[[RequestRecord], bool] = lambda _: True) -> Subscription:
-        subscription = Subscription(self, self.queue_size, predicate)
+    def subscribe(
+        self, predicate: Callable[[RequestRecord], bool] = lambda _: True, max_per_second: int | None = None
+    ) -> Subscription:
+        subscription = Subscription(self, self.queue_size, predicate, max_per_second)
         self._subscribers.add(subscription)
         return subscription
 

@@ -6,9 +6,10 @@ count it skipped, auth, and two processes sharing Redis showing the same totals.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ from websockets.exceptions import ConnectionClosed
 
 from tests.conftest import RouterProcess, require_redis, write_config
 from tests.test_graphql_api import GqlEnv, start_env, stop_env
-from tests.test_graphql_subscriptions import StuckClient, Subscriber, new_user
+from tests.test_graphql_subscriptions import V1, StuckClient, Subscriber, new_user, open_subscription
 
 TICK_FIELDS = (
     "at intervalS skipped rows { userId userName backendName model requests errors promptTokens "
@@ -46,6 +47,13 @@ def genv(tmp_path_factory) -> Iterator[GqlEnv]:
 @pytest.fixture
 def router(genv: GqlEnv) -> RouterProcess:
     return genv.router
+
+
+@pytest.fixture
+async def v1(router: RouterProcess) -> AsyncIterator[V1]:
+    clients = V1(router)
+    yield clients
+    await clients.close()
 
 
 async def tick_subscription(router: RouterProcess, args: str = "", fields: str = TICK_FIELDS) -> Subscriber:
@@ -196,7 +204,7 @@ async def test_a_stuck_subscriber_gets_the_newest_tick_with_the_skipped_count(ro
             assert message["type"] == "next", str(message)[:300]
             got.append(message["payload"]["data"]["usageTicks"])
         skipped = [t["skipped"] for t in got]
-        assert any(skipped), f"the router never had to skip: {skipped}"
+        assert any(skipped), f"the router never had to skip: {got}"
         # Nothing lost silently: the gap between two messages is exactly 1 + the ticks skipped.
         for before, after in itertools.pairwise(got):
             assert epoch(after["at"]) - epoch(before["at"]) == 1 + after["skipped"]
@@ -262,3 +270,48 @@ async def test_two_processes_sharing_redis_show_the_same_totals(redis_pair):
     finally:
         await on_a.close()
         await on_b.close()
+
+
+# --- requestLogged with a rate cap ------------------------------------------------------------
+
+
+async def test_request_logged_with_max_per_second_counts_what_it_left_out(router, v1):
+    user, key = await new_user(router, "alpha")
+    capped = await open_subscription(router, f'(userId: "{user}", maxPerSecond: 2)', fields="requestId skippedBefore")
+    every = await open_subscription(router, f'(userId: "{user}")', fields="requestId skippedBefore")
+    try:
+        sent = list(await asyncio.gather(*(v1.chat(key) for _ in range(8))))
+        logged = [(await every.next_log())["requestId"] for _ in sent]
+        assert sorted(logged) == sorted(sent)
+        got = [await capped.next_log()]  # the first of the burst, at least
+        while logged.index(got[-1]["requestId"]) < len(sent):  # until one after the burst came through
+            assert len(logged) < len(sent) + 20, got
+            logged.append(await v1.chat(key))  # later requests (later seconds) bring the count of the rest
+            assert (await every.next_log())["requestId"] == logged[-1]
+            with contextlib.suppress(TimeoutError):
+                while True:
+                    got.append(await capped.next_log(timeout=0.3))
+        # Each message says how many were left out before it: together they account for every request up to
+        # the last one delivered, in the order they were logged.
+        last = logged.index(got[-1]["requestId"])
+        assert len(got) + sum(m["skippedBefore"] for m in got) == last + 1
+        positions = [logged.index(m["requestId"]) for m in got]
+        assert positions == sorted(positions)
+        assert sum(m["skippedBefore"] for m in got) > 0 and len(got) < last + 1
+    finally:
+        await capped.close()
+        await every.close()
+
+
+@pytest.mark.parametrize("cap", [0, -5, 10_001])
+async def test_request_logged_refuses_a_max_per_second_out_of_range(router, cap):
+    sub = await Subscriber.connect(router)
+    await sub.acknowledged()
+    await sub.subscribe(f"subscription {{ requestLogged(maxPerSecond: {cap}) {{ requestId }} }}")
+    try:
+        message = await sub.message()
+        errors = message["payload"] if message["type"] == "error" else message["payload"].get("errors")
+        [error] = errors
+        assert error["extensions"]["code"] == "BAD_USER_INPUT" and error["extensions"]["field"] == "maxPerSecond"
+    finally:
+        await sub.close()
