@@ -27,7 +27,7 @@ from graphql_schema.context import AdminContext
 from graphql_schema.errors import bad_input
 from graphql_schema.queries import filter_id
 from graphql_schema.types import RequestLog, UsageGroupBy, UsageRow
-from router.live import MAX_INTERVAL_S
+from router.live import MAX_INTERVAL_S, HealthChange
 from router.usage import RequestRecord
 
 MAX_PER_SECOND = 10_000
@@ -47,6 +47,25 @@ class UsageTick:
     rows: list[UsageRow] = strawberry.field(
         description="One row per group that had requests in the interval; empty for an interval without traffic."
     )
+
+
+@strawberry.type(description="A backend marked down or up again (by this router process or another one).")
+class BackendHealthEvent:
+    backend_id: strawberry.ID
+    backend_name: str | None = strawberry.field(description="Null when the backend was deleted meanwhile.")
+    healthy: bool
+    reason: str | None = strawberry.field(description="Why it was marked down; null when it is up again.")
+    at: datetime
+
+    @classmethod
+    def of(cls, change: HealthChange, name: str | None) -> BackendHealthEvent:
+        return cls(
+            backend_id=strawberry.ID(str(change.backend_id)),
+            backend_name=name,
+            healthy=change.healthy,
+            reason=change.reason,
+            at=change.at,
+        )
 
 
 @strawberry.type
@@ -112,3 +131,23 @@ class Subscription:
                 yield UsageTick(at=tick.at, interval_s=tick.interval_s, skipped=skipped, rows=rows)
         finally:
             ticker.unsubscribe(mailbox)
+
+    @strawberry.subscription(
+        description="A backend marked down (with the reason) or up again; optionally only one backend's."
+    )
+    async def backend_health_changed(
+        self, info: Info[AdminContext, None], backend_id: strawberry.ID | None = None
+    ) -> AsyncGenerator[BackendHealthEvent, None]:
+        info.context.require_admin()
+        bid = filter_id(backend_id, "backendId")
+        runtime = info.context.runtime
+        queue = runtime.health_feed.subscribe()
+        try:
+            while True:
+                change = await queue.get()
+                if bid is not None and change.backend_id != bid:
+                    continue
+                backend = runtime.catalog.snapshot.backends_by_id.get(change.backend_id)
+                yield BackendHealthEvent.of(change, backend.name if backend is not None else None)
+        finally:
+            runtime.health_feed.unsubscribe(queue)

@@ -295,3 +295,38 @@ class UsageTicker:
                 numbers = merge(self._closed[s] for s in seconds if s in self._closed)
                 tick = made[shape] = Tick(at, mailbox.interval_s, rows_of(numbers, mailbox.group_by))
             mailbox.put(tick)
+
+
+# --- backend health transitions ---------------------------------------------------------------
+
+HEALTH_QUEUE_SIZE = 100  # per subscriber; a client that falls this far behind loses the oldest
+
+
+@dataclass(frozen=True, slots=True)
+class HealthChange:
+    backend_id: int
+    healthy: bool
+    reason: str | None
+    at: datetime
+
+
+class HealthFeed:
+    """Fan-out of backend up/down transitions (HealthTracker.watchers) to bounded subscriber queues."""
+
+    def __init__(self) -> None:
+        self._queues: set[asyncio.Queue[HealthChange]] = set()
+
+    def __call__(self, backend_id: int, healthy: bool, reason: str | None) -> None:
+        change = HealthChange(backend_id, healthy, reason, datetime.now(UTC))
+        for queue in tuple(self._queues):
+            if queue.full():
+                queue.get_nowait()
+            queue.put_nowait(change)
+
+    def subscribe(self) -> asyncio.Queue[HealthChange]:
+        queue: asyncio.Queue[HealthChange] = asyncio.Queue(HEALTH_QUEUE_SIZE)
+        self._queues.add(queue)
+        return queue
+
+    def unsubscribe(self, queue: asyncio.Queue[HealthChange]) -> None:
+        self._queues.discard(queue)

@@ -120,6 +120,9 @@ class HealthTracker:
     # Told when this process marks a backend down (backend_id, cooldown_s) or up again (backend_id, 0.0):
     # `router.shared` tells the other processes. Never raises into the request path.
     on_change: Callable[[int, float], None] | None = None
+    # Told of every transition this process sees, its own or learnt from another process:
+    # (backend_id, healthy, reason). For the `backendHealthChanged` subscription.
+    watchers: list[Callable[[int, bool, str | None], None]] = field(default_factory=list)
     wall: Callable[[], float] = time.time
     _state: dict[int, _Health] = field(default_factory=dict)
     _checks: dict[int, CheckResult] = field(default_factory=dict)
@@ -151,6 +154,7 @@ class HealthTracker:
             self._state[backend_id] = _Health()
             if state.down_until:
                 self._notify(backend_id, 0.0)
+                self._tell(backend_id, True, None)
 
     def record_failure(self, backend_id: int, reason: str | None = None) -> bool:
         """Count a failed request; True when this marks the backend down."""
@@ -186,12 +190,20 @@ class HealthTracker:
         self._checks[backend_id] = result
 
     def _mark_down(self, backend_id: int, state: _Health, reason: str, by_check: bool) -> None:
-        if not state.down_until:
+        was_up = not state.down_until
+        if was_up:
             state.since = self.wall()
         state.down_until = self.clock() + self.cooldown_s
         state.reason = reason
         state.by_check = by_check
         self._notify(backend_id, self.cooldown_s)
+        if was_up:
+            self._tell(backend_id, False, reason)
+
+    def _tell(self, backend_id: int, healthy: bool, reason: str | None) -> None:
+        for watcher in tuple(self.watchers):
+            with contextlib.suppress(Exception):
+                watcher(backend_id, healthy, reason)
 
     def _notify(self, backend_id: int, cooldown_s: float) -> None:
         if self.on_change is not None:
@@ -208,13 +220,16 @@ class HealthTracker:
     ) -> None:
         """Apply a 'down' learnt from another process."""
         state = self._state.setdefault(backend_id, _Health())
-        if not state.down_until:
+        was_up = not state.down_until
+        if was_up:
             state.since = since or self.wall()
         state.failures = max(state.failures, self.threshold)
         state.down_until = max(state.down_until, until_monotonic)
         state.probing = False
         state.reason = reason or state.reason or "marked down by another router process"
         state.by_check = by_check
+        if was_up:
+            self._tell(backend_id, False, state.reason)
 
     def down_details(self, backend_id: int) -> tuple[str | None, float | None, bool]:
         """(reason, since, by_check) of a backend that is down, for sharing with other processes."""
@@ -223,7 +238,9 @@ class HealthTracker:
 
     def mark_up(self, backend_id: int) -> None:
         """Apply an 'up again' learnt from another process (its probe succeeded)."""
-        self._state.pop(backend_id, None)
+        state = self._state.pop(backend_id, None)
+        if state is not None and state.down_until:
+            self._tell(backend_id, True, None)
 
     def forget(self, keep: Iterable[int]) -> None:
         """Drop the state of backends that no longer exist."""

@@ -15,7 +15,7 @@ from router.crypto import SecretBox
 from router.health import HealthChecker
 from router.hooks import retain_scripts
 from router.limits import Admission, Limiter, RedisStore, make_store
-from router.live import UsageTicker
+from router.live import HealthFeed, UsageTicker
 from router.metrics import Metrics
 from router.model_lists import ModelDirectory
 from router.routing import HealthTracker, InFlight, WeightedRoundRobin, order_least_busy
@@ -55,6 +55,8 @@ class Runtime:
         )
         self.models = ModelDirectory(self.upstream)
         self.health = HealthTracker(settings.health_failure_threshold, settings.health_cooldown_s)
+        self.health_feed = HealthFeed()  # backendHealthChanged subscribers
+        self.health.watchers.append(self.health_feed)
         self.in_flight = InFlight()
         self.round_robin = WeightedRoundRobin()
         self.bus = EventBus(settings.subscriber_queue_size)

@@ -315,3 +315,42 @@ async def test_request_logged_refuses_a_max_per_second_out_of_range(router, cap)
         assert error["extensions"]["code"] == "BAD_USER_INPUT" and error["extensions"]["field"] == "maxPerSecond"
     finally:
         await sub.close()
+
+
+# --- backendHealthChanged ---------------------------------------------------------------------
+
+
+async def test_backend_health_changed_reports_down_with_the_reason_and_up_again(tmp_path, upstream_factory):
+    bad = upstream_factory(name="bad", models=["test-model"])
+    good = upstream_factory(name="good", models=["test-model"])
+    env = {"HEALTH_FAILURE_THRESHOLD": "1", "HEALTH_COOLDOWN_S": "1", "HEALTH_CHECK_INTERVAL_S": "0"}
+    config = write_config(tmp_path / "config.yaml", {"bad": {"url": bad.base_url}, "good": {"url": good.base_url}})
+    router = RouterProcess(tmp_path / "r", env, config).start()
+    try:
+        key = router.add_user("hal")
+        sub = await Subscriber.connect(router)
+        await sub.acknowledged()
+        await sub.subscribe("subscription { backendHealthChanged { backendId backendName healthy reason at } }")
+        refused = await Subscriber.connect(router, token=None)
+        await refused.subscribe("subscription { backendHealthChanged { backendId } }")
+        with pytest.raises(ConnectionClosed):
+            await refused.message()
+        bad.fail_status = 500
+        async with openai.AsyncOpenAI(base_url=router.v1, api_key=key, max_retries=0) as client:
+            for _ in range(2):  # round-robin: one of them tries `bad`, fails over to `good`
+                await client.chat.completions.create(model="test-model", messages=[{"role": "user", "content": "x"}])
+            message = await sub.message()
+            down = message["payload"]["data"]["backendHealthChanged"]
+            assert (down["backendName"], down["healthy"]) == ("bad", False)
+            assert "500" in down["reason"] or "failing" in down["reason"], down
+            bad.fail_status = None
+            up = None
+            for _ in range(50):  # after the 1 s cooldown a request probes `bad`, which answers now
+                await client.chat.completions.create(model="test-model", messages=[{"role": "user", "content": "x"}])
+                with contextlib.suppress(TimeoutError):
+                    up = (await sub.message(timeout=0.2))["payload"]["data"]["backendHealthChanged"]
+                    break
+            assert up is not None and (up["backendId"], up["healthy"], up["reason"]) == (down["backendId"], True, None)
+        await sub.close()
+    finally:
+        router.stop()
