@@ -162,8 +162,9 @@ def test_usage_parsing():
             "completion_tokens_details": {"reasoning_tokens": 2},
         }
     ) == Usage(9, 5, 0, cached=4, reasoning=2)
+    # Anthropic's input_tokens leaves the cached part out; the router's prompt counts it (OpenAI's convention).
     assert parse_usage({"input_tokens": 3, "cache_read_input_tokens": 7, "cache_creation_input_tokens": 1}) == Usage(
-        3, 0, 0, cached=7, cache_write=1
+        11, 0, 0, cached=7, cache_write=1
     )
     assert chat.without_usage(None, {"choices": [], "usage": {"total_tokens": 1}}) is DROP
     kept = {"choices": [{"delta": {}}], "usage": {"total_tokens": 1}}
