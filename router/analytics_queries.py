@@ -134,8 +134,8 @@ class _Sql:
             return f"date_trunc('{bucket}', {column} AT TIME ZONE 'UTC')"
         return f"strftime('{_SQLITE_BUCKET[bucket]}', {column})"
 
-    def rollup_where(self, flt: LogFilter) -> str:
-        """The conditions of `flt` on the hourly rollups (since/until are whole hours there)."""
+    def _who(self, flt: LogFilter) -> list[str]:
+        """The user/backend/model conditions of `flt` (columns of both the log and the rollups)."""
         conditions = []
         if flt.user_id is not None:
             conditions.append(f"user_id = {self.param(flt.user_id)}")
@@ -143,6 +143,11 @@ class _Sql:
             conditions.append(f"backend_id = {self.param(flt.backend_id)}")
         if flt.model is not None:
             conditions.append(f"model = {self.param(flt.model)}")
+        return conditions
+
+    def rollup_where(self, flt: LogFilter) -> str:
+        """The conditions of `flt` on the hourly rollups (since/until are whole hours there)."""
+        conditions = self._who(flt)
         if flt.since is not None:
             conditions.append(f"hour >= {self.param(flt.since)}")
         if flt.until is not None:
@@ -155,12 +160,7 @@ class _Sql:
             conditions.append(f"request_id = {self.param(flt.request_id)}")
         if flt.endpoint is not None:
             conditions.append(f"endpoint = {self.param(flt.endpoint)}")
-        if flt.user_id is not None:
-            conditions.append(f"user_id = {self.param(flt.user_id)}")
-        if flt.backend_id is not None:
-            conditions.append(f"backend_id = {self.param(flt.backend_id)}")
-        if flt.model is not None:
-            conditions.append(f"model = {self.param(flt.model)}")
+        conditions += self._who(flt)
         if flt.status_code is not None:
             conditions.append(f"status_code = {self.param(flt.status_code)}")
         if flt.errors_only:

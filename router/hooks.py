@@ -356,14 +356,7 @@ async def on_response(
     given = response_body_view(body, parsed)
     context["response"] = response_view(status, upstream_headers, given, False)
     context = await run_chain(engine, chain, "onResponse", context, request_id)
-    response = context.get("response")
-    if not isinstance(response, dict):
-        raise errors.script_failed(chain[-1].name, "response must stay an object")
-    try:
-        status = response_status(response, status)
-        changes = script_headers(response.get("headers"), PROTECTED_RESPONSE_HEADERS, context_headers(upstream_headers))
-    except ValueError as exc:
-        raise errors.script_failed(chain[-1].name, str(exc)) from None
+    response, status, changes = response_changes(chain, context, status, upstream_headers)
     new_body = response.get("body")
     if new_body is not given:
         if isinstance(new_body, str):
@@ -373,6 +366,21 @@ async def on_response(
             if not any(k.lower() == "content-type" for k in changes):
                 changes["content-type"] = "application/json"
     return status, apply_header_changes(headers, changes), body
+
+
+def response_changes(
+    chain: tuple[ScriptEntry, ...], context: dict[str, Any], status: int, upstream_headers: Mapping[str, str]
+) -> tuple[dict[str, Any], int, dict[str, str | None]]:
+    """What the onResponse hooks left: the response object, its status and the header changes (validated)."""
+    response = context.get("response")
+    if not isinstance(response, dict):
+        raise errors.script_failed(chain[-1].name, "response must stay an object")
+    try:
+        status = response_status(response, status)
+        changes = script_headers(response.get("headers"), PROTECTED_RESPONSE_HEADERS, context_headers(upstream_headers))
+    except ValueError as exc:
+        raise errors.script_failed(chain[-1].name, str(exc)) from None
+    return response, status, changes
 
 
 async def on_stream_response(
@@ -390,14 +398,7 @@ async def on_stream_response(
     if not chain:
         return context, status, headers
     context = await run_chain(engine, chain, "onResponse", context, request_id)
-    response = context.get("response")
-    if not isinstance(response, dict):
-        raise errors.script_failed(chain[-1].name, "response must stay an object")
-    try:
-        status = response_status(response, status)
-        changes = script_headers(response.get("headers"), PROTECTED_RESPONSE_HEADERS, context_headers(upstream_headers))
-    except ValueError as exc:
-        raise errors.script_failed(chain[-1].name, str(exc)) from None
+    _, status, changes = response_changes(chain, context, status, upstream_headers)
     changes = {k: v for k, v in changes.items() if k.lower() != "content-type"}  # a stream stays an SSE stream
     return context, status, apply_header_changes(headers, changes)
 
