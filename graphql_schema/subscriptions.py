@@ -39,7 +39,7 @@ MAX_PER_SECOND = 10_000
 )
 class UsageTick:
     at: datetime = strawberry.field(description="End of the interval.")
-    interval_s: int
+    interval_s: int = strawberry.field(description="The interval's length in seconds, as subscribed.")
     skipped: int = strawberry.field(
         description="Ticks this subscriber missed since its previous message (a slow reader gets the newest "
         "tick); 0 normally."
@@ -51,11 +51,11 @@ class UsageTick:
 
 @strawberry.type(description="A backend marked down or up again (by this router process or another one).")
 class BackendHealthEvent:
-    backend_id: strawberry.ID
+    backend_id: strawberry.ID = strawberry.field(description="The backend's id.")
     backend_name: str | None = strawberry.field(description="Null when the backend was deleted meanwhile.")
-    healthy: bool
+    healthy: bool = strawberry.field(description="False: marked down (requests avoid it); true: up again.")
     reason: str | None = strawberry.field(description="Why it was marked down; null when it is up again.")
-    at: datetime
+    at: datetime = strawberry.field(description="When the change happened.")
 
     @classmethod
     def of(cls, change: HealthChange, name: str | None) -> BackendHealthEvent:

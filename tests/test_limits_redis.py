@@ -63,6 +63,7 @@ def pair(tmp_path, upstream_factory, pg_databases):  # noqa: F811 - the fixture 
         "BUDGET_SYNC_INTERVAL_S": "0.5",
     }
     a, b = start_pair(tmp_path, upstream, env)
+    a.upstream = upstream  # tests wait on what it received
     yield a, b
     for router in (a, b):
         router.stop()
@@ -95,8 +96,16 @@ def test_concurrency_tpm_budget_and_backend_queue_across_processes(pair):
     a, b = pair
     # User concurrency: a stream held on A makes B refuse at once.
     key = new_user(a, b, "cora", {"maxConcurrent": 1})
+    streams_before = len([r for r in a.upstream.received if isinstance(r.body, dict) and r.body.get("stream")])
     holding = threading.Thread(target=chat, args=(a, key), kwargs={"stream": True})
     holding.start()
+    # Poll B only once A's stream holds the slot (a check on B could otherwise take it from A first).
+    until(
+        lambda: (
+            len([r for r in a.upstream.received if isinstance(r.body, dict) and r.body.get("stream")]) > streams_before
+        ),
+        what="A's stream never reached the upstream",
+    )
     until(lambda: chat(b, key).status_code == 429, what="B never saw A's slot")
     holding.join()
     until(lambda: chat(b, key).status_code == 200, what="the slot was not freed")
