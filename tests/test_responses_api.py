@@ -153,7 +153,8 @@ def test_bindings_survive_a_restart_through_the_request_log(router_factory, two_
     created = [client.responses.create(model="m", input=INPUT) for _ in range(2)]
     first.wait_for_logs(2)
     first.stop()
-    second = router_factory(config=config, data_dir=tmp_path / "r")
+    same_databases = {k: first.env[k] for k in ("CORE_DB_URL", "ANALYTICS_DB_URL") if k in first.env}  # PostgreSQL
+    second = router_factory(env=same_databases, config=config, data_dir=tmp_path / "r")
     client = client_for(second, key)
     for response in created:
         assert client.responses.retrieve(response.id).metadata == response.metadata
