@@ -15,7 +15,7 @@ from strawberry.types import Info
 
 from graphql_schema.context import AdminContext
 from graphql_schema.errors import bad_input
-from graphql_schema.types import Backend, RequestLog, Script, ScriptType, User
+from graphql_schema.types import Backend, RequestLogEntry, Script, ScriptType, User
 from router.models.analytics import RequestLog as RequestLogModel
 from router.models.core import ScriptType as ModelScriptType
 from router.services import Page
@@ -98,7 +98,9 @@ class PageQuery:
         "that request id); null if there is none. For a detail view: attempts and attemptErrors, tokens, cost, "
         "timings."
     )
-    async def request_log(self, id: strawberry.ID | None = None, request_id: str | None = None) -> RequestLog | None:
+    async def request_log(
+        self, id: strawberry.ID | None = None, request_id: str | None = None
+    ) -> RequestLogEntry | None:
         if (id is None) == (request_id is None):
             raise bad_input("give exactly one of id and requestId", "id")
         if id is not None:
@@ -107,7 +109,7 @@ class PageQuery:
             row = await RequestLogModel.get_or_none(id=int(id))
         else:
             row = await RequestLogModel.filter(request_id=request_id).order_by("-id").first()
-        return RequestLog.from_row(row) if row is not None else None
+        return RequestLogEntry.from_row(row) if row is not None else None
 
     @strawberry.field(description="Users a page at a time, searchable by name and e-mail.")
     async def users_page(

@@ -18,7 +18,7 @@ from graphql_schema.types import (
     Backend,
     BackendMetrics,
     Permission,
-    RequestLog,
+    RequestLogEntry,
     RequestLogFilter,
     RequestLogPage,
     Script,
@@ -163,7 +163,7 @@ class Query(QuotaQuery, PageQuery):
         after_id = decode_cursor(after) if after else None
         page = await analytics_queries.request_log_page(log_filter(filter), first, after_id)
         return RequestLogPage(
-            items=[RequestLog.from_row(row) for row in page.items],
+            items=[RequestLogEntry.from_row(row) for row in page.items],
             total_count=page.total_count,
             next_cursor=encode_cursor(page.next_after_id) if page.next_after_id is not None else None,
         )

@@ -12,7 +12,7 @@ from graphql_schema.errors import FORBIDDEN, api_error, bad_input
 from graphql_schema.limits_types import Limits, LimitsInput, QuotaState, Subject, quota_state
 from graphql_schema.types import (
     Backend,
-    RequestLog,
+    RequestLogEntry,
     RequestLogPage,
     TimeBucket,
     UsageFilter,
@@ -128,7 +128,7 @@ class Viewer:
         flt = analytics_queries.LogFilter(user_id=self.user.id)
         page = await analytics_queries.request_log_page(flt, first, after_id)
         return RequestLogPage(
-            items=[RequestLog.from_row(row) for row in page.items],
+            items=[RequestLogEntry.from_row(row) for row in page.items],
             total_count=page.total_count,
             next_cursor=encode_cursor(page.next_after_id) if page.next_after_id is not None else None,
         )

@@ -26,7 +26,7 @@ from strawberry.types import Info
 from graphql_schema.context import AdminContext
 from graphql_schema.errors import bad_input
 from graphql_schema.queries import filter_id
-from graphql_schema.types import RequestLog, UsageGroupBy, UsageRow
+from graphql_schema.types import RequestLogEntry, UsageGroupBy, UsageRow
 from router.live import MAX_INTERVAL_S, HealthChange
 from router.usage import RequestRecord
 
@@ -86,7 +86,7 @@ class Subscription:
                 "and counted in the next message's skippedBefore. Default: every request."
             ),
         ] = None,
-    ) -> AsyncGenerator[RequestLog, None]:
+    ) -> AsyncGenerator[RequestLogEntry, None]:
         info.context.require_admin()
         uid = filter_id(user_id, "userId")
         bid = filter_id(backend_id, "backendId")
@@ -102,7 +102,7 @@ class Subscription:
         try:
             while True:
                 record, left_out = await subscription.get_with_left_out()
-                entry = RequestLog.from_row(record)
+                entry = RequestLogEntry.from_row(record)
                 entry.skipped_before = left_out
                 yield entry
         finally:

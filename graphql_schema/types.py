@@ -332,8 +332,8 @@ def _opt_id(value: int | None) -> strawberry.ID | None:
     return strawberry.ID(str(value)) if value is not None else None
 
 
-@strawberry.type
-class RequestLog:
+@strawberry.type(name="RequestLog")
+class RequestLogEntry:
     id: strawberry.ID
     request_id: str
     created_at: datetime
@@ -383,7 +383,7 @@ class RequestLog:
     )
 
     @classmethod
-    def from_row(cls, row: Any) -> RequestLog:
+    def from_row(cls, row: Any) -> RequestLogEntry:
         """From a stored row (RequestLog model) or a live RequestRecord: same attribute names."""
         return cls(
             id=strawberry.ID(str(row.id)),
@@ -427,7 +427,7 @@ def _attempt_errors(value: Any) -> list[str]:
 
 @strawberry.type
 class RequestLogPage:
-    items: list[RequestLog] = strawberry.field(description="Newest first.")
+    items: list[RequestLogEntry] = strawberry.field(description="Newest first.")
     total_count: int
     next_cursor: str | None = strawberry.field(description="Pass as `after` for the next page; null on the last page.")
 

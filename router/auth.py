@@ -1,4 +1,4 @@
-"""API keys for /v1 users, and tokens for the admin API."""
+"""API keys for /v1 users (and who a /v1 request is), and tokens for the admin API."""
 
 from __future__ import annotations
 
@@ -7,6 +7,13 @@ import hashlib
 import hmac
 import secrets
 import time
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
+
+from router import errors
+
+if TYPE_CHECKING:
+    from router.catalog import Snapshot, UserEntry
 
 API_KEY_PREFIX_LEN = 10  # "sk-" + 7 characters: enough to recognise a key, useless to guess it
 
@@ -33,6 +40,23 @@ def bearer_token(authorization: str | None) -> str | None:
     if scheme.lower() != "bearer" or not token.strip():
         return None
     return token.strip()
+
+
+def authenticate(headers: Mapping[str, str], snapshot: Snapshot, local_user: UserEntry | None = None) -> UserEntry:
+    """The user behind a /v1 request's API key (`local_user` when accounts are off), or an OpenAI 401."""
+    if local_user is not None:
+        return local_user
+    token = bearer_token(headers.get("authorization")) or headers.get("x-api-key")
+    if not token:
+        raise errors.unauthorized(
+            "Missing API key: send 'Authorization: Bearer <your router key>' (or 'x-api-key: <your router key>')."
+        )
+    user = snapshot.users_by_key_hash.get(hash_api_key(token))
+    if user is None:
+        raise errors.unauthorized("Invalid API key.")
+    if not user.is_active:
+        raise errors.unauthorized("This API key's user is deactivated.")
+    return user
 
 
 class AdminTokens:

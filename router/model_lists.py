@@ -15,7 +15,7 @@ from router.catalog import BackendEntry, Snapshot, resolve_models
 from router.upstream import UpstreamClient, UpstreamError
 from router.urls import redact_text, redact_url
 
-log = logging.getLogger("router.models")
+log = logging.getLogger("router.model_lists")
 
 
 def parse_model_list(body: bytes) -> list[str]:

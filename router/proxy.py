@@ -28,7 +28,7 @@ from starlette.types import Receive, Scope, Send
 
 from router import errors, protocols
 from router.affinity import MAX_RESPONSE_ID, Binding
-from router.auth import bearer_token, hash_api_key
+from router.auth import authenticate
 from router.bodies import ensure_json_depth
 from router.catalog import BackendEntry, ScriptEntry, UserEntry, split_alias
 from router.errors import ApiError
@@ -115,7 +115,9 @@ def upstream_key_header(base_url: str) -> str:
 
 
 @dataclass(slots=True)
-class Route:
+class RoutePlan:
+    """Where one request may go: the model name upstreams get, and the targets to try."""
+
     upstream_model: str
     targets: list[Target]  # in the order to try; health is checked when trying
 
@@ -127,7 +129,7 @@ async def list_models(request: Request) -> Response:
     rt: Runtime = request.app.state.runtime
     request_id = request_id_of(request)
     try:
-        user = authenticate(rt, request)
+        user = authenticate(request.headers, rt.catalog.snapshot, rt.local_user)
     except ApiError as err:
         return err.response({"x-request-id": request_id})
     models = model_list(rt, user)
@@ -144,7 +146,7 @@ async def retrieve_model(request: Request) -> Response:
     rt: Runtime = request.app.state.runtime
     request_id = request_id_of(request)
     try:
-        user = authenticate(rt, request)
+        user = authenticate(request.headers, rt.catalog.snapshot, rt.local_user)
         model_id = str(request.path_params["model"])
         found = next((m for m in model_list(rt, user) if m["id"] == model_id), None)
         if found is None:
@@ -174,7 +176,7 @@ async def handle_generation(request: Request) -> Response:
     adapter = protocols.ADAPTERS[endpoint]
     record = RequestRecord(request_id=request_id_of(request), endpoint=endpoint)
     try:
-        user = authenticate(rt, request)
+        user = authenticate(request.headers, rt.catalog.snapshot, rt.local_user)
         record.user_id, record.user_name = user.id, user.name
         raw_body = await read_body(request, rt.settings.max_request_body_bytes)
         payload = parse_payload(raw_body, adapter, request.headers.get("content-type", ""))
@@ -215,7 +217,7 @@ async def handle_unknown(request: Request, suggestion: str | None = None) -> Res
     path = request.scope["path"]
     record = RequestRecord(request_id=request_id_of(request), endpoint=path, method=request.method)
     with contextlib.suppress(ApiError):
-        user = authenticate(rt, request)
+        user = authenticate(request.headers, rt.catalog.snapshot, rt.local_user)
         record.user_id, record.user_name = user.id, user.name
     shown = path if len(path) <= 200 else path[:199] + "…"
     err = errors.unknown_path(request.method, shown, suggestion)
@@ -241,7 +243,7 @@ async def handle_stored_response(request: Request) -> Response:
     endpoint = "/v1/responses/{id}" + (f"/{action}" if action else "")
     record = RequestRecord(request_id=request_id_of(request), endpoint=endpoint, method=request.method)
     try:
-        user = authenticate(rt, request)
+        user = authenticate(request.headers, rt.catalog.snapshot, rt.local_user)
         record.user_id, record.user_name = user.id, user.name
         binding = await rt.affinity.lookup(response_id) if _RESPONSE_ID.fullmatch(response_id) else None
         backend = bound_backend(rt, user, binding) if binding is not None else None
@@ -253,7 +255,7 @@ async def handle_stored_response(request: Request) -> Response:
         call = Call(
             rt, request, record, user, adapter, {}, b"", request.method, path, has_body=False, accounts_usage=False
         )
-        return await forward(call, Route("", [Target.of(backend)]))
+        return await forward(call, RoutePlan("", [Target.of(backend)]))
     except ApiError as err:
         rt.finish(record, err.status, err.message)
         return adapter.error_response(err, {"x-request-id": record.request_id})
@@ -271,23 +273,6 @@ def request_id_of(request: Request) -> str:
     if incoming and len(incoming) <= 128 and incoming.isprintable():
         return incoming
     return f"{_REQUEST_ID_PREFIX}{next(_request_counter):016x}"
-
-
-def authenticate(rt: Runtime, request: Request) -> UserEntry:
-    """The user behind the request's API key (or the local user when accounts are off)."""
-    if rt.local_user is not None:
-        return rt.local_user
-    token = bearer_token(request.headers.get("authorization")) or request.headers.get("x-api-key")
-    if not token:
-        raise errors.unauthorized(
-            "Missing API key: send 'Authorization: Bearer <your router key>' (or 'x-api-key: <your router key>')."
-        )
-    user = rt.catalog.snapshot.users_by_key_hash.get(hash_api_key(token))
-    if user is None:
-        raise errors.unauthorized("Invalid API key.")
-    if not user.is_active:
-        raise errors.unauthorized("This API key's user is deactivated.")
-    return user
 
 
 async def read_body(request: Request, limit: int) -> bytes:
@@ -323,7 +308,7 @@ def parse_payload(body: bytes, adapter: Adapter | str, content_type: str = "") -
     return payload
 
 
-def plan_route(rt: Runtime, user: UserEntry, model: str, request: Request, adapter: Adapter) -> Route:
+def plan_route(rt: Runtime, user: UserEntry, model: str, request: Request, adapter: Adapter) -> RoutePlan:
     """Decide where the request may go: proxy mode, auto mode (`[alias]model`), or by model.
 
     A backend that does not speak the client's API is asked in one the request translates to
@@ -334,7 +319,7 @@ def plan_route(rt: Runtime, user: UserEntry, model: str, request: Request, adapt
     if proxy_url is None and alias is not None and "://" in alias:
         proxy_url = alias
     if proxy_url is not None:
-        return Route(bare_model, [proxy_target(rt, user, proxy_url, request)])
+        return RoutePlan(bare_model, [proxy_target(rt, user, proxy_url, request)])
     snapshot = rt.catalog.snapshot
     if alias is not None:
         backend = snapshot.backends_by_name.get(alias)
@@ -342,13 +327,13 @@ def plan_route(rt: Runtime, user: UserEntry, model: str, request: Request, adapt
             raise errors.model_not_found(model)
         if not user.may_use(backend.id):
             raise errors.forbidden(f"You are not allowed to use backend '{alias}'.")
-        return Route(bare_model, speaking(adapter, [backend], model))
+        return RoutePlan(bare_model, speaking(adapter, [backend], model))
     candidates, any_forbidden = candidate_backends(snapshot.backends_by_id.values(), rt.models.models_of, user, model)
     if not candidates:
         if any_forbidden:
             raise errors.forbidden(f"You are not allowed to use model '{model}'.")
         raise errors.model_not_found(model, close_model_names(model, (m["id"] for m in model_list(rt, user))))
-    return Route(model, speaking(adapter, rt.order_backends(candidates), model))
+    return RoutePlan(model, speaking(adapter, rt.order_backends(candidates), model))
 
 
 def speaking(adapter: Adapter, backends: list[BackendEntry], model: str) -> list[Target]:
@@ -377,7 +362,7 @@ def _translatable(adapter: Adapter, api: str) -> Adapter | None:
     return upstream if upstream is not None and (adapter.name, upstream.name) in protocols.TRANSLATORS else None
 
 
-async def plan_bound_route(rt: Runtime, user: UserEntry, model: str, response_id: str) -> Route | None:
+async def plan_bound_route(rt: Runtime, user: UserEntry, model: str, response_id: str) -> RoutePlan | None:
     """A request continuing a stored response goes to the backend that stored it (no failover).
 
     None for an id the router never bound (lost bindings, another router): it is routed by model
@@ -389,7 +374,7 @@ async def plan_bound_route(rt: Runtime, user: UserEntry, model: str, response_id
     backend = bound_backend(rt, user, binding)
     if backend is None:
         raise errors.previous_response_not_found(response_id)
-    return Route(split_alias(model)[1], [Target.of(backend)])
+    return RoutePlan(split_alias(model)[1], [Target.of(backend)])
 
 
 def bound_backend(rt: Runtime, user: UserEntry, binding: Binding) -> BackendEntry | None:
@@ -458,7 +443,7 @@ class Call:
 
 
 @dataclass(slots=True)
-class Hooks:
+class AttemptScripts:
     """The scripts of one attempt and the context they passed along (None when no script applies)."""
 
     scripts: tuple[ScriptEntry, ...] = ()
@@ -476,7 +461,7 @@ class Outgoing:
     body: dict[str, Any]
     wire: bytes
     headers: dict[str, str] | None
-    hooks: Hooks
+    hooks: AttemptScripts
     strip_usage: bool  # the router asked for stream usage the client did not ask for
     adapter: Adapter  # the API the upstream is asked in
     path: str  # under the target's base URL
@@ -540,7 +525,7 @@ class Attempt:
             self.rt.leave(self.target.backend)
 
 
-def targets_to_try(rt: Runtime, route: Route) -> Iterator[Target]:
+def targets_to_try(rt: Runtime, route: RoutePlan) -> Iterator[Target]:
     """The route's targets that are available now, at most MAX_ATTEMPTS of them."""
     tried = 0
     for target in route.targets:
@@ -563,7 +548,7 @@ def unreachable(target: Target, exc: UpstreamError) -> ApiError:
     return errors.upstream_failed(f"Backend '{target.name}' could not be reached.")
 
 
-async def forward(call: Call, route: Route) -> Response:
+async def forward(call: Call, route: RoutePlan) -> Response:
     """Try the targets in order; retry on connect errors, timeouts, 429 and 5xx before any byte is sent."""
     rt, record = call.rt, call.record
     # The client's bytes go upstream as they came unless something must change in them.
@@ -619,7 +604,7 @@ async def forward(call: Call, route: Route) -> Response:
     raise failure or errors.no_healthy_backend(record.model or "", unhealthy_targets(rt, route), time.time())
 
 
-def unhealthy_targets(rt: Runtime, route: Route) -> list[tuple[str, float | None]]:
+def unhealthy_targets(rt: Runtime, route: RoutePlan) -> list[tuple[str, float | None]]:
     """(name, until) of the route's backends that are cooling down, for the 503's message and Retry-After."""
     statuses = ((t.name, rt.health.status(t.backend.id)) for t in route.targets if t.backend is not None)
     return [(name, status.retry_at) for name, status in statuses if not status.healthy]
@@ -647,7 +632,9 @@ def _is_sse(upstream: UpstreamResponse) -> bool:
 
 async def prepare(call: Call, target: Target, untouched: bool) -> Outgoing | Response:
     """Run the onRequest hooks for this target; the body and headers to send, or a script's own answer."""
-    hooks = Hooks(scripts_for(call.rt.catalog.snapshot, call.user.id, target.backend.id if target.backend else None))
+    hooks = AttemptScripts(
+        scripts_for(call.rt.catalog.snapshot, call.user.id, target.backend.id if target.backend else None)
+    )
     body, extra_headers, body_changed = call.payload, None, False
     if hooks.scripts:
         raw_json = untouched and not call.adapter.form_body
@@ -680,7 +667,7 @@ async def prepare(call: Call, target: Target, untouched: bool) -> Outgoing | Res
 
 
 def translated(
-    call: Call, upstream: Adapter, body: dict[str, Any], headers: dict[str, str] | None, hooks: Hooks
+    call: Call, upstream: Adapter, body: dict[str, Any], headers: dict[str, str] | None, hooks: AttemptScripts
 ) -> Outgoing:
     """The request (as the client's scripts left it) in the upstream's API; TranslationError if it cannot be."""
     translator = protocols.translator_for(call.adapter, upstream)
@@ -705,7 +692,7 @@ def answer_from_script(rt: Runtime, record: RequestRecord, early: tuple[int, dic
     return Response(content, status_code=status, headers=headers)
 
 
-def _has_next(rt: Runtime, route: Route, current: Target) -> bool:
+def _has_next(rt: Runtime, route: RoutePlan, current: Target) -> bool:
     index = route.targets.index(current)
     return any(t.backend is None or rt.health.is_healthy(t.backend.id) for t in route.targets[index + 1 :])
 

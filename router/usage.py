@@ -407,7 +407,7 @@ class LogWriter:
 # --- the live event bus -----------------------------------------------------------------------
 
 
-class Subscription:
+class SubscriberQueue:
     """One subscriber's bounded queue, optionally capped at `max_per_second` entries a second.
 
     Each queued entry carries how many requests were left out just before it: by the cap, or
@@ -480,16 +480,16 @@ class EventBus:
 
     def __init__(self, queue_size: int = 1000) -> None:
         self.queue_size = queue_size
-        self._subscribers: set[Subscription] = set()
+        self._subscribers: set[SubscriberQueue] = set()
 
     def subscribe(
         self, predicate: Callable[[RequestRecord], bool] = lambda _: True, max_per_second: int | None = None
-    ) -> Subscription:
-        subscription = Subscription(self, self.queue_size, predicate, max_per_second)
+    ) -> SubscriberQueue:
+        subscription = SubscriberQueue(self, self.queue_size, predicate, max_per_second)
         self._subscribers.add(subscription)
         return subscription
 
-    def unsubscribe(self, subscription: Subscription) -> None:
+    def unsubscribe(self, subscription: SubscriberQueue) -> None:
         self._subscribers.discard(subscription)
 
     def publish(self, records: list[RequestRecord]) -> None:
