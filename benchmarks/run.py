@@ -632,11 +632,13 @@ def insert_rows(db: Path, rows: int, days: int = 30, batch: int = 100_000) -> No
         marks = ",".join("?" * len(columns))
         with conn:
             conn.executemany(f"INSERT INTO request_logs ({','.join(columns)}) VALUES ({marks})", values)
-    with conn:  # the hourly rollups `usage` reads, as the log writer would have kept them
+    with conn:  # the hourly and daily rollups `usage` reads, as the log writer would have kept them
         from router.usage import rollup_backfill_sql
 
         conn.execute("DELETE FROM usage_rollups")
-        conn.execute(rollup_backfill_sql(postgres=False))
+        conn.execute("DELETE FROM usage_rollups_daily")
+        for statement in rollup_backfill_sql(postgres=False):
+            conn.execute(statement)
     conn.execute("ANALYZE")
     conn.close()
 

@@ -24,7 +24,10 @@ from tortoise.queryset import QuerySet
 from router.models.analytics import RequestLog
 
 TABLE = "request_logs"
-ROLLUPS = "usage_rollups"  # hourly totals, written with each log batch (router.usage.rollup_rows)
+# Totals per UTC hour / day, user, backend and model, written with each log batch (router.usage).
+ROLLUPS = "usage_rollups"
+DAILY_ROLLUPS = "usage_rollups_daily"
+_TIME_COLUMN = {TABLE: "created_at", ROLLUPS: "hour", DAILY_ROLLUPS: "day"}
 _ERROR_SQL = "(status_code >= 400 OR error IS NOT NULL)"
 
 GROUP_KEYS = ("user", "backend", "model")
@@ -145,13 +148,13 @@ class _Sql:
             conditions.append(f"model = {self.param(flt.model)}")
         return conditions
 
-    def rollup_where(self, flt: LogFilter) -> str:
-        """The conditions of `flt` on the hourly rollups (since/until are whole hours there)."""
+    def rollup_where(self, flt: LogFilter, column: str) -> str:
+        """The conditions of `flt` on a rollup level (since/until are whole buckets of `column` there)."""
         conditions = self._who(flt)
         if flt.since is not None:
-            conditions.append(f"hour >= {self.param(flt.since)}")
+            conditions.append(f"{column} >= {self.param(flt.since)}")
         if flt.until is not None:
-            conditions.append(f"hour < {self.param(flt.until)}")
+            conditions.append(f"{column} < {self.param(flt.until)}")
         return ("WHERE " + " AND ".join(conditions)) if conditions else ""
 
     def where(self, flt: LogFilter) -> str:
@@ -210,98 +213,108 @@ async def usage(flt: LogFilter, group_by: Sequence[str] = (), bucket: str | None
     """Requests, errors, tokens, cost and mean latency per group and time bucket.
 
     `group_by` holds any of "user", "backend", "model"; `bucket` one of "minute", "hour", "day"
-    (UTC) or None. Whole hours are read from the hourly rollups (so 30 days cost a few thousand
-    rollup rows, not millions of log rows); the partial hours at the edges of since/until, minute
-    buckets and status filters from the request log. Names come from the rows (the name a user or
-    backend had when logged; the latest alphabetically if it was renamed within a group). Only
-    groups with requests appear. Ordered by bucket, then most requests first.
+    (UTC) or None. The range is read in pieces (`_pieces`): whole days from the daily rollups,
+    whole hours at the day edges from the hourly rollups, the minutes at the hour edges from the
+    request log; one statement adds them up (UNION ALL under a GROUP BY), so 30 days cost a few
+    thousand rollup rows per (user, backend, model), not millions of log rows. Minute buckets and
+    status / endpoint / request-id filters read the log alone. Names come from the rows (the name a
+    user or backend had when logged; the latest alphabetically if it was renamed within a group).
+    Only groups with requests appear. Ordered by bucket, then most requests first.
     """
     unknown = set(group_by) - set(GROUP_KEYS)
     if unknown or (bucket is not None and bucket not in BUCKETS):
         raise ValueError(f"bad grouping {sorted(unknown)} / bucket {bucket!r}")
-    parts: list[dict[str, Any]] = []
-    hours = _whole_hours(flt) if bucket != "minute" and flt.status_code is None and not flt.errors_only else None
-    if hours is None:
-        parts += await _usage_rows(TABLE, flt, group_by, bucket)
-    else:
-        first, last = hours
-        parts += await _usage_rows(ROLLUPS, replace(flt, since=first, until=last), group_by, bucket)
-        if flt.since is not None and _utc(flt.since) < first:
-            parts += await _usage_rows(TABLE, replace(flt, until=first), group_by, bucket)
-        if last is not None and flt.until is not None and last < _utc(flt.until):
-            parts += await _usage_rows(TABLE, replace(flt, since=last), group_by, bucket)
-    return _merged(parts)
+    sql = _Sql()
+    parts = [_usage_sql(sql, table, piece, group_by, bucket) for table, piece in _pieces(flt, bucket)]
+    keys = ("user_id", "backend_id", "model")
+    outer = ["bucket_start", *keys, "MAX(user_name) AS user_name", "MAX(backend_name) AS backend_name"]
+    outer += [f"SUM({c}) AS {c}" for c in _SUMS]
+    text = f"SELECT {', '.join(outer)} FROM ({' UNION ALL '.join(parts)}) AS parts "
+    text += f"GROUP BY bucket_start, {', '.join(keys)}"
+    return _merged(await sql.rows(text))
 
 
-def _floor_hour(value: datetime) -> datetime:
-    return _utc(value).replace(minute=0, second=0, microsecond=0)
+def _floor(value: datetime, unit: str) -> datetime:
+    value = _utc(value).replace(minute=0, second=0, microsecond=0)
+    return value.replace(hour=0) if unit == "day" else value
 
 
-def _whole_hours(flt: LogFilter) -> tuple[datetime, datetime | None] | None:
-    """[first, last) of the whole UTC hours inside since/until (last None: open), or None if there are none."""
-    first = datetime(1970, 1, 1, tzinfo=UTC)
-    if flt.since is not None:
-        first = _floor_hour(flt.since)
-        if first < _utc(flt.since):
-            first += timedelta(hours=1)
-    last = _floor_hour(flt.until) if flt.until is not None else None
-    if last is not None and last <= first:
-        return None
-    return first, last
+def _ceil(value: datetime, unit: str) -> datetime:
+    floor = _floor(value, unit)
+    return floor if floor == _utc(value) else floor + (timedelta(days=1) if unit == "day" else timedelta(hours=1))
+
+
+def _pieces(flt: LogFilter, bucket: str | None) -> list[tuple[str, LogFilter]]:
+    """`flt`'s range split into (table, same filter with that piece's since/until), pieces disjoint.
+
+    [since, first whole hour) and [last whole hour, until) from the log; the whole hours before
+    the first / after the last whole day from the hourly rollups; the whole days from the daily
+    ones (only hourly with HOUR buckets). An open end stays open: the rollups of the current hour
+    and day are as current as the log (written in the same transaction).
+    """
+    log_only = flt.request_id is not None or flt.endpoint is not None or flt.status_code is not None
+    if log_only or flt.errors_only or bucket == "minute":
+        return [(TABLE, flt)]
+    since = _utc(flt.since) if flt.since is not None else None
+    until = _utc(flt.until) if flt.until is not None else None
+    first_hour = _ceil(since, "hour") if since is not None else None
+    last_hour = _floor(until, "hour") if until is not None else None
+    if first_hour is not None and last_hour is not None and last_hour <= first_hour:
+        return [(TABLE, flt)]  # no whole hour inside
+    pieces: list[tuple[str, LogFilter]] = []
+    if since is not None and first_hour is not None and since < first_hour:
+        pieces.append((TABLE, replace(flt, until=first_hour)))
+    if until is not None and last_hour is not None and last_hour < until:
+        pieces.append((TABLE, replace(flt, since=last_hour)))
+    first_day = _ceil(first_hour, "day") if first_hour is not None else None
+    last_day = _floor(last_hour, "day") if last_hour is not None else None
+    if bucket == "hour" or (first_day is not None and last_day is not None and last_day <= first_day):
+        return [*pieces, (ROLLUPS, replace(flt, since=first_hour, until=last_hour))]
+    if first_hour is not None and first_day is not None and first_hour < first_day:
+        pieces.append((ROLLUPS, replace(flt, since=first_hour, until=first_day)))
+    if last_hour is not None and last_day is not None and last_day < last_hour:
+        pieces.append((ROLLUPS, replace(flt, since=last_day, until=last_hour)))
+    return [*pieces, (DAILY_ROLLUPS, replace(flt, since=first_day, until=last_day))]
 
 
 _SUMS: tuple[str, ...] = ("requests", "errors", "prompt_tokens", "completion_tokens", "total_tokens", "cached_tokens")
 _SUMS += ("reasoning_tokens", "latency_sum", "cost_usd")
 
 
-async def _usage_rows(table: str, flt: LogFilter, group_by: Sequence[str], bucket: str | None) -> list[dict[str, Any]]:
-    """One GROUP BY over the request log or the rollups, with sums (not means) so parts can be added."""
-    rollup = table == ROLLUPS
-    sql = _Sql()
-    time_column = "hour" if rollup else "created_at"
-    select: list[str] = []
+def _usage_sql(sql: _Sql, table: str, flt: LogFilter, group_by: Sequence[str], bucket: str | None) -> str:
+    """One GROUP BY over the request log or a rollup level, with sums (not means) so pieces can be added.
+
+    Every piece has the same columns in the same order (UNION ALL matches them by position);
+    "none" is NULL (the rollups' 0 and "" turned back into it).
+    """
+    rollup = table != TABLE
+    columns = {"bucket_start": "NULL"}
     group: list[str] = []
     if bucket is not None:
-        expr = sql.bucket(bucket, time_column)
-        select.append(f"{expr} AS bucket_start")
-        group.append(expr)
-    else:
-        select.append("NULL AS bucket_start")
-    for key in GROUP_KEYS:
-        if key in group_by:
-            if key == "model":
-                select.append("model")
-                group.append("model")
-            else:
-                select += [f"{key}_id", f"MAX({key}_name) AS {key}_name"]
-                group.append(f"{key}_id")
-        elif key == "model":
-            select.append("NULL AS model")
-        else:
-            select += [f"NULL AS {key}_id", f"NULL AS {key}_name"]
+        columns["bucket_start"] = sql.bucket(bucket, _TIME_COLUMN[table])
+        group.append(columns["bucket_start"])
+    for key, none in (("user", "0"), ("backend", "0"), ("model", "''")):
+        column = "model" if key == "model" else f"{key}_id"
+        grouped = key in group_by
+        columns[column] = (f"NULLIF({column}, {none})" if rollup else column) if grouped else "NULL"
+        if key != "model":
+            columns[f"{key}_name"] = f"MAX({key}_name)" if grouped else "NULL"
+        if grouped:
+            group.append(column)
     if rollup:
-        select += [f"SUM({c}) AS {c}" for c in _SUMS if c != "latency_sum"] + ["SUM(latency_ms_sum) AS latency_sum"]
-        where = sql.rollup_where(flt)
+        columns.update({c: f"SUM({c})" for c in _SUMS})
+        columns["latency_sum"] = "SUM(latency_ms_sum)"
+        where = sql.rollup_where(flt, _TIME_COLUMN[table])
     else:
-        select += [
-            "COUNT(*) AS requests",
-            f"SUM(CASE WHEN {_ERROR_SQL} THEN 1 ELSE 0 END) AS errors",
-            *(f"SUM({c}) AS {c}" for c in _SUMS[2:] if c != "latency_sum"),
-            "SUM(latency_ms) AS latency_sum",
-        ]
+        columns.update({c: f"SUM({c})" for c in _SUMS})
+        columns["requests"] = "COUNT(*)"
+        columns["errors"] = f"SUM(CASE WHEN {_ERROR_SQL} THEN 1 ELSE 0 END)"
+        columns["latency_sum"] = "SUM(latency_ms)"
         where = sql.where(flt)
-    text = f"SELECT {', '.join(select)} FROM {table} {where}"
+    text = f"SELECT {', '.join(f'{expr} AS {name}' for name, expr in columns.items())} FROM {table} {where}"
     if group:
         text += f" GROUP BY {', '.join(group)}"
-    rows = await sql.rows(text)
-    if rollup:  # 0 and "" stand for "none" in the rollups' key
-        for row in rows:
-            for column in ("user_id", "backend_id"):
-                if row[column] == 0:
-                    row[column] = None
-            if row["model"] == "":
-                row["model"] = None
-    return rows
+    return text
 
 
 def _merged(parts: list[dict[str, Any]]) -> list[UsageRow]:
@@ -409,15 +422,11 @@ async def _latency_at(backend_id: int, since: datetime, offset: int) -> float | 
     return float(rows[0]["latency_ms"]) if rows else None
 
 
-# --- spend (from the hourly rollups) ---------------------------------------------------------------
+# --- spend (from the rollups) ----------------------------------------------------------------------
 
 
 async def spent_usd(user_id: int, since: datetime, until: datetime) -> float:
-    """A user's spend in [since, until) from the hourly rollups (bounds are whole hours: periods are)."""
-    sql = _Sql()
-    text = (
-        f"SELECT COALESCE(SUM(cost_usd), 0) AS spent FROM {ROLLUPS} "
-        f"WHERE user_id = {sql.param(user_id)} AND hour >= {sql.param(since)} AND hour < {sql.param(until)}"
-    )
-    rows = await sql.rows(text)
-    return float(rows[0]["spent"] or 0.0) if rows else 0.0
+    """A user's spend in [since, until): budget periods are whole days, so whole days of the daily
+    rollups (today's included, kept current with every log batch); other bounds are read as `usage` reads them."""
+    rows = await usage(LogFilter(user_id=user_id, since=since, until=until))
+    return rows[0].cost_usd if rows else 0.0

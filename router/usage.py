@@ -18,7 +18,7 @@ import orjson
 from tortoise import connections, fields
 from tortoise.transactions import in_transaction
 
-from router.models.analytics import RequestLog, UsageRollup
+from router.models.analytics import RequestLog, UsageRollup, UsageRollupDaily
 from router.protocols.base import Usage
 from router.urls import redact_text
 
@@ -224,13 +224,15 @@ async def insert_log_rows(records: list[RequestRecord]) -> None:
     rows = [record.as_tuple() for record in records]
     if sqlite:  # stored as Tortoise stores datetimes in SQLite: str() of the aware datetime
         rows = [(*row[:_CREATED_AT], str(row[_CREATED_AT]), *row[_CREATED_AT + 1 :]) for row in rows]
-    rollups = rollup_rows(records, sqlite)
+    hourly = _rollup_sums(records)
     async with in_transaction("analytics") as tx:
         await tx.execute_many(sql, [list(row) for row in rows])
-        await tx.execute_many(_rollup_sql(sqlite), [list(row) for row in rollups])
+        # Hourly, then daily, each sorted: concurrent writers lock the same rows in the same order.
+        await tx.execute_many(_rollup_sql(sqlite, UsageRollup), _as_rows(hourly, sqlite))
+        await tx.execute_many(_rollup_sql(sqlite, UsageRollupDaily), _as_rows(_daily_sums(hourly), sqlite))
 
 
-# --- hourly rollups ---------------------------------------------------------------------------
+# --- hourly and daily rollups ----------------------------------------------------------------
 
 ROLLUP_KEY = ("hour", "user_id", "backend_id", "model")
 ROLLUP_NAMES = ("user_name", "backend_name")
@@ -245,11 +247,12 @@ ROLLUP_SUMS = (
     "cost_usd",
     "latency_ms_sum",
 )
+_Sums = dict[tuple[datetime, int, int, str], list[Any]]
 
 
-def rollup_rows(records: list[RequestRecord], sqlite: bool = False) -> list[tuple[Any, ...]]:
-    """A batch summed per (UTC hour, user, backend, model), in ROLLUP_KEY + NAMES + SUMS order."""
-    sums: dict[tuple[Any, ...], list[Any]] = {}
+def _rollup_sums(records: list[RequestRecord]) -> _Sums:
+    """A batch summed per (UTC hour, user, backend, model): [user_name, backend_name, *ROLLUP_SUMS]."""
+    sums: _Sums = {}
     for r in records:
         created = r.created_at or datetime.fromtimestamp(r.started_at, UTC)
         hour = created.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
@@ -267,44 +270,79 @@ def rollup_rows(records: list[RequestRecord], sqlite: bool = False) -> list[tupl
         entry[8] += r.reasoning_tokens
         entry[9] += r.cost_usd or 0.0
         entry[10] += r.latency_ms
-    # Sorted: concurrent writers then lock the same rows in the same order (no deadlocks).
-    ordered = sorted(sums.items(), key=lambda item: (item[0][0], item[0][1], item[0][2], item[0][3]))
-    return [((str(k[0]) if sqlite else k[0]), *k[1:], *v) for k, v in ordered]
+    return sums
 
 
-def rollup_backfill_sql(postgres: bool) -> str:
-    """INSERT ... SELECT of the whole request log's hourly totals into an empty usage_rollups."""
+def _daily_sums(hourly: _Sums) -> _Sums:
+    """The hourly sums of a batch added up per UTC day (midnight)."""
+    sums: _Sums = {}
+    for (hour, user_id, backend_id, model), values in hourly.items():
+        key = (hour.replace(hour=0), user_id, backend_id, model)
+        entry = sums.get(key)
+        if entry is None:
+            sums[key] = list(values)
+            continue
+        entry[0], entry[1] = values[0] or entry[0], values[1] or entry[1]
+        for i in range(2, len(values)):
+            entry[i] += values[i]
+    return sums
+
+
+def _as_rows(sums: _Sums, sqlite: bool) -> list[list[Any]]:
+    """Rows in ROLLUP_KEY + NAMES + SUMS order, sorted by key (a stable lock order for concurrent writers)."""
+    ordered = sorted(sums.items(), key=lambda item: item[0])
+    return [[(str(k[0]) if sqlite else k[0]), *k[1:], *v] for k, v in ordered]
+
+
+def rollup_rows(records: list[RequestRecord], sqlite: bool = False) -> list[tuple[Any, ...]]:
+    """A batch summed per (UTC hour, user, backend, model), in ROLLUP_KEY + NAMES + SUMS order."""
+    return [tuple(row) for row in _as_rows(_rollup_sums(records), sqlite)]
+
+
+def rollup_backfill_sql(postgres: bool) -> list[str]:
+    """INSERT ... SELECTs of the whole request log's hourly totals into an empty usage_rollups, then of
+    those into an empty usage_rollups_daily (the SQL of the rollups' migrations)."""
     if postgres:
         hour = "date_trunc('hour', created_at AT TIME ZONE 'UTC') AT TIME ZONE 'UTC'"
+        day = "date_trunc('day', hour AT TIME ZONE 'UTC') AT TIME ZONE 'UTC'"
     else:  # the text Tortoise stores for an aware datetime, as rollup_rows writes it
         hour = "strftime('%Y-%m-%d %H:00:00+00:00', created_at)"
-    return (
-        f"INSERT INTO {UsageRollup._meta.db_table} ({', '.join((*ROLLUP_KEY, *ROLLUP_NAMES, *ROLLUP_SUMS))}) "
+        day = "strftime('%Y-%m-%d 00:00:00+00:00', hour)"
+    columns = ", ".join((*ROLLUP_KEY, *ROLLUP_NAMES, *ROLLUP_SUMS))
+    hourly, daily = UsageRollup._meta.db_table, UsageRollupDaily._meta.db_table
+    return [
+        f"INSERT INTO {hourly} ({columns}) "
         f"SELECT {hour}, COALESCE(user_id, 0), COALESCE(backend_id, 0), COALESCE(model, ''), MAX(user_name), "
         "MAX(backend_name), COUNT(*), SUM(CASE WHEN status_code >= 400 OR error IS NOT NULL THEN 1 ELSE 0 END), "
         "SUM(prompt_tokens), SUM(completion_tokens), SUM(total_tokens), SUM(cached_tokens), SUM(reasoning_tokens), "
-        f"COALESCE(SUM(cost_usd), 0), SUM(latency_ms) FROM {RequestLog._meta.db_table} GROUP BY 1, 2, 3, 4"
-    )
+        f"COALESCE(SUM(cost_usd), 0), SUM(latency_ms) FROM {RequestLog._meta.db_table} GROUP BY 1, 2, 3, 4",
+        f"INSERT INTO {daily} ({columns.replace('hour', 'day', 1)}) "
+        f"SELECT {day}, user_id, backend_id, model, MAX(user_name), MAX(backend_name), "
+        f"{', '.join(f'SUM({c})' for c in ROLLUP_SUMS)} FROM {hourly} GROUP BY 1, 2, 3, 4",
+    ]
 
 
 async def rebuild_rollups() -> None:
-    """Recompute the hourly rollups from the whole request log (after rows were written around the
+    """Recompute both rollup levels from the whole request log (after rows were written around the
     log writer, e.g. a bulk import or a test's fixtures)."""
     conn = connections.get("analytics")
     async with in_transaction("analytics") as tx:
-        await tx.execute_script(f"DELETE FROM {UsageRollup._meta.db_table}")
-        await tx.execute_script(rollup_backfill_sql(conn.capabilities.dialect == "postgres"))
+        for table in (UsageRollup._meta.db_table, UsageRollupDaily._meta.db_table):
+            await tx.execute_script(f"DELETE FROM {table}")
+        for statement in rollup_backfill_sql(conn.capabilities.dialect == "postgres"):
+            await tx.execute_script(statement)
 
 
-def _rollup_sql(sqlite: bool) -> str:
-    columns = (*ROLLUP_KEY, *ROLLUP_NAMES, *ROLLUP_SUMS)
+def _rollup_sql(sqlite: bool, model: type[UsageRollup] | type[UsageRollupDaily]) -> str:
+    key = ROLLUP_KEY if model is UsageRollup else ("day", *ROLLUP_KEY[1:])
+    columns = (*key, *ROLLUP_NAMES, *ROLLUP_SUMS)
     marks = ", ".join("?" if sqlite else f"${i}" for i in range(1, len(columns) + 1))
-    table = UsageRollup._meta.db_table
+    table = model._meta.db_table
     updates = [f"{c} = COALESCE(excluded.{c}, {table}.{c})" for c in ROLLUP_NAMES]
     updates += [f"{c} = {table}.{c} + excluded.{c}" for c in ROLLUP_SUMS]
     return (
         f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({marks}) "
-        f"ON CONFLICT ({', '.join(ROLLUP_KEY)}) DO UPDATE SET {', '.join(updates)}"
+        f"ON CONFLICT ({', '.join(key)}) DO UPDATE SET {', '.join(updates)}"
     )
 
 

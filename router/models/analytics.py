@@ -46,16 +46,13 @@ class RequestLog(Model):
         )
 
 
-class UsageRollup(Model):
-    """Request-log totals per UTC hour, user, backend and model, updated with every written batch.
-
-    Spend and usage over long ranges read these instead of scanning the request log.
+class RollupTotals(Model):
+    """What both rollup levels hold per time bucket, user, backend and model.
 
     `user_id`/`backend_id` 0 and `model` "" stand for "none" (NULL would defeat the unique key).
     """
 
     id = fields.BigIntField(primary_key=True)
-    hour = fields.DatetimeField()
     user_id = fields.IntField(default=0)
     backend_id = fields.IntField(default=0)
     model = fields.CharField(max_length=256, default="")
@@ -72,7 +69,34 @@ class UsageRollup(Model):
     latency_ms_sum = fields.FloatField(default=0.0)
 
     class Meta:
+        abstract = True
+
+
+class UsageRollup(RollupTotals):
+    """Request-log totals per UTC hour, user, backend and model, updated with every written batch.
+
+    Spend and usage over long ranges read these instead of scanning the request log.
+    """
+
+    hour = fields.DatetimeField()
+
+    class Meta:
         app = "analytics"
         table = "usage_rollups"
         unique_together = (("hour", "user_id", "backend_id", "model"),)
         indexes = (Index(fields=("user_id", "hour")), Index(fields=("backend_id", "hour")))
+
+
+class UsageRollupDaily(RollupTotals):
+    """The same totals per UTC day (midnight), updated with every written batch alongside the hourly ones.
+
+    Ranges of whole days read these: ~24 times fewer rows than the hourly level.
+    """
+
+    day = fields.DatetimeField()
+
+    class Meta:
+        app = "analytics"
+        table = "usage_rollups_daily"
+        unique_together = (("day", "user_id", "backend_id", "model"),)
+        indexes = (Index(fields=("user_id", "day")), Index(fields=("backend_id", "day")))
