@@ -62,6 +62,7 @@ _BACKEND_FIELDS = {
     "weight": "weight",
     "is_active": "is_active",
     "apis": "apis",
+    "auth_header": "auth_header",
 }
 
 

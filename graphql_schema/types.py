@@ -25,6 +25,7 @@ from router.models.core import Script as ScriptModel
 from router.models.core import User as UserModel
 from router.protocols.translate import BACKEND_APIS
 from router.routing import CheckResult, HealthStatus
+from router.upstream_auth import effective_auth_header
 from router.urls import redact_url
 
 # --- enums ---------------------------------------------------------------------------------------
@@ -142,9 +143,18 @@ class Backend:
     apis: list[BackendApi] = strawberry.field(
         description="The request formats this backend speaks natively (default: all)."
     )
+    auth_header: str | None = strawberry.field(
+        description="The header the upstream key goes in: authorization (Authorization: Bearer <key>), x-api-key, "
+        "or another header name such as api-key (Azure OpenAI), carrying the bare key. "
+        "null: chosen from baseUrl (x-api-key for anthropic.com, else authorization).",
+    )
     created_at: datetime
     updated_at: datetime
     limits_data: strawberry.Private[lim.Limits] = lim.NO_LIMITS
+
+    @strawberry.field(description="The header the upstream key is sent in: authHeader, or the one baseUrl implies.")
+    def effective_auth_header(self) -> str:
+        return effective_auth_header(self.base_url, self.auth_header)
 
     @strawberry.field(description="The models this backend serves, resolved from the above.")
     def models(self, info: Info[AdminContext, None]) -> list[str]:
@@ -179,6 +189,7 @@ class Backend:
             weight=backend.weight,
             is_active=backend.is_active,
             apis=[BackendApi(api) for api in backend.apis or BACKEND_APIS if api in BACKEND_APIS],
+            auth_header=backend.auth_header,
             created_at=backend.created_at,
             updated_at=backend.updated_at,
             limits_data=backend_limits(backend),
@@ -562,6 +573,9 @@ class CreateBackendInput:
     apis: list[BackendApi] | None = strawberry.field(
         default=None, description="The request formats it speaks natively; null or absent: all of them."
     )
+    auth_header: str | None = strawberry.field(
+        default=None, description="The header the key goes in (see Backend.authHeader); null or absent: from baseUrl."
+    )
 
 
 @strawberry.input
@@ -580,6 +594,9 @@ class UpdateBackendInput:
     is_active: bool | None = strawberry.UNSET
     apis: list[BackendApi] | None = strawberry.field(
         default=strawberry.UNSET, description="null: all request formats again."
+    )
+    auth_header: str | None = strawberry.field(
+        default=strawberry.UNSET, description='See Backend.authHeader; null or "": chosen from baseUrl again.'
     )
 
 

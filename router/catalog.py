@@ -95,6 +95,7 @@ class BackendEntry:
     is_active: bool
     apis: frozenset[str] | None = None  # the request formats it speaks natively; None = all
     limits: Limits = NO_LIMITS
+    auth_header: str | None = None  # the header its key goes in (router/upstream_auth.py); None: from the URL
 
     @property
     def asks_upstream_for_models(self) -> bool:
@@ -162,6 +163,7 @@ async def load_snapshot(secrets: SecretBox | None = None) -> Snapshot:
             is_active=b.is_active,
             apis=frozenset(b.apis) if b.apis is not None else None,
             limits=backend_limits(b),
+            auth_header=b.auth_header,
         )
         for b in await Backend.all().order_by("id")
     ]

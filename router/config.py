@@ -11,6 +11,7 @@ from typing import Any
 import yaml
 
 from router.protocols.translate import BACKEND_APIS, unknown_apis
+from router.upstream_auth import api_key_problem, auth_header_problem, normal_auth_header
 from router.urls import UrlError, check_http_url, normalize_proxy_url
 
 
@@ -302,6 +303,7 @@ class BackendSpec:
     model_append: list[str] | None = None
     weight: int = 1
     apis: list[str] | None = None  # the request formats it speaks natively; None = all
+    auth_header: str | None = None  # the header the key goes in (router/upstream_auth.py); None: from the URL
 
 
 @dataclass(frozen=True)
@@ -341,7 +343,7 @@ class ConfigFile:
 
 
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
-_SERVER_KEYS = {"url", "api_key", "filter", "override", "append", "weight", "apis"}
+_SERVER_KEYS = {"url", "api_key", "auth_header", "filter", "override", "append", "weight", "apis"}
 _TOP_KEYS = {"servers", "prune", "prices"}
 
 
@@ -432,6 +434,13 @@ def _server_spec(alias: str, entry: dict[str, Any], where: str) -> BackendSpec:
     api_key = entry.get("api_key")
     if api_key is not None and not isinstance(api_key, str):
         raise ConfigError(f"{where}.api_key: must be a string")
+    if api_key and (problem := api_key_problem(api_key)):
+        raise ConfigError(f"{where}.api_key: {problem}")
+    auth_header = entry.get("auth_header")
+    if auth_header is not None and not isinstance(auth_header, str):
+        raise ConfigError(f"{where}.auth_header: must be a header name such as authorization, x-api-key or api-key")
+    if auth_header and (problem := auth_header_problem(auth_header)):
+        raise ConfigError(f"{where}.auth_header: {problem}")
     return BackendSpec(
         name=alias,
         base_url=url,
@@ -441,6 +450,7 @@ def _server_spec(alias: str, entry: dict[str, Any], where: str) -> BackendSpec:
         model_append=_optional_list(entry, "append", where),
         weight=weight,
         apis=_apis(entry.get("apis"), f"{where}.apis"),
+        auth_header=normal_auth_header(auth_header),
     )
 
 

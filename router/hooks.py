@@ -41,6 +41,7 @@ PROTECTED_HEADERS = frozenset(
         "proxy-connection",
         "cookie",
         "x-upstream-authorization",
+        "x-api-key",  # the router key as Anthropic clients send it, and Anthropic's upstream key header
         "content-encoding",
     }
 )

@@ -13,6 +13,7 @@ import orjson
 
 from router.catalog import BackendEntry, Snapshot, resolve_models
 from router.upstream import UpstreamClient, UpstreamError
+from router.upstream_auth import upstream_auth
 from router.urls import redact_text, redact_url
 
 log = logging.getLogger("router.model_lists")
@@ -60,8 +61,9 @@ class Probe:
 async def probe_models(client: UpstreamClient, backend: BackendEntry, timeout_s: float) -> Probe:
     """Ask a backend for its models, with its own key, within `timeout_s`. Never raises."""
     headers = {"Accept": "application/json"}
-    if backend.api_key:
-        headers["Authorization"] = f"Bearer {backend.api_key}"
+    auth = upstream_auth(backend.base_url, backend.auth_header, backend.api_key)
+    if auth is not None:
+        headers[auth[0]] = auth[1]
     started = time.perf_counter()
     status: int | None = None
 
@@ -116,7 +118,8 @@ class ModelDirectory:
         self._rebuild()
         for backend in snapshot.backends_by_id.values():
             old = previous.get(backend.id)
-            changed = old is None or (old.base_url, old.api_key) != (backend.base_url, backend.api_key)
+            was = (old.base_url, old.api_key, old.auth_header) if old is not None else None
+            changed = was != (backend.base_url, backend.api_key, backend.auth_header)
             if backend.asks_upstream_for_models and backend.is_active and changed:
                 task = asyncio.get_running_loop().create_task(self.refresh_backend(backend))
                 self._refresh_tasks.add(task)

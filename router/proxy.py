@@ -52,6 +52,7 @@ from router.routing import candidate_backends
 from router.runtime import Runtime
 from router.scripts import RawJSON
 from router.upstream import SSESplitter, UpstreamError, UpstreamResponse, sse_data, sse_event_name
+from router.upstream_auth import upstream_auth
 from router.urls import allowed_proxy_url
 from router.usage import RequestRecord
 
@@ -97,21 +98,14 @@ class Target:
     backend: BackendEntry | None = None
     api: Adapter | None = None  # the API it is asked in when it does not speak the client's (translation)
 
-    key_header: str = "Authorization"  # Anthropic's own API takes the key as x-api-key, bare
+    key_header: str = "Authorization"  # the backend's authHeader (router/upstream_auth.py)
 
     @classmethod
     def of(cls, backend: BackendEntry, api: Adapter | None = None) -> Target:
-        if not backend.api_key:
+        auth = upstream_auth(backend.base_url, backend.auth_header, backend.api_key)
+        if auth is None:
             return cls(backend.name, backend.base_url, None, backend, api)
-        if upstream_key_header(backend.base_url) == "x-api-key":
-            return cls(backend.name, backend.base_url, backend.api_key, backend, api, "x-api-key")
-        return cls(backend.name, backend.base_url, f"Bearer {backend.api_key}", backend, api)
-
-
-def upstream_key_header(base_url: str) -> str:
-    """How a backend takes its key: x-api-key for Anthropic's API, a Bearer token everywhere else."""
-    host = (urlsplit(base_url).hostname or "").lower()
-    return "x-api-key" if host == "anthropic.com" or host.endswith(".anthropic.com") else "Authorization"
+        return cls(backend.name, backend.base_url, auth[1], backend, api, auth[0])
 
 
 @dataclass(slots=True)
@@ -411,6 +405,10 @@ def upstream_headers(
         headers.update(extra)
     headers["X-Request-ID"] = request_id
     if target.authorization:
+        if extra:  # a script header of the key's name, in any case, does not go along with the key
+            key = target.key_header.lower()
+            for name in [n for n in headers if n.lower() == key]:
+                del headers[name]
         headers[target.key_header] = target.authorization
     return headers
 

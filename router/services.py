@@ -24,6 +24,7 @@ from router.crypto import SecretBox, SecretError
 from router.limits import BudgetPeriod, Limits, check_limits
 from router.models.core import Backend, ModelPrice, Permission, Script, ScriptType, User
 from router.protocols.translate import BACKEND_APIS, unknown_apis
+from router.upstream_auth import api_key_problem, auth_header_problem, normal_auth_header
 from router.urls import UrlError, check_http_url, redact_url
 
 
@@ -73,6 +74,22 @@ def check_apis(apis: Iterable[str] | None) -> list[str] | None:
     if not given or unknown_apis(given):
         raise ServiceError("BAD_USER_INPUT", f"apis must list one or more of {', '.join(BACKEND_APIS)}", "apis")
     return [api for api in BACKEND_APIS if api in given]
+
+
+def check_auth_header(name: str | None) -> str | None:
+    """A backend's authHeader as stored (lower case); None or "": chosen from the URL."""
+    problem = auth_header_problem(name or "")
+    if problem:
+        raise ServiceError("BAD_USER_INPUT", f"authHeader {problem}", "authHeader")
+    return normal_auth_header(name)
+
+
+def check_api_key(key: str | None) -> str | None:
+    """An upstream key as it will be sent (None or "": no key)."""
+    problem = api_key_problem(key or "")
+    if problem:
+        raise ServiceError("BAD_USER_INPUT", f"apiKey {problem}", "apiKey")
+    return key or None
 
 
 def check_email(email: str | None) -> str | None:
@@ -257,7 +274,7 @@ class AdminService:
         if fields.get("is_active") is not None:
             values["is_active"] = bool(fields["is_active"])
         if "api_key" in fields and (creating or fields["api_key"] is not None):
-            values["api_key"] = self._secrets.seal(fields["api_key"] or None)  # "" clears the key
+            values["api_key"] = self._secrets.seal(check_api_key(fields["api_key"]))  # "" clears the key
         if "model_filter" in fields:
             values["model_filter"] = (fields["model_filter"] or "").strip() or None
         for attr in ("model_override", "model_append"):
@@ -269,6 +286,8 @@ class AdminService:
                 values[attr] = [m.strip() for m in models] if models is not None else None
         if "apis" in fields:
             values["apis"] = check_apis(fields["apis"])
+        if "auth_header" in fields:
+            values["auth_header"] = check_auth_header(fields["auth_header"])
         return values
 
     async def sync_backends(self, config: ConfigFile, prune: bool = False) -> list[tuple[int, str]]:
@@ -289,6 +308,7 @@ class AdminService:
                     "model_append": spec.model_append,
                     "weight": spec.weight,
                     "apis": spec.apis,
+                    "auth_header": spec.auth_header,
                     "is_active": True,
                 }
                 backend = await Backend.get_or_none(name=spec.name)

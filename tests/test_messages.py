@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from router.protocols import ADAPTERS
-from router.proxy import upstream_key_header
+from router.upstream_auth import upstream_key_header
 from tests.conftest import write_config
 from tests.upstream import UpstreamServer
 

@@ -51,6 +51,8 @@ class Backend(Model):
     is_active = fields.BooleanField(default=True)
     # The request formats it speaks natively (router.protocols.translate.BACKEND_APIS); null = all.
     apis: fields.JSONField[list[str] | None] = fields.JSONField(null=True)
+    # The header the upstream key goes in (router/upstream_auth.py); null = chosen from base_url.
+    auth_header = fields.CharField(max_length=64, null=True)
     # Limits (null = unlimited); see router/limits.py.
     rpm = fields.IntField(null=True)
     tpm = fields.IntField(null=True)

@@ -7,7 +7,7 @@ import {
   labelCells, tableWrap, toast, toastError,
 } from "../ui.js";
 
-const BACKEND_FIELDS = `id name baseUrl hasApiKey modelFilter modelOverride modelAppend models weight isActive healthy apis
+const BACKEND_FIELDS = `id name baseUrl hasApiKey modelFilter modelOverride modelAppend models weight isActive healthy apis authHeader
   createdAt updatedAt health { healthy reason since retryAt lastCheck { at ok latencyMs error } }
   limits { rpm tpm maxConcurrent } quota { requestsThisMinute tokensThisMinute inFlight queued }`;
 const APIS = [
@@ -144,6 +144,7 @@ export async function mount(el) {
       autocomplete: "new-password",
       placeholder: b.hasApiKey ? "A key is stored: leave empty to keep it" : "None: leave empty if the server needs none",
     });
+    const authHeader = h("input", { name: "authHeader", value: b.authHeader || "", placeholder: "From the URL: x-api-key for anthropic.com, else authorization", autocomplete: "off" });
     const modelFilter = h("input", { name: "modelFilter", value: b.modelFilter || "", placeholder: "e.g. llama* instruct", autocomplete: "off" });
     const modelOverride = h("textarea", { name: "modelOverride", rows: 2, placeholder: "One per line or comma-separated" });
     modelOverride.value = (b.modelOverride || []).join("\n");
@@ -168,6 +169,7 @@ export async function mount(el) {
             const input = {
               name: name.value.trim(),
               baseUrl: baseUrl.value.trim(),
+              authHeader: authHeader.value.trim() || null,
               modelFilter: modelFilter.value.trim() || null,
               modelOverride: overrides.length ? overrides : null,
               modelAppend: appended.length ? appended : null,
@@ -214,6 +216,7 @@ export async function mount(el) {
         field("Base URL", baseUrl, "The OpenAI-compatible root, usually ending in /v1."),
         field("Upstream API key", apiKey, "Write-only: it is stored but never shown again."),
         clearKey.el,
+        field("Key header", authHeader, "authorization sends \"Authorization: Bearer <key>\"; any other name (x-api-key, api-key for Azure) the bare key."),
         field("Model filter", modelFilter, "Space-separated terms every listed model must contain; * is a wildcard."),
         field("Model override", modelOverride, "When set, exactly these models are served and /models is not asked."),
         field("Extra models", modelAppend, "Appended after the (filtered) model list."),
