@@ -24,7 +24,6 @@ from router.config import Settings, load_settings
 from router.crypto import SecretBox
 from router.db import close_db, init_db
 from router.logging_setup import setup_logging
-from router.metrics import metrics_endpoint
 from router.models.core import User
 from router.runtime import LOCAL_USER_NAME, Runtime
 from router.server_limits import RequestLimits
@@ -67,7 +66,8 @@ def metrics_route(settings: Settings) -> Route:
             return errors.ApiError(
                 401, "Send Authorization: Bearer <METRICS_TOKEN>.", "authentication_error", "invalid_metrics_token"
             ).response({"WWW-Authenticate": "Bearer"})
-        return await metrics_endpoint(request)
+        rt: Runtime = request.app.state.runtime
+        return Response(rt.metrics.render(), media_type=rt.metrics.content_type)
 
     return Route("/metrics", metrics, methods=["GET"])
 

@@ -12,13 +12,14 @@ import asyncio
 import functools
 import logging
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from router.crypto import SecretBox
 from router.limits import NO_LIMITS, BudgetPeriod, Limits
 from router.models.core import Backend, CatalogRevision, ModelPrice, Permission, Script, User
 from router.pricing import Price, PriceTable
+from router.signals import Signal
 
 log = logging.getLogger("router.catalog")
 
@@ -230,30 +231,22 @@ class Catalog:
         self.snapshot = Snapshot()
         self._secrets = secrets
         self._reload_lock = asyncio.Lock()
-        self._listeners: list[Callable[[Snapshot], object]] = []
-        self._change_listeners: list[Callable[[int], object]] = []
-
-    def on_reload(self, callback: Callable[[Snapshot], object]) -> None:
-        """Call `callback(snapshot)` after every reload (e.g. to refresh model lists)."""
-        self._listeners.append(callback)
+        # Emitted with the new snapshot after every reload (e.g. to refresh model lists).
+        self.on_reload: Signal[[Snapshot]] = Signal()
+        # Emitted with the new revision after this process changed the core data (e.g. to broadcast it).
+        self.on_change: Signal[[int]] = Signal()
 
     async def reload(self) -> Snapshot:
         async with self._reload_lock:
             self.snapshot = await load_snapshot(self._secrets)
-        for callback in self._listeners:
-            callback(self.snapshot)
+        self.on_reload.emit(self.snapshot)
         return self.snapshot
-
-    def on_change(self, callback: Callable[[int], object]) -> None:
-        """Call `callback(revision)` after this process changed the core data (e.g. to broadcast it)."""
-        self._change_listeners.append(callback)
 
     async def changed(self) -> None:
         """Called after this process changed the core data: bump the revision, reload now."""
         revision = await bump_revision()
         await self.reload()
-        for callback in self._change_listeners:
-            callback(revision)
+        self.on_change.emit(revision)
 
     async def reload_if_stale(self) -> bool:
         """Reload when another process bumped the revision; True if it did."""

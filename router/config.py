@@ -10,6 +10,7 @@ from typing import Any
 
 import yaml
 
+from router.crypto import check_secrets_key
 from router.protocols.translate import BACKEND_APIS, unknown_apis
 from router.upstream_auth import api_key_problem, auth_header_problem, normal_auth_header
 from router.urls import UrlError, check_http_url, normalize_proxy_url
@@ -89,6 +90,8 @@ class Settings:
     langfuse_host: str | None = None
     langfuse_capture_content: bool = True
     metrics_user_labels: bool = False
+    # /metrics summed over the workers (router/metrics.py); prometheus-client reads the variable itself too.
+    prometheus_multiproc_dir: str | None = None
 
     redis_url: str | None = None
     # Fernet keys for upstream API keys at rest: the first encrypts, all decrypt (router/crypto.py).
@@ -186,6 +189,7 @@ _ENV: dict[str, tuple[str, Any]] = {
     "LANGFUSE_HOST": ("langfuse_host", str),
     "LANGFUSE_CAPTURE_CONTENT": ("langfuse_capture_content", _env_bool),
     "METRICS_USER_LABELS": ("metrics_user_labels", _env_bool),
+    "PROMETHEUS_MULTIPROC_DIR": ("prometheus_multiproc_dir", str),
     "REDIS_URL": ("redis_url", str),
     "SECRETS_KEY": ("secrets_key", _env_list),
     "REDIS_PREFIX": ("redis_prefix", str),
@@ -275,8 +279,6 @@ def validate_settings(settings: Settings) -> None:
         raise ConfigError("CLIENT_HEADER_TIMEOUT_S and CLIENT_BODY_TIMEOUT_S must be positive")
     if settings.max_attempts < 1:
         raise ConfigError("environment variable MAX_ATTEMPTS: must be at least 1")
-    from router.crypto import check_secrets_key  # imports this module
-
     try:
         check_secrets_key(settings.secrets_key)
     except ValueError as exc:

@@ -15,8 +15,6 @@ import logging
 
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 
-from router.config import ConfigError
-
 log = logging.getLogger("router.crypto")
 
 PREFIX = "fernet:"
@@ -87,7 +85,7 @@ class SecretBox:
 async def seal_stored_keys(box: SecretBox) -> int:
     """At start-up: encrypt plaintext keys, re-encrypt those of an older key; refuse undecryptable ones.
 
-    Returns how many rows changed. A ConfigError names each backend whose key cannot be read.
+    Returns how many rows changed. A SecretError names each backend whose key cannot be read.
     """
     from router.models.core import Backend
 
@@ -102,7 +100,7 @@ async def seal_stored_keys(box: SecretBox) -> int:
         if new is not None:
             changed += await Backend.filter(id=backend_id, api_key=stored).update(api_key=new)
     if problems:
-        raise ConfigError("cannot read stored upstream API keys (SECRETS_KEY): " + "; ".join(problems))
+        raise SecretError("cannot read stored upstream API keys (SECRETS_KEY): " + "; ".join(problems))
     if changed:
         log.info("encrypted %d stored upstream API keys with the first SECRETS_KEY", changed)
     return changed

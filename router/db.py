@@ -17,8 +17,8 @@ from tortoise import Tortoise, connections
 from tortoise.backends.base.client import BaseDBAsyncClient
 from tortoise.migrations.executor import MigrationExecutor
 
-from router.config import Settings
-from router.crypto import SecretBox, seal_stored_keys
+from router.config import ConfigError, Settings
+from router.crypto import SecretBox, SecretError, seal_stored_keys
 
 log = logging.getLogger("router.db")
 
@@ -119,7 +119,10 @@ async def init_db(settings: Settings, create_schema: bool = True) -> None:
         return
     try:
         await migrate_db(settings)
-        await seal_stored_keys(SecretBox(settings.secrets_key))
+        try:
+            await seal_stored_keys(SecretBox(settings.secrets_key))
+        except SecretError as exc:
+            raise ConfigError(str(exc)) from None
     except BaseException:
         await close_db()
         raise

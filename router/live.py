@@ -311,7 +311,7 @@ class HealthChange:
 
 
 class HealthFeed:
-    """Fan-out of backend up/down transitions (HealthTracker.watchers) to bounded subscriber queues."""
+    """Fan-out of backend up/down transitions (HealthTracker.on_transition) to bounded subscriber queues."""
 
     def __init__(self) -> None:
         self._queues: set[asyncio.Queue[HealthChange]] = set()

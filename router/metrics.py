@@ -3,7 +3,7 @@
 Counters and histograms are updated in `Runtime.finish` (a cached tuple of label children per
 (backend, model, status[, user]): a dict lookup and a handful of lock-protected adds). The live
 gauges (requests in flight, backend health, log-writer queue depth) are not touched on the
-request path at all: a collector reads the Runtime's own state when /metrics is scraped.
+request path at all: a collector asks for them (`LiveValues`, from the Runtime) when /metrics is scraped.
 
 Several worker processes (`--workers N`): without `PROMETHEUS_MULTIPROC_DIR` each worker has its
 own counters and a scrape sees whichever worker answered. With `PROMETHEUS_MULTIPROC_DIR` set (an
@@ -20,21 +20,19 @@ import math
 import os
 from bisect import bisect_left
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
-from starlette.requests import Request
-from starlette.responses import Response
 
 from router.catalog import split_alias
 
 log = logging.getLogger("router.metrics")
 
 if TYPE_CHECKING:
-    from router.runtime import Runtime
     from router.usage import RequestRecord
 
 PREFIX = "llm_router"
@@ -53,8 +51,14 @@ Series = list[Any]
 Histograms = dict[tuple[str, str], list[Any]]
 
 
-def multiprocess_dir() -> str | None:
-    return os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+@dataclass(frozen=True, slots=True)
+class LiveValues:
+    """The gauges read at scrape time: per backend name, and the log writer's queue."""
+
+    in_flight: list[tuple[str, int]]  # requests being forwarded now
+    healthy: list[tuple[str, int]]  # 1 in rotation, 0 cooling down
+    queued: list[tuple[str, int]]  # requests waiting for a slot at the backend's maxConcurrent
+    log_queue_depth: int
 
 
 def model_label(record: RequestRecord, known_models: KnownModels) -> str | None:
@@ -86,15 +90,24 @@ def overflow_key(key: SeriesKey) -> SeriesKey:
 class Metrics:
     """The router's Prometheus metrics, in a registry of their own (not the process-global one)."""
 
-    def __init__(self, runtime: Runtime, user_labels: bool = False) -> None:
-        self.runtime = runtime
+    content_type = CONTENT_TYPE_LATEST  # of `render()`
+
+    def __init__(
+        self,
+        known_models: KnownModels,
+        live_values: Callable[[], LiveValues],
+        user_labels: bool = False,
+        multiprocess: bool = False,
+    ) -> None:
+        """`multiprocess`: PROMETHEUS_MULTIPROC_DIR is set (prometheus-client reads it too, at import)."""
+        self.live_values = live_values
         self.user_labels = user_labels
-        self.multiprocess = multiprocess_dir() is not None
+        self.multiprocess = multiprocess
         self.registry = CollectorRegistry(auto_describe=True)
         self._live_gauges: tuple[Gauge, Gauge, Gauge, Gauge] | None = None
         if self.multiprocess:
             self._sink: _FileBackedMetrics | _InMemoryMetrics = _FileBackedMetrics(
-                self.registry, user_labels, runtime.models.models_of
+                self.registry, user_labels, known_models
             )
             # Live values go through files so that every worker's share is visible.
             self._live_gauges = (
@@ -104,9 +117,9 @@ class Metrics:
                 Gauge(f"{PREFIX}_backend_queue_depth", "", ("backend",), multiprocess_mode="livesum", registry=None),
             )
         else:
-            self._sink = _InMemoryMetrics(user_labels, runtime.models.models_of)
+            self._sink = _InMemoryMetrics(user_labels, known_models)
             self.registry.register(self._sink)
-            self.registry.register(_LiveCollector(runtime))
+            self.registry.register(_LiveCollector(live_values))
 
     def observe(self, record: RequestRecord) -> None:
         """Count one finished request. Called once per request from Runtime.finish."""
@@ -133,12 +146,13 @@ class Metrics:
         if self._live_gauges is None:
             return
         in_flight, healthy, queue_depth, backend_queue = self._live_gauges
-        for name, value in _in_flight(self.runtime):
+        live = self.live_values()
+        for name, value in live.in_flight:
             in_flight.labels(name).set(value)
-        for name, value in _healthy(self.runtime):
+        for name, value in live.healthy:
             healthy.labels(name).set(value)
-        queue_depth.set(self.runtime.writer.queue_depth)
-        for name, value in _queued(self.runtime):
+        queue_depth.set(live.log_queue_depth)
+        for name, value in live.queued:
             backend_queue.labels(name).set(value)
 
     def close(self) -> None:
@@ -315,39 +329,21 @@ class _FileBackedMetrics:
         return children
 
 
-def _in_flight(rt: Runtime) -> Iterator[tuple[str, int]]:
-    for backend in rt.catalog.snapshot.backends_by_id.values():
-        yield backend.name, rt.in_flight.get(backend.id)
-
-
-def _queued(rt: Runtime) -> Iterator[tuple[str, int]]:
-    """Requests waiting for a slot of each backend at its maxConcurrent (router.limits.FairQueue)."""
-    queues = rt.limiter.queues
-    for backend in rt.catalog.snapshot.backends_by_id.values():
-        queue = queues.get(backend.id)
-        yield backend.name, queue.depth if queue is not None else 0
-
-
-def _healthy(rt: Runtime) -> Iterator[tuple[str, int]]:
-    for backend in rt.catalog.snapshot.backends_by_id.values():
-        yield backend.name, int(rt.health.is_healthy(backend.id))
-
-
 class _LiveCollector(Collector):
-    """Reads the Runtime's in-flight counts, backend health and log queue at scrape time."""
+    """Reads the in-flight counts, backend health and queues at scrape time."""
 
-    def __init__(self, runtime: Runtime) -> None:
-        self.runtime = runtime
+    def __init__(self, live_values: Callable[[], LiveValues]) -> None:
+        self.live_values = live_values
 
     def describe(self) -> list[Any]:
         return []
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
-        rt = self.runtime
+        live = self.live_values()
         in_flight = GaugeMetricFamily(
             f"{PREFIX}_requests_in_flight", "Requests being forwarded to each backend now.", labels=["backend"]
         )
-        for name, value in _in_flight(rt):
+        for name, value in live.in_flight:
             in_flight.add_metric([name], value)
         yield in_flight
         healthy = GaugeMetricFamily(
@@ -355,23 +351,17 @@ class _LiveCollector(Collector):
             "1 when the backend is in rotation, 0 while it cools down after failures.",
             labels=["backend"],
         )
-        for name, value in _healthy(rt):
+        for name, value in live.healthy:
             healthy.add_metric([name], value)
         yield healthy
         yield GaugeMetricFamily(
-            f"{PREFIX}_log_queue_depth", "Request-log rows waiting to be written.", value=rt.writer.queue_depth
+            f"{PREFIX}_log_queue_depth", "Request-log rows waiting to be written.", value=live.log_queue_depth
         )
         queued = GaugeMetricFamily(
             f"{PREFIX}_backend_queue_depth",
             "Requests waiting for a slot of a backend at its maxConcurrent.",
             labels=["backend"],
         )
-        for name, value in _queued(rt):
+        for name, value in live.queued:
             queued.add_metric([name], value)
         yield queued
-
-
-async def metrics_endpoint(request: Request) -> Response:
-    """GET /metrics in the Prometheus text format."""
-    rt: Runtime = request.app.state.runtime
-    return Response(rt.metrics.render(), media_type=CONTENT_TYPE_LATEST)

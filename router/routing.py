@@ -6,12 +6,12 @@ Health and in-flight counts are per process; with Redis they are also shared (se
 
 from __future__ import annotations
 
-import contextlib
 import time
 from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 
 from router.catalog import BackendEntry, UserEntry
+from router.signals import Signal
 
 
 def candidate_backends(
@@ -117,12 +117,12 @@ class HealthTracker:
     threshold: int = 3
     cooldown_s: float = 30.0
     clock: Callable[[], float] = time.monotonic
-    # Told when this process marks a backend down (backend_id, cooldown_s) or up again (backend_id, 0.0):
+    # Emitted when this process marks a backend down (backend_id, cooldown_s) or up again (backend_id, 0.0):
     # `router.shared` tells the other processes. Never raises into the request path.
-    on_change: Callable[[int, float], None] | None = None
-    # Told of every transition this process sees, its own or learnt from another process:
+    on_change: Signal[[int, float]] = field(default_factory=Signal)
+    # Emitted for every transition this process sees, its own or learnt from another process:
     # (backend_id, healthy, reason). For the `backendHealthChanged` subscription.
-    watchers: list[Callable[[int, bool, str | None], None]] = field(default_factory=list)
+    on_transition: Signal[[int, bool, str | None]] = field(default_factory=Signal)
     wall: Callable[[], float] = time.time
     _state: dict[int, _Health] = field(default_factory=dict)
     _checks: dict[int, CheckResult] = field(default_factory=dict)
@@ -201,14 +201,10 @@ class HealthTracker:
             self._tell(backend_id, False, reason)
 
     def _tell(self, backend_id: int, healthy: bool, reason: str | None) -> None:
-        for watcher in tuple(self.watchers):
-            with contextlib.suppress(Exception):
-                watcher(backend_id, healthy, reason)
+        self.on_transition.emit(backend_id, healthy, reason)
 
     def _notify(self, backend_id: int, cooldown_s: float) -> None:
-        if self.on_change is not None:
-            with contextlib.suppress(Exception):  # sharing is best effort; the local state is already right
-                self.on_change(backend_id, cooldown_s)
+        self.on_change.emit(backend_id, cooldown_s)  # sharing is best effort; the local state is already right
 
     def mark_down(
         self,

@@ -16,7 +16,7 @@ from router.health import HealthChecker
 from router.hooks import retain_scripts
 from router.limits import Admission, Limiter, RedisStore, make_store
 from router.live import HealthFeed, UsageTicker
-from router.metrics import Metrics
+from router.metrics import LiveValues, Metrics
 from router.model_lists import ModelDirectory
 from router.routing import HealthTracker, InFlight, WeightedRoundRobin, order_least_busy
 from router.scripts import ScriptEngine
@@ -56,7 +56,6 @@ class Runtime:
         self.models = ModelDirectory(self.upstream)
         self.health = HealthTracker(settings.health_failure_threshold, settings.health_cooldown_s)
         self.health_feed = HealthFeed()  # backendHealthChanged subscribers
-        self.health.watchers.append(self.health_feed)
         self.in_flight = InFlight()
         self.round_robin = WeightedRoundRobin()
         self.bus = EventBus(settings.subscriber_queue_size)
@@ -64,17 +63,20 @@ class Runtime:
             settings.log_batch_size,
             settings.log_flush_interval_s,
             settings.log_buffer_max,
-            on_written=self.bus.publish,
         )
         self.tracer: NullTracer | LangfuseTracer = NullTracer()
         if settings.langfuse_enabled:
             from router.tracing import LangfuseTracer  # langfuse is imported only when configured
 
             self.tracer = LangfuseTracer(settings)
-        self.metrics = Metrics(self, settings.metrics_user_labels)
+        self.metrics = Metrics(
+            self.models.models_of,
+            self.live_values,
+            settings.metrics_user_labels,
+            multiprocess=settings.prometheus_multiproc_dir is not None,
+        )
         # Extra upstream response headers clients may see (UPSTREAM_RESPONSE_HEADERS), lower-case.
         self.passed_headers = tuple(h.strip().lower() for h in settings.upstream_response_headers if h.strip())
-        self.affinity = ResponseAffinity(settings.response_affinity_max, settings.response_affinity_ttl_s)
         self.scripts = ScriptEngine(settings.script_timeout_ms, settings.script_max_memory_mb)
         # Rate limits, budgets and backend queues: shared through Redis when REDIS_URL is set.
         self.limiter = Limiter(
@@ -85,15 +87,15 @@ class Runtime:
         # Personal mode (ENABLE_ACCOUNT_MANAGEMENT=false): every request acts as this user.
         self.local_user_id: int | None = None
         self._tasks: list[asyncio.Task[None]] = []
-        self.catalog.on_reload(self.models.use_snapshot)
-        self.catalog.on_reload(lambda snapshot: retain_scripts(self.scripts, snapshot))  # free what went
         # REDIS_URL: catalog changes, request-log rows, backend health and in-flight counts are shared.
         self.shared: SharedState | None = None
         if settings.redis_url:
             from router.shared import SharedState
 
-            self.shared = SharedState(settings, self.catalog, self.health, self.in_flight, self.bus, self.writer)
-            self.affinity.remote, self.affinity.prefix = self.shared, settings.redis_prefix
+            self.shared = SharedState(settings, self.catalog, self.health, self.in_flight, self.bus)
+        self.affinity = ResponseAffinity(
+            settings.response_affinity_max, settings.response_affinity_ttl_s, self.shared, settings.redis_prefix
+        )
         # usageTicks: per-second aggregates, summed across processes in Redis when shared.
         self.ticker = UsageTicker(self.shared.redis if self.shared is not None else None, settings.redis_prefix)
         self.checker = HealthChecker(
@@ -105,6 +107,18 @@ class Runtime:
             lead=self.shared.lead_health_round if self.shared is not None else None,
             share=self.shared.share_checks if self.shared is not None else None,
         )
+        self._connect()
+
+    def _connect(self) -> None:
+        """Every event one component passes to others (router.signals), in one place."""
+        self.catalog.on_reload.connect(self.models.use_snapshot)
+        self.catalog.on_reload.connect(lambda snapshot: retain_scripts(self.scripts, snapshot))  # free what went
+        self.health.on_transition.connect(self.health_feed)
+        self.writer.on_written.connect(self.bus.publish)  # this process's subscribers get its own rows, once
+        if self.shared is not None:  # and the other processes, through Redis
+            self.catalog.on_change.connect(self.shared.catalog_changed)
+            self.health.on_change.connect(self.shared.health_changed)
+            self.writer.on_written.connect(self.shared.records_written)
 
     # --- lifecycle ---
 
@@ -170,6 +184,17 @@ class Runtime:
         if self.local_user_id is None:
             return None
         return self.catalog.snapshot.users_by_id.get(self.local_user_id)
+
+    def live_values(self) -> LiveValues:
+        """The live gauges of /metrics, per backend the catalog knows."""
+        backends = self.catalog.snapshot.backends_by_id.values()
+        queues = self.limiter.queues
+        return LiveValues(
+            in_flight=[(b.name, self.in_flight.get(b.id)) for b in backends],
+            healthy=[(b.name, int(self.health.is_healthy(b.id))) for b in backends],
+            queued=[(b.name, q.depth if (q := queues.get(b.id)) is not None else 0) for b in backends],
+            log_queue_depth=self.writer.queue_depth,
+        )
 
     # --- routing state ---
 

@@ -43,7 +43,7 @@ import orjson
 from router.catalog import Catalog
 from router.config import Settings
 from router.routing import CheckResult, HealthTracker, InFlight
-from router.usage import EventBus, LogWriter, RequestRecord
+from router.usage import EventBus, RequestRecord
 
 log = logging.getLogger("router.shared")
 
@@ -86,7 +86,6 @@ class SharedState:
         health: HealthTracker,
         in_flight: InFlight,
         bus: EventBus,
-        writer: LogWriter,
     ) -> None:
         import redis.asyncio as aioredis
         from redis.asyncio.retry import Retry
@@ -122,11 +121,6 @@ class SharedState:
         self.degraded = False
         self.dropped = 0  # outbox overflows
         self.received = 0  # messages from other processes applied
-
-        # Wiring: these are the only hooks into the rest of the router.
-        catalog.on_change(self._catalog_changed)
-        health.on_change = self._health_changed
-        writer.on_written = self._records_written
 
     @property
     def redis(self) -> Any:
@@ -186,10 +180,12 @@ class SharedState:
             self.dropped += 1
         self._outbox.put_nowait((channel, payload))
 
-    def _catalog_changed(self, revision: int) -> None:
+    def catalog_changed(self, revision: int) -> None:
+        """This process changed the core data (Catalog.on_change): the others reload."""
         self._send(self.catalog_channel, {"rev": revision})
 
-    def _health_changed(self, backend_id: int, cooldown_s: float) -> None:
+    def health_changed(self, backend_id: int, cooldown_s: float) -> None:
+        """This process marked a backend down or up (HealthTracker.on_change): the others follow."""
         until = time.time() + cooldown_s if cooldown_s > 0 else 0.0
         message: dict[str, Any] = {"b": backend_id, "until": until}
         if until:
@@ -216,8 +212,8 @@ class SharedState:
         self._up()
         return bool(taken)
 
-    def _records_written(self, batch: list[RequestRecord]) -> None:
-        self.bus.publish(batch)  # this process's subscribers get its own rows directly, once
+    def records_written(self, batch: list[RequestRecord]) -> None:
+        """Rows this process stored (LogWriter.on_written; its own subscribers got them from the writer)."""
         if not self.degraded:  # while Redis is away, rows are not queued up (memory; they would arrive late)
             self._send(self.requests_channel, {"r": [record_to_wire(r) for r in batch]})
 

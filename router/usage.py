@@ -20,6 +20,7 @@ from tortoise.transactions import in_transaction
 
 from router.models.analytics import RequestLog, UsageRollup, UsageRollupDaily
 from router.protocols.base import Usage
+from router.signals import Signal
 from router.urls import redact_text
 
 log = logging.getLogger("router.usage")
@@ -361,12 +362,12 @@ class LogWriter:
         batch_size: int = 500,
         flush_interval_s: float = 0.2,
         max_buffer: int = 100_000,
-        on_written: Callable[[list[RequestRecord]], None] | None = None,
     ) -> None:
         self.batch_size = batch_size
         self.flush_interval_s = flush_interval_s
         self.max_buffer = max_buffer
-        self.on_written = on_written
+        # Emitted with each batch once it is stored (the live event bus, other processes through Redis).
+        self.on_written: Signal[[list[RequestRecord]]] = Signal()
         self._pending: deque[RequestRecord] = deque()
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -417,11 +418,7 @@ class LogWriter:
             log.warning("writing %d request log rows failed (will retry): %s", len(batch), exc)
             return False
         self.written += len(batch)
-        if self.on_written:
-            try:
-                self.on_written(batch)
-            except Exception:
-                log.exception("request-log listener failed")
+        self.on_written.emit(batch)
         return True
 
     async def flush(self) -> None:

@@ -547,9 +547,8 @@ def test_request_records_round_trip_through_the_wire_format():
 def test_health_changes_are_reported_and_remote_ones_are_not_echoed():
     events: list[tuple[int, float]] = []
     now = [100.0]
-    health = HealthTracker(
-        threshold=2, cooldown_s=30, clock=lambda: now[0], on_change=lambda b, c: events.append((b, c))
-    )
+    health = HealthTracker(threshold=2, cooldown_s=30, clock=lambda: now[0])
+    health.on_change.connect(lambda b, c: events.append((b, c)))
     health.record_failure(1)
     assert events == []
     health.record_failure(1)
