@@ -284,7 +284,7 @@ def run_ab(ctx: Ctx) -> dict[str, Any]:
             router.prepare()
             router.start(dict(e.split("=", 1) for e in env))
             routers[name] = router
-        floors = start_floors(ctx) if ctx.args.floor else []
+        floors = start_floors(ctx, ctx.args.floors) if ctx.args.floor else []
         targets = [(name, r.url, r.key, r.pid) for name, r in routers.items()]
         targets += [(f.name, f.url, None, f.pid) for f in floors]
         for round_ in range(ctx.args.rounds):
@@ -310,9 +310,14 @@ def run_ab(ctx: Ctx) -> dict[str, Any]:
 FLOORS = (("granian", "aiohttp"), ("uvicorn", "aiohttp"), ("granian", "pyreqwest"))
 
 
-def start_floors(ctx: Ctx) -> list[Floor]:
-    """The bare forward-and-relay app on the router's pairing (granian+aiohttp), the fallback's, the fastest."""
-    return [start_floor(server, client, ctx.fast.url, ctx.cpus.router, ctx.work) for server, client in FLOORS]
+def start_floors(ctx: Ctx, only: str = "") -> list[Floor]:
+    """The bare forward-and-relay app on the router's pairing (granian+aiohttp), the fallback's, the fastest.
+
+    `only`: a comma-separated subset as `server+client` (A/B runs that need one floor, not three).
+    """
+    wanted = {tuple(x.split("+", 1)) for x in only.split(",") if x} or set(FLOORS)
+    pairs = [pair for pair in FLOORS if pair in wanted]
+    return [start_floor(server, client, ctx.fast.url, ctx.cpus.router, ctx.work) for server, client in pairs]
 
 
 def floor_ratios(
@@ -923,6 +928,7 @@ def parse_args() -> argparse.Namespace:
     )
     p.add_argument("--rounds", type=int, default=5, help="A/B rounds")
     p.add_argument("--floor", action="store_true", help="A/B: measure the floor apps in the same rounds")
+    p.add_argument("--floors", default="", help="with --floor: only these, e.g. granian+aiohttp,granian+pyreqwest")
     p.add_argument("--ab-cells", default="ns:64,st:64,ns:16,ns:1", help="A/B cells: ns|st:concurrency,...")
     p.add_argument("--lite", action="store_true", help="router-only cells (ns c1/c64, stream c64) for A/B runs")
     p.add_argument("--protocols", action="store_true", help="chat vs Responses vs Messages streams, c64 (issue 12)")

@@ -235,8 +235,13 @@ class V1FastPath:
         try:
             try:
                 response = await proxy.handle_generation(Request(scope, receive_after_body, send))
+                if isinstance(response, proxy.RelayResponse):  # still watched: leaving cancels the relay
+                    await response.send_events(send)
             finally:
                 gone.remove_done_callback(client_gone)
+            if isinstance(response, proxy.RelayResponse):
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
+                return
             await response(scope, receive_after_body, send)
         finally:
             if not gone.done():
