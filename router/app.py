@@ -20,7 +20,7 @@ from graphql_schema import graphql_routes
 from router import errors, protocols, proxy
 from router.admin_ui import admin_routes
 from router.auth import bearer_matches
-from router.config import Settings, load_settings
+from router.config import Settings, load_settings, worker_settings
 from router.crypto import SecretBox
 from router.db import close_db, init_db
 from router.logging_setup import setup_logging
@@ -262,7 +262,7 @@ def _replay(first: Message, receive: Receive) -> Receive:
 
 
 def create_app_from_env() -> RequestLimits:
-    """The server's app factory (`--workers` re-imports the app in each worker from the environment)."""
-    settings = load_settings()
+    """The server's app factory, run in each worker: the settings `llm-router serve` handed over."""
+    settings = worker_settings()
     setup_logging(settings)
     return create_app(settings)

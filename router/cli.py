@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from router.config import ConfigError, Settings, load_config_file, load_settings
+from router.config import WORKER_SETTINGS_ENV, ConfigError, Settings, load_config_file, load_settings, settings_to_json
 from router.crypto import SecretBox
 from router.datadir import session_secret
 from router.db import close_db, init_db, is_postgres
@@ -123,10 +123,9 @@ def limits_from_args(current: Limits, args: argparse.Namespace) -> Limits | None
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     try:
-        if getattr(args, "data_dir", None):
-            # The flag wins over DATA_DIR (and .env), not over CORE_DB_URL; serve's workers inherit it.
-            os.environ["DATA_DIR"] = args.data_dir
-        settings = load_settings()
+        # --data-dir wins over DATA_DIR (and .env), not over CORE_DB_URL.
+        data_dir = getattr(args, "data_dir", None)
+        settings = load_settings(overrides={"DATA_DIR": data_dir} if data_dir else None)
         if args.command == "serve":
             serve(settings, args)
         else:
@@ -194,14 +193,8 @@ def serve(settings: Settings, args: argparse.Namespace) -> None:
             settings.port,
             "" if settings.host_explicit else " Listening on 127.0.0.1 only; set SERVER_HOST/--host to change.",
         )
-    # Workers re-read the environment: hand them the effective values.
-    os.environ.update(
-        SERVER_HOST=settings.host,
-        SERVER_PORT=str(settings.port),
-        CORE_DB_URL=settings.core_db_url,
-        ANALYTICS_DB_URL=settings.analytics_db_url,
-        **({"ADMIN_SESSION_SECRET": settings.admin_session_secret} if settings.admin_session_secret else {}),
-    )
+    # The server's workers (separate processes) start with these settings, not the environment's.
+    os.environ[WORKER_SETTINGS_ENV] = settings_to_json(settings)
     if settings.server == "uvicorn":
         run_uvicorn(settings)
     else:

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -173,6 +174,7 @@ _ENV: dict[str, tuple[str, Any]] = {
     "ADMIN_SESSION_SECRET": ("admin_session_secret", str),
     "CORS_ORIGINS": ("cors_origins", _env_list),
     "GRAPHQL_MAX_DEPTH": ("graphql_max_depth", int),
+    "GRAPHQL_MAX_PAGE": ("graphql_max_page", int),
     "GRAPHQL_MAX_QUERY_KB": ("graphql_max_query_kb", int),
     "GRAPHQL_MAX_TOKENS": ("graphql_max_tokens", int),
     "GRAPHQL_MAX_ALIASES": ("graphql_max_aliases", int),
@@ -220,14 +222,21 @@ _CHOICES = {
 }
 
 
-def load_settings(environ: dict[str, str] | None = None, dotenv: bool = True) -> Settings:
-    """Read settings from `environ` (default: the process environment plus `./.env`)."""
+def load_settings(
+    environ: dict[str, str] | None = None, dotenv: bool = True, overrides: dict[str, str] | None = None
+) -> Settings:
+    """Read settings from `environ` (default: the process environment plus `./.env`).
+
+    `overrides`: variables that win over both (command-line flags such as `--data-dir`).
+    """
     if environ is None:
         if dotenv:
             from dotenv import load_dotenv
 
             load_dotenv(override=False)
         environ = dict(os.environ)
+    if overrides:
+        environ = {**environ, **overrides}
     values: dict[str, Any] = {}
     for name, (attr, parse) in _ENV.items():
         raw = environ.get(name)
@@ -250,6 +259,25 @@ def load_settings(environ: dict[str, str] | None = None, dotenv: bool = True) ->
     settings = Settings(**values)
     validate_settings(settings)
     return settings
+
+
+# How `llm-router serve` hands its effective settings (flags applied, session secret made) to the
+# server's worker processes, which import the app anew (router.app:create_app_from_env).
+WORKER_SETTINGS_ENV = "LLM_ROUTER_WORKER_SETTINGS"
+
+
+def settings_to_json(settings: Settings) -> str:
+    return json.dumps(asdict(settings))
+
+
+def settings_from_json(text: str) -> Settings:
+    return Settings(**json.loads(text))
+
+
+def worker_settings() -> Settings:
+    """In a server worker: the settings `serve` handed over (read once), else the environment's."""
+    handed = os.environ.pop(WORKER_SETTINGS_ENV, None)
+    return settings_from_json(handed) if handed else load_settings()
 
 
 def sqlite_url(path: str) -> str:

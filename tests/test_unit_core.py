@@ -8,7 +8,7 @@ import respx
 
 from router.auth import AdminTokens, api_key_prefix, bearer_token, generate_api_key, hash_api_key
 from router.catalog import BackendEntry, Snapshot, UserEntry, model_matches_filter, resolve_models, split_alias
-from router.config import ConfigError, load_config_file, load_settings
+from router.config import ConfigError, load_config_file, load_settings, settings_from_json, settings_to_json
 from router.errors import ApiError
 from router.model_lists import ModelDirectory
 from router.protocols import ADAPTERS, DROP, Usage, parse_usage
@@ -299,5 +299,10 @@ def test_settings_from_environment(tmp_path):
     assert not settings.host_explicit
     with pytest.raises(ConfigError, match="ROUTING_STRATEGY"):
         load_settings({"ROUTING_STRATEGY": "random"}, dotenv=False)
+    environ = {"DATA_DIR": "/env", "GRAPHQL_MAX_PAGE": "50", "LOG_BUFFER_MAX": "7"}
+    limits = load_settings(environ, dotenv=False, overrides={"DATA_DIR": "/flag"})
+    assert (limits.graphql_max_page, limits.log_buffer_max, limits.data_dir) == (50, 7, "/flag")
+    # What `serve` hands its workers comes back whole.
+    assert settings_from_json(settings_to_json(settings)) == settings
     with pytest.raises(ConfigError, match="ENABLE_ACCOUNT_MANAGEMENT"):
         load_settings({"ENABLE_ACCOUNT_MANAGEMENT": "maybe"}, dotenv=False)
