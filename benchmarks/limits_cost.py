@@ -3,11 +3,19 @@ spend queries over the hourly rollups of N request-log rows on PostgreSQL.
 
     .venv/bin/python benchmarks/limits_cost.py admission [--requests 200000] [--redis-url redis://…]
     .venv/bin/python benchmarks/limits_cost.py rollups --postgres-url postgres://… [--rows 10000000]
+    .venv/bin/python benchmarks/limits_cost.py router --redis-url redis://… [--seconds 5 --rounds 3]
 
 `admission`: CPU time (process_time) per admit + settle of a user with RPM, TPM, maxConcurrent and a
 budget on a backend with RPM and maxConcurrent, minus the same loop for an unlimited user (what the
 limiter adds to a request). With --redis-url also the RedisStore: CPU of this process per request
 and the wall time per admission round trip (settlements batched off the path, as in the router).
+
+`router`: the whole router (benchmarks/services.py: `serve --workers 1`, the mock upstream, wrk),
+non-stream c64, CPU ms of the router per request in four cells: no limits, limits in-process,
+and the same two with REDIS_URL (Redis also shares catalog, logs and health, so its no-limits cell
+is the baseline of the Redis limits cell). Limits: the user's RPM, TPM and maxConcurrent and the
+backend's RPM and maxConcurrent, all far above the load. Cells alternate for `--rounds` rounds;
+medians are reported.
 
 `rollups`: a fresh database with the router's tables; N rows over 30 days (100 users, 4 backends,
 8 models) are COPYed into request_logs, the rollups are built by the same SQL as their migration's
@@ -96,6 +104,67 @@ async def admission(args: argparse.Namespace) -> None:
         cpu = await concurrent_cpu(remote, requests, 64)
         await store.stop()
         print(f"redis: {cpu * 1e6:.1f} µs CPU of this process per request with 64 requests at once")
+
+
+# --- the whole router ---------------------------------------------------------------------------
+
+ROUTER_CELLS = ("no limits", "limits in-process", "Redis, no limits", "Redis, limits")
+
+
+def router_cells(args: argparse.Namespace) -> None:
+    import tempfile
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import loadgen
+    import procstat
+    from services import MODEL, REPO, Router, start_mock
+
+    mock = start_mock(None)
+    work = Path(tempfile.mkdtemp(prefix="limits-bench-"))
+    routers: dict[str, Router] = {}
+    try:
+        for index, cell in enumerate(ROUTER_CELLS):
+            router = Router(work / f"r{index}", REPO, None, {"mock": f"{mock.url}/v1"}, [MODEL])
+            router.prepare()
+            env = {"REDIS_URL": args.redis_url, "REDIS_PREFIX": f"bench-{uuid.uuid4().hex[:8]}"}
+            router.start(env if cell.startswith("Redis") else {})
+            if "no limits" not in cell:
+                big = {"rpm": 10**9, "maxConcurrent": 10_000}
+                users = router.graphql("{ users { id name } }")["users"]
+                backends = router.graphql("{ backends { id name } }")["backends"]
+                router.graphql(
+                    "mutation($id: ID!, $l: LimitsInput!) { setUserLimits(userId: $id, limits: $l) { id } }",
+                    {"id": users[0]["id"], "l": {**big, "tpm": 10**9}},
+                )
+                router.graphql(
+                    "mutation($id: ID!, $l: LimitsInput!) { setBackendLimits(backendId: $id, limits: $l) { id } }",
+                    {"id": backends[0]["id"], "l": big},
+                )
+            routers[cell] = router
+        url, body = "/v1/chat/completions", loadgen.chat_body(MODEL, False)
+        samples: dict[str, list[float]] = {cell: [] for cell in ROUTER_CELLS}
+        for round_ in range(args.rounds):
+            for cell, router in routers.items():
+                loadgen.run_load(router.url + url, body, router.key, 64, 1.0)  # warm-up
+                meter = procstat.CpuMeter(router.pid)
+                meter.start()
+                result = loadgen.run_load(router.url + url, body, router.key, 64, args.seconds)
+                cpu_ms = meter.stop() * 1000 / max(result.requests, 1)
+                samples[cell].append(cpu_ms)
+                print(f"round {round_ + 1} {cell:<18} {result.rps:7.0f} req/s  {cpu_ms:.3f} ms CPU/req", flush=True)
+        median = {cell: statistics.median(values) for cell, values in samples.items()}
+        for cell in ROUTER_CELLS:
+            print(f"median {cell:<18} {median[cell]:.3f} ms CPU per request")
+        local = median["limits in-process"] - median["no limits"]
+        shared = median["Redis, limits"] - median["Redis, no limits"]
+        print(f"limits add in-process: {local * 1000:+.1f} µs; with Redis: {shared * 1000:+.1f} µs CPU per request")
+        ratio = median["Redis, limits"] / median["limits in-process"]
+        print(f"Redis limits cell / in-process limits cell: {ratio:.3f} (target ≤ 1.15)")
+    finally:
+        for router in routers.values():
+            router.stop()
+        mock.proc.terminate()
+        mock.proc.wait()
 
 
 # --- rollups ------------------------------------------------------------------------------------
@@ -227,8 +296,17 @@ def main() -> None:
     r = sub.add_parser("rollups")
     r.add_argument("--postgres-url", required=True)
     r.add_argument("--rows", type=int, default=10_000_000)
+    w = sub.add_parser("router")
+    w.add_argument("--redis-url", required=True)
+    w.add_argument("--seconds", type=float, default=5.0)
+    w.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
-    asyncio.run(admission(args) if args.what == "admission" else rollups(args))
+    if args.what == "router":
+        router_cells(args)
+        return
+    import uvloop  # the router's event loop (granian runs uvloop)
+
+    uvloop.run(admission(args) if args.what == "admission" else rollups(args))
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import hashlib
 import itertools
 import logging
 import math
@@ -39,6 +40,7 @@ from enum import StrEnum
 from typing import Any, Protocol
 
 from router.errors import ApiError
+from router.redis_wire import RedisWire, ReplyError, bulk
 
 log = logging.getLogger("router.limits")
 
@@ -351,19 +353,21 @@ class LocalStore:
 
 # --- Redis ------------------------------------------------------------------------------------
 
-# KEYS: one per op. ARGV: now (ms), apply (1/0), lease (ms), then kind, limit, amount, member per op.
-# Returns {status, index (1-based, 0 = none), {used, wait_ms} per op}; `used` as a string (floats).
+# KEYS: one per op. ARGV: now (ms), apply (1/0), lease (ms), then one string of 4 words per op:
+# kind, limit, amount, member ('-' for none). Returns one string: status, index (1-based, 0 = none),
+# then used and wait_ms per op, separated by spaces (cheaper to read than nested arrays).
 ADMIT_LUA = """
 local now_ms = tonumber(ARGV[1])
 local apply = ARGV[2] == '1'
 local lease_ms = tonumber(ARGV[3])
 local now_s = math.floor(now_ms / 1000)
 local window_s = 60
-local info = {}
+local spec = {}
+for word in string.gmatch(ARGV[4], '%S+') do spec[#spec + 1] = word end
+local out = {0, 0}
 local refused, queued = 0, 0
 for i = 1, #KEYS do
-  local base = 3 + (i - 1) * 4
-  local kind, limit = ARGV[base + 1], tonumber(ARGV[base + 2])
+  local kind, limit = spec[4 * i - 3], tonumber(spec[4 * i - 2])
   local key = KEYS[i]
   local used, wait_ms = 0, 0
   if kind == 'w' then
@@ -397,8 +401,8 @@ for i = 1, #KEYS do
     used = redis.call('ZCARD', key)
   end
   if wait_ms < 0 then wait_ms = 0 end
-  info[#info + 1] = tostring(used)
-  info[#info + 1] = wait_ms
+  out[#out + 1] = tostring(used)
+  out[#out + 1] = string.format('%d', wait_ms)
   if used >= limit then
     if kind == 'q' then
       if queued == 0 then queued = i end
@@ -407,11 +411,13 @@ for i = 1, #KEYS do
     end
   end
 end
-if refused > 0 then return {1, refused, info} end
+if refused > 0 then
+  out[1], out[2] = 1, refused
+  return table.concat(out, ' ')
+end
 if apply then
   for i = 1, #KEYS do
-    local base = 3 + (i - 1) * 4
-    local kind, amount, member = ARGV[base + 1], ARGV[base + 3], ARGV[base + 4]
+    local kind, amount, member = spec[4 * i - 3], spec[4 * i - 1], spec[4 * i]
     if kind == 'w' then
       redis.call('HINCRBY', KEYS[i], now_s, amount)
       redis.call('EXPIRE', KEYS[i], window_s * 2)
@@ -421,8 +427,35 @@ if apply then
     end
   end
 end
-if queued > 0 then return {2, queued, info} end
-return {0, 0, info}
+if queued > 0 then out[1], out[2] = 2, queued end
+return table.concat(out, ' ')
+"""
+
+# Settlements, many per call: KEYS one per change; ARGV: now (ms), then 3 words per change:
+# 'w second delta' (a TPM reservation corrected), 'c member -' (a slot released),
+# 's amount ttl_ms' (spend added). Returns how many changes were applied.
+SETTLE_LUA = """
+local now_s = math.floor(tonumber(ARGV[1]) / 1000)
+local i = 0
+for kind, a, b in string.gmatch(ARGV[2], '(%S+) (%S+) (%S+)') do
+  i = i + 1
+  local key = KEYS[i]
+  if kind == 'w' then
+    local second, delta = tonumber(a), tonumber(b)
+    if now_s - second < 60 then
+      if redis.call('HEXISTS', key, a) == 1 then redis.call('HINCRBY', key, a, delta) end
+    elseif delta > 0 then
+      redis.call('HINCRBY', key, now_s, delta)
+      redis.call('EXPIRE', key, 120)
+    end
+  elseif kind == 'c' then
+    redis.call('ZREM', key, a)
+  else
+    redis.call('INCRBYFLOAT', key, a)
+    redis.call('PEXPIRE', key, b)
+  end
+end
+return i
 """
 
 # One slot for a queued request: KEYS[1] the slot set; ARGV: now (ms), limit, lease (ms), member.
@@ -442,57 +475,88 @@ redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[2]))
 return 1
 """
 
+# Leases of this process's slots extended: KEYS the slot sets; ARGV: expiry (ms), key TTL (ms), members.
+REFRESH_LUA = """
+for i = 1, #KEYS do
+  redis.call('ZADD', KEYS[i], 'XX', ARGV[1], ARGV[i + 2])
+  redis.call('PEXPIRE', KEYS[i], ARGV[2])
+end
+return #KEYS
+"""
+
+
+class _Script:
+    """A Lua script called by EVALSHA (its sha computed here); loaded once per connection and after NOSCRIPT."""
+
+    __slots__ = ("heads", "sha", "text")
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self.sha = hashlib.sha1(text.encode()).hexdigest().encode()
+        self.heads: dict[tuple[int, int], bytes] = {}
+
+    def head(self, keys: int, args: int) -> bytes:
+        """The RESP bytes of `EVALSHA sha numkeys`, for a call with this many keys and args."""
+        found = self.heads.get((keys, args))
+        if found is None:
+            count = str(keys).encode()
+            found = self.heads[(keys, args)] = (
+                b"*%d\r\n$7\r\nEVALSHA\r\n" % (3 + keys + args) + bulk(self.sha) + bulk(count)
+            )
+        return found
+
 
 class RedisStore:
     """Counters shared by every process through Redis; a LocalStore while Redis is away.
 
-    Admission is one EVALSHA (the script is atomic, so N processes together admit exactly the
-    limit); the admissions of one event-loop turn go in one pipeline, together with the
-    settlements queued so far. Settlements are otherwise sent in pipelined batches by a background
-    task, never on the request path. Concurrency slots are leases that the holder extends every LEASE_REFRESH_S,
-    so a process that dies frees its slots within LEASE_S.
+    Admission is one EVALSHA of an atomic script (so N processes together admit exactly the
+    limit). Settlements are queued and sent as one EVALSHA per event-loop turn, in the same write
+    as that turn's admissions (or alone when there are none), never awaited by a request. Commands
+    go through `RedisWire`, one pipelined connection with a minimal RESP codec (redis-py's command
+    machinery cost ~10x more CPU than the script). Concurrency slots are leases that the holder
+    extends every LEASE_REFRESH_S, so a process that dies frees its slots within LEASE_S.
     """
 
     def __init__(self, redis_url: str, prefix: str, local: LocalStore | None = None) -> None:
-        import redis.asyncio as aioredis
-        from redis.asyncio.retry import Retry
-        from redis.backoff import NoBackoff
-
         self.prefix = prefix
         self.local = local or LocalStore()
-        self._redis = aioredis.Redis.from_url(
-            redis_url, socket_connect_timeout=1.0, socket_timeout=1.0, retry=Retry(NoBackoff(), 1)
-        )
-        self._admit = self._redis.register_script(ADMIT_LUA)
-        self._acquire = self._redis.register_script(ACQUIRE_LUA)
-        self._seed = self._redis.register_script(SEED_LUA)
+        self.wire = RedisWire(redis_url, connect_timeout_s=1.0, reply_timeout_s=1.0)
+        self._scripts = {name: _Script(text) for name, text in SCRIPTS.items()}
+        self._admit_script = self._scripts["admit"]
+        self._settle_script = self._scripts["settle"]
         self.degraded = False
-        self._pending: deque[Settle] = deque()
-        self._wake = asyncio.Event()
+        self._pending: list[Settle] = []
+        self._settle_scheduled = False
         self._leases: dict[tuple[str, str], None] = {}
         self._tasks: list[asyncio.Task[None]] = []
+        self._stopping = False
         self.on_release: Callable[[str], None] | None = None
-        self._sha: str | None = None
-        self._batch: list[tuple[list[str], list[Any], asyncio.Future[Any]]] = []
-        self._batch_scheduled = False
-        self._batch_tasks: set[asyncio.Task[None]] = set()
+        self._keys: dict[str, bytes] = {}  # op key -> its RESP bulk string with the prefix
+        self._lease_ms = int(LEASE_S * 1000)
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
-        self._tasks = [
-            loop.create_task(self._settle_forever(), name="limits-settle"),
-            loop.create_task(self._refresh_leases_forever(), name="limits-leases"),
-        ]
+        self._tasks = [loop.create_task(self._refresh_leases_forever(), name="limits-leases")]
+        try:
+            await self._load_scripts()
+        except Exception as exc:
+            self._down(exc)
 
     async def stop(self) -> None:
-        if self._pending and not self.degraded:
+        self._stopping = True
+        if not self.degraded and self.wire.connected:
+            self._send_pending()
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._flush(), 2.0)
+                await asyncio.wait_for(self.wire.call("PING"), 2.0)  # replies come in order: settled before
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        with contextlib.suppress(Exception):
-            await self._redis.aclose()
+        self.wire.close()
+
+    async def _load_scripts(self) -> None:
+        await self.wire.connect()
+        for script in self._scripts.values():
+            await self.wire.call("SCRIPT", "LOAD", script.text)
 
     # --- availability ---
 
@@ -505,52 +569,97 @@ class RedisStore:
                 exc.__class__.__name__,
                 exc,
             )
-            self._tasks.append(asyncio.get_running_loop().create_task(self._probe_until_up(), name="limits-probe"))
+            if not self._stopping:
+                self._tasks.append(asyncio.get_running_loop().create_task(self._probe_until_up(), name="limits-probe"))
 
     async def _probe_until_up(self) -> None:
         while self.degraded:
             await asyncio.sleep(REDIS_RETRY_S)
             try:
-                await self._redis.ping()
+                await self._load_scripts()  # it may have restarted without them
             except Exception:
                 continue
-            self._sha = None  # it may have restarted without the script
             self.degraded = False
             log.warning("Redis is reachable again: limits are shared across processes")
 
+    async def _eval(self, script: _Script, keys: Sequence[str], args: Sequence[str | int]) -> Any:
+        """EVALSHA outside the request path (acquire, seed, refresh), loading the script on NOSCRIPT."""
+        command = script.head(len(keys), len(args)) + b"".join(
+            [self._key(k) for k in keys] + [bulk(str(a).encode()) for a in args]
+        )
+        reply = await self.wire.call_raw(command)
+        if isinstance(reply, ReplyError) and str(reply).startswith("NOSCRIPT"):
+            await self.wire.call("SCRIPT", "LOAD", script.text)
+            reply = await self.wire.call_raw(command)
+        if isinstance(reply, ReplyError):
+            raise reply
+        return reply
+
+    def _key(self, key: str) -> bytes:
+        found = self._keys.get(key)
+        if found is None:
+            if len(self._keys) >= 100_000:
+                self._keys.clear()
+            found = self._keys[key] = bulk(f"{self.prefix}:{key}".encode())
+        return found
+
     # --- the request path ---
 
-    def _args(self, ops: Sequence[Op], now: float, apply: bool) -> tuple[list[str], list[Any]]:
-        keys = [f"{self.prefix}:{op.key}" for op in ops]
-        args: list[Any] = [int(now * 1000), 1 if apply else 0, int(LEASE_S * 1000)]
-        for op in ops:
-            args += [op.kind, op.limit, op.amount, op.member]
-        return keys, args
+    def _admit_command(self, ops: Sequence[Op], now: float, apply: bool) -> bytes:
+        key = self._key
+        spec = " ".join([f"{op.kind} {op.limit} {op.amount} {op.member or '-'}" for op in ops]).encode()
+        return b"".join(
+            [
+                self._admit_script.head(len(ops), 4),
+                *[key(op.key) for op in ops],
+                bulk(b"%d" % int(now * 1000)),
+                b"$1\r\n1\r\n" if apply else b"$1\r\n0\r\n",
+                bulk(b"%d" % self._lease_ms),
+                bulk(spec),
+            ]
+        )
+
+    async def _admit_call(self, ops: Sequence[Op], now: float, apply: bool) -> tuple[int, int, list[OpResult]]:
+        wire = self.wire
+        if not wire.connected:
+            await wire.connect()
+        if self._pending:  # settlements first, in the same write: slots freed before this admission
+            self._send_pending()
+        command = self._admit_command(ops, now, apply)
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        wire.send(command, future)
+        reply = await future
+        if isinstance(reply, ReplyError):
+            if not str(reply).startswith("NOSCRIPT"):
+                raise reply
+            await wire.call("SCRIPT", "LOAD", self._admit_script.text)  # Redis restarted without it
+            reply = await wire.call_raw(command)
+            if isinstance(reply, ReplyError):
+                raise reply
+        words = reply.split()
+        results = [OpResult(float(words[i]), int(words[i + 1]) / 1000.0) for i in range(2, len(words), 2)]
+        return int(words[0]), int(words[1]) - 1, results
 
     async def admit(self, ops: Sequence[Op], now: float) -> StoreAnswer:
         if self.degraded:
             return await self.local.admit(ops, now)
-        keys, args = self._args(ops, now, apply=True)
         try:
-            status, index, info = await self._eval_admit(keys, args)
-        except Exception as exc:
+            status, index, results = await self._admit_call(ops, now, apply=True)
+        except (ConnectionError, TimeoutError, OSError, ReplyError) as exc:
             self._down(exc)
             return await self.local.admit(ops, now)
-        answer = StoreAnswer(int(status), int(index) - 1, _results(info))
-        if answer.status != REFUSED:
+        if status != REFUSED:
             for op in ops:
-                if op.kind == SLOT or (op.kind == QUEUE_SLOT and answer.status == ADMITTED):
+                if op.kind == SLOT or (op.kind == QUEUE_SLOT and status == ADMITTED):
                     self._leases[(op.key, op.member)] = None
-        return answer
+        return StoreAnswer(status, index, results)
 
     async def acquire(self, key: str, limit: int, member: str, now: float) -> bool:
         if self.degraded:
             return self.local.try_acquire(key, limit, member)
         try:
-            got = await self._acquire(
-                keys=[f"{self.prefix}:{key}"], args=[int(now * 1000), limit, int(LEASE_S * 1000), member]
-            )
-        except Exception as exc:
+            got = await self._eval(self._scripts["acquire"], [key], [int(now * 1000), limit, self._lease_ms, member])
+        except (ConnectionError, TimeoutError, OSError, ReplyError) as exc:
             self._down(exc)
             return self.local.try_acquire(key, limit, member)
         if got:
@@ -560,150 +669,107 @@ class RedisStore:
     async def peek(self, ops: Sequence[Op], now: float) -> list[OpResult]:
         if self.degraded:
             return await self.local.peek(ops, now)
-        keys, args = self._args(ops, now, apply=False)
         try:
-            _, _, info = await self._admit(keys=keys, args=args)
-        except Exception as exc:
+            return (await self._admit_call(ops, now, apply=False))[2]
+        except (ConnectionError, TimeoutError, OSError, ReplyError) as exc:
             self._down(exc)
             return await self.local.peek(ops, now)
-        return _results(info)
 
     def settle(self, changes: Sequence[Settle], now: float) -> None:
         for change in changes:
-            if change.kind != WINDOW and change.kind != SPEND:
+            if change.kind == SLOT:
                 self._leases.pop((change.key, change.member), None)
         self._pending.extend(changes)
-        self._wake.set()
+        if not self._settle_scheduled:
+            self._settle_scheduled = True
+            asyncio.get_running_loop().call_soon(self._send_settlements)
+
+    def _send_settlements(self) -> None:
+        self._settle_scheduled = False
+        if self._pending:
+            self._send_pending()
+
+    def _send_pending(self) -> None:
+        """The queued settlements as one EVALSHA in this turn's write (or to the local store while degraded)."""
+        batch, self._pending = self._pending, []
+        if not batch:
+            return
+        if self.degraded or not self.wire.connected:
+            if not self.degraded:
+                self._down(ConnectionError("not connected to Redis"))
+            self.local.settle(batch, time.time())  # slots taken in Redis expire by themselves (LEASE_S)
+            return
+        key = self._key
+        words: list[str] = []
+        for change in batch:
+            if change.kind == WINDOW:
+                words.append(f"w {change.second} {int(change.amount)}")
+            elif change.kind == SPEND:
+                words.append(f"s {change.amount!r} {max(int(change.ttl_s * 1000), 1)}")
+            else:
+                words.append(f"c {change.member} -")
+        command = b"".join(
+            [
+                self._settle_script.head(len(batch), 2),
+                *[key(change.key) for change in batch],
+                bulk(b"%d" % int(time.time() * 1000)),
+                bulk(" ".join(words).encode()),
+            ]
+        )
+        self.wire.send(command, lambda reply: self._settled(batch, command, reply))
+
+    def _settled(self, batch: list[Settle], command: bytes, reply: Any) -> None:
+        if isinstance(reply, ReplyError) and str(reply).startswith("NOSCRIPT") and not self.degraded:
+            asyncio.get_running_loop().create_task(self._settle_again(batch, command))
+            return
+        if isinstance(reply, BaseException):
+            # Connection lost: slots expire by themselves (LEASE_S); corrections and spend are lost.
+            log.warning("limits: %d settlements not applied in Redis (%s)", len(batch), reply)
+            return
+        if self.on_release is not None:
+            for change in batch:
+                if change.kind == SLOT:
+                    self.on_release(change.key)
+
+    async def _settle_again(self, batch: list[Settle], command: bytes) -> None:
+        try:
+            await self.wire.call("SCRIPT", "LOAD", self._settle_script.text)
+            reply = await self.wire.call_raw(command)
+        except (ConnectionError, TimeoutError, OSError, ReplyError) as exc:
+            reply = exc
+        self._settled(batch, command, reply)
 
     async def seed_spend(self, key: str, amount: float, ttl_s: float) -> None:
         await self.local.seed_spend(key, amount, ttl_s)
         if self.degraded:
             return
         try:
-            await self._seed(keys=[f"{self.prefix}:{key}"], args=[repr(amount), int(ttl_s * 1000)])
-        except Exception as exc:
+            await self._eval(self._scripts["seed"], [key], [repr(amount), int(ttl_s * 1000)])
+        except (ConnectionError, TimeoutError, OSError, ReplyError) as exc:
             self._down(exc)
 
     # --- background ---
-
-    async def _settle_forever(self) -> None:
-        while True:
-            await self._wake.wait()
-            self._wake.clear()
-            while self._pending:
-                await self._flush()
-
-    async def _flush(self) -> None:
-        batch = [self._pending.popleft() for _ in range(min(SETTLE_BATCH, len(self._pending)))]
-        if self.degraded:
-            self.local.settle(batch, time.time())
-            return
-        try:
-            async with self._redis.pipeline(transaction=False) as pipe:
-                self._queue_settlements(pipe, batch)
-                await pipe.execute()
-        except Exception as exc:
-            self._down(exc)  # slots expire by themselves (LEASE_S); corrections and spend are lost
-            return
-        self._released_slots(batch)
-
-    def _queue_settlements(self, pipe: Any, batch: Sequence[Settle]) -> int:
-        """Add the commands of `batch` to a pipeline; returns how many were added."""
-        second = int(time.time())
-        added = 0
-        for change in batch:
-            key = f"{self.prefix}:{change.key}"
-            if change.kind == WINDOW:
-                if second - change.second < WINDOW_S:
-                    pipe.hincrby(key, str(change.second), int(change.amount))
-                    added += 1
-                elif change.amount > 0:  # the reservation has left the window: count the surplus now
-                    pipe.hincrby(key, str(second), int(change.amount))
-                    pipe.expire(key, WINDOW_S * 2)
-                    added += 2
-            elif change.kind == SPEND:
-                pipe.incrbyfloat(key, change.amount)
-                pipe.expire(key, max(int(change.ttl_s), 1))
-                added += 2
-            else:
-                pipe.zrem(key, change.member)
-                added += 1
-        return added
-
-    def _released_slots(self, batch: Sequence[Settle]) -> None:
-        if self.on_release is not None:
-            for change in batch:
-                if change.kind == SLOT:
-                    self.on_release(change.key)
-
-    # --- admissions of one event-loop turn share one pipeline (and carry the pending settlements) ---
-
-    async def _eval_admit(self, keys: list[str], args: list[Any]) -> Any:
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[Any] = loop.create_future()
-        self._batch.append((keys, args, future))
-        if not self._batch_scheduled:
-            self._batch_scheduled = True
-            loop.call_soon(self._start_batch)
-        return await future
-
-    def _start_batch(self) -> None:
-        self._batch_scheduled = False
-        batch, self._batch = self._batch, []
-        task = asyncio.get_running_loop().create_task(self._send_batch(batch))
-        self._batch_tasks.add(task)
-        task.add_done_callback(self._batch_tasks.discard)
-
-    async def _send_batch(self, batch: list[tuple[list[str], list[Any], asyncio.Future[Any]]]) -> None:
-        from redis.exceptions import NoScriptError
-
-        settlements = [self._pending.popleft() for _ in range(min(SETTLE_BATCH, len(self._pending)))]
-        try:
-            if self._sha is None:
-                self._sha = str(await self._redis.script_load(ADMIT_LUA))
-            async with self._redis.pipeline(transaction=False) as pipe:
-                skip = self._queue_settlements(pipe, settlements)
-                for keys, args, _ in batch:
-                    pipe.evalsha(self._sha, len(keys), *keys, *args)
-                results = await pipe.execute(raise_on_error=False)
-        except Exception as exc:
-            for _, _, future in batch:
-                if not future.done():
-                    future.set_exception(exc)
-            return
-        self._released_slots(settlements)
-        for (keys, args, future), result in zip(batch, results[skip:], strict=True):
-            if future.done():
-                continue
-            if isinstance(result, NoScriptError):  # Redis restarted without its scripts: load it again
-                self._sha = None
-                try:
-                    result = await self._admit(keys=keys, args=args)
-                except Exception as exc:
-                    result = exc
-            if isinstance(result, Exception):
-                future.set_exception(result)
-            else:
-                future.set_result(result)
 
     async def _refresh_leases_forever(self) -> None:
         while True:
             await asyncio.sleep(LEASE_REFRESH_S)
             if self.degraded or not self._leases:
                 continue
+            leases = list(self._leases)
             expires = int((time.time() + LEASE_S) * 1000)
             try:
-                async with self._redis.pipeline(transaction=False) as pipe:
-                    for key, member in list(self._leases):
-                        pipe.zadd(f"{self.prefix}:{key}", {member: expires}, xx=True)
-                        pipe.pexpire(f"{self.prefix}:{key}", int(LEASE_S * 2000))
-                    await pipe.execute()
-            except Exception as exc:
+                for start in range(0, len(leases), SETTLE_BATCH):
+                    chunk = leases[start : start + SETTLE_BATCH]
+                    await self._eval(
+                        self._scripts["refresh"],
+                        [key for key, _ in chunk],
+                        [expires, self._lease_ms * 2, *[member for _, member in chunk]],
+                    )
+            except (ConnectionError, TimeoutError, OSError, ReplyError) as exc:
                 self._down(exc)
 
 
-def _results(info: list[Any]) -> list[OpResult]:
-    return [OpResult(float(info[i]), int(info[i + 1]) / 1000.0) for i in range(0, len(info), 2)]
+SCRIPTS = {"admit": ADMIT_LUA, "settle": SETTLE_LUA, "acquire": ACQUIRE_LUA, "seed": SEED_LUA, "refresh": REFRESH_LUA}
 
 
 # --- fair queues --------------------------------------------------------------------------------
@@ -812,6 +878,9 @@ class LimitExceeded(ApiError):
         self.retry_after_s = retry_after_s
         self.admission: Admission | None = None  # the views for the rate-limit headers
         self.headers = {**(headers or {}), **retry_headers(retry_after_s)}
+        if kind == "budget":
+            # The official SDKs sleep whatever Retry-After says (the period's end: hours or days) unless told not to.
+            self.headers["x-should-retry"] = "false"
 
     @property
     def openai_type(self) -> str:
