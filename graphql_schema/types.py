@@ -481,6 +481,17 @@ class UsageRow:
     cost_usd: float = strawberry.field(
         default=0.0, description="Sum of the requests' cost; requests without a matching price count as 0."
     )
+    p50_latency_ms: float | None = strawberry.field(
+        default=None,
+        description="Median latency (ms) of the row's requests. Filled in usageTicks rows only (null in `usage`): "
+        "read from a latency histogram with fixed log-spaced buckets (8 per doubling) that adds up exactly across "
+        "seconds and router processes, so it is within about 4.4 % of the exact value.",
+    )
+    p95_latency_ms: float | None = strawberry.field(
+        default=None,
+        description="95th-percentile latency (ms) of the row's requests; like p50LatencyMs: usageTicks rows only "
+        "(null in `usage`), within about 4.4 %.",
+    )
 
     @classmethod
     def from_data(cls, row: analytics_queries.UsageRow) -> UsageRow:
@@ -500,6 +511,8 @@ class UsageRow:
             reasoning_tokens=row.reasoning_tokens,
             avg_latency_ms=row.avg_latency_ms,
             cost_usd=row.cost_usd,
+            p50_latency_ms=row.p50_latency_ms,
+            p95_latency_ms=row.p95_latency_ms,
         )
 
 

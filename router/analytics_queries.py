@@ -207,6 +207,8 @@ class UsageRow:
     reasoning_tokens: int
     avg_latency_ms: float | None
     cost_usd: float = 0.0
+    p50_latency_ms: float | None = None  # live ticks only (router/live.py latency histogram)
+    p95_latency_ms: float | None = None
 
 
 async def usage(flt: LogFilter, group_by: Sequence[str] = (), bucket: str | None = None) -> list[UsageRow]:

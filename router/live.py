@@ -9,6 +9,13 @@ message to anyone). Once a second a background task closes the bucket of the sec
   BUCKET_TTL_S), and after TICK_GRACE_S reads the whole hash back: every process then holds the
   same cluster-wide numbers for that second, and each second is counted once, by its key.
 
+Latency percentiles: each group also counts its requests in a latency histogram with fixed,
+log-spaced buckets (LATENCY_BUCKETS_PER_OCTAVE per doubling, from 2**-10 ms to 2**20 ms), one
+`dict` increment per request. Fixed buckets add up exactly, so histograms of several seconds and
+of several processes (through the same Redis hash, one HINCRBY field per non-empty bucket) merge
+without loss, and p50/p95 of a tick are read from the merged counts: the geometric middle of the
+bucket holding the rank, within about 4.4 % (half a bucket) of the exact value.
+
 Intervals are aligned to the epoch (an `intervalS` of 5 ends at :00, :05, ...), so two subscribers
 with the same interval see the same totals wherever they are connected. Each subscriber has a
 one-slot mailbox: a tick that finds the previous one still undelivered replaces it and counts it
@@ -20,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -46,6 +54,63 @@ _OVERFLOW: GroupKey = (None, None, None, None, "(other)")
 SUMS = ("requests", "errors", "prompt", "completion", "total", "cached", "reasoning", "cost", "latency")
 _FLOATS = frozenset({"cost", "latency"})
 Sums = list[float]
+
+# Latency histogram: bucket i holds latencies in [2**(i/P - 10), 2**((i+1)/P - 10)) ms, P per octave.
+LATENCY_BUCKETS_PER_OCTAVE = 8
+_LATENCY_OFFSET = 10  # octaves below 1 ms (down to ~1 µs)
+LATENCY_BUCKETS = (_LATENCY_OFFSET + 20) * LATENCY_BUCKETS_PER_OCTAVE  # up to 2**20 ms (~17 min); above: the last
+_HIST_PREFIX = b"h"  # Redis field `<group>|h<bucket>`
+
+
+def latency_bucket(ms: float) -> int:
+    """The histogram bucket of a latency in milliseconds."""
+    if ms <= 0.0:
+        return 0
+    i = int((math.log2(ms) + _LATENCY_OFFSET) * LATENCY_BUCKETS_PER_OCTAVE)
+    return 0 if i < 0 else LATENCY_BUCKETS - 1 if i >= LATENCY_BUCKETS else i
+
+
+def bucket_value(i: int) -> float:
+    """The value a bucket stands for: its geometric middle (within half a bucket of anything in it)."""
+    return float(2.0 ** ((i + 0.5) / LATENCY_BUCKETS_PER_OCTAVE - _LATENCY_OFFSET))
+
+
+def quantile(hist: dict[int, int], q: float) -> float | None:
+    """The `q` quantile (nearest rank) of the latencies counted in `hist`; None when it is empty."""
+    n = sum(hist.values())
+    if n <= 0:
+        return None
+    rank = max(1, math.ceil(q * n))
+    seen = 0
+    for i in sorted(hist):
+        seen += hist[i]
+        if seen >= rank:
+            return bucket_value(i)
+    return bucket_value(max(hist))  # pragma: no cover (rank <= n)
+
+
+class Group:
+    """One group's numbers in one second (or merged seconds): the sums and the latency histogram."""
+
+    __slots__ = ("hist", "sums")
+
+    def __init__(self, sums: Sums | None = None, hist: dict[int, int] | None = None) -> None:
+        self.sums: Sums = sums if sums is not None else [0.0] * len(SUMS)
+        self.hist: dict[int, int] = hist if hist is not None else {}
+
+    def add(self, other: Group) -> None:
+        sums = self.sums
+        for i, value in enumerate(other.sums):
+            sums[i] += value
+        hist = self.hist
+        for i, count in other.hist.items():
+            hist[i] = hist.get(i, 0) + count
+
+    def copy(self) -> Group:
+        return Group(list(self.sums), dict(self.hist))
+
+
+Bucket = dict[GroupKey, Group]
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,16 +148,17 @@ class TickMailbox:
         return tick, skipped
 
 
-def add_record(bucket: dict[GroupKey, Sums], record: RequestRecord) -> None:
-    """Add one finished request to a second's bucket."""
+def add_record(bucket: Bucket, record: RequestRecord) -> None:
+    """Add one finished request to a second's bucket: its sums and one latency-bucket increment."""
     key: GroupKey = (record.user_id, record.user_name, record.backend_id, record.backend_name, record.model)
-    sums = bucket.get(key)
-    if sums is None:
+    group = bucket.get(key)
+    if group is None:
         if len(bucket) >= MAX_GROUPS_PER_SECOND:
             key = _OVERFLOW
-            sums = bucket.get(key)
-        if sums is None:
-            sums = bucket[key] = [0.0] * len(SUMS)
+            group = bucket.get(key)
+        if group is None:
+            group = bucket[key] = Group()
+    sums = group.sums
     sums[0] += 1
     sums[1] += 1 if record.status_code >= 400 or record.error is not None else 0
     sums[2] += record.prompt_tokens
@@ -102,26 +168,28 @@ def add_record(bucket: dict[GroupKey, Sums], record: RequestRecord) -> None:
     sums[6] += record.reasoning_tokens
     sums[7] += record.cost_usd or 0.0
     sums[8] += record.latency_ms
+    hist = group.hist
+    i = latency_bucket(record.latency_ms)
+    hist[i] = hist.get(i, 0) + 1
 
 
-def merge(buckets: Iterable[dict[GroupKey, Sums]]) -> dict[GroupKey, Sums]:
-    total: dict[GroupKey, Sums] = {}
+def merge(buckets: Iterable[Bucket]) -> Bucket:
+    total: Bucket = {}
     for bucket in buckets:
-        for key, sums in bucket.items():
+        for key, group in bucket.items():
             into = total.get(key)
             if into is None:
-                total[key] = list(sums)
+                total[key] = group.copy()
             else:
-                for i, value in enumerate(sums):
-                    into[i] += value
+                into.add(group)
     return total
 
 
-def rows_of(bucket: dict[GroupKey, Sums], group_by: Sequence[str]) -> list[UsageRow]:
+def rows_of(bucket: Bucket, group_by: Sequence[str]) -> list[UsageRow]:
     """The bucket summed per the asked grouping ("user", "backend", "model"; none: one row)."""
     by_user, by_backend, by_model = "user" in group_by, "backend" in group_by, "model" in group_by
-    grouped: dict[GroupKey, Sums] = {}
-    for (uid, uname, bid, bname, model), sums in bucket.items():
+    grouped: Bucket = {}
+    for (uid, uname, bid, bname, model), group in bucket.items():
         key: GroupKey = (
             uid if by_user else None,
             uname if by_user else None,
@@ -131,12 +199,12 @@ def rows_of(bucket: dict[GroupKey, Sums], group_by: Sequence[str]) -> list[Usage
         )
         into = grouped.get(key)
         if into is None:
-            grouped[key] = list(sums)
+            grouped[key] = group.copy()
         else:
-            for i, value in enumerate(sums):
-                into[i] += value
+            into.add(group)
     rows = []
-    for (uid, uname, bid, bname, model), s in sorted(grouped.items(), key=lambda item: -item[1][0]):
+    for (uid, uname, bid, bname, model), g in sorted(grouped.items(), key=lambda item: -item[1].sums[0]):
+        s = g.sums
         requests = int(s[0])
         rows.append(
             UsageRow(
@@ -155,41 +223,52 @@ def rows_of(bucket: dict[GroupKey, Sums], group_by: Sequence[str]) -> list[Usage
                 reasoning_tokens=int(s[6]),
                 avg_latency_ms=s[8] / requests if requests else None,
                 cost_usd=s[7],
+                p50_latency_ms=quantile(g.hist, 0.50),
+                p95_latency_ms=quantile(g.hist, 0.95),
             )
         )
     return rows
 
 
-def encode_bucket(bucket: dict[GroupKey, Sums]) -> list[tuple[str, bytes, int | float]]:
-    """(command, hash field, increment) for HINCRBY/HINCRBYFLOAT of every non-zero sum."""
+def encode_bucket(bucket: Bucket) -> list[tuple[str, bytes, int | float]]:
+    """(command, hash field, increment) for HINCRBY/HINCRBYFLOAT of every non-zero sum and histogram bucket."""
     out: list[tuple[str, bytes, int | float]] = []
-    for key, sums in bucket.items():
-        group = orjson.dumps(key)
-        for name, value in zip(SUMS, sums, strict=True):
+    for key, group in bucket.items():
+        prefix = orjson.dumps(key) + b"|"
+        for name, value in zip(SUMS, group.sums, strict=True):
             if value:
-                field = group + b"|" + name.encode()
+                field = prefix + name.encode()
                 out.append(("hincrbyfloat", field, value) if name in _FLOATS else ("hincrby", field, int(value)))
+        for i, count in group.hist.items():
+            out.append(("hincrby", prefix + _HIST_PREFIX + str(i).encode(), count))
     return out
 
 
-def decode_bucket(entries: dict[bytes, bytes]) -> dict[GroupKey, Sums]:
-    bucket: dict[GroupKey, Sums] = {}
+def decode_bucket(entries: dict[bytes, bytes]) -> Bucket:
+    bucket: Bucket = {}
     index = {name.encode(): i for i, name in enumerate(SUMS)}
     for raw_field, raw_value in entries.items():
-        group, _, name = raw_field.rpartition(b"|")
+        raw_group, _, name = raw_field.rpartition(b"|")
         i = index.get(name)
+        hist_bucket: int | None = None
         if i is None:
-            continue
+            digits = name[len(_HIST_PREFIX) :]
+            if not (name.startswith(_HIST_PREFIX) and digits.isdigit() and int(digits) < LATENCY_BUCKETS):
+                continue  # a field this version does not know (a newer process's): left out
+            hist_bucket = int(digits)
         try:
-            uid, uname, bid, bname, model = orjson.loads(group)
+            uid, uname, bid, bname, model = orjson.loads(raw_group)
             value = float(raw_value)
         except (orjson.JSONDecodeError, TypeError, ValueError):
             continue
         key: GroupKey = (uid, uname, bid, bname, model)
-        sums = bucket.get(key)
-        if sums is None:
-            sums = bucket[key] = [0.0] * len(SUMS)
-        sums[i] += value
+        group = bucket.get(key)
+        if group is None:
+            group = bucket[key] = Group()
+        if hist_bucket is not None:
+            group.hist[hist_bucket] = group.hist.get(hist_bucket, 0) + int(value)
+        elif i is not None:
+            group.sums[i] += value
     return bucket
 
 
@@ -199,8 +278,8 @@ class UsageTicker:
     def __init__(self, redis: Any | None = None, prefix: str = "llm-router") -> None:
         self.redis = redis
         self.prefix = prefix
-        self._open: dict[int, dict[GroupKey, Sums]] = {}  # second -> this process's bucket
-        self._closed: dict[int, dict[GroupKey, Sums]] = {}  # second -> final numbers (last MAX_INTERVAL_S)
+        self._open: dict[int, Bucket] = {}  # second -> this process's bucket
+        self._closed: dict[int, Bucket] = {}  # second -> final numbers (last MAX_INTERVAL_S)
         self._mailboxes: set[TickMailbox] = set()
         self._task: asyncio.Task[None] | None = None
         self._redis_failed = False

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import math
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from datetime import datetime
@@ -18,13 +19,15 @@ import openai
 import pytest
 from websockets.exceptions import ConnectionClosed
 
+from router import live
+from router.usage import RequestRecord
 from tests.conftest import RouterProcess, require_redis, write_config
 from tests.test_graphql_api import GqlEnv, start_env, stop_env
 from tests.test_graphql_subscriptions import V1, StuckClient, Subscriber, new_user, open_subscription
 
 TICK_FIELDS = (
     "at intervalS skipped rows { userId userName backendName model requests errors promptTokens "
-    "completionTokens totalTokens cachedTokens reasoningTokens costUsd avgLatencyMs }"
+    "completionTokens totalTokens cachedTokens reasoningTokens costUsd avgLatencyMs p50LatencyMs p95LatencyMs }"
 )
 FAT_ALIASES = 20_000  # `at` this many times: ~0.8 MB per tick, so a client that does not read stalls the router's sends
 
@@ -99,6 +102,77 @@ async def ticks_until(sub: Subscriber, requests: int, quiet_after: int = 2) -> l
     return ticks
 
 
+# --- the latency histogram (no router needed) --------------------------------------------------
+
+
+def record(latency_ms: float, user: int = 1) -> RequestRecord:
+    r = RequestRecord("r", "/v1/chat/completions", user_id=user, user_name=f"u{user}", model="m")
+    r.status_code, r.latency_ms, r.total_tokens = 200, latency_ms, 3
+    return r
+
+
+def exact_quantile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[max(1, math.ceil(len(ordered) * q)) - 1]
+
+
+def test_latency_buckets_are_log_spaced_and_clamped():
+    assert live.latency_bucket(0) == 0 and live.latency_bucket(-3) == 0 and live.latency_bucket(1e-9) == 0
+    assert live.latency_bucket(1e12) == live.LATENCY_BUCKETS - 1
+    for ms in (0.01, 0.7, 1.0, 3.3, 42.0, 999.0, 12_345.0, 300_000.0):
+        i = live.latency_bucket(ms)
+        assert abs(live.bucket_value(i) / ms - 1) <= 2 ** (1 / 16) - 1 + 1e-9  # half a bucket: 4.4 %
+        assert live.latency_bucket(ms * 2) == i + live.LATENCY_BUCKETS_PER_OCTAVE  # 8 buckets per doubling
+
+
+def test_percentiles_of_merged_seconds_and_processes_equal_those_of_all_requests():
+    """Histograms add up exactly: seconds and processes (through the Redis encoding) merge without loss."""
+    import random
+
+    rng = random.Random(17)
+    latencies = [rng.lognormvariate(5, 1.2) for _ in range(3000)]
+    one: live.Bucket = {}
+    for ms in latencies:
+        live.add_record(one, record(ms))
+    # three processes over four seconds, each bucket through the Redis hash encoding
+    parts: list[live.Bucket] = [{} for _ in range(12)]
+    for n, ms in enumerate(latencies):
+        live.add_record(parts[n % 12], record(ms))
+    redis_hash: dict[bytes, float] = {}
+    for part in parts:
+        for _command, field, value in live.encode_bucket(part):
+            redis_hash[field] = redis_hash.get(field, 0) + value
+    decoded = live.decode_bucket({k: str(v).encode() for k, v in redis_hash.items()})
+    [whole] = live.rows_of(one, [])
+    [merged] = live.rows_of(live.merge([decoded]), [])
+    [merged_seconds] = live.rows_of(live.merge(parts), [])
+
+    def pcts(row: live.UsageRow) -> tuple[float | None, float | None]:
+        return row.p50_latency_ms, row.p95_latency_ms
+
+    assert pcts(whole) == pcts(merged) == pcts(merged_seconds)
+    assert merged.requests == 3000
+    for q, got in ((0.5, merged.p50_latency_ms), (0.95, merged.p95_latency_ms)):
+        assert got is not None and abs(got / exact_quantile(latencies, q) - 1) <= 0.045
+
+
+def test_percentiles_per_group_and_unknown_redis_fields_are_left_out():
+    bucket: live.Bucket = {}
+    for ms in (10.0, 10.0, 10.0, 1000.0):
+        live.add_record(bucket, record(ms, user=1))
+    live.add_record(bucket, record(50.0, user=2))
+    rows = {r.user_id: r for r in live.rows_of(bucket, ["user"])}
+    assert rows[1].p50_latency_ms == pytest.approx(10.0, rel=0.045)
+    assert rows[1].p95_latency_ms == pytest.approx(1000.0, rel=0.045)
+    assert rows[2].p50_latency_ms == rows[2].p95_latency_ms == pytest.approx(50.0, rel=0.045)
+    entries = {field: str(value).encode() for _c, field, value in live.encode_bucket(bucket)}
+    entries[b'[1,"u1",null,null,"m"]|h99999'] = b"5"  # out of range
+    entries[b'[1,"u1",null,null,"m"]|future'] = b"5"  # a newer process's field
+    decoded = live.decode_bucket(entries)
+    assert sum(sum(g.hist.values()) for g in decoded.values()) == 5
+    assert live.quantile({}, 0.5) is None
+
+
 # --- totals -----------------------------------------------------------------------------------
 
 
@@ -116,6 +190,7 @@ async def test_tick_totals_equal_the_requests_sent(router):
         assert sum(r["requests"] for r in rows) == 5 and sum(r["totalTokens"] for r in rows) == tokens
         assert sum(r["promptTokens"] + r["completionTokens"] for r in rows) == tokens
         assert all(r["errors"] == 0 and r["avgLatencyMs"] > 0 and r["userId"] is None for r in rows)
+        assert all(0 < r["p50LatencyMs"] <= r["p95LatencyMs"] for r in rows)
         assert ticks[-1]["rows"] == []  # nothing after the requests: quiet ticks
 
         by_user = [row for t in await ticks_until(grouped, 5) for row in t["rows"]]
@@ -264,7 +339,11 @@ async def test_two_processes_sharing_redis_show_the_same_totals(redis_pair):
                 if t["rows"]
             }
 
+        def percentiles(ticks: list[dict[str, Any]]) -> dict[str, list[tuple[float, float]]]:
+            return {t["at"]: [(r["p50LatencyMs"], r["p95LatencyMs"]) for r in t["rows"]] for t in ticks if t["rows"]}
+
         assert per_second(seen_a) == per_second(seen_b)  # the same intervals, the same numbers
+        assert percentiles(seen_a) == percentiles(seen_b)  # histograms merged through Redis
         assert sum(n for n, _ in per_second(seen_a).values()) == 7  # each request counted once
         assert sum(t for _, t in per_second(seen_a).values()) == tokens
     finally:
