@@ -176,6 +176,29 @@ def wait_until(predicate, timeout: float, what: str, interval: float = 0.1):
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
+def assert_labels_do_not_overlap(page, within: str) -> None:
+    """No two x-axis labels of a chart under `within` touch (the live chart's first labels did)."""
+    overlaps = page.evaluate(
+        """(within) => {
+          const out = [];
+          document.querySelectorAll(`${within} svg.usage-chart`).forEach((svg) => {
+            const labels = [...svg.querySelectorAll("text.xlabel")];
+            const boxes = labels.map((t) => [t.getBoundingClientRect(), t.textContent]);
+            for (let i = 1; i < boxes.length; i += 1) {
+              if (boxes[i][0].left < boxes[i - 1][0].right) out.push(`${boxes[i - 1][1]} / ${boxes[i][1]}`);
+            }
+            const frame = svg.getBoundingClientRect();
+            for (const [box, text] of boxes) {
+              if (box.left < frame.left - 1 || box.right > frame.right + 1) out.push(`${text} outside`);
+            }
+          });
+          return out;
+        }""",
+        within,
+    )
+    assert not overlaps, overlaps
+
+
 @pytest.mark.browser
 def test_dashboard_end_to_end(page, upstream):
     from openai import OpenAI
@@ -253,7 +276,12 @@ def test_dashboard_end_to_end(page, upstream):
 
     # --- live feed: a /v1 request through the openai SDK appears within 2 s ---
     nav(page, "live")
-    expect(page.locator("#connection")).to_have_attribute("data-state", "connected")
+    expect(page.locator("#connection")).to_have_attribute("data-state", "live")
+    expect(page.locator("#connection")).to_have_text("● Live")
+    live_charts = page.locator("#live-chart")
+    wait_until(lambda: int(live_charts.get_attribute("data-ticks") or 0) >= 1, 10, "the first usage tick")
+    tokens_panel = page.locator("#live-tokens")
+    expect(tokens_panel.locator(".readout")).to_have_text("0 tok/s")  # no chat completion yet
     client = OpenAI(base_url=router.v1, api_key=api_key, max_retries=0, timeout=30)
     reply = client.chat.completions.create(model="test-model", messages=[{"role": "user", "content": "hi from e2e"}])
     assert reply.choices[0].message.content
@@ -263,7 +291,7 @@ def test_dashboard_end_to_end(page, upstream):
     assert time.monotonic() - finished <= FEED_DEADLINE_S + 0.25
     expect(feed_row).to_contain_text("e2e-upstream")
     expect(feed_row).to_contain_text("200")
-    # a few more, one streamed, for the screenshots and the chart
+    # a few more, one streamed, for the screenshots and the charts
     stream = client.chat.completions.create(
         model="test-model", messages=[{"role": "user", "content": "stream please"}], stream=True
     )
@@ -271,21 +299,34 @@ def test_dashboard_end_to_end(page, upstream):
         pass
     client.chat.completions.create(model="test-model", messages=[{"role": "user", "content": "and one more"}])
     expect(page.locator("#feed tr[data-user=e2e-user]")).to_have_count(3)
-    # the live chart (usageTicks) counts them within a few ticks
-    live_chart = page.locator("#live-chart")
-    wait_until(lambda: int(live_chart.get_attribute("data-requests") or 0) >= 3, 10, "the live chart to count 3")
-    expect(live_chart.locator("svg rect.bar").first).to_be_visible()
+    # the live charts (usageTicks) count them within a few ticks: the readouts change, every chart draws
+    wait_until(lambda: int(live_charts.get_attribute("data-requests") or 0) >= 3, 10, "the live charts to count 3")
+    wait_until(lambda: float(tokens_panel.get_attribute("data-value") or 0) > 0, 10, "tokens/s above 0")
+    assert page.locator("#live-tokens .readout").text_content() != "0 tok/s"
+    expect(page.locator("#live-requests svg rect.bar").first).to_be_visible()
+    expect(page.locator("#live-tokens svg rect.bar").first).to_be_visible()
+    assert page.locator("#live-latency svg path.line, #live-latency svg circle.dot").count() >= 1
+    for metric in ("requests", "tokens", "errors", "latency", "spend"):
+        expect(page.locator(f"#live-{metric} svg.usage-chart")).to_be_visible()
+    assert_labels_do_not_overlap(page, "#live-chart")
     # filters
     page.fill("#filter-model", "no-such-model")
     expect(page.locator("#feed tr[data-user=e2e-user]")).to_have_count(0)
     page.fill("#filter-model", "")
     expect(page.locator("#feed tr[data-user=e2e-user]")).to_have_count(3)
+    # the screenshot shows traffic in the readouts too: two more requests, shot while their tick is the latest
+    page.locator("#filter-model").blur()
+    for _ in range(2):
+        client.chat.completions.create(model="test-model", messages=[{"role": "user", "content": "for the picture"}])
+    expect(page.locator("#feed tr[data-user=e2e-user]")).to_have_count(5)
+    wait_until(lambda: float(tokens_panel.get_attribute("data-value") or 0) > 0, 10, "tokens/s above 0 for the shot")
     shot(page, "live.png")
 
-    # --- usage chart renders with data ---
+    # --- usage chart renders with data, and the last hour updates by itself ---
     nav(page, "usage")
     chart = page.locator("figure[data-metric=requests] svg.usage-chart")
     expect(chart).to_be_visible()
+    expect(page.locator("#usage-connection")).to_have_attribute("data-state", "live")
 
     def chart_total():
         total = float(chart.get_attribute("data-total") or 0)
@@ -297,10 +338,20 @@ def test_dashboard_end_to_end(page, upstream):
     assert page.locator("figure[data-metric=requests] rect.bar").count() >= 1
     expect(page.locator(".legend")).to_contain_text("e2e-user")
     expect(page.locator("#backend-metrics")).to_contain_text("e2e-upstream")
+    expect(page.locator(".cards")).to_contain_text("Spend")
+    expect(page.locator("figure[data-metric=spend] svg.usage-chart")).to_be_visible()
+    expect(page.locator(".totals-table thead")).to_contain_text("Spend")
+    # two more requests: the hour view folds them in from usageTicks, without a refresh
+    wait_until(lambda: int(page.locator(".charts").get_attribute("data-ticks") or 0) >= 1, 15, "a folded tick")
+    before = float(chart.get_attribute("data-total") or 0)
+    for _ in range(2):
+        client.chat.completions.create(model="test-model", messages=[{"role": "user", "content": "while watching"}])
+    wait_until(lambda: float(chart.get_attribute("data-total") or 0) >= before + 2, 15, "the hour view to count 2 more")
     page.click(".segmented button[data-value=MODEL]")
     expect(page.locator(".legend")).to_contain_text("test-model")
     page.click(".segmented button[data-value=USER]")
     expect(page.locator(".legend")).to_contain_text("e2e-user")
+    assert_labels_do_not_overlap(page, ".charts")
     shot(page, "usage.png")
 
     # --- a script with a syntax error is refused at the right line ---
@@ -343,7 +394,7 @@ def test_dashboard_end_to_end(page, upstream):
     page.set_viewport_size({"width": 390, "height": 844})
     page.click(".menu-toggle")
     nav(page, "live")
-    expect(page.locator("#feed tr[data-user=e2e-user]")).to_have_count(3)
+    expect(page.locator("#feed tr[data-user=e2e-user]")).to_have_count(7)
     shot(page, "phone-live.png")
     page.click(".menu-toggle")
     nav(page, "usage")
@@ -393,17 +444,32 @@ def test_live_feed_reconnects_after_router_restart(browser, router_factory, upst
         page.fill("#password", ADMIN_PASSWORD)
         page.click("form.login-card button[type=submit]")
         connection = page.locator("#connection")
-        expect(connection).to_have_attribute("data-state", "connected")
+        expect(connection).to_have_attribute("data-state", "live")
+        charts = page.locator("#live-chart")
+        wait_until(lambda: charts.get_attribute("data-last-at"), 10, "the first usage tick")
 
         router.stop()
-        expect(connection).not_to_have_attribute("data-state", "connected")
+        expect(connection).to_have_attribute("data-state", "reconnecting")
+        expect(connection).to_have_text("● Reconnecting…")
+        last_before = int(charts.get_attribute("data-last-at") or 0)
+        # down for longer: it says since when
+        expect(connection).to_have_attribute("data-state", "disconnected", timeout=20_000)
+        expect(connection).to_contain_text("Disconnected since")
         router.start()
-        expect(connection).to_have_attribute("data-state", "connected", timeout=30_000)
+        expect(connection).to_have_attribute("data-state", "live", timeout=30_000)
+        expect(connection).to_have_text("● Live")
         expect(page.locator("nav.nav")).to_be_visible()  # still signed in
+        # the charts resume: new ticks, the time it was down is a gap, and traffic shows again
+        wait_until(lambda: int(charts.get_attribute("data-last-at") or 0) > last_before, 15, "ticks after the restart")
 
         client = OpenAI(base_url=router.v1, api_key=api_key, max_retries=0, timeout=30)
         client.chat.completions.create(model="test-model", messages=[{"role": "user", "content": "after restart"}])
         expect(page.locator("#feed tr[data-user=reconnecting-user]")).to_have_count(1, timeout=5_000)
+        requests = page.locator("#live-requests")
+        wait_until(
+            lambda: float(requests.get_attribute("data-value") or 0) > 0, 15, "requests/s above 0 after the restart"
+        )
+        assert page.locator("#live-requests .readout").text_content() != "0 req/s"
     finally:
         context.close()
 

@@ -1,5 +1,5 @@
-// Hand-drawn SVG charts: a stacked bar chart over time buckets (one colour per series), with a
-// hover read-out.
+// Hand-drawn SVG charts over time buckets, with a hover read-out: a stacked bar chart (one colour
+// per series) and a line chart (e.g. latency percentiles; null values are gaps).
 // It redraws itself at the width of its host (ResizeObserver), so text stays legible on phones.
 
 const SVG = "http://www.w3.org/2000/svg";
@@ -71,11 +71,54 @@ export function compactNumber(v) {
   return String(+v.toFixed(2));
 }
 
+/** Approximate width in px of a tick label (11 px system font; digits are tabular). */
+const labelWidth = (text) => 6.4 * String(text).length;
+
 /**
- * barChart(host, {times: [ms...], series: [{name, color, values: [...]}], formatTime(ms, long), formatValue(v), title})
+ * The x-axis labels: as many as fit without touching (about one per label width + 14 px), none
+ * past the chart's edges; `x(i)` is the centre of bucket i. Returns [{i, x, anchor}].
+ */
+export function xLabelSlots(n, slot, x, width, text) {
+  const widest = Math.max(1, ...Array.from({ length: Math.min(n, 50) }, (_, k) => labelWidth(text(Math.floor((k * n) / Math.min(n, 50))))));
+  const every = Math.max(1, Math.ceil((widest + 14) / Math.max(slot, 0.001)));
+  const out = [];
+  let right = -Infinity;
+  for (let i = 0; i < n; i += every) {
+    const w = labelWidth(text(i));
+    let cx = x(i);
+    let anchor = "middle";
+    let left = cx - w / 2;
+    if (left < 2) {
+      anchor = "start";
+      left = Math.max(2, cx - slot / 2);
+      cx = left;
+    } else if (cx + w / 2 > width - 2) {
+      anchor = "end";
+      cx = width - 2;
+      left = cx - w;
+    }
+    if (left < right + 10) continue; // would touch the previous label
+    out.push({ i, x: cx, anchor });
+    right = left + w;
+  }
+  return out;
+}
+
+/**
+ * barChart(host, {times: [ms...], series: [{name, color, values: [...]}], formatTime(ms, long), formatValue(v), title,
+ *   height, minWidth (default 260), integer (default true: whole-number y ticks)})
  * Returns {update(data), destroy()}.
  */
 export function barChart(host, data) {
+  return timeChart(host, data, "bar");
+}
+
+/** lineChart(host, data): like barChart, one line per series (not stacked); null values leave a gap. */
+export function lineChart(host, data) {
+  return timeChart(host, data, "line");
+}
+
+function timeChart(host, data, kind) {
   let current = data;
   const wrap = document.createElement("div");
   wrap.className = "chart";
@@ -88,19 +131,21 @@ export function barChart(host, data) {
   let lastWidth = 0;
 
   function draw() {
-    const width = Math.max(260, Math.floor(wrap.clientWidth || host.clientWidth || 600));
+    const width = Math.max(current.minWidth || 260, Math.floor(wrap.clientWidth || host.clientWidth || 600));
     lastWidth = width;
-    const height = width < 500 ? 180 : 220;
+    const height = current.height || (width < 500 ? 180 : 220);
     const m = { top: 10, right: 12, bottom: 24, left: 44 };
     const w = width - m.left - m.right;
     const hgt = height - m.top - m.bottom;
     const { times, series } = current;
     const fmtV = current.formatValue || compactNumber;
     const n = times.length;
-    const stacks = times.map((_, i) => series.reduce((acc, ser) => acc + (ser.values[i] || 0), 0));
+    const stacks = times.map((_, i) =>
+      kind === "bar" ? series.reduce((acc, ser) => acc + (ser.values[i] || 0), 0) : Math.max(0, ...series.map((ser) => ser.values[i] || 0)),
+    );
     const max = Math.max(0, ...stacks);
-    const { top, step } = niceScale(max);
-    const total = series.reduce((acc, x) => acc + x.values.reduce((a, b) => a + b, 0), 0);
+    const { top, step } = niceScale(max, 4, current.integer !== false);
+    const total = series.reduce((acc, x) => acc + x.values.reduce((a, b) => a + (b || 0), 0), 0);
     const slot = w / Math.max(1, n);
     const barW = Math.max(1, slot * (slot > 6 ? 0.72 : 0.9));
     const x = (i) => m.left + slot * i + slot / 2; // centre of bucket i
@@ -121,15 +166,35 @@ export function barChart(host, data) {
       next.append(s("line", { class: "grid", x1: m.left, x2: m.left + w, y1: y(v), y2: y(v) }));
       next.append(s("text", { class: "tick", x: m.left - 6, y: y(v) + 4, "text-anchor": "end" }, fmtV(v)));
     }
-    // x labels: about one per 90px
-    const every = Math.max(1, Math.ceil(n / Math.max(2, Math.floor(w / 90))));
-    for (let i = 0; i < n; i += every) {
-      next.append(s("text", { class: "tick", x: x(i), y: height - 6, "text-anchor": i === 0 ? "start" : "middle" }, current.formatTime(times[i])));
-      next.append(s("line", { class: "xtick", x1: x(i), x2: x(i), y1: y(0), y2: y(0) + 4 }));
+    // x labels: as many as fit without overlapping
+    for (const label of xLabelSlots(n, slot, x, width, (i) => current.formatTime(times[i]))) {
+      next.append(s("text", { class: "tick xlabel", x: label.x, y: height - 6, "text-anchor": label.anchor }, current.formatTime(times[label.i])));
+      next.append(s("line", { class: "xtick", x1: x(label.i), x2: x(label.i), y1: y(0), y2: y(0) + 4 }));
     }
     next.append(s("line", { class: "axis", x1: m.left, x2: m.left + w, y1: y(0), y2: y(0) }));
+    // lines: one path per series, broken where a value is null
+    if (kind === "line") {
+      series.forEach((ser) => {
+        let d = "";
+        let pen = false;
+        ser.values.forEach((v, i) => {
+          if (v === null || v === undefined) {
+            pen = false;
+            return;
+          }
+          d += `${pen ? "L" : "M"}${x(i).toFixed(1)} ${y(Math.min(v, top)).toFixed(1)} `;
+          pen = true;
+        });
+        if (d) next.append(s("path", { class: "line", d: d.trim(), stroke: ser.color, fill: "none", "data-name": ser.name }));
+        ser.values.forEach((v, i) => {
+          if (v === null || v === undefined) return;
+          const alone = (ser.values[i - 1] ?? null) === null && (ser.values[i + 1] ?? null) === null;
+          if (alone) next.append(s("circle", { class: "dot", cx: x(i).toFixed(1), cy: y(v).toFixed(1), r: 2.5, fill: ser.color }));
+        });
+      });
+    }
     // stacked bars, biggest series at the bottom
-    times.forEach((_, i) => {
+    if (kind === "bar") times.forEach((_, i) => {
       let base = 0;
       series.forEach((ser) => {
         const v = ser.values[i] || 0;
@@ -154,7 +219,7 @@ export function barChart(host, data) {
         .map((ser) => ({ ser, v: ser.values[i] }))
         .filter(({ v }) => v > 0)
         .sort((a, b) => b.v - a.v)
-        .map(({ ser, v }) => `<div><i style="background:${ser.color}"></i>${escapeHtml(ser.name)}: <b>${fmtV(v)}</b></div>`);
+        .map(({ ser, v }) => `<div><i style="background:${ser.color}"></i>${escapeHtml(ser.name)}: <b>${escapeHtml(fmtV(v))}</b></div>`);
       tip.innerHTML = `<div class="tip-time">${escapeHtml(current.formatTime(times[i], true))}</div>${lines.join("") || "<div>nothing</div>"}`;
       tip.hidden = false;
       const left = x(i) + slot / 2 + 8 + tip.offsetWidth < width ? x(i) + slot / 2 + 8 : Math.max(0, x(i) - slot / 2 - 8 - tip.offsetWidth);

@@ -114,6 +114,8 @@ class SubscriptionClient {
     this.status = "idle"; // idle | connecting | connected | waiting | failed
     this.statusListeners = new Set();
     this.retryAt = null;
+    this.downSince = null; // ms: since when there is no connection (a drop, or a failed first try); null while connected
+    this.everConnected = false;
   }
 
   onStatus(fn) {
@@ -123,7 +125,7 @@ class SubscriptionClient {
   }
 
   statusInfo() {
-    return { retryAt: this.retryAt, attempt: this.attempt };
+    return { retryAt: this.retryAt, attempt: this.attempt, downSince: this.downSince, everConnected: this.everConnected };
   }
 
   setStatus(status, info = {}) {
@@ -171,6 +173,7 @@ class SubscriptionClient {
         /* already closed */
       }
     }
+    this.downSince = null;
     this.setStatus("idle", { retryAt: null });
   }
 
@@ -212,6 +215,7 @@ class SubscriptionClient {
           event.code === 4401 ? "The live feed was refused: sign in again." : "The live feed was refused.",
           { code: event.code === 4401 ? "UNAUTHENTICATED" : "FORBIDDEN" },
         );
+        if (this.downSince === null) this.downSince = Date.now();
         this.setStatus("failed", { reason: error.message, retryAt: null });
         for (const sub of this.subs.values()) sub.handlers.error && sub.handlers.error(error);
         if (event.code === 4401) listeners.unauthenticated.forEach((fn) => fn(error));
@@ -226,6 +230,7 @@ class SubscriptionClient {
   }
 
   scheduleReconnect(reason) {
+    if (this.downSince === null) this.downSince = Date.now();
     const base = Math.min(BACKOFF_MAX_MS, BACKOFF_MIN_MS * 2 ** this.attempt);
     const delay = Math.round(base / 2 + Math.random() * (base / 2));
     this.attempt += 1;
@@ -277,8 +282,10 @@ class SubscriptionClient {
     switch (message.type) {
       case "connection_ack": {
         this.acked = true;
-        const reconnected = this.attempt > 0;
+        const reconnected = this.attempt > 0 || this.downSince !== null;
         this.attempt = 0;
+        this.downSince = null;
+        this.everConnected = true;
         this.setStatus("connected", { retryAt: null });
         for (const [id, sub] of this.subs) {
           this.sendSubscribe(id);

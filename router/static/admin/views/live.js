@@ -1,9 +1,13 @@
-// Live traffic: requests as they finish, from the `requestLogged` subscription (after the latest
-// few from `requestLogs`), filterable by user, backend and model. Reconnects by itself.
+// Live traffic: live charts from `usageTicks` (requests/s, tokens/s, errors/s, p50/p95 latency,
+// spend/min; one message per interval whatever the traffic) above the requests as they finish,
+// from the `requestLogged` subscription (after the latest few from `requestLogs`), filterable by
+// user, backend and model. Reconnects by itself and says so; charts show a gap for the time it
+// was disconnected and resume.
 
-import { gql, subscribe, subscriptions } from "../graphql.js";
-import { PALETTE, barChart } from "../chart.js";
-import { openRequestDetail } from "./request-detail.js";
+import { gql, subscribe } from "../graphql.js";
+import { PALETTE, barChart, compactNumber, lineChart } from "../chart.js";
+import { connectionStatus } from "../livestatus.js";
+import { fmtUsd, openRequestDetail } from "./request-detail.js";
 import { badge, clear, emptyRow, errorBox, fmtInt, fmtMs, fmtTime, h, labelCells, tableWrap } from "../ui.js";
 
 const LOG_FIELDS = `id requestId createdAt userId userName backendId backendName model endpoint statusCode stream
@@ -11,8 +15,148 @@ const LOG_FIELDS = `id requestId createdAt userId userName backendId backendName
 const MAX_ROWS = 500;
 const HISTORY = 50;
 const TICK_S = 2; // usageTicks interval
-const TICKS_KEPT = 60; // two minutes of live chart
+const TICKS_KEPT = 60; // two minutes of live charts
 const ERROR_RED = "#dc2626"; // errors are the one thing in red
+const TICK_QUERY = `subscription Ticks($s: Int) {
+  usageTicks(intervalS: $s) { at intervalS skipped rows { requests errors totalTokens costUsd p50LatencyMs p95LatencyMs } }
+}`;
+
+/** 0, 0.5, 12.3, 1.2k: rates stay short. */
+function fmtRate(v) {
+  if (v === null || v === undefined) return "–";
+  if (v === 0) return "0";
+  return v < 10 ? String(+v.toFixed(v < 1 ? 2 : 1)) : compactNumber(v);
+}
+
+/** A tick in per-second (per-minute for spend) numbers; null fields: the interval is unknown. */
+function tickNumbers(tick) {
+  const rows = tick.rows;
+  const sum = (k) => rows.reduce((a, r) => a + (r[k] || 0), 0);
+  const pick = (k) => (rows.length === 1 ? rows[0][k] : rows.length ? Math.max(...rows.map((r) => r[k] || 0)) : null);
+  const per = tick.intervalS;
+  return {
+    requests: sum("requests") / per,
+    ok: (sum("requests") - sum("errors")) / per,
+    errors: sum("errors") / per,
+    errorShare: sum("requests") ? sum("errors") / sum("requests") : null,
+    tokens: sum("totalTokens") / per,
+    spend: (sum("costUsd") * 60) / per,
+    p50: pick("p50LatencyMs"),
+    p95: pick("p95LatencyMs"),
+  };
+}
+
+const UNKNOWN = { requests: null, ok: null, errors: null, errorShare: null, tokens: null, spend: null, p50: null, p95: null };
+
+const PANELS = [
+  {
+    key: "requests",
+    title: "Requests/s",
+    series: [
+      { name: "ok", color: PALETTE[0], get: (t) => t.ok },
+      { name: "errors", color: ERROR_RED, get: (t) => t.errors },
+    ],
+    value: (t) => t.requests,
+    readout: (t) => `${fmtRate(t.requests)} req/s`,
+  },
+  {
+    key: "tokens",
+    title: "Tokens/s",
+    series: [{ name: "tokens/s", color: PALETTE[1], get: (t) => t.tokens }],
+    value: (t) => t.tokens,
+    readout: (t) => `${fmtRate(t.tokens)} tok/s`,
+  },
+  {
+    key: "errors",
+    title: "Errors/s",
+    series: [{ name: "errors/s", color: ERROR_RED, get: (t) => t.errors }],
+    value: (t) => t.errors,
+    readout: (t) => `${fmtRate(t.errors)}/s${t.errorShare ? ` · ${Math.round(100 * t.errorShare)} %` : ""}`,
+    bad: (t) => t.errors > 0,
+  },
+  {
+    key: "latency",
+    title: "Latency",
+    hint: "p50 / p95 latency of the interval's requests, in ms",
+    line: true,
+    series: [
+      { name: "p50", color: PALETTE[0], get: (t) => t.p50 },
+      { name: "p95", color: PALETTE[3], get: (t) => t.p95 },
+    ],
+    value: (t) => t.p95,
+    readout: (t) => (t.p50 === null ? "–" : `${fmtMs(t.p50).replace(" ms", "")} / ${fmtMs(t.p95)}`),
+    formatValue: (v) => compactNumber(Math.round(v)), // ms (the y axis stays narrow)
+  },
+  {
+    key: "spend",
+    title: "Spend/min",
+    series: [{ name: "USD/min", color: PALETTE[2], get: (t) => t.spend }],
+    value: (t) => t.spend,
+    readout: (t) => `${fmtUsd(t.spend)}/min`,
+    formatValue: fmtUsd,
+  },
+];
+
+function clockTime(ms) {
+  return new Date(ms).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit", second: "2-digit", hour12: false });
+}
+
+/**
+ * The live charts: `host` gets one panel per metric; `add(tick)` folds a usageTicks message in.
+ * Intervals before the subscription, skipped by a slow reader or lost while disconnected are gaps
+ * (unknown), never zeros.
+ */
+function liveCharts(host) {
+  const ticks = []; // {at: ms, n: numbers}
+  const panels = PANELS.map((p) => {
+    const readout = h("span.readout", "–");
+    const el = h(`figure.chart-panel.quiet#live-${p.key}`, { dataset: { metric: p.key, ticks: "0" }, title: p.hint || "" }, h("figcaption", h("span", p.title), readout));
+    host.append(el);
+    return { p, el, readout, chart: null };
+  });
+  function data(p) {
+    return {
+      times: ticks.map((t) => t.at),
+      series: p.series.map((ser) => ({ name: ser.name, color: ser.color, values: ticks.map((t) => ser.get(t.n)) })),
+      formatTime: (ms, long) => (long ? fmtTime(new Date(ms).toISOString()) : clockTime(ms)),
+      formatValue: p.formatValue,
+      integer: false,
+      height: 130,
+      minWidth: 150,
+      title: p.title,
+    };
+  }
+  function add(tick) {
+    const at = Date.parse(tick.at);
+    const step = tick.intervalS * 1000;
+    if (!ticks.length) for (let i = TICKS_KEPT - 1; i > 0; i -= 1) ticks.push({ at: at - i * step, n: UNKNOWN });
+    const last = ticks[ticks.length - 1].at;
+    if (at <= last) return; // a tick we already have (e.g. re-sent after a reconnect)
+    // skipped by a slow reader, or lost while disconnected: unknown, shown as a gap
+    for (let t = last + step; t < at; t += step) ticks.push({ at: t, n: UNKNOWN });
+    const n = tickNumbers(tick);
+    ticks.push({ at, n });
+    while (ticks.length > TICKS_KEPT) ticks.shift();
+    const known = ticks.filter((t) => t.n.requests !== null);
+    host.dataset.ticks = String(known.length);
+    host.dataset.lastAt = String(at);
+    host.dataset.requests = String(Math.round(known.reduce((a, t) => a + t.n.requests * tick.intervalS, 0)));
+    for (const panel of panels) {
+      const value = panel.p.value(n);
+      panel.readout.textContent = panel.p.readout(n);
+      panel.readout.classList.toggle("bad", Boolean(panel.p.bad && panel.p.bad(n)));
+      panel.el.classList.toggle("quiet", !value);
+      panel.el.dataset.value = value === null ? "" : String(value);
+      panel.el.dataset.ticks = String(known.length);
+      if (!panel.chart) panel.chart = (panel.p.line ? lineChart : barChart)(panel.el, data(panel.p));
+      else panel.chart.update(data(panel.p));
+    }
+  }
+  return {
+    add,
+    destroy: () => panels.forEach((panel) => panel.chart && panel.chart.destroy()),
+  };
+}
 
 export async function mount(el) {
   const rows = []; // newest first
@@ -25,41 +169,14 @@ export async function mount(el) {
   const modelFilter = h("input#filter-model", { type: "search", placeholder: "Model contains…", "aria-label": "Filter by model" });
   const errorsOnly = h("input#filter-errors", { type: "checkbox" });
   const pauseBtn = h("button#pause-feed", { type: "button", onclick: () => togglePause() }, "Pause");
-  const connection = h("span.conn#connection", { "aria-live": "polite" });
+  const connection = connectionStatus();
   const counter = h("span.muted.counter");
   const status = h("div.status-area");
   const tbody = h("tbody#feed");
   let table = null;
 
-  // Live chart: requests (and errors) per interval, from the usageTicks subscription.
-  const ticks = []; // {at: ms, requests, errors}
-  const liveChartHost = h("figure.chart-panel.live-chart#live-chart", { dataset: { ticks: "0" } }, h("figcaption", `Requests per ${TICK_S} s, last ${(TICK_S * TICKS_KEPT) / 60} minutes (all processes)`));
-  let liveChart = null;
-  function chartData() {
-    return {
-      times: ticks.map((t) => t.at),
-      series: [
-        { name: "ok", color: PALETTE[0], values: ticks.map((t) => (t.requests === null ? null : t.requests - t.errors)) },
-        { name: "errors", color: ERROR_RED, values: ticks.map((t) => t.errors) },
-      ],
-      formatTime: (ms) => fmtTime(new Date(ms).toISOString()),
-      title: "Live requests",
-    };
-  }
-  function addTick(tick) {
-    const at = Date.parse(tick.at);
-    const sum = (k) => tick.rows.reduce((a, r) => a + r[k], 0);
-    // The window starts full-width: intervals before the subscription are empty (null), not zero.
-    if (!ticks.length) for (let i = TICKS_KEPT - 1; i > 0; i -= 1) ticks.push({ at: at - i * tick.intervalS * 1000, requests: null, errors: null });
-    // Intervals a slow reader skipped are shown as gaps (zero), not guessed.
-    for (let i = tick.skipped; i > 0; i -= 1) ticks.push({ at: at - i * tick.intervalS * 1000, requests: 0, errors: 0 });
-    ticks.push({ at, requests: sum("requests"), errors: sum("errors") });
-    while (ticks.length > TICKS_KEPT) ticks.shift();
-    liveChartHost.dataset.ticks = String(ticks.filter((t) => t.requests !== null).length);
-    liveChartHost.dataset.requests = String(ticks.reduce((a, t) => a + (t.requests || 0), 0));
-    if (!liveChart) liveChart = barChart(liveChartHost, chartData());
-    else liveChart.update(chartData());
-  }
+  const liveChartHost = h("section.live-charts#live-chart", { dataset: { ticks: "0", requests: "0" }, "aria-label": `Live charts, last ${(TICK_S * TICKS_KEPT) / 60} minutes, all router processes` });
+  const charts = liveCharts(liveChartHost);
 
   clear(el).append(
     liveChartHost,
@@ -210,19 +327,6 @@ export async function mount(el) {
     draw();
   }
 
-  const stopStatus = subscriptions.onStatus((state, info) => {
-    connection.className = `conn ${state}`;
-    connection.dataset.state = state;
-    if (state === "connected") connection.textContent = "● Live";
-    else if (state === "connecting") connection.textContent = "● Connecting…";
-    else if (state === "waiting") {
-      const secs = Math.max(1, Math.round((info.retryAt - Date.now()) / 1000));
-      connection.textContent = `● Reconnecting in ${secs}s`;
-      connection.title = info.reason || "";
-    } else if (state === "failed") connection.textContent = `● ${info.reason || "Disconnected"}`;
-    else connection.textContent = "● Offline";
-  });
-
   draw();
   // Subscribe first so nothing finishing meanwhile is missed; history is merged in by id.
   const unsubscribe = subscribe(`subscription Feed { requestLogged { ${LOG_FIELDS} } }`, {}, {
@@ -231,17 +335,16 @@ export async function mount(el) {
     // Whatever finished while the connection was down is in the log: fetch it.
     reconnected: () => loadHistory(),
   });
-  const unsubscribeTicks = subscribe(
-    `subscription Ticks($s: Int) { usageTicks(intervalS: $s) { at intervalS skipped rows { requests errors } } }`,
-    { s: TICK_S },
-    { next: (data) => addTick(data.usageTicks), error: () => (liveChartHost.hidden = true) },
-  );
+  const unsubscribeTicks = subscribe(TICK_QUERY, { s: TICK_S }, {
+    next: (data) => charts.add(data.usageTicks),
+    error: () => (liveChartHost.hidden = true),
+  });
   await Promise.all([loadOptions(), loadHistory()]);
 
   return () => {
     unsubscribeTicks();
-    if (liveChart) liveChart.destroy();
+    charts.destroy();
     unsubscribe();
-    stopStatus();
+    connection.stop();
   };
 }
