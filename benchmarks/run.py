@@ -6,6 +6,7 @@
     .venv/bin/python benchmarks/run.py --no-matrix --soak 600 --analytics 1000000 --workers-compare
     .venv/bin/python benchmarks/run.py --no-matrix --profile 15   # py-spy under load, top frames
     .venv/bin/python benchmarks/run.py --protocols --no-readme    # chat vs Responses vs Messages streams
+    .venv/bin/python benchmarks/run.py --subscribers --no-readme  # c64 with/without 110 live subscribers
 
 Results go to benchmarks/results/latest.json (each section keeps its own timestamp; sections not
 run this time are kept) and into the generated part of benchmarks/README.md.
@@ -37,6 +38,7 @@ import loadgen
 import procstat
 import report
 from services import (
+    ADMIN_PASSWORD,
     MODEL,
     REPO,
     SLOW_MODEL,
@@ -51,6 +53,7 @@ from services import (
     start_mock,
     stop_process,
 )
+from subscribers import SubscriberLoad
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
@@ -260,6 +263,51 @@ def run_protocols(ctx: Ctx) -> dict[str, Any]:
     finally:
         router.stop()
     return section
+
+
+def run_subscribers(ctx: Ctx) -> dict[str, Any]:
+    """Issue 17: non-stream c64 without and with 100 `usageTicks` + 10 `requestLogged(maxPerSecond: 5)`
+    subscribers, alternating within each of --rounds rounds (A B, then B A), so both share the noise."""
+    ticks, logs, cap = 100, 10, 5
+    router = ctx.new_router("subscribers")
+    router.start(ctx.router_env)
+    samples: dict[str, list[dict[str, Any]]] = {"none": [], "subscribers": []}
+    try:
+        for round_ in range(ctx.args.rounds):
+            log(f"subscribers round {round_ + 1}/{ctx.args.rounds}")
+            for variant in ("none", "subscribers") if round_ % 2 == 0 else ("subscribers", "none"):
+                if variant == "none":
+                    row = measure_once("router", router.url + CHAT, False, 64, ctx, router.key, router.pid, MODEL)
+                else:
+                    with SubscriberLoad(router.url, ADMIN_PASSWORD, ticks, logs, cap) as load:
+                        row = measure_once(
+                            "router+subscribers", router.url + CHAT, False, 64, ctx, router.key, router.pid, MODEL
+                        )
+                    row["subscribers"] = load.counts.as_dict(load.seconds)
+                    log(f"  subscribers got {row['subscribers']}")
+                samples[variant].append(row)
+    finally:
+        router.stop()
+
+    def median(variant: str, key: str) -> float:
+        return round(statistics.median(r[key] for r in samples[variant] if r.get(key) is not None), 3)
+
+    paired = [s["rps"] / n["rps"] for n, s in zip(samples["none"], samples["subscribers"], strict=True) if n["rps"]]
+    paired_cpu = [
+        n["cpu_ms_per_req"] / s["cpu_ms_per_req"]
+        for n, s in zip(samples["none"], samples["subscribers"], strict=True)
+        if s.get("cpu_ms_per_req") and n.get("cpu_ms_per_req")
+    ]
+    summary = {
+        "subscribers": f"{ticks} usageTicks(intervalS: 1) + {logs} requestLogged(maxPerSecond: {cap})",
+        "rounds": ctx.args.rounds,
+        "rps_median": {v: median(v, "rps") for v in samples},
+        "cpu_ms_per_req_median": {v: median(v, "cpu_ms_per_req") for v in samples},
+        "throughput_ratio_median_of_rounds": round(statistics.median(paired), 3) if paired else None,
+        "cpu_capacity_ratio_median_of_rounds": round(statistics.median(paired_cpu), 3) if paired_cpu else None,
+    }
+    log(f"subscribers: {summary}")
+    return {"summary": summary, "samples": samples}
 
 
 def run_ab(ctx: Ctx) -> dict[str, Any]:
@@ -932,6 +980,11 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--ab-cells", default="ns:64,st:64,ns:16,ns:1", help="A/B cells: ns|st:concurrency,...")
     p.add_argument("--lite", action="store_true", help="router-only cells (ns c1/c64, stream c64) for A/B runs")
     p.add_argument("--protocols", action="store_true", help="chat vs Responses vs Messages streams, c64 (issue 12)")
+    p.add_argument(
+        "--subscribers",
+        action="store_true",
+        help="non-stream c64 with and without 100 usageTicks + 10 capped requestLogged subscribers (issue 17)",
+    )
     p.add_argument("--output", default=str(RESULTS / "latest.json"))
     p.add_argument("--no-readme", action="store_true", help="do not rewrite benchmarks/README.md")
     return p.parse_args()
@@ -968,6 +1021,8 @@ def main() -> None:
                 sections["lite"] = lambda: run_lite(ctx)
             elif args.protocols:
                 sections["protocols"] = lambda: run_protocols(ctx)
+            elif args.subscribers:
+                sections["subscribers"] = lambda: run_subscribers(ctx)
             elif not args.no_matrix:
                 sections["matrix"] = lambda: run_matrix(ctx)
             if args.vs_litellm:
