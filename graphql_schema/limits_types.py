@@ -5,12 +5,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 from enum import Enum
+from weakref import WeakKeyDictionary
 
 import strawberry
+from strawberry.dataloader import DataLoader
 from strawberry.types import Info
 
 from router import limits as lim
-from router.analytics_queries import spent_usd
+from router.analytics_queries import spent_usd_by_user
 from router.services import ServiceError
 
 
@@ -86,17 +88,48 @@ class Subject:
 
 
 async def quota_state(info: Info, subject: Subject, scope: str) -> QuotaState:
-    """The store's live counters; for users, spend is at least what the rollups hold this period."""
-    view = await info.context.runtime.limiter.quota(subject, scope)
-    spent = view.spent_usd
-    if scope == "user" and view.period_start is not None and view.period_end is not None:
-        spent = max(spent, await spent_usd(subject.id, view.period_start, view.period_end))
-    return QuotaState(
-        requests_this_minute=view.requests,
-        tokens_this_minute=view.tokens,
-        in_flight=view.in_flight,
-        spent_usd=spent,
-        period_start=view.period_start if scope == "user" else None,
-        period_end=view.period_end if scope == "user" else None,
-        queued=view.queued,
-    )
+    """The store's live counters; for users, spend is at least what the rollups hold this period.
+
+    Batched per request (a DataLoader): listing N users costs one store look-up and one spend query
+    per budget period in use, not N of each.
+    """
+    loaders = info.context.loaders
+    loader = _QUOTA_LOADERS.get(loaders)
+    if loader is None:
+        runtime = info.context.runtime
+
+        async def load(keys: list[tuple[str, Subject]]) -> list[QuotaState]:
+            return await quota_states(runtime.limiter, keys)
+
+        loader = _QUOTA_LOADERS[loaders] = DataLoader(load)
+    return await loader.load((scope, subject))
+
+
+_QUOTA_LOADERS: WeakKeyDictionary[object, DataLoader[tuple[str, Subject], QuotaState]] = WeakKeyDictionary()
+
+
+async def quota_states(limiter: lim.Limiter, keys: list[tuple[str, Subject]]) -> list[QuotaState]:
+    views = await limiter.quotas([(subject, scope) for scope, subject in keys])
+    periods = {(v.period_start, v.period_end) for (scope, _), v in zip(keys, views, strict=True) if scope == "user"}
+    spent: dict[tuple[datetime | None, datetime | None], dict[int, float]] = {
+        (start, end): await spent_usd_by_user(start, end)
+        for start, end in periods
+        if start is not None and end is not None
+    }
+    states = []
+    for (scope, subject), view in zip(keys, views, strict=True):
+        spend = view.spent_usd
+        if scope == "user":
+            spend = max(spend, spent.get((view.period_start, view.period_end), {}).get(subject.id, 0.0))
+        states.append(
+            QuotaState(
+                requests_this_minute=view.requests,
+                tokens_this_minute=view.tokens,
+                in_flight=view.in_flight,
+                spent_usd=spend,
+                period_start=view.period_start if scope == "user" else None,
+                period_end=view.period_end if scope == "user" else None,
+                queued=view.queued,
+            )
+        )
+    return states

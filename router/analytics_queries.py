@@ -432,3 +432,9 @@ async def spent_usd(user_id: int, since: datetime, until: datetime) -> float:
     rollups (today's included, kept current with every log batch); other bounds are read as `usage` reads them."""
     rows = await usage(LogFilter(user_id=user_id, since=since, until=until))
     return rows[0].cost_usd if rows else 0.0
+
+
+async def spent_usd_by_user(since: datetime, until: datetime) -> dict[int, float]:
+    """Every user's spend in [since, until) (as `spent_usd`, in one query); users who spent nothing are absent."""
+    rows = await usage(LogFilter(since=since, until=until), ("user",))
+    return {row.user_id: row.cost_usd for row in rows if row.user_id is not None}

@@ -1348,26 +1348,43 @@ class Limiter:
 
     async def quota(self, subject: HasLimits, scope: str) -> QuotaView:
         """Requests and tokens in the last minute, slots held, spend this period (from the store)."""
-        limits = subject.limits
-        tag = "u" if scope == "user" else "b"
-        prefix = f"lim:{tag}:{subject.id}"
+        return (await self.quotas([(subject, scope)]))[0]
+
+    async def quotas(self, subjects: Sequence[tuple[HasLimits, str]]) -> list[QuotaView]:
+        """`quota` of many users ("user") and backends ("backend") with one store look-up per 500."""
         now = self.clock()
-        ops = [Op(WINDOW, f"{prefix}:rpm", 1), Op(WINDOW, f"{prefix}:tpm", 1), Op(SLOT, f"{prefix}:slots", 1)]
-        start = end = None
-        if scope == "user":
-            start, end = period_bounds(limits.period, now)
-            ops.append(Op(SPEND, self.spend_key(subject.id, limits.period, start), 1))
-        results = await self.store.peek(ops, now)
-        queue = self.queues.get(subject.id) if scope == "backend" else None
-        return QuotaView(
-            requests=int(results[0].used),
-            tokens=int(results[1].used),
-            in_flight=int(results[2].used),
-            spent_usd=results[3].used if scope == "user" else 0.0,
-            period_start=start,
-            period_end=end,
-            queued=queue.depth if queue is not None else 0,
-        )
+        views: list[QuotaView] = []
+        for first in range(0, len(subjects), 500):
+            chunk = subjects[first : first + 500]
+            ops: list[Op] = []
+            for subject, scope in chunk:
+                prefix = f"lim:{'u' if scope == 'user' else 'b'}:{subject.id}"
+                ops += [Op(WINDOW, f"{prefix}:rpm", 1), Op(WINDOW, f"{prefix}:tpm", 1), Op(SLOT, f"{prefix}:slots", 1)]
+                if scope == "user":
+                    begin, _ = period_bounds(subject.limits.period, now)
+                    ops.append(Op(SPEND, self.spend_key(subject.id, subject.limits.period, begin), 1))
+            results = iter(await self.store.peek(ops, now))
+            for subject, scope in chunk:
+                requests, tokens, slots = next(results), next(results), next(results)
+                start: datetime | None = None
+                end: datetime | None = None
+                spent = 0.0
+                if scope == "user":
+                    start, end = period_bounds(subject.limits.period, now)
+                    spent = next(results).used
+                queue = self.queues.get(subject.id) if scope == "backend" else None
+                views.append(
+                    QuotaView(
+                        requests=int(requests.used),
+                        tokens=int(tokens.used),
+                        in_flight=int(slots.used),
+                        spent_usd=spent,
+                        period_start=start,
+                        period_end=end,
+                        queued=queue.depth if queue is not None else 0,
+                    )
+                )
+        return views
 
     async def seed_budgets(
         self, users: Iterable[HasLimits], spent: Callable[[int, datetime, datetime], Awaitable[float]]

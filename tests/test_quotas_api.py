@@ -202,3 +202,51 @@ def test_config_yaml_prices(router_factory, upstream, tmp_path):
     path.write_text(yaml.safe_dump({"servers": {"alpha": {"url": upstream.base_url}}, "prices": [{"model": "x"}]}))
     broken = router.cli("serve", "--config", str(path), "--port", "1", check=False)
     assert broken.returncode == 2 and "prices[0].input: required" in broken.stderr
+
+
+async def test_listing_users_and_backends_reads_quotas_in_one_batch(tmp_path, upstream, monkeypatch):
+    from graphql_schema import limits_types
+    from tests.inprocess import in_process
+
+    async with in_process(tmp_path, {"alpha": {"url": upstream.base_url}}) as router:
+        admin = router.app.state.admin
+        keys = []
+        for index in range(6):
+            user, key = await admin.create_user(f"user{index}", all_backends=True)
+            keys.append(key)
+            limits = {"rpm": 100, "budgetUsd": 5.0, "budgetPeriod": "DAY" if index % 2 else "MONTH"}
+            answer = await router.gql(USER_LIMITS, {"id": str(user.id), "limits": limits})
+            assert not answer.get("errors"), answer
+        price = 'mutation { createModelPrice(input: {model: "test-model", inputPerMTok: 9, outputPerMTok: 9}) { id } }'
+        assert not (await router.gql(price)).get("errors")
+        router.api_key = keys[0]
+        assert (await router.chat("test-model")).status_code == 200  # user0: one request, some spend
+        await router.runtime.writer.flush()
+
+        peeks, spends = [], []
+        store = router.runtime.limiter.store
+        real_peek, real_spent = store.peek, limits_types.spent_usd_by_user
+
+        async def peek(ops, now):
+            peeks.append(len(ops))
+            return await real_peek(ops, now)
+
+        async def spent(since, until):
+            spends.append((since, until))
+            return await real_spent(since, until)
+
+        monkeypatch.setattr(store, "peek", peek)
+        monkeypatch.setattr(limits_types, "spent_usd_by_user", spent)
+        answer = await router.gql(
+            "{ users { name quota { requestsThisMinute spentUsd periodEnd } } backends { name quota { inFlight } } }"
+        )
+        assert not answer.get("errors"), answer
+        users = {u["name"]: u["quota"] for u in answer["data"]["users"]}
+        assert len(users) == 7 and len(answer["data"]["backends"]) == 1
+        assert users["user0"]["requestsThisMinute"] == 1 and users["user2"]["requestsThisMinute"] == 0
+        assert users["user0"]["spentUsd"] > 0 and users["user2"]["spentUsd"] == 0
+        assert users["user1"]["periodEnd"] != users["user0"]["periodEnd"]  # DAY and MONTH
+        # One store look-up for the 7 users (and at most one more for the backends), one spend query per
+        # budget period in use (alice has none: MONTH, as user0 has), whatever the number of users.
+        assert sum(peeks) == 7 * 4 + 3 and len(peeks) <= 2, peeks
+        assert len(spends) == 2 and len(set(spends)) == 2, spends
