@@ -1,4 +1,4 @@
-"""Fixtures that start the real router (a subprocess) and real upstreams (aiohttp, in-thread).
+"""Fixtures that start the real router (in-process by default, or a subprocess) and real upstreams (aiohttp, in-thread).
 
 Environment:
 - TEST_POSTGRES_URL: a PostgreSQL server URL (e.g. postgres://postgres@127.0.0.1:5432/postgres);
@@ -26,6 +26,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from router.db import is_postgres
 from tests.upstream import UpstreamServer, free_port
 
 ADMIN_PASSWORD = "test-admin-password"
@@ -40,6 +41,19 @@ def postgres_url() -> str | None:
 
 def redis_url() -> str | None:
     return os.environ.get("TEST_REDIS_URL")
+
+
+def skip_unless_process_dialect(dialect: str) -> None:
+    """One SQL dialect per test process: Tortoise caches its statements per connection name.
+
+    In-process databases are SQLite, or PostgreSQL in the `TEST_DB=postgres` run (where
+    `router_factory` routers are PostgreSQL subprocesses); a case of the other dialect runs in
+    the other run.
+    """
+    process_dialect = "postgres" if os.environ.get("TEST_DB") == "postgres" else "sqlite"
+    if dialect != process_dialect:
+        run = "TEST_DB=postgres run" if dialect == "postgres" else "default (SQLite) run"
+        pytest.skip(f"the {dialect} case runs in the {run}: one SQL dialect per test process")
 
 
 def run_async(coroutine):
@@ -102,6 +116,14 @@ def require_redis() -> str:
     return url
 
 
+def until(predicate, within: float = 10.0, what: str = "") -> None:
+    """Poll `predicate` until it holds (an assertion error naming `what` after `within` seconds)."""
+    deadline = time.monotonic() + within
+    while not predicate():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.02)
+
+
 # --- the router as a subprocess ---------------------------------------------------------------
 
 
@@ -125,6 +147,10 @@ class RouterProcess:
         self.proc: subprocess.Popen | None = None
         self.bind_loopback = True  # tests set False to see the router's own default
         self.log_path = data_dir / f"router-{self.port}.log"
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
 
     @property
     def url(self) -> str:
@@ -217,7 +243,7 @@ class RouterProcess:
 
     def add_user(self, name: str, permissions: str = "*") -> str:
         """Create a user and return its API key: through GraphQL when running (instant), else the CLI."""
-        if self.proc is None or self.proc.poll() is not None:
+        if not self.running:
             return self.cli("users", "add", name, "--permissions", permissions).stdout.strip().splitlines()[-1]
         created = self.gql_ok(
             "mutation($name: String!, $all: Boolean) { createUser(input: {name: $name, allBackends: $all}) "
@@ -295,15 +321,29 @@ def router_factory(tmp_path: Path) -> Iterator:
     use_pg = os.environ.get("TEST_DB") == "postgres"
 
     def make(
-        env: dict[str, str] | None = None, config: Path | None = None, start: bool = True, data_dir: Path | None = None
+        env: dict[str, str] | None = None,
+        config: Path | None = None,
+        start: bool = True,
+        data_dir: Path | None = None,
+        process: bool = False,
     ) -> RouterProcess:
+        """An in-process router (`RouterThread`) unless `process`, a `SERVER` choice or a second one running."""
+        from tests.inprocess import RouterThread
+
         env = dict(env or {})
         if use_pg and "CORE_DB_URL" not in env:
             server = require_postgres()
             core, analytics = create_pg_database(server), create_pg_database(server)
             databases.extend([core, analytics])
             env.update(CORE_DB_URL=core, ANALYTICS_DB_URL=analytics)
-        router = RouterProcess(data_dir or tmp_path / f"router{len(routers)}", env, config)
+        in_thread = (
+            not process
+            and "SERVER" not in env
+            and RouterThread.active is None
+            and not any(is_postgres(env.get(name, "")) for name in ("CORE_DB_URL", "ANALYTICS_DB_URL"))
+        )
+        kind = RouterThread if in_thread else RouterProcess
+        router = kind(data_dir or tmp_path / f"router{len(routers)}", env, config)
         routers.append(router)
         return router.start() if start else router
 

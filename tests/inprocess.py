@@ -1,24 +1,40 @@
-"""The real app in-process: httpx's ASGI transport plus the app's lifespan, no subprocess.
+"""The real app in the test process, no subprocess: for everything that does not need a real process.
 
-For everything that does not need a real process (signals, --workers, start-up): same code path
-from the ASGI call on, a fraction of the start-up time.
+- `in_process`: httpx's ASGI transport plus the app's lifespan (no socket at all), for async tests.
+- `RouterThread`: the app under uvicorn on a loopback port, from a thread; what `router_factory`
+  gives by default (SDKs, WebSockets, streams and client disconnects need a real socket).
+
+Subprocesses (`RouterProcess`) remain for signals, `--workers`, `serve`'s own start-up, granian,
+real CLI clients and fan-out across processes (Redis/PostgreSQL).
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import logging
+import signal
+import threading
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import httpx
+import uvicorn
+import uvloop
 from asgi_lifespan import LifespanManager
 
 from router.app import create_app
-from router.config import load_config_file, load_settings
+from router.cli import _with_db as with_db  # `serve`'s own helper: init, act, announce, close
+from router.config import Settings, load_config_file, load_settings
+from router.datadir import session_secret
+from router.logging_setup import JsonFormatter, TextFormatter
 from router.models.core import User
-from tests.conftest import ADMIN_PASSWORD, write_config
+from router.server_limits import limited_httptools_protocol
+from router.services import AdminService
+from tests.conftest import ADMIN_PASSWORD, RouterProcess, skip_unless_process_dialect, write_config
 
 MESSAGES = [{"role": "user", "content": "hi"}]
 
@@ -51,7 +67,11 @@ class InProcessRouter:
 async def in_process(
     data_dir: Path, servers: dict[str, dict] | None = None, env: dict[str, str] | None = None
 ) -> AsyncIterator[InProcessRouter]:
-    """The app with its lifespan, config.yaml `servers` synced and a user allowed everything."""
+    """The app with its lifespan, config.yaml `servers` synced and a user allowed everything.
+
+    On SQLite in `data_dir`: skipped in the `TEST_DB=postgres` run, which it would only repeat.
+    """
+    skip_unless_process_dialect("sqlite")
     environ = {
         "DATA_DIR": str(data_dir),
         "ADMIN_PASSWORD": ADMIN_PASSWORD,
@@ -75,3 +95,130 @@ async def in_process(
         transport = httpx.ASGITransport(app=manager.app)
         async with httpx.AsyncClient(transport=transport, base_url="http://router.test", timeout=30) as client:
             yield InProcessRouter(client, app, key)
+
+
+# --- the app under a real server in a thread of the test process ------------------------------
+
+
+class RouterThread(RouterProcess):
+    """The app served by uvicorn on a loopback port from a thread of the test process.
+
+    A drop-in for `RouterProcess` (same URL, CLI, log file and database helpers) without a Python
+    start-up per router: for tests that need a real socket (SDKs, WebSockets, streams, client
+    disconnects) but nothing of a process (signals, `--workers`, `serve`'s own start-up, granian).
+    `config` is synced before the app starts, as `serve --config` does. One at a time per process:
+    Tortoise keeps one global connection context.
+    """
+
+    active: ClassVar[RouterThread | None] = None
+
+    def __init__(self, data_dir: Path, env: dict[str, str] | None = None, config: Path | None = None) -> None:
+        super().__init__(data_dir, env, config)
+        self._thread: threading.Thread | None = None
+        self._server: uvicorn.Server | None = None
+        self._failure: BaseException | None = None
+        self._handler: logging.Handler | None = None
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def start(self, timeout: float = 30.0, extra_args: list[str] | None = None) -> RouterThread:
+        if extra_args or not self.bind_loopback:
+            raise ValueError("command-line flags and other addresses need a real process: router_factory(process=True)")
+        if RouterThread.active is not None:
+            raise RuntimeError("another in-process router is running: start this one with process=True")
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        settings = load_settings(self.env, dotenv=False).with_overrides(
+            host="127.0.0.1", port=self.port, server="uvicorn", config_file=str(self.config) if self.config else None
+        )
+        if settings.admin_password and not settings.admin_session_secret:
+            settings = settings.with_overrides(admin_session_secret=session_secret(settings.data_dir))
+        self._capture_logs(settings)
+        RouterThread.active = self
+        self._failure = None
+        self._thread = threading.Thread(target=self._run, args=(settings,), name=f"router-{self.port}", daemon=True)
+        self._thread.start()
+        deadline = time.monotonic() + timeout
+        while not (self._server is not None and self._server.started):
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"router did not start ({self._failure!r}):\n{self.log()}")
+            time.sleep(0.01)
+        return self
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int:
+        """Stop as a SIGTERM would (graceful shutdown, the lifespan's end); 0 when it went well."""
+        if self._thread is None:
+            return 0
+        if self._server is not None:
+            self._server.should_exit = True
+        self._thread.join(timeout)
+        stuck = self._thread.is_alive()
+        self._thread = self._server = None
+        if RouterThread.active is self and not stuck:
+            RouterThread.active = None
+        if self._handler is not None:
+            logging.getLogger().removeHandler(self._handler)
+            self._handler.close()
+            self._handler = None
+        if stuck:
+            raise RuntimeError(f"the in-process router did not stop within {timeout}s:\n{self.log()}")
+        return 1 if self._failure else 0
+
+    def _capture_logs(self, settings: Settings) -> None:
+        """The router's log records (not the test upstreams') into `log_path`, formatted as `serve` does."""
+        handler = logging.FileHandler(self.log_path, encoding="utf-8")
+        handler.setFormatter(JsonFormatter() if settings.log_format == "json" else TextFormatter())
+        handler.setLevel(settings.log_level.upper())
+        handler.addFilter(self._is_the_routers)
+        root = logging.getLogger()
+        root.setLevel(min(root.level or logging.WARNING, handler.level))
+        logging.getLogger("tortoise").setLevel(max(logging.INFO, handler.level))
+        root.addHandler(handler)
+        self._handler = handler
+
+    def _is_the_routers(self, record: logging.LogRecord) -> bool:
+        """Records of the router's thread, and of its loggers from any thread (not the tests' clients)."""
+        thread = self._thread
+        return (thread is not None and record.thread == thread.ident) or record.name.startswith(
+            ("router", "tortoise", "uvicorn")
+        )
+
+    def _run(self, settings: Settings) -> None:
+        async def serve() -> None:
+            if settings.config_file:
+                await _sync_config(settings, self.env)
+            config = uvicorn.Config(
+                create_app(settings),
+                host=settings.host,
+                port=settings.port,
+                http=limited_httptools_protocol(settings.max_request_header_bytes, settings.client_header_timeout_s),
+                lifespan="on",
+                log_config=None,
+                access_log=False,
+                timeout_graceful_shutdown=int(settings.shutdown_grace_s),
+                proxy_headers=True,
+            )
+            self._server = uvicorn.Server(config)
+            await self._server.serve()
+
+        try:
+            with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+                runner.run(serve())
+        except BaseException as exc:  # reported by start() and stop()
+            self._failure = exc
+            logging.getLogger("router").exception("in-process router failed")
+
+
+async def _sync_config(settings: Settings, environ: dict[str, str]) -> None:
+    """`serve --config`'s sync of config.yaml's servers and prices, before the app starts."""
+    assert settings.config_file
+    config = load_config_file(settings.config_file, environ)
+
+    async def sync(service: AdminService) -> None:
+        await service.sync_backends(config, False)
+        if config.prices:
+            await service.sync_prices(config.prices, skip_backends={d.name for d in config.disabled})
+
+    await with_db(settings, sync)

@@ -13,7 +13,6 @@ from types import SimpleNamespace
 import pytest
 from graphql import build_schema as build_sdl_schema
 from graphql import find_breaking_changes
-from tortoise.backends.base.executor import EXECUTOR_CACHE
 
 from graphql_schema import build_schema
 from graphql_schema.context import AdminContext, AdminSecurity, LoginThrottle
@@ -24,7 +23,13 @@ from router.config import Settings, sqlite_url
 from router.db import close_db, init_db
 from router.models.analytics import RequestLog
 from router.usage import EventBus, RequestRecord, new_log_id, rebuild_rollups
-from tests.conftest import create_pg_database, drop_pg_database, postgres_url, require_postgres
+from tests.conftest import (
+    create_pg_database,
+    drop_pg_database,
+    postgres_url,
+    require_postgres,
+    skip_unless_process_dialect,
+)
 
 CONTRACT = Path(__file__).parent / "contract" / "admin.graphql"
 
@@ -212,6 +217,7 @@ ROWS = [
 
 @pytest.fixture(params=["sqlite", "postgres"])
 async def analytics_db(request, tmp_path) -> AsyncIterator[list[int]]:
+    skip_unless_process_dialect(request.param)
     databases: list[str] = []
     if request.param == "postgres":
         # conftest's helpers run their own event loop: call them off this one.
@@ -223,9 +229,6 @@ async def analytics_db(request, tmp_path) -> AsyncIterator[list[int]]:
             core_db_url=sqlite_url(str(tmp_path / "core.db")), analytics_db_url=sqlite_url(str(tmp_path / "a.db"))
         )
     await init_db(settings)
-    # Tortoise caches INSERT statements per connection name, not per dialect: this process switches
-    # between SQLite and PostgreSQL under the same name, so start each database afresh.
-    EXECUTOR_CACHE.clear()
     try:
         yield await _insert_rows()
     finally:

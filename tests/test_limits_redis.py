@@ -12,7 +12,7 @@ from collections import Counter
 import httpx
 import pytest
 
-from tests.conftest import RouterProcess, require_redis, write_config
+from tests.conftest import RouterProcess, require_redis, until, write_config
 from tests.test_scale_out import RedisServer, pg_databases, wait_for_log  # noqa: F401 - pg_databases is a fixture
 
 MESSAGES = [{"role": "user", "content": "hi"}]
@@ -36,13 +36,6 @@ def limits_of(router: RouterProcess, kind: str, name: str, limits: dict) -> None
         f"mutation($id: ID!, $l: LimitsInput!) {{ {field}({arg}: $id, limits: $l) {{ id }} }}",
         {"id": ident, "l": limits},
     )
-
-
-def until(predicate, within: float = 10.0, what: str = "") -> None:
-    deadline = time.monotonic() + within
-    while not predicate():
-        assert time.monotonic() < deadline, what
-        time.sleep(0.02)
 
 
 def start_pair(tmp_path, upstream, env: dict[str, str]) -> tuple[RouterProcess, RouterProcess]:
@@ -175,6 +168,6 @@ def test_redis_going_away_falls_back_to_per_process_counters(tmp_path, upstream,
 
 def test_workers_without_redis_say_counters_are_per_process(router_factory, upstream, tmp_path):
     config = write_config(tmp_path / "config.yaml", {"alpha": {"url": upstream.base_url}})
-    router = router_factory(config=config, start=False)
+    router = router_factory(config=config, start=False, process=True)
     router.start(extra_args=["--workers", "2"])
     assert "rate limits, concurrency limits and budget counters are per worker" in router.log()

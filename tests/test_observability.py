@@ -146,7 +146,9 @@ def backend_config(upstream, tmp_path):
 
 
 def start_router(router_factory, config, env: dict[str, str]):
-    router = router_factory(config=config, env=env)
+    # Langfuse's exporter is a child process that reads its settings from the router's environment.
+    tracing = any(name.startswith("LANGFUSE_") for name in env)
+    router = router_factory(config=config, env=env, process=tracing)
     router.api_key = router.add_user("alice")
     return router
 
@@ -369,7 +371,9 @@ def test_metrics_sum_over_workers_with_multiproc_dir(router_factory, backend_con
     """--workers 2 with PROMETHEUS_MULTIPROC_DIR: any worker's /metrics shows every worker's counts."""
     prom_dir = tmp_path / "prom"
     prom_dir.mkdir()
-    router = router_factory(config=backend_config, env={"PROMETHEUS_MULTIPROC_DIR": str(prom_dir)}, start=False)
+    router = router_factory(
+        config=backend_config, env={"PROMETHEUS_MULTIPROC_DIR": str(prom_dir)}, start=False, process=True
+    )
     router.start(timeout=120, extra_args=["--workers", "2"])  # two workers boot slowly on a busy machine
     router.api_key = router.add_user("alice")  # through one worker; the other polls for it
     router.wait_for_key(router.api_key, streak=10)

@@ -327,7 +327,8 @@ def test_client_disconnect_mid_stream_closes_the_upstream(router_factory, upstre
 def test_graceful_stop_loses_no_log_row_and_restart_keeps_data(router_factory, upstream_factory, tmp_path):
     slow = upstream_factory(name="slow", models=["m"], stream_chunks=10, stream_delay_s=0.05)
     config = write_config(tmp_path / "c.yaml", {"slow": {"url": slow.base_url}})
-    router = router_factory(config=config, env={"LOG_FLUSH_INTERVAL_S": "5"})  # rows wait in memory
+    # SIGTERM to a real process; rows wait in memory until the graceful stop writes them
+    router = router_factory(config=config, env={"LOG_FLUSH_INTERVAL_S": "5"}, process=True)
     key = router.add_user("nina")
     results: list[int] = []
 
@@ -387,7 +388,7 @@ def test_postgres_urls(router_factory, upstream, tmp_path):
 def test_bad_config_file_stops_start_up(router_factory, tmp_path):
     config = tmp_path / "bad.yaml"
     config.write_text("servers:\n  alpha:\n    url: not-a-url\n")
-    router = router_factory(config=config, start=False)
+    router = router_factory(config=config, start=False, process=True)  # serve's start-up
     with pytest.raises(RuntimeError) as failure:
         router.start()
     assert "bad.yaml: servers.alpha.url" in str(failure.value)

@@ -16,7 +16,7 @@ from router import analytics_queries as aq
 from router.config import Settings, sqlite_url
 from router.db import close_db, init_db
 from router.usage import RequestRecord, insert_log_rows
-from tests.conftest import create_pg_database, drop_pg_database, require_postgres
+from tests.conftest import create_pg_database, drop_pg_database, require_postgres, skip_unless_process_dialect
 
 T0 = datetime(2026, 3, 9, 22, 17, 5, tzinfo=UTC)
 SPAN = timedelta(days=4, hours=3)
@@ -59,6 +59,7 @@ async def write(batch: list[RequestRecord], size: int = 37) -> None:
 @pytest.fixture(params=["sqlite", "postgres"])
 def db_urls(request, tmp_path) -> Iterator[tuple[str, str]]:
     """(core, analytics) URLs of two empty databases: SQLite files, or fresh PostgreSQL databases."""
+    skip_unless_process_dialect(request.param)  # the tests open them with Tortoise in this process
     if request.param == "sqlite":
         yield sqlite_url(str(tmp_path / "core.db")), sqlite_url(str(tmp_path / "analytics.db"))
         return

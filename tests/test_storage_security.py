@@ -317,7 +317,7 @@ async def test_upstream_keys_are_encrypted_at_rest_and_rotate(tmp_path: Path, up
 def test_broken_analytics_database_keeps_v1_answering_and_rows_wait(router_factory, upstream, tmp_path) -> None:
     """A truncated -shm index, then failing writes: /v1 answers, rows wait (bounded), then are written."""
     config = write_config(tmp_path / "config.yaml", {"alpha": {"url": upstream.base_url}})
-    router = router_factory(config=config, env={"LOG_BUFFER_MAX": "15", "LOG_FLUSH_INTERVAL_S": "0.05"})
+    router = router_factory(config=config, env={"LOG_BUFFER_MAX": "15", "LOG_FLUSH_INTERVAL_S": "0.05"}, process=True)
     if router.env.get("ANALYTICS_DB_URL"):
         pytest.skip("breaks a SQLite file on purpose: nothing to break with TEST_DB=postgres")
     key = router.add_user("alice")

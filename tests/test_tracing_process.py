@@ -41,12 +41,13 @@ def exporters(pid: int) -> list[int]:
 
 def test_the_langfuse_sdk_runs_in_a_child_process_that_stops_with_the_router(router_factory):
     router = router_factory(
+        process=True,  # the exporter is a child of the router's process
         env={
             "LANGFUSE_PUBLIC_KEY": "pk-test",
             "LANGFUSE_SECRET_KEY": "sk-test",
             "LANGFUSE_HOST": f"http://127.0.0.1:{free_port()}",  # nobody there: exports fail in the child
             "SHUTDOWN_GRACE_S": "3",
-        }
+        },
     )
     assert httpx.post(f"{router.v1}/chat/completions", json={}, timeout=10).status_code == 401  # traced too
     deadline = time.monotonic() + 10
