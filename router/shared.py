@@ -43,7 +43,7 @@ import orjson
 from router.catalog import Catalog
 from router.config import Settings
 from router.routing import CheckResult, HealthTracker, InFlight
-from router.usage import EventBus, RequestRecord
+from router.usage import WIRE_FIELDS, EventBus, RequestRecord
 
 log = logging.getLogger("router.shared")
 
@@ -55,18 +55,13 @@ BACKOFF_MIN_S = 0.2
 BACKOFF_MAX_S = 5.0
 SUBSCRIBE_WAIT_S = 2.0  # at start-up, wait this long for the first subscription, then serve anyway
 
-# The request-log fields that travel (what the log row holds; never prompts or completions).
-_WIRE_FIELDS = tuple(
-    name for name in RequestRecord.__dataclass_fields__ if name not in ("started_at", "input", "output", "admission")
-)
-
 
 def record_to_wire(record: RequestRecord) -> dict[str, Any]:
-    return {name: getattr(record, name) for name in _WIRE_FIELDS}
+    return {name: getattr(record, name) for name in WIRE_FIELDS}
 
 
 def record_from_wire(row: dict[str, Any]) -> RequestRecord:
-    values = {k: v for k, v in row.items() if k in _WIRE_FIELDS}
+    values = {k: v for k, v in row.items() if k in WIRE_FIELDS}
     created = values.get("created_at")
     if isinstance(created, str):
         values["created_at"] = datetime.fromisoformat(created)

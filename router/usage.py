@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import itertools
 import logging
+import operator
 import random
 import time
 from collections import deque
@@ -61,13 +63,19 @@ def clip(text: str | None, limit: int) -> str | None:
     return text[: limit - 1] + "…"
 
 
+# Field metadata of RequestRecord: a field is a request-log column and travels to the other processes
+# (router.shared) unless marked so.
+_NOT_STORED = {"stored": False}
+_LOCAL = {"stored": False, "shared": False}
+
+
 @dataclass(slots=True)
 class RequestRecord:
     """One finished /v1 request, as it goes to the request log, metrics and traces."""
 
     request_id: str
     endpoint: str
-    started_at: float = field(default_factory=time.time)
+    started_at: float = field(default_factory=time.time, metadata=_LOCAL)  # created_at is stored
     user_id: int | None = None
     user_name: str | None = None
     backend_id: int | None = None
@@ -87,16 +95,16 @@ class RequestRecord:
     cache_write_tokens: int = 0
     reasoning_tokens: int = 0
     response_id: str | None = None
-    method: str = "POST"  # not stored (the endpoint is): shown in the per-request log line
+    method: str = field(default="POST", metadata=_NOT_STORED)  # the endpoint is stored; for the log line
     cost_usd: float | None = None
     attempt_errors: list[str] | None = None  # why each failed attempt failed, in order
     id: int = 0
     created_at: datetime | None = None
     # Not stored in the request log; for tracing only.
-    input: Any = field(default=None, repr=False)
-    output: Any = field(default=None, repr=False)
+    input: Any = field(default=None, repr=False, metadata=_LOCAL)
+    output: Any = field(default=None, repr=False, metadata=_LOCAL)
     # Not stored either: what `Runtime.finish` settles with the limiter (router.limits.Admission).
-    admission: Any = field(default=None, repr=False)
+    admission: Any = field(default=None, repr=False, metadata=_LOCAL)
 
     def set_usage(self, usage: Usage | None) -> None:
         """The answer's usage (a body's, or a stream's so far)."""
@@ -153,63 +161,20 @@ class RequestRecord:
         self.created_at = datetime.fromtimestamp(self.started_at, UTC)
 
     def as_tuple(self) -> tuple[Any, ...]:
-        """The stored fields in `LOG_COLUMNS` order (no copies: this runs for every request)."""
-        return (
-            self.id,
-            self.request_id,
-            self.created_at,
-            self.user_id,
-            self.user_name,
-            self.backend_id,
-            self.backend_name,
-            self.model,
-            self.endpoint,
-            self.status_code,
-            self.stream,
-            self.prompt_tokens,
-            self.completion_tokens,
-            self.total_tokens,
-            self.cached_tokens,
-            self.cache_write_tokens,
-            self.reasoning_tokens,
-            self.response_id,
-            self.latency_ms,
-            self.ttft_ms,
-            self.attempts,
-            self.error,
-            self.translated_to,
-            self.cost_usd,
-            orjson.dumps(self.attempt_errors).decode() if self.attempt_errors else None,
-        )
+        """The stored fields in `LOG_COLUMNS` order (one C-level getter: this runs for every request)."""
+        row: tuple[Any, ...] = _stored_values(self)
+        if self.attempt_errors is not None:  # a JSON list in a TEXT column
+            shown = orjson.dumps(self.attempt_errors).decode() if self.attempt_errors else None
+            row = (*row[:_ATTEMPT_ERRORS], shown, *row[_ATTEMPT_ERRORS + 1 :])
+        return row
 
 
-LOG_COLUMNS = (
-    "id",
-    "request_id",
-    "created_at",
-    "user_id",
-    "user_name",
-    "backend_id",
-    "backend_name",
-    "model",
-    "endpoint",
-    "status_code",
-    "stream",
-    "prompt_tokens",
-    "completion_tokens",
-    "total_tokens",
-    "cached_tokens",
-    "cache_write_tokens",
-    "reasoning_tokens",
-    "response_id",
-    "latency_ms",
-    "ttft_ms",
-    "attempts",
-    "error",
-    "translated_to",
-    "cost_usd",
-    "attempt_errors",
-)
+# The request log's columns and what travels between processes (router.shared): the record's fields
+# unless marked otherwise. tests/test_usage.py checks the ORM model and the GraphQL type against them.
+LOG_COLUMNS = tuple(f.name for f in dataclasses.fields(RequestRecord) if f.metadata.get("stored", True))
+WIRE_FIELDS = tuple(f.name for f in dataclasses.fields(RequestRecord) if f.metadata.get("shared", True))
+_stored_values = operator.attrgetter(*LOG_COLUMNS)
+_ATTEMPT_ERRORS = LOG_COLUMNS.index("attempt_errors")
 _CREATED_AT = LOG_COLUMNS.index("created_at")
 
 

@@ -1,0 +1,31 @@
+"""router.usage: RequestRecord's fields are the one definition of the request log's columns."""
+
+from __future__ import annotations
+
+from graphql_schema.types import RequestLogEntry
+from router.models.analytics import RequestLog
+from router.usage import LOG_COLUMNS, WIRE_FIELDS, RequestRecord
+
+
+def test_log_columns_are_the_orm_models_columns():
+    assert set(LOG_COLUMNS) == set(RequestLog._meta.db_fields)
+
+
+def test_as_tuple_follows_log_columns():
+    record = RequestRecord("r1", "/v1/chat/completions", model="m", attempt_errors=["a: x"])
+    record.finish(200)
+    row = dict(zip(LOG_COLUMNS, record.as_tuple(), strict=True))
+    assert (row["request_id"], row["model"], row["status_code"]) == ("r1", "m", 200)
+    assert (row["id"], row["created_at"], row["attempt_errors"]) == (record.id, record.created_at, '["a: x"]')
+    for attempt_errors in (None, []):
+        plain = RequestRecord("r2", "/v1/models", attempt_errors=attempt_errors)
+        assert dict(zip(LOG_COLUMNS, plain.as_tuple(), strict=True))["attempt_errors"] is None
+
+
+def test_what_travels_between_processes_is_the_columns_and_the_method():
+    assert set(WIRE_FIELDS) == {*LOG_COLUMNS, "method"}
+
+
+def test_the_graphql_request_log_shows_every_column_but_the_response_id():
+    shown = {f.python_name for f in RequestLogEntry.__strawberry_definition__.fields} - {"skipped_before"}
+    assert shown - {"time_to_first_token_ms"} | {"ttft_ms"} == set(LOG_COLUMNS) - {"response_id"}
