@@ -16,15 +16,16 @@ from graphql import GraphQLError
 from strawberry.extensions import SchemaExtension
 from strawberry.types.execution import StreamExecutionResult
 
-from router.services import ServiceError
+from router.services import BadInputError, ConflictError, NotFoundError, ServiceError
 
 log = logging.getLogger("router.graphql")
 
 UNAUTHENTICATED = "UNAUTHENTICATED"
 FORBIDDEN = "FORBIDDEN"
-NOT_FOUND = "NOT_FOUND"
-BAD_USER_INPUT = "BAD_USER_INPUT"
-CONFLICT = "CONFLICT"
+# A refused admin operation's code is its ServiceError subclass's.
+NOT_FOUND = NotFoundError.code
+BAD_USER_INPUT = BadInputError.code
+CONFLICT = ConflictError.code
 INTERNAL = "INTERNAL_SERVER_ERROR"
 
 DISABLED_MESSAGE = "The admin API is disabled: set ADMIN_PASSWORD on the router to enable it."

@@ -13,7 +13,7 @@ from strawberry.types import Info
 
 from router import limits as lim
 from router.analytics_queries import spent_usd_by_user
-from router.services import ServiceError
+from router.services import BadInputError
 
 
 @strawberry.enum
@@ -74,7 +74,7 @@ class LimitsInput:
     def to_limits(self) -> lim.Limits:
         period = lim.BudgetPeriod(self.budget_period.value) if self.budget_period is not None else None
         if self.budget_usd is None and period is not None:
-            raise ServiceError("BAD_USER_INPUT", "budgetPeriod needs budgetUsd", "budgetPeriod")
+            raise BadInputError("budgetPeriod needs budgetUsd", "budgetPeriod")
         return lim.Limits(self.rpm, self.tpm, self.max_concurrent, self.budget_usd, period)
 
 

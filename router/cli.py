@@ -18,7 +18,7 @@ from router.crypto import SecretBox
 from router.datadir import session_secret
 from router.db import close_db, init_db, is_postgres
 from router.limits import Limits, check_limits
-from router.services import AdminService, ServiceError, parse_budget_period, parse_permissions
+from router.services import AdminService, BadInputError, ServiceError, parse_budget_period, parse_permissions
 from router.urls import redact_url
 
 log = logging.getLogger("router")
@@ -117,7 +117,7 @@ def limits_from_args(current: Limits, args: argparse.Namespace) -> Limits | None
     try:
         return check_limits(Limits(**values))
     except ValueError as exc:
-        raise ServiceError("BAD_USER_INPUT", str(exc).replace("maxConcurrent", "max-concurrent")) from None
+        raise BadInputError(str(exc).replace("maxConcurrent", "max-concurrent")) from None
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -394,13 +394,13 @@ def read_user_rows(path: str) -> list[dict[str, Any]]:
         try:
             rows = json.loads(text)
         except json.JSONDecodeError as exc:
-            raise ServiceError("BAD_USER_INPUT", f"{path}: not valid JSON: {exc}") from None
+            raise BadInputError(f"{path}: not valid JSON: {exc}") from None
         if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
-            raise ServiceError("BAD_USER_INPUT", f"{path}: must be a JSON list of objects")
+            raise BadInputError(f"{path}: must be a JSON list of objects")
         return rows
     reader = csv.DictReader(text.splitlines())
     if not reader.fieldnames or "username" not in reader.fieldnames:
-        raise ServiceError("BAD_USER_INPUT", f"{path}: the CSV header must be username,email[,permissions]")
+        raise BadInputError(f"{path}: the CSV header must be username,email[,permissions]")
     return list(reader)
 
 
@@ -408,7 +408,7 @@ async def users_import(service: AdminService, args: argparse.Namespace) -> None:
     try:
         rows = read_user_rows(args.file)
     except OSError as exc:
-        raise ServiceError("BAD_USER_INPUT", f"{args.file}: cannot read: {exc.strerror}") from None
+        raise BadInputError(f"{args.file}: cannot read: {exc.strerror}") from None
     created = await service.import_users(rows)
     print(f"Imported {len(created)} users. API keys (shown only now):")
     for name, key in created:

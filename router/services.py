@@ -10,7 +10,7 @@ import logging
 import re
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 from tortoise.exceptions import IntegrityError
 from tortoise.expressions import Q
@@ -29,18 +29,34 @@ from router.urls import UrlError, check_http_url, redact_url
 
 
 class ServiceError(Exception):
-    """A refused admin operation. `code` is one of NOT_FOUND, CONFLICT, BAD_USER_INPUT."""
+    """A refused admin operation; the subclass says why, its `code` is the admin API's extensions.code.
 
-    def __init__(self, code: str, message: str, field: str | None = None, **extra: Any) -> None:
+    `field`: the input field at fault; `extra`: more extensions (e.g. `line`). The CLI prints the message.
+    """
+
+    code: ClassVar[str]
+
+    def __init__(self, message: str, field: str | None = None, **extra: Any) -> None:
         super().__init__(message)
-        self.code = code
         self.message = message
         self.field = field
         self.extra = extra
 
 
+class NotFoundError(ServiceError):
+    code = "NOT_FOUND"
+
+
+class ConflictError(ServiceError):
+    code = "CONFLICT"
+
+
+class BadInputError(ServiceError):
+    code = "BAD_USER_INPUT"
+
+
 def not_found(kind: str, ident: Any) -> ServiceError:
-    return ServiceError("NOT_FOUND", f"{kind} {ident} does not exist", "id")
+    return NotFoundError(f"{kind} {ident} does not exist", "id")
 
 
 _NAME = re.compile(r"^[A-Za-z0-9_.@\-]{1,128}$")
@@ -49,7 +65,7 @@ _NAME = re.compile(r"^[A-Za-z0-9_.@\-]{1,128}$")
 def check_name(name: str, field: str = "name") -> str:
     name = (name or "").strip()
     if not _NAME.match(name):
-        raise ServiceError("BAD_USER_INPUT", f"{field} must be 1-128 letters, digits or '_', '.', '@', '-'", field)
+        raise BadInputError(f"{field} must be 1-128 letters, digits or '_', '.', '@', '-'", field)
     return name
 
 
@@ -57,12 +73,12 @@ def check_base_url(url: str, field: str = "baseUrl") -> str:
     try:
         return check_http_url(url or "", field)
     except UrlError as exc:
-        raise ServiceError("BAD_USER_INPUT", str(exc), field) from None
+        raise BadInputError(str(exc), field) from None
 
 
 def check_weight(weight: int, field: str = "weight") -> int:
     if weight < 0:
-        raise ServiceError("BAD_USER_INPUT", f"{field} must not be negative", field)
+        raise BadInputError(f"{field} must not be negative", field)
     return weight
 
 
@@ -72,7 +88,7 @@ def check_apis(apis: Iterable[str] | None) -> list[str] | None:
         return None
     given = list(apis)
     if not given or unknown_apis(given):
-        raise ServiceError("BAD_USER_INPUT", f"apis must list one or more of {', '.join(BACKEND_APIS)}", "apis")
+        raise BadInputError(f"apis must list one or more of {', '.join(BACKEND_APIS)}", "apis")
     return [api for api in BACKEND_APIS if api in given]
 
 
@@ -80,7 +96,7 @@ def check_auth_header(name: str | None) -> str | None:
     """A backend's authHeader as stored (lower case); None or "": chosen from the URL."""
     problem = auth_header_problem(name or "")
     if problem:
-        raise ServiceError("BAD_USER_INPUT", f"authHeader {problem}", "authHeader")
+        raise BadInputError(f"authHeader {problem}", "authHeader")
     return normal_auth_header(name)
 
 
@@ -88,7 +104,7 @@ def check_api_key(key: str | None) -> str | None:
     """An upstream key as it will be sent (None or "": no key)."""
     problem = api_key_problem(key or "")
     if problem:
-        raise ServiceError("BAD_USER_INPUT", f"apiKey {problem}", "apiKey")
+        raise BadInputError(f"apiKey {problem}", "apiKey")
     return key or None
 
 
@@ -96,7 +112,7 @@ def check_email(email: str | None) -> str | None:
     if email is None or email == "":
         return None
     if not re.match(r"^[^@\s]+@[^@\s]+$", email):
-        raise ServiceError("BAD_USER_INPUT", f"email {email!r} is not an e-mail address", "email")
+        raise BadInputError(f"email {email!r} is not an e-mail address", "email")
     return email
 
 
@@ -121,7 +137,7 @@ class AdminService:
     async def get_user_by_name(self, name: str) -> User:
         user = await User.get_or_none(name=name)
         if user is None:
-            raise ServiceError("NOT_FOUND", f"user {name!r} does not exist", "name")
+            raise NotFoundError(f"user {name!r} does not exist", "name")
         return user
 
     async def create_user(
@@ -137,7 +153,7 @@ class AdminService:
         email = check_email(email)
         async with in_transaction("core"):
             if await User.filter(name=name).exists():
-                raise ServiceError("CONFLICT", f"a user named {name!r} already exists", "name")
+                raise ConflictError(f"a user named {name!r} already exists", "name")
             backends = await self._backends_named(backend_names)
             user, key = await _insert_user(name, email, all_backends, is_active, backends)
         await self.changed()
@@ -157,14 +173,14 @@ class AdminService:
                 email = check_email(row.get("email") or None)
                 all_backends, backend_names = parse_permissions(row.get("permissions"))
             except ServiceError as exc:
-                raise ServiceError(exc.code, f"{where}: {exc.message}", exc.field) from None
+                raise type(exc)(f"{where}: {exc.message}", exc.field, **exc.extra) from None
             if name in seen or await User.filter(name=name).exists():
-                raise ServiceError("CONFLICT", f"{where}: a user named {name!r} already exists", "username")
+                raise ConflictError(f"{where}: a user named {name!r} already exists", "username")
             seen.add(name)
             try:
                 backends = await self._backends_named(backend_names)
             except ServiceError as exc:
-                raise ServiceError(exc.code, f"{where}: {exc.message}", exc.field) from None
+                raise type(exc)(f"{where}: {exc.message}", exc.field, **exc.extra) from None
             planned.append((name, email, all_backends, backends))
         created = []
         async with in_transaction("core"):
@@ -179,7 +195,7 @@ class AdminService:
         if changes.get("name") is not None:
             name = check_name(changes["name"])
             if name != user.name and await User.filter(name=name).exists():
-                raise ServiceError("CONFLICT", f"a user named {name!r} already exists", "name")
+                raise ConflictError(f"a user named {name!r} already exists", "name")
             user.name = name
         if "email" in changes:
             user.email = check_email(changes["email"])
@@ -222,7 +238,7 @@ class AdminService:
         backends = await Backend.filter(name__in=names) if names else []
         missing = set(names) - {b.name for b in backends}
         if missing:
-            raise ServiceError("NOT_FOUND", f"no backend named {', '.join(sorted(missing))}", "permissions")
+            raise NotFoundError(f"no backend named {', '.join(sorted(missing))}", "permissions")
         return list(backends)
 
     # --- backends ---
@@ -236,11 +252,11 @@ class AdminService:
     async def create_backend(self, **fields: Any) -> Backend:
         values = self._backend_values(fields, creating=True)
         if await Backend.filter(name=values["name"]).exists():
-            raise ServiceError("CONFLICT", f"a backend named {values['name']!r} already exists", "name")
+            raise ConflictError(f"a backend named {values['name']!r} already exists", "name")
         try:
             backend = await Backend.create(**values)
         except IntegrityError:
-            raise ServiceError("CONFLICT", f"a backend named {values['name']!r} already exists", "name") from None
+            raise ConflictError(f"a backend named {values['name']!r} already exists", "name") from None
         await self.changed()
         return backend
 
@@ -251,7 +267,7 @@ class AdminService:
             del values["base_url"]  # the redacted URL as shown (e.g. a form sent back): keep its credentials
         renamed = "name" in values and values["name"] != backend.name
         if renamed and await Backend.filter(name=values["name"]).exists():
-            raise ServiceError("CONFLICT", f"a backend named {values['name']!r} already exists", "name")
+            raise ConflictError(f"a backend named {values['name']!r} already exists", "name")
         for attr, value in values.items():
             setattr(backend, attr, value)
         await backend.save()
@@ -282,7 +298,7 @@ class AdminService:
                 models = fields[attr]
                 if models is not None and not all(isinstance(m, str) and m.strip() for m in models):
                     field = _camel(attr)
-                    raise ServiceError("BAD_USER_INPUT", f"{field} must hold non-empty model names", field)
+                    raise BadInputError(f"{field} must hold non-empty model names", field)
                 values[attr] = [m.strip() for m in models] if models is not None else None
         if "apis" in fields:
             values["apis"] = check_apis(fields["apis"])
@@ -357,11 +373,11 @@ class AdminService:
         user = await self.get_user(user_id)
         backend = await self.get_backend(backend_id)
         if await Permission.filter(user_id=user.id, backend_id=backend.id).exists():
-            raise ServiceError("CONFLICT", f"user {user.name!r} already has backend {backend.name!r}", "backendId")
+            raise ConflictError(f"user {user.name!r} already has backend {backend.name!r}", "backendId")
         try:
             permission = await Permission.create(user=user, backend=backend)
         except IntegrityError:
-            raise ServiceError("CONFLICT", "permission already exists", "backendId") from None
+            raise ConflictError("permission already exists", "backendId") from None
         await self.changed()
         return permission
 
@@ -370,7 +386,7 @@ class AdminService:
             user_id=_int_id(user_id, "user"), backend_id=_int_id(backend_id, "backend")
         ).delete()
         if not deleted:
-            raise ServiceError("NOT_FOUND", f"user {user_id} has no permission for backend {backend_id}", "backendId")
+            raise NotFoundError(f"user {user_id} has no permission for backend {backend_id}", "backendId")
         await self.changed()
         return True
 
@@ -389,9 +405,9 @@ class AdminService:
         needs_user = script_type in (ScriptType.PER_USER, ScriptType.PER_USER_BACKEND)
         needs_backend = script_type in (ScriptType.PER_BACKEND, ScriptType.PER_USER_BACKEND)
         if needs_user and user_id is None:
-            raise ServiceError("BAD_USER_INPUT", f"a {script_type.value} script needs userId", "userId")
+            raise BadInputError(f"a {script_type.value} script needs userId", "userId")
         if needs_backend and backend_id is None:
-            raise ServiceError("BAD_USER_INPUT", f"a {script_type.value} script needs backendId", "backendId")
+            raise BadInputError(f"a {script_type.value} script needs backendId", "backendId")
         uid = (await self.get_user(user_id)).id if needs_user and user_id is not None else None
         bid = (await self.get_backend(backend_id)).id if needs_backend and backend_id is not None else None
         return uid, bid
@@ -399,7 +415,7 @@ class AdminService:
     async def create_script(self, **fields: Any) -> Script:
         name = (fields.get("name") or "").strip()
         if not name:
-            raise ServiceError("BAD_USER_INPUT", "name must not be empty", "name")
+            raise BadInputError("name must not be empty", "name")
         script_type = ScriptType(fields["type"])
         uid, bid = await self.check_script_targets(script_type, fields.get("user_id"), fields.get("backend_id"))
         script = await Script.create(
@@ -418,7 +434,7 @@ class AdminService:
         script = await self.get_script(script_id)
         if fields.get("name") is not None:
             if not fields["name"].strip():
-                raise ServiceError("BAD_USER_INPUT", "name must not be empty", "name")
+                raise BadInputError("name must not be empty", "name")
             script.name = fields["name"].strip()
         if fields.get("code") is not None:
             script.code = fields["code"]
@@ -507,7 +523,7 @@ class AdminService:
                 if spec.backend is not None:
                     backend = await Backend.get_or_none(name=spec.backend)
                     if backend is None:
-                        raise ServiceError("NOT_FOUND", f"prices: no server named {spec.backend!r}", "backend")
+                        raise NotFoundError(f"prices: no server named {spec.backend!r}", "backend")
                     backend_id = backend.id
                 values = await self._price_values(spec, backend_id)
                 existing = await ModelPrice.get_or_none(model=values["model"], backend_id=backend_id)
@@ -520,7 +536,7 @@ class AdminService:
     async def _price_values(self, spec: PriceSpec, backend_id: int | str | None) -> dict[str, Any]:
         model = (spec.model or "").strip()
         if not model or len(model) > 256:
-            raise ServiceError("BAD_USER_INPUT", "model must be a model name or glob of 1-256 characters", "model")
+            raise BadInputError("model must be a model name or glob of 1-256 characters", "model")
         for field, value in (
             ("inputPerMTok", spec.input_per_mtok),
             ("outputPerMTok", spec.output_per_mtok),
@@ -528,7 +544,7 @@ class AdminService:
             ("cacheWritePerMTok", spec.cache_write_per_mtok),
         ):
             if value is not None and not (0 <= value <= 1e6):
-                raise ServiceError("BAD_USER_INPUT", f"{field} must be a number from 0 to 1000000 (USD)", field)
+                raise BadInputError(f"{field} must be a number from 0 to 1000000 (USD)", field)
         bid = (await self.get_backend(backend_id)).id if backend_id is not None else None
         return {
             "model": model,
@@ -544,7 +560,7 @@ class AdminService:
         clash = await ModelPrice.filter(model=model, backend_id=backend_id).exclude(id=own_id or 0).exists()
         if clash:
             where = f"backend {backend_id}" if backend_id is not None else "every backend"
-            raise ServiceError("CONFLICT", f"a price for {model!r} on {where} already exists", "model")
+            raise ConflictError(f"a price for {model!r} on {where} already exists", "model")
 
     # --- listings (read-only; ids that are not integers match nothing) ---
 
@@ -629,7 +645,7 @@ def parse_permissions(value: Any) -> tuple[bool, list[str]]:
     elif isinstance(value, str):
         names = [part.strip() for part in value.split(",")]
     else:
-        raise ServiceError("BAD_USER_INPUT", "permissions must be '*' or comma-separated backend names", "permissions")
+        raise BadInputError("permissions must be '*' or comma-separated backend names", "permissions")
     if "*" in names:
         return True, []
     return False, [n for n in names if n]
@@ -640,7 +656,7 @@ def _checked(limits: Limits, for_backend: bool) -> Limits:
         return check_limits(limits, for_backend)
     except ValueError as exc:
         field = str(exc).split(" ", 1)[0]
-        raise ServiceError("BAD_USER_INPUT", str(exc), field) from None
+        raise BadInputError(str(exc), field) from None
 
 
 def parse_budget_period(value: str | None) -> BudgetPeriod | None:
@@ -649,14 +665,14 @@ def parse_budget_period(value: str | None) -> BudgetPeriod | None:
     try:
         return BudgetPeriod(value.upper())
     except ValueError:
-        raise ServiceError("BAD_USER_INPUT", "budgetPeriod must be DAY, WEEK or MONTH", "budgetPeriod") from None
+        raise BadInputError("budgetPeriod must be DAY, WEEK or MONTH", "budgetPeriod") from None
 
 
 def _int_id(value: int | str | None, kind: str) -> int:
     try:
         return int(value if value is not None else "")
     except ValueError:
-        raise ServiceError("NOT_FOUND", f"{kind} {value!r} does not exist", "id") from None
+        raise NotFoundError(f"{kind} {value!r} does not exist", "id") from None
 
 
 def _maybe_int(value: int | str) -> int | None:
@@ -688,7 +704,7 @@ def _searched(query: QuerySet[Any], search: str | None, columns: tuple[str, ...]
     if search is None or not search.strip():
         return query
     if len(search) > MAX_SEARCH_LENGTH:
-        raise ServiceError("BAD_USER_INPUT", f"search must be at most {MAX_SEARCH_LENGTH} characters", "search")
+        raise BadInputError(f"search must be at most {MAX_SEARCH_LENGTH} characters", "search")
     term = search.strip()
     condition = Q(**{f"{columns[0]}__icontains": term})
     for column in columns[1:]:
