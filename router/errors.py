@@ -9,6 +9,8 @@ from datetime import UTC, datetime
 import orjson
 from starlette.responses import Response
 
+from router.upstream import UpstreamError, UpstreamTimeout
+
 
 class ApiError(Exception):
     """An error the client should see as-is."""
@@ -99,6 +101,13 @@ def upstream_failed(message: str) -> ApiError:
 
 def upstream_timeout(message: str = "The upstream did not answer in time.") -> ApiError:
     return ApiError(504, message, "upstream_error", "upstream_timeout")
+
+
+def upstream_error(exc: UpstreamError, unreachable: str) -> ApiError:
+    """A backend that failed before its answer was complete: 504 when it timed out, else 502 `unreachable`."""
+    if isinstance(exc, UpstreamTimeout):
+        return upstream_timeout()
+    return upstream_failed(unreachable)
 
 
 def script_failed(script_name: str, message: str) -> ApiError:

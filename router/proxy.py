@@ -541,9 +541,7 @@ def should_retry(status: int, attempts: int, max_attempts: int, has_next: bool) 
 
 
 def unreachable(target: Target, exc: UpstreamError) -> ApiError:
-    if exc.kind == "timeout":
-        return errors.upstream_timeout()
-    return errors.upstream_failed(f"Backend '{target.name}' could not be reached.")
+    return errors.upstream_error(exc, f"Backend '{target.name}' could not be reached.")
 
 
 async def forward(call: Call, route: RoutePlan) -> Response:
@@ -703,7 +701,7 @@ async def plain_response(call: Call, attempt: Attempt, upstream: UpstreamRespons
     try:
         body = await upstream.read()
     except UpstreamError as exc:
-        raise unreachable(attempt.target, exc) if exc.kind == "timeout" else errors.upstream_failed(str(exc)) from None
+        raise errors.upstream_error(exc, str(exc)) from None
     finally:
         await attempt.release()
     parsed, error = None, None  # no ttft_ms: a first token means something only in a stream
@@ -931,7 +929,7 @@ class Relay:
             if rest.strip():
                 yield rest
         except UpstreamError as exc:
-            self.error, self.status = f"stream interrupted: {exc}", 504 if exc.kind == "timeout" else 502
+            self.error, self.status = f"stream interrupted: {exc}", errors.upstream_error(exc, "").status
             if self.translator is not None:  # the end of a broken stream in the client's API
                 yield await self._translated_end()
                 return

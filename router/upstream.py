@@ -17,11 +17,11 @@ import httpx
 
 
 class UpstreamError(Exception):
-    """The backend could not be reached or did not answer in time (nothing reached the client yet)."""
+    """The backend could not be reached, or the connection broke (router.errors.upstream_error answers it)."""
 
-    def __init__(self, kind: str, message: str) -> None:
-        super().__init__(message)
-        self.kind = kind  # "connect" | "timeout"
+
+class UpstreamTimeout(UpstreamError):
+    """The backend did not answer (or send the next byte) in time."""
 
 
 class UpstreamResponse(Protocol):
@@ -82,8 +82,8 @@ class _AiohttpResponse:
 
 def _as_upstream_error(exc: BaseException) -> UpstreamError:
     if isinstance(exc, (asyncio.TimeoutError, aiohttp.ServerTimeoutError)):
-        return UpstreamError("timeout", "upstream timed out")
-    return UpstreamError("connect", f"upstream connection failed: {exc.__class__.__name__}: {exc}")
+        return UpstreamTimeout("upstream timed out")
+    return UpstreamError(f"upstream connection failed: {exc.__class__.__name__}: {exc}")
 
 
 class AiohttpUpstream:
@@ -125,9 +125,9 @@ class _HttpxResponse:
         try:
             return await self._resp.aread()
         except httpx.TimeoutException as exc:
-            raise UpstreamError("timeout", "upstream timed out") from exc
+            raise UpstreamTimeout("upstream timed out") from exc
         except httpx.HTTPError as exc:
-            raise UpstreamError("connect", f"upstream connection failed: {exc}") from exc
+            raise UpstreamError(f"upstream connection failed: {exc}") from exc
         finally:
             await self._resp.aclose()
 
@@ -136,9 +136,9 @@ class _HttpxResponse:
             async for chunk in self._resp.aiter_bytes():
                 yield chunk
         except httpx.TimeoutException as exc:
-            raise UpstreamError("timeout", "upstream timed out") from exc
+            raise UpstreamTimeout("upstream timed out") from exc
         except httpx.HTTPError as exc:
-            raise UpstreamError("connect", f"upstream connection failed: {exc}") from exc
+            raise UpstreamError(f"upstream connection failed: {exc}") from exc
 
     async def close(self) -> None:
         await self._resp.aclose()
@@ -159,9 +159,9 @@ class HttpxUpstream:
         try:
             resp = await self._client.send(request, stream=True)
         except httpx.TimeoutException as exc:
-            raise UpstreamError("timeout", "upstream timed out") from exc
+            raise UpstreamTimeout("upstream timed out") from exc
         except httpx.HTTPError as exc:
-            raise UpstreamError("connect", f"upstream connection failed: {exc}") from exc
+            raise UpstreamError(f"upstream connection failed: {exc}") from exc
         return _HttpxResponse(resp)
 
     async def aclose(self) -> None:
@@ -208,8 +208,8 @@ class _PyreqwestResponse:
 
 def _pyreqwest_error(exc: BaseException) -> UpstreamError:
     if isinstance(exc, TimeoutError):  # connect, read, pool and write timeouts all derive from it
-        return UpstreamError("timeout", "upstream timed out")
-    return UpstreamError("connect", f"upstream connection failed: {exc.__class__.__name__}: {exc}")
+        return UpstreamTimeout("upstream timed out")
+    return UpstreamError(f"upstream connection failed: {exc.__class__.__name__}: {exc}")
 
 
 class PyreqwestUpstream:
