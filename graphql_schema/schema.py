@@ -10,6 +10,7 @@ import strawberry
 from graphql import ExecutionResult as GraphQLExecutionResult
 from graphql import GraphQLError
 from strawberry.extensions import QueryDepthLimiter, SchemaExtension
+from strawberry.tools import merge_types
 
 from graphql_schema.context import allowed_roots, public_only
 from graphql_schema.descriptions import describe
@@ -17,6 +18,7 @@ from graphql_schema.errors import AdminErrors, log_unexpected
 from graphql_schema.limits import QueryLimits, QueryLimitSettings
 from graphql_schema.mutations import Mutation
 from graphql_schema.queries import DEFAULT_PAGE, Query
+from graphql_schema.quota_events import QuotaEventsSubscription
 from graphql_schema.subscriptions import Subscription
 from router.config import Settings
 
@@ -60,7 +62,7 @@ def build_schema(settings: Settings | None = None) -> AdminSchema:
     schema = AdminSchema(
         query=Query,
         mutation=Mutation,
-        subscription=Subscription,
+        subscription=merge_types("Subscription", (Subscription, QuotaEventsSubscription)),
         extensions=[
             lambda: QueryLimits(limits, pool),
             AdminAuth,

@@ -40,7 +40,9 @@ from enum import StrEnum
 from typing import Any, Protocol
 
 from router.errors import ApiError
+from router.quota_events import QuotaEvent
 from router.redis_wire import RedisWire, ReplyError, bulk
+from router.signals import Signal
 
 log = logging.getLogger("router.limits")
 
@@ -54,6 +56,14 @@ SETTLE_BATCH = 500
 MAX_QUEUE_PER_BACKEND = 10_000
 
 Clock = Callable[[], float]
+# LimitExceeded.kind (and "concurrency" for a backend making a request queue) -> QuotaEvent.kind
+EVENT_KINDS = {
+    "requests": "RPM",
+    "tokens": "TPM",
+    "concurrency": "CONCURRENCY",
+    "budget": "BUDGET",
+    "queue": "QUEUE_FULL",
+}
 
 
 # --- what a user or backend may do ------------------------------------------------------------
@@ -1029,6 +1039,7 @@ class Limiter:
         self._poller: asyncio.Task[None] | None = None
         self._templates: dict[tuple[str, int, Limits], tuple[tuple[Op, str], ...]] = {}
         self._budgets: dict[tuple[int, BudgetPeriod, int], tuple[str, float]] = {}
+        self.on_limit: Signal[[QuotaEvent]] = Signal()  # a user or backend reached a limit (quotaEvents)
         if isinstance(store, (LocalStore, RedisStore)):
             store.on_release = self._released
         if isinstance(store, RedisStore):
@@ -1151,16 +1162,52 @@ class Limiter:
         self._fill_views(admission, plan, answer.results, counted=answer.status != REFUSED)
         if answer.status == REFUSED:
             admission.settled = True
-            raise self._refusal(plan, answer, admission, user, backend)
+            refusal = self._refusal(plan, answer, admission, user, backend)
+            if self.on_limit:
+                subject = user if refusal.scope == "user" else backend
+                limit = plan.ops[answer.index].limit
+                self._limit_reached(refusal.kind, refusal.scope, subject, user, user_id, backend, limit, refusal)
+            raise refusal
         if answer.status == MUST_QUEUE:
             assert backend is not None
             op = plan.ops[answer.index]
+            if self.on_limit:
+                self._limit_reached("concurrency", "backend", backend, user, user_id, backend, op.limit, None)
             try:
                 await self._wait_for_slot(backend, op, user.id if user else user_id, member, disconnected)
-            except BaseException:
+            except BaseException as exc:
                 self.settle(admission, 0, 0.0, failed=True, queued_out=op.key)
+                if isinstance(exc, LimitExceeded) and self.on_limit:
+                    self._limit_reached("queue", "backend", backend, user, user_id, backend, op.limit, exc)
                 raise
         return admission
+
+    def _limit_reached(
+        self,
+        kind: str,
+        scope: str,
+        subject: HasLimits | None,
+        user: HasLimits | None,
+        user_id: int,
+        backend: HasLimits | None,
+        limit: float,
+        refusal: LimitExceeded | None,
+    ) -> None:
+        """Tell `on_limit` (quotaEvents) that `subject` reached a limit: a refusal, or a backend queueing a request."""
+        if subject is None:
+            return
+        event = QuotaEvent(
+            kind=EVENT_KINDS[kind],
+            scope=scope,
+            subject_id=subject.id,
+            subject_name=subject.name,
+            user_id=user.id if user is not None else (user_id or None),
+            backend_id=backend.id if backend is not None else None,
+            limit=limit,
+            retry_after_s=refusal.retry_after_s if refusal is not None else 0.0,
+            at=time.time(),
+        )
+        self.on_limit.emit(event)
 
     async def _admit_failover(
         self,

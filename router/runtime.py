@@ -18,6 +18,7 @@ from router.limits import Admission, Limiter, RedisStore, make_store
 from router.live import HealthFeed, UsageTicker
 from router.metrics import LiveValues, Metrics
 from router.model_lists import ModelDirectory
+from router.quota_events import QuotaEventFeed
 from router.routing import HealthTracker, InFlight, WeightedRoundRobin, order_least_busy
 from router.scripts import ScriptEngine
 from router.upstream import UpstreamClient, make_upstream_client
@@ -56,6 +57,7 @@ class Runtime:
         self.models = ModelDirectory(self.upstream)
         self.health = HealthTracker(settings.health_failure_threshold, settings.health_cooldown_s)
         self.health_feed = HealthFeed()  # backendHealthChanged subscribers
+        self.quota_events = QuotaEventFeed()  # quotaEvents subscribers
         self.in_flight = InFlight()
         self.round_robin = WeightedRoundRobin()
         self.bus = EventBus(settings.subscriber_queue_size)
@@ -115,10 +117,13 @@ class Runtime:
         self.catalog.on_reload.connect(lambda snapshot: retain_scripts(self.scripts, snapshot))  # free what went
         self.health.on_transition.connect(self.health_feed)
         self.writer.on_written.connect(self.bus.publish)  # this process's subscribers get its own rows, once
+        self.limiter.on_limit.connect(self.quota_events.local)
         if self.shared is not None:  # and the other processes, through Redis
             self.catalog.on_change.connect(self.shared.catalog_changed)
             self.health.on_change.connect(self.shared.health_changed)
             self.writer.on_written.connect(self.shared.records_written)
+            self.quota_events.on_share.connect(self.shared.quota_event)
+            self.shared.on_quota_event.connect(self.quota_events.remote)
 
     # --- lifecycle ---
 

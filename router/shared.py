@@ -15,6 +15,8 @@ What goes through Redis, all under `REDIS_PREFIX` (one prefix per router cluster
   active health-check round, from the one process that made it (`HealthTracker.note_check`).
 - `<prefix>:health-check` (key with an expiry): the lock of the current health-check round, so
   one process checks the backends per round, not every process (`lead_health_round`).
+- `<prefix>:quota-events` (pub/sub): a user or backend reaching a limit (router.quota_events),
+  already throttled by the sending process; the others hand it to their `quotaEvents` subscribers.
 - `<prefix>:inflight` (hash, field per process): this process's in-flight counts per backend,
   written about once a second; the sum of the others' fresh entries becomes `InFlight.remote`,
   which least-busy routing adds to the live local count. No Redis call per request.
@@ -43,6 +45,7 @@ import orjson
 from router.catalog import Catalog
 from router.config import Settings
 from router.routing import CheckResult, HealthTracker, InFlight
+from router.signals import Signal
 from router.usage import WIRE_FIELDS, EventBus, RequestRecord
 
 log = logging.getLogger("router.shared")
@@ -98,6 +101,7 @@ class SharedState:
         self.catalog_channel = f"{prefix}:catalog"
         self.requests_channel = f"{prefix}:requests"
         self.health_channel = f"{prefix}:health"
+        self.quota_channel = f"{prefix}:quota-events"
         self.in_flight_key = f"{prefix}:inflight"
         self.health_lock_key = f"{prefix}:health-check"
         self.share_in_flight = settings.routing_strategy == "least_busy"
@@ -116,6 +120,7 @@ class SharedState:
         self.degraded = False
         self.dropped = 0  # outbox overflows
         self.received = 0  # messages from other processes applied
+        self.on_quota_event: Signal[[dict[str, Any]]] = Signal()  # another process's quotaEvents event
 
     @property
     def redis(self) -> Any:
@@ -187,6 +192,11 @@ class SharedState:
             message["why"], message["since"], message["chk"] = self.health.down_details(backend_id)
         self._send(self.health_channel, message)
 
+    def quota_event(self, message: dict[str, Any]) -> None:
+
+        if not self.degraded:
+            self._send(self.quota_channel, message)
+
     def share_checks(self, results: dict[int, CheckResult]) -> None:
         """The results of a health-check round this process made, for the others' admin API."""
         checks = {str(b): [r.at, r.ok, r.latency_ms, r.error] for b, r in results.items()}
@@ -225,6 +235,8 @@ class SharedState:
         elif name == self.catalog_channel:
             if message.get("rev") != self.catalog.snapshot.revision:
                 self._reload_wanted.set()
+        elif name == self.quota_channel:
+            self.on_quota_event.emit(message)
         elif name == self.health_channel:
             if "checks" in message:
                 for backend_id, (at, ok, latency_ms, error) in message["checks"].items():
@@ -247,7 +259,7 @@ class SharedState:
 
     async def _listen_forever(self) -> None:
         backoff = BACKOFF_MIN_S
-        channels = (self.catalog_channel, self.requests_channel, self.health_channel)
+        channels = (self.catalog_channel, self.requests_channel, self.health_channel, self.quota_channel)
         while True:
             pubsub = self._redis.pubsub()
             try:

@@ -352,3 +352,23 @@ def test_rollup_rows_sum_a_batch_per_hour_user_backend_model():
     first = rows[0]
     assert first[:6] == (datetime(2026, 3, 10, 12, tzinfo=UTC), 1, 1, "m", "u1", None)
     assert first[6:] == (2, 1, 20, 10, 30, 0, 0, 0.5, 4.0)
+
+
+async def test_limits_reached_are_told_to_on_limit():
+    lim = limiter(Clock(T0), queue_timeout_s=0.05)
+    events = []
+    lim.on_limit.connect(events.append)
+    user, backend = Who(1, "alice", Limits(rpm=1, budget_usd=0.0)), Who(5, "gpu", Limits(max_concurrent=1))
+    with pytest.raises(LimitExceeded):  # a budget of 0 USD: refused at once
+        await lim.admit(user, backend)
+    bob = Who(2, "bob", Limits(rpm=5))
+    held = await lim.admit(bob, backend)
+    with pytest.raises(LimitExceeded):  # queued (the backend is at its maxConcurrent), then timed out
+        await lim.admit(bob, backend)
+    lim.settle(held, 1, None)
+    assert [(e.kind, e.scope, e.subject_name, e.user_id, e.backend_id, e.limit) for e in events] == [
+        ("BUDGET", "user", "alice", 1, 5, 0.0),
+        ("CONCURRENCY", "backend", "gpu", 2, 5, 1),
+        ("QUEUE_FULL", "backend", "gpu", 2, 5, 1),
+    ]
+    assert events[0].retry_after_s > 0 and events[1].retry_after_s == 0 and events[2].retry_after_s == 1.0
