@@ -11,7 +11,7 @@ Two measurements:
   (``/proc``) / requests. The script's added CPU per request is the median of the per-round
   differences (each scripted round against the plain round just before it).
 
-    .venv/bin/python benchmarks/script_cost.py [--requests 2000] [--rounds 3] [--engine-only]
+    .venv/bin/python benchmarks/script_cost.py [--requests 2000] [--rounds 3] [--engine-only] [--isolation process]
         [--server granian|uvicorn] [--router-src /path/to/older/tree] [--verbose]
 """
 
@@ -49,19 +49,21 @@ CONTEXT = {
 }
 
 
-def engine_cost(calls: int) -> float:
-    """CPU ms per no-op hook call."""
-    from router.scripts import ScriptEngine, ScriptSource
+def engine_cost(calls: int, isolation: str = "thread") -> float:
+    """CPU ms per no-op hook call (with SCRIPT_ISOLATION=process, the script host's CPU included)."""
+    from router.scripts import ScriptSource, script_engine
 
     async def run() -> float:
-        engine = ScriptEngine(timeout_ms=50, max_memory_mb=64)
+        engine = script_engine(isolation, 50, 64)
         source = ScriptSource(1, "noop", NOOP, "1")
         for _ in range(200):
             await engine.run_hook(source, "onRequest", CONTEXT)
-        started = time.process_time()
+        host = getattr(engine, "child_pid", None)
+        host_cpu = (lambda: process_cpu_s(host)) if host else (lambda: 0.0)
+        started, host_started = time.process_time(), host_cpu()
         for _ in range(calls):
             await engine.run_hook(source, "onRequest", CONTEXT)
-        cost = (time.process_time() - started) / calls * 1000
+        cost = (time.process_time() - started + host_cpu() - host_started) / calls * 1000
         await engine.close()
         return cost
 
@@ -126,13 +128,13 @@ def router_round(router: Router, client: httpx.Client, requests: int) -> float:
     return (process_cpu_s(router.pid) - started) / requests * 1000
 
 
-def router_cost(requests: int, rounds: int, src: Path, server: str | None) -> dict[str, float]:
+def router_cost(requests: int, rounds: int, src: Path, server: str | None, isolation: str) -> dict[str, float]:
     mock = start_mock(None)
     with tempfile.TemporaryDirectory() as tmp:
         router = Router(Path(tmp), src, None, {"mock": mock.url + "/v1"}, [MODEL])
         try:
             router.prepare()
-            router.start({"SERVER": server} if server else None)
+            router.start({"SCRIPT_ISOLATION": isolation, **({"SERVER": server} if server else {})})
             plain: list[float] = []
             scripted: list[float] = []
             backend = router.graphql("{ backends { id } }")["backends"][0]["id"]
@@ -172,6 +174,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--calls", type=int, default=5000)
     parser.add_argument("--engine-only", action="store_true")
+    parser.add_argument("--isolation", choices=["thread", "process"], default="thread", help="SCRIPT_ISOLATION")
     parser.add_argument("--server", choices=["granian", "uvicorn"], help="SERVER for the router (its default if unset)")
     parser.add_argument("--verbose", action="store_true", help="CPU per thread name for each round")
     parser.add_argument(
@@ -183,9 +186,9 @@ def main() -> None:
     args = parser.parse_args()
     global VERBOSE
     VERBOSE = args.verbose
-    print(f"engine: no-op onRequest, CPU per call: {engine_cost(args.calls):.3f} ms")
+    print(f"engine ({args.isolation}): no-op onRequest, CPU per call: {engine_cost(args.calls, args.isolation):.3f} ms")
     if not args.engine_only:
-        result = router_cost(args.requests, args.rounds, args.router_src, args.server)
+        result = router_cost(args.requests, args.rounds, args.router_src, args.server, args.isolation)
         print(
             f"router: CPU per request without script {result['plain_ms']:.3f} ms, "
             f"with a no-op script {result['script_ms']:.3f} ms, added {result['added_ms']:.3f} ms "

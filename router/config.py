@@ -85,6 +85,7 @@ class Settings:
 
     script_timeout_ms: float = 50.0
     script_max_memory_mb: int = 64
+    script_isolation: str = "thread"  # or "process": V8 in a supervised child (router/scripts/host.py)
 
     langfuse_public_key: str | None = None
     langfuse_secret_key: str | None = None
@@ -186,6 +187,7 @@ _ENV: dict[str, tuple[str, Any]] = {
     "MODEL_LIST_STYLE": ("model_list_style", str),
     "SCRIPT_TIMEOUT_MS": ("script_timeout_ms", float),
     "SCRIPT_MAX_MEMORY_MB": ("script_max_memory_mb", int),
+    "SCRIPT_ISOLATION": ("script_isolation", str),
     "LANGFUSE_PUBLIC_KEY": ("langfuse_public_key", str),
     "LANGFUSE_SECRET_KEY": ("langfuse_secret_key", str),
     "LANGFUSE_HOST": ("langfuse_host", str),
@@ -219,6 +221,7 @@ _CHOICES = {
     "log_format": ("text", "json"),
     "upstream_transport": ("aiohttp", "pyreqwest", "httpx"),
     "server": ("granian", "uvicorn"),
+    "script_isolation": ("thread", "process"),
 }
 
 

@@ -20,7 +20,7 @@ from router.metrics import LiveValues, Metrics
 from router.model_lists import ModelDirectory
 from router.quota_events import QuotaEventFeed
 from router.routing import HealthTracker, InFlight, WeightedRoundRobin, order_least_busy
-from router.scripts import ScriptEngine
+from router.scripts import script_engine
 from router.upstream import UpstreamClient, make_upstream_client
 from router.usage import EventBus, LogWriter, RequestRecord
 
@@ -79,7 +79,9 @@ class Runtime:
         )
         # Extra upstream response headers clients may see (UPSTREAM_RESPONSE_HEADERS), lower-case.
         self.passed_headers = tuple(h.strip().lower() for h in settings.upstream_response_headers if h.strip())
-        self.scripts = ScriptEngine(settings.script_timeout_ms, settings.script_max_memory_mb)
+        self.scripts = script_engine(
+            settings.script_isolation, settings.script_timeout_ms, settings.script_max_memory_mb
+        )
         # Rate limits, budgets and backend queues: shared through Redis when REDIS_URL is set.
         self.limiter = Limiter(
             make_store(settings.redis_url, f"{settings.redis_prefix}"),

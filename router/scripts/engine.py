@@ -31,6 +31,10 @@ Design:
   (allocations are counted and never uncounted; a context that used half of it is rebuilt
   after the call, so the budget only ever fails a single call that allocates too much).
   WebAssembly, SharedArrayBuffer and Intl are removed.
+* Built-ins that ignore termination: Array methods refuse receivers longer than 2**24 and
+  Array.from is plain JS (js.py), so no known path leaves an abandoned isolate looping for long or
+  growing a table until V8 aborts the process. For what is unknown, ``IsolatedScriptEngine``
+  (host.py, ``SCRIPT_ISOLATION=process``) runs ``_evaluate_js`` in a child process instead.
 * Console lines of a call that times out are lost.
 """
 
@@ -38,6 +42,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import logging
 import re
@@ -99,6 +104,7 @@ _SETUP_TIMEOUT_S = 10.0  # the sandbox's own set-up (wall time; it never spins)
 # A JSON text is a JS expression with one exception: an object literal's "__proto__" key sets the
 # prototype. Such payloads (also when spelled with escapes) go through JSON.parse instead.
 _PROTO_ESCAPE = re.compile(rb"\\u00(?:5[fF]|7[024]|6[fF])")
+_once_ids = itertools.count(1)  # run_once's throw-away script ids (negated)
 
 
 class _ScriptFault(Exception):
@@ -117,6 +123,7 @@ class _Context:
     hooks: frozenset[str]
     loop: asyncio.AbstractEventLoop
     clock: int | None  # CPU clock of the isolate's thread (None: unknown, wall time is used)
+    script_id: int
 
 
 def _isolate_clock(racer: MiniRacer) -> int | None:
@@ -198,7 +205,8 @@ class ScriptEngine:
         self.log = log or logging.getLogger("router.scripts")
         self._slots: dict[int, _Slot] = {}
         self._hooks: dict[int, tuple[str, frozenset[str]]] = {}  # id -> (version, hooks it defines)
-        self._closing: set[threading.Thread] = set()
+        # closing threads -> (when they started, the script whose abandoned context they wait for, if any)
+        self._closing: dict[threading.Thread, tuple[float, int | None]] = {}
 
     # -- public API -------------------------------------------------------------------------------
 
@@ -225,12 +233,10 @@ class ScriptEngine:
         try:
             if hook not in HOOKS:
                 raise _ScriptFault(f"unknown hook {hook!r}")
-            slot = self._slot(script.id)
-            async with slot.lock:
-                ctx = await self._ensure(slot, script)
-                if hook not in ctx.hooks:
-                    return HookResult(True, context, [], None, _ms(started))
-                out = await self._call(slot, ctx, hook, context, logs)
+            envs = await self._evaluate(script, hook, context)
+            if envs is None:  # the script does not define this hook
+                return HookResult(True, context, [], None, _ms(started))
+            out = _finish(envs, context, logs)
             self._check_shape(hook, context, out)
             return HookResult(True, out, logs, None, _ms(started))
         except _ScriptFault as e:
@@ -241,6 +247,27 @@ class ScriptEngine:
         finally:
             for line in logs:
                 self.log.info("script %s [%s] %s", script.name, request_id, line)
+
+    async def run_once(self, script: ScriptSource, hook: str, context: dict[str, Any]) -> HookResult:
+        """Run a hook in a context of its own, closed afterwards (the admin API's testScript):
+        it shares no globals or lock with the live contexts of the same script."""
+        source = ScriptSource(-next(_once_ids), script.name, script.code, script.version)
+        try:
+            return await self.run_hook(source, hook, context)
+        finally:
+            self.evict(source.id)
+
+    async def _evaluate(self, script: ScriptSource, hook: str, context: dict[str, Any]) -> list[str] | None:
+        """The V8 part of a call: the runtime's answers (JSON texts), or None when the hook is not defined."""
+        return await self._evaluate_js(script, hook, _call_source(hook, context))
+
+    async def _evaluate_js(self, script: ScriptSource, hook: str, js: str) -> list[str] | None:
+        slot = self._slot(script.id)
+        async with slot.lock:
+            ctx = await self._ensure(slot, script)
+            if hook not in ctx.hooks:
+                return None
+            return await self._call(slot, ctx, js)
 
     def retain(self, live: Mapping[int, str]) -> None:
         """Free the contexts of scripts not in ``live`` (id -> version), or of an older version."""
@@ -261,6 +288,15 @@ class ScriptEngine:
         slot = self._slots.pop(script_id, None)
         if slot is not None:
             self._discard(slot)
+
+    def stuck(self, after_s: float) -> int | None:
+        """A script whose abandoned context has been stopping for `after_s` or more: V8 is running a
+        built-in that ignores termination (it may run for hours, or abort the process)."""
+        now = time.monotonic()
+        for since, script_id in list(self._closing.values()):
+            if script_id is not None and now - since >= after_s:
+                return script_id
+        return None
 
     async def close(self) -> None:
         """Close all contexts and wait until they are closed."""
@@ -290,9 +326,11 @@ class ScriptEngine:
         if busy:
             slot.stopping += 1
             slot.stopped.clear()
-        self._close_in_background(ctx.closer, slot if busy else None)
+        self._close_in_background(ctx.closer, slot if busy else None, ctx.script_id)
 
-    def _close_in_background(self, closer: AbstractContextManager[MiniRacer], slot: _Slot | None) -> None:
+    def _close_in_background(
+        self, closer: AbstractContextManager[MiniRacer], slot: _Slot | None, script_id: int | None = None
+    ) -> None:
         loop = slot.loop if slot is not None else None
 
         def done() -> None:
@@ -307,13 +345,13 @@ class ScriptEngine:
             except Exception:  # pragma: no cover - best effort
                 self.log.debug("closing script context failed", exc_info=True)
             finally:
-                self._closing.discard(thread)
+                self._closing.pop(thread, None)
                 if loop is not None and not loop.is_closed():
                     with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
                         loop.call_soon_threadsafe(done)
 
         thread = threading.Thread(target=run, name="script-context-close", daemon=True)
-        self._closing.add(thread)
+        self._closing[thread] = (time.monotonic(), script_id if slot is not None else None)
         thread.start()
 
     async def _ensure(self, slot: _Slot, script: ScriptSource) -> _Context:
@@ -369,7 +407,7 @@ class ScriptEngine:
                 msg, line = parse_error_location(str(e))
                 raise _ScriptFault(f"{msg} (line {line})" if line else msg) from None
             ok = True
-            return _Context(racer, closer, script.version, frozenset(json.loads(str(names))), loop, clock)
+            return _Context(racer, closer, script.version, frozenset(json.loads(str(names))), loop, clock, script.id)
         finally:
             if not ok:
                 self._close_in_background(closer, None)
@@ -386,18 +424,13 @@ class ScriptEngine:
         finally:
             limit.done()
 
-    async def _call(
-        self, slot: _Slot, c: _Context, hook: str, context: dict[str, Any], logs: list[str]
-    ) -> dict[str, Any]:
-        code = _call_source(hook, context)
+    async def _call(self, slot: _Slot, c: _Context, code: str) -> list[str]:
         try:
             limit = _Limit(c.loop, c.clock, self.timeout_ms / 1000)
             try:
-                env = orjson.loads(str(await c.racer.eval_cancelable(code)))
-                logs.extend(env["l"])
-                if "p" in env:
-                    env = orjson.loads(str(await c.racer.eval_cancelable("__rt.take()")))
-                    logs.extend(env["l"])
+                envs = [str(await c.racer.eval_cancelable(code))]
+                if envs[0].startswith('{"p":1,'):  # an async hook: read what it settled to
+                    envs.append(str(await c.racer.eval_cancelable("__rt.take()")))
             except asyncio.CancelledError:
                 if limit.done():
                     raise TimeoutError from None
@@ -416,14 +449,9 @@ class ScriptEngine:
         except BaseException:  # cancellation or engine fault: the context state is unknown
             self._discard(slot, busy=True)
             raise
-        if env.get("m", 0) * 2 > self.max_memory_mb << 20:
+        if _buffer_bytes(envs[-1]) * 2 > self.max_memory_mb << 20:
             self._discard(slot)  # buffers are never uncounted: start afresh before the budget runs out
-        if "e" in env:
-            raise _ScriptFault(env["e"])
-        out = env["v"]
-        for index in env.get("k", ()):
-            _put_back(out, context, _PARTS[index])
-        return out  # type: ignore[no-any-return]
+        return envs
 
     @staticmethod
     def _check_shape(hook: str, given: dict[str, Any], out: object) -> None:
@@ -461,6 +489,26 @@ def _call_source(hook: str, context: dict[str, Any]) -> str:
     if b"__proto__" in payload or (b"\\u00" in payload and _PROTO_ESCAPE.search(payload)):
         return f'__rt.start("{hook}",JSON.parse({json.dumps(payload.decode())}))'
     return f'__rt.start("{hook}",{payload.decode()})'
+
+
+def _buffer_bytes(env: str) -> int:
+    """The ArrayBuffer bytes a context has allocated: the runtime's answers end with `,"m":<n>}`."""
+    return int(env[env.rindex(":") + 1 : -1])
+
+
+def _finish(envs: list[str], context: dict[str, Any], logs: list[str]) -> Any:
+    """The hook's result from the runtime's answers; the parts it left unchanged are the caller's own."""
+    env = orjson.loads(envs[0])
+    logs.extend(env["l"])
+    if len(envs) > 1:
+        env = orjson.loads(envs[1])
+        logs.extend(env["l"])
+    if "e" in env:
+        raise _ScriptFault(env["e"])
+    out = env["v"]
+    for index in env.get("k", ()):
+        _put_back(out, context, _PARTS[index])
+    return out
 
 
 def _put_back(out: Any, given: dict[str, Any], part: tuple[str | None, str]) -> None:

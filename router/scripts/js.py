@@ -11,6 +11,8 @@ USER_LINE_OFFSET = 1
 SOURCE_URL = "user.js"
 MAX_LOG_LINES = 100
 MAX_LOG_CHARS = 2000
+# Array methods and Array.from refuse longer receivers / array-likes (see the runtime below).
+MAX_ARRAY_LENGTH = 1 << 24
 
 _EXPORT_RE = re.compile(
     r"^([ \t]*)export[ \t]+(?:default[ \t]+)?(?=(?:async[ \t]+)?function|const|let|var|class)", re.MULTILINE
@@ -107,6 +109,44 @@ _RUNTIME_TEMPLATE = r"""
   wrapMethod(U8, 'fromBase64', (t, args) => typeof args[0] === 'string' ? args[0].length * 3 / 4 + 3 : 0);
   wrapMethod(U8, 'fromHex', (t, args) => typeof args[0] === 'string' ? args[0].length / 2 + 1 : 0);
 
+  // --- built-ins that loop over a length without ever looking at V8's termination request: a time
+  // or memory limit answers the call, but the abandoned isolate keeps looping (for hours with a
+  // length of 2**53, or until a dictionary outgrows V8's largest table and V8 aborts the process).
+  // Array methods refuse receivers longer than MAXLEN; Array.from is plain JS (loops V8 can stop).
+  const MAXLEN = __MAXLEN__;
+  const lenOf = (o) => { const n = trunc(Num(o.length)); return n > 0 ? n : 0; };
+  const tooLong = (what, n) => new RangeError(what + ': length ' + n + ' is over the script limit of ' + MAXLEN);
+  const AP = Array.prototype, iter = Symbol.iterator;
+  for (const m of R.ownKeys(AP)) {
+    const f = AP[m];
+    if (typeof m !== 'string' || m === 'constructor' || typeof f !== 'function') continue;
+    defProp(AP, m, { value: { [m](...args) {
+      if (this !== null && this !== undefined) { const n = lenOf(Object(this)); if (n > MAXLEN) throw tooLong(m, n); }
+      return apply(f, this, args);
+    } }[m], writable: true, configurable: true });
+  }
+  const put = (a, i, v) => { defProp(a, i, { value: v, writable: true, enumerable: true, configurable: true }); };
+  defProp(Array, 'from', { value: { from(items, mapFn, thisArg) {
+    if (mapFn !== undefined && typeof mapFn !== 'function') throw new TypeError(Str(mapFn) + ' is not a function');
+    const C = typeof this === 'function' ? this : Array;
+    const map = (v, i) => (mapFn === undefined ? v : apply(mapFn, thisArg, [v, i]));
+    if (items === null || items === undefined) throw new TypeError('Array.from: ' + items + ' is not iterable');
+    const it = items[iter];
+    if (it !== undefined && it !== null) {
+      const out = C === Array ? [] : construct(C, []);
+      let i = 0;
+      for (const v of { [iter]: () => apply(it, items, []) }) { put(out, i, map(v, i)); i++; }
+      out.length = i;
+      return out;
+    }
+    const o = Object(items), n = lenOf(o);
+    if (n > MAXLEN) throw tooLong('Array.from', n);
+    const out = C === Array ? new Array(n) : construct(C, [n]);
+    for (let i = 0; i < n; i++) put(out, i, map(o[i], i));
+    out.length = n;
+    return out;
+  } }.from, writable: true, configurable: true });
+
   // --- console
   const MAXL = __MAXL__, MAXC = __MAXC__;
   let logs = [], dropped = 0, hooks = {}, pending = null;
@@ -130,7 +170,7 @@ _RUNTIME_TEMPLATE = r"""
     logs = []; dropped = 0;
     return stringify(l);
   };
-  const tail = () => ',"m":' + used + ',"l":' + drain() + '}';
+  const tail = () => ',"l":' + drain() + ',"m":' + used + '}';  // "m" last: read without parsing
   const errStr = (e) => {
     let msg;
     try {
@@ -154,10 +194,14 @@ _RUNTIME_TEMPLATE = r"""
     const h = c[p[0]];
     return h !== null && typeof h === 'object' && !isArr(h) ? h : null;
   };
-  const snap = (c) => PARTS.map((p) => {
-    const h = holder(c, p);
-    return h !== null && p[1] in h ? stringify(h[p[1]]) : null;
-  });
+  const snap = (c) => {  // plain loops here: the Array methods are wrapped (see above)
+    const out = [];
+    for (let i = 0; i < PARTS.length; i++) {
+      const p = PARTS[i], h = holder(c, p);
+      out[i] = h !== null && p[1] in h ? stringify(h[p[1]]) : null;
+    }
+    return out;
+  };
   const fin = (r, before) => {
     if (r === null || typeof r !== 'object' || isArr(r))
       return '{"e":"hook did not return a context object"' + tail();
@@ -172,8 +216,8 @@ _RUNTIME_TEMPLATE = r"""
         if (h !== null && k in h && stringify(h[k]) === before[i]) {
           const v = h[k];
           try { h[k] = undefined; } catch (e) { continue; }  // frozen: send it back whole
-          detached.push([h, k, v]);
-          kept.push(i);
+          detached[detached.length] = [h, k, v];
+          kept[kept.length] = i;
         }
       }
       s = stringify(r);
@@ -228,6 +272,7 @@ def runtime_source(max_buffer_bytes: int) -> str:
 
 _RUNTIME = (
     _RUNTIME_TEMPLATE.replace("__MAXL__", str(MAX_LOG_LINES))
+    .replace("__MAXLEN__", str(MAX_ARRAY_LENGTH))
     .replace("__MAXC__", str(MAX_LOG_CHARS))
     .replace("__URL__", re.escape(SOURCE_URL))
     .replace("__OFF__", str(USER_LINE_OFFSET))
