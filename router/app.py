@@ -220,21 +220,18 @@ class V1FastPath:
                 task.cancel()
 
         gone.add_done_callback(client_gone)
-        pending: Message | None = first
 
-        async def receive_after_body() -> Message:
-            nonlocal pending
-            if pending is not None:
-                message, pending = pending, None
-                return message
+        async def receive_after_body() -> Message:  # the body is the Request's already
             # Listeners (the streaming response, a queued admission) share the one receive: one
             # of them being cancelled must not cancel it for the others.
             disconnect: Message = await asyncio.shield(gone)
             return disconnect
 
         try:
+            request = Request(scope, receive_after_body, send)
+            request._body = first.get("body", b"")  # what Request.body() caches: read once, ahead
             try:
-                response = await proxy.handle_generation(Request(scope, receive_after_body, send))
+                response = await proxy.handle_generation(request)
                 if isinstance(response, proxy.RelayResponse):  # still watched: leaving cancels the relay
                     await response.send_events(send)
             finally:

@@ -273,6 +273,11 @@ async def read_body(request: Request, limit: int) -> bytes:
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > limit:
         raise errors.too_large(limit / 1024 / 1024)
+    if hasattr(request, "_body"):  # read ahead within the limits (app.V1FastPath)
+        body: bytes = await request.body()
+        if len(body) > limit:
+            raise errors.too_large(limit / 1024 / 1024)
+        return body
     chunks = []
     size = 0
     async for chunk in request.stream():
@@ -817,12 +822,29 @@ async def read_stream_head(chunks: AsyncIterator[bytes], max_event_bytes: int) -
                 rest = splitter.rest()
                 return head, sse_data(rest) if rest.strip() else None
             head.append(chunk)
+            if len(head) == 1 and (data := _first_data(chunk)) is not None:
+                return head, data
             for event in splitter.feed(chunk):
                 data = sse_data(event)
                 if data is not None:
                     return head, data
     except UpstreamError as exc:
         raise errors.upstream_failed(f"The upstream stream broke off before its first event: {exc}") from None
+
+
+def _first_data(chunk: bytes) -> bytes | None:
+    """The data of the first whole event of a stream's first chunk, without cutting the rest into
+    events (the relay does that); None when it is not that simple (CR line ends, no whole event
+    with data before a blank line): the caller then splits properly."""
+    if b"\r" in chunk:
+        return None
+    start = 0
+    while (end := chunk.find(b"\n\n", start)) >= 0:
+        data = sse_data(chunk[start : end + 2])
+        if data is not None:
+            return data
+        start = end + 2
+    return None
 
 
 def stream_head_problem(head: list[bytes], data: bytes | None, adapter: Adapter) -> str | None:
