@@ -359,12 +359,16 @@ class LogWriter:
     async def _run(self) -> None:
         backoff = self.flush_interval_s
         while True:
-            if not self._pending:
-                if self._closing:
-                    return
+            # Under load, writing whatever is pending right after each batch made many small
+            # transactions (each with its journal round trip); a batch waits until it is full or
+            # the interval passed, so rows still reach the database within `flush_interval_s`.
+            if len(self._pending) < self.batch_size and not self._closing:
                 self._wake.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), self.flush_interval_s)
+            if not self._pending:
+                if self._closing:
+                    return
                 continue
             if await self._write_batch():
                 backoff = self.flush_interval_s
