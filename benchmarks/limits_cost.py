@@ -1,8 +1,7 @@
-"""What limits cost: admission + settlement per request (in-process and Redis stores), and the usage /
-spend queries over the hourly rollups of N request-log rows on PostgreSQL.
+"""What limits cost: admission + settlement per request (in-process and Redis stores). The usage /
+spend queries over the rollups of N request-log rows on PostgreSQL: benchmarks/rollup_query.py.
 
     .venv/bin/python benchmarks/limits_cost.py admission [--requests 200000] [--redis-url redis://…]
-    .venv/bin/python benchmarks/limits_cost.py rollups --postgres-url postgres://… [--rows 10000000]
     .venv/bin/python benchmarks/limits_cost.py router --redis-url redis://… [--seconds 5 --rounds 3]
 
 `admission`: CPU time (process_time) per admit + settle of a user with RPM, TPM, maxConcurrent and a
@@ -17,26 +16,18 @@ is the baseline of the Redis limits cell). Limits: the user's RPM, TPM and maxCo
 backend's RPM and maxConcurrent, all far above the load. Cells alternate for `--rounds` rounds;
 medians are reported.
 
-`rollups`: a fresh database with the router's tables; N rows over 30 days (100 users, 4 backends,
-8 models) are COPYed into request_logs, the rollups are built by the same SQL as their migration's
-backfill, then `usage` over the last 30 days (no grouping, by user, by user+model with DAY buckets)
-and one user's month-to-date spend are timed (best and median of 5, after one warm-up run).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import importlib
-import random
 import statistics
 import sys
 import time
 import uuid
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from types import SimpleNamespace
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -167,135 +158,12 @@ def router_cells(args: argparse.Namespace) -> None:
         mock.proc.wait()
 
 
-# --- rollups ------------------------------------------------------------------------------------
-
-
-async def rollups(args: argparse.Namespace) -> None:
-    import asyncpg
-    from tortoise import connections
-
-    from router import analytics_queries as aq
-    from router.config import Settings
-    from router.db import close_db, init_db
-
-    server = args.postgres_url
-    name = f"llmrouter_bench_{uuid.uuid4().hex[:8]}"
-    admin = await asyncpg.connect(server)
-    await admin.execute(f'CREATE DATABASE "{name}"')
-    await admin.close()
-    url = f"{server.rsplit('/', 1)[0]}/{name}"
-    try:
-        await init_db(Settings(core_db_url=url, analytics_db_url=url))
-        conn = await asyncpg.connect(url)
-        now = datetime.now(UTC)
-        started = time.perf_counter()
-        await fill(conn, args.rows, now)
-        print(f"inserted {args.rows:,} rows in {time.perf_counter() - started:.1f} s")
-        started = time.perf_counter()
-        migration = importlib.import_module("router.migrations.analytics.0003_cost_and_rollups")
-        await migration.backfill_rollups(None, SimpleNamespace(client=connections.get("analytics")))
-        rollup_rows = await conn.fetchval("SELECT count(*) FROM usage_rollups")
-        print(f"rollups built in {time.perf_counter() - started:.1f} s: {rollup_rows:,} rows")
-        await conn.execute("ANALYZE")
-        await conn.close()
-        since = now - timedelta(days=30)
-        cases = {
-            "usage 30 d, total": (aq.LogFilter(since=since), (), None),
-            "usage 30 d, by user": (aq.LogFilter(since=since), ("user",), None),
-            "usage 30 d, by user+model, DAY buckets": (aq.LogFilter(since=since), ("user", "model"), "day"),
-            "usage 30 d, one user, by model": (aq.LogFilter(since=since, user_id=7), ("model",), None),
-        }
-        for label, (flt, group_by, bucket) in cases.items():
-            times = await timed(lambda f=flt, g=group_by, b=bucket: aq.usage(f, g, b))
-            print(f"{label}: best {min(times):.1f} ms, median {statistics.median(times):.1f} ms")
-        month = now.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
-        times = await timed(lambda: aq.spent_usd(7, month, now + timedelta(hours=1)))
-        print(f"spend month-to-date, one user: best {min(times):.1f} ms, median {statistics.median(times):.1f} ms")
-    finally:
-        await close_db()
-        admin = await asyncpg.connect(server)
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.close()
-
-
-async def timed(make, runs: int = 5) -> list[float]:
-    await make()
-    out = []
-    for _ in range(runs):
-        started = time.perf_counter()
-        await make()
-        out.append((time.perf_counter() - started) * 1000)
-    return out
-
-
-async def fill(conn, rows: int, now: datetime) -> None:
-    rng = random.Random(1)
-    columns = [
-        "id",
-        "request_id",
-        "created_at",
-        "user_id",
-        "user_name",
-        "backend_id",
-        "backend_name",
-        "model",
-        "endpoint",
-        "status_code",
-        "stream",
-        "prompt_tokens",
-        "completion_tokens",
-        "total_tokens",
-        "latency_ms",
-        "attempts",
-        "cached_tokens",
-        "cache_write_tokens",
-        "reasoning_tokens",
-        "cost_usd",
-    ]
-    span = 30 * 86400
-    chunk = 200_000
-    for offset in range(0, rows, chunk):
-        batch = []
-        for i in range(offset, min(offset + chunk, rows)):
-            user = rng.randrange(1, 101)
-            backend = rng.randrange(1, 5)
-            prompt, completion = rng.randrange(10, 2000), rng.randrange(1, 500)
-            batch.append(
-                (
-                    i + 1,
-                    f"r{i}",
-                    now - timedelta(seconds=rng.randrange(span)),
-                    user,
-                    f"user{user}",
-                    backend,
-                    f"b{backend}",
-                    f"model-{rng.randrange(8)}",
-                    "/v1/chat/completions",
-                    200 if rng.random() > 0.02 else 502,
-                    False,
-                    prompt,
-                    completion,
-                    prompt + completion,
-                    rng.uniform(50, 3000),
-                    1,
-                    prompt // 4,
-                    0,
-                    0,
-                    (prompt + 4 * completion) * 1e-6,
-                )
-            )
-        await conn.copy_records_to_table("request_logs", records=batch, columns=columns)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="what", required=True)
     a = sub.add_parser("admission")
     a.add_argument("--requests", type=int, default=200_000)
     a.add_argument("--redis-url")
-    r = sub.add_parser("rollups")
-    r.add_argument("--postgres-url", required=True)
-    r.add_argument("--rows", type=int, default=10_000_000)
     w = sub.add_parser("router")
     w.add_argument("--redis-url", required=True)
     w.add_argument("--seconds", type=float, default=5.0)
@@ -306,7 +174,7 @@ def main() -> None:
         return
     import uvloop  # the router's event loop (granian runs uvloop)
 
-    uvloop.run(admission(args) if args.what == "admission" else rollups(args))
+    uvloop.run(admission(args))
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ for the request (e.g. a stream that broke after a 200).
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -438,3 +438,15 @@ async def spent_usd_by_user(since: datetime, until: datetime) -> dict[int, float
     """Every user's spend in [since, until) (as `spent_usd`, in one query); users who spent nothing are absent."""
     rows = await usage(LogFilter(since=since, until=until), ("user",))
     return {row.user_id: row.cost_usd for row in rows if row.user_id is not None}
+
+
+_FEW_USERS = 20  # up to this many: one indexed query per user; more: one query grouped by user
+
+
+async def spent_by_user(user_ids: Collection[int], since: datetime, until: datetime) -> dict[int, float]:
+    """The spend of each of `user_ids` in [since, until) (0 for none): what a budget sync reads."""
+    ids = set(user_ids)
+    if len(ids) <= _FEW_USERS:
+        return {user_id: await spent_usd(user_id, since, until) for user_id in ids}
+    everyone = await spent_usd_by_user(since, until)
+    return {user_id: everyone.get(user_id, 0.0) for user_id in ids}

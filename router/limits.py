@@ -33,7 +33,7 @@ import socket
 import time
 import uuid
 from collections import OrderedDict, deque
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
@@ -1434,17 +1434,25 @@ class Limiter:
         return views
 
     async def seed_budgets(
-        self, users: Iterable[HasLimits], spent: Callable[[int, datetime, datetime], Awaitable[float]]
+        self,
+        users: Iterable[HasLimits],
+        spent: Callable[[Collection[int], datetime, datetime], Awaitable[dict[int, float]]],
     ) -> None:
-        """Raise each budgeted user's spend counter to what the rollups say it spent this period."""
+        """Raise each budgeted user's spend counter to what the rollups say it spent this period.
+
+        `spent(user_ids, start, end)` is asked once per distinct period, for all its users at once.
+        """
         now = self.clock()
+        periods: dict[tuple[BudgetPeriod, datetime, datetime], list[int]] = {}
         for user in users:
-            if user.limits.budget_usd is None:
-                continue
-            start, end = period_bounds(user.limits.period, now)
-            amount = await spent(user.id, start, end)
+            if user.limits.budget_usd is not None:
+                start, end = period_bounds(user.limits.period, now)
+                periods.setdefault((user.limits.period, start, end), []).append(user.id)
+        for (period, start, end), user_ids in periods.items():
+            amounts = await spent(user_ids, start, end)
             ttl = end.timestamp() - now + 86_400
-            await self.store.seed_spend(self.spend_key(user.id, user.limits.period, start), amount, ttl)
+            for user_id in user_ids:
+                await self.store.seed_spend(self.spend_key(user_id, period, start), amounts.get(user_id, 0.0), ttl)
 
 
 @dataclass(slots=True)

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from router.affinity import ResponseAffinity
-from router.analytics_queries import spent_usd
+from router.analytics_queries import spent_by_user
 from router.catalog import BackendEntry, Catalog, UserEntry, split_alias
 from router.config import Settings
 from router.crypto import SecretBox
@@ -160,7 +160,7 @@ class Runtime:
 
     async def sync_budgets(self) -> None:
         """Raise budgeted users' spend counters to what the rollups hold (other processes' spend too)."""
-        await self.limiter.seed_budgets(self.catalog.snapshot.users_by_id.values(), spent_usd)
+        await self.limiter.seed_budgets(self.catalog.snapshot.users_by_id.values(), spent_by_user)
 
     async def _sync_budgets_forever(self) -> None:
         while True:

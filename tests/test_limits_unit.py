@@ -244,16 +244,23 @@ async def test_budget_counters_are_seeded_from_the_rollups():
     clock = Clock(T0)
     lim = limiter(clock)
     user = Who(1, "alice", Limits(budget_usd=2.0, budget_period=BudgetPeriod.DAY))
+    others = [Who(i, f"u{i}", Limits(budget_usd=2.0, budget_period=BudgetPeriod.DAY)) for i in (3, 4)]
+    monthly = Who(5, "eve", Limits(budget_usd=2.0, budget_period=BudgetPeriod.MONTH))
     asked = []
 
-    async def spent(user_id, start, end):
-        asked.append((user_id, start, end))
-        return 2.5
+    async def spent(user_ids, start, end):  # one question per period, for all its users
+        asked.append((sorted(user_ids), start, end))
+        return {1: 2.5, 5: 0.5}
 
-    await lim.seed_budgets([user, Who(2, "bob", Limits())], spent)
-    assert asked == [(1, *period_bounds(BudgetPeriod.DAY, T0))]
+    await lim.seed_budgets([user, Who(2, "bob", Limits()), *others, monthly], spent)
+    assert asked == [
+        ([1, 3, 4], *period_bounds(BudgetPeriod.DAY, T0)),
+        ([5], *period_bounds(BudgetPeriod.MONTH, T0)),
+    ]
     with pytest.raises(LimitExceeded):
         await lim.admit(user, None)
+    await lim.admit(others[0], None)
+    assert (await lim.quota(monthly, "user")).spent_usd == pytest.approx(0.5)
 
 
 async def test_headers_for_openai_and_anthropic():

@@ -247,6 +247,10 @@ async def test_spent_comes_from_the_rollups(analytics_db):
             want = sum(r.cost_usd or 0 for r in batch if r.user_id == user and since <= r.created_at < until)  # type: ignore[operator]
             assert await aq.spent_usd(user, since, until) == pytest.approx(want), (since, until, user)
     assert await aq.spent_usd(99, *ranges[2]) == 0
+    for since, until in ranges:  # a budget sync: few users one by one, many in one grouped statement
+        for ids in ([1, 3], range(1, aq._FEW_USERS + 5)):
+            got = await aq.spent_by_user(ids, since, until)
+            assert got == {i: pytest.approx(await aq.spent_usd(i, since, until)) for i in ids}
 
 
 async def test_daily_rollups_are_the_hourly_ones_added_up(analytics_db):
