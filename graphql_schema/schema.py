@@ -19,7 +19,7 @@ from graphql_schema.limits import QueryLimits, QueryLimitSettings
 from graphql_schema.mutations import Mutation
 from graphql_schema.queries import DEFAULT_PAGE, Query
 from graphql_schema.quota_events import QuotaEventsSubscription
-from graphql_schema.subscriptions import Subscription
+from graphql_schema.subscriptions import SharedEventExecution, Subscription
 from router.config import Settings
 
 
@@ -63,6 +63,7 @@ def build_schema(settings: Settings | None = None) -> AdminSchema:
         query=Query,
         mutation=Mutation,
         subscription=merge_types("Subscription", (Subscription, QuotaEventsSubscription)),
+        execution_context_class=SharedEventExecution,  # a usage tick is executed once for all its subscribers
         extensions=[
             lambda: QueryLimits(limits, pool),
             AdminAuth,

@@ -11,23 +11,30 @@ just before it.
 
 `usageTicks` reads `runtime.ticker` (router/live.py): one message per interval whatever the
 traffic, from a one-slot mailbox per subscription (a slow client gets the newest tick and how many
-it skipped).
+it skipped). A tick reaches many dashboards at once, so it is executed once, not once per
+subscriber: every subscription with the same tick and `skipped` yields the same UsageTick, and
+`SharedEventExecution` (the schema's execution context) keeps the result of executing a shared
+event per selection (operation text, fragments, variables) and hands it to the other
+subscribers with that selection. Their work is then only the WebSocket frame.
 """
 
 from __future__ import annotations
 
 import typing
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Awaitable
 from datetime import datetime
+from typing import Any
 
 import strawberry
+from graphql import print_ast
+from strawberry.schema.schema import StrawberryGraphQLCoreExecutionContext
 from strawberry.types import Info
 
 from graphql_schema.context import AdminContext
 from graphql_schema.errors import bad_input
 from graphql_schema.queries import filter_id
 from graphql_schema.types import RequestLogEntry, UsageGroupBy, UsageRow
-from router.live import MAX_INTERVAL_S, HealthChange
+from router.live import MAX_INTERVAL_S, HealthChange, Tick
 from router.usage import RequestRecord
 
 MAX_PER_SECOND = 10_000
@@ -47,6 +54,58 @@ class UsageTick:
     rows: list[UsageRow] = strawberry.field(
         description="One row per group that had requests in the interval; empty for an interval without traffic."
     )
+    # Results of executing this event, per selection (SharedEventExecution); not in the schema.
+    shared_results: strawberry.Private[dict[Any, Any] | None] = None
+
+    @classmethod
+    def of(cls, tick: Tick, skipped: int) -> UsageTick:
+        """The one UsageTick every subscriber of `tick` that skipped `skipped` ticks gets."""
+        shared: UsageTick | None = tick.views.get(skipped)
+        if shared is None:
+            rows = tick.views.get("rows")
+            if rows is None:
+                rows = tick.views["rows"] = [UsageRow.from_data(row) for row in tick.rows]
+            shared = cls(at=tick.at, interval_s=tick.interval_s, skipped=skipped, rows=rows)
+            shared.shared_results = {}
+            tick.views[skipped] = shared
+        return shared
+
+
+class SharedEventExecution(StrawberryGraphQLCoreExecutionContext):
+    """Strawberry's execution context, plus: a subscription event that carries `shared_results` (a
+    UsageTick) is executed once per selection, and the result is reused by every subscription
+    with the same selection. Such events resolve from their own fields only (no context, no
+    per-subscriber state: auth was checked when subscribing), so the results are the same.
+    """
+
+    _share_key: tuple[str, str] | None = None
+
+    def build_per_event_executor(self, payload: Any) -> Any:
+        if self._share_key is None and getattr(payload, "shared_results", None) is not None:
+            fragments = " ".join(print_ast(f) for f in self.fragment_definitions.values())
+            variables = repr(sorted(self.variable_values.coerced.items()))
+            self._share_key = (print_ast(self.operation) + fragments, variables)  # once per subscription
+        return super().build_per_event_executor(payload)
+
+    def execute_operation(self, serially: bool | None = None) -> Any:
+        results: dict[Any, Any] | None = getattr(self.root_value, "shared_results", None)
+        key = self._share_key
+        if results is None or key is None:
+            return super().execute_operation(serially)
+        done = results.get(key)
+        if done is not None:
+            return done
+        result = super().execute_operation(serially)
+        if self.is_awaitable(result):
+            return _keep(results, key, result)
+        results[key] = result
+        return result
+
+
+async def _keep(results: dict[Any, Any], key: Any, pending: Awaitable[Any]) -> Any:
+    result = await pending
+    results.setdefault(key, result)
+    return result
 
 
 @strawberry.type(description="A backend marked down or up again (by this router process or another one).")
@@ -127,8 +186,7 @@ class Subscription:
         try:
             while True:
                 tick, skipped = await mailbox.get()
-                rows = [UsageRow.from_data(row) for row in tick.rows]
-                yield UsageTick(at=tick.at, interval_s=tick.interval_s, skipped=skipped, rows=rows)
+                yield UsageTick.of(tick, skipped)
         finally:
             ticker.unsubscribe(mailbox)
 

@@ -30,7 +30,7 @@ import logging
 import math
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -115,11 +115,16 @@ Bucket = dict[GroupKey, Group]
 
 @dataclass(frozen=True, slots=True)
 class Tick:
-    """What one subscription gets: the interval's end, its length, its rows (empty when quiet)."""
+    """What one subscription gets: the interval's end, its length, its rows (empty when quiet).
+
+    One Tick is shared by every subscriber of its interval and grouping; `views` lets the API layer
+    build what it sends from it once too (graphql_schema.subscriptions: one message per `skipped`).
+    """
 
     at: datetime
     interval_s: int
     rows: list[UsageRow]
+    views: dict[Any, Any] = field(default_factory=dict, compare=False, repr=False)
 
 
 class TickMailbox:

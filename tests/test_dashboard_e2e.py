@@ -427,7 +427,7 @@ def test_dashboard_reports_api_errors_in_words(page):
 
 @pytest.mark.browser
 def test_live_feed_reconnects_after_router_restart(browser, router_factory, upstream, tmp_path):
-    """The live page keeps its subscription across a dropped connection (here: a router restart)."""
+    """Live traffic and the Usage hour (in a second tab) keep working across a router restart, and say so."""
     from openai import OpenAI
     from playwright.sync_api import expect
 
@@ -447,10 +447,18 @@ def test_live_feed_reconnects_after_router_restart(browser, router_factory, upst
         expect(connection).to_have_attribute("data-state", "live")
         charts = page.locator("#live-chart")
         wait_until(lambda: charts.get_attribute("data-last-at"), 10, "the first usage tick")
+        usage = context.new_page()  # signed in too (the session is in localStorage)
+        usage.set_default_timeout(15_000)
+        usage.goto("/admin#/usage")
+        usage_connection = usage.locator("#usage-connection")
+        expect(usage_connection).to_have_attribute("data-state", "live")
+        usage_requests = usage.locator("figure[data-metric=requests] svg.usage-chart")
+        expect(usage_requests).to_have_attribute("data-total", "0")
 
         router.stop()
         expect(connection).to_have_attribute("data-state", "reconnecting")
         expect(connection).to_have_text("● Reconnecting…")
+        expect(usage_connection).to_have_attribute("data-state", "reconnecting")
         last_before = int(charts.get_attribute("data-last-at") or 0)
         # down for longer: it says since when
         expect(connection).to_have_attribute("data-state", "disconnected", timeout=20_000)
@@ -458,6 +466,7 @@ def test_live_feed_reconnects_after_router_restart(browser, router_factory, upst
         router.start()
         expect(connection).to_have_attribute("data-state", "live", timeout=30_000)
         expect(connection).to_have_text("● Live")
+        expect(usage_connection).to_have_attribute("data-state", "live", timeout=30_000)
         expect(page.locator("nav.nav")).to_be_visible()  # still signed in
         # the charts resume: new ticks, the time it was down is a gap, and traffic shows again
         wait_until(lambda: int(charts.get_attribute("data-last-at") or 0) > last_before, 15, "ticks after the restart")
@@ -470,6 +479,8 @@ def test_live_feed_reconnects_after_router_restart(browser, router_factory, upst
             lambda: float(requests.get_attribute("data-value") or 0) > 0, 15, "requests/s above 0 after the restart"
         )
         assert page.locator("#live-requests .readout").text_content() != "0 req/s"
+        # the Usage hour counts it too, without a refresh (re-anchored after the reconnect, then ticks)
+        wait_until(lambda: float(usage_requests.get_attribute("data-total") or 0) >= 1, 20, "the hour to count it")
     finally:
         context.close()
 

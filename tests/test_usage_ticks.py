@@ -173,6 +173,52 @@ def test_percentiles_per_group_and_unknown_redis_fields_are_left_out():
     assert live.quantile({}, 0.5) is None
 
 
+# --- one execution per tick and selection, shared by its subscribers (in-process schema) --------
+
+
+class _TickContext:
+    """What usageTicks needs of the context: the admin check and the runtime's ticker."""
+
+    auth_error = None
+
+    def __init__(self, ticker: live.UsageTicker) -> None:
+        self.runtime = type("Runtime", (), {"ticker": ticker})()
+
+    def require_admin(self) -> None:
+        pass
+
+
+async def test_a_tick_is_executed_once_per_selection_and_shared():
+    from graphql_schema.schema import build_schema
+
+    schema = build_schema()
+    ticker = live.UsageTicker()
+    full = "subscription { usageTicks { at skipped rows { requests totalTokens p50LatencyMs p95LatencyMs } } }"
+    other = "subscription Other { usageTicks { skipped rows { requests } } }"
+    streams = [await schema.subscribe(q, context_value=_TickContext(ticker)) for q in (full, full, full, other)]
+    pending = [asyncio.ensure_future(anext(stream)) for stream in streams]
+    deadline = asyncio.get_running_loop().time() + 5
+    while ticker.subscriber_count < len(streams):  # each generator has subscribed its mailbox
+        assert asyncio.get_running_loop().time() < deadline
+        await asyncio.sleep(0.01)
+    bucket: live.Bucket = {}
+    for ms in (10.0, 20.0, 400.0):
+        live.add_record(bucket, record(ms))
+    tick = live.Tick(datetime.now().astimezone(), 1, live.rows_of(bucket, []))
+    for mailbox in list(ticker._mailboxes):
+        mailbox.put(tick)
+    results = await asyncio.gather(*pending)
+    assert all(not r.errors for r in results), results
+    assert results[0].data == results[1].data == results[2].data  # the same answer...
+    shared = tick.views[0]
+    assert len(shared.shared_results) == 2  # ...executed once per distinct selection, not per subscriber
+    [row] = results[0].data["usageTicks"]["rows"]
+    assert row["requests"] == 3 and row["p50LatencyMs"] == pytest.approx(20.0, rel=0.045)
+    assert results[3].data == {"usageTicks": {"skipped": 0, "rows": [{"requests": 3}]}}
+    for stream in streams:
+        await stream.aclose()
+
+
 # --- totals -----------------------------------------------------------------------------------
 
 
