@@ -133,7 +133,7 @@ function liveCharts(host) {
     const last = ticks[ticks.length - 1].at;
     if (at <= last) return; // a tick we already have (e.g. re-sent after a reconnect)
     // skipped by a slow reader, or lost while disconnected: unknown, shown as a gap
-    for (let t = last + step; t < at; t += step) ticks.push({ at: t, n: UNKNOWN });
+    for (let t = Math.max(last + step, at - TICKS_KEPT * step); t < at; t += step) ticks.push({ at: t, n: UNKNOWN });
     const n = tickNumbers(tick);
     ticks.push({ at, n });
     while (ticks.length > TICKS_KEPT) ticks.shift();
