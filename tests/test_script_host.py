@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from router.scripts import IsolatedScriptEngine, ScriptEngine, ScriptSource
+from router.scripts import engine as engine_module
 from tests.inprocess import in_process
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -130,15 +131,34 @@ async def test_a_dead_host_fails_only_its_calls_and_the_next_call_gets_a_new_one
         await engine.close()
 
 
+# A typed-array sort runs on after its time limit (V8 does not look at termination inside it).
+SORT = """function onRequest(c) {
+  const a = new Float64Array(6e6);
+  for (let i = 0; i < 1024; i++) a[i] = Math.random();
+  for (let k = 1024; k < a.length; k *= 2) a.copyWithin(k, 0, k);
+  a.sort();
+  return c;
+}"""
+
+
+async def test_an_in_process_context_that_ignores_termination_is_reported(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(engine_module, "STUCK_S", 0.05)
+    engine = ScriptEngine(timeout_ms=100)
+    try:
+        result = await engine.run_hook(ScriptSource(7, "sorter", SORT, "1"), "onRequest", REQ)
+        assert not result.ok and "exceeded 100 ms" in (result.error or "")
+        deadline = time.monotonic() + 20
+        while "abandoned V8 isolate still runs" not in caplog.text and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        assert "script 7: its abandoned V8 isolate still runs" in caplog.text
+    finally:
+        await engine.close()
+
+
 async def test_a_context_that_ignores_termination_retires_the_host_and_parks_the_script() -> None:
-    # A typed-array sort runs on after its time limit (V8 does not look at termination inside it).
-    sort = """function onRequest(c) {
-      const a = new Float64Array(6e6);
-      for (let i = 0; i < 1024; i++) a[i] = Math.random();
-      for (let k = 1024; k < a.length; k *= 2) a.copyWithin(k, 0, k);
-      a.sort();
-      return c;
-    }"""
+    sort = SORT
     engine = IsolatedScriptEngine(timeout_ms=100, stuck_after_s=0.2)
     try:
         source = ScriptSource(7, "sorter", sort, "1")

@@ -100,6 +100,11 @@ _SHAPE_KEYS = ("request", "response", "chunk")
 # The parts the runtime may leave out of its answer when unchanged (same order as PARTS in js.py).
 _PARTS: tuple[tuple[str | None, str], ...] = (("request", "body"), ("response", "body"), (None, "chunk"))
 _RETRY_AFTER_S = 5.0
+STUCK_S = 2.0  # an abandoned context still running this long after its limit is reported (and retires a host)
+_STUCK_MESSAGE = (
+    "script %s: its abandoned V8 isolate still runs %g s after the call's limit "
+    "(a built-in that ignores termination; SCRIPT_ISOLATION=process contains such scripts)"
+)
 _SETUP_TIMEOUT_S = 10.0  # the sandbox's own set-up (wall time; it never spins)
 # A JSON text is a JS expression with one exception: an object literal's "__proto__" key sets the
 # prototype. Such payloads (also when spelled with escapes) go through JSON.parse instead.
@@ -340,11 +345,18 @@ class ScriptEngine:
                     slot.stopped.set()
 
         def run() -> None:
+            # An abandoned context that does not stop is running a built-in that ignores termination:
+            # say so while it runs (it may burn a core for long, or abort V8; see host.py).
+            alarm = threading.Timer(STUCK_S, self.log.error, (_STUCK_MESSAGE, script_id, STUCK_S))
+            alarm.daemon = True
+            if slot is not None:
+                alarm.start()
             try:
                 closer.__exit__(None, None, None)
             except Exception:  # pragma: no cover - best effort
                 self.log.debug("closing script context failed", exc_info=True)
             finally:
+                alarm.cancel()
                 self._closing.pop(thread, None)
                 if loop is not None and not loop.is_closed():
                     with contextlib.suppress(RuntimeError):  # the loop closed meanwhile

@@ -39,9 +39,8 @@ from typing import Any
 import orjson
 
 from .datatypes import ScriptSource
-from .engine import _MIN_WALL_S, _SETUP_TIMEOUT_S, WALL_FACTOR, ScriptEngine, _call_source, _ScriptFault
+from .engine import _MIN_WALL_S, _SETUP_TIMEOUT_S, STUCK_S, WALL_FACTOR, ScriptEngine, _call_source, _ScriptFault
 
-STUCK_S = 2.0  # an abandoned context still running after this long: retire the child
 QUARANTINE_S = 60.0
 _DRAIN_S = 5.0
 _HEADER = struct.Struct("!I")
