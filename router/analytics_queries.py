@@ -15,7 +15,7 @@ import math
 from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
 from tortoise import connections
 from tortoise.expressions import Q
@@ -227,7 +227,7 @@ async def usage(flt: LogFilter, group_by: Sequence[str] = (), bucket: str | None
     if unknown or (bucket is not None and bucket not in BUCKETS):
         raise ValueError(f"bad grouping {sorted(unknown)} / bucket {bucket!r}")
     sql = _Sql()
-    parts = [_usage_sql(sql, table, piece, group_by, bucket) for table, piece in _pieces(flt, bucket)]
+    parts = [_usage_sql(sql, piece, group_by, bucket) for piece in _pieces(flt, bucket)]
     keys = ("user_id", "backend_id", "model")
     outer = ["bucket_start", *keys, "MAX(user_name) AS user_name", "MAX(backend_name) AS backend_name"]
     outer += [f"SUM({c}) AS {c}" for c in _SUMS]
@@ -246,49 +246,73 @@ def _ceil(value: datetime, unit: str) -> datetime:
     return floor if floor == _utc(value) else floor + (timedelta(days=1) if unit == "day" else timedelta(hours=1))
 
 
-def _pieces(flt: LogFilter, bucket: str | None) -> list[tuple[str, LogFilter]]:
-    """`flt`'s range split into (table, same filter with that piece's since/until), pieces disjoint.
+class Piece(NamedTuple):
+    """A part of a usage range: rows of `table` matching `flt`, added (sign 1) or taken away (-1)."""
 
-    [since, first whole hour) and [last whole hour, until) from the log; the whole hours before
-    the first / after the last whole day from the hourly rollups; the whole days from the daily
-    ones (only hourly with HOUR buckets). An open end stays open: the rollups of the current hour
-    and day are as current as the log (written in the same transaction).
+    table: str
+    flt: LogFilter
+    sign: int = 1
+
+
+def _pieces(flt: LogFilter, bucket: str | None, now: datetime | None = None) -> list[Piece]:
+    """`flt`'s range as pieces whose signed sum is the range.
+
+    [since, first whole hour) and [last whole hour, until) from the log; the whole days from the
+    daily rollups; a partial day at either end from the hourly rollups, either its hours inside the
+    range added, or its whole day added and its hours outside taken away, whichever reads fewer
+    hours (hours after `now` hold no rows yet: a range ending now costs ~nothing at that end).
+    HOUR buckets read hours only. An open end stays open: the rollups of the current hour and day
+    are as current as the log (written in the same transaction).
     """
     log_only = flt.request_id is not None or flt.endpoint is not None or flt.status_code is not None
     if log_only or flt.errors_only or bucket == "minute":
-        return [(TABLE, flt)]
+        return [Piece(TABLE, flt)]
     since = _utc(flt.since) if flt.since is not None else None
     until = _utc(flt.until) if flt.until is not None else None
     first_hour = _ceil(since, "hour") if since is not None else None
     last_hour = _floor(until, "hour") if until is not None else None
     if first_hour is not None and last_hour is not None and last_hour <= first_hour:
-        return [(TABLE, flt)]  # no whole hour inside
-    pieces: list[tuple[str, LogFilter]] = []
+        return [Piece(TABLE, flt)]  # no whole hour inside
+    pieces: list[Piece] = []
     if since is not None and first_hour is not None and since < first_hour:
-        pieces.append((TABLE, replace(flt, until=first_hour)))
+        pieces.append(Piece(TABLE, replace(flt, until=first_hour)))
     if until is not None and last_hour is not None and last_hour < until:
-        pieces.append((TABLE, replace(flt, since=last_hour)))
+        pieces.append(Piece(TABLE, replace(flt, since=last_hour)))
     first_day = _ceil(first_hour, "day") if first_hour is not None else None
     last_day = _floor(last_hour, "day") if last_hour is not None else None
     if bucket == "hour" or (first_day is not None and last_day is not None and last_day <= first_day):
-        return [*pieces, (ROLLUPS, replace(flt, since=first_hour, until=last_hour))]
+        return [*pieces, Piece(ROLLUPS, replace(flt, since=first_hour, until=last_hour))]
+    day = timedelta(days=1)
+    days_since, days_until = first_day, last_day
     if first_hour is not None and first_day is not None and first_hour < first_day:
-        pieces.append((ROLLUPS, replace(flt, since=first_hour, until=first_day)))
+        if first_day - first_hour <= first_hour - (first_day - day):
+            pieces.append(Piece(ROLLUPS, replace(flt, since=first_hour, until=first_day)))
+        else:
+            days_since = first_day - day
+            pieces.append(Piece(ROLLUPS, replace(flt, since=days_since, until=first_hour), -1))
     if last_hour is not None and last_day is not None and last_day < last_hour:
-        pieces.append((ROLLUPS, replace(flt, since=last_day, until=last_hour)))
-    return [*pieces, (DAILY_ROLLUPS, replace(flt, since=first_day, until=last_day))]
+        next_hour = _floor(now or datetime.now(UTC), "hour") + timedelta(hours=1)
+        filled = min(last_day + day, max(last_hour, next_hour))  # the hours after last_hour with rows
+        if last_hour - last_day <= filled - last_hour:
+            pieces.append(Piece(ROLLUPS, replace(flt, since=last_day, until=last_hour)))
+        else:
+            days_until = last_day + day
+            pieces.append(Piece(ROLLUPS, replace(flt, since=last_hour, until=days_until), -1))
+    return [*pieces, Piece(DAILY_ROLLUPS, replace(flt, since=days_since, until=days_until))]
 
 
 _SUMS: tuple[str, ...] = ("requests", "errors", "prompt_tokens", "completion_tokens", "total_tokens", "cached_tokens")
 _SUMS += ("reasoning_tokens", "latency_sum", "cost_usd")
 
 
-def _usage_sql(sql: _Sql, table: str, flt: LogFilter, group_by: Sequence[str], bucket: str | None) -> str:
+def _usage_sql(sql: _Sql, piece: Piece, group_by: Sequence[str], bucket: str | None) -> str:
     """One GROUP BY over the request log or a rollup level, with sums (not means) so pieces can be added.
 
     Every piece has the same columns in the same order (UNION ALL matches them by position);
-    "none" is NULL (the rollups' 0 and "" turned back into it).
+    "none" is NULL (the rollups' 0 and "" turned back into it). A piece taken away has its sums
+    negated and no names.
     """
+    table, flt = piece.table, piece.flt
     rollup = table != TABLE
     columns = {"bucket_start": "NULL"}
     group: list[str] = []
@@ -300,7 +324,7 @@ def _usage_sql(sql: _Sql, table: str, flt: LogFilter, group_by: Sequence[str], b
         grouped = key in group_by
         columns[column] = (f"NULLIF({column}, {none})" if rollup else column) if grouped else "NULL"
         if key != "model":
-            columns[f"{key}_name"] = f"MAX({key}_name)" if grouped else "NULL"
+            columns[f"{key}_name"] = f"MAX({key}_name)" if grouped and piece.sign > 0 else "NULL"
         if grouped:
             group.append(column)
     if rollup:
@@ -313,6 +337,8 @@ def _usage_sql(sql: _Sql, table: str, flt: LogFilter, group_by: Sequence[str], b
         columns["errors"] = f"SUM(CASE WHEN {_ERROR_SQL} THEN 1 ELSE 0 END)"
         columns["latency_sum"] = "SUM(latency_ms)"
         where = sql.where(flt)
+    if piece.sign < 0:
+        columns.update({c: f"-{columns[c]}" for c in _SUMS})
     text = f"SELECT {', '.join(f'{expr} AS {name}' for name, expr in columns.items())} FROM {table} {where}"
     if group:
         text += f" GROUP BY {', '.join(group)}"
@@ -362,7 +388,7 @@ def _merged(parts: list[dict[str, Any]]) -> list[UsageRow]:
             cached_tokens=int(row["cached_tokens"]),
             reasoning_tokens=int(row["reasoning_tokens"]),
             avg_latency_ms=float(row["latency_sum"]) / int(row["requests"]),
-            cost_usd=float(row["cost_usd"]),
+            cost_usd=max(float(row["cost_usd"]), 0.0),  # a day minus hours: 0 may come out as -1e-18
         )
         for row in ordered
     ]

@@ -171,6 +171,9 @@ def filters(seed: int) -> Iterator[aq.LogFilter]:
     yield aq.LogFilter(until=day1 + timedelta(days=1, hours=5, minutes=59), model="m2", backend_id=2)
     yield aq.LogFilter(since=T0 + timedelta(minutes=5), until=T0 + timedelta(minutes=40))  # inside one hour
     yield aq.LogFilter(since=day1 + timedelta(hours=1, minutes=1), until=day1 + timedelta(hours=3))  # inside a day
+    yield aq.LogFilter(
+        since=day1 - timedelta(hours=20, minutes=1), until=day1 + timedelta(days=1, hours=19)
+    )  # minus hours
     rng = random.Random(seed)
     for _ in range(6):
         a, b = sorted(rng.uniform(-3600, SPAN.total_seconds() + 3600) for _ in range(2))
@@ -209,26 +212,59 @@ async def test_status_and_error_filters_read_the_log(analytics_db):
 
 def test_pieces_use_the_coarsest_level_that_fits():
     since, until = datetime(2026, 3, 1, 14, 37, 12, tzinfo=UTC), datetime(2026, 3, 31, 9, 5, tzinfo=UTC)
-    pieces = [(t, p.since, p.until) for t, p in aq._pieces(aq.LogFilter(since=since, until=until), None)]
+    later = datetime(2026, 5, 1, tzinfo=UTC)
+
+    def pieces(flt: aq.LogFilter, bucket: str | None = None, now: datetime = later) -> list[tuple]:
+        return sorted((p.table, p.sign, p.flt.since, p.flt.until) for p in aq._pieces(flt, bucket, now))
+
     hour, day = timedelta(hours=1), timedelta(days=1)
-    first_hour, first_day = since.replace(minute=0, second=0) + hour, since.replace(hour=0, minute=0, second=0) + day
-    last_hour, last_day = until.replace(minute=0), until.replace(hour=0, minute=0)
-    assert sorted(pieces) == sorted(
+    first_hour, first_day = datetime(2026, 3, 1, 15, tzinfo=UTC), datetime(2026, 3, 2, tzinfo=UTC)
+    last_hour, last_day = datetime(2026, 3, 31, 9, tzinfo=UTC), datetime(2026, 3, 31, tzinfo=UTC)
+    assert pieces(aq.LogFilter(since=since, until=until)) == sorted(
         [
-            (aq.TABLE, since, first_hour),
-            (aq.TABLE, last_hour, until),
-            (aq.ROLLUPS, first_hour, first_day),
-            (aq.ROLLUPS, last_day, last_hour),
-            (aq.DAILY_ROLLUPS, first_day, last_day),
+            (aq.TABLE, 1, since, first_hour),
+            (aq.TABLE, 1, last_hour, until),
+            (aq.ROLLUPS, 1, first_hour, first_day),  # 9 hours in, 15 out: the 9 added
+            (aq.ROLLUPS, 1, last_day, last_hour),
+            (aq.DAILY_ROLLUPS, 1, first_day, last_day),
         ]
+    )
+    # 20 hours of the first and last days inside: each whole day, minus its 4 hours outside.
+    since, until = datetime(2026, 3, 1, 3, 30, tzinfo=UTC), datetime(2026, 3, 31, 20, 5, tzinfo=UTC)
+    assert pieces(aq.LogFilter(since=since, until=until)) == sorted(
+        [
+            (aq.TABLE, 1, since, since.replace(minute=0) + hour),
+            (aq.TABLE, 1, until.replace(minute=0), until),
+            (aq.ROLLUPS, -1, datetime(2026, 3, 1, tzinfo=UTC), datetime(2026, 3, 1, 4, tzinfo=UTC)),
+            (aq.ROLLUPS, -1, datetime(2026, 3, 31, 20, tzinfo=UTC), datetime(2026, 4, 1, tzinfo=UTC)),
+            (aq.DAILY_ROLLUPS, 1, datetime(2026, 3, 1, tzinfo=UTC), datetime(2026, 4, 1, tzinfo=UTC)),
+        ]
+    )
+    # Ending now, early in the day: today's hours so far are fewer than the rest of it, but the rest
+    # holds no rows yet, so today is read whole from the daily rollups minus (empty) later hours.
+    now = datetime(2026, 3, 31, 2, 10, tzinfo=UTC)
+    assert (aq.ROLLUPS, -1, now.replace(minute=0), day + last_day) in pieces(
+        aq.LogFilter(since=since, until=now), None, now
     )
     # Budget periods (whole days, an open or a future end): the daily rollups alone, never the log.
     month = aq.LogFilter(user_id=3, since=datetime(2026, 3, 1, tzinfo=UTC), until=datetime(2026, 4, 1, tzinfo=UTC))
-    assert [t for t, _ in aq._pieces(month, None)] == [aq.DAILY_ROLLUPS]
-    assert [t for t, _ in aq._pieces(aq.LogFilter(since=since), None)] == [aq.TABLE, aq.ROLLUPS, aq.DAILY_ROLLUPS]
-    assert [t for t, _ in aq._pieces(aq.LogFilter(since=since), "hour")] == [aq.TABLE, aq.ROLLUPS]
-    assert [t for t, _ in aq._pieces(aq.LogFilter(since=since), "minute")] == [aq.TABLE]
-    assert [t for t, _ in aq._pieces(aq.LogFilter(since=since, endpoint="/v1/embeddings"), None)] == [aq.TABLE]
+    assert [p.table for p in aq._pieces(month, None)] == [aq.DAILY_ROLLUPS]
+    assert [p.table for p in aq._pieces(aq.LogFilter(since=since), None)] == [aq.TABLE, aq.ROLLUPS, aq.DAILY_ROLLUPS]
+    assert [p.table for p in aq._pieces(aq.LogFilter(since=since), "hour")] == [aq.TABLE, aq.ROLLUPS]
+    assert [p.table for p in aq._pieces(aq.LogFilter(since=since), "minute")] == [aq.TABLE]
+    assert [p.table for p in aq._pieces(aq.LogFilter(since=since, endpoint="/v1/embeddings"), None)] == [aq.TABLE]
+
+
+async def test_ranges_ending_now_read_today_from_the_daily_rollups(analytics_db):
+    now = datetime.now(UTC)
+    batch = [r for r in records(500, seed=13, start=now - SPAN) if r.created_at and r.created_at <= now]
+    await write(batch)
+    for since in (now - timedelta(days=2, minutes=10), now - timedelta(days=3, hours=20)):
+        for until in (None, now, now + timedelta(hours=3)):
+            flt = aq.LogFilter(since=since, until=until)
+            for group_by, bucket in (((), None), (("user", "model"), "day"), (("backend",), "hour")):
+                got = rounded(await aq.usage(flt, group_by, bucket))
+                assert same(got, expected(batch, flt, group_by, bucket)), (flt, group_by, bucket)
 
 
 async def test_spent_comes_from_the_rollups(analytics_db):
