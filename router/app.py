@@ -26,7 +26,7 @@ from router.db import close_db, init_db
 from router.logging_setup import setup_logging
 from router.models.core import User
 from router.runtime import LOCAL_USER_NAME, Runtime
-from router.server_limits import RequestLimits
+from router.server_limits import RequestLimits, replay
 from router.services import AdminService
 
 log = logging.getLogger("router")
@@ -193,7 +193,7 @@ class V1FastPath:
             scope["app"] = self.app
             await self._generation(scope, first, receive, send)
             return
-        await self.other(scope, _replay(first, receive), send)
+        await self.other(scope, replay(first, receive), send)
 
     async def _generation(self, scope: Scope, first: Message, receive: Receive, send: Send) -> None:
         """Run the proxy; if the client goes away before the answer starts, cancel it.
@@ -203,9 +203,9 @@ class V1FastPath:
         upstream request (the transport closes that connection) and logs a 499.
         """
         if first["type"] != "http.request" or first.get("more_body", False):  # body not read ahead: no watch
-            replay = _replay(first, receive)
-            response = await proxy.handle_generation(Request(scope, replay, send))
-            await response(scope, replay, send)
+            replayed = replay(first, receive)
+            response = await proxy.handle_generation(Request(scope, replayed, send))
+            await response(scope, replayed, send)
             return
         # The server's own receive (granian: a future, no task): completes on http.disconnect.
         gone: asyncio.Future[Any] = asyncio.ensure_future(receive())  # completes on http.disconnect
@@ -243,19 +243,6 @@ class V1FastPath:
         finally:
             if not gone.done():
                 gone.cancel()
-
-
-def _replay(first: Message, receive: Receive) -> Receive:
-    pending: Message | None = first
-
-    async def replay() -> Message:
-        nonlocal pending
-        if pending is not None:
-            message, pending = pending, None
-            return message
-        return await receive()
-
-    return replay
 
 
 def create_app_from_env() -> RequestLimits:

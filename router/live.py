@@ -37,7 +37,7 @@ from typing import Any
 import orjson
 
 from router.analytics_queries import UsageRow
-from router.usage import RequestRecord
+from router.usage import RequestRecord, add_to_sums
 
 log = logging.getLogger("router.live")
 
@@ -163,16 +163,7 @@ def add_record(bucket: Bucket, record: RequestRecord) -> None:
             group = bucket.get(key)
         if group is None:
             group = bucket[key] = Group()
-    sums = group.sums
-    sums[0] += 1
-    sums[1] += 1 if record.status_code >= 400 or record.error is not None else 0
-    sums[2] += record.prompt_tokens
-    sums[3] += record.completion_tokens
-    sums[4] += record.total_tokens
-    sums[5] += record.cached_tokens
-    sums[6] += record.reasoning_tokens
-    sums[7] += record.cost_usd or 0.0
-    sums[8] += record.latency_ms
+    add_to_sums(group.sums, 0, record)  # in ROLLUP_SUMS order, as the rollups count
     hist = group.hist
     i = latency_bucket(record.latency_ms)
     hist[i] = hist.get(i, 0) + 1

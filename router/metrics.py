@@ -21,7 +21,7 @@ import os
 from bisect import bisect_left
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
@@ -34,6 +34,8 @@ log = logging.getLogger("router.metrics")
 
 if TYPE_CHECKING:
     from router.usage import RequestRecord
+
+T = TypeVar("T")
 
 PREFIX = "llm_router"
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
@@ -162,6 +164,15 @@ class Metrics:
             multiprocess.mark_process_dead(os.getpid())  # type: ignore[no-untyped-call]
 
 
+def _entry(store: dict[SeriesKey, T], key: SeriesKey, new: Callable[[SeriesKey], T]) -> T:
+    """The store's entry for `key` (or its overflow key once the store is full), made by `new` if missing."""
+    entry = store.get(key)
+    if entry is None:
+        key = _bounded_key(store, key)
+        entry = store.get(key) or new(key)
+    return entry
+
+
 def _bounded_key(store: dict[SeriesKey, Any], key: SeriesKey) -> SeriesKey:
     """`key`, or its overflow key when the store already holds _MAX_SERIES combinations (warned once)."""
     if key in store or len(store) < _MAX_SERIES:
@@ -206,11 +217,7 @@ class _InMemoryMetrics(Collector):
         self._ttft: Histograms = {}
 
     def observe(self, record: RequestRecord) -> None:
-        key = series_key(record, self.user_labels, self.known_models)
-        series = self._series.get(key)
-        if series is None:
-            key = _bounded_key(self._series, key)
-            series = self._series.get(key) or self._new_series(key)
+        series = _entry(self._series, series_key(record, self.user_labels, self.known_models), self._new_series)
         series[0] += 1
         series[1] += record.prompt_tokens
         series[2] += record.completion_tokens
@@ -301,11 +308,7 @@ class _FileBackedMetrics:
 
     def observe(self, record: RequestRecord) -> None:
         key = series_key(record, self.user_labels, self.known_models)
-        children = self._children.get(key)
-        if children is None:
-            key = _bounded_key(self._children, key)
-            children = self._children.get(key) or self._new_children(key)
-        requests, prompt, completion, latency, ttft = children
+        requests, prompt, completion, latency, ttft = _entry(self._children, key, self._new_children)
         requests.inc()
         if record.prompt_tokens:
             prompt.inc(record.prompt_tokens)
@@ -340,28 +343,20 @@ class _LiveCollector(Collector):
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         live = self.live_values()
-        in_flight = GaugeMetricFamily(
-            f"{PREFIX}_requests_in_flight", "Requests being forwarded to each backend now.", labels=["backend"]
+        yield _per_backend("requests_in_flight", "Requests being forwarded to each backend now.", live.in_flight)
+        yield _per_backend(
+            "backend_healthy", "1 when the backend is in rotation, 0 while it cools down after failures.", live.healthy
         )
-        for name, value in live.in_flight:
-            in_flight.add_metric([name], value)
-        yield in_flight
-        healthy = GaugeMetricFamily(
-            f"{PREFIX}_backend_healthy",
-            "1 when the backend is in rotation, 0 while it cools down after failures.",
-            labels=["backend"],
-        )
-        for name, value in live.healthy:
-            healthy.add_metric([name], value)
-        yield healthy
         yield GaugeMetricFamily(
             f"{PREFIX}_log_queue_depth", "Request-log rows waiting to be written.", value=live.log_queue_depth
         )
-        queued = GaugeMetricFamily(
-            f"{PREFIX}_backend_queue_depth",
-            "Requests waiting for a slot of a backend at its maxConcurrent.",
-            labels=["backend"],
+        yield _per_backend(
+            "backend_queue_depth", "Requests waiting for a slot of a backend at its maxConcurrent.", live.queued
         )
-        for name, value in live.queued:
-            queued.add_metric([name], value)
-        yield queued
+
+
+def _per_backend(name: str, documentation: str, values: list[tuple[str, int]]) -> GaugeMetricFamily:
+    family = GaugeMetricFamily(f"{PREFIX}_{name}", documentation, labels=["backend"])
+    for backend, value in values:
+        family.add_metric([backend], value)
+    return family

@@ -66,7 +66,7 @@ class RequestLimits:
             if self._with_body is not None:
                 await self._with_body(scope, first, receive, send)
             else:
-                await self.app(scope, _replay(first, receive), send)
+                await self.app(scope, replay(first, receive), send)
         elif kind == "websocket":
             await self.app(scope, _bounded_messages(receive, send, self.other_body_bytes), send)
         else:
@@ -107,17 +107,18 @@ async def _read_rest(first: Message, receive: Receive, limit: int, declared: int
     return b"".join(chunks)
 
 
-def _replay(first: Message, receive: Receive) -> Receive:
+def replay(first: Message, receive: Receive) -> Receive:
+    """A receive that gives `first` (a message already read), then what `receive` gives."""
     pending: Message | None = first
 
-    async def replay() -> Message:
+    async def replayed() -> Message:
         nonlocal pending
         if pending is not None:
             message, pending = pending, None
             return message
         return await receive()
 
-    return replay
+    return replayed
 
 
 async def _refuse(scope: Scope, send: Send, is_v1: bool, status: int, message: str) -> None:

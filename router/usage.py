@@ -227,16 +227,21 @@ def _rollup_sums(records: list[RequestRecord]) -> _Sums:
         if entry is None:
             entry = sums[key] = [r.user_name, r.backend_name, 0, 0, 0, 0, 0, 0, 0, 0.0, 0.0]
         entry[0], entry[1] = r.user_name or entry[0], r.backend_name or entry[1]
-        entry[2] += 1
-        entry[3] += 1 if r.status_code >= 400 or r.error is not None else 0
-        entry[4] += r.prompt_tokens
-        entry[5] += r.completion_tokens
-        entry[6] += r.total_tokens
-        entry[7] += r.cached_tokens
-        entry[8] += r.reasoning_tokens
-        entry[9] += r.cost_usd or 0.0
-        entry[10] += r.latency_ms
+        add_to_sums(entry, 2, r)
     return sums
+
+
+def add_to_sums(sums: list[Any], at: int, r: RequestRecord) -> None:
+    """Count one request into running totals in ROLLUP_SUMS order, held from `sums[at]` on."""
+    sums[at] += 1
+    sums[at + 1] += 1 if r.status_code >= 400 or r.error is not None else 0
+    sums[at + 2] += r.prompt_tokens
+    sums[at + 3] += r.completion_tokens
+    sums[at + 4] += r.total_tokens
+    sums[at + 5] += r.cached_tokens
+    sums[at + 6] += r.reasoning_tokens
+    sums[at + 7] += r.cost_usd or 0.0
+    sums[at + 8] += r.latency_ms
 
 
 def _daily_sums(hourly: _Sums) -> _Sums:
