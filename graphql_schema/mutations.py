@@ -31,8 +31,8 @@ from graphql_schema.types import (
     User,
     UserWithKey,
     given,
+    test_context_of,
 )
-from router.hooks import script_test_context
 from router.scripts import ScriptSource, validate
 
 Ctx = Info[AdminContext, None]
@@ -291,11 +291,3 @@ class Mutation(QuotaMutation):
             error=result.error,
             duration_ms=result.duration_ms,
         )
-
-
-async def test_context_of(info: Ctx, script: Any, hook: str) -> dict[str, Any]:
-    """What `hook` of `script` would get for the latest request of its user/backend (redacted)."""
-    rt = info.context.runtime
-    return await script_test_context(
-        rt.catalog.snapshot, rt.models.ordered_models_of, script.user_id, script.backend_id, hook
-    )

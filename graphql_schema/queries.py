@@ -11,7 +11,7 @@ from strawberry.scalars import JSON
 from strawberry.types import Info
 
 from graphql_schema.context import AdminContext
-from graphql_schema.errors import NOT_FOUND, bad_input
+from graphql_schema.errors import bad_input
 from graphql_schema.pages import BackendSearch, PageQuery, ScriptSearch, UserSearch
 from graphql_schema.quotas import QuotaQuery
 from graphql_schema.types import (
@@ -31,10 +31,12 @@ from graphql_schema.types import (
     User,
     decode_cursor,
     encode_cursor,
+    log_filter,
+    test_context_of,
 )
 from router import analytics_queries
 from router.models.core import ScriptType as ModelScriptType
-from router.services import ServiceError
+from router.services import NotFoundError
 
 DEFAULT_PAGE = 50
 
@@ -42,42 +44,11 @@ Ctx = Info[AdminContext, None]
 T = TypeVar("T")
 
 
-def filter_id(value: strawberry.ID | None, field: str) -> int | None:
-    """An id used as a filter: must be an integer (BAD_USER_INPUT otherwise)."""
-    if value is None:
-        return None
-    try:
-        return int(value)
-    except (TypeError, ValueError):
-        raise bad_input(f"{field} must be an id, got {value!r}", field) from None
-
-
-def log_filter(flt: RequestLogFilter | UsageFilter | None) -> analytics_queries.LogFilter:
-    if flt is None:
-        return analytics_queries.LogFilter()
-    since, until = flt.since, flt.until
-    if since is not None and until is not None and since > until:
-        raise bad_input("filter.since must not be after filter.until", "filter.since")
-    return analytics_queries.LogFilter(
-        request_id=getattr(flt, "request_id", None),
-        endpoint=getattr(flt, "endpoint", None),
-        user_id=filter_id(flt.user_id, "filter.userId"),
-        backend_id=filter_id(flt.backend_id, "filter.backendId"),
-        model=flt.model,
-        status_code=getattr(flt, "status_code", None),
-        errors_only=bool(getattr(flt, "errors_only", False)),
-        since=since,
-        until=until,
-    )
-
-
 async def _or_none(awaitable: Awaitable[T]) -> T | None:
     try:
         return await awaitable
-    except ServiceError as exc:
-        if exc.code == NOT_FOUND:
-            return None
-        raise
+    except NotFoundError:
+        return None
 
 
 @strawberry.type
@@ -135,8 +106,6 @@ class Query(QuotaQuery, PageQuery):
     async def script_test_context(
         self, info: Ctx, script_id: strawberry.ID, hook: ScriptHook = ScriptHook.ON_REQUEST
     ) -> JSON:
-        from graphql_schema.mutations import test_context_of
-
         script = await info.context.admin.get_script(script_id)
         return JSON(await test_context_of(info, script, hook.value))
 

@@ -14,7 +14,7 @@ import strawberry
 from strawberry.types import Info
 
 from graphql_schema.context import AdminContext
-from graphql_schema.queries import filter_id
+from graphql_schema.types import filter_id
 from router import quota_events
 
 

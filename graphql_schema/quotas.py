@@ -21,6 +21,7 @@ from graphql_schema.types import (
     User,
     decode_cursor,
     encode_cursor,
+    log_filter,
 )
 from router import analytics_queries
 from router.catalog import UserEntry
@@ -111,8 +112,6 @@ class Viewer:
         group_by: list[UsageGroupBy] | None = None,
         bucket: TimeBucket | None = None,
     ) -> list[UsageRow]:
-        from graphql_schema.queries import log_filter
-
         flt = dataclasses.replace(log_filter(filter), user_id=self.user.id)
         keys = list(dict.fromkeys(g.value for g in group_by or ()))
         rows = await analytics_queries.usage(flt, keys, bucket.value if bucket else None)

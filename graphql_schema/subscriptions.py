@@ -32,8 +32,7 @@ from strawberry.types import Info
 
 from graphql_schema.context import AdminContext
 from graphql_schema.errors import bad_input
-from graphql_schema.queries import filter_id
-from graphql_schema.types import RequestLogEntry, UsageGroupBy, UsageRow
+from graphql_schema.types import RequestLogEntry, UsageGroupBy, UsageRow, filter_id
 from router.live import MAX_INTERVAL_S, HealthChange, Tick
 from router.usage import RequestRecord
 

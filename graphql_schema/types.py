@@ -19,6 +19,7 @@ from graphql_schema.limits_types import Limits, QuotaState, Subject, quota_state
 from router import analytics_queries
 from router import limits as lim
 from router.catalog import backend_limits, user_limits
+from router.hooks import script_test_context
 from router.models.core import Backend as BackendModel
 from router.models.core import Permission as PermissionModel
 from router.models.core import Script as ScriptModel
@@ -555,6 +556,43 @@ class UsageFilter:
     model: str | None = None
     since: datetime | None = None
     until: datetime | None = None
+
+
+def filter_id(value: strawberry.ID | None, field: str) -> int | None:
+    """An id used as a filter: must be an integer (BAD_USER_INPUT otherwise)."""
+    if value is None:
+        return None
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        raise bad_input(f"{field} must be an id, got {value!r}", field) from None
+
+
+def log_filter(flt: RequestLogFilter | UsageFilter | None) -> analytics_queries.LogFilter:
+    if flt is None:
+        return analytics_queries.LogFilter()
+    since, until = flt.since, flt.until
+    if since is not None and until is not None and since > until:
+        raise bad_input("filter.since must not be after filter.until", "filter.since")
+    return analytics_queries.LogFilter(
+        request_id=getattr(flt, "request_id", None),
+        endpoint=getattr(flt, "endpoint", None),
+        user_id=filter_id(flt.user_id, "filter.userId"),
+        backend_id=filter_id(flt.backend_id, "filter.backendId"),
+        model=flt.model,
+        status_code=getattr(flt, "status_code", None),
+        errors_only=bool(getattr(flt, "errors_only", False)),
+        since=since,
+        until=until,
+    )
+
+
+async def test_context_of(info: Info[AdminContext, None], script: Any, hook: str) -> dict[str, Any]:
+    """What `hook` of `script` would get for the latest request of its user/backend (redacted)."""
+    rt = info.context.runtime
+    return await script_test_context(
+        rt.catalog.snapshot, rt.models.ordered_models_of, script.user_id, script.backend_id, hook
+    )
 
 
 @strawberry.input
