@@ -209,7 +209,7 @@ class Window:
 WINDOW, SLOT, QUEUE_SLOT, SPEND = "w", "c", "q", "s"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Op:
     """One check (and, when every check passes, one update) of an admission.
 
@@ -253,7 +253,7 @@ class Store(Protocol):
     async def seed_spend(self, key: str, amount: float, ttl_s: float) -> None: ...
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Settle:
     """One update after the answer: a window correction, a slot released, spend added."""
 
@@ -1016,6 +1016,21 @@ class HasLimits(Protocol):
 class _Plan:
     ops: list[Op]
     roles: list[tuple[str, str]]  # (scope, what) per op: ("user", "rpm"), ("backend", "slot"), ...
+    views: tuple[tuple[int, bool], ...] = ()  # (index, is RPM) of the user's RPM / TPM ops: the headers
+
+
+@dataclass(frozen=True, slots=True)
+class _Skeleton:
+    """The ops of a (user, backend) pair's admissions, built once per pair and limits; per request only
+    the TPM ops get the request's tokens, the slot ops its member and the budget op the period's key."""
+
+    ops: tuple[Op, ...]
+    roles: list[tuple[str, str]]
+    tpm: tuple[int, ...]
+    slots: tuple[int, ...]
+    budget: int  # index of the SPEND op, -1 if none
+    views: tuple[tuple[int, bool], ...]
+    backend_keys: frozenset[str]
 
 
 class Limiter:
@@ -1039,6 +1054,7 @@ class Limiter:
         self._poller: asyncio.Task[None] | None = None
         self._templates: dict[tuple[str, int, Limits], tuple[tuple[Op, str], ...]] = {}
         self._budgets: dict[tuple[int, BudgetPeriod, int], tuple[str, float]] = {}
+        self._skeletons: dict[tuple[Any, Any], _Skeleton] = {}
         self.on_limit: Signal[[QuotaEvent]] = Signal()  # a user or backend reached a limit (quotaEvents)
         if isinstance(store, (LocalStore, RedisStore)):
             store.on_release = self._released
@@ -1085,39 +1101,67 @@ class Limiter:
             found = self._budgets[cache_key] = (self.spend_key(user.id, period, start), end.timestamp())
         return found
 
-    def _plan(
-        self, user: HasLimits | None, backend: HasLimits | None, tokens: int, now: float, member: str
-    ) -> tuple[_Plan, Admission]:
-        """The ops of an admission: the user's and the backend's limits (user None: the backend's only)."""
+    def _skeleton(self, user: HasLimits | None, backend: HasLimits | None) -> _Skeleton:
+        limited_backend = backend if backend is not None and backend.limits else None
+        cache_key = (
+            None if user is None else (user.id, user.limits),
+            None if limited_backend is None else (limited_backend.id, limited_backend.limits),
+        )
+        found = self._skeletons.get(cache_key)
+        if found is not None:
+            return found
         ops: list[Op] = []
         roles: list[tuple[str, str]] = []
-        admission = Admission()
         subjects: list[tuple[str, HasLimits]] = [] if user is None else [("user", user)]
-        if backend is not None and backend.limits:
-            subjects.append(("backend", backend))
-        backend_keys: list[str] = []
+        if limited_backend is not None:
+            subjects.append(("backend", limited_backend))
         for scope, subject in subjects:
             for op, role in self._templates_of(scope, subject):
-                if role == "tpm":
-                    op = Op(WINDOW, op.key, op.limit, tokens)
-                    admission.token_keys.append((op.key, int(now)))
-                    admission.reserved = tokens
-                elif role == "slot":
-                    op = Op(op.kind, op.key, op.limit, member=member)
-                    admission.slots.append((op.key, member))
-                if scope == "backend" and role != "rpm":
-                    backend_keys.append(op.key)
                 ops.append(op)
                 roles.append((scope, role))
             budget = subject.limits.budget_usd
             if scope == "user" and budget is not None:
-                admission.spend_key, end = self._budget_of(subject, now)
-                admission.spend_ttl_s = end - now + 86_400
-                ops.append(Op(SPEND, admission.spend_key, budget))
+                ops.append(Op(SPEND, "", budget))
                 roles.append((scope, "budget"))
-        if backend_keys:
-            admission.backend_keys = frozenset(backend_keys)
-        return _Plan(ops, roles), admission
+        indices = range(len(ops))
+        skeleton = _Skeleton(
+            ops=tuple(ops),
+            roles=roles,
+            tpm=tuple(i for i in indices if roles[i][1] == "tpm"),
+            slots=tuple(i for i in indices if roles[i][1] == "slot"),
+            budget=next((i for i in indices if roles[i][1] == "budget"), -1),
+            views=tuple((i, roles[i][1] == "rpm") for i in indices if roles[i] in (("user", "rpm"), ("user", "tpm"))),
+            backend_keys=frozenset(ops[i].key for i in indices if roles[i][0] == "backend" and roles[i][1] != "rpm"),
+        )
+        if len(self._skeletons) >= 10_000:
+            self._skeletons.clear()
+        self._skeletons[cache_key] = skeleton
+        return skeleton
+
+    def _plan(
+        self, user: HasLimits | None, backend: HasLimits | None, tokens: int, now: float, member: str
+    ) -> tuple[_Plan, Admission]:
+        """The ops of an admission: the user's and the backend's limits (user None: the backend's only)."""
+        skeleton = self._skeleton(user, backend)
+        ops = list(skeleton.ops)
+        admission = Admission(backend_keys=skeleton.backend_keys)
+        if skeleton.tpm:
+            second = int(now)
+            for i in skeleton.tpm:
+                template = ops[i]
+                ops[i] = Op(WINDOW, template.key, template.limit, tokens)
+                admission.token_keys.append((template.key, second))
+            admission.reserved = tokens
+        for i in skeleton.slots:
+            template = ops[i]
+            ops[i] = Op(template.kind, template.key, template.limit, member=member)
+            admission.slots.append((template.key, member))
+        if skeleton.budget >= 0:
+            assert user is not None
+            admission.spend_key, end = self._budget_of(user, now)
+            admission.spend_ttl_s = end - now + 86_400
+            ops[skeleton.budget] = Op(SPEND, admission.spend_key, ops[skeleton.budget].limit)
+        return _Plan(ops, skeleton.roles, skeleton.views), admission
 
     def estimate(self, payload: dict[str, Any], body_size: int) -> int:
         return estimate_tokens(payload, body_size, self.default_max_tokens)
@@ -1240,14 +1284,13 @@ class Limiter:
         return merged
 
     def _fill_views(self, admission: Admission, plan: _Plan, results: list[OpResult], counted: bool) -> None:
-        for (scope, what), op, result in zip(plan.roles, plan.ops, results, strict=True):
-            if scope != "user" or what not in ("rpm", "tpm"):
-                continue
+        for index, is_rpm in plan.views:
+            op, result = plan.ops[index], results[index]
             used = result.used + (op.amount if counted else 0)
             limit = int(op.limit)
             reset = result.wait_s if result.wait_s > 0 or not counted else float(WINDOW_S)
             view = WindowView(limit, max(limit - int(used), 0), reset)
-            if what == "rpm":
+            if is_rpm:
                 admission.requests = view
             else:
                 admission.tokens = view
