@@ -32,7 +32,7 @@ import os
 import struct
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -60,9 +60,38 @@ def _frame(message: list[Any]) -> bytes:
     return _HEADER.pack(len(body)) + body
 
 
-async def _read(reader: asyncio.StreamReader) -> Any:
-    (size,) = _HEADER.unpack(await reader.readexactly(_HEADER.size))
-    return orjson.loads(await reader.readexactly(size))
+class _Frames:
+    """Cuts a byte stream into frames and hands each decoded message on (no coroutine per frame)."""
+
+    def __init__(self, on_message: Callable[[Any], None]) -> None:
+        self._buffer = bytearray()
+        self._on_message = on_message
+
+    def feed(self, data: bytes) -> None:
+        buffer = self._buffer
+        if not buffer and len(data) >= _HEADER.size and _HEADER.unpack_from(data)[0] == len(data) - _HEADER.size:
+            self._on_message(orjson.loads(data[_HEADER.size :]))  # one whole frame: the usual case
+            return
+        buffer += data
+        while len(buffer) >= _HEADER.size:
+            (size,) = _HEADER.unpack_from(buffer)
+            end = _HEADER.size + size
+            if len(buffer) < end:
+                break
+            message = orjson.loads(bytes(buffer[_HEADER.size : end]))
+            del buffer[:end]
+            self._on_message(message)
+
+
+class _Reading(asyncio.Protocol):
+    def __init__(self, frames: _Frames, ended: asyncio.Event) -> None:
+        self.frames, self.ended = frames, ended
+
+    def data_received(self, data: bytes) -> None:
+        self.frames.feed(data)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.ended.set()
 
 
 class _Child:
@@ -211,37 +240,43 @@ class IsolatedScriptEngine(ScriptEngine):
         # Only what Python needs: the router's secrets (admin password, database URLs, keys) stay out.
         env = {k: v for k, v in os.environ.items() if k in _PASSED_ENV}
         env["PYTHONPATH"] = os.pathsep.join(p for p in (_PACKAGE_ROOT, os.environ.get("PYTHONPATH")) if p)
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-c",
-            "import sys; from router.scripts.host import main; main(sys.argv[1:])",
-            repr(self.timeout_ms),
-            str(self.max_memory_mb),
-            repr(self.stuck_after_s),
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE,
-            env=env,
-        )
+        answers, answers_in = os.pipe()  # read with a plain protocol: cheaper than a StreamReader
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-c",
+                "import sys; from router.scripts.host import main; main(sys.argv[1:])",
+                repr(self.timeout_ms),
+                str(self.max_memory_mb),
+                repr(self.stuck_after_s),
+                stdin=asyncio.subprocess.PIPE,
+                stdout=answers_in,
+                env=env,
+            )
+        except BaseException:
+            os.close(answers)
+            raise
+        finally:
+            os.close(answers_in)
         child = _Child(proc, loop)
-        child.reader = loop.create_task(self._read_answers(child))
+        ended = asyncio.Event()
+        frames = _Frames(lambda message: self._answer(child, message))
+        await loop.connect_read_pipe(lambda: _Reading(frames, ended), os.fdopen(answers, "rb", buffering=0))
+        child.reader = loop.create_task(self._ended(child, ended))
         self.children_started += 1
         self.log.debug("script host started (pid %s)", proc.pid)
         return child
 
-    async def _read_answers(self, child: _Child) -> None:
-        stdout = child.proc.stdout
-        assert stdout is not None
-        try:
-            while True:
-                message = await _read(stdout)
-                if message[0] == "s":
-                    self._stuck(child, int(message[1]))
-                    continue
-                future = child.pending.get(message[1])
-                if future is not None and not future.done():
-                    future.set_result(message)
-        except (asyncio.IncompleteReadError, ConnectionError, ValueError):
-            pass
+    def _answer(self, child: _Child, message: list[Any]) -> None:
+        if message[0] == "s":
+            self._stuck(child, int(message[1]))
+            return
+        future = child.pending.get(message[1])
+        if future is not None and not future.done():
+            future.set_result(message)
+
+    async def _ended(self, child: _Child, ended: asyncio.Event) -> None:
+        await ended.wait()
         child.dead = True
         if self._child is child:
             self._child = None
@@ -291,8 +326,6 @@ async def _serve(timeout_ms: float, max_memory_mb: int, stuck_after_s: float) ->
     # Frames go to the original stdout; anything else printed goes to stderr.
     out = os.fdopen(os.dup(1), "wb", buffering=0)
     os.dup2(2, 1)
-    reader = asyncio.StreamReader(limit=1 << 20)
-    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(0, "rb", buffering=0))
     transport, _ = await loop.connect_write_pipe(asyncio.Protocol, out)
     engine = ScriptEngine(timeout_ms, max_memory_mb, logging.getLogger("router.scripts.host"))
     sources: dict[int, ScriptSource] = {}
@@ -331,27 +364,25 @@ async def _serve(timeout_ms: float, max_memory_mb: int, stuck_after_s: float) ->
                 send(["s", script_id])
                 reported = True
 
+    def handle(message: list[Any]) -> None:
+        kind = message[0]
+        if kind == "c":
+            task = loop.create_task(call(message))
+            calls.add(task)
+            task.add_done_callback(calls.discard)
+        elif kind == "r":
+            live = {int(i): v for i, v in message[1].items()}
+            for script_id in [i for i in sources if live.get(i) != sources[i].version]:
+                del sources[script_id]
+            engine.retain(live)
+        elif kind == "x":
+            sources.pop(message[1], None)
+            engine.evict(message[1])
+
     watcher = loop.create_task(watch())
-    try:
-        while True:
-            message = await _read(reader)
-            kind = message[0]
-            if kind == "c":
-                task = loop.create_task(call(message))
-                calls.add(task)
-                task.add_done_callback(calls.discard)
-            elif kind == "r":
-                live = {int(i): v for i, v in message[1].items()}
-                for script_id in [i for i in sources if live.get(i) != sources[i].version]:
-                    del sources[script_id]
-                engine.retain(live)
-            elif kind == "p":  # ping (benchmarks)
-                send(["a", message[1], None, [], engine.open_contexts])
-            elif kind == "x":
-                sources.pop(message[1], None)
-                engine.evict(message[1])
-    except asyncio.IncompleteReadError:
-        pass  # the router closed the pipe (or exited)
+    ended = asyncio.Event()  # the router closed the pipe (or exited)
+    await loop.connect_read_pipe(lambda: _Reading(_Frames(handle), ended), os.fdopen(0, "rb", buffering=0))
+    await ended.wait()
     watcher.cancel()
     sys.stderr.flush()
     os._exit(0)  # abandoned contexts may still be running a built-in: do not wait for their threads
