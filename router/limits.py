@@ -637,7 +637,17 @@ class RedisStore:
             self._send_pending()
         command = self._admit_command(ops, now, apply)
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        wire.send(command, future)
+
+        def answered(reply: Any) -> None:
+            if not future.done():
+                if isinstance(reply, (ConnectionError, TimeoutError)):
+                    future.set_exception(reply)
+                else:
+                    future.set_result(reply)
+            elif apply and isinstance(reply, bytes):
+                self._abandoned(ops, now, reply)
+
+        wire.send(command, answered)
         reply = await future
         if isinstance(reply, ReplyError):
             if not str(reply).startswith("NOSCRIPT"):
@@ -649,6 +659,21 @@ class RedisStore:
         words = reply.split()
         results = [OpResult(float(words[i]), int(words[i + 1]) / 1000.0) for i in range(2, len(words), 2)]
         return int(words[0]), int(words[1]) - 1, results
+
+    def _abandoned(self, ops: Sequence[Op], now: float, reply: bytes) -> None:
+        """An admission whose caller left (cancelled) before Redis answered: its slots are given back at once
+        rather than after LEASE_S (its request and token counts stay, as a request cut off at 499 keeps them)."""
+        words = reply.split()
+        status = int(words[0])
+        if status == REFUSED:
+            return
+        changes = [
+            Settle(SLOT, op.key, member=op.member)
+            for op in ops
+            if op.kind == SLOT or (op.kind == QUEUE_SLOT and status == ADMITTED)
+        ]
+        if changes:
+            self.settle(changes, now)
 
     async def admit(self, ops: Sequence[Op], now: float) -> StoreAnswer:
         if self.degraded:

@@ -81,3 +81,21 @@ async def test_two_stores_admit_exactly_the_limit_and_settle_frees_slots() -> No
     finally:
         await a.stop()
         await b.stop()
+
+
+async def test_an_admission_abandoned_before_redis_answers_gives_its_slot_back() -> None:
+    url, prefix = require_redis(), f"test-{uuid.uuid4().hex[:12]}"
+    store = RedisStore(url, prefix)
+    await store.start()
+    try:
+        released = asyncio.Event()
+        store.on_release = lambda key: released.set()
+        waiting = asyncio.create_task(store.admit([Op(SLOT, "lim:u:1:slots", 1, member="gone")], 1000.0))
+        await asyncio.sleep(0)  # the command is queued for this turn's write...
+        waiting.cancel()  # ...and its caller leaves before the answer
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+        await asyncio.wait_for(released.wait(), 5)
+        assert (await store.admit([Op(SLOT, "lim:u:1:slots", 1, member="next")], 1000.0)).status == 0
+    finally:
+        await store.stop()
