@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
 import json
 from datetime import UTC, datetime
 from enum import Enum
@@ -496,25 +497,10 @@ class UsageRow:
 
     @classmethod
     def from_data(cls, row: analytics_queries.UsageRow) -> UsageRow:
-        return cls(
-            bucket_start=row.bucket_start,
-            user_id=_opt_id(row.user_id),
-            user_name=row.user_name,
-            backend_id=_opt_id(row.backend_id),
-            backend_name=row.backend_name,
-            model=row.model,
-            requests=row.requests,
-            errors=row.errors,
-            prompt_tokens=row.prompt_tokens,
-            completion_tokens=row.completion_tokens,
-            total_tokens=row.total_tokens,
-            cached_tokens=row.cached_tokens,
-            reasoning_tokens=row.reasoning_tokens,
-            avg_latency_ms=row.avg_latency_ms,
-            cost_usd=row.cost_usd,
-            p50_latency_ms=row.p50_latency_ms,
-            p95_latency_ms=row.p95_latency_ms,
-        )
+        """The fields are analytics_queries.UsageRow's (tests/test_graphql_types.py checks), ids as IDs."""
+        values = {f.name: getattr(row, f.name) for f in dataclasses.fields(row)}
+        values["user_id"], values["backend_id"] = _opt_id(row.user_id), _opt_id(row.backend_id)
+        return cls(**values)
 
 
 @strawberry.type

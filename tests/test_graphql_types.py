@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -33,3 +34,12 @@ async def test_permission_whose_user_or_backend_was_deleted_meanwhile_is_not_fou
         [error] = answer["errors"]
         assert error["extensions"]["code"] == "NOT_FOUND", error
         assert "no longer exists" in error["message"]
+
+
+def test_the_graphql_usage_row_has_the_fields_of_the_usage_data():
+    """One list of usage fields: the GraphQL type declares them, from_data copies them by name."""
+    from graphql_schema.types import UsageRow
+    from router import analytics_queries
+
+    shown = [f.python_name for f in UsageRow.__strawberry_definition__.fields]
+    assert shown == [f.name for f in dataclasses.fields(analytics_queries.UsageRow)]
