@@ -37,6 +37,7 @@ from typing import Any
 import orjson
 
 from router.analytics_queries import UsageRow
+from router.signals import Fanout
 from router.usage import RequestRecord, add_to_sums
 
 log = logging.getLogger("router.live")
@@ -385,23 +386,11 @@ class HealthChange:
     at: datetime
 
 
-class HealthFeed:
+class HealthFeed(Fanout[HealthChange]):
     """Fan-out of backend up/down transitions (HealthTracker.on_transition) to bounded subscriber queues."""
 
     def __init__(self) -> None:
-        self._queues: set[asyncio.Queue[HealthChange]] = set()
+        super().__init__(HEALTH_QUEUE_SIZE)
 
     def __call__(self, backend_id: int, healthy: bool, reason: str | None) -> None:
-        change = HealthChange(backend_id, healthy, reason, datetime.now(UTC))
-        for queue in tuple(self._queues):
-            if queue.full():
-                queue.get_nowait()
-            queue.put_nowait(change)
-
-    def subscribe(self) -> asyncio.Queue[HealthChange]:
-        queue: asyncio.Queue[HealthChange] = asyncio.Queue(HEALTH_QUEUE_SIZE)
-        self._queues.add(queue)
-        return queue
-
-    def unsubscribe(self, queue: asyncio.Queue[HealthChange]) -> None:
-        self._queues.discard(queue)
+        self.publish(HealthChange(backend_id, healthy, reason, datetime.now(UTC)))

@@ -15,14 +15,13 @@ throttle applies to events from other processes, so a cluster delivers about one
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from router.signals import Signal
+from router.signals import Fanout, Signal
 
 QUEUE_SIZE = 100  # per subscriber
 MAX_KEYS = 10_000  # throttle entries kept (stale ones are dropped beyond this)
@@ -52,14 +51,14 @@ class QuotaEvent:
         return cls(**{k: v for k, v in message.items() if k in fields})
 
 
-class QuotaEventFeed:
+class QuotaEventFeed(Fanout[QuotaEvent]):
     """Throttled fan-out of quota events to this process's subscribers and (with Redis) to the others."""
 
     def __init__(self, interval_s: float = 1.0, clock: Callable[[], float] = time.monotonic) -> None:
+        super().__init__(QUEUE_SIZE)
         self.interval_s = interval_s
         self.clock = clock
         self.on_share: Signal[[dict[str, Any]]] = Signal()  # connected to SharedState when REDIS_URL is set
-        self._queues: set[asyncio.Queue[QuotaEvent]] = set()
         self._last: dict[tuple[str, int, str], float] = {}
         self._suppressed: dict[tuple[str, int, str], int] = {}
 
@@ -67,22 +66,14 @@ class QuotaEventFeed:
         """An event of this process (Limiter.on_limit)."""
         passed = self._throttle(event)
         if passed is not None:
-            self._deliver(passed)
+            self.publish(passed)
             self.on_share.emit(passed.to_wire())
 
     def remote(self, message: dict[str, Any]) -> None:
         """An event another process shared through Redis."""
         passed = self._throttle(QuotaEvent.from_wire(message))
         if passed is not None:
-            self._deliver(passed)
-
-    def subscribe(self) -> asyncio.Queue[QuotaEvent]:
-        queue: asyncio.Queue[QuotaEvent] = asyncio.Queue(QUEUE_SIZE)
-        self._queues.add(queue)
-        return queue
-
-    def unsubscribe(self, queue: asyncio.Queue[QuotaEvent]) -> None:
-        self._queues.discard(queue)
+            self.publish(passed)
 
     def _throttle(self, event: QuotaEvent) -> QuotaEvent | None:
         """The event to pass on (with what was left out before it counted in), or None to leave it out."""
@@ -98,9 +89,3 @@ class QuotaEventFeed:
         self._last[key] = now
         left_out = self._suppressed.pop(key, 0)
         return dataclasses.replace(event, suppressed=event.suppressed + left_out) if left_out else event
-
-    def _deliver(self, event: QuotaEvent) -> None:
-        for queue in tuple(self._queues):
-            if queue.full():
-                queue.get_nowait()
-            queue.put_nowait(event)
