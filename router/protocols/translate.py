@@ -594,10 +594,53 @@ def chat_response_to_messages(body: JSON, model: str) -> JSON:
     }
 
 
+# --- chat stream -> another API's stream ------------------------------------------------------
+
+
+class _FromChatStream:
+    """What the translations of a chat completion stream share: chunk by chunk, the first choice's
+    deltas, and the closing events once both the finish reason and the usage arrived."""
+
+    _started: bool
+    _done: bool
+    _finish: Any
+    _usage: JSON | None
+
+    def feed(self, event: str | None, data: Any) -> list[Event]:
+        if self._done or not isinstance(data, dict):
+            return []
+        if data.get("error") and not data.get("choices"):
+            return self._upstream_error(error_message(_dumps(data).encode()))
+        out: list[Event] = [] if self._started else self._begin(data)
+        if isinstance(data.get("usage"), dict):
+            self._usage = data["usage"]
+        for choice in data.get("choices") or []:
+            if isinstance(choice, dict) and choice.get("index", 0) == 0:
+                out.extend(self._choice(choice))
+        if self._finish is not None and self._usage is not None:
+            out.extend(self._finished())
+        return out
+
+    def _begin(self, chunk: JSON) -> list[Event]:
+        """The stream's opening events (from its first chunk)."""
+        raise NotImplementedError
+
+    def _choice(self, choice: JSON) -> list[Event]:
+        raise NotImplementedError
+
+    def _finished(self) -> list[Event]:
+        """The closing events of an answer that ended as it should."""
+        raise NotImplementedError
+
+    def _upstream_error(self, message: str) -> list[Event]:
+        """The stream's end when the upstream sent an error instead of a chunk."""
+        raise NotImplementedError
+
+
 # --- chat stream -> Messages stream -----------------------------------------------------------
 
 
-class ChatToMessagesStream:
+class ChatToMessagesStream(_FromChatStream):
     """Chat completion chunks in, Anthropic stream events out, one chunk at a time.
 
     The closing `message_delta` (stop reason, usage) is sent once both the finish reason and the
@@ -617,20 +660,14 @@ class ChatToMessagesStream:
         self._usage: JSON | None = None
         self._complete = False
 
-    def feed(self, event: str | None, data: Any) -> list[Event]:
-        if self._done or not isinstance(data, dict):
-            return []
-        if data.get("error") and not data.get("choices"):
-            return self._fail(anthropic_error_type(500), error_message(_dumps(data).encode()))
-        out: list[Event] = [] if self._started else [self._message_start(data)]
-        if isinstance(data.get("usage"), dict):
-            self._usage = data["usage"]
-        for choice in data.get("choices") or []:
-            if isinstance(choice, dict) and choice.get("index", 0) == 0:
-                out.extend(self._choice(choice))
-        if self._finish is not None and self._usage is not None:
-            out.extend(self._message_end())
-        return out
+    def _begin(self, chunk: JSON) -> list[Event]:
+        return [self._message_start(chunk)]
+
+    def _finished(self) -> list[Event]:
+        return self._message_end()
+
+    def _upstream_error(self, message: str) -> list[Event]:
+        return self._fail(anthropic_error_type(500), message)
 
     def end(self) -> list[Event]:
         if self._done:
@@ -1375,7 +1412,7 @@ def chat_response_to_responses(body: JSON, request: JSON) -> JSON:
 # --- chat stream -> Responses stream ----------------------------------------------------------
 
 
-class ChatToResponsesStream:
+class ChatToResponsesStream(_FromChatStream):
     """Chat completion chunks in, Responses stream events out (with `sequence_number`), one at a time.
 
     Each output item (reasoning, message, function call) is opened when its first delta arrives
@@ -1404,20 +1441,14 @@ class ChatToResponsesStream:
         """True once the answer ended as the protocol says (not cut off, no error)."""
         return self._done and self._response["status"] != "failed"
 
-    def feed(self, event: str | None, data: Any) -> list[Event]:
-        if self._done or not isinstance(data, dict):
-            return []
-        if data.get("error") and not data.get("choices"):
-            return self._fail(error_message(_dumps(data).encode()))
-        out = [] if self._started else self._start(data)
-        if isinstance(data.get("usage"), dict):
-            self._usage = data["usage"]
-        for choice in data.get("choices") or []:
-            if isinstance(choice, dict) and choice.get("index", 0) == 0:
-                out.extend(self._choice(choice))
-        if self._finish is not None and self._usage is not None:
-            out.extend(self._complete())
-        return out
+    def _begin(self, chunk: JSON) -> list[Event]:
+        return self._start(chunk)
+
+    def _finished(self) -> list[Event]:
+        return self._complete()
+
+    def _upstream_error(self, message: str) -> list[Event]:
+        return self._fail(message)
 
     def end(self) -> list[Event]:
         if self._done:
