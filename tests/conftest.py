@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import io
 import json
 import os
 import signal
@@ -21,7 +22,10 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
+from typing import BinaryIO
+from unittest import mock
 
 import httpx
 import pytest
@@ -43,15 +47,17 @@ def redis_url() -> str | None:
     return os.environ.get("TEST_REDIS_URL")
 
 
-def skip_unless_process_dialect(dialect: str) -> None:
+def process_dialect() -> str:
     """One SQL dialect per test process: Tortoise caches its statements per connection name.
 
-    In-process databases are SQLite, or PostgreSQL in the `TEST_DB=postgres` run (where
-    `router_factory` routers are PostgreSQL subprocesses); a case of the other dialect runs in
-    the other run.
+    In-process databases (in-process routers included) are SQLite, or PostgreSQL in the
+    `TEST_DB=postgres` run; a case of the other dialect runs in the other run.
     """
-    process_dialect = "postgres" if os.environ.get("TEST_DB") == "postgres" else "sqlite"
-    if dialect != process_dialect:
+    return "postgres" if os.environ.get("TEST_DB") == "postgres" else "sqlite"
+
+
+def skip_unless_process_dialect(dialect: str) -> None:
+    if dialect != process_dialect():
         run = "TEST_DB=postgres run" if dialect == "postgres" else "default (SQLite) run"
         pytest.skip(f"the {dialect} case runs in the {run}: one SQL dialect per test process")
 
@@ -145,6 +151,7 @@ class RouterProcess:
             **(env or {}),
         }
         self.proc: subprocess.Popen | None = None
+        self._log: BinaryIO | None = None
         self.bind_loopback = True  # tests set False to see the router's own default
         self.log_path = data_dir / f"router-{self.port}.log"
 
@@ -169,30 +176,38 @@ class RouterProcess:
         args += extra_args or []
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self._log = open(self.log_path, "ab")  # noqa: SIM115
-        self.proc = subprocess.Popen(args, env=self.env, stdout=self._log, stderr=subprocess.STDOUT)
+        # Its own process group: a stop that times out kills the workers too, not only their parent.
+        self.proc = subprocess.Popen(
+            args, env=self.env, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True
+        )
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"router exited with {self.proc.returncode}:\n{self.log()}")
-            try:
-                if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200:
-                    return self
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.05)
+        with httpx.Client(timeout=1) as client:
+            while time.monotonic() < deadline:
+                if self.proc.poll() is not None:
+                    raise RuntimeError(f"router exited with {self.proc.returncode}:\n{self.log()}")
+                try:
+                    if client.get(f"{self.url}/healthz").status_code == 200:
+                        return self
+                except httpx.HTTPError:
+                    pass
+                time.sleep(0.05)
+        self.stop(signal.SIGKILL)
         raise RuntimeError(f"router did not become ready:\n{self.log()}")
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int:
-        if self.proc is None or self.proc.poll() is not None:
-            return self.proc.returncode if self.proc else 0
-        self.proc.send_signal(sig)
         try:
-            return self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            return self.proc.wait()
+            if self.proc is None or self.proc.poll() is not None:
+                return self.proc.returncode if self.proc else 0
+            self.proc.send_signal(sig)
+            try:
+                return self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.proc.pid, signal.SIGKILL)
+                return self.proc.wait()
         finally:
-            self._log.close()
+            if self._log is not None:
+                self._log.close()
 
     def request_logs(self) -> list[dict]:
         """Every request-log row, oldest first, read straight from the analytics database."""
@@ -233,10 +248,20 @@ class RouterProcess:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
     def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-        """Run `python -m router ...` against the same databases."""
-        result = subprocess.run(
-            [sys.executable, "-m", "router", *args], env=self.env, capture_output=True, text=True, timeout=60
-        )
+        """`llm-router ...` against the same databases.
+
+        An admin command runs the CLI's `main` in this process (no Python start-up per command)
+        unless an in-process router holds Tortoise's one context here; `serve` is always
+        `python -m router` (tests/test_cli.py and test_readme_commands.py run the real command too).
+        """
+        from tests.inprocess import RouterThread
+
+        if args[0] != "serve" and RouterThread.active is None:
+            result = cli_in_process(list(args), self.env)
+        else:
+            result = subprocess.run(
+                [sys.executable, "-m", "router", *args], env=self.env, capture_output=True, text=True, timeout=60
+            )
         if check and result.returncode != 0:
             raise AssertionError(f"llm-router {' '.join(args)} failed: {result.stderr}")
         return result
@@ -288,6 +313,28 @@ class RouterProcess:
         return result["data"]
 
 
+def cli_in_process(argv: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
+    """`router.cli.main(argv)` with `env` as the whole environment, as `python -m router` would run it."""
+    from router.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+
+    def call() -> int:
+        with mock.patch.dict(os.environ, env, clear=True), redirect_stdout(out), redirect_stderr(err):
+            try:
+                main(argv)
+            except SystemExit as exit_:
+                if isinstance(exit_.code, str):  # as the interpreter does: the message on stderr, status 1
+                    print(exit_.code, file=sys.stderr)
+                    return 1
+                return exit_.code or 0
+            return 0
+
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:  # its own thread: main runs its own event loop
+        code = pool.submit(call).result()
+    return subprocess.CompletedProcess(["llm-router", *argv], code, out.getvalue(), err.getvalue())
+
+
 def write_config(path: Path, servers: dict[str, dict]) -> Path:
     import yaml
 
@@ -327,7 +374,8 @@ def router_factory(tmp_path: Path) -> Iterator:
         data_dir: Path | None = None,
         process: bool = False,
     ) -> RouterProcess:
-        """An in-process router (`RouterThread`) unless `process`, a `SERVER` choice or a second one running."""
+        """An in-process router (`RouterThread`) unless `process`, `SERVER=granian`, a second one running
+        or databases of the other dialect than `process_dialect()`."""
         from tests.inprocess import RouterThread
 
         env = dict(env or {})
@@ -338,9 +386,12 @@ def router_factory(tmp_path: Path) -> Iterator:
             env.update(CORE_DB_URL=core, ANALYTICS_DB_URL=analytics)
         in_thread = (
             not process
-            and "SERVER" not in env
+            and env.get("SERVER", "uvicorn") == "uvicorn"  # RouterThread serves with uvicorn as `serve` does
             and RouterThread.active is None
-            and not any(is_postgres(env.get(name, "")) for name in ("CORE_DB_URL", "ANALYTICS_DB_URL"))
+            and all(
+                is_postgres(env.get(name, "")) == (process_dialect() == "postgres")
+                for name in ("CORE_DB_URL", "ANALYTICS_DB_URL")
+            )
         )
         kind = RouterThread if in_thread else RouterProcess
         router = kind(data_dir or tmp_path / f"router{len(routers)}", env, config)

@@ -10,6 +10,7 @@ import sys
 import pytest
 
 from tests.conftest import ADMIN_PASSWORD, RouterProcess, write_config
+from tests.inprocess import RouterThread
 from tests.upstream import free_port
 
 
@@ -20,7 +21,7 @@ def cli(tmp_path, upstream):
         tmp_path / "c.yaml",
         {"alpha": {"url": upstream.base_url, "api_key": "upstream-secret"}, "beta": {"url": upstream.base_url}},
     )
-    router = RouterProcess(tmp_path / "data", {}, config)
+    router = RouterThread(tmp_path / "data", {}, config)  # in this process: serve's start-up is tested below
     router.start()
     router.stop()
     return router

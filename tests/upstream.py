@@ -90,11 +90,15 @@ class UpstreamServer:
         self.port = self.port or free_port()
 
         def run() -> None:
-            self._loop = asyncio.new_event_loop()
-            asyncio.set_event_loop(self._loop)
-            self._loop.run_until_complete(self._start_app())
-            ready.set()
-            self._loop.run_forever()
+            loop = self._loop = asyncio.new_event_loop()
+            asyncio.set_event_loop(loop)
+            try:
+                loop.run_until_complete(self._start_app())
+                ready.set()
+                loop.run_forever()
+            finally:
+                loop.run_until_complete(loop.shutdown_asyncgens())
+                loop.close()
 
         self._thread = threading.Thread(target=run, name=f"upstream-{self.name}", daemon=True)
         self._thread.start()
