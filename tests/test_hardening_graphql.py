@@ -69,18 +69,22 @@ def slowest_during(router: RouterProcess, key: str, attack: Callable[[], None], 
     stop = threading.Event()
     failures: list[BaseException] = []
 
+    under_way = threading.Event()  # an attack went through: the next ones follow back to back
+
     def loop() -> None:
         try:
             while not stop.is_set():
                 attack()
+                under_way.set()
         except BaseException as exc:  # surfaced below
             failures.append(exc)
+            under_way.set()
 
     threads = [threading.Thread(target=loop) for _ in range(2)]
     with httpx.Client(timeout=60) as http:
         for thread in threads:
             thread.start()
-        time.sleep(0.2)  # the attack is under way
+        assert under_way.wait(60), "the attack did not start"
         slowest = 0.0
         deadline = time.monotonic() + seconds
         while time.monotonic() < deadline:

@@ -10,7 +10,7 @@ import pytest
 from router.health import check_verdict
 from router.model_lists import Probe
 from router.routing import CHECK_FAILURES_TO_DOWN, CheckResult, HealthTracker
-from tests.conftest import RouterProcess, require_redis, write_config
+from tests.conftest import RouterProcess, require_redis, until, write_config
 from tests.upstream import free_port
 
 FAST_CHECKS = {"HEALTH_CHECK_INTERVAL_S": "0.3", "HEALTH_CHECK_TIMEOUT_S": "1", "HEALTH_COOLDOWN_S": "60"}
@@ -144,12 +144,14 @@ def test_one_process_checks_per_round_and_all_see_the_results(upstream_factory, 
     a = RouterProcess(tmp_path / "a", env, config).start()
     b = RouterProcess(tmp_path / "b", {**env, "CORE_DB_URL": "", "DATA_DIR": str(tmp_path / "a")}).start()
     try:
-        time.sleep(1.0)  # both past start-up (which lists models once each)
-        before = len(alpha.requests_to("/v1/models"))
-        time.sleep(3.0)
-        checks = len(alpha.requests_to("/v1/models")) - before
-        # One checker: ~10 rounds of 0.3 s; two independent checkers would make ~20.
-        assert 5 <= checks <= 14, checks
+        # Both past start-up (which lists models once each): the first check rounds have run.
+        until(lambda: len(alpha.requests_to("/v1/models")) >= 4, 15, "no health checks")
+        # Ten more checks: one checker makes one per 0.3 s round, so they take nine rounds or more
+        # (longer on a busy machine); two independent checkers would make them in about half that.
+        before, started = len(alpha.requests_to("/v1/models")), time.monotonic()
+        until(lambda: len(alpha.requests_to("/v1/models")) >= before + 10, 30, "health checks stopped")
+        interval = float(FAST_CHECKS["HEALTH_CHECK_INTERVAL_S"])
+        assert time.monotonic() - started >= 7 * interval, "more than one process checks each round"
         for router in (a, b):
             assert backend_health(router, "alpha")["health"]["lastCheck"]["ok"] is True
         alpha.stop()

@@ -235,14 +235,19 @@ function onRequest(context) {
 def worst_latency_while(router, key: str, attack) -> float:
     """Worst latency of another user's small requests while `attack()` runs in a loop."""
     stop = threading.Event()
+    under_way = threading.Event()  # one attack went through: the next ones follow back to back
 
     def loop() -> None:
-        while not stop.is_set():
-            attack()
+        try:
+            while not stop.is_set():
+                attack()
+                under_way.set()
+        finally:
+            under_way.set()
 
     attacker = threading.Thread(target=loop)
     attacker.start()
-    time.sleep(0.3)
+    assert under_way.wait(60), "the attack did not start"
     durations = []
     try:
         for _ in range(25):
