@@ -202,6 +202,7 @@ async def time_to_first_token(url: str, body: bytes, key: str | None, n: int) ->
     return {
         "n": len(firsts),
         "errors": errors,
+        "p10_ms": round(_percentile(firsts, 10), 3),
         "p50_ms": round(_percentile(firsts, 50), 3),
         "p90_ms": round(_percentile(firsts, 90), 3),
         "mean_ms": round(statistics.fmean(firsts), 3) if firsts else 0.0,

@@ -30,10 +30,13 @@ def short_frame(frame: str) -> str:
 
 def group_of(frame: str) -> str:
     """A coarse bucket for a frame: which library (or our code) it belongs to."""
+    if frame in (NATIVE, LOOP):
+        return "native: granian (Rust), uvloop (C)"
     path = frame[frame.rfind("(") + 1 : -1]
     if path.startswith("router/"):
         return "router"
     for lib in (
+        "granian",
         "starlette",
         "uvicorn",
         "aiohttp",
@@ -56,6 +59,13 @@ def group_of(frame: str) -> str:
     return "other"
 
 
+# Samples with no Python frame (granian's Rust threads, C code outside any Python call), and
+# samples in a granian worker's entry frame itself (uvloop running, between Python callbacks).
+NATIVE = "(no Python frame: granian's Rust threads, native code)"
+LOOP = "(event loop between callbacks: uvloop's C code)"
+_WORKER_ENTRY = ("_spawn_asgi_lifespan_worker (", "MPServer._spawn_asgi_lifespan_worker (")
+
+
 def summarize(path: Path, top: int = 40) -> dict:
     self_counts: Counter[str] = Counter()
     inclusive: Counter[str] = Counter()
@@ -70,8 +80,11 @@ def summarize(path: Path, top: int = 40) -> dict:
         if not frames:
             continue
         total += count
-        if frames[0].startswith("process ") or frames[0].startswith("thread "):
-            frames = frames[1:] or frames
+        frames = [f for f in frames if not f.startswith(("process ", "thread "))] or [NATIVE]
+        # A granian worker's stacks start with the fork from the server process: cut that prelude.
+        cut = max((i for i, f in enumerate(frames) if f.startswith(_WORKER_ENTRY)), default=-1)
+        if cut >= 0:
+            frames = frames[cut + 1 :] or [LOOP]
         self_counts[frames[-1]] += count
         groups[group_of(frames[-1])] += count
         for frame in set(frames):

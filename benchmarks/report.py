@@ -351,6 +351,7 @@ _ENTRY_FRAMES = (
     "Handle._run",
     "Thread.",
     "_bootstrap",
+    "run (threading.py)",
 )
 
 

@@ -316,8 +316,11 @@ def run_ab(ctx: Ctx) -> dict[str, Any]:
     `--variant NAME=SRC[,K=V...]`: a checkout to run the router from, plus router environment.
     """
     routers: dict[str, Router] = {}
-    cells = tuple((kind == "st", int(c)) for kind, c in (x.split(":") for x in ctx.args.ab_cells.split(",")))
+    specs = [x.split(":") for x in ctx.args.ab_cells.split(",")]
+    cells = tuple((kind == "st", int(c)) for kind, c in specs if kind != "ttft")
+    ttft_n = next((int(c) for kind, c in specs if kind == "ttft"), 0)  # `ttft:N`: N sequential streams a round
     samples: dict[str, dict[str, list[dict[str, Any]]]] = {}
+    ttfts: dict[str, list[dict[str, Any]]] = {}
     try:
         for spec in ctx.args.variant:
             name, _, rest = spec.partition("=")
@@ -333,6 +336,8 @@ def run_ab(ctx: Ctx) -> dict[str, Any]:
             router.start(dict(e.split("=", 1) for e in env))
             routers[name] = router
         floors = start_floors(ctx, ctx.args.floors) if ctx.args.floor else []
+        # TTFT through the floor needs a floor in front of the slow mock (granian + aiohttp, the router's pairing)
+        slow_floor = start_floor("granian", "aiohttp", ctx.slow.url, ctx.cpus.router, ctx.work) if ttft_n else None
         targets = [(name, r.url, r.key, r.pid) for name, r in routers.items()]
         targets += [(f.name, f.url, None, f.pid) for f in floors]
         for round_ in range(ctx.args.rounds):
@@ -341,10 +346,21 @@ def run_ab(ctx: Ctx) -> dict[str, Any]:
                 for name, url, key, pid in targets:
                     row = measure_once(name, url + CHAT, stream, c, ctx, key, pid, MODEL)
                     samples.setdefault(name, {}).setdefault(f"{row['mode']} c{c}", []).append(row)
+            if ttft_n:  # the direct slow mock and each router variant (the floors only know the fast mock)
+                ttft_targets: list[tuple[str, str, str | None]] = [("direct", ctx.slow.url, None)]
+                ttft_targets += [(n, r.url, r.key) for n, r in routers.items()]
+                if slow_floor is not None:
+                    ttft_targets.append((slow_floor.name, slow_floor.url, None))
+                for name, url, api_key in ttft_targets:
+                    wait_quiet(ctx)
+                    body = loadgen.chat_body(SLOW_MODEL, True)
+                    first = asyncio.run(loadgen.time_to_first_token(url + CHAT, body, api_key, ttft_n))
+                    log(f"{name:<16} TTFT (10 ms/chunk) p10 {first['p10_ms']:.2f} p50 {first['p50_ms']:.2f} ms")
+                    ttfts.setdefault(name, []).append(first)
     finally:
         for router in routers.values():
             router.stop()
-        for floor in locals().get("floors") or []:
+        for floor in [*(locals().get("floors") or []), *filter(None, [locals().get("slow_floor")])]:
             stop_process(floor.proc)
     summary = ab_summary(samples)
     return {
@@ -352,7 +368,23 @@ def run_ab(ctx: Ctx) -> dict[str, Any]:
         "rounds": ctx.args.rounds,
         "summary": summary,
         "vs_floor": floor_ratios(samples, list(routers), [f.name for f in floors]),
+        "ttft_added": ttft_added(ttfts),
     }
+
+
+def ttft_added(ttfts: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+    """Per variant: medians over rounds of its TTFT p10/p50 minus the direct mock's in the same round."""
+    out: dict[str, Any] = {}
+    direct = ttfts.get("direct", [])
+    for name, rows in ttfts.items():
+        if name == "direct" or not direct:
+            continue
+        out[name] = {
+            q: round(statistics.median(r[q] - d[q] for r, d in zip(rows, direct, strict=False)), 3)
+            for q in ("p10_ms", "p50_ms")
+        }
+        log(f"{name}: TTFT added p10 {out[name]['p10_ms']:.2f} ms, p50 {out[name]['p50_ms']:.2f} ms (median of rounds)")
+    return out
 
 
 FLOORS = (("granian", "aiohttp"), ("uvicorn", "aiohttp"), ("granian", "pyreqwest"))
@@ -977,7 +1009,9 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--rounds", type=int, default=5, help="A/B rounds")
     p.add_argument("--floor", action="store_true", help="A/B: measure the floor apps in the same rounds")
     p.add_argument("--floors", default="", help="with --floor: only these, e.g. granian+aiohttp,granian+pyreqwest")
-    p.add_argument("--ab-cells", default="ns:64,st:64,ns:16,ns:1", help="A/B cells: ns|st:concurrency,...")
+    p.add_argument(
+        "--ab-cells", default="ns:64,st:64,ns:16,ns:1", help="A/B cells: ns|st:concurrency,... and ttft:N (N streams)"
+    )
     p.add_argument("--lite", action="store_true", help="router-only cells (ns c1/c64, stream c64) for A/B runs")
     p.add_argument("--protocols", action="store_true", help="chat vs Responses vs Messages streams, c64 (issue 12)")
     p.add_argument(
