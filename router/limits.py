@@ -339,21 +339,31 @@ class LocalStore:
     def settle(self, changes: Sequence[Settle], now: float) -> None:
         for change in changes:
             if change.kind == WINDOW:
-                window = self.windows.get(change.key)
-                if window is not None:
-                    window.advance(int(now))
-                    window.adjust(change.second, int(change.amount), int(now))
+                self.adjust_window(change.key, int(change.amount), change.second, now)
             elif change.kind == SPEND:
-                spent = self._spent(change.key, now)
-                self.spend[change.key] = (spent + change.amount, now + change.ttl_s)
+                self.add_spend(change.key, change.amount, change.ttl_s, now)
             else:
-                held = self.slots.get(change.key)
-                if held is not None:
-                    held.discard(change.member)
-                    if not held:
-                        del self.slots[change.key]
-                if self.on_release is not None:
-                    self.on_release(change.key)
+                self.release(change.key, change.member)
+
+    # The three kinds of settlement, also called directly by Limiter.settle (no Settle objects in-process).
+
+    def adjust_window(self, key: str, delta: int, second: int, now: float) -> None:
+        window = self.windows.get(key)
+        if window is not None:
+            window.advance(int(now))
+            window.adjust(second, delta, int(now))
+
+    def add_spend(self, key: str, amount: float, ttl_s: float, now: float) -> None:
+        self.spend[key] = (self._spent(key, now) + amount, now + ttl_s)
+
+    def release(self, key: str, member: str) -> None:
+        held = self.slots.get(key)
+        if held is not None:
+            held.discard(member)
+            if not held:
+                del self.slots[key]
+        if self.on_release is not None:
+            self.on_release(key)
 
     async def seed_spend(self, key: str, amount: float, ttl_s: float) -> None:
         now = time.time()
@@ -964,40 +974,98 @@ def duration_text(seconds: float) -> str:
     return f"{minutes}m{secs}s" if minutes else f"{secs}s"
 
 
+# The whole-second reset texts (the usual case: an admitted request's window resets in 1-60 s).
+_WHOLE_SECONDS = tuple(duration_text(s).encode() for s in range(WINDOW_S * 2 + 1))
+
+
+def _duration_bytes(seconds: float) -> bytes:
+    if seconds >= 1:
+        whole = math.ceil(seconds)
+        if whole < len(_WHOLE_SECONDS):
+            return _WHOLE_SECONDS[whole]
+    return duration_text(seconds).encode()
+
+
+_last_instant: list[Any] = [None, b""]  # (whole second, its RFC 3339 text): one strftime per second
+
+
+def _instant_bytes(timestamp: float) -> bytes:
+    """`timestamp` as RFC 3339 in UTC, whole seconds (as datetime.fromtimestamp(...).strftime would)."""
+    second = math.floor(round(timestamp, 6))
+    if _last_instant[0] != second:
+        _last_instant[1] = datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%SZ").encode()
+        _last_instant[0] = second
+    text: bytes = _last_instant[1]
+    return text
+
+
+# Header names per style: (limit, remaining, reset) of requests, then of tokens.
+_HEADER_NAMES = {
+    "openai": (
+        (b"x-ratelimit-limit-requests", b"x-ratelimit-remaining-requests", b"x-ratelimit-reset-requests"),
+        (b"x-ratelimit-limit-tokens", b"x-ratelimit-remaining-tokens", b"x-ratelimit-reset-tokens"),
+    ),
+    "anthropic": (
+        (
+            b"anthropic-ratelimit-requests-limit",
+            b"anthropic-ratelimit-requests-remaining",
+            b"anthropic-ratelimit-requests-reset",
+        ),
+        (
+            b"anthropic-ratelimit-tokens-limit",
+            b"anthropic-ratelimit-tokens-remaining",
+            b"anthropic-ratelimit-tokens-reset",
+        ),
+    ),
+}
+_ALL_HEADER_NAMES = frozenset(name for style in _HEADER_NAMES.values() for names in style for name in names)
+
+
+def limit_header_pairs(
+    admission: Admission, style: str = "openai", now: float | None = None
+) -> list[tuple[bytes, bytes]]:
+    """The rate-limit headers of a user's RPM/TPM (only the limits the user has) as raw ASGI pairs.
+
+    "openai": x-ratelimit-* with resets as durations (`20ms`, `6s`, `1m30s`); "anthropic":
+    anthropic-ratelimit-* with resets as RFC 3339 times.
+    """
+    pairs: list[tuple[bytes, bytes]] = []
+    anthropic = style == "anthropic"
+    names = _HEADER_NAMES["anthropic" if anthropic else "openai"]
+    if anthropic and now is None:
+        now = time.time()
+    for view, (limit, remaining, reset) in zip((admission.requests, admission.tokens), names, strict=True):
+        if view is not None:
+            if now is not None and anthropic:
+                when = _instant_bytes(now + view.reset_s)
+            else:
+                when = _duration_bytes(view.reset_s)
+            pairs += ((limit, b"%d" % view.limit), (remaining, b"%d" % view.remaining), (reset, when))
+    return pairs
+
+
 def openai_headers(admission: Admission) -> dict[str, str]:
     """x-ratelimit-* headers of a user's RPM/TPM (only the limits the user has)."""
-    headers: dict[str, str] = {}
-    if admission.requests is not None:
-        r = admission.requests
-        headers["x-ratelimit-limit-requests"] = str(r.limit)
-        headers["x-ratelimit-remaining-requests"] = str(r.remaining)
-        headers["x-ratelimit-reset-requests"] = duration_text(r.reset_s)
-    if admission.tokens is not None:
-        t = admission.tokens
-        headers["x-ratelimit-limit-tokens"] = str(t.limit)
-        headers["x-ratelimit-remaining-tokens"] = str(t.remaining)
-        headers["x-ratelimit-reset-tokens"] = duration_text(t.reset_s)
-    return headers
+    return {name.decode(): value.decode() for name, value in limit_header_pairs(admission)}
 
 
 def anthropic_headers(admission: Admission, now: float) -> dict[str, str]:
     """anthropic-ratelimit-* headers (reset as an RFC 3339 time)."""
+    return {name.decode(): value.decode() for name, value in limit_header_pairs(admission, "anthropic", now)}
 
-    def at(seconds: float) -> str:
-        return datetime.fromtimestamp(now + seconds, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
-    headers: dict[str, str] = {}
-    if admission.requests is not None:
-        r = admission.requests
-        headers["anthropic-ratelimit-requests-limit"] = str(r.limit)
-        headers["anthropic-ratelimit-requests-remaining"] = str(r.remaining)
-        headers["anthropic-ratelimit-requests-reset"] = at(r.reset_s)
-    if admission.tokens is not None:
-        t = admission.tokens
-        headers["anthropic-ratelimit-tokens-limit"] = str(t.limit)
-        headers["anthropic-ratelimit-tokens-remaining"] = str(t.remaining)
-        headers["anthropic-ratelimit-tokens-reset"] = at(t.reset_s)
-    return headers
+def add_limit_headers(response: Any, admission: Admission, style: str) -> None:
+    """Add a limited user's rate-limit headers to an answer (a Starlette response) as `headers.update` would,
+    without its per-header encoding and search when the answer has none of these headers yet (the usual case)."""
+    if not admission.limited:
+        return
+    raw = response.raw_headers
+    pairs = limit_header_pairs(admission, style)
+    for name, _ in raw:
+        if name in _ALL_HEADER_NAMES:
+            response.headers.update({name.decode(): value.decode() for name, value in pairs})
+            return
+    raw += pairs
 
 
 def answer_headers(
@@ -1056,6 +1124,11 @@ class _Skeleton:
     budget: int  # index of the SPEND op, -1 if none
     views: tuple[tuple[int, bool], ...]
     backend_keys: frozenset[str]
+    # For the in-process store (Limiter._admit_local), per op: kind, key, limit, counts the request's
+    # tokens (a TPM window), and which header it feeds (1: the user's RPM, 2: the user's TPM, 0: none).
+    local: tuple[tuple[str, str, float, bool, int], ...] = ()
+    tpm_keys: tuple[str, ...] = ()
+    slot_keys: tuple[str, ...] = ()
 
 
 class Limiter:
@@ -1080,6 +1153,7 @@ class Limiter:
         self._templates: dict[tuple[str, int, Limits], tuple[tuple[Op, str], ...]] = {}
         self._budgets: dict[tuple[int, BudgetPeriod, int], tuple[str, float]] = {}
         self._skeletons: dict[tuple[Any, Any], _Skeleton] = {}
+        self._skeletons_by_identity: dict[tuple[int, int], tuple[Any, Any, Any, Any, _Skeleton]] = {}
         self.on_limit: Signal[[QuotaEvent]] = Signal()  # a user or backend reached a limit (quotaEvents)
         if isinstance(store, (LocalStore, RedisStore)):
             store.on_release = self._released
@@ -1127,6 +1201,26 @@ class Limiter:
         return found
 
     def _skeleton(self, user: HasLimits | None, backend: HasLimits | None) -> _Skeleton:
+        # Known by identity first: catalog entries are immutable and live until the next snapshot, and
+        # hashing the Limits dataclasses of both is most of a look-up by value.
+        user_limits = None if user is None else user.limits
+        backend_limits = None if backend is None else backend.limits
+        known = self._skeletons_by_identity.get((id(user), id(backend)))
+        if (
+            known is not None
+            and known[0] is user
+            and known[1] is user_limits
+            and known[2] is backend
+            and known[3] is backend_limits
+        ):
+            return known[4]
+        skeleton = self._skeleton_by_value(user, backend)
+        if len(self._skeletons_by_identity) >= 10_000:
+            self._skeletons_by_identity.clear()
+        self._skeletons_by_identity[(id(user), id(backend))] = (user, user_limits, backend, backend_limits, skeleton)
+        return skeleton
+
+    def _skeleton_by_value(self, user: HasLimits | None, backend: HasLimits | None) -> _Skeleton:
         limited_backend = backend if backend is not None and backend.limits else None
         cache_key = (
             None if user is None else (user.id, user.limits),
@@ -1157,6 +1251,18 @@ class Limiter:
             budget=next((i for i in indices if roles[i][1] == "budget"), -1),
             views=tuple((i, roles[i][1] == "rpm") for i in indices if roles[i] in (("user", "rpm"), ("user", "tpm"))),
             backend_keys=frozenset(ops[i].key for i in indices if roles[i][0] == "backend" and roles[i][1] != "rpm"),
+            local=tuple(
+                (
+                    op.kind,
+                    op.key,
+                    op.limit,
+                    role[1] == "tpm",
+                    {"rpm": 1, "tpm": 2}.get(role[1], 0) * (role[0] == "user"),
+                )
+                for op, role in zip(ops, roles, strict=True)
+            ),
+            tpm_keys=tuple(ops[i].key for i in indices if roles[i][1] == "tpm"),
+            slot_keys=tuple(ops[i].key for i in indices if roles[i][1] == "slot"),
         )
         if len(self._skeletons) >= 10_000:
             self._skeletons.clear()
@@ -1214,7 +1320,12 @@ class Limiter:
             return await self._admit_failover(previous, user, backend, tokens, disconnected)
         if not user.limits and (backend is None or not backend.limits):
             return NOT_LIMITED
-        return await self._admit(user, backend, tokens, disconnected)
+        now = self.clock()
+        if type(self.store) is LocalStore:  # most requests: admitted at once, without another coroutine
+            admitted = self._admit_local(self.store, self._skeleton(user, backend), user, tokens, now)
+            if admitted is not None:
+                return admitted
+        return await self._admit(user, backend, tokens, disconnected, now=now)
 
     async def _admit(
         self,
@@ -1223,8 +1334,16 @@ class Limiter:
         tokens: int,
         disconnected: Callable[[], Awaitable[Any]] | None,
         user_id: int = 0,
+        now: float | None = None,
     ) -> Admission:
-        now = self.clock()
+        """Count the request (user None: against the backend's limits only), refuse it or queue it.
+        `now`: when the caller already tried `_admit_local` (the same instant, the same decision)."""
+        if now is None:
+            now = self.clock()
+            if type(self.store) is LocalStore:
+                admitted = self._admit_local(self.store, self._skeleton(user, backend), user, tokens, now)
+                if admitted is not None:
+                    return admitted
         member = f"{self._node}:{next(self._members)}"
         plan, admission = self._plan(user, backend, tokens, now, member)
         answer = await self.store.admit(plan.ops, now)
@@ -1250,6 +1369,57 @@ class Limiter:
                     self._limit_reached("queue", "backend", backend, user, user_id, backend, op.limit, exc)
                 raise
         return admission
+
+    def _admit_local(
+        self, store: LocalStore, skeleton: _Skeleton, user: HasLimits | None, tokens: int, now: float
+    ) -> Admission | None:
+        """The in-process store's admission of a request every limit lets through at once, without building
+        ops, results or plans; None when one refuses or queues it (then the general path decides, with the
+        same `now`, what `store.check` would). What it counts and the views it gives are those of the
+        general path."""
+        second = int(now)
+        windows, held = store.windows, store.slots
+        spend_key, spend_end = "", 0.0
+        requests = tokens_view = None
+        for kind, key, limit, is_tpm, view in skeleton.local:
+            if kind == WINDOW:
+                window = windows.get(key)
+                if window is None:
+                    window = windows[key] = Window()
+                window.advance(second)
+                used = window.total
+                if used >= limit:
+                    return None
+                if view:
+                    whole, reset = int(limit), window.next_release_s(now) or float(WINDOW_S)
+                    shown = WindowView(whole, max(whole - (used + (tokens if is_tpm else 1)), 0), reset)
+                    if view == 1:
+                        requests = shown
+                    else:
+                        tokens_view = shown
+            elif kind == SPEND:
+                assert user is not None
+                spend_key, spend_end = self._budget_of(user, now)
+                if store._spent(spend_key, now) >= limit:
+                    return None
+            elif len(held.get(key, ())) >= limit:
+                return None
+        member = f"{self._node}:{next(self._members)}" if skeleton.slot_keys else ""
+        for kind, key, _, is_tpm, _ in skeleton.local:
+            if kind == WINDOW:
+                windows[key].add(second, tokens if is_tpm else 1)
+            elif kind != SPEND:
+                held.setdefault(key, set()).add(member)
+        return Admission(
+            requests,
+            tokens_view,
+            tokens if skeleton.tpm_keys else 0,
+            [(key, second) for key in skeleton.tpm_keys],
+            [(key, member) for key in skeleton.slot_keys],
+            skeleton.backend_keys,
+            spend_key or None,
+            spend_end - now + 86_400 if spend_key else 0.0,
+        )
 
     def _limit_reached(
         self,
@@ -1414,6 +1584,8 @@ class Limiter:
         return self._waiter_members.get(waiter, f"{self._node}:orphan")
 
     def _released(self, key: str) -> None:
+        if not self.queues:
+            return
         for queue in self.queues.values():
             if queue.key == key and queue.depth:
                 asyncio.get_running_loop().create_task(queue.pump(self._member_of))
@@ -1446,6 +1618,21 @@ class Limiter:
         if admission.settled:
             return
         admission.settled = True
+        store = self.store
+        if type(store) is LocalStore:  # the same settlements, applied at once (no Settle objects)
+            now = 0.0
+            if admission.token_keys and (total_tokens > 0 or failed):
+                delta = total_tokens - admission.reserved
+                if delta:
+                    now = self.clock()
+                    for key, second in admission.token_keys:
+                        store.adjust_window(key, delta, second, now)
+            for key, member in admission.slots:
+                if key != queued_out:
+                    store.release(key, member)
+            if admission.spend_key is not None and cost_usd:
+                store.add_spend(admission.spend_key, cost_usd, admission.spend_ttl_s, now or self.clock())
+            return
         changes: list[Settle] = []
         if admission.token_keys and (total_tokens > 0 or failed):
             delta = total_tokens - admission.reserved

@@ -44,7 +44,7 @@ from router.hooks import (
     stream_chunk_context,
     visible_headers,
 )
-from router.limits import LimitExceeded, answer_headers
+from router.limits import LimitExceeded, add_limit_headers, answer_headers
 from router.model_lists import close_model_names
 from router.protocols import DROP, Adapter, translate
 from router.protocols.anthropic import anthropic_model_list
@@ -184,7 +184,7 @@ async def handle_generation(request: Request) -> Response:
         call = Call(rt, request, record, user, adapter, payload, raw_body, path=adapter.path)
         response = await forward(call, route)
         if record.admission is not None:
-            response.headers.update(answer_headers(record.admission, None, limit_header_style(adapter)))
+            add_limit_headers(response, record.admission, limit_header_style(adapter))
         return response
     except ApiError as err:
         rt.finish(record, err.status, err.message)
