@@ -316,7 +316,11 @@ async def test_a_stuck_subscriber_gets_the_newest_tick_with_the_skipped_count(ro
         healthy = await tick_subscription(router, fields="at skipped")
         try:
             seen = [await next_tick(healthy) for _ in range(12)]  # 12 s during which the stuck one reads nothing
-            assert all(t["skipped"] == 0 for t in seen)  # the healthy one is not held up
+            # The healthy one is not held up: it gets most ticks (a loaded machine may make even a
+            # reader that keeps up miss one), and what it misses is counted, never lost silently.
+            assert sum(t["skipped"] for t in seen) < len(seen) // 2, seen
+            for before, after in itertools.pairwise(seen):
+                assert epoch(after["at"]) - epoch(before["at"]) == 1 + after["skipped"]
         finally:
             await healthy.close()
         got: list[dict[str, Any]] = []
