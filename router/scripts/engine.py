@@ -5,11 +5,12 @@ Design:
 * One V8 context (isolate) per script, so scripts cannot see each other's globals or
   prototype changes. The user code is compiled once per ``(script.id, version)`` inside a
   strict function scope and its hooks are kept by a small runtime (``__rt``, see js.py).
-* The event loop never waits for V8: contexts are created and closed on other threads
-  (``MiniRacer()`` runs a sync eval; closing waits until the isolate stops, which takes as
-  long as a built-in that ignores termination, e.g. ``new Uint8Array(1<<30).fill(1)``), and
-  every call is one ``eval_cancelable`` under ``asyncio.timeout`` (V8 runs on the isolate's
-  own thread without the GIL; the loop only awaits a future).
+* The event loop waits for V8 at most ``racer.SYNC_WAIT_S`` (0.5 ms) per eval: contexts are
+  created and closed on other threads (``MiniRacer()`` runs a sync eval; closing waits until the
+  isolate stops, which takes as long as a built-in that ignores termination, e.g.
+  ``new Uint8Array(1<<30).fill(1)``), and every call is one eval (racer.py: mini-racer's
+  ``eval_cancelable``, whose answer is taken without a loop wake-up when it comes within that
+  wait, else awaited on a future; V8 runs on the isolate's own thread without the GIL).
 * One call is one eval for a sync hook: the context goes in as a JSON expression inside the
   code (``__rt.start("onRequest", {...})``, no second escaping pass), and the answer comes back
   as one JSON string. Bodies and the stream chunk come back only when the hook changed them
@@ -62,8 +63,8 @@ from py_mini_racer import (
     init_mini_racer,
     mini_racer,
 )
-from py_mini_racer._context import Context as _MRContext
 
+from . import racer as mr
 from .datatypes import HOOKS, HookResult, RawJSON, ScriptSource
 from .js import compile_source, parse_error_location, runtime_source
 
@@ -76,25 +77,6 @@ init_mini_racer(ignore_duplicate_init=True)
 # does not fail scripts that did little; wall time only backstops it at WALL_FACTOR x the limit.
 WALL_FACTOR = 20
 _MIN_WALL_S = 2.0
-# mini-racer runs each isolate's JS on a thread of its own and calls back from it: remember which
-# thread that is (per mini-racer context) to read its CPU clock. mini-racer 0.14 internals.
-# Only contexts being set up are watched (id of the mini-racer context -> thread, None until seen).
-_isolate_threads: dict[int, int | None] = {}
-
-
-def _recording(original: Any) -> Any:
-    def handle_callback_from_v8(self: _MRContext, callback_id: int, raw_val_handle: Any) -> None:
-        if id(self) in _isolate_threads:
-            _isolate_threads[id(self)] = threading.get_ident()
-        original(self, callback_id, raw_val_handle)
-
-    handle_callback_from_v8.records_thread = True  # type: ignore[attr-defined]
-    return handle_callback_from_v8
-
-
-if not getattr(_MRContext.handle_callback_from_v8, "records_thread", False):
-    _MRContext.handle_callback_from_v8 = _recording(_MRContext.handle_callback_from_v8)  # type: ignore[method-assign]
-
 _REQUIRED_KEYS = {"onRequest": ("request",), "onResponse": ("request",), "onStreamChunk": ("chunk",)}
 _SHAPE_KEYS = ("request", "response", "chunk")
 # The parts the runtime may leave out of its answer when unchanged (same order as PARTS in js.py).
@@ -132,7 +114,7 @@ class _Context:
 
 
 def _isolate_clock(racer: MiniRacer) -> int | None:
-    ident = _isolate_threads.pop(id(racer._ctx), None)
+    ident = mr.isolate_thread(racer)
     if ident is None:
         return None
     try:
@@ -331,11 +313,12 @@ class ScriptEngine:
         if busy:
             slot.stopping += 1
             slot.stopped.clear()
-        self._close_in_background(ctx.closer, slot if busy else None, ctx.script_id)
+        self._close_in_background(ctx.closer, id(ctx.racer._ctx), slot if busy else None, ctx.script_id)
 
     def _close_in_background(
-        self, closer: AbstractContextManager[MiniRacer], slot: _Slot | None, script_id: int | None = None
+        self, closer: AbstractContextManager[MiniRacer], key: int, slot: _Slot | None, script_id: int | None = None
     ) -> None:
+        """Close a context on a thread of its own; ``key``: id of its mini-racer context."""
         loop = slot.loop if slot is not None else None
 
         def done() -> None:
@@ -357,6 +340,8 @@ class ScriptEngine:
                 self.log.debug("closing script context failed", exc_info=True)
             finally:
                 alarm.cancel()
+                if not mr.forget(key):
+                    self.log.debug("script context closed, its isolate thread still runs: thread state kept")
                 self._closing.pop(thread, None)
                 if loop is not None and not loop.is_closed():
                     with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
@@ -397,7 +382,7 @@ class ScriptEngine:
     async def _compile(self, script: ScriptSource, loop: asyncio.AbstractEventLoop) -> _Context:
         limit = self.max_memory_mb << 20
         closer, racer = await asyncio.to_thread(_open_context, loop, limit)
-        _isolate_threads[id(racer._ctx)] = None  # learn the isolate's thread from the next callback
+        mr.watch(racer)  # learn the isolate's thread from the next callback
         ok = False
         try:
             try:
@@ -422,7 +407,7 @@ class ScriptEngine:
             return _Context(racer, closer, script.version, frozenset(json.loads(str(names))), loop, clock, script.id)
         finally:
             if not ok:
-                self._close_in_background(closer, None)
+                self._close_in_background(closer, id(racer._ctx), None)
 
     async def _limited(self, loop: asyncio.AbstractEventLoop, clock: int | None, work: Any) -> Any:
         """Await `work` under the CPU time limit; TimeoutError when it is exceeded."""
@@ -439,10 +424,11 @@ class ScriptEngine:
     async def _call(self, slot: _Slot, c: _Context, code: str) -> list[str]:
         try:
             limit = _Limit(c.loop, c.clock, self.timeout_ms / 1000)
+            sync_s = min(mr.SYNC_WAIT_S, self.timeout_ms / 1000)
             try:
-                envs = [str(await c.racer.eval_cancelable(code))]
+                envs = [str(await mr.evaluate(c.racer, code, sync_s))]
                 if envs[0].startswith('{"p":1,'):  # an async hook: read what it settled to
-                    envs.append(str(await c.racer.eval_cancelable("__rt.take()")))
+                    envs.append(str(await mr.evaluate(c.racer, "__rt.take()", sync_s)))
             except asyncio.CancelledError:
                 if limit.done():
                     raise TimeoutError from None
