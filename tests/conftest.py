@@ -56,6 +56,12 @@ def process_dialect() -> str:
     return "postgres" if os.environ.get("TEST_DB") == "postgres" else "sqlite"
 
 
+def in_process_dialect(env: dict[str, str]) -> bool:
+    """Whether a router or CLI with this environment's databases may run in this process."""
+    postgres = process_dialect() == "postgres"
+    return all(is_postgres(env.get(name, "")) == postgres for name in ("CORE_DB_URL", "ANALYTICS_DB_URL"))
+
+
 def skip_unless_process_dialect(dialect: str) -> None:
     if dialect != process_dialect():
         run = "TEST_DB=postgres run" if dialect == "postgres" else "default (SQLite) run"
@@ -251,12 +257,13 @@ class RouterProcess:
         """`llm-router ...` against the same databases.
 
         An admin command runs the CLI's `main` in this process (no Python start-up per command)
-        unless an in-process router holds Tortoise's one context here; `serve` is always
+        unless an in-process router holds Tortoise's one context here or its databases are of the
+        other dialect than `process_dialect()`; `serve` is always
         `python -m router` (tests/test_cli.py and test_readme_commands.py run the real command too).
         """
         from tests.inprocess import RouterThread
 
-        if args[0] != "serve" and RouterThread.active is None:
+        if args[0] != "serve" and RouterThread.active is None and in_process_dialect(self.env):
             result = cli_in_process(list(args), self.env)
         else:
             result = subprocess.run(
@@ -388,10 +395,7 @@ def router_factory(tmp_path: Path) -> Iterator:
             not process
             and env.get("SERVER", "uvicorn") == "uvicorn"  # RouterThread serves with uvicorn as `serve` does
             and RouterThread.active is None
-            and all(
-                is_postgres(env.get(name, "")) == (process_dialect() == "postgres")
-                for name in ("CORE_DB_URL", "ANALYTICS_DB_URL")
-            )
+            and in_process_dialect(env)
         )
         kind = RouterThread if in_thread else RouterProcess
         router = kind(data_dir or tmp_path / f"router{len(routers)}", env, config)

@@ -34,7 +34,14 @@ from router.logging_setup import JsonFormatter, TextFormatter
 from router.models.core import User
 from router.server_limits import limited_httptools_protocol
 from router.services import AdminService
-from tests.conftest import ADMIN_PASSWORD, RouterProcess, skip_unless_process_dialect, write_config
+from tests.conftest import (
+    ADMIN_PASSWORD,
+    RouterProcess,
+    in_process_dialect,
+    process_dialect,
+    skip_unless_process_dialect,
+    write_config,
+)
 
 MESSAGES = [{"role": "user", "content": "hi"}]
 
@@ -128,6 +135,8 @@ class RouterThread(RouterProcess):
             raise ValueError("command-line flags and other addresses need a real process: router_factory(process=True)")
         if RouterThread.active is not None:
             raise RuntimeError("another in-process router is running: start this one with process=True")
+        if not in_process_dialect(self.env):
+            raise RuntimeError(f"its databases are not {process_dialect()} (one SQL dialect per test process)")
         self.data_dir.mkdir(parents=True, exist_ok=True)
         settings = load_settings(self.env, dotenv=False).with_overrides(
             host="127.0.0.1", port=self.port, server="uvicorn", config_file=str(self.config) if self.config else None

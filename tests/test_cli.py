@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from tests.conftest import ADMIN_PASSWORD, RouterProcess, write_config
+from tests.conftest import ADMIN_PASSWORD, RouterProcess, in_process_dialect, write_config
 from tests.inprocess import RouterThread
 from tests.upstream import free_port
 
@@ -21,7 +21,8 @@ def cli(tmp_path, upstream):
         tmp_path / "c.yaml",
         {"alpha": {"url": upstream.base_url, "api_key": "upstream-secret"}, "beta": {"url": upstream.base_url}},
     )
-    router = RouterThread(tmp_path / "data", {}, config)  # in this process: serve's start-up is tested below
+    # In this process where its SQLite may be (serve's start-up is tested below).
+    router = (RouterThread if in_process_dialect({}) else RouterProcess)(tmp_path / "data", {}, config)
     router.start()
     router.stop()
     return router

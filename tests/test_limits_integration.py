@@ -13,7 +13,7 @@ import httpx
 import openai
 import pytest
 
-from tests.conftest import write_config
+from tests.conftest import until, write_config
 
 MESSAGES = [{"role": "user", "content": "hello there"}]
 
@@ -231,7 +231,11 @@ def test_a_client_leaving_the_queue_leaves_at_once(slow_router):
     set_backend_limits(router, "alpha", {"maxConcurrent": 1})
     holding = threading.Thread(target=lambda: chat(router, stream=True))
     holding.start()
-    time.sleep(0.2)
+    until(
+        lambda: router.gql_ok("{ backends { quota { inFlight } } }")["backends"][0]["quota"]["inFlight"],
+        5,
+        "the first stream did not take the backend's slot",
+    )
     with pytest.raises(httpx.ReadTimeout):
         chat_timeout = httpx.post(
             f"{router.v1}/chat/completions",
