@@ -4,6 +4,11 @@ The router's `LogWriter` on a fresh SQLite data directory (the default databases
 rate as the router's requests would feed it, with no requests around it: the process's CPU time
 (event loop + aiosqlite's thread + the kernel's share of the journal writes) over the rows written.
 
+That total includes the feeder: making and finishing each record and the loop's wake-ups, which a
+router pays per request anyway (~15 µs here). Each round is therefore paired with a feeder-only
+round (the same loop, the database insert replaced by nothing), run alternately; the writer's own
+cost is the median of the paired differences.
+
     .venv/bin/python benchmarks/writer_cost.py [--rate 2500] [--seconds 8] [--rounds 3] [--router-src PATH]
 
 `--router-src` runs it on another checkout's router (for before/after comparisons).
@@ -21,10 +26,18 @@ import time
 from pathlib import Path
 
 
-async def one_round(rate: int, seconds: float) -> dict[str, float]:
+async def one_round(rate: int, seconds: float, write: bool = True) -> dict[str, float]:
+    from router import usage
     from router.config import load_settings
     from router.db import close_db, init_db
     from router.usage import LogWriter, RequestRecord
+
+    async def no_insert(records: list[RequestRecord]) -> None:
+        return None
+
+    insert = usage.insert_log_rows
+    if not write:
+        usage.insert_log_rows = no_insert
 
     with tempfile.TemporaryDirectory() as data_dir:
         settings = load_settings({"DATA_DIR": data_dir, "ADMIN_PASSWORD": "x" * 16}, dotenv=False)
@@ -45,6 +58,7 @@ async def one_round(rate: int, seconds: float) -> dict[str, float]:
         await writer.close(30)
         cpu, wall = time.process_time() - cpu0, time.monotonic() - wall0
         await close_db()
+        usage.insert_log_rows = insert
     return {"rows": writer.written, "rows_per_s": writer.written / wall, "cpu_us_per_row": cpu / writer.written * 1e6}
 
 
@@ -59,13 +73,19 @@ def main() -> None:
     os.chdir(args.router_src)
     import uvloop
 
-    costs = []
+    costs, feeder, own = [], [], []
     for i in range(args.rounds):
         result = uvloop.run(one_round(args.rate, args.seconds))
+        alone = uvloop.run(one_round(args.rate, args.seconds, write=False))
         costs.append(result["cpu_us_per_row"])
+        feeder.append(alone["cpu_us_per_row"])
+        own.append(costs[-1] - feeder[-1])
         rows, rate, cost = result["rows"], result["rows_per_s"], result["cpu_us_per_row"]
-        print(f"round {i + 1}: {rows:.0f} rows, {rate:.0f}/s, {cost:.1f} µs CPU/row")
-    print(f"median {statistics.median(costs):.1f} µs CPU per row")
+        print(f"round {i + 1}: {rows:.0f} rows, {rate:.0f}/s, {cost:.1f} µs CPU/row, feeder alone {feeder[-1]:.1f}")
+    print(
+        f"median {statistics.median(costs):.1f} µs CPU per row in all, feeder alone {statistics.median(feeder):.1f}, "
+        f"the writer's own {statistics.median(own):.1f} (median of paired differences)"
+    )
 
 
 if __name__ == "__main__":
