@@ -1386,12 +1386,15 @@ class Limiter:
                 window = windows.get(key)
                 if window is None:
                     window = windows[key] = Window()
-                window.advance(second)
+                buckets = window.buckets
+                if buckets and buckets[0][0] <= second - WINDOW_S:  # Window.advance, without a call when current
+                    window.advance(second)
                 used = window.total
                 if used >= limit:
                     return None
-                if view:
-                    whole, reset = int(limit), window.next_release_s(now) or float(WINDOW_S)
+                if view:  # reset: Window.next_release_s, or a whole window when it is empty
+                    reset = max(buckets[0][0] + WINDOW_S - now, 0.0) if buckets else 0.0
+                    whole, reset = int(limit), reset or float(WINDOW_S)
                     shown = WindowView(whole, max(whole - (used + (tokens if is_tpm else 1)), 0), reset)
                     if view == 1:
                         requests = shown
