@@ -1127,6 +1127,7 @@ class _Skeleton:
     # For the in-process store (Limiter._admit_local), per op: kind, key, limit, counts the request's
     # tokens (a TPM window), and which header it feeds (1: the user's RPM, 2: the user's TPM, 0: none).
     local: tuple[tuple[str, str, float, bool, int], ...] = ()
+    rpm_keys: tuple[str, ...] = ()
     tpm_keys: tuple[str, ...] = ()
     slot_keys: tuple[str, ...] = ()
 
@@ -1261,6 +1262,7 @@ class Limiter:
                 )
                 for op, role in zip(ops, roles, strict=True)
             ),
+            rpm_keys=tuple(ops[i].key for i in indices if roles[i][1] == "rpm"),
             tpm_keys=tuple(ops[i].key for i in indices if roles[i][1] == "tpm"),
             slot_keys=tuple(ops[i].key for i in indices if roles[i][1] == "slot"),
         )
@@ -1407,12 +1409,18 @@ class Limiter:
                     return None
             elif len(held.get(key, ())) >= limit:
                 return None
-        member = f"{self._node}:{next(self._members)}" if skeleton.slot_keys else ""
-        for kind, key, _, is_tpm, _ in skeleton.local:
-            if kind == WINDOW:
-                windows[key].add(second, tokens if is_tpm else 1)
-            elif kind != SPEND:
-                held.setdefault(key, set()).add(member)
+        for key in skeleton.rpm_keys:
+            windows[key].add(second, 1)
+        for key in skeleton.tpm_keys:
+            windows[key].add(second, tokens)
+        member = ""
+        if skeleton.slot_keys:
+            member = f"{self._node}:{next(self._members)}"
+            for key in skeleton.slot_keys:
+                members = held.get(key)
+                if members is None:
+                    members = held[key] = set()
+                members.add(member)
         return Admission(
             requests,
             tokens_view,
