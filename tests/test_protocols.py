@@ -7,6 +7,7 @@ import openai
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from router.protocols import ADAPTERS, DROP, Usage, parse_usage
 from tests.conftest import write_config
 
 MESSAGES = [{"role": "user", "content": "hello"}]
@@ -170,3 +171,27 @@ def test_response_affinity_falls_back_from_memory_to_redis_to_the_log():
         assert list(writer._local) == ["r1", "r2"]
 
     asyncio.run(run())
+
+
+def test_usage_parsing():
+    chat = ADAPTERS["/v1/chat/completions"]
+    usage_of = chat.usage_of_body
+    assert usage_of({"usage": {"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 7}}) == Usage(3, 4, 7)
+    assert usage_of({"usage": {"prompt_tokens": 3, "completion_tokens": 4}}).total_tokens == 7
+    assert usage_of({"usage": {"input_tokens": 2, "output_tokens": 1}}).total_tokens == 3
+    assert usage_of({"usage": None}) is None and usage_of([1]) is None and usage_of(None) is None
+    assert parse_usage(
+        {
+            "prompt_tokens": 9,
+            "completion_tokens": 5,
+            "prompt_tokens_details": {"cached_tokens": 4},
+            "completion_tokens_details": {"reasoning_tokens": 2},
+        }
+    ) == Usage(9, 5, 0, cached=4, reasoning=2)
+    # Anthropic's input_tokens leaves the cached part out; the router's prompt counts it (OpenAI's convention).
+    assert parse_usage({"input_tokens": 3, "cache_read_input_tokens": 7, "cache_creation_input_tokens": 1}) == Usage(
+        11, 0, 0, cached=7, cache_write=1
+    )
+    assert chat.without_usage(None, {"choices": [], "usage": {"total_tokens": 1}}) is DROP
+    kept = {"choices": [{"delta": {}}], "usage": {"total_tokens": 1}}
+    assert chat.without_usage(None, kept) is not DROP

@@ -15,7 +15,7 @@ import pytest
 from aiohttp import web
 
 from tests.conftest import RouterProcess, write_config
-from tests.test_scripts_integration import add_script, chat, new_user
+from tests.test_hooks import add_script, chat, new_user
 from tests.upstream import UpstreamServer
 
 PLAIN_BODY = b"not json <b>at all</b> \xff\xfe"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from graphql_schema.types import RequestLogEntry
 from router.models.analytics import RequestLog
-from router.usage import LOG_COLUMNS, WIRE_FIELDS, RequestRecord
+from router.usage import LOG_COLUMNS, WIRE_FIELDS, RequestRecord, new_log_id
 
 
 def test_log_columns_are_the_orm_models_columns():
@@ -29,3 +29,10 @@ def test_what_travels_between_processes_is_the_columns_and_the_method():
 def test_the_graphql_request_log_shows_every_column_but_the_response_id():
     shown = {f.python_name for f in RequestLogEntry.__strawberry_definition__.fields} - {"skipped_before"}
     assert shown - {"time_to_first_token_ms"} | {"ttft_ms"} == set(LOG_COLUMNS) - {"response_id"}
+
+
+def test_log_ids_are_time_ordered_and_unique():
+    ids = [new_log_id(1_800_000_000.0) for _ in range(1000)]
+    assert len(set(ids)) == 1000
+    assert new_log_id(1_800_000_001.0) > max(ids)
+    assert max(ids) < 2**63

@@ -333,3 +333,41 @@ def test_a_spinning_script_does_not_delay_other_users(router):
             thread.join(10)
     # Each spinning call burns its 1 s limit; a request queued behind one would wait that long.
     assert while_spinning < baseline + 0.5, (baseline, while_spinning)
+
+
+def test_scripts_see_the_api_and_each_responses_event_by_name(router_with_backend, upstream):
+    router = router_with_backend
+    user_id = router.gql_ok("{ users { id name } }")["users"]
+    alice = next(u["id"] for u in user_id if u["name"] == "alice")
+    code = """
+function onRequest(context) {
+  context.request.headers['x-api-path'] = context.request.path;
+  return context;
+}
+function onStreamChunk(context) {
+  if (context.event === 'response.output_text.delta') context.chunk.delta = context.chunk.delta.toUpperCase();
+  return context;
+}
+"""
+    router.gql_ok(
+        "mutation($in: CreateScriptInput!) { createScript(input: $in) { id } }",
+        {
+            "in": {
+                "name": f"s-{uuid.uuid4().hex[:6]}",
+                "type": "PER_USER",
+                "userId": alice,
+                "code": code,
+                "isActive": True,
+            }
+        },
+    )
+    client = openai.OpenAI(base_url=router.v1, api_key=router.api_key, max_retries=0)
+    deadline_events = None
+    for _ in range(50):  # the catalog reload that activates the script takes a moment
+        events = list(client.responses.create(model="test-model", input="hi", stream=True))
+        deadline_events = "".join(e.delta for e in events if e.type == "response.output_text.delta")
+        if deadline_events == "TOK0 TOK1 TOK2 ":
+            break
+    assert deadline_events == "TOK0 TOK1 TOK2 "
+    assert events[-1].type == "response.completed"
+    assert upstream.requests_to("/v1/responses")[-1].headers["x-api-path"] == "/v1/responses"

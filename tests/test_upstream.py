@@ -14,7 +14,14 @@ from collections.abc import Awaitable, Callable
 import httpx
 import pytest
 
-from router.upstream import UpstreamClient, UpstreamError, UpstreamTimeout, make_upstream_client
+from router.upstream import (
+    SSESplitter,
+    UpstreamClient,
+    UpstreamError,
+    UpstreamTimeout,
+    make_upstream_client,
+    sse_data,
+)
 from tests.conftest import write_config
 
 TRANSPORTS = ["aiohttp", "pyreqwest", "httpx"]
@@ -263,3 +270,13 @@ def test_client_gone_before_the_answer_cancels_the_upstream_request(router_facto
     row = router.wait_for_logs(1)[0]
     assert row["status_code"] == 499 and row["error"] == "client disconnected"
     assert httpx.get(f"{router.url}/healthz", timeout=10).status_code == 200
+
+
+def test_sse_splitter_handles_split_and_joined_events():
+    splitter = SSESplitter()
+    assert splitter.feed(b'data: {"a"') == []
+    assert splitter.feed(b": 1}\n\ndata: [DONE]\n\n") == [b'data: {"a": 1}\n\n', b"data: [DONE]\n\n"]
+    assert splitter.feed(b"data: x\r\n\r\n") == [b"data: x\n\n"]
+    assert splitter.feed(b"data: tail") == [] and splitter.rest() == b"data: tail"
+    assert sse_data(b"event: x\ndata: a\ndata: b\n\n") == b"a\nb"
+    assert sse_data(b": comment\n\n") is None
