@@ -15,20 +15,20 @@ from graphql_schema.errors import DISABLED_MESSAGE, FORBIDDEN, NOT_FOUND, UNAUTH
 from graphql_schema.quotas import QuotaMutation
 from graphql_schema.types import (
     AdminSession,
-    Backend,
+    BackendType,
     ConnectionTest,
     CreateBackendInput,
     CreatePermissionInput,
     CreateScriptInput,
     CreateUserInput,
-    Permission,
-    Script,
+    PermissionType,
+    ScriptObjectType,
     ScriptTestInput,
     ScriptTestResult,
     UpdateBackendInput,
     UpdateScriptInput,
     UpdateUserInput,
-    User,
+    UserType,
     UserWithKey,
     given,
     test_context_of,
@@ -134,23 +134,23 @@ class Mutation(QuotaMutation):
             all_backends=bool(input.all_backends),
             is_active=input.is_active is not False,
         )
-        return UserWithKey(user=User.from_model(user), api_key=key)
+        return UserWithKey(user=UserType.from_model(user), api_key=key)
 
     @strawberry.mutation(description="Change a user; isActive false locks its key out from the next request.")
-    async def update_user(self, info: Ctx, id: strawberry.ID, input: UpdateUserInput) -> User:
+    async def update_user(self, info: Ctx, id: strawberry.ID, input: UpdateUserInput) -> UserType:
         changes = _changes(input, {"name": "name", "email": "email", "all_backends": "all_backends"})
         if given(input.is_active):
             changes["is_active"] = input.is_active
         user = await info.context.admin.update_user(id, **changes)
-        return User.from_model(user)
+        return UserType.from_model(user)
 
     @strawberry.mutation(description="Let the user's key work again (isActive true).")
-    async def activate_user(self, info: Ctx, id: strawberry.ID) -> User:
-        return User.from_model(await info.context.admin.update_user(id, is_active=True))
+    async def activate_user(self, info: Ctx, id: strawberry.ID) -> UserType:
+        return UserType.from_model(await info.context.admin.update_user(id, is_active=True))
 
     @strawberry.mutation(description="Lock the user's key out from the next request (isActive false); nothing deleted.")
-    async def deactivate_user(self, info: Ctx, id: strawberry.ID) -> User:
-        return User.from_model(await info.context.admin.update_user(id, is_active=False))
+    async def deactivate_user(self, info: Ctx, id: strawberry.ID) -> UserType:
+        return UserType.from_model(await info.context.admin.update_user(id, is_active=False))
 
     @strawberry.mutation(description="Delete a user with its permissions and scripts; its request logs stay.")
     async def delete_user(self, info: Ctx, id: strawberry.ID) -> bool:
@@ -160,20 +160,20 @@ class Mutation(QuotaMutation):
     @strawberry.mutation(description="Issue a new API key; the old one stops working at once.")
     async def regenerate_api_key(self, info: Ctx, id: strawberry.ID) -> UserWithKey:
         user, key = await info.context.admin.regenerate_key(id)
-        return UserWithKey(user=User.from_model(user), api_key=key)
+        return UserWithKey(user=UserType.from_model(user), api_key=key)
 
     # --- backends ---
 
     @strawberry.mutation
-    async def create_backend(self, info: Ctx, input: CreateBackendInput) -> Backend:
+    async def create_backend(self, info: Ctx, input: CreateBackendInput) -> BackendType:
         fields = {k: v for k, v in _backend_changes(input).items() if v is not None}
         backend = await info.context.admin.create_backend(**fields)
-        return Backend.from_model(backend)
+        return BackendType.from_model(backend)
 
     @strawberry.mutation
-    async def update_backend(self, info: Ctx, id: strawberry.ID, input: UpdateBackendInput) -> Backend:
+    async def update_backend(self, info: Ctx, id: strawberry.ID, input: UpdateBackendInput) -> BackendType:
         backend = await info.context.admin.update_backend(id, **_backend_changes(input))
-        return Backend.from_model(backend)
+        return BackendType.from_model(backend)
 
     @strawberry.mutation(
         description="Ask the backend for its /models now (within HEALTH_CHECK_TIMEOUT_S): reachability, latency, "
@@ -190,7 +190,7 @@ class Mutation(QuotaMutation):
             raise api_error(NOT_FOUND, f"backend {id} does not exist")
         test = await runtime.checker.test(entry)
         return ConnectionTest(
-            backend=Backend.from_model(model),
+            backend=BackendType.from_model(model),
             ok=test.ok,
             reachable=test.probe.status is not None,
             status_code=test.probe.status,
@@ -200,12 +200,12 @@ class Mutation(QuotaMutation):
         )
 
     @strawberry.mutation(description="Let requests use this backend again (isActive true).")
-    async def activate_backend(self, info: Ctx, id: strawberry.ID) -> Backend:
-        return Backend.from_model(await info.context.admin.update_backend(id, is_active=True))
+    async def activate_backend(self, info: Ctx, id: strawberry.ID) -> BackendType:
+        return BackendType.from_model(await info.context.admin.update_backend(id, is_active=True))
 
     @strawberry.mutation(description="Stop routing requests to this backend (isActive false); nothing is deleted.")
-    async def deactivate_backend(self, info: Ctx, id: strawberry.ID) -> Backend:
-        return Backend.from_model(await info.context.admin.update_backend(id, is_active=False))
+    async def deactivate_backend(self, info: Ctx, id: strawberry.ID) -> BackendType:
+        return BackendType.from_model(await info.context.admin.update_backend(id, is_active=False))
 
     @strawberry.mutation(description="Delete a backend with its permissions and scripts; its request logs stay.")
     async def delete_backend(self, info: Ctx, id: strawberry.ID) -> bool:
@@ -215,9 +215,9 @@ class Mutation(QuotaMutation):
     # --- permissions ---
 
     @strawberry.mutation
-    async def create_permission(self, info: Ctx, input: CreatePermissionInput) -> Permission:
+    async def create_permission(self, info: Ctx, input: CreatePermissionInput) -> PermissionType:
         permission = await info.context.admin.create_permission(input.user_id, input.backend_id)
-        return Permission.from_model(permission)
+        return PermissionType.from_model(permission)
 
     @strawberry.mutation
     async def delete_permission(self, info: Ctx, user_id: strawberry.ID, backend_id: strawberry.ID) -> bool:
@@ -226,7 +226,7 @@ class Mutation(QuotaMutation):
     # --- scripts ---
 
     @strawberry.mutation
-    async def create_script(self, info: Ctx, input: CreateScriptInput) -> Script:
+    async def create_script(self, info: Ctx, input: CreateScriptInput) -> ScriptObjectType:
         await check_code(input.code)
         script = await info.context.admin.create_script(
             name=input.name,
@@ -237,10 +237,10 @@ class Mutation(QuotaMutation):
             is_active=bool(input.is_active),
             priority=input.priority,
         )
-        return Script.from_model(script)
+        return ScriptObjectType.from_model(script)
 
     @strawberry.mutation
-    async def update_script(self, info: Ctx, id: strawberry.ID, input: UpdateScriptInput) -> Script:
+    async def update_script(self, info: Ctx, id: strawberry.ID, input: UpdateScriptInput) -> ScriptObjectType:
         if given(input.code) and input.code is not None:
             await check_code(input.code)
         changes = _changes(
@@ -255,7 +255,7 @@ class Mutation(QuotaMutation):
             },
         )
         script = await info.context.admin.update_script(id, **changes)
-        return Script.from_model(script)
+        return ScriptObjectType.from_model(script)
 
     @strawberry.mutation
     async def delete_script(self, info: Ctx, id: strawberry.ID) -> bool:
@@ -263,12 +263,12 @@ class Mutation(QuotaMutation):
         return True
 
     @strawberry.mutation
-    async def activate_script(self, info: Ctx, id: strawberry.ID) -> Script:
-        return Script.from_model(await info.context.admin.update_script(id, is_active=True))
+    async def activate_script(self, info: Ctx, id: strawberry.ID) -> ScriptObjectType:
+        return ScriptObjectType.from_model(await info.context.admin.update_script(id, is_active=True))
 
     @strawberry.mutation
-    async def deactivate_script(self, info: Ctx, id: strawberry.ID) -> Script:
-        return Script.from_model(await info.context.admin.update_script(id, is_active=False))
+    async def deactivate_script(self, info: Ctx, id: strawberry.ID) -> ScriptObjectType:
+        return ScriptObjectType.from_model(await info.context.admin.update_script(id, is_active=False))
 
     @strawberry.mutation(
         description="Runs one hook of a saved script on the given context without touching live traffic."

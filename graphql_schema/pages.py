@@ -15,7 +15,7 @@ from strawberry.types import Info
 
 from graphql_schema.context import AdminContext
 from graphql_schema.errors import bad_input
-from graphql_schema.types import Backend, RequestLogEntry, Script, ScriptType, User
+from graphql_schema.types import BackendType, RequestLogEntry, ScriptObjectType, ScriptTypeEnum, UserType
 from router.models.analytics import RequestLog as RequestLogModel
 from router.models.core import ScriptType as ModelScriptType
 from router.services import Page
@@ -39,7 +39,7 @@ ScriptSearch = Annotated[str | None, search_argument("name")]
 Active = Annotated[bool | None, strawberry.argument(description=ACTIVE_DESCRIPTION)]
 First = Annotated[int | None, strawberry.argument(description=FIRST_DESCRIPTION)]
 After = Annotated[str | None, strawberry.argument(description=AFTER_DESCRIPTION)]
-OfType = Annotated[ScriptType | None, strawberry.argument(description="Only scripts of this type.")]
+OfType = Annotated[ScriptTypeEnum | None, strawberry.argument(description="Only scripts of this type.")]
 
 
 def encode_page_cursor(kind: str, row_id: int) -> str:
@@ -72,21 +72,23 @@ def _next(kind: str, page: Page) -> str | None:
 
 @strawberry.type(description="One page of users, oldest first.")
 class UserPage:
-    items: list[User] = strawberry.field(description="The users of this page, in id order (oldest first).")
+    items: list[UserType] = strawberry.field(description="The users of this page, in id order (oldest first).")
     total_count: int = strawberry.field(description="How many users match the search and filter, in all pages.")
     next_cursor: str | None = strawberry.field(description="Pass as `after` for the next page; null on the last page.")
 
 
 @strawberry.type(description="One page of backends, oldest first.")
 class BackendPage:
-    items: list[Backend] = strawberry.field(description="The backends of this page, in id order (oldest first).")
+    items: list[BackendType] = strawberry.field(description="The backends of this page, in id order (oldest first).")
     total_count: int = strawberry.field(description="How many backends match the search and filter, in all pages.")
     next_cursor: str | None = strawberry.field(description="Pass as `after` for the next page; null on the last page.")
 
 
 @strawberry.type(description="One page of scripts, oldest first.")
 class ScriptPage:
-    items: list[Script] = strawberry.field(description="The scripts of this page, in id order (oldest first).")
+    items: list[ScriptObjectType] = strawberry.field(
+        description="The scripts of this page, in id order (oldest first)."
+    )
     total_count: int = strawberry.field(description="How many scripts match the search and filters, in all pages.")
     next_cursor: str | None = strawberry.field(description="Pass as `after` for the next page; null on the last page.")
 
@@ -123,7 +125,7 @@ class PageQuery:
         after_id = decode_page_cursor("user", after) if after else None
         page = await info.context.admin.page_users(search, page_size(info, first), after_id, active)
         return UserPage(
-            items=[User.from_model(u) for u in page.items],
+            items=[UserType.from_model(u) for u in page.items],
             total_count=page.total_count,
             next_cursor=_next("user", page),
         )
@@ -140,7 +142,7 @@ class PageQuery:
         after_id = decode_page_cursor("backend", after) if after else None
         page = await info.context.admin.page_backends(search, page_size(info, first), after_id, active)
         return BackendPage(
-            items=[Backend.from_model(b) for b in page.items],
+            items=[BackendType.from_model(b) for b in page.items],
             total_count=page.total_count,
             next_cursor=_next("backend", page),
         )
@@ -159,7 +161,7 @@ class PageQuery:
         script_type = ModelScriptType(type.value) if type is not None else None
         page = await info.context.admin.page_scripts(search, page_size(info, first), after_id, script_type, active)
         return ScriptPage(
-            items=[Script.from_model(s) for s in page.items],
+            items=[ScriptObjectType.from_model(s) for s in page.items],
             total_count=page.total_count,
             next_cursor=_next("script", page),
         )

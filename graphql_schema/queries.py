@@ -15,20 +15,20 @@ from graphql_schema.errors import bad_input
 from graphql_schema.pages import BackendSearch, PageQuery, ScriptSearch, UserSearch
 from graphql_schema.quotas import QuotaQuery
 from graphql_schema.types import (
-    Backend,
     BackendMetrics,
-    Permission,
+    BackendType,
+    PermissionType,
     RequestLogEntry,
     RequestLogFilter,
     RequestLogPage,
-    Script,
     ScriptHook,
-    ScriptType,
+    ScriptObjectType,
+    ScriptTypeEnum,
     TimeBucket,
     UsageFilter,
     UsageGroupBy,
     UsageRow,
-    User,
+    UserType,
     decode_cursor,
     encode_cursor,
     log_filter,
@@ -58,45 +58,45 @@ class Query(QuotaQuery, PageQuery):
         self,
         info: Ctx,
         search: UserSearch = None,
-    ) -> list[User]:
-        return [User.from_model(u) for u in await info.context.admin.list_users(search)]
+    ) -> list[UserType]:
+        return [UserType.from_model(u) for u in await info.context.admin.list_users(search)]
 
     @strawberry.field(description="A user by id; null if there is none.")
-    async def user(self, info: Ctx, id: strawberry.ID) -> User | None:
+    async def user(self, info: Ctx, id: strawberry.ID) -> UserType | None:
         user = await _or_none(info.context.admin.get_user(id))
-        return User.from_model(user) if user else None
+        return UserType.from_model(user) if user else None
 
     @strawberry.field(description="Every backend, oldest first (backendsPage: a page at a time).")
     async def backends(
         self,
         info: Ctx,
         search: BackendSearch = None,
-    ) -> list[Backend]:
-        return [Backend.from_model(b) for b in await info.context.admin.list_backends(search)]
+    ) -> list[BackendType]:
+        return [BackendType.from_model(b) for b in await info.context.admin.list_backends(search)]
 
     @strawberry.field(description="A backend by id; null if there is none.")
-    async def backend(self, info: Ctx, id: strawberry.ID) -> Backend | None:
+    async def backend(self, info: Ctx, id: strawberry.ID) -> BackendType | None:
         backend = await _or_none(info.context.admin.get_backend(id))
-        return Backend.from_model(backend) if backend else None
+        return BackendType.from_model(backend) if backend else None
 
     @strawberry.field(description="Explicit permissions (users with allBackends need none), optionally filtered.")
     async def permissions(
         self, info: Ctx, user_id: strawberry.ID | None = None, backend_id: strawberry.ID | None = None
-    ) -> list[Permission]:
+    ) -> list[PermissionType]:
         rows = await info.context.admin.list_permissions(user_id, backend_id)
-        return [Permission.from_model(p) for p in rows]
+        return [PermissionType.from_model(p) for p in rows]
 
     @strawberry.field(description="Scripts ordered by type, then priority (scriptsPage: a page at a time).")
     async def scripts(
         self,
         info: Ctx,
-        type: ScriptType | None = None,
+        type: ScriptTypeEnum | None = None,
         active_only: bool | None = None,
         search: ScriptSearch = None,
-    ) -> list[Script]:
+    ) -> list[ScriptObjectType]:
         script_type = ModelScriptType(type.value) if type is not None else None
         rows = await info.context.admin.list_scripts(script_type, bool(active_only), search)
-        return [Script.from_model(s) for s in rows]
+        return [ScriptObjectType.from_model(s) for s in rows]
 
     @strawberry.field(
         description="A real-shaped context to test a script's hook with: what the hook would get for the "
@@ -110,9 +110,9 @@ class Query(QuotaQuery, PageQuery):
         return JSON(await test_context_of(info, script, hook.value))
 
     @strawberry.field(description="A script by id; null if there is none.")
-    async def script(self, info: Ctx, id: strawberry.ID) -> Script | None:
+    async def script(self, info: Ctx, id: strawberry.ID) -> ScriptObjectType | None:
         script = await _or_none(info.context.admin.get_script(id))
-        return Script.from_model(script) if script else None
+        return ScriptObjectType.from_model(script) if script else None
 
     @strawberry.field(
         description="Request logs, newest first, keyset-paginated. `first` defaults to 50 and may be at most "
@@ -162,7 +162,7 @@ class Query(QuotaQuery, PageQuery):
         in_flight = info.context.runtime.in_flight
         return [
             BackendMetrics(
-                backend=Backend.from_model(b),
+                backend=BackendType.from_model(b),
                 in_flight=in_flight.cluster(b.id),  # this process live + others (with Redis)
                 requests=stats[b.id].requests,
                 errors=stats[b.id].errors,

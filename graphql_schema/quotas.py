@@ -11,14 +11,14 @@ from graphql_schema.context import AdminContext
 from graphql_schema.errors import FORBIDDEN, api_error, bad_input
 from graphql_schema.limits_types import Limits, LimitsInput, QuotaState, Subject, quota_state
 from graphql_schema.types import (
-    Backend,
+    BackendType,
     RequestLogEntry,
     RequestLogPage,
     TimeBucket,
     UsageFilter,
     UsageGroupBy,
     UsageRow,
-    User,
+    UserType,
     decode_cursor,
     encode_cursor,
     log_filter,
@@ -33,10 +33,11 @@ DEFAULT_PAGE = 50
 
 
 @strawberry.type(
+    name="ModelPrice",
     description="A price in USD per million tokens, for one model name or glob pattern (gpt-4o*), on one "
-    "backend or on all."
+    "backend or on all.",
 )
-class ModelPrice:
+class ModelPriceType:
     id: strawberry.ID
     model: str
     input_per_mtok: float = strawberry.field(name="inputPerMTok")
@@ -50,14 +51,14 @@ class ModelPrice:
     backend_id: strawberry.Private[int | None]
 
     @strawberry.field(description="Null: applies on every backend (a backend-specific price wins).")
-    async def backend(self, info: Ctx) -> Backend | None:
+    async def backend(self, info: Ctx) -> BackendType | None:
         if self.backend_id is None:
             return None
         row = await info.context.loaders.backends.load(self.backend_id)
-        return Backend.from_model(row) if row else None
+        return BackendType.from_model(row) if row else None
 
     @classmethod
-    def from_model(cls, row: ModelPriceModel) -> ModelPrice:
+    def from_model(cls, row: ModelPriceModel) -> ModelPriceType:
         return cls(
             id=strawberry.ID(str(row.id)),
             model=row.model,
@@ -136,8 +137,8 @@ class Viewer:
 @strawberry.type
 class QuotaQuery:
     @strawberry.field(description="Every model price, by model name.")
-    async def model_prices(self, info: Ctx) -> list[ModelPrice]:
-        return [ModelPrice.from_model(p) for p in await info.context.admin.list_prices()]
+    async def model_prices(self, info: Ctx) -> list[ModelPriceType]:
+        return [ModelPriceType.from_model(p) for p in await info.context.admin.list_prices()]
 
     @strawberry.field(
         description="The caller itself; the one field a user's own API key (instead of an admin token) may query."
@@ -152,20 +153,20 @@ class QuotaQuery:
 @strawberry.type
 class QuotaMutation:
     @strawberry.mutation(description="Replaces the user's limits as a whole (absent fields become unlimited).")
-    async def set_user_limits(self, info: Ctx, user_id: strawberry.ID, limits: LimitsInput) -> User:
-        return User.from_model(await info.context.admin.set_user_limits(user_id, limits.to_limits()))
+    async def set_user_limits(self, info: Ctx, user_id: strawberry.ID, limits: LimitsInput) -> UserType:
+        return UserType.from_model(await info.context.admin.set_user_limits(user_id, limits.to_limits()))
 
     @strawberry.mutation(description="Replaces the backend's limits as a whole (budgets apply to users only).")
-    async def set_backend_limits(self, info: Ctx, backend_id: strawberry.ID, limits: LimitsInput) -> Backend:
-        return Backend.from_model(await info.context.admin.set_backend_limits(backend_id, limits.to_limits()))
+    async def set_backend_limits(self, info: Ctx, backend_id: strawberry.ID, limits: LimitsInput) -> BackendType:
+        return BackendType.from_model(await info.context.admin.set_backend_limits(backend_id, limits.to_limits()))
 
     @strawberry.mutation
-    async def create_model_price(self, info: Ctx, input: ModelPriceInput) -> ModelPrice:
-        return ModelPrice.from_model(await info.context.admin.create_price(input.spec(), input.backend_id))
+    async def create_model_price(self, info: Ctx, input: ModelPriceInput) -> ModelPriceType:
+        return ModelPriceType.from_model(await info.context.admin.create_price(input.spec(), input.backend_id))
 
     @strawberry.mutation
-    async def update_model_price(self, info: Ctx, id: strawberry.ID, input: ModelPriceInput) -> ModelPrice:
-        return ModelPrice.from_model(await info.context.admin.update_price(id, input.spec(), input.backend_id))
+    async def update_model_price(self, info: Ctx, id: strawberry.ID, input: ModelPriceInput) -> ModelPriceType:
+        return ModelPriceType.from_model(await info.context.admin.update_price(id, input.spec(), input.backend_id))
 
     @strawberry.mutation
     async def delete_model_price(self, info: Ctx, id: strawberry.ID) -> bool:

@@ -33,8 +33,8 @@ from router.urls import redact_url
 # --- enums ---------------------------------------------------------------------------------------
 
 
-@strawberry.enum
-class ScriptType(Enum):
+@strawberry.enum(name="ScriptType")
+class ScriptTypeEnum(Enum):
     PER_USER = "PER_USER"
     PER_BACKEND = "PER_BACKEND"
     PER_USER_BACKEND = "PER_USER_BACKEND"
@@ -77,8 +77,8 @@ class TimeBucket(Enum):
 # --- entities --------------------------------------------------------------------------------------
 
 
-@strawberry.type
-class User:
+@strawberry.type(name="User")
+class UserType:
     id: strawberry.ID
     name: str
     email: str | None
@@ -92,9 +92,9 @@ class User:
     limits_data: strawberry.Private[lim.Limits] = lim.NO_LIMITS
 
     @strawberry.field
-    async def permissions(self, info: Info[AdminContext, None]) -> list[Permission]:
+    async def permissions(self, info: Info[AdminContext, None]) -> list[PermissionType]:
         rows = await info.context.admin.list_permissions(user_id=self.id)
-        return [Permission.from_model(p) for p in rows]
+        return [PermissionType.from_model(p) for p in rows]
 
     @strawberry.field
     def limits(self) -> Limits:
@@ -105,7 +105,7 @@ class User:
         return await quota_state(info, Subject(int(self.id), self.name, self.limits_data), "user")
 
     @classmethod
-    def from_model(cls, user: UserModel) -> User:
+    def from_model(cls, user: UserModel) -> UserType:
         return cls(
             id=strawberry.ID(str(user.id)),
             name=user.name,
@@ -121,12 +121,12 @@ class User:
 
 @strawberry.type(description="A user together with a freshly issued API key: the only time the whole key is shown.")
 class UserWithKey:
-    user: User
+    user: UserType
     api_key: str
 
 
-@strawberry.type
-class Backend:
+@strawberry.type(name="Backend")
+class BackendType:
     id: strawberry.ID
     name: str = strawberry.field(
         description="Unique alias; also the [name] in auto-mode model names such as [local]llama-3."
@@ -179,7 +179,7 @@ class Backend:
         return await quota_state(info, Subject(int(self.id), self.name, self.limits_data), "backend")
 
     @classmethod
-    def from_model(cls, backend: BackendModel) -> Backend:
+    def from_model(cls, backend: BackendModel) -> BackendType:
         return cls(
             id=strawberry.ID(str(backend.id)),
             name=backend.name,
@@ -242,7 +242,7 @@ class BackendHealth:
 
 @strawberry.type(description="The result of testConnection: what one GET of the backend's /models found, just now.")
 class ConnectionTest:
-    backend: Backend = strawberry.field(description="The backend, with its health after this test.")
+    backend: BackendType = strawberry.field(description="The backend, with its health after this test.")
     ok: bool = strawberry.field(description="Usable: reachable, no 5xx, key accepted. It counts as a health check.")
     reachable: bool = strawberry.field(description="The backend answered at all (any HTTP status).")
     status_code: int | None = strawberry.field(description="HTTP status of /models; null when there was no answer.")
@@ -251,8 +251,8 @@ class ConnectionTest:
     error: str | None = strawberry.field(description="What went wrong, in words; null when ok.")
 
 
-@strawberry.type
-class Permission:
+@strawberry.type(name="Permission")
+class PermissionType:
     id: strawberry.ID
     created_at: datetime
     user_id: strawberry.Private[int]
@@ -261,21 +261,21 @@ class Permission:
     # Both can be gone when the permission was read just before its user or backend was deleted
     # (deleting either deletes its permissions): a NOT_FOUND error then, not a masked internal one.
     @strawberry.field
-    async def user(self, info: Info[AdminContext, None]) -> User:
+    async def user(self, info: Info[AdminContext, None]) -> UserType:
         user = await info.context.loaders.users.load(self.user_id)
         if user is None:
             raise api_error(NOT_FOUND, f"User {self.user_id} of permission {self.id} no longer exists.")
-        return User.from_model(user)
+        return UserType.from_model(user)
 
     @strawberry.field
-    async def backend(self, info: Info[AdminContext, None]) -> Backend:
+    async def backend(self, info: Info[AdminContext, None]) -> BackendType:
         backend = await info.context.loaders.backends.load(self.backend_id)
         if backend is None:
             raise api_error(NOT_FOUND, f"Backend {self.backend_id} of permission {self.id} no longer exists.")
-        return Backend.from_model(backend)
+        return BackendType.from_model(backend)
 
     @classmethod
-    def from_model(cls, permission: PermissionModel) -> Permission:
+    def from_model(cls, permission: PermissionModel) -> PermissionType:
         return cls(
             id=strawberry.ID(str(permission.id)),
             created_at=permission.created_at,
@@ -284,11 +284,11 @@ class Permission:
         )
 
 
-@strawberry.type
-class Script:
+@strawberry.type(name="Script")
+class ScriptObjectType:
     id: strawberry.ID
     name: str
-    type: ScriptType
+    type: ScriptTypeEnum
     code: str = strawberry.field(
         description="JavaScript defining onRequest(context) and/or onResponse(context), optionally async and exported."
     )
@@ -300,25 +300,25 @@ class Script:
     backend_id: strawberry.Private[int | None]
 
     @strawberry.field(description="Set for PER_USER and PER_USER_BACKEND scripts.")
-    async def user(self, info: Info[AdminContext, None]) -> User | None:
+    async def user(self, info: Info[AdminContext, None]) -> UserType | None:
         if self.user_id is None:
             return None
         user = await info.context.loaders.users.load(self.user_id)
-        return User.from_model(user) if user else None
+        return UserType.from_model(user) if user else None
 
     @strawberry.field(description="Set for PER_BACKEND and PER_USER_BACKEND scripts.")
-    async def backend(self, info: Info[AdminContext, None]) -> Backend | None:
+    async def backend(self, info: Info[AdminContext, None]) -> BackendType | None:
         if self.backend_id is None:
             return None
         backend = await info.context.loaders.backends.load(self.backend_id)
-        return Backend.from_model(backend) if backend else None
+        return BackendType.from_model(backend) if backend else None
 
     @classmethod
-    def from_model(cls, script: ScriptModel) -> Script:
+    def from_model(cls, script: ScriptModel) -> ScriptObjectType:
         return cls(
             id=strawberry.ID(str(script.id)),
             name=script.name,
-            type=ScriptType(str(script.type.value if isinstance(script.type, Enum) else script.type)),
+            type=ScriptTypeEnum(str(script.type.value if isinstance(script.type, Enum) else script.type)),
             code=script.code,
             is_active=script.is_active,
             priority=script.priority,
@@ -505,7 +505,7 @@ class UsageRow:
 
 @strawberry.type
 class BackendMetrics:
-    backend: Backend
+    backend: BackendType
     in_flight: int
     requests: int
     errors: int
@@ -646,7 +646,7 @@ class CreatePermissionInput:
 @strawberry.input
 class CreateScriptInput:
     name: str
-    type: ScriptType
+    type: ScriptTypeEnum
     user_id: strawberry.ID | None = None
     backend_id: strawberry.ID | None = None
     code: str
