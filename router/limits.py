@@ -986,17 +986,20 @@ def _duration_bytes(seconds: float) -> bytes:
     return duration_text(seconds).encode()
 
 
-_last_instant: list[Any] = [None, b""]  # (whole second, its RFC 3339 text): one strftime per second
+# (whole second, its RFC 3339 text), replaced as one tuple: one strftime per second.
+_last_instant: list[tuple[int, bytes]] = [(-1, b"")]
 
 
 def _instant_bytes(timestamp: float) -> bytes:
     """`timestamp` as RFC 3339 in UTC, whole seconds (as datetime.fromtimestamp(...).strftime would)."""
     second = math.floor(round(timestamp, 6))
-    if _last_instant[0] != second:
-        _last_instant[1] = datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%SZ").encode()
-        _last_instant[0] = second
-    text: bytes = _last_instant[1]
-    return text
+    cached = _last_instant[0]
+    if cached[0] != second:
+        cached = _last_instant[0] = (
+            second,
+            datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%SZ").encode(),
+        )
+    return cached[1]
 
 
 # Header names per style: (limit, remaining, reset) of requests, then of tokens.

@@ -4,12 +4,14 @@ with an injected clock (nothing sleeps to wait for a window or a period to pass)
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import pytest
 
 from router.limits import (
+    Admission,
     BudgetPeriod,
     Limiter,
     LimitExceeded,
@@ -379,3 +381,53 @@ async def test_limits_reached_are_told_to_on_limit():
         ("QUEUE_FULL", "backend", "gpu", 2, 5, 1),
     ]
     assert events[0].retry_after_s > 0 and events[1].retry_after_s == 0 and events[2].retry_after_s == 1.0
+
+
+class GeneralStore(LocalStore):
+    """The in-process store seen as any other store: the limiter takes its general path (no fast path)."""
+
+
+async def test_the_in_process_fast_path_decides_and_counts_as_the_general_path():
+    import random
+
+    rnd = random.Random(7)
+    clock = Clock(T0)
+    fast, general = Limiter(LocalStore(), clock=clock), Limiter(GeneralStore(), clock=clock)
+
+    def seen(answer: object) -> object:  # slot members are unique names, numbered differently by the paths
+        return (
+            dataclasses.replace(answer, slots=[k for k, _ in answer.slots]) if isinstance(answer, Admission) else answer
+        )
+
+    users = [
+        Who(1, "a", Limits(rpm=7, tpm=900, max_concurrent=3, budget_usd=0.05, budget_period=BudgetPeriod.DAY)),
+        Who(2, "b", Limits(tpm=500)),
+        Who(3, "c", Limits()),
+    ]
+    backends = [Who(5, "gpu", Limits(rpm=11, tpm=2000, max_concurrent=50)), Who(6, "cpu", Limits()), None]
+    held: list[tuple[object, object]] = []
+    for _ in range(3000):
+        clock.now += rnd.choice([0.0, 0.01, 0.4, 3.0, 61.0 if rnd.random() < 0.02 else 0.2])
+        if held and rnd.random() < 0.45:
+            one, two = held.pop(rnd.randrange(len(held)))
+            tokens, cost, failed = rnd.choice([0, 30, 400]), rnd.choice([None, 0.0, 0.004]), rnd.random() < 0.2
+            fast.settle(one, tokens, cost, failed=failed)
+            general.settle(two, tokens, cost, failed=failed)
+        else:
+            user, backend, tokens = rnd.choice(users), rnd.choice(backends), rnd.choice([0, 10, 120, 600])
+            answers = []
+            for lim in (fast, general):
+                try:
+                    answers.append(await lim.admit(user, backend, tokens))
+                except LimitExceeded as exc:
+                    answers.append(
+                        (exc.kind, exc.scope, exc.message, exc.retry_after_s, exc.headers, seen(exc.admission))
+                    )
+            assert seen(answers[0]) == seen(answers[1])
+            if not isinstance(answers[0], tuple):
+                held.append((answers[0], answers[1]))
+        assert {k: (list(map(list, w.buckets)), w.total) for k, w in fast.store.windows.items()} == {
+            k: (list(map(list, w.buckets)), w.total) for k, w in general.store.windows.items()
+        }
+        assert {k: len(v) for k, v in fast.store.slots.items()} == {k: len(v) for k, v in general.store.slots.items()}
+        assert fast.store.spend == general.store.spend
