@@ -18,7 +18,8 @@ Design:
   bodies are not re-encoded (``RawJSON`` bodies keep their exact bytes). Async hooks need a
   second eval to read the settled result (microtasks drain between evals).
 * The time limit is CPU time of the isolate's thread for the call (both evals of an async hook),
-  read from that thread's CPU clock when the limit could have been reached; wall time only
+  read from that thread's CPU clock when the limit could have been reached (watched only once an
+  eval outlasts the synchronous wait); wall time only
   backstops it (``WALL_FACTOR`` x the limit, at least 2 s), so a busy machine does not fail
   scripts that did little. Calls of one script are serialized by an ``asyncio.Lock``; waiting
   for it does not count.
@@ -141,11 +142,17 @@ class _Limit:
 
     __slots__ = ("_finished", "_handle", "clock", "cpu0", "fired", "limit_s", "loop", "started", "task", "wall_s")
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, clock: int | None, limit_s: float) -> None:
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        clock: int | None,
+        limit_s: float,
+        since: tuple[float, float] | None = None,
+    ) -> None:
+        """``since``: (loop time, isolate CPU time) when the call began, if before now."""
         self.loop, self.clock, self.limit_s = loop, clock, limit_s
         self.task = asyncio.current_task()
-        self.cpu0 = _cpu(clock)
-        self.started = loop.time()
+        self.started, self.cpu0 = since if since is not None else (loop.time(), _cpu(clock))
         self.wall_s = limit_s if clock is None else max(limit_s * WALL_FACTOR, _MIN_WALL_S)
         self.fired = False
         self._finished = False
@@ -422,19 +429,29 @@ class ScriptEngine:
             limit.done()
 
     async def _call(self, slot: _Slot, c: _Context, code: str) -> list[str]:
+        # The time limit is watched only once an eval did not answer within the synchronous wait.
+        limit: _Limit | None = None
+        since = (c.loop.time(), _cpu(c.clock))
+        limit_s = self.timeout_ms / 1000
+
+        def watch() -> None:
+            nonlocal limit
+            if limit is None:
+                limit = _Limit(c.loop, c.clock, limit_s, since)
+
         try:
-            limit = _Limit(c.loop, c.clock, self.timeout_ms / 1000)
-            sync_s = min(mr.SYNC_WAIT_S, self.timeout_ms / 1000)
+            sync_s = min(mr.SYNC_WAIT_S, limit_s)
             try:
-                envs = [str(await mr.evaluate(c.racer, code, sync_s))]
+                envs = [str(await mr.evaluate(c.racer, code, sync_s, watch))]
                 if envs[0].startswith('{"p":1,'):  # an async hook: read what it settled to
-                    envs.append(str(await mr.evaluate(c.racer, "__rt.take()", sync_s)))
+                    envs.append(str(await mr.evaluate(c.racer, "__rt.take()", sync_s, watch)))
             except asyncio.CancelledError:
-                if limit.done():
+                if limit is not None and limit.done():
                     raise TimeoutError from None
                 raise
             finally:
-                limit.done()
+                if limit is not None:
+                    limit.done()
         except TimeoutError:
             self._discard(slot, busy=True)
             raise _ScriptFault(f"TimeoutError: script exceeded {self.timeout_ms:g} ms") from None

@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
+from collections.abc import Callable
 from typing import Any
 
 from py_mini_racer import MiniRacer
@@ -101,7 +102,7 @@ class _Waiter:
             with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits any more
                 self.loop.call_soon_threadsafe(_settle, future, value)
 
-    async def wait(self, sync_s: float) -> ValueHandle:
+    async def wait(self, sync_s: float, slow: Callable[[], object] | None) -> ValueHandle:
         if self.done.acquire(timeout=sync_s) if sync_s > 0 else self.done.acquire(blocking=False):
             assert self.value is not None
             return self.value
@@ -110,6 +111,8 @@ class _Waiter:
                 return self.value
             future: asyncio.Future[ValueHandle] = self.loop.create_future()
             self.future = future
+        if slow is not None:
+            slow()
         return await future
 
 
@@ -118,8 +121,11 @@ def _settle(future: asyncio.Future[ValueHandle], value: ValueHandle) -> None:
         future.set_result(value)
 
 
-async def evaluate(racer: MiniRacer, code: str, sync_s: float = SYNC_WAIT_S) -> Any:
-    """``racer.eval_cancelable(code)``, waiting up to ``sync_s`` synchronously first (see above)."""
+async def evaluate(
+    racer: MiniRacer, code: str, sync_s: float = SYNC_WAIT_S, slow: Callable[[], object] | None = None
+) -> Any:
+    """``racer.eval_cancelable(code)``, waiting up to ``sync_s`` synchronously first (see above);
+    ``slow`` is called when that was not enough, before the answer is awaited."""
     ctx = racer._ctx
     if ctx is None:
         raise RuntimeError("the mini-racer context is closed")
@@ -130,7 +136,7 @@ async def evaluate(racer: MiniRacer, code: str, sync_s: float = SYNC_WAIT_S) -> 
     _waiters[key] = waiter
     task_id = ctx._dll.mr_eval(ctx._ctx, handle.raw, callback_id)
     try:
-        value = await waiter.wait(sync_s)
+        value = await waiter.wait(sync_s, slow)
     finally:
         _waiters.pop(key, None)
         ctx._dll.mr_cancel_task(ctx._ctx, task_id)  # ignored when the task is done
