@@ -187,12 +187,12 @@ async def insert_log_rows(records: list[RequestRecord]) -> None:
     sqlite = conn.capabilities.dialect == "sqlite"
     marks = ", ".join("?" if sqlite else f"${i}" for i in range(1, len(LOG_COLUMNS) + 1))
     sql = f"INSERT INTO {RequestLog._meta.db_table} ({', '.join(LOG_COLUMNS)}) VALUES ({marks})"
-    rows = [record.as_tuple() for record in records]
+    rows: list[Any] = [record.as_tuple() for record in records]
     if sqlite:  # stored as Tortoise stores datetimes in SQLite: str() of the aware datetime
         rows = [(*row[:_CREATED_AT], str(row[_CREATED_AT]), *row[_CREATED_AT + 1 :]) for row in rows]
     hourly = _rollup_sums(records)
     async with in_transaction("analytics") as tx:
-        await tx.execute_many(sql, [list(row) for row in rows])
+        await tx.execute_many(sql, rows)  # tuples: both drivers take any sequence per row
         # Hourly, then daily, each sorted: concurrent writers lock the same rows in the same order.
         await tx.execute_many(_rollup_sql(sqlite, UsageRollup), _as_rows(hourly, sqlite))
         await tx.execute_many(_rollup_sql(sqlite, UsageRollupDaily), _as_rows(_daily_sums(hourly), sqlite))
@@ -219,9 +219,15 @@ _Sums = dict[tuple[datetime, int, int, str], list[Any]]
 def _rollup_sums(records: list[RequestRecord]) -> _Sums:
     """A batch summed per (UTC hour, user, backend, model): [user_name, backend_name, *ROLLUP_SUMS]."""
     sums: _Sums = {}
+    hours: dict[tuple[int, int, int, int], datetime] = {}  # a batch spans an hour or two: replace() once each
     for r in records:
         created = r.created_at or datetime.fromtimestamp(r.started_at, UTC)
-        hour = created.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
+        if created.tzinfo is not UTC:
+            created = created.astimezone(UTC)
+        at = (created.year, created.month, created.day, created.hour)
+        hour = hours.get(at)
+        if hour is None:
+            hour = hours[at] = created.replace(minute=0, second=0, microsecond=0)
         key = (hour, r.user_id or 0, r.backend_id or 0, r.model or "")
         entry = sums.get(key)
         if entry is None:
