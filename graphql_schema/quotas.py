@@ -21,6 +21,7 @@ from graphql_schema.types import (
     UserType,
     decode_cursor,
     encode_cursor,
+    load_backend,
     log_filter,
 )
 from router import analytics_queries
@@ -52,10 +53,7 @@ class ModelPriceType:
 
     @strawberry.field(description="Null: applies on every backend (a backend-specific price wins).")
     async def backend(self, info: Ctx) -> BackendType | None:
-        if self.backend_id is None:
-            return None
-        row = await info.context.loaders.backends.load(self.backend_id)
-        return BackendType.from_model(row) if row else None
+        return await load_backend(info, self.backend_id)
 
     @classmethod
     def from_model(cls, row: ModelPriceModel) -> ModelPriceType:

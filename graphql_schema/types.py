@@ -6,6 +6,7 @@ import base64
 import binascii
 import dataclasses
 import json
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from enum import Enum
 from typing import Any
@@ -77,6 +78,18 @@ class TimeBucket(Enum):
 # --- entities --------------------------------------------------------------------------------------
 
 
+# User and Backend share their limits and quota fields: one resolver each, the quota's by scope.
+def _limits(root: UserType | BackendType) -> Limits:
+    return Limits.of(root.limits_data)
+
+
+def _quota(scope: str) -> Callable[[UserType | BackendType, Info[AdminContext, None]], Awaitable[QuotaState]]:
+    async def resolve(root: UserType | BackendType, info: Info[AdminContext, None]) -> QuotaState:
+        return await quota_state(info, Subject(int(root.id), root.name, root.limits_data), scope)
+
+    return resolve
+
+
 @strawberry.type(name="User")
 class UserType:
     id: strawberry.ID
@@ -96,13 +109,8 @@ class UserType:
         rows = await info.context.admin.list_permissions(user_id=self.id)
         return [PermissionType.from_model(p) for p in rows]
 
-    @strawberry.field
-    def limits(self) -> Limits:
-        return Limits.of(self.limits_data)
-
-    @strawberry.field
-    async def quota(self, info: Info[AdminContext, None]) -> QuotaState:
-        return await quota_state(info, Subject(int(self.id), self.name, self.limits_data), "user")
+    limits = strawberry.field(resolver=_limits)
+    quota = strawberry.field(resolver=_quota("user"))
 
     @classmethod
     def from_model(cls, user: UserModel) -> UserType:
@@ -170,13 +178,8 @@ class BackendType:
     def health(self, info: Info[AdminContext, None]) -> BackendHealth:
         return BackendHealth.from_status(info.context.runtime.health.status(int(self.id)))
 
-    @strawberry.field
-    def limits(self) -> Limits:
-        return Limits.of(self.limits_data)
-
-    @strawberry.field
-    async def quota(self, info: Info[AdminContext, None]) -> QuotaState:
-        return await quota_state(info, Subject(int(self.id), self.name, self.limits_data), "backend")
+    limits = strawberry.field(resolver=_limits)
+    quota = strawberry.field(resolver=_quota("backend"))
 
     @classmethod
     def from_model(cls, backend: BackendModel) -> BackendType:
@@ -251,6 +254,22 @@ class ConnectionTest:
     error: str | None = strawberry.field(description="What went wrong, in words; null when ok.")
 
 
+async def load_user(info: Info[AdminContext, None], user_id: int | None) -> UserType | None:
+    """The user with this id (batched by the request's DataLoader); None without an id or when it is gone."""
+    if user_id is None:
+        return None
+    user = await info.context.loaders.users.load(user_id)
+    return UserType.from_model(user) if user else None
+
+
+async def load_backend(info: Info[AdminContext, None], backend_id: int | None) -> BackendType | None:
+    """The backend with this id (batched by the request's DataLoader); None without an id or when it is gone."""
+    if backend_id is None:
+        return None
+    backend = await info.context.loaders.backends.load(backend_id)
+    return BackendType.from_model(backend) if backend else None
+
+
 @strawberry.type(name="Permission")
 class PermissionType:
     id: strawberry.ID
@@ -262,17 +281,17 @@ class PermissionType:
     # (deleting either deletes its permissions): a NOT_FOUND error then, not a masked internal one.
     @strawberry.field
     async def user(self, info: Info[AdminContext, None]) -> UserType:
-        user = await info.context.loaders.users.load(self.user_id)
+        user = await load_user(info, self.user_id)
         if user is None:
             raise api_error(NOT_FOUND, f"User {self.user_id} of permission {self.id} no longer exists.")
-        return UserType.from_model(user)
+        return user
 
     @strawberry.field
     async def backend(self, info: Info[AdminContext, None]) -> BackendType:
-        backend = await info.context.loaders.backends.load(self.backend_id)
+        backend = await load_backend(info, self.backend_id)
         if backend is None:
             raise api_error(NOT_FOUND, f"Backend {self.backend_id} of permission {self.id} no longer exists.")
-        return BackendType.from_model(backend)
+        return backend
 
     @classmethod
     def from_model(cls, permission: PermissionModel) -> PermissionType:
@@ -301,17 +320,11 @@ class ScriptObjectType:
 
     @strawberry.field(description="Set for PER_USER and PER_USER_BACKEND scripts.")
     async def user(self, info: Info[AdminContext, None]) -> UserType | None:
-        if self.user_id is None:
-            return None
-        user = await info.context.loaders.users.load(self.user_id)
-        return UserType.from_model(user) if user else None
+        return await load_user(info, self.user_id)
 
     @strawberry.field(description="Set for PER_BACKEND and PER_USER_BACKEND scripts.")
     async def backend(self, info: Info[AdminContext, None]) -> BackendType | None:
-        if self.backend_id is None:
-            return None
-        backend = await info.context.loaders.backends.load(self.backend_id)
-        return BackendType.from_model(backend) if backend else None
+        return await load_backend(info, self.backend_id)
 
     @classmethod
     def from_model(cls, script: ScriptModel) -> ScriptObjectType:
