@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta, timezone
+
 from graphql_schema.types import RequestLogEntry
 from router.models.analytics import RequestLog
-from router.usage import LOG_COLUMNS, WIRE_FIELDS, RequestRecord, new_log_id
+from router.usage import LOG_COLUMNS, WIRE_FIELDS, RequestRecord, new_log_id, rollup_rows
 
 
 def test_log_columns_are_the_orm_models_columns():
@@ -36,3 +38,28 @@ def test_log_ids_are_time_ordered_and_unique():
     assert len(set(ids)) == 1000
     assert new_log_id(1_800_000_001.0) > max(ids)
     assert max(ids) < 2**63
+
+
+def test_rollup_hours_are_utc_hours_whatever_the_zone_of_created_at():
+    """The hour of each row (computed once per hour of a batch) is its UTC hour, also for rows in
+    another zone, on both sides of an hour boundary."""
+    ist = timezone(timedelta(hours=5, minutes=30))
+    base = datetime(2026, 3, 9, 22, 59, 59, 999_999, tzinfo=UTC)
+    stamps = [
+        base,
+        base.astimezone(ist),
+        base + timedelta(microseconds=1),
+        (base + timedelta(minutes=1)).astimezone(ist),
+    ]
+    batch = []
+    for i, created in enumerate(stamps):
+        r = RequestRecord(f"r{i}", "/v1/chat/completions", user_id=1, backend_id=1, model="m")
+        r.finish(200)
+        r.created_at = created
+        batch.append(r)
+    rows = rollup_rows(batch)
+    assert [(row[0], row[6]) for row in rows] == [
+        (datetime(2026, 3, 9, 22, tzinfo=UTC), 2),
+        (datetime(2026, 3, 9, 23, tzinfo=UTC), 2),
+    ]
+    assert all(row[0].tzinfo is UTC for row in rows)
