@@ -54,6 +54,10 @@ class LogFilter:
     until: datetime | None = None
 
 
+# The LogFilter fields that name a request-log column the row must equal.
+_EQUAL_COLUMNS = ("request_id", "endpoint", "user_id", "backend_id", "model", "status_code")
+
+
 def _utc(value: datetime) -> datetime:
     """Aware UTC; a naive datetime is taken to be UTC already."""
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
@@ -61,18 +65,9 @@ def _utc(value: datetime) -> datetime:
 
 def filtered_logs(flt: LogFilter) -> QuerySet[RequestLog]:
     query = RequestLog.all()
-    if flt.request_id is not None:
-        query = query.filter(request_id=flt.request_id)
-    if flt.endpoint is not None:
-        query = query.filter(endpoint=flt.endpoint)
-    if flt.user_id is not None:
-        query = query.filter(user_id=flt.user_id)
-    if flt.backend_id is not None:
-        query = query.filter(backend_id=flt.backend_id)
-    if flt.model is not None:
-        query = query.filter(model=flt.model)
-    if flt.status_code is not None:
-        query = query.filter(status_code=flt.status_code)
+    equal = {column: getattr(flt, column) for column in _EQUAL_COLUMNS}
+    if given := {column: value for column, value in equal.items() if value is not None}:
+        query = query.filter(**given)
     if flt.errors_only:
         query = query.filter(Q(status_code__gte=400) | Q(error__isnull=False))
     if flt.since is not None:

@@ -1356,6 +1356,7 @@ class Limiter:
         if answer.status == REFUSED:
             admission.settled = True
             refusal = self._refusal(plan, answer, admission, user, backend)
+            refusal.admission = admission
             if self.on_limit:
                 subject = user if refusal.scope == "user" else backend
                 limit = plan.ops[answer.index].limit
@@ -1505,18 +1506,6 @@ class Limiter:
                 admission.tokens = view
 
     def _refusal(
-        self,
-        plan: _Plan,
-        answer: StoreAnswer,
-        admission: Admission,
-        user: HasLimits | None,
-        backend: HasLimits | None,
-    ) -> LimitExceeded:
-        refusal = self._refusal_of(plan, answer, admission, user, backend)
-        refusal.admission = admission
-        return refusal
-
-    def _refusal_of(
         self,
         plan: _Plan,
         answer: StoreAnswer,

@@ -19,7 +19,7 @@ import logging
 import math
 import os
 from bisect import bisect_left
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -290,20 +290,12 @@ class _FileBackedMetrics:
         self.tokens = Counter(
             f"{PREFIX}_tokens", _HELP["tokens"], ("backend", "model", "kind", *by_user), registry=registry
         )
-        self.latency = Histogram(
-            f"{PREFIX}_request_latency_seconds",
-            _HELP["latency"],
-            ("backend", "model"),
-            buckets=LATENCY_BUCKETS,
-            registry=registry,
-        )
-        self.ttft = Histogram(
-            f"{PREFIX}_time_to_first_token_seconds",
-            _HELP["ttft"],
-            ("backend", "model"),
-            buckets=TTFT_BUCKETS,
-            registry=registry,
-        )
+
+        def histogram(name: str, key: str, buckets: Sequence[float]) -> Histogram:
+            return Histogram(f"{PREFIX}_{name}", _HELP[key], ("backend", "model"), buckets=buckets, registry=registry)
+
+        self.latency = histogram("request_latency_seconds", "latency", LATENCY_BUCKETS)
+        self.ttft = histogram("time_to_first_token_seconds", "ttft", TTFT_BUCKETS)
         self._children: dict[SeriesKey, tuple[Any, Any, Any, Any, Any]] = {}
 
     def observe(self, record: RequestRecord) -> None:
