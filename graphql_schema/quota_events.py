@@ -14,7 +14,7 @@ import strawberry
 from strawberry.types import Info
 
 from graphql_schema.context import AdminContext
-from graphql_schema.types import filter_id
+from graphql_schema.types import ids_filter
 from router import quota_events
 
 
@@ -90,14 +90,13 @@ class QuotaEventsSubscription:
         backend_id: strawberry.ID | None = None,
     ) -> AsyncGenerator[QuotaEvent, None]:
         info.context.require_admin()
-        uid = filter_id(user_id, "userId")
-        bid = filter_id(backend_id, "backendId")
+        wanted = ids_filter(user_id, backend_id)
         feed = info.context.runtime.quota_events
         queue = feed.subscribe()
         try:
             while True:
                 event = await queue.get()
-                if (uid is None or event.user_id == uid) and (bid is None or event.backend_id == bid):
+                if wanted(event):
                     yield QuotaEvent.of(event)
         finally:
             feed.unsubscribe(queue)

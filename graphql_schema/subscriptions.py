@@ -32,9 +32,8 @@ from strawberry.types import Info
 
 from graphql_schema.context import AdminContext
 from graphql_schema.errors import bad_input
-from graphql_schema.types import RequestLogEntry, UsageGroupBy, UsageRow, filter_id
+from graphql_schema.types import RequestLogEntry, UsageGroupBy, UsageRow, filter_id, ids_filter
 from router.live import MAX_INTERVAL_S, HealthChange, Tick
-from router.usage import RequestRecord
 
 MAX_PER_SECOND = 10_000
 
@@ -146,15 +145,11 @@ class Subscription:
         ] = None,
     ) -> AsyncGenerator[RequestLogEntry, None]:
         info.context.require_admin()
-        uid = filter_id(user_id, "userId")
-        bid = filter_id(backend_id, "backendId")
+        wanted = ids_filter(user_id, backend_id)
         if max_per_second is not None and not 1 <= max_per_second <= MAX_PER_SECOND:
             raise bad_input(
                 f"maxPerSecond must be between 1 and {MAX_PER_SECOND}, got {max_per_second}", "maxPerSecond"
             )
-
-        def wanted(record: RequestRecord) -> bool:
-            return (uid is None or record.user_id == uid) and (bid is None or record.backend_id == bid)
 
         subscription = info.context.runtime.bus.subscribe(wanted, max_per_second)
         try:

@@ -9,7 +9,7 @@ import json
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from enum import Enum
-from typing import Any
+from typing import Any, Protocol
 
 import strawberry
 from strawberry.scalars import JSON
@@ -565,6 +565,25 @@ def filter_id(value: strawberry.ID | None, field: str) -> int | None:
         return int(value)
     except (TypeError, ValueError):
         raise bad_input(f"{field} must be an id, got {value!r}", field) from None
+
+
+class _HasIds(Protocol):
+    @property
+    def user_id(self) -> int | None: ...
+
+    @property
+    def backend_id(self) -> int | None: ...
+
+
+def ids_filter(user_id: strawberry.ID | None, backend_id: strawberry.ID | None) -> Callable[[_HasIds], bool]:
+    """A subscription's userId/backendId arguments as a test of its events (an absent id matches every one)."""
+    uid = filter_id(user_id, "userId")
+    bid = filter_id(backend_id, "backendId")
+
+    def wanted(item: _HasIds) -> bool:
+        return (uid is None or item.user_id == uid) and (bid is None or item.backend_id == bid)
+
+    return wanted
 
 
 def log_filter(flt: RequestLogFilter | UsageFilter | None) -> analytics_queries.LogFilter:
