@@ -68,7 +68,16 @@ class App:
                 await self.stop.wait()
 
         self.task = self.loop.create_task(hold())
-        self.router = self.loop.run_until_complete(ready)
+        # hold() may end before the router is ready (in_process skips in the TEST_DB=postgres run,
+        # or start-up fails): its outcome is raised here instead of waiting for `ready` forever.
+        self.loop.run_until_complete(asyncio.wait([ready, self.task], return_when=asyncio.FIRST_COMPLETED))
+        if not ready.done():
+            try:
+                self.loop.run_until_complete(self.task)  # raises what ended it
+            finally:
+                self.loop.close()
+            raise RuntimeError("the in-process router ended before it was ready")
+        self.router = ready.result()
 
     def post(self, body: bytes, token: str | bytes | None = PASSWORD) -> httpx.Response:
         headers: dict[str, str | bytes] = {"Content-Type": "application/json"}
