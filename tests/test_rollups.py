@@ -350,3 +350,21 @@ async def test_upgrade_backfills_the_daily_rollups_from_the_hourly_ones(db_urls)
                 assert same(got, expected(batch, flt, group_by, "day")), (flt, group_by)
     finally:
         await close_db()
+
+
+async def test_the_response_id_look_up_uses_an_index(analytics_db):
+    """The affinity fall-back after a restart (router.affinity.binding_from_log) finds a response id
+    through an index, not by scanning the request log (migration 0006)."""
+    from tortoise import connections
+
+    conn = connections.get("analytics")
+    if conn.capabilities.dialect == "sqlite":
+        plan = await conn.execute_query_dict(
+            "EXPLAIN QUERY PLAN SELECT backend_id, user_id FROM request_logs WHERE response_id = ?", ["resp_1"]
+        )
+        assert any("USING INDEX idx_request_logs_response_id" in row["detail"] for row in plan), plan
+    else:
+        rows = await conn.execute_query_dict(
+            "SELECT indexdef FROM pg_indexes WHERE tablename = 'request_logs' AND indexdef LIKE '%(response_id)%'"
+        )
+        assert rows, "no index on request_logs.response_id"
