@@ -119,19 +119,6 @@ def build_context(
     }
 
 
-def request_context(
-    user: UserEntry,
-    backend: dict[str, Any] | None,
-    method: str,
-    path: str,
-    headers: dict[str, str],
-    body: Any,
-    is_stream: bool,
-) -> dict[str, Any]:
-    """The context of a live request (see :func:`build_context`)."""
-    return build_context(user_view(user), backend, method, path, headers, body, is_stream)
-
-
 def response_view(status: int, headers: Mapping[str, str], body: Any, is_stream: bool) -> dict[str, Any]:
     """`context.response` as onResponse sees it."""
     return {"status": status, "headers": visible_headers(headers), "body": body, "isStream": is_stream}
@@ -343,36 +330,25 @@ async def on_response(
     status: int,
     upstream_headers: Mapping[str, str],
     headers: dict[str, str],
-    body: bytes,
-    parsed: Any,
     request_id: str,
-) -> tuple[int, dict[str, str], bytes]:
-    """Run onResponse on a whole (non-stream) answer; returns (status, headers, body) to send.
+    body: bytes = b"",
+    parsed: Any = None,
+    stream: bool = False,
+) -> tuple[dict[str, Any], int, dict[str, str], bytes]:
+    """Run onResponse on a whole answer, or once before a stream's first event (`stream`, no body).
 
-    Nothing is re-encoded when no script defines onResponse or the hooks left the body as it was.
+    Returns (context, status, headers, body) to send. A stream's context keeps its `response` for the
+    onStreamChunk hooks, and a stream stays an SSE stream (its content-type is not the hooks' to
+    change). Nothing is re-encoded when no script defines onResponse or the hooks left the body as it was.
     """
     chain = tuple(s for s in scripts if engine.has_hook(script_source(s), "onResponse"))
+    if not chain and not stream:
+        return context, status, headers, body
+    given = response_body_view(body, parsed)  # None for a stream
+    context["response"] = response_view(status, upstream_headers, given, stream)
     if not chain:
-        return status, headers, body
-    given = response_body_view(body, parsed)
-    context["response"] = response_view(status, upstream_headers, given, False)
+        return context, status, headers, body
     context = await run_chain(engine, chain, "onResponse", context, request_id)
-    response, status, changes = response_changes(chain, context, status, upstream_headers)
-    new_body = response.get("body")
-    if new_body is not given:
-        if isinstance(new_body, str):
-            body = new_body.encode()
-        else:
-            body = orjson.dumps(new_body)
-            if not any(k.lower() == "content-type" for k in changes):
-                changes["content-type"] = "application/json"
-    return status, apply_header_changes(headers, changes), body
-
-
-def response_changes(
-    chain: tuple[ScriptEntry, ...], context: dict[str, Any], status: int, upstream_headers: Mapping[str, str]
-) -> tuple[dict[str, Any], int, dict[str, str | None]]:
-    """What the onResponse hooks left: the response object, its status and the header changes (validated)."""
     response = context.get("response")
     if not isinstance(response, dict):
         raise errors.script_failed(chain[-1].name, "response must stay an object")
@@ -381,27 +357,17 @@ def response_changes(
         changes = script_headers(response.get("headers"), PROTECTED_RESPONSE_HEADERS, context_headers(upstream_headers))
     except ValueError as exc:
         raise errors.script_failed(chain[-1].name, str(exc)) from None
-    return response, status, changes
-
-
-async def on_stream_response(
-    engine: ScriptEngine,
-    scripts: tuple[ScriptEntry, ...],
-    context: dict[str, Any],
-    status: int,
-    upstream_headers: Mapping[str, str],
-    headers: dict[str, str],
-    request_id: str,
-) -> tuple[dict[str, Any], int, dict[str, str]]:
-    """Run onResponse once before a stream's first event; returns (context, status, headers)."""
-    context["response"] = response_view(status, upstream_headers, None, True)
-    chain = tuple(s for s in scripts if engine.has_hook(script_source(s), "onResponse"))
-    if not chain:
-        return context, status, headers
-    context = await run_chain(engine, chain, "onResponse", context, request_id)
-    _, status, changes = response_changes(chain, context, status, upstream_headers)
-    changes = {k: v for k, v in changes.items() if k.lower() != "content-type"}  # a stream stays an SSE stream
-    return context, status, apply_header_changes(headers, changes)
+    new_body = response.get("body")
+    if stream:
+        changes = {k: v for k, v in changes.items() if k.lower() != "content-type"}
+    elif new_body is not given:
+        if isinstance(new_body, str):
+            body = new_body.encode()
+        else:
+            body = orjson.dumps(new_body)
+            if not any(k.lower() == "content-type" for k in changes):
+                changes["content-type"] = "application/json"
+    return context, status, apply_header_changes(headers, changes), body
 
 
 async def on_stream_chunk(

@@ -34,14 +34,14 @@ from router.catalog import BackendEntry, ScriptEntry, UserEntry, split_alias
 from router.errors import ApiError
 from router.hooks import (
     backend_view,
+    build_context,
     on_request,
     on_response,
     on_stream_chunk,
-    on_stream_response,
-    request_context,
     script_source,
     scripts_for,
     stream_chunk_context,
+    user_view,
     visible_headers,
 )
 from router.limits import LimitExceeded, add_limit_headers, answer_headers
@@ -641,8 +641,8 @@ async def prepare(call: Call, target: Target, untouched: bool) -> Outgoing | Res
         raw_json = untouched and not call.adapter.form_body
         client_body = None if not call.has_body else RawJSON(call.raw_body) if raw_json else call.payload
         path, headers = call.request.scope["path"], visible_headers(call.request.headers)
-        context = request_context(
-            call.user, _backend_view(target), call.method, path, headers, client_body, call.record.stream
+        context = build_context(
+            user_view(call.user), _backend_view(target), call.method, path, headers, client_body, call.record.stream
         )
         outcome = await on_request(call.rt.scripts, hooks.scripts, context, call.payload, call.record.request_id)
         hooks.context = outcome.context
@@ -744,16 +744,16 @@ async def plain_response(call: Call, attempt: Attempt, upstream: UpstreamRespons
         body = orjson.dumps(parsed)
         headers["content-type"] = "application/json"
     if hooks.context is not None:
-        status, headers, body = await on_response(
+        _, status, headers, body = await on_response(
             rt.scripts,
             hooks.reversed,
             hooks.context,
             status,
             upstream.headers,
             headers,
+            record.request_id,
             body,
             parsed,
-            record.request_id,
         )
     rt.finish(record, upstream.status, error)
     return Response(body, status_code=status, headers=headers)
@@ -800,8 +800,15 @@ async def stream_response(call: Call, attempt: Attempt, outgoing: Outgoing) -> R
     hooks = outgoing.hooks
     status, headers = upstream.status, response_headers(upstream, call.record.request_id, call.rt.passed_headers)
     if hooks.context is not None:
-        hooks.context, status, headers = await on_stream_response(
-            call.rt.scripts, hooks.reversed, hooks.context, status, upstream.headers, headers, call.record.request_id
+        hooks.context, status, headers, _ = await on_response(
+            call.rt.scripts,
+            hooks.reversed,
+            hooks.context,
+            status,
+            upstream.headers,
+            headers,
+            call.record.request_id,
+            stream=True,
         )
     relay = Relay(call, attempt.keep(), outgoing, chunks, head)
     return RelayResponse(relay, status, headers)

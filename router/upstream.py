@@ -113,6 +113,12 @@ class AiohttpUpstream:
 # --- httpx ------------------------------------------------------------------------------------
 
 
+def _httpx_error(exc: httpx.HTTPError) -> UpstreamError:
+    if isinstance(exc, httpx.TimeoutException):
+        return UpstreamTimeout("upstream timed out")
+    return UpstreamError(f"upstream connection failed: {exc}")
+
+
 class _HttpxResponse:
     __slots__ = ("_resp", "headers", "status")
 
@@ -124,10 +130,8 @@ class _HttpxResponse:
     async def read(self) -> bytes:
         try:
             return await self._resp.aread()
-        except httpx.TimeoutException as exc:
-            raise UpstreamTimeout("upstream timed out") from exc
         except httpx.HTTPError as exc:
-            raise UpstreamError(f"upstream connection failed: {exc}") from exc
+            raise _httpx_error(exc) from exc
         finally:
             await self._resp.aclose()
 
@@ -135,10 +139,8 @@ class _HttpxResponse:
         try:
             async for chunk in self._resp.aiter_bytes():
                 yield chunk
-        except httpx.TimeoutException as exc:
-            raise UpstreamTimeout("upstream timed out") from exc
         except httpx.HTTPError as exc:
-            raise UpstreamError(f"upstream connection failed: {exc}") from exc
+            raise _httpx_error(exc) from exc
 
     async def close(self) -> None:
         await self._resp.aclose()
@@ -158,10 +160,8 @@ class HttpxUpstream:
         request = self._client.build_request(method, url, headers=headers, content=body)
         try:
             resp = await self._client.send(request, stream=True)
-        except httpx.TimeoutException as exc:
-            raise UpstreamTimeout("upstream timed out") from exc
         except httpx.HTTPError as exc:
-            raise UpstreamError(f"upstream connection failed: {exc}") from exc
+            raise _httpx_error(exc) from exc
         return _HttpxResponse(resp)
 
     async def aclose(self) -> None:
