@@ -25,7 +25,7 @@ from typing import Any
 
 import orjson
 
-from router.config import Settings
+from router.config import Settings, settings_from_json, settings_to_json
 from router.usage import RequestRecord
 
 log = logging.getLogger("router.tracing")
@@ -70,6 +70,9 @@ class LangfuseTracer:
         self._loop = asyncio.get_running_loop()
         self._child = subprocess.Popen([sys.executable, "-m", "router.tracing"], stdin=subprocess.PIPE)
         assert self._child.stdin is not None
+        # The exporter's settings are these, handed over as its input's first line (not its environment's).
+        self._child.stdin.write(settings_to_json(settings).encode() + b"\n")
+        self._child.stdin.flush()
         self._fd = self._child.stdin.fileno()
         os.set_blocking(self._fd, False)
         log.info("Langfuse tracing on: sending to %s (exporter process %d)", settings.langfuse_host, self._child.pid)
@@ -252,11 +255,13 @@ def output_of(record: RequestRecord) -> Any:
 
 
 def main() -> None:
-    """`python -m router.tracing`: the exporter process the router starts (settings from the environment)."""
-    from router.config import load_settings
+    """`python -m router.tracing`: the exporter process the router starts.
+
+    Its input: the router's settings (one JSON line, as `LangfuseTracer` hands them over), then the records.
+    """
     from router.logging_setup import setup_logging
 
-    settings = load_settings()
+    settings = settings_from_json(sys.stdin.buffer.readline().decode())
     setup_logging(settings)
     LangfuseExporter(settings).run(sys.stdin.buffer)
 
