@@ -295,15 +295,21 @@ def response_parts(response: dict[str, Any], default_status: int) -> tuple[int, 
     status = response_status(response, default_status)
     headers = {k: v for k, v in script_headers(response.get("headers"), PROTECTED_RESPONSE_HEADERS, {}).items() if v}
     body = response.get("body")
-    if isinstance(body, str):
-        payload = body.encode()
-    else:
-        payload = orjson.dumps(body)
-        if not any(k.lower() == "content-type" for k in headers):
-            headers["content-type"] = "application/json"
+    payload = encoded_body(body, headers)
     if status in (204, 304) and body not in (None, ""):
         raise ValueError(f"a {status} answer cannot have a body")
     return status, headers, b"" if status in (204, 304) else payload
+
+
+def encoded_body(body: Any, headers: dict[str, Any]) -> bytes:
+    """A body a script set, as bytes: a string as its text, anything else as JSON (and then, unless
+    `headers` already name a content-type, `content-type: application/json` is added to them)."""
+    if isinstance(body, str):
+        return body.encode()
+    payload = orjson.dumps(body)
+    if not any(k.lower() == "content-type" for k in headers):
+        headers["content-type"] = "application/json"
+    return payload
 
 
 def response_status(response: dict[str, Any], default: int) -> int:
@@ -361,12 +367,7 @@ async def on_response(
     if stream:
         changes = {k: v for k, v in changes.items() if k.lower() != "content-type"}
     elif new_body is not given:
-        if isinstance(new_body, str):
-            body = new_body.encode()
-        else:
-            body = orjson.dumps(new_body)
-            if not any(k.lower() == "content-type" for k in changes):
-                changes["content-type"] = "application/json"
+        body = encoded_body(new_body, changes)
     return context, status, apply_header_changes(headers, changes), body
 
 
