@@ -112,6 +112,22 @@ async def test_scripts_do_not_see_each_other_in_the_host(monkeypatch: pytest.Mon
         await engine.close()
 
 
+async def running_a_call(engine: IsolatedScriptEngine, within: float = 10.0) -> None:
+    """Until a call was sent to the script host and one of its threads runs (state R; idle, they sleep)."""
+    deadline = time.monotonic() + within
+
+    def running() -> bool:
+        child = engine._child
+        if child is None or not child.pending:
+            return False
+        threads = Path(f"/proc/{child.proc.pid}/task").glob("*/stat")
+        return any(stat.read_text().rsplit(")", 1)[1].split()[0] == "R" for stat in threads)
+
+    while not running():
+        assert time.monotonic() < deadline, "the script host never ran the call"
+        await asyncio.sleep(0.005)
+
+
 @pytest.mark.parametrize("how", [signal.SIGABRT, signal.SIGKILL])
 async def test_a_dead_host_fails_only_its_calls_and_the_next_call_gets_a_new_one(how: signal.Signals) -> None:
     engine = IsolatedScriptEngine(timeout_ms=5000)
@@ -121,7 +137,7 @@ async def test_a_dead_host_fails_only_its_calls_and_the_next_call_gets_a_new_one
         assert first is not None
         spin = ScriptSource(2, "spin", "function onRequest(c) { for (;;) {} }", "1")
         call = asyncio.ensure_future(engine.run_hook(spin, "onRequest", REQ))
-        await asyncio.sleep(0.3)  # the call is in the child (its limit is 5 s)
+        await running_a_call(engine)  # the call is in the child (its limit is 5 s)
         os.kill(first, how)  # what a V8 abort (SIGABRT / SIGTRAP) does to the process
         result = await asyncio.wait_for(call, 10)
         assert not result.ok and "script host process ended" in (result.error or ""), result
