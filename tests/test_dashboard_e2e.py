@@ -125,8 +125,9 @@ def test_every_module_the_app_imports_is_served(static_client):
 # --- in a browser -------------------------------------------------------------------------------
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def browser():
+    """One Chromium for the module (each test gets its own context: its own storage and pages)."""
     sync_playwright = _require_browser()
     with sync_playwright() as p:
         instance = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
