@@ -438,6 +438,7 @@ def test_live_feed_reconnects_after_router_restart(browser, router_factory, upst
     router = router_factory(config=config, env={"ADMIN_SESSION_SECRET": "e2e-session-secret", "SHUTDOWN_GRACE_S": "2"})
     api_key = router.add_user("reconnecting-user")
     context = browser.new_context(viewport={"width": 1280, "height": 860}, base_url=router.url)
+    context.clock.install()  # the pages' clock runs on, and the test jumps the 10 s before "disconnected"
     page = context.new_page()
     page.set_default_timeout(15_000)
     try:
@@ -461,8 +462,9 @@ def test_live_feed_reconnects_after_router_restart(browser, router_factory, upst
         expect(connection).to_have_text("● Reconnecting…")
         expect(usage_connection).to_have_attribute("data-state", "reconnecting")
         last_before = int(charts.get_attribute("data-last-at") or 0)
-        # down for longer: it says since when
-        expect(connection).to_have_attribute("data-state", "disconnected", timeout=20_000)
+        # down for longer (RECONNECTING_FOR_MS in livestatus.js): it says since when
+        context.clock.fast_forward(10_000)
+        expect(connection).to_have_attribute("data-state", "disconnected", timeout=5_000)
         expect(connection).to_contain_text("Disconnected since")
         router.start()
         expect(connection).to_have_attribute("data-state", "live", timeout=30_000)
