@@ -238,14 +238,17 @@ async def test_listing_users_and_backends_reads_quotas_in_one_batch(tmp_path, up
         monkeypatch.setattr(store, "peek", peek)
         monkeypatch.setattr(limits_types, "spent_usd_by_user", spent)
         answer = await router.gql(
-            "{ users { name quota { requestsThisMinute spentUsd periodEnd } } backends { name quota { inFlight } } }"
+            "{ users { name quota { requestsThisMinute spentUsd periodStart periodEnd } } "
+            "backends { name quota { inFlight } } }"
         )
         assert not answer.get("errors"), answer
         users = {u["name"]: u["quota"] for u in answer["data"]["users"]}
         assert len(users) == 7 and len(answer["data"]["backends"]) == 1
         assert users["user0"]["requestsThisMinute"] == 1 and users["user2"]["requestsThisMinute"] == 0
         assert users["user0"]["spentUsd"] > 0 and users["user2"]["spentUsd"] == 0
-        assert users["user1"]["periodEnd"] != users["user0"]["periodEnd"]  # DAY and MONTH
+        # DAY and MONTH: on the first of a month they start together, on its last day they end together.
+        period = {name: (quota["periodStart"], quota["periodEnd"]) for name, quota in users.items()}
+        assert period["user1"] != period["user0"]
         # One store look-up for the 7 users (and at most one more for the backends), one spend query per
         # budget period in use (alice has none: MONTH, as user0 has), whatever the number of users.
         assert sum(peeks) == 7 * 4 + 3 and len(peeks) <= 2, peeks
