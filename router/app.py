@@ -20,10 +20,9 @@ from graphql_schema import graphql_routes
 from router import errors, protocols, proxy
 from router.admin_ui import admin_routes
 from router.auth import bearer_matches
-from router.config import Settings, load_settings, worker_settings
+from router.config import Settings, load_settings
 from router.crypto import SecretBox
 from router.db import close_db, init_db
-from router.logging_setup import setup_logging
 from router.models.core import User
 from router.runtime import LOCAL_USER_NAME, Runtime
 from router.server_limits import RequestLimits, replay
@@ -243,10 +242,3 @@ class V1FastPath:
         finally:
             if not gone.done():
                 gone.cancel()
-
-
-def create_app_from_env() -> RequestLimits:
-    """The server's app factory, run in each worker: the settings `llm-router serve` handed over."""
-    settings = worker_settings()
-    setup_logging(settings)
-    return create_app(settings)

@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import csv
+import functools
 import json
 import logging
-import os
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from router.config import WORKER_SETTINGS_ENV, ConfigError, Settings, load_config_file, load_settings, settings_to_json
+from router.config import ConfigError, Settings, load_config_file, load_settings, settings_from_json, settings_to_json
 from router.crypto import SecretBox
 from router.datadir import session_secret
 from router.db import close_db, init_db, is_postgres
@@ -193,8 +194,6 @@ def serve(settings: Settings, args: argparse.Namespace) -> None:
             settings.port,
             "" if settings.host_explicit else " Listening on 127.0.0.1 only; set SERVER_HOST/--host to change.",
         )
-    # The server's workers (separate processes) start with these settings, not the environment's.
-    os.environ[WORKER_SETTINGS_ENV] = settings_to_json(settings)
     if settings.server == "uvicorn":
         run_uvicorn(settings)
     else:
@@ -205,7 +204,19 @@ async def _nothing(service: AdminService) -> None:
     return None
 
 
-APP_FACTORY = "router.app:create_app_from_env"
+def worker_app(settings_json: str) -> Any:
+    """The app of one server worker, built from the settings `serve` hands it (not from its environment)."""
+    from router.app import create_app
+    from router.logging_setup import setup_logging
+
+    settings = settings_from_json(settings_json)
+    setup_logging(settings)
+    return create_app(settings)
+
+
+def worker_app_loader(settings: Settings) -> functools.partial[Any]:
+    """What each worker process calls for its app (picklable, for workers that are spawned)."""
+    return functools.partial(worker_app, settings_to_json(settings))
 
 
 def run_granian(settings: Settings) -> None:
@@ -216,8 +227,7 @@ def run_granian(settings: Settings) -> None:
     from granian.server import Server
 
     Server(
-        APP_FACTORY,
-        factory=True,
+        "router.cli:worker_app",  # named in granian's logs; each worker calls worker_app_loader's partial
         address=settings.host,
         port=settings.port,
         interface=Interfaces.ASGI,
@@ -235,7 +245,7 @@ def run_granian(settings: Settings) -> None:
         log_level=LogLevels.warning,
         log_access=False,
         workers_kill_timeout=int(settings.shutdown_grace_s) + 5,
-    ).serve()
+    ).serve(target_loader=worker_app_loader(settings), wrap_loader=False)
 
 
 def run_uvicorn(settings: Settings) -> None:
@@ -244,8 +254,8 @@ def run_uvicorn(settings: Settings) -> None:
 
     from router.server_limits import limited_httptools_protocol
 
-    uvicorn.run(
-        APP_FACTORY,
+    config = uvicorn.Config(
+        worker_app_loader(settings),
         factory=True,
         host=settings.host,
         port=settings.port,
@@ -257,6 +267,17 @@ def run_uvicorn(settings: Settings) -> None:
         timeout_graceful_shutdown=int(settings.shutdown_grace_s),
         proxy_headers=True,
     )
+    # uvicorn.run as it is, but for workers too with an app that is not an import string.
+    server = uvicorn.Server(config)
+    with contextlib.suppress(KeyboardInterrupt):
+        if config.workers > 1:
+            from uvicorn.supervisors import Multiprocess
+
+            Multiprocess(config, sockets=[config.bind_socket()]).run()
+        else:
+            server.run()
+    if config.workers == 1 and not server.started:
+        sys.exit(3)  # uvicorn's STARTUP_FAILURE
 
 
 def check_workers(settings: Settings) -> None:

@@ -266,21 +266,12 @@ def load_settings(
 
 # How `llm-router serve` hands its effective settings (flags applied, session secret made) to the
 # server's worker processes, which import the app anew (router.app:create_app_from_env).
-WORKER_SETTINGS_ENV = "LLM_ROUTER_WORKER_SETTINGS"
-
-
 def settings_to_json(settings: Settings) -> str:
     return json.dumps(asdict(settings))
 
 
 def settings_from_json(text: str) -> Settings:
     return Settings(**json.loads(text))
-
-
-def worker_settings() -> Settings:
-    """In a server worker: the settings `serve` handed over (read once), else the environment's."""
-    handed = os.environ.pop(WORKER_SETTINGS_ENV, None)
-    return settings_from_json(handed) if handed else load_settings()
 
 
 def sqlite_url(path: str) -> str:
