@@ -10,10 +10,11 @@ import logging
 import re
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 from tortoise.exceptions import IntegrityError
 from tortoise.expressions import Q
+from tortoise.models import Model
 from tortoise.queryset import QuerySet
 from tortoise.transactions import in_transaction
 
@@ -57,6 +58,17 @@ class BadInputError(ServiceError):
 
 def not_found(kind: str, ident: Any) -> ServiceError:
     return NotFoundError(f"{kind} {ident} does not exist", "id")
+
+
+_M = TypeVar("_M", bound=Model)
+
+
+async def _get(model: type[_M], row_id: int | str, kind: str) -> _M:
+    """The row with this id, or NotFoundError naming `kind`."""
+    row = await model.get_or_none(id=_int_id(row_id, kind))
+    if row is None:
+        raise not_found(kind, row_id)
+    return row
 
 
 _NAME = re.compile(r"^[A-Za-z0-9_.@\-]{1,128}$")
@@ -126,13 +138,20 @@ class AdminService:
     async def changed(self) -> None:
         await self._on_change()
 
+    async def _saved(self, row: _M) -> _M:
+        """Save a changed row and tell the catalog."""
+        await row.save()
+        await self.changed()
+        return row
+
+    async def _deleted(self, row: Model) -> None:
+        await row.delete()
+        await self.changed()
+
     # --- users ---
 
     async def get_user(self, user_id: int | str) -> User:
-        user = await User.get_or_none(id=_int_id(user_id, "user"))
-        if user is None:
-            raise not_found("user", user_id)
-        return user
+        return await _get(User, user_id, "user")
 
     async def get_user_by_name(self, name: str) -> User:
         user = await User.get_or_none(name=name)
@@ -202,23 +221,18 @@ class AdminService:
         for attr in ("is_active", "all_backends"):
             if changes.get(attr) is not None:
                 setattr(user, attr, bool(changes[attr]))
-        await user.save()
-        await self.changed()
-        return user
+        return await self._saved(user)
 
     async def delete_user(self, user_id: int | str) -> None:
         user = await self.get_user(user_id)
-        await user.delete()  # permissions and scripts go with it (ON DELETE CASCADE)
-        await self.changed()
+        await self._deleted(user)  # permissions and scripts go with it (ON DELETE CASCADE)
 
     async def regenerate_key(self, user_id: int | str) -> tuple[User, str]:
         user = await self.get_user(user_id)
         key = generate_api_key()
         user.api_key_hash = hash_api_key(key)
         user.api_key_prefix = api_key_prefix(key)
-        await user.save()
-        await self.changed()
-        return user, key
+        return await self._saved(user), key
 
     async def set_permissions(self, user_id: int | str, all_backends: bool, backend_names: Iterable[str]) -> User:
         """Replace a user's permissions: every backend, or exactly the named ones."""
@@ -244,10 +258,7 @@ class AdminService:
     # --- backends ---
 
     async def get_backend(self, backend_id: int | str) -> Backend:
-        backend = await Backend.get_or_none(id=_int_id(backend_id, "backend"))
-        if backend is None:
-            raise not_found("backend", backend_id)
-        return backend
+        return await _get(Backend, backend_id, "backend")
 
     async def create_backend(self, **fields: Any) -> Backend:
         values = self._backend_values(fields, creating=True)
@@ -270,14 +281,11 @@ class AdminService:
             raise ConflictError(f"a backend named {values['name']!r} already exists", "name")
         for attr, value in values.items():
             setattr(backend, attr, value)
-        await backend.save()
-        await self.changed()
-        return backend
+        return await self._saved(backend)
 
     async def delete_backend(self, backend_id: int | str) -> None:
         backend = await self.get_backend(backend_id)
-        await backend.delete()
-        await self.changed()
+        await self._deleted(backend)
 
     def _backend_values(self, fields: dict[str, Any], creating: bool) -> dict[str, Any]:
         values: dict[str, Any] = {}
@@ -393,10 +401,7 @@ class AdminService:
     # --- scripts (syntax is checked by the caller, which knows the engine) ---
 
     async def get_script(self, script_id: int | str) -> Script:
-        script = await Script.get_or_none(id=_int_id(script_id, "script"))
-        if script is None:
-            raise not_found("script", script_id)
-        return script
+        return await _get(Script, script_id, "script")
 
     async def check_script_targets(
         self, script_type: ScriptType, user_id: int | str | None, backend_id: int | str | None
@@ -449,14 +454,11 @@ class AdminService:
                 fields.get("backend_id") if fields.get("backend_id") is not None else script.backend_id,
             )
             script.user_id, script.backend_id = uid, bid
-        await script.save()
-        await self.changed()
-        return script
+        return await self._saved(script)
 
     async def delete_script(self, script_id: int | str) -> None:
         script = await self.get_script(script_id)
-        await script.delete()
-        await self.changed()
+        await self._deleted(script)
 
     # --- limits ---
 
@@ -467,17 +469,13 @@ class AdminService:
         user.rpm, user.tpm, user.max_concurrent = limits.rpm, limits.tpm, limits.max_concurrent
         user.budget_usd = limits.budget_usd
         user.budget_period = limits.budget_period.value if limits.budget_period else None
-        await user.save()
-        await self.changed()
-        return user
+        return await self._saved(user)
 
     async def set_backend_limits(self, backend_id: int | str, limits: Limits) -> Backend:
         backend = await self.get_backend(backend_id)
         _checked(limits, for_backend=True)
         backend.rpm, backend.tpm, backend.max_concurrent = limits.rpm, limits.tpm, limits.max_concurrent
-        await backend.save()
-        await self.changed()
-        return backend
+        return await self._saved(backend)
 
     # --- model prices ---
 
@@ -485,10 +483,7 @@ class AdminService:
         return await ModelPrice.all().order_by("model", "id")
 
     async def get_price(self, price_id: int | str) -> ModelPrice:
-        price = await ModelPrice.get_or_none(id=_int_id(price_id, "model price"))
-        if price is None:
-            raise not_found("model price", price_id)
-        return price
+        return await _get(ModelPrice, price_id, "model price")
 
     async def create_price(self, spec: PriceSpec, backend_id: int | str | None) -> ModelPrice:
         values = await self._price_values(spec, backend_id)
@@ -507,8 +502,7 @@ class AdminService:
 
     async def delete_price(self, price_id: int | str) -> None:
         price = await self.get_price(price_id)
-        await price.delete()
-        await self.changed()
+        await self._deleted(price)
 
     async def sync_prices(self, specs: list[PriceSpec], skip_backends: set[str] | None = None) -> None:
         """Create or update the prices of config.yaml by (model, backend); others are left alone.
