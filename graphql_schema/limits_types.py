@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from enum import Enum
 from weakref import WeakKeyDictionary
 
 import strawberry
@@ -15,12 +14,8 @@ from router import limits as lim
 from router.analytics_queries import spent_usd_by_user
 from router.services import BadInputError
 
-
-@strawberry.enum
-class BudgetPeriod(Enum):
-    DAY = "DAY"
-    WEEK = "WEEK"
-    MONTH = "MONTH"
+# The router's own periods, exposed to GraphQL as they are (named BudgetPeriod there too).
+strawberry.enum(lim.BudgetPeriod)
 
 
 @strawberry.type(
@@ -32,19 +27,18 @@ class Limits:
     tpm: int | None = strawberry.field(description="Tokens (prompt + completion) per minute.")
     max_concurrent: int | None = strawberry.field(description="Requests in flight at once.")
     budget_usd: float | None = strawberry.field(description="Spend allowed per budget period, in USD (users only).")
-    budget_period: BudgetPeriod | None = strawberry.field(
+    budget_period: lim.BudgetPeriod | None = strawberry.field(
         description="The period budgetUsd applies to (calendar day, ISO week or calendar month, UTC)."
     )
 
     @classmethod
     def of(cls, limits: lim.Limits) -> Limits:
-        period = BudgetPeriod(limits.budget_period.value) if limits.budget_period is not None else None
         return cls(
             rpm=limits.rpm,
             tpm=limits.tpm,
             max_concurrent=limits.max_concurrent,
             budget_usd=limits.budget_usd,
-            budget_period=period,
+            budget_period=limits.budget_period,
         )
 
 
@@ -69,13 +63,12 @@ class LimitsInput:
     tpm: int | None = None
     max_concurrent: int | None = None
     budget_usd: float | None = None
-    budget_period: BudgetPeriod | None = None
+    budget_period: lim.BudgetPeriod | None = None
 
     def to_limits(self) -> lim.Limits:
-        period = lim.BudgetPeriod(self.budget_period.value) if self.budget_period is not None else None
-        if self.budget_usd is None and period is not None:
+        if self.budget_usd is None and self.budget_period is not None:
             raise BadInputError("budgetPeriod needs budgetUsd", "budgetPeriod")
-        return lim.Limits(self.rpm, self.tpm, self.max_concurrent, self.budget_usd, period)
+        return lim.Limits(self.rpm, self.tpm, self.max_concurrent, self.budget_usd, self.budget_period)
 
 
 @dataclass(frozen=True, slots=True)

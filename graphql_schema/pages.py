@@ -8,20 +8,21 @@ from __future__ import annotations
 
 import base64
 import binascii
-from typing import Annotated
+from collections.abc import Callable
+from typing import Annotated, Any, TypeVar
 
 import strawberry
 from strawberry.types import Info
 
 from graphql_schema.context import AdminContext
 from graphql_schema.errors import bad_input
-from graphql_schema.types import BackendType, RequestLogEntry, ScriptObjectType, ScriptTypeEnum, UserType
+from graphql_schema.types import BackendType, RequestLogEntry, ScriptObjectType, ScriptTypeEnum, UserType, page_size
 from router.models.analytics import RequestLog as RequestLogModel
 from router.models.core import ScriptType as ModelScriptType
 from router.services import Page
 
 Ctx = Info[AdminContext, None]
-DEFAULT_PAGE = 50
+P = TypeVar("P")
 
 SEARCH_DESCRIPTION = "Only rows containing this text (case-insensitive) in {fields}; at most 200 characters."
 FIRST_DESCRIPTION = "Page size: 1 to the server's maximum page (500), default 50."
@@ -58,16 +59,14 @@ def decode_page_cursor(kind: str, cursor: str) -> int:
         raise bad_input(f"after is not a cursor of this list ({kind}s)", "after") from None
 
 
-def page_size(info: Ctx, first: int | None) -> int:
-    limit = info.context.settings.graphql_max_page
-    size = DEFAULT_PAGE if first is None else first
-    if size < 1 or size > limit:
-        raise bad_input(f"first must be between 1 and {limit}", "first", max=limit)
-    return size
+def _after(kind: str, after: str | None) -> int | None:
+    return decode_page_cursor(kind, after) if after else None
 
 
-def _next(kind: str, page: Page) -> str | None:
-    return encode_page_cursor(kind, page.next_after_id) if page.next_after_id is not None else None
+def _page_of(page_type: Callable[..., P], kind: str, page: Page, convert: Callable[[Any], Any]) -> P:
+    """One GraphQL page of `kind`s: its rows converted, the total count and the cursor after its last row."""
+    next_cursor = encode_page_cursor(kind, page.next_after_id) if page.next_after_id is not None else None
+    return page_type(items=[convert(row) for row in page.items], total_count=page.total_count, next_cursor=next_cursor)
 
 
 @strawberry.type(description="One page of users, oldest first.")
@@ -122,13 +121,9 @@ class PageQuery:
         first: First = None,
         after: After = None,
     ) -> UserPage:
-        after_id = decode_page_cursor("user", after) if after else None
+        after_id = _after("user", after)
         page = await info.context.admin.page_users(search, page_size(info, first), after_id, active)
-        return UserPage(
-            items=[UserType.from_model(u) for u in page.items],
-            total_count=page.total_count,
-            next_cursor=_next("user", page),
-        )
+        return _page_of(UserPage, "user", page, UserType.from_model)
 
     @strawberry.field(description="Backends a page at a time, searchable by name and base URL.")
     async def backends_page(
@@ -139,13 +134,9 @@ class PageQuery:
         first: First = None,
         after: After = None,
     ) -> BackendPage:
-        after_id = decode_page_cursor("backend", after) if after else None
+        after_id = _after("backend", after)
         page = await info.context.admin.page_backends(search, page_size(info, first), after_id, active)
-        return BackendPage(
-            items=[BackendType.from_model(b) for b in page.items],
-            total_count=page.total_count,
-            next_cursor=_next("backend", page),
-        )
+        return _page_of(BackendPage, "backend", page, BackendType.from_model)
 
     @strawberry.field(description="Scripts a page at a time, searchable by name, optionally of one type.")
     async def scripts_page(
@@ -157,11 +148,7 @@ class PageQuery:
         first: First = None,
         after: After = None,
     ) -> ScriptPage:
-        after_id = decode_page_cursor("script", after) if after else None
+        after_id = _after("script", after)
         script_type = ModelScriptType(type.value) if type is not None else None
         page = await info.context.admin.page_scripts(search, page_size(info, first), after_id, script_type, active)
-        return ScriptPage(
-            items=[ScriptObjectType.from_model(s) for s in page.items],
-            total_count=page.total_count,
-            next_cursor=_next("script", page),
-        )
+        return _page_of(ScriptPage, "script", page, ScriptObjectType.from_model)

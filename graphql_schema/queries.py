@@ -11,14 +11,12 @@ from strawberry.scalars import JSON
 from strawberry.types import Info
 
 from graphql_schema.context import AdminContext
-from graphql_schema.errors import bad_input
 from graphql_schema.pages import BackendSearch, PageQuery, ScriptSearch, UserSearch
 from graphql_schema.quotas import QuotaQuery
 from graphql_schema.types import (
     BackendMetrics,
     BackendType,
     PermissionType,
-    RequestLogEntry,
     RequestLogFilter,
     RequestLogPage,
     ScriptHook,
@@ -29,16 +27,13 @@ from graphql_schema.types import (
     UsageGroupBy,
     UsageRow,
     UserType,
-    decode_cursor,
-    encode_cursor,
-    log_filter,
+    request_log_page,
     test_context_of,
+    usage_rows,
 )
 from router import analytics_queries
 from router.models.core import ScriptType as ModelScriptType
 from router.services import NotFoundError
-
-DEFAULT_PAGE = 50
 
 Ctx = Info[AdminContext, None]
 T = TypeVar("T")
@@ -125,17 +120,7 @@ class Query(QuotaQuery, PageQuery):
         first: int | None = None,
         after: str | None = None,
     ) -> RequestLogPage:
-        limit = info.context.settings.graphql_max_page
-        first = DEFAULT_PAGE if first is None else first
-        if first < 1 or first > limit:
-            raise bad_input(f"first must be between 1 and {limit}", "first", max=limit)
-        after_id = decode_cursor(after) if after else None
-        page = await analytics_queries.request_log_page(log_filter(filter), first, after_id)
-        return RequestLogPage(
-            items=[RequestLogEntry.from_row(row) for row in page.items],
-            total_count=page.total_count,
-            next_cursor=encode_cursor(page.next_after_id) if page.next_after_id is not None else None,
-        )
+        return await request_log_page(info, filter, first, after)
 
     @strawberry.field(
         description="Requests, errors, tokens and mean latency per group (user, backend, model) and UTC time "
@@ -148,9 +133,7 @@ class Query(QuotaQuery, PageQuery):
         group_by: list[UsageGroupBy] | None = None,
         bucket: TimeBucket | None = None,
     ) -> list[UsageRow]:
-        keys = list(dict.fromkeys(g.value for g in group_by or ()))
-        rows = await analytics_queries.usage(log_filter(filter), keys, bucket.value if bucket else None)
-        return [UsageRow.from_data(row) for row in rows]
+        return await usage_rows(filter, group_by, bucket)
 
     @strawberry.field(
         description="Per backend: requests in flight now, and requests, errors and p50/p95 latency from the "

@@ -2,35 +2,29 @@
 
 from __future__ import annotations
 
-import dataclasses
-
 import strawberry
 from strawberry.types import Info
 
 from graphql_schema.context import AdminContext
-from graphql_schema.errors import FORBIDDEN, api_error, bad_input
+from graphql_schema.errors import FORBIDDEN, api_error
 from graphql_schema.limits_types import Limits, LimitsInput, QuotaState, Subject, quota_state
 from graphql_schema.types import (
     BackendType,
-    RequestLogEntry,
     RequestLogPage,
     TimeBucket,
     UsageFilter,
     UsageGroupBy,
     UsageRow,
     UserType,
-    decode_cursor,
-    encode_cursor,
     load_backend,
-    log_filter,
+    request_log_page,
+    usage_rows,
 )
-from router import analytics_queries
 from router.catalog import UserEntry
 from router.config import PriceSpec
 from router.models.core import ModelPrice as ModelPriceModel
 
 Ctx = Info[AdminContext, None]
-DEFAULT_PAGE = 50
 
 
 @strawberry.type(
@@ -111,25 +105,11 @@ class Viewer:
         group_by: list[UsageGroupBy] | None = None,
         bucket: TimeBucket | None = None,
     ) -> list[UsageRow]:
-        flt = dataclasses.replace(log_filter(filter), user_id=self.user.id)
-        keys = list(dict.fromkeys(g.value for g in group_by or ()))
-        rows = await analytics_queries.usage(flt, keys, bucket.value if bucket else None)
-        return [UsageRow.from_data(row) for row in rows]
+        return await usage_rows(filter, group_by, bucket, user_id=self.user.id)
 
     @strawberry.field(description="This user's request logs, newest first (as Query.requestLogs).")
     async def request_logs(self, info: Ctx, first: int | None = None, after: str | None = None) -> RequestLogPage:
-        limit = info.context.settings.graphql_max_page
-        first = DEFAULT_PAGE if first is None else first
-        if first < 1 or first > limit:
-            raise bad_input(f"first must be between 1 and {limit}", "first", max=limit)
-        after_id = decode_cursor(after) if after else None
-        flt = analytics_queries.LogFilter(user_id=self.user.id)
-        page = await analytics_queries.request_log_page(flt, first, after_id)
-        return RequestLogPage(
-            items=[RequestLogEntry.from_row(row) for row in page.items],
-            total_count=page.total_count,
-            next_cursor=encode_cursor(page.next_after_id) if page.next_after_id is not None else None,
-        )
+        return await request_log_page(info, None, first, after, user_id=self.user.id)
 
 
 @strawberry.type

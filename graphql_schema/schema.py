@@ -17,9 +17,10 @@ from graphql_schema.descriptions import describe
 from graphql_schema.errors import AdminErrors, log_unexpected
 from graphql_schema.limits import QueryLimits, QueryLimitSettings
 from graphql_schema.mutations import Mutation
-from graphql_schema.queries import DEFAULT_PAGE, Query
+from graphql_schema.queries import Query
 from graphql_schema.quota_events import QuotaEventsSubscription
 from graphql_schema.subscriptions import SharedEventExecution, Subscription
+from graphql_schema.types import DEFAULT_PAGE
 from router.config import Settings
 
 

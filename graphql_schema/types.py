@@ -475,6 +475,53 @@ def decode_cursor(cursor: str) -> int:
         raise bad_input("after is not a cursor returned by requestLogs", "after") from None
 
 
+DEFAULT_PAGE = 50
+
+
+def page_size(info: Info[AdminContext, None], first: int | None) -> int:
+    """`first` as asked (default DEFAULT_PAGE), or BAD_USER_INPUT beyond 1 to GRAPHQL_MAX_PAGE."""
+    limit = info.context.settings.graphql_max_page
+    size = DEFAULT_PAGE if first is None else first
+    if size < 1 or size > limit:
+        raise bad_input(f"first must be between 1 and {limit}", "first", max=limit)
+    return size
+
+
+async def request_log_page(
+    info: Info[AdminContext, None],
+    filter: RequestLogFilter | None,
+    first: int | None,
+    after: str | None,
+    user_id: int | None = None,
+) -> RequestLogPage:
+    """One page of the request logs that `filter` (and, given, `user_id`) selects, newest first."""
+    size = page_size(info, first)
+    after_id = decode_cursor(after) if after else None
+    page = await analytics_queries.request_log_page(_for_user(log_filter(filter), user_id), size, after_id)
+    return RequestLogPage(
+        items=[RequestLogEntry.from_row(row) for row in page.items],
+        total_count=page.total_count,
+        next_cursor=encode_cursor(page.next_after_id) if page.next_after_id is not None else None,
+    )
+
+
+async def usage_rows(
+    filter: UsageFilter | None,
+    group_by: list[UsageGroupBy] | None,
+    bucket: TimeBucket | None,
+    user_id: int | None = None,
+) -> list[UsageRow]:
+    """Usage of the requests that `filter` (and, given, `user_id`) selects, grouped and bucketed as asked."""
+    flt = _for_user(log_filter(filter), user_id)
+    keys = list(dict.fromkeys(g.value for g in group_by or ()))
+    rows = await analytics_queries.usage(flt, keys, bucket.value if bucket else None)
+    return [UsageRow.from_data(row) for row in rows]
+
+
+def _for_user(flt: analytics_queries.LogFilter, user_id: int | None) -> analytics_queries.LogFilter:
+    return flt if user_id is None else dataclasses.replace(flt, user_id=user_id)
+
+
 @strawberry.type
 class UsageRow:
     bucket_start: datetime | None = strawberry.field(
