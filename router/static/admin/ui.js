@@ -138,6 +138,21 @@ export function confirmDialog(title, message, { confirmLabel = "Confirm", danger
   ]).then(Boolean);
 }
 
+/** The Cancel and submit buttons that end a form dialog. */
+export function formActions(close, submitLabel) {
+  return h("div.actions", h("button", { type: "button", onclick: () => close() }, "Cancel"), h("button.primary", { type: "submit" }, submitLabel));
+}
+
+/** Asks before deleting (title and button "Delete <what>"), then runs `remove`; a failure is shown as a toast. */
+export async function confirmDelete(what, message, remove) {
+  if (!(await confirmDialog(`Delete ${what}`, message, { confirmLabel: `Delete ${what}`, danger: true }))) return;
+  try {
+    await remove();
+  } catch (err) {
+    toastError(err);
+  }
+}
+
 /** Shows a secret once with a copy button (new or regenerated API keys). */
 export function showSecretOnce(title, label, secret, note) {
   return modal(title, (close) => {

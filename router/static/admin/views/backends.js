@@ -3,7 +3,7 @@
 import { gql } from "../graphql.js";
 import { limitFields, limitsInput, limitsSummary, limitsChanged } from "./limits.js";
 import {
-  badge, busy, fmtDate, fmtMs, checkbox, clear, confirmDialog, emptyRow, errorBox, field, h, modal, splitList,
+  badge, busy, fmtDate, fmtMs, checkbox, clear, confirmDelete, emptyRow, errorBox, field, formActions, h, modal, splitList,
   labelCells, tableWrap, toast, toastError,
 } from "../ui.js";
 
@@ -225,7 +225,7 @@ export async function mount(el) {
           h("small.hint", "All checked: every format. Others are translated where a translation exists.")),
         limits.el,
         active.el,
-        h("div.actions", h("button", { type: "button", onclick: () => close() }, "Cancel"), h("button.primary", { type: "submit" }, creating ? "Create backend" : "Save")),
+        formActions(close, creating ? "Create backend" : "Save"),
       );
       return form;
     }, { wide: true });
@@ -248,20 +248,13 @@ export async function mount(el) {
     }
   }
 
-  async function remove(b) {
-    const ok = await confirmDialog("Delete backend", `Delete ${b.name}? Its permissions and per-backend scripts go with it. This cannot be undone.`, {
-      confirmLabel: "Delete backend",
-      danger: true,
-    });
-    if (!ok) return;
-    try {
+  function remove(b) {
+    return confirmDelete("backend", `Delete ${b.name}? Its permissions and per-backend scripts go with it. This cannot be undone.`, async () => {
       await gql("mutation DeleteBackend($id: ID!) { deleteBackend(id: $id) }", { id: b.id });
       backends = backends.filter((x) => x.id !== b.id);
       draw();
       toast(`Deleted ${b.name}.`, "ok");
-    } catch (err) {
-      toastError(err);
-    }
+    });
   }
 
   await load();

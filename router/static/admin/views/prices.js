@@ -1,7 +1,7 @@
 // Prices: USD per million tokens per model name or glob, on one backend or all (`modelPrices`).
 
 import { gql } from "../graphql.js";
-import { busy, clear, confirmDialog, emptyRow, errorBox, field, h, labelCells, modal, tableWrap, toast, toastError } from "../ui.js";
+import { busy, clear, confirmDelete, emptyRow, errorBox, field, formActions, h, labelCells, modal, tableWrap, toast } from "../ui.js";
 
 const PRICE_FIELDS = "id model inputPerMTok cachedInputPerMTok cacheWritePerMTok outputPerMTok backend { id name }";
 
@@ -108,7 +108,7 @@ export async function mount(el) {
         field("Model or pattern", model, "A model name, or a glob: * any text, ? one character, [...] a set."),
         field("Backend", backend, "All backends, or only this one (a backend's own price wins)."),
         h("div.form-row", field("Input $/M", input), field("Output $/M", output), field("Cached input $/M", cached), field("Cache write $/M", write)),
-        h("div.actions", h("button", { type: "button", onclick: () => close() }, "Cancel"), h("button.primary", { type: "submit" }, price ? "Save" : "Create price")),
+        formActions(close, price ? "Save" : "Create price"),
       );
       return form;
     });
@@ -117,19 +117,12 @@ export async function mount(el) {
     toast(`Saved the price of ${saved.model}.`, "ok");
   }
 
-  async function remove(p) {
-    const ok = await confirmDialog("Delete price", `Delete the price of ${p.model}? Requests it matched then cost nothing (or match another price).`, {
-      confirmLabel: "Delete price",
-      danger: true,
-    });
-    if (!ok) return;
-    try {
+  function remove(p) {
+    return confirmDelete("price", `Delete the price of ${p.model}? Requests it matched then cost nothing (or match another price).`, async () => {
       await gql("mutation D($id: ID!) { deleteModelPrice(id: $id) }", { id: p.id });
       await load();
       toast(`Deleted the price of ${p.model}.`, "ok");
-    } catch (err) {
-      toastError(err);
-    }
+    });
   }
 
   await load();

@@ -4,7 +4,7 @@
 import { gql } from "../graphql.js";
 import { createEditor } from "../editor.js";
 import {
-  badge, clear, confirmDialog, errorBox, errorText, field, fmtMs, h, toast, toastError,
+  badge, clear, confirmDelete, confirmDialog, errorBox, errorText, field, fmtMs, h, toast, toastError,
 } from "../ui.js";
 
 const SCRIPT_FIELDS = "id name type code isActive priority createdAt updatedAt user { id name } backend { id name }";
@@ -340,17 +340,13 @@ export async function mount(el) {
 
   async function remove() {
     if (!current) return;
-    const ok = await confirmDialog("Delete script", `Delete the script ${current.name}? This cannot be undone.`, { confirmLabel: "Delete script", danger: true });
-    if (!ok) return;
-    try {
+    await confirmDelete("script", `Delete the script ${current.name}? This cannot be undone.`, async () => {
       await gql("mutation DeleteScript($id: ID!) { deleteScript(id: $id) }", { id: current.id });
       toast(`Deleted ${current.name}.`, "ok");
       scripts = scripts.filter((s) => s.id !== current.id);
       dirty = false;
       await select(null);
-    } catch (err) {
-      toastError(err);
-    }
+    });
   }
 
   async function runTest() {

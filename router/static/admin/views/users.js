@@ -3,7 +3,7 @@
 import { gql } from "../graphql.js";
 import { limitFields, limitsChanged, limitsInput, limitsSummary, spendCell } from "./limits.js";
 import {
-  badge, busy, checkbox, clear, confirmDialog, emptyRow, errorBox, field, fmtDate, h, modal,
+  badge, busy, checkbox, clear, confirmDelete, confirmDialog, emptyRow, errorBox, field, formActions, fmtDate, h, modal,
   labelCells, showSecretOnce, tableWrap, toast, toastError,
 } from "../ui.js";
 
@@ -176,7 +176,7 @@ export async function mount(el) {
         creating ? picker : all.el,
         active.el,
         limits.el,
-        h("div.actions", h("button", { type: "button", onclick: () => close() }, "Cancel"), h("button.primary", { type: "submit" }, creating ? "Create user" : "Save")),
+        formActions(close, creating ? "Create user" : "Save"),
       );
       return form;
     }, { wide: true });
@@ -238,21 +238,14 @@ export async function mount(el) {
     }
   }
 
-  async function remove(user) {
-    const ok = await confirmDialog(
-      "Delete user",
-      `Delete ${user.name}? Their API key stops working and their permissions and scripts are removed. This cannot be undone.`,
-      { confirmLabel: "Delete user", danger: true },
-    );
-    if (!ok) return;
-    try {
+  function remove(user) {
+    const message = `Delete ${user.name}? Their API key stops working and their permissions and scripts are removed. This cannot be undone.`;
+    return confirmDelete("user", message, async () => {
       await gql("mutation DeleteUser($id: ID!) { deleteUser(id: $id) }", { id: user.id });
       users = users.filter((u) => u.id !== user.id);
       draw();
       toast(`Deleted ${user.name}.`, "ok");
-    } catch (err) {
-      toastError(err);
-    }
+    });
   }
 
   await load();
