@@ -138,6 +138,23 @@ export function confirmDialog(title, message, { confirmLabel = "Confirm", danger
   ]).then(Boolean);
 }
 
+/**
+ * A view's `load`: awaits `fetch()`, clears `status` and hands the data to `show`; on failure it
+ * shows the error in `status`, with a button that tries again.
+ */
+export function loader(status, fetch, show) {
+  async function load() {
+    try {
+      const data = await fetch();
+      clear(status);
+      show(data);
+    } catch (err) {
+      clear(status).append(errorBox(err, { retry: load }));
+    }
+  }
+  return load;
+}
+
 /** The Cancel and submit buttons that end a form dialog. */
 export function formActions(close, submitLabel) {
   return h("div.actions", h("button", { type: "button", onclick: () => close() }, "Cancel"), h("button.primary", { type: "submit" }, submitLabel));

@@ -1,7 +1,7 @@
 // Permissions: a users × backends grid of checkboxes, plus the "all backends" switch per user.
 
 import { gql } from "../graphql.js";
-import { clear, emptyRow, errorBox, h, tableWrap, toast, toastError, toggle } from "../ui.js";
+import { clear, emptyRow, h, loader, tableWrap, toast, toastError, toggle } from "../ui.js";
 
 export async function mount(el) {
   let users = [];
@@ -14,20 +14,18 @@ export async function mount(el) {
     grid,
   );
 
-  async function load() {
-    try {
-      const data = await gql(`query Grid {
+  const load = loader(
+    status,
+    () => gql(`query Grid {
         users { id name isActive allBackends permissions { id backend { id } } }
         backends { id name isActive healthy }
-      }`);
+      }`),
+    (data) => {
       users = data.users;
       backends = data.backends;
-      clear(status);
       draw();
-    } catch (err) {
-      clear(status).append(errorBox(err, { retry: load }));
-    }
-  }
+    },
+  );
 
   function has(user, backendId) {
     return user.permissions.some((p) => p.backend.id === backendId);

@@ -1,7 +1,7 @@
 // Prices: USD per million tokens per model name or glob, on one backend or all (`modelPrices`).
 
 import { gql } from "../graphql.js";
-import { busy, clear, confirmDelete, emptyRow, errorBox, field, formActions, h, labelCells, modal, tableWrap, toast } from "../ui.js";
+import { busy, clear, confirmDelete, emptyRow, field, formActions, h, labelCells, loader, modal, tableWrap, toast } from "../ui.js";
 
 const PRICE_FIELDS = "id model inputPerMTok cachedInputPerMTok cacheWritePerMTok outputPerMTok backend { id name }";
 
@@ -26,17 +26,11 @@ export async function mount(el) {
     tableWrap(table),
   );
 
-  async function load() {
-    try {
-      const data = await gql(`query Prices { modelPrices { ${PRICE_FIELDS} } backends { id name } }`);
-      prices = data.modelPrices;
-      backends = data.backends;
-      clear(status);
-      draw();
-    } catch (err) {
-      clear(status).append(errorBox(err, { retry: load }));
-    }
-  }
+  const load = loader(status, () => gql(`query Prices { modelPrices { ${PRICE_FIELDS} } backends { id name } }`), (data) => {
+    prices = data.modelPrices;
+    backends = data.backends;
+    draw();
+  });
 
   function draw() {
     clear(tbody);

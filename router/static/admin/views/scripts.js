@@ -4,7 +4,7 @@
 import { gql } from "../graphql.js";
 import { createEditor } from "../editor.js";
 import {
-  badge, clear, confirmDelete, confirmDialog, errorBox, errorText, field, fmtMs, h, toast, toastError,
+  badge, clear, confirmDelete, confirmDialog, errorBox, errorText, field, fmtMs, h, loader, toast, toastError,
 } from "../ui.js";
 
 const SCRIPT_FIELDS = "id name type code isActive priority createdAt updatedAt user { id name } backend { id name }";
@@ -190,19 +190,13 @@ export async function mount(el) {
     if (keepBackend) backendSel.value = keepBackend;
   }
 
-  async function load() {
-    try {
-      const data = await gql(`query Scripts { scripts { ${SCRIPT_FIELDS} } users { id name } backends { id name } }`);
-      scripts = data.scripts;
-      users = data.users;
-      backends = data.backends;
-      clear(status);
-      fillOptions();
-      drawList();
-    } catch (err) {
-      clear(status).append(errorBox(err, { retry: load }));
-    }
-  }
+  const load = loader(status, () => gql(`query Scripts { scripts { ${SCRIPT_FIELDS} } users { id name } backends { id name } }`), (data) => {
+    scripts = data.scripts;
+    users = data.users;
+    backends = data.backends;
+    fillOptions();
+    drawList();
+  });
 
   function drawList() {
     clear(list);

@@ -3,8 +3,8 @@
 import { gql } from "../graphql.js";
 import { limitFields, limitsChanged, limitsInput, limitsSummary, spendCell } from "./limits.js";
 import {
-  badge, busy, checkbox, clear, confirmDelete, confirmDialog, emptyRow, errorBox, field, formActions, fmtDate, h, modal,
-  labelCells, showSecretOnce, tableWrap, toast, toastError,
+  badge, busy, checkbox, clear, confirmDelete, confirmDialog, emptyRow, field, formActions, fmtDate, h, loader,
+  modal, labelCells, showSecretOnce, tableWrap, toast, toastError,
 } from "../ui.js";
 
 const USER_FIELDS = `id name email isActive allBackends apiKeyPrefix createdAt updatedAt permissions { id backend { id name } }
@@ -36,16 +36,10 @@ export async function mount(el) {
     tableWrap(table),
   );
 
-  async function load() {
-    try {
-      const data = await gql(`query Users { users { ${USER_FIELDS} } }`);
-      users = data.users;
-      clear(status);
-      draw();
-    } catch (err) {
-      clear(status).append(errorBox(err, { retry: load }));
-    }
-  }
+  const load = loader(status, () => gql(`query Users { users { ${USER_FIELDS} } }`), (data) => {
+    users = data.users;
+    draw();
+  });
 
   function matches(user) {
     if (!query) return true;
