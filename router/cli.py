@@ -252,7 +252,7 @@ def run_uvicorn(settings: Settings) -> None:
     """uvicorn (SERVER=uvicorn), with the router's header size and header/body time limits."""
     import uvicorn
 
-    from router.server_limits import limited_httptools_protocol
+    from router.server_limits import limited_connection
 
     config = uvicorn.Config(
         worker_app_loader(settings),
@@ -261,7 +261,10 @@ def run_uvicorn(settings: Settings) -> None:
         port=settings.port,
         workers=settings.workers if settings.workers > 1 else None,
         loop="uvloop",
-        http=limited_httptools_protocol(settings.max_request_header_bytes, settings.client_header_timeout_s),
+        # A protocol factory (uvicorn only calls it), picklable for spawned workers.
+        http=functools.partial(  # type: ignore[arg-type]
+            limited_connection, settings.max_request_header_bytes, settings.client_header_timeout_s
+        ),
         log_config=None,
         access_log=False,
         timeout_graceful_shutdown=int(settings.shutdown_grace_s),

@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 from typing import Any
 
 import orjson
@@ -158,6 +159,14 @@ def _bounded_messages(receive: Receive, send: Send, limit: int) -> Receive:
 # --- uvicorn --------------------------------------------------------------------------------
 
 
+def limited_connection(max_head_bytes: int, head_timeout_s: float, **kwargs: Any) -> asyncio.Protocol:
+    """One connection of `limited_httptools_protocol`: `partial(limited_connection, limits)` is a protocol
+    factory that uvicorn's spawned workers can be handed (a class made at run time does not pickle)."""
+    protocol: asyncio.Protocol = limited_httptools_protocol(max_head_bytes, head_timeout_s)(**kwargs)
+    return protocol
+
+
+@functools.cache
 def limited_httptools_protocol(max_head_bytes: int, head_timeout_s: float) -> type:
     """uvicorn's httptools protocol with a request-head size limit (431) and a head deadline."""
     import httptools

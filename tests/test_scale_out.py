@@ -447,9 +447,12 @@ def all_migrations() -> list[tuple[str, str]]:
     return sorted((app, p.stem) for app in ("core", "analytics") for p in (root / app).glob("0*.py"))
 
 
-@pytest.mark.parametrize("database", ["sqlite", "postgres"])
-def test_workers_2_start_together_and_serve(tmp_path, upstream, database, request):
-    env: dict[str, str] = {"LOG_FLUSH_INTERVAL_S": "0.05"}
+# uvicorn spawns its workers: what they are handed (the settings, the protocol factory) must pickle.
+@pytest.mark.parametrize(
+    ("database", "server"), [("sqlite", "granian"), ("sqlite", "uvicorn"), ("postgres", "granian")]
+)
+def test_workers_2_start_together_and_serve(tmp_path, upstream, database, server, request):
+    env: dict[str, str] = {"LOG_FLUSH_INTERVAL_S": "0.05", "SERVER": server}
     if database == "postgres":
         env.update(request.getfixturevalue("pg_databases"))
     else:
