@@ -161,7 +161,7 @@ class RouterThread(RouterProcess):
         if self._thread is None:
             return 0
         if self._server is not None:
-            self._server.should_exit = True
+            self._server.exit_now()
         self._thread.join(timeout)
         stuck = self._thread.is_alive()
         self._thread = self._server = None
@@ -209,7 +209,7 @@ class RouterThread(RouterProcess):
                 timeout_graceful_shutdown=int(settings.shutdown_grace_s),
                 proxy_headers=True,
             )
-            self._server = uvicorn.Server(config)
+            self._server = _Server(config)
             await self._server.serve()
 
         try:
@@ -218,6 +218,30 @@ class RouterThread(RouterProcess):
         except BaseException as exc:  # reported by start() and stop()
             self._failure = exc
             logging.getLogger("router").exception("in-process router failed")
+
+
+class _Server(uvicorn.Server):
+    """uvicorn's server, told to exit at once rather than at its main loop's next 0.1 s tick."""
+
+    _loop: asyncio.AbstractEventLoop | None = None
+    _wake: asyncio.Event | None = None
+
+    async def main_loop(self) -> None:  # uvicorn's, with the sleep cut short by exit_now()
+        self._loop, self._wake = asyncio.get_running_loop(), asyncio.Event()
+        counter = 0
+        should_exit = await self.on_tick(counter)
+        while not should_exit:
+            counter = (counter + 1) % 864000
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), 0.1)
+            should_exit = await self.on_tick(counter)
+
+    def exit_now(self) -> None:
+        """From another thread: as `should_exit = True` (a graceful shutdown), without the wait for a tick."""
+        self.should_exit = True
+        if self._loop is not None and self._wake is not None:
+            with contextlib.suppress(RuntimeError):  # the loop has closed: the server is gone already
+                self._loop.call_soon_threadsafe(self._wake.set)
 
 
 async def _sync_config(settings: Settings, environ: dict[str, str]) -> None:
