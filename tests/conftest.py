@@ -320,14 +320,20 @@ class RouterProcess:
         return result["data"]
 
 
-def cli_in_process(argv: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
-    """`router.cli.main(argv)` with `env` as the whole environment, as `python -m router` would run it."""
+def cli_in_process(argv: list[str], env: dict[str, str], cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """`router.cli.main(argv)` with `env` as the whole environment (and `cwd` as the working directory),
+    as `python -m router` would run it."""
     from router.cli import main
 
     out, err = io.StringIO(), io.StringIO()
 
     def call() -> int:
-        with mock.patch.dict(os.environ, env, clear=True), redirect_stdout(out), redirect_stderr(err):
+        with (
+            mock.patch.dict(os.environ, env, clear=True),
+            contextlib.chdir(cwd or Path.cwd()),
+            redirect_stdout(out),
+            redirect_stderr(err),
+        ):
             try:
                 main(argv)
             except SystemExit as exit_:

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from tests.conftest import ADMIN_PASSWORD, RouterProcess, in_process_dialect, write_config
+from tests.conftest import ADMIN_PASSWORD, RouterProcess, cli_in_process, in_process_dialect, write_config
 from tests.inprocess import RouterThread
 from tests.upstream import free_port
 
@@ -142,6 +142,9 @@ def active_backends(router: RouterProcess) -> set[str]:
 
 
 def run_cli(cwd, env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
+    """`llm-router ...` in `cwd`: its `main` in this process where its SQLite may be, else `python -m router`."""
+    if RouterThread.active is None and in_process_dialect(env):
+        return cli_in_process(list(args), env, cwd)
     return subprocess.run(
         [sys.executable, "-m", "router", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=60
     )
