@@ -1,6 +1,7 @@
 """Observability end to end: Langfuse traces (to a local OTLP receiver), /metrics, request ids, JSON logs.
 
-The router runs as a real subprocess; Langfuse's OTLP/HTTP export goes to a small HTTP server
+The router runs in-process (a subprocess for the multi-process metrics); Langfuse's OTLP/HTTP export
+(from the exporter child the router starts) goes to a small HTTP server
 started here, which records every POST to /api/public/otel/v1/traces and decodes the gzip'd
 protobuf with opentelemetry-proto.
 """
@@ -145,12 +146,21 @@ def backend_config(upstream, tmp_path):
     return write_config(tmp_path / "config.yaml", {"alpha": {"url": upstream.base_url}})
 
 
-def start_router(router_factory, config, env: dict[str, str]):
-    # Langfuse's exporter is a child process that reads its settings from the router's environment.
-    tracing = any(name.startswith("LANGFUSE_") for name in env)
-    router = router_factory(config=config, env=env, process=tracing)
-    router.api_key = router.add_user("alice")
-    return router
+@pytest.fixture
+def start_router(router_factory, monkeypatch):
+    """An in-process router with `env` and a user alice (`router.api_key`)."""
+
+    def start(config, env: dict[str, str]):
+        # Langfuse's exporter is a child of the router's process, given the router's settings on its input;
+        # the SDK's own variables (LANGFUSE_FLUSH_AT, ...) it inherits from the router's environment: here ours.
+        for name, value in env.items():
+            if name.startswith("LANGFUSE_"):
+                monkeypatch.setenv(name, value)
+        router = router_factory(config=config, env=env)
+        router.api_key = router.add_user("alice")
+        return router
+
+    return start
 
 
 def stop_gracefully(router) -> None:
@@ -171,9 +181,9 @@ def attr_json(attrs: dict, key: str) -> Any:
 # --- Langfuse ---------------------------------------------------------------------------------
 
 
-def test_each_request_becomes_a_langfuse_trace(router_factory, backend_config, upstream, receiver):
+def test_each_request_becomes_a_langfuse_trace(start_router, backend_config, upstream, receiver):
     lf = receiver("ok")
-    router = start_router(router_factory, backend_config, langfuse_env(lf.url))
+    router = start_router(backend_config, langfuse_env(lf.url))
     client = OpenAI(base_url=router.v1, api_key=router.api_key, max_retries=0)
     messages = [{"role": "user", "content": "hello trace"}]
 
@@ -238,10 +248,10 @@ def test_each_request_becomes_a_langfuse_trace(router_factory, backend_config, u
         assert f"id={request_id} " in log
 
 
-def test_errors_are_traced_and_content_can_be_left_out(router_factory, backend_config, receiver):
+def test_errors_are_traced_and_content_can_be_left_out(start_router, backend_config, receiver):
     lf = receiver("ok")
     env = langfuse_env(lf.url, LANGFUSE_CAPTURE_CONTENT="false", LANGFUSE_FLUSH_INTERVAL="0.05")
-    router = start_router(router_factory, backend_config, env)
+    router = start_router(backend_config, env)
     client = OpenAI(base_url=router.v1, api_key=router.api_key, max_retries=0)
     client.chat.completions.create(model="test-model", messages=[{"role": "user", "content": "secret prompt"}])
     response = httpx.post(
@@ -263,7 +273,7 @@ def test_errors_are_traced_and_content_can_be_left_out(router_factory, backend_c
 
 
 @pytest.mark.parametrize("mode", ["hang", "refuse"])
-def test_langfuse_down_does_not_slow_requests(router_factory, backend_config, receiver, mode):
+def test_langfuse_down_does_not_slow_requests(start_router, backend_config, receiver, mode):
     lf = receiver("hang") if mode == "hang" else None
     # Export after every span, so that the exporter is stuck (up to 20 s per attempt) while the requests run.
     env = langfuse_env(
@@ -273,7 +283,7 @@ def test_langfuse_down_does_not_slow_requests(router_factory, backend_config, re
         LANGFUSE_TIMEOUT="20",
         SHUTDOWN_GRACE_S="3",
     )
-    router = start_router(router_factory, backend_config, env)
+    router = start_router(backend_config, env)
     client = OpenAI(base_url=router.v1, api_key=router.api_key, max_retries=0, timeout=10)
     client.chat.completions.create(model="test-model", messages=[{"role": "user", "content": "first"}])
     if lf is not None:
@@ -358,8 +368,8 @@ def test_metrics_count_the_requests_made(router_with_backend):
     assert not any("user" in dict(key[1]) for key in after)
 
 
-def test_metrics_user_label_only_when_enabled(router_factory, backend_config):
-    router = start_router(router_factory, backend_config, {"METRICS_USER_LABELS": "true"})
+def test_metrics_user_label_only_when_enabled(start_router, backend_config):
+    router = start_router(backend_config, {"METRICS_USER_LABELS": "true"})
     client = OpenAI(base_url=router.v1, api_key=router.api_key, max_retries=0)
     client.chat.completions.create(model="test-model", messages=[{"role": "user", "content": "hi"}])
     after = scrape(router)
@@ -395,8 +405,8 @@ def test_metrics_sum_over_workers_with_multiproc_dir(router_factory, backend_con
 # --- logs -------------------------------------------------------------------------------------
 
 
-def test_json_logs_are_one_object_per_line(router_factory, backend_config):
-    router = start_router(router_factory, backend_config, {"LOG_FORMAT": "json"})
+def test_json_logs_are_one_object_per_line(start_router, backend_config):
+    router = start_router(backend_config, {"LOG_FORMAT": "json"})
     client = OpenAI(base_url=router.v1, api_key=router.api_key, max_retries=0)
     client.chat.completions.create(
         model="test-model", messages=[{"role": "user", "content": "hi"}], extra_headers={"X-Request-ID": "req-json-7"}
@@ -410,9 +420,9 @@ def test_json_logs_are_one_object_per_line(router_factory, backend_config):
     assert "user=alice backend=alpha model=test-model status=200" in request_lines[0]["message"]
 
 
-def test_responses_and_unknown_paths_are_traced_too(router_factory, backend_config, receiver):
+def test_responses_and_unknown_paths_are_traced_too(start_router, backend_config, receiver):
     lf = receiver("ok")
-    router = start_router(router_factory, backend_config, langfuse_env(lf.url))
+    router = start_router(backend_config, langfuse_env(lf.url))
     client = OpenAI(base_url=router.v1, api_key=router.api_key, max_retries=0)
     client.responses.create(model="test-model", input="hello", extra_headers={"X-Request-ID": "req-resp-1"})
     events = list(client.responses.create(model="test-model", input="hi", stream=True))
