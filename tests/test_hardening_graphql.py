@@ -381,13 +381,10 @@ def test_graphiql_works_offline(router):
     assert httpx.get(f"{router.url}/graphql/assets/../../pyproject.toml").status_code == 404
 
 
-def test_graphiql_can_be_turned_off(tmp_path):
-    router = RouterProcess(tmp_path, {"GRAPHIQL": "false"}).start()
-    try:
-        assert httpx.get(f"{router.url}/graphql", headers={"Accept": "text/html"}).status_code == 404
-        assert httpx.get(f"{router.url}/graphql/assets/graphiql.min.js").status_code == 404
-    finally:
-        router.stop()
+def test_graphiql_can_be_turned_off(router_factory):
+    router = router_factory(env={"GRAPHIQL": "false"})
+    assert httpx.get(f"{router.url}/graphql", headers={"Accept": "text/html"}).status_code == 404
+    assert httpx.get(f"{router.url}/graphql/assets/graphiql.min.js").status_code == 404
 
 
 def test_wrong_logins_from_an_address_do_not_lock_out_a_known_browser(router):

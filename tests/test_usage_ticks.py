@@ -449,12 +449,14 @@ async def test_request_logged_refuses_a_max_per_second_out_of_range(router, cap)
 # --- backendHealthChanged ---------------------------------------------------------------------
 
 
-async def test_backend_health_changed_reports_down_with_the_reason_and_up_again(tmp_path, upstream_factory):
+async def test_backend_health_changed_reports_down_with_the_reason_and_up_again(
+    tmp_path, upstream_factory, router_factory
+):
     bad = upstream_factory(name="bad", models=["test-model"])
     good = upstream_factory(name="good", models=["test-model"])
     env = {"HEALTH_FAILURE_THRESHOLD": "1", "HEALTH_COOLDOWN_S": "1", "HEALTH_CHECK_INTERVAL_S": "0"}
     config = write_config(tmp_path / "config.yaml", {"bad": {"url": bad.base_url}, "good": {"url": good.base_url}})
-    router = RouterProcess(tmp_path / "r", env, config).start()
+    router = router_factory(env, config)
     try:
         key = router.add_user("hal")
         sub = await Subscriber.connect(router)
