@@ -125,7 +125,7 @@ def v1_status(router: RouterProcess, key: str, model: str = "test-model") -> int
 
 
 def wait_for_logs(router: RouterProcess, flt: dict, count: int, timeout: float = 10.0) -> dict:
-    """Poll requestLogs until `count` rows match `flt` (the writer flushes every 0.2 s)."""
+    """Poll requestLogs until `count` rows match `flt` (the writer flushes every LOG_FLUSH_INTERVAL_S)."""
     deadline = time.monotonic() + timeout
     while True:
         page = ok(
