@@ -174,7 +174,10 @@ class RouterProcess:
     def v1(self) -> str:
         return f"{self.url}/v1"
 
-    def start(self, timeout: float = 30.0, extra_args: list[str] | None = None) -> RouterProcess:
+    def start(
+        self, timeout: float = 30.0, extra_args: list[str] | None = None, logged: str | None = None
+    ) -> RouterProcess:
+        """Start `serve`; return once /healthz answers, or once its log has `logged` (start-up's own messages)."""
         args = [sys.executable, "-m", "router", "serve", "--port", str(self.port)]
         if self.bind_loopback:
             args += ["--host", "127.0.0.1"]
@@ -192,6 +195,8 @@ class RouterProcess:
             while time.monotonic() < deadline:
                 if self.proc.poll() is not None:
                     raise RuntimeError(f"router exited with {self.proc.returncode}:\n{self.log()}")
+                if logged is not None and logged in self.log():
+                    return self
                 try:
                     if client.get(f"{self.url}/healthz").status_code == 200:
                         return self

@@ -169,5 +169,6 @@ def test_redis_going_away_falls_back_to_per_process_counters(tmp_path, upstream,
 def test_workers_without_redis_say_counters_are_per_process(router_factory, upstream, tmp_path):
     config = write_config(tmp_path / "config.yaml", {"alpha": {"url": upstream.base_url}})
     router = router_factory(config=config, start=False, process=True)
-    router.start(extra_args=["--workers", "2"])
+    # serve says it before its workers start: no need to wait for them
+    router.start(extra_args=["--workers", "2"], logged="budget counters are per worker")
     assert "rate limits, concurrency limits and budget counters are per worker" in router.log()
