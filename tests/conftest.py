@@ -326,6 +326,15 @@ class RouterProcess:
         return result["data"]
 
 
+def router_for(data_dir: Path, env: dict[str, str] | None = None, config: Path | None = None) -> RouterProcess:
+    """A router (not started) for a module's fixture: in-process (`RouterThread`) where it may be (no
+    other in-process router, databases of this process's dialect), else a subprocess."""
+    from tests.inprocess import RouterThread
+
+    in_thread = RouterThread.active is None and in_process_dialect(env or {})
+    return (RouterThread if in_thread else RouterProcess)(data_dir, env, config)
+
+
 def cli_in_process(argv: list[str], env: dict[str, str], cwd: Path | None = None) -> subprocess.CompletedProcess:
     """`router.cli.main(argv)` with `env` as the whole environment (and `cwd` as the working directory),
     as `python -m router` would run it."""

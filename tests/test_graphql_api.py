@@ -31,6 +31,7 @@ from tests.conftest import (
     drop_pg_database,
     postgres_url,
     require_postgres,
+    router_for,
     write_config,
 )
 from tests.upstream import UpstreamServer
@@ -48,8 +49,12 @@ class GqlEnv:
     beta: UpstreamServer
 
 
-def start_env(tmp: Path, env: dict[str, str] | None = None) -> tuple[GqlEnv, list[str]]:
-    """Two upstreams and a router with both as config.yaml backends ("alpha", "beta")."""
+def start_env(tmp: Path, env: dict[str, str] | None = None, in_thread: bool = False) -> tuple[GqlEnv, list[str]]:
+    """Two upstreams and a router with both as config.yaml backends ("alpha", "beta").
+
+    A subprocess, or with `in_thread` in-process where it may be (for modules whose tests start no
+    other in-process router and run no CLI in this process: those would then need a process each).
+    """
     alpha = UpstreamServer(name="alpha", models=["test-model", "shared-model"]).start()
     beta = UpstreamServer(name="beta", models=["beta-model", "shared-model"]).start()
     config = write_config(tmp / "config.yaml", {"alpha": {"url": alpha.base_url}, "beta": {"url": beta.base_url}})
@@ -59,7 +64,7 @@ def start_env(tmp: Path, env: dict[str, str] | None = None) -> tuple[GqlEnv, lis
         server = require_postgres()
         databases = [create_pg_database(server), create_pg_database(server)]
         env.update(CORE_DB_URL=databases[0], ANALYTICS_DB_URL=databases[1])
-    router = RouterProcess(tmp / "router", env, config).start()
+    router = (router_for if in_thread else RouterProcess)(tmp / "router", env, config).start()
     return GqlEnv(router, alpha, beta), databases
 
 

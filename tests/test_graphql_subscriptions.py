@@ -46,6 +46,7 @@ def genv(tmp_path_factory) -> Iterator[GqlEnv]:
             "GRAPHQL_MAX_TOKENS": "50000",
             "GRAPHQL_MAX_QUERY_KB": "256",
         },
+        in_thread=True,
     )
     yield gql_env
     stop_env(gql_env, databases)

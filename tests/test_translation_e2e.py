@@ -21,7 +21,7 @@ import openai
 import pytest
 
 from router import protocols
-from tests.conftest import RouterProcess, write_config
+from tests.conftest import RouterProcess, router_for, write_config
 from tests.test_graphql_api import fails, ok, unique
 from tests.test_translate import ANTHROPIC_MESSAGE, FUNCTION_TOOL, WEATHER_TOOL, anthropic_stream_events
 from tests.upstream import Scripted, UpstreamServer
@@ -124,7 +124,7 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
         "chat": {"url": chat.base_url, "apis": ["chat_completions"]},
         "anthropic": {"url": messages.base_url, "apis": ["messages"]},
     }
-    router = RouterProcess(tmp / "router", {}, write_config(tmp / "config.yaml", servers)).start()
+    router = router_for(tmp / "router", {}, write_config(tmp / "config.yaml", servers)).start()
     yield Env(router, chat, messages, router.add_user("translated"), replies)
     router.stop()
     chat.stop()
