@@ -773,6 +773,7 @@ def fast_health_page(browser, router_factory):
     """A signed-in page on a router whose active health checks run every second."""
     router = router_factory(env={"HEALTH_CHECK_INTERVAL_S": "1", "HEALTH_CHECK_TIMEOUT_S": "1"})
     context = browser.new_context(viewport={"width": 1280, "height": 860}, base_url=router.url)
+    context.clock.install()  # runs on; the test jumps to the page's next 10 s refresh
     pg = context.new_page()
     pg.set_default_timeout(10_000)
     problems: list[str] = []
@@ -835,8 +836,15 @@ def test_backends_page_health_test_connection_apis_limits_and_user_spend(fast_he
     expect(result.locator("dd.err-text")).not_to_be_empty()
     shot(page, "backends-test-connection.png")
     page.click(".dialog .actions button")
-    # active checks (every second here) turn it unhealthy; the page refreshes health every 10 s
-    expect(dead.locator(".health-reason")).to_be_visible(timeout=25_000)
+
+    # active checks (every second here) turn it unhealthy; the page refreshes health every 10 s (REFRESH_MS)
+    def dead_is_unhealthy() -> bool:
+        backends = router.gql_ok("{ backends { name healthy } }")["backends"]
+        return not next(b["healthy"] for b in backends if b["name"] == "dead")
+
+    wait_until(dead_is_unhealthy, 15, "the router to find the dead backend unhealthy")
+    page.clock.fast_forward(10_000)
+    expect(dead.locator(".health-reason")).to_be_visible(timeout=5_000)
     expect(dead.locator(".health-since")).to_contain_text("since")
     expect(dead).to_contain_text("unhealthy")
     shot(page, "backends.png")
