@@ -25,9 +25,11 @@ Design:
   for it does not count.
 * After a timeout, OOM, cancellation or internal fault the context is abandoned and closed in
   the background (a microtask spin or a long built-in survives cancellation); the next call
-  builds a new one. While an abandoned context of a script is still stopping, calls of that
-  script wait up to one time limit for it and then fail, so a hostile script cannot pile up
-  runaway isolates.
+  builds a new one. Only that closing thread frees the context: calls into it still under way
+  (a value freed on the loop) are waited for and later ones refused (racer.py: mini-racer
+  destroys a context on whichever thread lets go of it last, which crashed the process).
+  While an abandoned context of a script is still stopping, calls of that script wait up to
+  one time limit for it and then fail, so a hostile script cannot pile up runaway isolates.
 * Memory: a hard V8 heap limit per context (``max_memory_mb``) and, for what V8's heap limit
   does not count, an ArrayBuffer/typed-array budget of the same size kept by the sandbox
   (allocations are counted and never uncounted; a context that used half of it is rebuilt
@@ -51,7 +53,6 @@ import re
 import threading
 import time
 from collections.abc import Mapping
-from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -62,7 +63,6 @@ from py_mini_racer import (
     JSParseException,
     MiniRacer,
     init_mini_racer,
-    mini_racer,
 )
 
 from . import racer as mr
@@ -106,7 +106,7 @@ class _TransientFault(_ScriptFault):
 @dataclass
 class _Context:
     racer: MiniRacer
-    closer: AbstractContextManager[MiniRacer]
+    opened: mr.Opened
     version: str
     hooks: frozenset[str]
     loop: asyncio.AbstractEventLoop
@@ -320,12 +320,10 @@ class ScriptEngine:
         if busy:
             slot.stopping += 1
             slot.stopped.clear()
-        self._close_in_background(ctx.closer, id(ctx.racer._ctx), slot if busy else None, ctx.script_id)
+        self._close_in_background(ctx.opened, slot if busy else None, ctx.script_id)
 
-    def _close_in_background(
-        self, closer: AbstractContextManager[MiniRacer], key: int, slot: _Slot | None, script_id: int | None = None
-    ) -> None:
-        """Close a context on a thread of its own; ``key``: id of its mini-racer context."""
+    def _close_in_background(self, opened: mr.Opened, slot: _Slot | None, script_id: int | None = None) -> None:
+        """Close a context on a thread of its own."""
         loop = slot.loop if slot is not None else None
 
         def done() -> None:
@@ -342,13 +340,12 @@ class ScriptEngine:
             if slot is not None:
                 alarm.start()
             try:
-                closer.__exit__(None, None, None)
+                if not opened.close():
+                    self.log.debug("script context closed, its isolate thread still runs: thread state kept")
             except Exception:  # pragma: no cover - best effort
                 self.log.debug("closing script context failed", exc_info=True)
             finally:
                 alarm.cancel()
-                if not mr.forget(key):
-                    self.log.debug("script context closed, its isolate thread still runs: thread state kept")
                 self._closing.pop(thread, None)
                 if loop is not None and not loop.is_closed():
                     with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
@@ -388,8 +385,8 @@ class ScriptEngine:
 
     async def _compile(self, script: ScriptSource, loop: asyncio.AbstractEventLoop) -> _Context:
         limit = self.max_memory_mb << 20
-        closer, racer = await asyncio.to_thread(_open_context, loop, limit)
-        mr.watch(racer)  # learn the isolate's thread from the next callback
+        opened = await asyncio.to_thread(_open_context, loop, limit)
+        racer = opened.racer
         ok = False
         try:
             try:
@@ -411,10 +408,10 @@ class ScriptEngine:
                 msg, line = parse_error_location(str(e))
                 raise _ScriptFault(f"{msg} (line {line})" if line else msg) from None
             ok = True
-            return _Context(racer, closer, script.version, frozenset(json.loads(str(names))), loop, clock, script.id)
+            return _Context(racer, opened, script.version, frozenset(json.loads(str(names))), loop, clock, script.id)
         finally:
             if not ok:
-                self._close_in_background(closer, id(racer._ctx), None)
+                self._close_in_background(opened, None)
 
     async def _limited(self, loop: asyncio.AbstractEventLoop, clock: int | None, work: Any) -> Any:
         """Await `work` under the CPU time limit; TimeoutError when it is exceeded."""
@@ -482,12 +479,11 @@ class ScriptEngine:
                 raise _ScriptFault(f"hook returned a context whose {key!r} is not an object")
 
 
-def _open_context(loop: asyncio.AbstractEventLoop, limit: int) -> tuple[AbstractContextManager[MiniRacer], MiniRacer]:
+def _open_context(loop: asyncio.AbstractEventLoop, limit: int) -> mr.Opened:
     """Create a context bound to ``loop`` (run on another thread: creating one runs a sync eval)."""
-    closer = mini_racer(loop)
-    racer = closer.__enter__()
-    racer.set_hard_memory_limit(limit)
-    return closer, racer
+    opened = mr.open_context(loop)
+    opened.racer.set_hard_memory_limit(limit)
+    return opened
 
 
 def _fragment(value: object) -> orjson.Fragment:

@@ -15,17 +15,32 @@ isolate's thread, an epoll wake-up, a loop iteration and a task step on the loop
 the loop at most ``SYNC_WAIT_S`` of waiting, and the time limit only starts to be checked after it
 (the limit is never shorter than that wait). Cancelling the awaiting task cancels the V8 task, as
 ``eval_cancelable`` does.
+
+Contexts are opened with :func:`open_context` and freed only by :meth:`Opened.close`, on a thread of the
+caller's (the engine's closing threads). mini-racer's ``mr_free_context`` only drops the context's id:
+the C++ context is destroyed by whichever thread drops the last reference to it, and every ``mr_*`` call
+under way holds one. A ``ValueHandle`` freed on the event loop (``mr_free_value``) while another thread
+freed the context then destroyed it on the loop (blocking it until the isolate stopped), after
+mini-racer's ctypes callback had been freed with the closing thread's frame: the isolate thread's last
+callback (a cancelled task's answer) jumped into freed memory and the process died (SIGSEGV in
+``mr_callback``). So each context's DLL handle (``Context._dll``) is replaced by :class:`_Calls`, which
+counts the calls under way; closing refuses new ones, waits for those under way and only then frees the
+context, so the closing thread drops the last reference and the callback outlives the isolate. A context
+dropped without ``close`` is closed the same way, on a thread started for it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import threading
+import weakref
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from typing import Any
 
-from py_mini_racer import MiniRacer
+from py_mini_racer import MiniRacer, mini_racer
 from py_mini_racer._context import Context as _MRContext
 from py_mini_racer._value_handle import ValueHandle
 
@@ -33,17 +48,22 @@ from . import threadstate
 
 SYNC_WAIT_S = 0.0005
 
-# Contexts being set up (id of the mini-racer context -> its isolate thread, None until seen), the
+# Contexts being set up (mini-racer's id of the context -> its isolate thread, None until seen), the
 # thread states pinned on isolate threads (same key), and the evaluations waiting for an answer
-# ((id of the mini-racer context, callback id) -> waiter).
+# ((id of the context, callback id) -> waiter). mini-racer's ids of contexts are never reused.
 _isolate_threads: dict[int, int | None] = {}
 _pins: dict[int, threadstate.Pin | None] = {}
 _waiters: dict[tuple[int, int], _Waiter] = {}
 
 
+def _key(ctx: _MRContext) -> int:
+    """mini-racer's id of a context (never reused, unlike ``id()`` of the Python object)."""
+    return ctx._ctx  # type: ignore[return-value]
+
+
 def _intercepting(original: Any) -> Any:
     def handle_callback_from_v8(self: _MRContext, callback_id: int, raw_val_handle: Any) -> None:
-        key = id(self)
+        key = _key(self)
         if key in _isolate_threads and _isolate_threads[key] is None:
             _isolate_threads[key] = threading.get_ident()
             _pins[key] = threadstate.pin()
@@ -61,21 +81,105 @@ if not getattr(_MRContext.handle_callback_from_v8, "router_intercepts", False):
     _MRContext.handle_callback_from_v8 = _intercepting(_MRContext.handle_callback_from_v8)  # type: ignore[method-assign]
 
 
-def watch(racer: MiniRacer) -> None:
-    """Learn the isolate thread of a new context from its next callback (and pin a thread state there)."""
-    _isolate_threads[id(racer._ctx)] = None
+# mini-racer calls that are harmless to skip once a context is being freed (it frees all its values).
+_SKIPPABLE = frozenset({"mr_free_value", "mr_cancel_task"})
+
+
+class _Calls:
+    """A context's DLL handle (mini-racer's ``Context._dll``) that lets it be freed only when no call
+    into it is under way (see above). Calls after :meth:`shut` are refused (frees and cancels: skipped).
+
+    A call registers itself, then looks whether the context is shut; :meth:`shut` marks it shut, then
+    waits until no call is registered. Both run under the GIL, so either the call sees the mark or the
+    closing thread sees the call. No lock on the way in (a call costs ~0.2 us more), none held while a
+    call may allocate (a garbage collection there may free a value of the same context: a nested call)."""
+
+    def __init__(self, dll: Any) -> None:
+        self._dll = dll
+        self._busy: set[int] = set()
+        self._tokens = itertools.count()
+        self._cond = threading.Condition()  # reentrant: see above
+        self._shut = False
+
+    def __getattr__(self, name: str) -> Callable[..., Any]:
+        function = getattr(self._dll, name)
+        busy, tokens, skippable = self._busy, self._tokens, name in _SKIPPABLE
+
+        def call(*args: Any) -> Any:
+            token = next(tokens)
+            busy.add(token)
+            try:
+                if self._shut:
+                    if skippable:
+                        return None
+                    raise RuntimeError("the mini-racer context is closed")
+                return function(*args)
+            finally:
+                busy.discard(token)
+                if self._shut:
+                    with self._cond:
+                        self._cond.notify_all()
+
+        setattr(self, name, call)  # later look-ups find it without __getattr__
+        return call
+
+    def shut(self) -> None:
+        """Refuse new calls and wait until those under way returned (none blocks: each is a quick one)."""
+        with self._cond:
+            self._shut = True
+            while self._busy:
+                self._cond.wait(0.1)
+
+
+class Opened:
+    """A context opened by :func:`open_context`; ``key``: mini-racer's id of it."""
+
+    __slots__ = ("__weakref__", "_finalizer", "key", "racer")
+
+    def __init__(self, racer: MiniRacer, closer: AbstractContextManager[MiniRacer], calls: _Calls) -> None:
+        self.racer = racer
+        assert racer._ctx is not None
+        self.key = _key(racer._ctx)
+        # Dropped without close (an engine never closed): closed on a thread of its own, never by
+        # whichever thread collects it (the event loop's, or the isolate's own, which would wait for itself).
+        self._finalizer = weakref.finalize(self, _close_on_a_thread, calls, closer, self.key)
+        self._finalizer.atexit = False
+
+    def close(self) -> bool:
+        """Free the context, blocking until its isolate stopped; once only (later calls return True).
+        False when its isolate thread still ran afterwards (its Python thread state is then kept)."""
+        detached = self._finalizer.detach()
+        return True if detached is None else _close(*detached[2])
+
+
+def _close(calls: _Calls, closer: AbstractContextManager[MiniRacer], key: int) -> bool:
+    calls.shut()
+    closer.__exit__(None, None, None)  # mr_free_context: this thread holds the last reference
+    _isolate_threads.pop(key, None)
+    return threadstate.unpin(_pins.pop(key, None))
+
+
+def _close_on_a_thread(calls: _Calls, closer: AbstractContextManager[MiniRacer], key: int) -> None:
+    threading.Thread(target=_close, args=(calls, closer, key), name="script-context-close", daemon=True).start()
+
+
+def open_context(loop: asyncio.AbstractEventLoop) -> Opened:
+    """A new context bound to ``loop`` (blocking: run it off the loop; creating one runs a sync eval),
+    whose isolate thread is learnt from its next callback (and a thread state pinned there)."""
+    closer = mini_racer(loop)
+    racer = closer.__enter__()
+    ctx = racer._ctx
+    assert ctx is not None
+    calls = _Calls(ctx._dll)
+    object.__setattr__(ctx, "_dll", calls)  # a frozen dataclass
+    opened = Opened(racer, closer, calls)
+    _isolate_threads[opened.key] = None
+    return opened
 
 
 def isolate_thread(racer: MiniRacer) -> int | None:
-    """The isolate thread of a watched context (None if no callback came yet); stops watching it."""
-    return _isolate_threads.pop(id(racer._ctx), None)
-
-
-def forget(key: int) -> bool:
-    """After a context is closed (``key``: id of its mini-racer context): release what was kept for it.
-    False when its isolate thread still runs (its thread state is then kept)."""
-    _isolate_threads.pop(key, None)
-    return threadstate.unpin(_pins.pop(key, None))
+    """The isolate thread of a context being set up (None if no callback came yet); stops watching it."""
+    return _isolate_threads.pop(_key(racer._ctx), None) if racer._ctx is not None else None
 
 
 class _Waiter:
@@ -131,7 +235,7 @@ async def evaluate(
         raise RuntimeError("the mini-racer context is closed")
     handle = ctx._python_to_value_handle(code)
     callback_id = next(ctx._next_async_callback_id)
-    key = (id(ctx), callback_id)
+    key = (_key(ctx), callback_id)
     waiter = _Waiter(ctx.event_loop)
     _waiters[key] = waiter
     task_id = ctx._dll.mr_eval(ctx._ctx, handle.raw, callback_id)

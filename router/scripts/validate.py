@@ -27,13 +27,13 @@ _VAR_RE = {h: re.compile(rf"\bvar\s+{h}\b") for h in HOOKS}
 
 async def _probe(code: str) -> list[str]:
     loop = asyncio.get_running_loop()
-    closer, racer = await asyncio.to_thread(_open_context, loop, _VALIDATOR_MEMORY)
+    opened = await asyncio.to_thread(_open_context, loop, _VALIDATOR_MEMORY)
     try:
         async with asyncio.timeout(_PROBE_TIMEOUT_S):
-            result = json.loads(str(await racer.eval_cancelable(probe_source(code))))
+            result = json.loads(str(await opened.racer.eval_cancelable(probe_source(code))))
     finally:
         # closing waits for the isolate to stop: never on the loop
-        threading.Thread(target=closer.__exit__, args=(None, None, None), daemon=True).start()
+        threading.Thread(target=opened.close, daemon=True).start()
     if not isinstance(result, list) or len(result) != len(HOOKS):
         raise ValueError("unexpected probe result")
     return [str(k) for k in result]
