@@ -69,6 +69,9 @@ def _intercepting(original: Any) -> Any:
             _pins[key] = threadstate.pin()
         waiter = _waiters.pop((key, callback_id), None)
         if waiter is None:
+            if callback_id and self.event_loop.is_closed():  # nobody waits (mini-racer would raise here)
+                self._wrap_raw_handle(raw_val_handle)  # freed at once
+                return
             original(self, callback_id, raw_val_handle)
         else:
             waiter.deliver(self._wrap_raw_handle(raw_val_handle))
