@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from starlette.applications import Starlette
+from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -23,6 +24,7 @@ from router.auth import bearer_matches
 from router.config import Settings, load_settings
 from router.crypto import SecretBox
 from router.db import close_db, init_db
+from router.logging_setup import flush_logs
 from router.models.core import User
 from router.runtime import LOCAL_USER_NAME, Runtime
 from router.server_limits import RequestLimits, replay
@@ -135,6 +137,7 @@ def create_app(settings: Settings | None = None) -> RequestLimits:
             await runtime.stop()
             await close_db()
             log.info("llm-router stopped")
+            flush_logs()  # a worker process may end without logging.shutdown
 
     routes: list[BaseRoute] = [
         Route("/", root, methods=["GET", "HEAD"]),
@@ -229,6 +232,7 @@ class V1FastPath:
         try:
             request = Request(scope, receive_after_body, send)
             request._body = first.get("body", b"")  # what Request.body() caches: read once, ahead
+            request._headers = IndexedHeaders(scope)  # what Request.headers caches
             try:
                 response = await proxy.handle_generation(request)
                 if isinstance(response, proxy.RelayResponse):  # still watched: leaving cancels the relay
@@ -242,3 +246,26 @@ class V1FastPath:
         finally:
             if not gone.done():
                 gone.cancel()
+
+
+class IndexedHeaders(Headers):
+    """Starlette's request headers, looked up through a dict built once (a /v1 request asks for
+    about six names; `Headers` scans the whole list for each and raises KeyError for an absent one).
+    Same answers: the first value of a name, names as the server gave them (lower case in ASGI)."""
+
+    def __init__(self, scope: Scope) -> None:
+        super().__init__(scope=scope)
+        self._index = {name: value for name, value in reversed(self._list)}  # the first one wins
+
+    def __getitem__(self, key: str) -> str:
+        value = self._index.get(key.lower().encode("latin-1"))
+        if value is None:
+            raise KeyError(key)
+        return value.decode("latin-1")
+
+    def get(self, key: str, default: Any = None) -> Any:
+        value = self._index.get(key.lower().encode("latin-1"))
+        return default if value is None else value.decode("latin-1")
+
+    def __contains__(self, key: Any) -> bool:
+        return key.lower().encode("latin-1") in self._index

@@ -8,9 +8,12 @@ Tracebacks keep their lines, each indented, so nothing but a log record starts a
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import sys
+import time
+from typing import TextIO
 
 import orjson
 
@@ -34,6 +37,8 @@ def _escape(match: re.Match[str]) -> str:
 
 def escape_controls(text: str) -> str:
     """`text` on one line: control characters as backslash escapes."""
+    if text.isascii() and text.isprintable():  # the common case, without the regex (ASCII controls are unprintable)
+        return text
     return _CONTROL.sub(_escape, text)
 
 
@@ -44,11 +49,34 @@ def bounded_message(text: str) -> str:
     return redact_text(text)
 
 
+class _SecondCache:
+    """`time.strftime(fmt, localtime(t))` computed once per second (the request path logs a line per request)."""
+
+    __slots__ = ("_fmt", "_second", "_text")
+
+    def __init__(self, fmt: str) -> None:
+        self._fmt = fmt
+        self._second = -1
+        self._text = ""
+
+    def __call__(self, created: float) -> str:
+        second = int(created)
+        if second != self._second:
+            self._second, self._text = second, time.strftime(self._fmt, time.localtime(second))
+        return self._text
+
+
 class TextFormatter(logging.Formatter):
     """`time LEVEL logger: message`, one line per record (plus indented traceback lines)."""
 
     def __init__(self) -> None:
         super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
+        self._seconds = _SecondCache(self.default_time_format)
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        if datefmt is not None:
+            return super().formatTime(record, datefmt)
+        return f"{self._seconds(record.created)},{int(record.msecs):03d}"  # logging's default_msec_format
 
     def format(self, record: logging.LogRecord) -> str:
         record.message = escape_controls(bounded_message(record.getMessage()))
@@ -66,9 +94,13 @@ class TextFormatter(logging.Formatter):
 
 
 class JsonFormatter(logging.Formatter):
+    def __init__(self) -> None:
+        super().__init__()
+        self._seconds = _SecondCache("%Y-%m-%dT%H:%M:%S")
+
     def format(self, record: logging.LogRecord) -> str:
         entry = {
-            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S"),
+            "time": self._seconds(record.created),
             "level": record.levelname,
             "logger": record.name,
             "message": bounded_message(record.getMessage()),
@@ -83,10 +115,61 @@ def setup_logging(settings: Settings) -> None:
     # ~3 µs less, and the request path logs one per request (benchmarks/README.md).
     logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
     logging._srcfile = None
-    handler = logging.StreamHandler(sys.stderr)
+    handler = TurnBufferedHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if settings.log_format == "json" else TextFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(settings.log_level.upper())
     # Tortoise logs every SQL statement at DEBUG, including values: keep it quieter.
     logging.getLogger("tortoise").setLevel(max(logging.INFO, root.level))
+
+
+class TurnBufferedHandler(logging.StreamHandler[TextIO]):
+    """A stream handler that writes the lines logged during one event-loop turn together.
+
+    On the thread of a running event loop a record's line is kept until the loop's next turn (one
+    write and one flush for every line of a turn: the request path logs a line per request);
+    anywhere else it is written at once. `flush()` writes what is kept (the app's shutdown and
+    `logging.shutdown` call it), so nothing is lost when the loop stops.
+    """
+
+    def __init__(self, stream: TextIO) -> None:
+        super().__init__(stream)
+        self._pending: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            line = self.format(record) + self.terminator
+        except Exception:
+            self.handleError(record)
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            loop = None
+        if loop is None:
+            self._pending.append(line)
+            self.flush()
+            return
+        if not self._pending:
+            loop.call_soon(self.flush)
+        self._pending.append(line)
+
+    def flush(self) -> None:
+        self.acquire()
+        try:
+            text, self._pending = "".join(self._pending), []
+            try:
+                if text:
+                    self.stream.write(text)
+                super().flush()
+            except Exception:  # a closed or broken stream must not break the loop or the caller
+                pass
+        finally:
+            self.release()
+
+
+def flush_logs() -> None:
+    """Write every line the root logger's handlers still keep (before a worker process exits)."""
+    for handler in logging.getLogger().handlers:
+        handler.flush()

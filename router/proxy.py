@@ -420,7 +420,10 @@ def upstream_headers(
 
 def response_headers(upstream: UpstreamResponse, request_id: str, extra: tuple[str, ...] = ()) -> dict[str, str]:
     """The upstream's headers a client may see (the allow-list), and the router's request id."""
-    headers = {k: v for k, v in upstream.headers.items() if header_allowed(k, extra)}
+    if extra:
+        headers = {k: v for k, v in upstream.headers.items() if header_allowed(k, extra)}
+    else:  # header_allowed without extra names, inlined (this runs for every answer)
+        headers = {k: v for k, v in upstream.headers.items() if k.lower() in PASSED_RESPONSE_HEADERS}
     headers["x-request-id"] = request_id
     return headers
 

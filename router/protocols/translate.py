@@ -77,10 +77,17 @@ API_PATHS = {
 
 def api_of_path(path: str) -> str | None:
     """The declared API an endpoint (an adapter's path under /v1) belongs to; None for the others."""
-    for api, root in API_PATHS.items():
-        if path == root or path.startswith(root + "/"):
-            return api
-    return None
+    try:
+        return _API_OF_PATH[path]
+    except KeyError:
+        pass
+    api = next((a for a, root in API_PATHS.items() if path == root or path.startswith(root + "/")), None)
+    if len(_API_OF_PATH) < 1024:  # adapters' paths: a handful (bounded all the same)
+        _API_OF_PATH[path] = api
+    return api
+
+
+_API_OF_PATH: dict[str, str | None] = {}
 
 
 def upstream_api(client_api: str, backend_apis: Collection[str] | None) -> str | None:
