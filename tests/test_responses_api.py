@@ -115,7 +115,10 @@ def test_stored_responses_stay_with_their_backend(router_factory, two_backends):
 
     count = client.post("/responses/input_tokens", body={"model": "m", "input": "one two three"}, cast_to=object)
     assert count["object"] == "response.input_tokens" and count["input_tokens"] > 0
-    endpoints = {r["endpoint"] for r in router.wait_for_logs(4 + 4 * 5 + 3)}
+    # 4 creates; per response a follow-up, a stream, a retrieve and its input items; cancel, delete, 404, count
+    rows = router.wait_for_logs(4 + 4 * 4 + 4)
+    assert len(rows) == 24, [r["endpoint"] for r in rows]
+    endpoints = {r["endpoint"] for r in rows}
     assert {"/v1/responses/{id}", "/v1/responses/{id}/input_items", "/v1/responses/{id}/cancel"} <= endpoints
 
 
