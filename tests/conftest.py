@@ -257,12 +257,14 @@ class RouterProcess:
             conn.close()
 
     def wait_for_logs(self, count: int, timeout: float = 10.0) -> list[dict]:
-        """Poll until at least `count` rows are logged (the writer batches every LOG_FLUSH_INTERVAL_S)."""
+        """Poll until at least `count` rows are logged (the writer batches every LOG_FLUSH_INTERVAL_S);
+        fewer after `timeout` fail the test (a wrong count would otherwise sit out the timeout unseen)."""
         deadline = time.monotonic() + timeout
         while True:
             rows = self.request_logs()
-            if len(rows) >= count or time.monotonic() > deadline:
+            if len(rows) >= count:
                 return rows
+            assert time.monotonic() < deadline, f"{len(rows)} request-log rows after {timeout} s, not {count}"
             time.sleep(0.05)
 
     def log(self) -> str:
