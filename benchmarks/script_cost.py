@@ -9,7 +9,7 @@ Two measurements:
   same sequential chat requests without and with one active no-op ``PER_BACKEND`` script,
   in alternating rounds; CPU per request = utime+stime of the router and its worker processes
   (``/proc``) / requests. The script's added CPU per request is the median of the per-round
-  differences (each scripted round against the plain round just before it).
+  differences (each scripted round against the plain round next to it, in ABBA order).
 
     .venv/bin/python benchmarks/script_cost.py [--requests 2000] [--rounds 3] [--engine-only] [--isolation process]
         [--server granian|uvicorn] [--router-src /path/to/older/tree] [--verbose]
@@ -143,14 +143,25 @@ def router_cost(requests: int, rounds: int, src: Path, server: str | None, isola
                 {"in": {"name": "noop", "type": "PER_BACKEND", "backendId": backend, "code": NOOP}},
             )
             script_id = created["createScript"]["id"]
+
+            def switch(on: bool) -> None:
+                verb = "activateScript" if on else "deactivateScript"
+                router.graphql(f"mutation($id: ID!) {{ {verb}(id: $id) {{ id }} }}", {"id": script_id})
+                time.sleep(0.5)  # the catalog refresh is asynchronous
+
             with httpx.Client(timeout=30) as client:
-                for _ in range(rounds):  # alternating, so both sides share the machine's noise
-                    plain.append(router_round(router, client, requests))
-                    router.graphql("mutation($id: ID!) { activateScript(id: $id) { id } }", {"id": script_id})
-                    time.sleep(0.5)  # the catalog refresh is asynchronous
-                    scripted.append(router_round(router, client, requests))
-                    router.graphql("mutation($id: ID!) { deactivateScript(id: $id) { id } }", {"id": script_id})
-                    time.sleep(0.5)
+                # Alternating, so both sides share the machine's noise; in ABBA order (plain first in
+                # even rounds, scripted first in odd ones), so a drift over the run (warm-up, other
+                # load coming or going) does not count for or against the script.
+                for index in range(rounds):
+                    if index % 2 == 0:
+                        plain.append(router_round(router, client, requests))
+                        switch(True)
+                        scripted.append(router_round(router, client, requests))
+                    else:
+                        scripted.append(router_round(router, client, requests))
+                        switch(False)
+                        plain.append(router_round(router, client, requests))
         except Exception:
             for log in Path(tmp).glob("router-*.log"):
                 print(log.read_text()[-4000:], file=sys.stderr)
