@@ -47,6 +47,7 @@ from py_mini_racer._value_handle import ValueHandle
 from . import threadstate
 
 SYNC_WAIT_S = 0.0005
+_STR_UTF8 = 5  # mini-racer's type code of a UTF-8 string value (py_mini_racer/_objects.py _MiniRacerTypes)
 
 # Contexts being set up (mini-racer's id of the context -> its isolate thread, None until seen), the
 # thread states pinned on isolate threads (same key), and the evaluations waiting for an answer
@@ -186,13 +187,16 @@ def isolate_thread(racer: MiniRacer) -> int | None:
 
 
 class _Waiter:
-    """One evaluation's answer: taken on a lock while the caller still waits synchronously, else on a future."""
+    """One evaluation's answer: taken while the caller still waits synchronously (on ``done``), else on
+    a future. No lock between the two sides: :meth:`deliver` (isolate thread) stores the value and then
+    looks for a future, :meth:`wait` (loop) stores the future and then looks for the value, each under
+    the GIL, so at least one of them sees what the other stored (both may: the answer is then taken
+    directly and the future, settled later, is dropped)."""
 
-    __slots__ = ("done", "future", "loop", "mutex", "value")
+    __slots__ = ("done", "future", "loop", "value")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
-        self.mutex = threading.Lock()
         self.done = threading.Lock()
         self.done.acquire()
         self.value: ValueHandle | None = None
@@ -200,9 +204,8 @@ class _Waiter:
 
     def deliver(self, value: ValueHandle) -> None:
         """On the isolate thread (GIL held)."""
-        with self.mutex:
-            self.value = value
-            future = self.future
+        self.value = value
+        future = self.future
         if future is None:
             self.done.release()
         else:
@@ -213,11 +216,10 @@ class _Waiter:
         if self.done.acquire(timeout=sync_s) if sync_s > 0 else self.done.acquire(blocking=False):
             assert self.value is not None
             return self.value
-        with self.mutex:
-            if self.value is not None:
-                return self.value
-            future: asyncio.Future[ValueHandle] = self.loop.create_future()
-            self.future = future
+        future: asyncio.Future[ValueHandle] = self.loop.create_future()
+        self.future = future
+        if self.value is not None:  # delivered meanwhile (before it could see the future)
+            return self.value
         if slow is not None:
             slow()
         return await future
@@ -232,19 +234,23 @@ async def evaluate(
     racer: MiniRacer, code: str, sync_s: float = SYNC_WAIT_S, slow: Callable[[], object] | None = None
 ) -> Any:
     """``racer.eval_cancelable(code)``, waiting up to ``sync_s`` synchronously first (see above);
-    ``slow`` is called when that was not enough, before the answer is awaited."""
+    ``slow`` is called when that was not enough, before the answer is awaited. The V8 task is
+    cancelled only when no answer came (a task that answered is done: mini-racer frees it)."""
     ctx = racer._ctx
     if ctx is None:
         raise RuntimeError("the mini-racer context is closed")
-    handle = ctx._python_to_value_handle(code)
+    handle = ctx.create_string_val(code, _STR_UTF8)
     callback_id = next(ctx._next_async_callback_id)
     key = (_key(ctx), callback_id)
     waiter = _Waiter(ctx.event_loop)
     _waiters[key] = waiter
     task_id = ctx._dll.mr_eval(ctx._ctx, handle.raw, callback_id)
+    answered = False
     try:
         value = await waiter.wait(sync_s, slow)
+        answered = True
     finally:
-        _waiters.pop(key, None)
-        ctx._dll.mr_cancel_task(ctx._ctx, task_id)  # ignored when the task is done
+        if not answered:
+            _waiters.pop(key, None)
+            ctx._dll.mr_cancel_task(ctx._ctx, task_id)
     return ctx._value_handle_to_python(value)
