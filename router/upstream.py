@@ -8,6 +8,7 @@ fallback, `UPSTREAM_TRANSPORT=httpx`). The proxy only sees `UpstreamClient`/`Ups
 from __future__ import annotations
 
 import asyncio
+import http.cookiejar
 from collections.abc import AsyncIterator, Mapping
 from datetime import timedelta
 from typing import Any, Protocol
@@ -95,6 +96,7 @@ class AiohttpUpstream:
             timeout=aiohttp.ClientTimeout(total=None, connect=connect_timeout_s, sock_read=read_timeout_s),
             auto_decompress=True,
             skip_auto_headers=("User-Agent",),
+            cookie_jar=aiohttp.DummyCookieJar(),  # one pool for every user: no upstream cookie rides along
         )
 
     async def send(
@@ -153,6 +155,8 @@ class HttpxUpstream:
             limits=httpx.Limits(max_connections=max_connections),
             follow_redirects=False,
         )
+        # One pool for every user: cookies an upstream sets are not kept (nor sent on later requests).
+        self._client.cookies.jar.set_policy(http.cookiejar.DefaultCookiePolicy(allowed_domains=()))
 
     async def send(
         self, method: str, url: str, headers: dict[str, str], body: bytes | None, stream: bool

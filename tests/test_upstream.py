@@ -280,3 +280,35 @@ def test_sse_splitter_handles_split_and_joined_events():
     assert splitter.feed(b"data: tail") == [] and splitter.rest() == b"data: tail"
     assert sse_data(b"event: x\ndata: a\ndata: b\n\n") == b"a\nb"
     assert sse_data(b": comment\n\n") is None
+
+
+# --- one client for every user: nothing an upstream set comes back on another request -------------
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_cookies_an_upstream_sets_are_not_sent_back(transport: str) -> None:
+    """The pool serves every user: a Set-Cookie in one user's answer must not ride along on the next
+    request (another user's) as a Cookie header."""
+    heads: list[bytes] = []
+
+    async def sets_a_cookie(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        for _ in range(2):
+            heads.append(await read_head(reader))
+            writer.write(
+                b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\n"
+                b"set-cookie: session=user-a; Path=/\r\n\r\n{}"
+            )
+            await writer.drain()
+
+    async with RawServer(sets_a_cookie) as server:
+        upstream = client(transport)
+        try:
+            for _ in range(2):
+                # a host name: aiohttp's jar keeps no cookies of a bare IP address
+                url = server.url.replace("127.0.0.1", "localhost") + "/v1/x"
+                response = await upstream.send("POST", url, {}, b"{}", False)
+                assert await response.read() == b"{}"
+        finally:
+            await upstream.aclose()
+    assert len(heads) == 2
+    assert b"cookie" not in heads[1].lower().replace(b"set-cookie", b""), heads[1]
