@@ -482,7 +482,14 @@ def test_workers_2_start_together_and_serve(tmp_path, upstream, database, server
     second = RouterProcess(tmp_path / "w", env)
     try:
         second.start(extra_args=["--workers", "2"], timeout=60)
+        # Both workers up before the stop: under granian a worker still starting when SIGTERM came finished
+        # its start-up and ran on until the kill timeout (30 s of this test's every run, hidden by stop()).
+        deadline = time.monotonic() + 30
+        while second.log().count("llm-router ready") < 2:
+            assert time.monotonic() < deadline, second.log()
+            time.sleep(0.05)
         assert migration_rows(second) == all_migrations()
+        assert "Traceback" not in second.log()
     finally:
         second.stop()
 
