@@ -10,7 +10,7 @@ import time
 
 from py_mini_racer._context import context_count
 
-from router.scripts import RawJSON, ScriptEngine, ScriptSource, defined_hooks, validate
+from router.scripts import HookResult, RawJSON, ScriptEngine, ScriptSource, defined_hooks, validate
 
 REQ = {"request": {"headers": {}, "body": {"model": "m"}}, "response": None}
 
@@ -197,5 +197,39 @@ async def test_unchanged_bodies_come_back_as_the_callers_objects():
         reader = src("function onRequest(c) { c.seen = Object.keys(c.request.body); return c; }", 3)
         result = await engine.run_hook(reader, "onRequest", proto)
         assert result.ok and result.context["seen"] == ["__proto__", "model"]
+    finally:
+        await engine.close()
+
+
+async def test_large_bodies_are_handed_over_off_the_loop():
+    """Raw bodies over OFF_LOOP_BYTES are spliced into the call's source, scanned and copied into V8 on a
+    worker thread; a "__proto__" key still goes through JSON.parse, also where it straddles a scan window."""
+    from router.scripts import engine as engine_module
+
+    window = engine_module._SCAN_WINDOW
+    assert engine_module.OFF_LOOP_BYTES < 8 << 20
+    engine = ScriptEngine(timeout_ms=5000, max_memory_mb=256)
+    reader = src(
+        "function onResponse(c) { c.seen = [Object.keys(c.request.body), Object.keys(c.response.body),"
+        " c.request.body.a.length, c.response.body.a.length]; return c; }",
+        1,
+    )
+    try:
+        for key in (b"__proto__", b"\\u005f_proto__", b"_\\u005fpr\\u006Fto__"):
+            for straddle in (1, 3):
+                head = b'{"a": "'
+                # the key starts `straddle` bytes before a scan window's end
+                pad = window * 3 - straddle - len(head) - len(b'", "')
+                request = RawJSON(head + b"y" * pad + b'", "' + key + b'": {"x": 1}}')
+                response = RawJSON(b'{"a": "' + b"z" * (5 << 20) + b'", "b": []}')
+                context = {"request": {"headers": {}, "body": request}, "response": {"status": 200, "body": response}}
+                lag, result = await max_loop_lag(engine.run_hook(reader, "onResponse", context))
+                assert isinstance(result, HookResult) and result.ok, (key, straddle, result)
+                assert result.context["seen"] == [["a", "__proto__"], ["a", "b"], pad, 5 << 20], (key, straddle)
+                assert result.context["request"]["body"] is request and result.context["response"]["body"] is response
+                assert lag < 0.5
+        plain = RawJSON(b'{"a": "' + b"y" * (5 << 20) + b'"}')
+        result = await engine.run_hook(reader, "onResponse", {"request": {"body": plain}, "response": {"body": plain}})
+        assert result.ok and result.context["seen"] == [["a"], ["a"], 5 << 20, 5 << 20]
     finally:
         await engine.close()

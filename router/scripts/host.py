@@ -155,7 +155,7 @@ class IsolatedScriptEngine(ScriptEngine):
                     "(the script host was restarted)"
                 )
             del self._quarantine[script.id]
-        js = _call_source(hook, context)
+        js = _call_source(hook, context).decode()  # the frame is JSON
         child = await self._live_child()
         code = None if child.sent.get(script.id) == script.version else script.code
         child.sent[script.id] = script.version

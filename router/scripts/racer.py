@@ -230,16 +230,31 @@ def _settle(future: asyncio.Future[ValueHandle], value: ValueHandle) -> None:
         future.set_result(value)
 
 
-async def evaluate(
-    racer: MiniRacer, code: str, sync_s: float = SYNC_WAIT_S, slow: Callable[[], object] | None = None
-) -> Any:
-    """``racer.eval_cancelable(code)``, waiting up to ``sync_s`` synchronously first (see above);
-    ``slow`` is called when that was not enough, before the answer is awaited. The V8 task is
-    cancelled only when no answer came (a task that answered is done: mini-racer frees it)."""
+def source(racer: MiniRacer, code: bytes) -> ValueHandle:
+    """``code`` (UTF-8) as a V8 string for :func:`evaluate`, without mini-racer's str -> bytes copy.
+    The copy into V8 runs without the GIL (a ctypes call), so a large one may be made off the loop."""
     ctx = racer._ctx
     if ctx is None:
         raise RuntimeError("the mini-racer context is closed")
-    handle = ctx.create_string_val(code, _STR_UTF8)
+    return ctx._wrap_raw_handle(ctx._dll.mr_alloc_string_val(ctx._ctx, code, len(code), _STR_UTF8))
+
+
+async def evaluate(
+    racer: MiniRacer,
+    code: str | bytes | ValueHandle,
+    sync_s: float = SYNC_WAIT_S,
+    slow: Callable[[], object] | None = None,
+) -> Any:
+    """``racer.eval_cancelable(code)``, waiting up to ``sync_s`` synchronously first (see above);
+    ``slow`` is called when that was not enough, before the answer is awaited. The V8 task is
+    cancelled only when no answer came (a task that answered is done: mini-racer frees it).
+    ``code``: JavaScript, as text, UTF-8 bytes or a string made by :func:`source`."""
+    ctx = racer._ctx
+    if ctx is None:
+        raise RuntimeError("the mini-racer context is closed")
+    if isinstance(code, str):
+        code = code.encode()
+    handle = code if isinstance(code, ValueHandle) else source(racer, code)
     callback_id = next(ctx._next_async_callback_id)
     key = (_key(ctx), callback_id)
     waiter = _Waiter(ctx.event_loop)
