@@ -232,8 +232,8 @@ function onRequest(context) {
 }"""
 
 
-def worst_latency_while(router, key: str, attack) -> float:
-    """Worst latency of another user's small requests while `attack()` runs in a loop."""
+def latencies_while(router, key: str, attack, samples: int) -> list[float]:
+    """Latencies of another user's small requests while `attack()` runs in a loop."""
     stop = threading.Event()
     under_way = threading.Event()  # one attack went through: the next ones follow back to back
 
@@ -250,14 +250,14 @@ def worst_latency_while(router, key: str, attack) -> float:
     assert under_way.wait(60), "the attack did not start"
     durations = []
     try:
-        for _ in range(25):
+        for _ in range(samples):
             started = time.monotonic()
             assert chat(router, key).status_code == 200
             durations.append(time.monotonic() - started)
     finally:
         stop.set()
         attacker.join(60)
-    return statistics.quantiles(durations, n=10)[-1]  # 90th percentile: robust to one scheduler hiccup
+    return durations
 
 
 def test_policy_script_on_a_30_mb_prompt_does_not_hold_other_users(router):
@@ -271,10 +271,13 @@ def test_policy_script_on_a_30_mb_prompt_does_not_hold_other_users(router):
         httpx.post(f"{router.v1}/chat/completions", json=huge, headers={"Authorization": f"Bearer {key}"}, timeout=60)
 
     # The baseline: the same huge requests from a user without a script (reading and parsing them costs the
-    # router the same either way); the script may add only a little on top.
-    baseline = worst_latency_while(router, other_key, lambda: send(plain_key))
-    with_script = worst_latency_while(router, other_key, lambda: send(policed_key))
-    assert with_script < baseline * 1.5 + 0.15, (baseline, with_script)
+    # router the same either way); the script may add only a little on top. Measured in alternating rounds
+    # (plain, scripted, scripted, plain) so that a change in the machine's load hits both alike.
+    durations: dict[str, list[float]] = {plain_key: [], policed_key: []}
+    for attacker in (plain_key, policed_key, policed_key, plain_key):
+        durations[attacker] += latencies_while(router, other_key, lambda k=attacker: send(k), 12)
+    baseline, with_script = (statistics.quantiles(durations[k], n=10)[-1] for k in (plain_key, policed_key))
+    assert with_script < baseline * 1.5 + 0.15, (baseline, with_script)  # 90th percentiles: robust to a hiccup
     response = httpx.post(
         f"{router.v1}/chat/completions", json=huge, headers={"Authorization": f"Bearer {policed_key}"}, timeout=60
     )
