@@ -212,13 +212,16 @@ class V1FastPath:
         # The server's own receive (granian: a future, no task): completes on http.disconnect.
         gone: asyncio.Future[Any] = asyncio.ensure_future(receive())  # completes on http.disconnect
         task = asyncio.current_task()
+        left = False
 
         def client_gone(future: asyncio.Future[Any]) -> None:
+            nonlocal left
             try:
                 message = future.result()
             except BaseException:  # cancelled by us, or the server failed the receive
                 return
             if task is not None and message.get("type") == "http.disconnect":
+                left = True
                 task.cancel()
 
         gone.add_done_callback(client_gone)
@@ -243,6 +246,12 @@ class V1FastPath:
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
                 return
             await response(scope, receive_after_body, send)
+        except asyncio.CancelledError:
+            # Our own cancel of a request whose client left (logged as such) ends here: not an error
+            # for the server to report. Any other cancellation (a shutdown) goes on.
+            if left and task is not None and task.uncancel() == 0:
+                return
+            raise
         finally:
             if not gone.done():
                 gone.cancel()

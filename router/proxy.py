@@ -51,7 +51,7 @@ from router.protocols.anthropic import anthropic_model_list
 from router.routing import candidate_backends
 from router.runtime import Runtime
 from router.scripts import RawJSON
-from router.upstream import SSESplitter, UpstreamError, UpstreamResponse, sse_data, sse_event_name
+from router.upstream import SSESplitter, UpstreamError, UpstreamResponse, last_sse_event, sse_data, sse_event_name
 from router.upstream_auth import upstream_auth
 from router.urls import allowed_proxy_url
 from router.usage import RequestRecord
@@ -928,6 +928,7 @@ class Relay:
         self.status: int = 200
         self.error: str | None = None
         self.closed = False
+        self.sent = b""  # the last events the client was sent (it asked for more after them)
         hooks = outgoing.hooks
         scripts = call.rt.scripts
         self.chunk_scripts = tuple(s for s in hooks.reversed if scripts.has_hook(script_source(s), "onStreamChunk"))
@@ -954,6 +955,7 @@ class Relay:
                 if out:
                     self._first_byte()
                     yield out
+                    self.sent = out
             if self.translator is not None:
                 yield await self._translated_end()
                 return
@@ -970,7 +972,8 @@ class Relay:
             self.error, self.status = exc.message, exc.status
             yield self.adapter.stream_error(exc)
         except (asyncio.CancelledError, GeneratorExit):
-            self.error, self.status = "client disconnected", 499
+            if not self.client_has_all():  # else it left after the final event, before the upstream closed
+                self.error, self.status = "client disconnected", 499
             raise
         except Exception as exc:
             log.exception("stream %s failed unexpectedly", self.call.record.request_id)
@@ -983,6 +986,12 @@ class Relay:
         """The client went away while an event was being sent (not while waiting for upstream)."""
         if not self.closed and self.error is None:
             self.error, self.status = "client disconnected", 499
+
+    def client_has_all(self) -> bool:
+        """Whether the client was sent the stream's final event (`[DONE]`, `message_stop`, ...)."""
+        event = last_sse_event(self.sent)
+        data = sse_data(event)
+        return data is not None and self.adapter.is_final_event(sse_event_name(event), data)
 
     async def close(self) -> None:
         """Release the attempt and account the request (once)."""

@@ -359,6 +359,13 @@ def sse_data(event: bytes) -> bytes | None:
     return b"\n".join(parts)
 
 
+def last_sse_event(relayed: bytes) -> bytes:
+    """The last event of whole events as relayed (its lines, without the blank line that ends it)."""
+    body = relayed.replace(b"\r\n", b"\n").rstrip(b"\n")
+    cut = body.rfind(b"\n\n")
+    return body if cut < 0 else body[cut + 2 :]
+
+
 def sse_event_name(event: bytes) -> str | None:
     """The `event:` name of one event, or None if it has none."""
     if not event.startswith(b"event:") and b"\nevent:" not in event:

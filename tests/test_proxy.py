@@ -325,6 +325,35 @@ def test_client_disconnect_mid_stream_closes_the_upstream(router_factory, upstre
     assert row["status_code"] == 499 and row["error"] == "client disconnected"
 
 
+def test_a_client_leaving_after_the_final_event_is_not_a_disconnect(router_factory, upstream_factory, tmp_path):
+    """The OpenAI SDK closes its connection at `[DONE]`, often before the upstream ends the stream: the
+    client got the whole answer, so the row says 200 with its usage, not 499 (and the upstream is closed)."""
+    lingering = upstream_factory(name="lingering", models=["m"], linger_after_end_s=30)
+    router = router_factory(config=write_config(tmp_path / "c.yaml", {"lingering": {"url": lingering.base_url}}))
+    key = router.add_user("carol")
+    stream = client_for(router, key).chat.completions.create(
+        model="m", messages=MESSAGES, stream=True, stream_options={"include_usage": True}
+    )
+    chunks = list(stream)  # the SDK stops reading at [DONE] and closes the response
+    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 3
+    assert lingering.stream_cancelled.wait(5), "the upstream stream was not closed"
+
+    lingering.stream_cancelled.clear()
+    body = {"model": "m", "max_tokens": 16, "stream": True, "messages": MESSAGES}
+    headers = {"x-api-key": key, "anthropic-version": "2023-06-01"}
+    with httpx.stream("POST", f"{router.v1}/messages", json=body, headers=headers, timeout=30) as response:
+        for line in response.iter_lines():  # a client that leaves at message_stop
+            if line == "event: message_stop":
+                break
+    assert lingering.stream_cancelled.wait(5), "the upstream stream was not closed"
+    rows = router.wait_for_logs(2)
+    assert [(r["endpoint"], r["status_code"], r["error"]) for r in sorted(rows, key=lambda r: r["id"])] == [
+        ("/v1/chat/completions", 200, None),
+        ("/v1/messages", 200, None),
+    ]
+    assert all(r["completion_tokens"] == 3 for r in rows)
+
+
 # --- lifecycle --------------------------------------------------------------------------------------
 
 

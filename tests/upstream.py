@@ -56,6 +56,9 @@ class UpstreamServer:
     fail_status: int | None = None
     stream_chunks: int = 3
     stream_delay_s: float = 0.0
+    # After a stream's final event ([DONE], message_stop) the connection stays open this long before it
+    # ends, as a server slow to close does (the client has its whole answer by then).
+    linger_after_end_s: float = 0.0
     required_key: str | None = None
     # Usage details as vLLM reports them (prompt_tokens_details / completion_tokens_details) when non-zero.
     cached_tokens: int = 0
@@ -289,6 +292,16 @@ class UpstreamServer:
             }
         )
 
+    async def _linger(self, request: web.Request) -> None:
+        """Keep a finished stream open for `linger_after_end_s`; ConnectionResetError when the peer closes
+        it meanwhile (aiohttp does not cancel a handler whose client left, so its transport is watched)."""
+        deadline = time.monotonic() + self.linger_after_end_s
+        while time.monotonic() < deadline:
+            transport = request.transport
+            if transport is None or transport.is_closing():
+                raise ConnectionResetError("the client closed the stream")
+            await asyncio.sleep(0.01)
+
     async def _stream(self, request: web.Request, body: dict, chat: bool) -> web.StreamResponse:
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "X-Upstream": self.name})
         await response.prepare(request)
@@ -322,6 +335,7 @@ class UpstreamServer:
                 }
                 await response.write(b"data: " + json.dumps(usage_chunk).encode() + b"\n\n")
             await response.write(b"data: [DONE]\n\n")
+            await self._linger(request)
         except (asyncio.CancelledError, ConnectionResetError):
             self.streams_cancelled += 1
             self.stream_cancelled.set()
@@ -628,6 +642,12 @@ class UpstreamServer:
             if self.stream_delay_s:
                 await asyncio.sleep(self.stream_delay_s)
             await response.write(f"event: {name}\ndata: {json.dumps(data)}\n\n".encode())
+        try:
+            await self._linger(request)
+        except ConnectionResetError:
+            self.streams_cancelled += 1
+            self.stream_cancelled.set()
+            return response
         await response.write_eof()
         return response
 

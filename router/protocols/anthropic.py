@@ -49,6 +49,7 @@ class Messages(AnthropicErrors):
     path: ClassVar[str] = "/messages"
     required: ClassVar[tuple[str, ...]] = ("messages",)
     streamable: ClassVar[bool] = True
+    final_events: ClassVar[frozenset[str]] = frozenset({"message_stop"})
 
     def usage_of_event(self, event: str | None, data: Any) -> Usage | None:
         kind = _kind(event, data)

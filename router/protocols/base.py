@@ -98,6 +98,8 @@ class Adapter:
     stateful: ClassVar[bool] = False
     # Bytes every stream event that carries usage contains: events without them are relayed unparsed.
     usage_marker: ClassVar[bytes] = b'"usage"'
+    # The kinds of stream event that end a stream (besides `is_stream_end`'s terminator line).
+    final_events: ClassVar[frozenset[str]] = frozenset()
     # Asked at the backend's root (its base URL without `/v1`), as vLLM serves /tokenize and /rerank.
     at_root: ClassVar[bool] = False
     # The body is a multipart form (uploads), not JSON: see `form_payload` and `encode_form`.
@@ -189,6 +191,21 @@ class Adapter:
     def is_stream_end(self, data: bytes) -> bool:
         """A data line that is a terminator, not an event (OpenAI's `[DONE]`)."""
         return False
+
+    def is_final_event(self, event: str | None, data: bytes) -> bool:
+        """Whether a stream event is the stream's last one (`[DONE]`, `message_stop`, `response.completed`):
+        a client that leaves after it has its whole answer (the OpenAI SDK closes at `[DONE]`)."""
+        if self.is_stream_end(data):
+            return True
+        if not self.final_events:
+            return False
+        if event is None:  # the kind in the data's "type" (only read when a client left: no hot path)
+            try:
+                parsed = orjson.loads(data)
+            except orjson.JSONDecodeError:
+                return False
+            event = parsed.get("type") if isinstance(parsed, dict) else None
+        return event in self.final_events
 
     # --- errors ---
 

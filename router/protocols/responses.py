@@ -30,6 +30,7 @@ class Responses(Adapter):
     path: ClassVar[str] = "/responses"
     streamable: ClassVar[bool] = True
     stateful: ClassVar[bool] = True
+    final_events: ClassVar[frozenset[str]] = _FINAL_EVENTS
 
     def wants_event(self, raw: bytes) -> bool:
         return b"response.created" in raw or b"response.completed" in raw or self.usage_marker in raw
