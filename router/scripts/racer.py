@@ -35,6 +35,7 @@ import asyncio
 import contextlib
 import itertools
 import threading
+import time
 import weakref
 from collections.abc import Callable
 from contextlib import AbstractContextManager
@@ -68,6 +69,9 @@ def _intercepting(original: Any) -> Any:
         if key in _isolate_threads and _isolate_threads[key] is None:
             _isolate_threads[key] = threading.get_ident()
             _pins[key] = threadstate.pin()
+        calls = self._dll
+        if isinstance(calls, _Calls):
+            calls.pending.pop(callback_id, None)
         waiter = _waiters.pop((key, callback_id), None)
         if waiter is None:
             if callback_id and self.event_loop.is_closed():  # nobody waits (mini-racer would raise here)
@@ -85,6 +89,11 @@ if not getattr(_MRContext.handle_callback_from_v8, "router_intercepts", False):
     _MRContext.handle_callback_from_v8 = _intercepting(_MRContext.handle_callback_from_v8)  # type: ignore[method-assign]
 
 
+# How long closing a context waits for its cancelled evaluations to answer: a running one stops within
+# microseconds; a microtask spin or a built-in that ignores termination does not (freeing stops the first
+# and waits for the second anyway), so the wait is short.
+PENDING_WAIT_S = 0.01
+
 # mini-racer calls that are harmless to skip once a context is being freed (it frees all its values).
 _SKIPPABLE = frozenset({"mr_free_value", "mr_cancel_task"})
 
@@ -98,12 +107,25 @@ class _Calls:
     closing thread sees the call. No lock on the way in (a call costs ~0.2 us more), none held while a
     call may allocate (a garbage collection there may free a value of the same context: a nested call)."""
 
-    def __init__(self, dll: Any) -> None:
+    def __init__(self, dll: Any, context_id: int) -> None:
         self._dll = dll
+        self._context_id = context_id
         self._busy: set[int] = set()
         self._tokens = itertools.count()
         self._cond = threading.Condition()  # reentrant: see above
         self._shut = False
+        # Evaluations not answered yet: callback id -> mini-racer's task id (see `shut`).
+        self.pending: dict[int, int] = {}
+        eval_ = self.__getattr__("mr_eval")
+        pending = self.pending
+
+        def mr_eval(context_id: int, code: Any, callback_id: int) -> Any:
+            task = eval_(context_id, code, callback_id)
+            if callback_id:  # 0: a synchronous eval, answered before the call returns to its caller
+                pending[callback_id] = task
+            return task
+
+        self.mr_eval = mr_eval
 
     def __getattr__(self, name: str) -> Callable[..., Any]:
         function = getattr(self._dll, name)
@@ -128,11 +150,20 @@ class _Calls:
         return call
 
     def shut(self) -> None:
-        """Refuse new calls and wait until those under way returned (none blocks: each is a quick one)."""
+        """Refuse new calls, wait until those under way returned (none blocks: each is a quick one), then
+        cancel every evaluation not answered yet and wait (up to PENDING_WAIT_S) for their answers.
+        mini-racer 0.14 frees a context's values without waiting for its tasks: an eval queued or just
+        starting when the context is freed reads its freed code string (a segfault seen in the stress
+        test); a cancelled one answers once it stopped (a queued one never starts)."""
         with self._cond:
             self._shut = True
             while self._busy:
                 self._cond.wait(0.1)
+        for task in list(self.pending.values()):
+            self._dll.mr_cancel_task(self._context_id, task)
+        deadline = time.monotonic() + PENDING_WAIT_S
+        while self.pending and time.monotonic() < deadline:  # answered on the isolate thread (GIL released here)
+            time.sleep(0.0005)
 
 
 class Opened:
@@ -174,7 +205,7 @@ def open_context(loop: asyncio.AbstractEventLoop) -> Opened:
     racer = closer.__enter__()
     ctx = racer._ctx
     assert ctx is not None
-    calls = _Calls(ctx._dll)
+    calls = _Calls(ctx._dll, _key(ctx))
     object.__setattr__(ctx, "_dll", calls)  # a frozen dataclass
     opened = Opened(racer, closer, calls)
     _isolate_threads[opened.key] = None
