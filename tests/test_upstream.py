@@ -5,11 +5,12 @@ connection is closed when the router gives up on a request (client gone)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import socket
 import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import httpx
 import pytest
@@ -96,8 +97,14 @@ async def closes_without_answer(reader: asyncio.StreamReader, writer: asyncio.St
     writer.close()
 
 
-def client(transport: str, read_timeout_s: float = 30.0) -> UpstreamClient:
-    return make_upstream_client(transport, connect_timeout_s=1.0, read_timeout_s=read_timeout_s)
+@contextlib.asynccontextmanager
+async def client(transport: str, read_timeout_s: float = 30.0) -> AsyncIterator[UpstreamClient]:
+    """An upstream client of `transport`, closed afterwards."""
+    upstream = make_upstream_client(transport, connect_timeout_s=1.0, read_timeout_s=read_timeout_s)
+    try:
+        yield upstream
+    finally:
+        await upstream.aclose()
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
@@ -105,93 +112,70 @@ async def test_connection_refused_is_a_connect_error(transport: str) -> None:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    upstream = client(transport)
-    try:
+    async with client(transport) as upstream:
         with pytest.raises(UpstreamError) as info:
             await upstream.send("POST", f"http://127.0.0.1:{port}/v1/x", {}, b"{}", False)
         assert type(info.value) is UpstreamError
-    finally:
-        await upstream.aclose()
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
 async def test_closed_without_answer_is_a_connect_error(transport: str) -> None:
-    async with RawServer(closes_without_answer) as server:
-        upstream = client(transport)
-        try:
-            with pytest.raises(UpstreamError) as info:
-                await upstream.send("POST", server.url + "/v1/x", {}, b"{}", False)
-            assert type(info.value) is UpstreamError
-        finally:
-            await upstream.aclose()
+    async with RawServer(closes_without_answer) as server, client(transport) as upstream:
+        with pytest.raises(UpstreamError) as info:
+            await upstream.send("POST", server.url + "/v1/x", {}, b"{}", False)
+        assert type(info.value) is UpstreamError
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
 async def test_no_answer_within_the_read_timeout_is_a_timeout(transport: str) -> None:
-    async with RawServer(never_answers) as server:
-        upstream = client(transport, read_timeout_s=0.5)
-        try:
-            started = time.monotonic()
-            with pytest.raises(UpstreamError) as info:
-                await upstream.send("POST", server.url + "/v1/x", {}, b"{}", False)
-            assert isinstance(info.value, UpstreamTimeout)
-            assert 0.4 < time.monotonic() - started < 5
-        finally:
-            await upstream.aclose()
+    async with RawServer(never_answers) as server, client(transport, read_timeout_s=0.5) as upstream:
+        started = time.monotonic()
+        with pytest.raises(UpstreamError) as info:
+            await upstream.send("POST", server.url + "/v1/x", {}, b"{}", False)
+        assert isinstance(info.value, UpstreamTimeout)
+        assert 0.4 < time.monotonic() - started < 5
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
 async def test_a_body_that_stops_coming_is_a_timeout(transport: str) -> None:
-    async with RawServer(head_then_stall) as server:
-        upstream = client(transport, read_timeout_s=0.5)
-        try:
-            with pytest.raises(UpstreamError) as info:
-                response = await upstream.send("POST", server.url + "/v1/x", {}, b"{}", False)
-                await response.read()
-            assert isinstance(info.value, UpstreamTimeout)
-        finally:
-            await upstream.aclose()
+    async with RawServer(head_then_stall) as server, client(transport, read_timeout_s=0.5) as upstream:
+        with pytest.raises(UpstreamError) as info:
+            response = await upstream.send("POST", server.url + "/v1/x", {}, b"{}", False)
+            await response.read()
+        assert isinstance(info.value, UpstreamTimeout)
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
 async def test_stream_head_comes_before_the_first_event_and_close_drops_the_connection(transport: str) -> None:
-    async with RawServer(sse_then_wait) as server:
-        upstream = client(transport)
-        try:
-            started = time.monotonic()
-            response = await upstream.send("POST", server.url + "/v1/x", {}, b"{}", True)
-            assert time.monotonic() - started < 0.25  # not held back until the first event arrives
-            assert response.status == 200 and response.headers.get("content-type") == "text/event-stream"
-            chunks = response.iter_chunks()
-            assert await anext(chunks) == b"data: first\n\n"
-            await response.close()
-            await asyncio.wait_for(server.closed.wait(), 2)
-        finally:
-            await upstream.aclose()
+    async with RawServer(sse_then_wait) as server, client(transport) as upstream:
+        started = time.monotonic()
+        response = await upstream.send("POST", server.url + "/v1/x", {}, b"{}", True)
+        assert time.monotonic() - started < 0.25  # not held back until the first event arrives
+        assert response.status == 200 and response.headers.get("content-type") == "text/event-stream"
+        chunks = response.iter_chunks()
+        assert await anext(chunks) == b"data: first\n\n"
+        await response.close()
+        await asyncio.wait_for(server.closed.wait(), 2)
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
 async def test_cancelled_stream_read_drops_the_connection(transport: str) -> None:
-    async with RawServer(sse_then_wait) as server:
-        upstream = client(transport)
-        try:
-            response = await upstream.send("POST", server.url + "/v1/x", {}, b"{}", True)
+    async with RawServer(sse_then_wait) as server, client(transport) as upstream:
+        response = await upstream.send("POST", server.url + "/v1/x", {}, b"{}", True)
 
-            async def relay() -> None:
-                try:
-                    async for _ in response.iter_chunks():
-                        pass
-                finally:
-                    await response.close()
+        async def relay() -> None:
+            try:
+                async for _ in response.iter_chunks():
+                    pass
+            finally:
+                await response.close()
 
-            task = asyncio.create_task(relay())
-            await asyncio.sleep(0.5)  # after the first event, waiting for more
-            task.cancel()
-            with pytest.raises(asyncio.CancelledError):
-                await task
-            await asyncio.wait_for(server.closed.wait(), 2)
-        finally:
-            await upstream.aclose()
+        task = asyncio.create_task(relay())
+        await asyncio.sleep(0.5)  # after the first event, waiting for more
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await asyncio.wait_for(server.closed.wait(), 2)
 
 
 @pytest.mark.parametrize(
@@ -210,17 +194,13 @@ async def test_cancelled_stream_read_drops_the_connection(transport: str) -> Non
     ],
 )
 async def test_cancel_while_waiting_for_the_answer_drops_the_connection(transport: str) -> None:
-    async with RawServer(never_answers) as server:
-        upstream = client(transport)
-        try:
-            task = asyncio.create_task(upstream.send("POST", server.url + "/v1/x", {}, b"{}", False))
-            await asyncio.sleep(0.3)
-            task.cancel()
-            with pytest.raises(asyncio.CancelledError):
-                await task
-            await asyncio.wait_for(server.closed.wait(), 2)
-        finally:
-            await upstream.aclose()
+    async with RawServer(never_answers) as server, client(transport) as upstream:
+        task = asyncio.create_task(upstream.send("POST", server.url + "/v1/x", {}, b"{}", False))
+        await asyncio.sleep(0.3)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await asyncio.wait_for(server.closed.wait(), 2)
 
 
 # --- the router: a client that goes away cancels the upstream request -----------------------------
@@ -300,15 +280,11 @@ async def test_cookies_an_upstream_sets_are_not_sent_back(transport: str) -> Non
             )
             await writer.drain()
 
-    async with RawServer(sets_a_cookie) as server:
-        upstream = client(transport)
-        try:
-            for _ in range(2):
-                # a host name: aiohttp's jar keeps no cookies of a bare IP address
-                url = server.url.replace("127.0.0.1", "localhost") + "/v1/x"
-                response = await upstream.send("POST", url, {}, b"{}", False)
-                assert await response.read() == b"{}"
-        finally:
-            await upstream.aclose()
+    async with RawServer(sets_a_cookie) as server, client(transport) as upstream:
+        for _ in range(2):
+            # a host name: aiohttp's jar keeps no cookies of a bare IP address
+            url = server.url.replace("127.0.0.1", "localhost") + "/v1/x"
+            response = await upstream.send("POST", url, {}, b"{}", False)
+            assert await response.read() == b"{}"
     assert len(heads) == 2
     assert b"cookie" not in heads[1].lower().replace(b"set-cookie", b""), heads[1]
