@@ -269,12 +269,27 @@ def decode_bucket(entries: dict[bytes, bytes]) -> Bucket:
     return bucket
 
 
-class UsageTicker:
-    """Per-second usage buckets of this process (shared through Redis when given) and tick fan-out."""
+class Clock:
+    """The ticker's time: epoch seconds, and a sleep until a given one. Tests swap in a faster one."""
 
-    def __init__(self, redis: Any | None = None, prefix: str = "llm-router") -> None:
+    def time(self) -> float:
+        return time.time()
+
+    async def sleep_until(self, at: float) -> None:
+        await asyncio.sleep(max(0.0, at - self.time()))
+
+
+class UsageTicker:
+    """Per-second usage buckets of this process (shared through Redis when given) and tick fan-out.
+
+    Every second it counts (the buckets, the ticks' ends, the waits) is one of `clock`, read anew
+    on each use: a running ticker can be given another clock that continues from the current time.
+    """
+
+    def __init__(self, redis: Any | None = None, prefix: str = "llm-router", clock: Clock | None = None) -> None:
         self.redis = redis
         self.prefix = prefix
+        self.clock = clock if clock is not None else Clock()
         self._open: dict[int, Bucket] = {}  # second -> this process's bucket
         self._closed: dict[int, Bucket] = {}  # second -> final numbers (last MAX_INTERVAL_S)
         self._mailboxes: set[TickMailbox] = set()
@@ -286,7 +301,7 @@ class UsageTicker:
 
     def add(self, record: RequestRecord) -> None:
         """A finished request: one dict update in this second's bucket."""
-        second = int(time.time())
+        second = int(self.clock.time())
         bucket = self._open.get(second)
         if bucket is None:
             bucket = self._open[second] = {}
@@ -318,12 +333,12 @@ class UsageTicker:
                 await self._task
 
     async def _run(self) -> None:
-        last = int(time.time()) - 1  # the last closed second
+        last = int(self.clock.time()) - 1  # the last closed second
         while True:
             second = last + 1
-            await asyncio.sleep(max(0.0, second + 1 + FLUSH_DELAY_S - time.time()))
-            if int(time.time()) - second > MAX_INTERVAL_S:  # the loop was blocked for long: no backlog
-                second = int(time.time()) - 1
+            await self.clock.sleep_until(second + 1 + FLUSH_DELAY_S)
+            if int(self.clock.time()) - second > MAX_INTERVAL_S:  # the loop was blocked for long: no backlog
+                second = int(self.clock.time()) - 1
             try:
                 await self._close_second(second)
             except Exception:
@@ -342,7 +357,7 @@ class UsageTicker:
                             getattr(pipe, command)(key, field, value)
                         pipe.expire(key, BUCKET_TTL_S)
                         await pipe.execute()
-                await asyncio.sleep(max(0.0, second + 1 + TICK_GRACE_S - time.time()))
+                await self.clock.sleep_until(second + 1 + TICK_GRACE_S)
                 numbers = decode_bucket(await self.redis.hgetall(key))
                 if self._redis_failed:
                     self._redis_failed = False

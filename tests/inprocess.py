@@ -130,6 +130,11 @@ class RouterThread(RouterProcess):
     def running(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
 
+    @property
+    def app(self) -> Any:
+        """The running app (its `state.runtime` included); None when stopped."""
+        return self._server.config.app if self._server is not None else None
+
     def start(self, timeout: float = 30.0, extra_args: list[str] | None = None) -> RouterThread:
         if extra_args or not self.bind_loopback:
             raise ValueError("command-line flags and other addresses need a real process: router_factory(process=True)")

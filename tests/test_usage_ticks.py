@@ -9,12 +9,14 @@ import asyncio
 import contextlib
 import itertools
 import math
+import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import httpx
 import openai
 import pytest
 from websockets.exceptions import ConnectionClosed
@@ -22,14 +24,36 @@ from websockets.exceptions import ConnectionClosed
 from router import live
 from router.usage import RequestRecord
 from tests.conftest import RouterProcess, require_redis, write_config
-from tests.test_graphql_api import GqlEnv, start_env, stop_env
-from tests.test_graphql_subscriptions import V1, StuckClient, Subscriber, new_user, open_subscription
+from tests.inprocess import RouterThread
+from tests.test_graphql_api import CREATE_BACKEND, GqlEnv, start_env, stop_env
+from tests.test_graphql_subscriptions import V1, StuckClient, Subscriber, agql, new_user, open_subscription
 
 TICK_FIELDS = (
     "at intervalS skipped rows { userId userName backendName model requests errors promptTokens "
     "completionTokens totalTokens cachedTokens reasoningTokens costUsd avgLatencyMs p50LatencyMs p95LatencyMs }"
 )
 FAT_ALIASES = 20_000  # `at` this many times: ~0.8 MB per tick, so a client that does not read stalls the router's sends
+
+
+class FastClock(live.Clock):
+    """Seconds `speed` times shorter than real ones, continuing from the wall clock's time when made.
+
+    The module's router counts its usage seconds with it: whole seconds, aligned intervals and
+    skipped counts are the same as on the wall clock, only sooner (the ticks' `at` runs ahead).
+    """
+
+    def __init__(self, speed: float) -> None:
+        self.speed = speed
+        self.origin = time.time()
+
+    def time(self) -> float:
+        return self.origin + (time.time() - self.origin) * self.speed
+
+    async def sleep_until(self, at: float) -> None:
+        await asyncio.sleep(max(0.0, (at - self.time()) / self.speed))
+
+
+TICK_SPEED = 5  # the module router's usage seconds last 0.2 s
 
 
 @pytest.fixture(scope="module")
@@ -41,8 +65,15 @@ def genv(tmp_path_factory) -> Iterator[GqlEnv]:
             "GRAPHQL_MAX_TOKENS": str(4 * FAT_ALIASES),
             "GRAPHQL_MAX_QUERY_KB": "1024",
             "GRAPHQL_MAX_COST": str(4 * FAT_ALIASES),
+            # backendHealthChanged: one failure marks a backend down, 1 s later a request may probe it
+            "HEALTH_FAILURE_THRESHOLD": "1",
+            "HEALTH_COOLDOWN_S": "1",
+            "HEALTH_CHECK_INTERVAL_S": "0",
         },
+        in_thread=True,
     )
+    if isinstance(gql_env.router, RouterThread):  # else (the other dialect's run) a process, on the wall clock
+        gql_env.router.app.state.runtime.ticker.clock = FastClock(TICK_SPEED)
     yield gql_env
     stop_env(gql_env, databases)
 
@@ -72,6 +103,17 @@ async def next_tick(sub: Subscriber, timeout: float = 10.0) -> dict[str, Any]:
     assert not message["payload"].get("errors"), message
     tick: dict[str, Any] = message["payload"]["data"]["usageTicks"]
     return tick
+
+
+async def tick_subscribers(router: RouterProcess, count: int, timeout: float = 20.0) -> None:
+    """Until the router's ticker has `count` subscribers (at once on a router in another process)."""
+    if not isinstance(router, RouterThread):
+        return
+    ticker = router.app.state.runtime.ticker
+    deadline = time.monotonic() + timeout
+    while ticker.subscriber_count < count:
+        assert time.monotonic() < deadline, f"{ticker.subscriber_count} usageTicks subscribers, not {count}"
+        await asyncio.sleep(0.02)
 
 
 def epoch(at: str) -> float:
@@ -313,6 +355,7 @@ async def test_a_stuck_subscriber_gets_the_newest_tick_with_the_skipped_count(ro
         assert (await asyncio.to_thread(stuck.read))["type"] == "connection_ack"
         query = f"subscription {{ usageTicks {{ at skipped {fat} }} }}"
         stuck.send({"id": "1", "type": "subscribe", "payload": {"query": query}})
+        await tick_subscribers(router, 1)  # its document (20,000 aliases) is parsed and validated
         healthy = await tick_subscription(router, fields="at skipped")
         try:
             seen = [await next_tick(healthy) for _ in range(12)]  # 12 s during which the stuck one reads nothing
@@ -449,16 +492,27 @@ async def test_request_logged_refuses_a_max_per_second_out_of_range(router, cap)
 # --- backendHealthChanged ---------------------------------------------------------------------
 
 
-async def test_backend_health_changed_reports_down_with_the_reason_and_up_again(
-    tmp_path, upstream_factory, router_factory
-):
+async def served(router: RouterProcess, key: str, model: str, timeout: float = 15.0) -> None:
+    """Until the router lists `model` to `key` (new backends' models are fetched in the background)."""
+    deadline = time.monotonic() + timeout
+    async with httpx.AsyncClient(timeout=10) as http:
+        while True:
+            response = await http.get(f"{router.v1}/models", headers={"Authorization": f"Bearer {key}"})
+            if response.status_code == 200 and any(m["id"] == model for m in response.json()["data"]):
+                return
+            assert time.monotonic() < deadline, f"{model} not served to the new key: {response.text[:300]}"
+            await asyncio.sleep(0.05)
+
+
+async def test_backend_health_changed_reports_down_with_the_reason_and_up_again(router, upstream_factory):
+    """On the module's router (HEALTH_* as this test needs them): two more backends, a user of only those."""
     bad = upstream_factory(name="bad", models=["test-model"])
     good = upstream_factory(name="good", models=["test-model"])
-    env = {"HEALTH_FAILURE_THRESHOLD": "1", "HEALTH_COOLDOWN_S": "1", "HEALTH_CHECK_INTERVAL_S": "0"}
-    config = write_config(tmp_path / "config.yaml", {"bad": {"url": bad.base_url}, "good": {"url": good.base_url}})
-    router = router_factory(env, config)
+    for name, upstream in (("bad", bad), ("good", good)):
+        await agql(router, CREATE_BACKEND, {"i": {"name": name, "baseUrl": upstream.base_url}})
+    _user, key = await new_user(router, "bad", "good")
+    await served(router, key, "test-model")
     try:
-        key = router.add_user("hal")
         sub = await Subscriber.connect(router)
         await sub.acknowledged()
         await sub.subscribe("subscription { backendHealthChanged { backendId backendName healthy reason at } }")
@@ -484,4 +538,4 @@ async def test_backend_health_changed_reports_down_with_the_reason_and_up_again(
             assert up is not None and (up["backendId"], up["healthy"], up["reason"]) == (down["backendId"], True, None)
         await sub.close()
     finally:
-        router.stop()
+        bad.fail_status = None
