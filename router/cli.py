@@ -142,13 +142,35 @@ def main(argv: list[str] | None = None) -> None:
 def serve(settings: Settings, args: argparse.Namespace) -> None:
     from router.logging_setup import setup_logging
 
+    settings = serve_settings(settings, args)
+    setup_logging(settings)
+    settings = start_up(settings, args.prune)
+    if not settings.config_file:  # migrations and the stored keys' check (SECRETS_KEY) fail here, not in every worker
+        asyncio.run(_with_db(settings, _nothing))
+    warn_if_accounts_off(settings)
+    if settings.server == "uvicorn":
+        run_uvicorn(settings)
+    else:
+        run_granian(settings)
+
+
+def serve_settings(settings: Settings, args: argparse.Namespace) -> Settings:
+    """`serve`'s flags over the settings; with accounts off and no host set, 127.0.0.1 only."""
     overrides: dict[str, Any] = {"port": args.port, "workers": args.workers, "config_file": args.config}
     if args.host:
         overrides.update(host=args.host, host_explicit=True)
     settings = settings.with_overrides(**overrides)
     if not settings.enable_account_management and not settings.host_explicit:
         settings = settings.with_overrides(host="127.0.0.1")
-    setup_logging(settings)
+    return settings
+
+
+def start_up(settings: Settings, prune: bool, environ: dict[str, str] | None = None) -> Settings:
+    """`serve`'s start-up once logging is set up: say which databases it uses, keep a session secret in
+    the data directory and sync `--config` (its migrations run there). Returns the settings the workers
+    run with. `environ`: where config.yaml's `${VAR}`s come from (the process environment by default;
+    tests/inprocess.py runs this, and `warn_if_accounts_off`, in a thread before its app starts).
+    """
     check_workers(settings)
     log.info("core database: %s", describe_database(settings.core_db_url))
     log.info("analytics database: %s", describe_database(settings.analytics_db_url))
@@ -158,10 +180,10 @@ def serve(settings: Settings, args: argparse.Namespace) -> None:
         except (OSError, ValueError) as exc:
             raise ConfigError(f"ADMIN_SESSION_SECRET is unset and the data directory cannot keep one: {exc}") from None
     if settings.config_file:
-        config = load_config_file(settings.config_file)  # fails before anything starts
+        config = load_config_file(settings.config_file, environ)  # fails before anything starts
 
         async def sync(service: AdminService) -> list[tuple[int, str]]:
-            changes = await service.sync_backends(config, args.prune)
+            changes = await service.sync_backends(config, prune)
             if config.prices:  # after the servers: a price may name one
                 await service.sync_prices(config.prices, skip_backends={d.name for d in config.disabled})
             return changes
@@ -182,10 +204,12 @@ def serve(settings: Settings, args: argparse.Namespace) -> None:
             len(config.prices),
             len(changes),
         )
-    elif args.prune:
+    elif prune:
         raise ConfigError("--prune needs --config (or CONFIG_FILE)")
-    else:  # migrations and the stored keys' check (SECRETS_KEY) fail here, not in every worker
-        asyncio.run(_with_db(settings, _nothing))
+    return settings
+
+
+def warn_if_accounts_off(settings: Settings) -> None:
     if not settings.enable_account_management:
         log.warning(
             "ACCOUNTS ARE OFF (ENABLE_ACCOUNT_MANAGEMENT=false): /v1 needs no key and anyone who can reach "
@@ -194,10 +218,6 @@ def serve(settings: Settings, args: argparse.Namespace) -> None:
             settings.port,
             "" if settings.host_explicit else " Listening on 127.0.0.1 only; set SERVER_HOST/--host to change.",
         )
-    if settings.server == "uvicorn":
-        run_uvicorn(settings)
-    else:
-        run_granian(settings)
 
 
 async def _nothing(service: AdminService) -> None:

@@ -4,8 +4,9 @@
 - `RouterThread`: the app under uvicorn on a loopback port, from a thread; what `router_factory`
   gives by default (SDKs, WebSockets, streams and client disconnects need a real socket).
 
-Subprocesses (`RouterProcess`) remain for signals, `--workers`, `serve`'s own start-up, granian,
-real CLI clients and fan-out across processes (Redis/PostgreSQL).
+Subprocesses (`RouterProcess`) remain for signals, `--workers`, what a `serve` process does before
+its Python code runs or after it exits, granian, real CLI clients and fan-out across processes
+(Redis/PostgreSQL). `RouterThread` runs `serve`'s start-up (`router.cli.start_up`) itself.
 """
 
 from __future__ import annotations
@@ -27,13 +28,11 @@ import uvloop
 from asgi_lifespan import LifespanManager
 
 from router.app import create_app
-from router.cli import _with_db as with_db  # `serve`'s own helper: init, act, announce, close
+from router.cli import build_parser, serve_settings, start_up, warn_if_accounts_off
 from router.config import Settings, load_config_file, load_settings
-from router.datadir import session_secret
 from router.logging_setup import JsonFormatter, TextFormatter
 from router.models.core import User
 from router.server_limits import limited_httptools_protocol
-from router.services import AdminService
 from tests.conftest import (
     ADMIN_PASSWORD,
     RouterProcess,
@@ -112,9 +111,10 @@ class RouterThread(RouterProcess):
 
     A drop-in for `RouterProcess` (same URL, CLI, log file and database helpers) without a Python
     start-up per router: for tests that need a real socket (SDKs, WebSockets, streams, client
-    disconnects) but nothing of a process (signals, `--workers`, `serve`'s own start-up, granian).
-    `config` is synced before the app starts, as `serve --config` does. One at a time per process:
-    Tortoise keeps one global connection context.
+    disconnects) but nothing of a process (signals, `--workers`, granian, a real `serve` command line).
+    Before the app starts it runs `serve`'s own start-up (`router.cli.start_up`: session secret,
+    config sync; `warn_if_accounts_off`), so its log says what serve's would. One at a time per process: Tortoise
+    keeps one global connection context.
     """
 
     active: ClassVar[RouterThread | None] = None
@@ -136,22 +136,29 @@ class RouterThread(RouterProcess):
         return self._server.config.app if self._server is not None else None
 
     def start(self, timeout: float = 30.0, extra_args: list[str] | None = None) -> RouterThread:
-        if extra_args or not self.bind_loopback:
-            raise ValueError("command-line flags and other addresses need a real process: router_factory(process=True)")
+        """`serve` as its command line says (`--host 127.0.0.1` unless `bind_loopback` is off, `--config`,
+        `extra_args` such as `--prune`): its own flags, settings and start-up (`router.cli.start_up`: the
+        session secret, config sync), then the app under uvicorn in a thread."""
+        argv = ["serve", "--port", str(self.port)]
+        if self.bind_loopback:
+            argv += ["--host", "127.0.0.1"]
+        if self.config:
+            argv += ["--config", str(self.config)]
+        args = build_parser().parse_args([*argv, *(extra_args or [])])
+        if args.workers not in (None, 1):
+            raise ValueError("--workers needs a real process: router_factory(process=True)")
         if RouterThread.active is not None:
             raise RuntimeError("another in-process router is running: start this one with process=True")
         if not in_process_dialect(self.env):
             raise RuntimeError(f"its databases are not {process_dialect()} (one SQL dialect per test process)")
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        settings = load_settings(self.env, dotenv=False).with_overrides(
-            host="127.0.0.1", port=self.port, server="uvicorn", config_file=str(self.config) if self.config else None
-        )
-        if settings.admin_password and not settings.admin_session_secret:
-            settings = settings.with_overrides(admin_session_secret=session_secret(settings.data_dir))
+        settings = serve_settings(load_settings(self.env, dotenv=False), args).with_overrides(server="uvicorn")
         self._capture_logs(settings)
         RouterThread.active = self
         self._failure = None
-        self._thread = threading.Thread(target=self._run, args=(settings,), name=f"router-{self.port}", daemon=True)
+        self._thread = threading.Thread(
+            target=self._run, args=(settings, args.prune), name=f"router-{self.port}", daemon=True
+        )
         self._thread.start()
         deadline = time.monotonic() + timeout
         while not (self._server is not None and self._server.started):
@@ -199,10 +206,8 @@ class RouterThread(RouterProcess):
             ("router", "tortoise", "uvicorn")
         )
 
-    def _run(self, settings: Settings) -> None:
-        async def serve() -> None:
-            if settings.config_file:
-                await _sync_config(settings, self.env)
+    def _run(self, settings: Settings, prune: bool) -> None:
+        async def serve(settings: Settings) -> None:
             config = uvicorn.Config(
                 create_app(settings),
                 host=settings.host,
@@ -218,8 +223,10 @@ class RouterThread(RouterProcess):
             await self._server.serve()
 
         try:
+            settings = start_up(settings, prune, self.env)  # the migrations without --config: in the app's lifespan
+            warn_if_accounts_off(settings)
             with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-                runner.run(serve())
+                runner.run(serve(settings))
         except BaseException as exc:  # reported by start() and stop()
             self._failure = exc
             logging.getLogger("router").exception("in-process router failed")
@@ -247,16 +254,3 @@ class _Server(uvicorn.Server):
         if self._loop is not None and self._wake is not None:
             with contextlib.suppress(RuntimeError):  # the loop has closed: the server is gone already
                 self._loop.call_soon_threadsafe(self._wake.set)
-
-
-async def _sync_config(settings: Settings, environ: dict[str, str]) -> None:
-    """`serve --config`'s sync of config.yaml's servers and prices, before the app starts."""
-    assert settings.config_file
-    config = load_config_file(settings.config_file, environ)
-
-    async def sync(service: AdminService) -> None:
-        await service.sync_backends(config, False)
-        if config.prices:
-            await service.sync_prices(config.prices, skip_backends={d.name for d in config.disabled})
-
-    await with_db(settings, sync)

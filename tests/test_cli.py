@@ -14,6 +14,12 @@ from tests.inprocess import RouterThread
 from tests.upstream import free_port
 
 
+def serving(data_dir, env: dict[str, str], config=None) -> RouterProcess:
+    """A router on `data_dir` (not started): in this process where its SQLite may be, running `serve`'s own
+    start-up (router.cli.start_up: flags, config sync, session secret); else `python -m router serve`."""
+    return (RouterThread if in_process_dialect(env) else RouterProcess)(data_dir, env, config)
+
+
 @pytest.fixture
 def cli(tmp_path, upstream):
     """A router data directory with backends alpha and beta synced (the router is not running)."""
@@ -21,8 +27,7 @@ def cli(tmp_path, upstream):
         tmp_path / "c.yaml",
         {"alpha": {"url": upstream.base_url, "api_key": "upstream-secret"}, "beta": {"url": upstream.base_url}},
     )
-    # In this process where its SQLite may be (serve's start-up is tested below).
-    router = (RouterThread if in_process_dialect({}) else RouterProcess)(tmp_path / "data", {}, config)
+    router = serving(tmp_path / "data", {}, config)
     router.start()
     router.stop()
     return router
@@ -101,7 +106,7 @@ def test_config_sync_prune_and_unset_variables(tmp_path, upstream):
         tmp_path / "c.yaml",
         {"alpha": {"url": upstream.base_url}, "beta": {"url": upstream.base_url}, "gamma": {"url": dead}},
     )
-    router = RouterProcess(tmp_path / "data", {}, first)
+    router = serving(tmp_path / "data", {}, first)
     router.start()
     router.stop()
     log = router.log()
@@ -112,13 +117,13 @@ def test_config_sync_prune_and_unset_variables(tmp_path, upstream):
     second = write_config(
         tmp_path / "c.yaml", {"alpha": {"url": upstream.base_url, "api_key": "${ALPHA_KEY}"}, "gamma": {"url": dead}}
     )
-    router = RouterProcess(tmp_path / "data", {}, second)
+    router = serving(tmp_path / "data", {}, second)
     router.start()
     router.stop()
     assert "backend alpha: deactivated: servers.alpha.api_key: ${ALPHA_KEY} not set in the environment" in router.log()
     assert active_backends(router) == {"beta", "gamma"}
 
-    router = RouterProcess(tmp_path / "data", {"ALPHA_KEY": "k"}, second)
+    router = serving(tmp_path / "data", {"ALPHA_KEY": "k"}, second)
     router.start(extra_args=["--prune"])
     router.stop()
     assert "backend beta: deactivated (not in the config file; prune)" in router.log()
@@ -129,7 +134,7 @@ def test_config_sync_prune_and_unset_variables(tmp_path, upstream):
     write_config(tmp_path / "c.yaml", {"gamma": {"url": dead}})
     text = (tmp_path / "c.yaml").read_text()
     (tmp_path / "c.yaml").write_text("prune: true\n" + text)
-    router = RouterProcess(tmp_path / "data", {}, tmp_path / "c.yaml")
+    router = serving(tmp_path / "data", {}, tmp_path / "c.yaml")
     router.start()
     router.stop()
     assert router.log().count("(not in the config file; prune)") == 1  # alpha; beta was already inactive
@@ -175,19 +180,19 @@ def test_data_dir_flag_and_environment_and_the_database_is_named(tmp_path):
 
 def test_admin_sessions_survive_a_restart_without_session_secret(tmp_path):
     env = {"ADMIN_SESSION_SECRET": ""}
-    router = RouterProcess(tmp_path / "data", env).start()
+    router = serving(tmp_path / "data", env).start()
     token = router.gql_ok(f'mutation {{ login(password: "{ADMIN_PASSWORD}") {{ token }} }}')["login"]["token"]
     router.stop()
     secret_file = tmp_path / "data" / "session-secret"
     assert secret_file.stat().st_mode & 0o777 == 0o600
-    router = RouterProcess(tmp_path / "data", env).start()
+    router = serving(tmp_path / "data", env).start()
     try:
         assert "errors" not in router.graphql("{ users { id } }", token=token)
         assert secret_file.read_text().strip() not in router.log()
     finally:
         router.stop()
     # Another data directory, another secret: that session is not valid there.
-    other = RouterProcess(tmp_path / "other", env).start()
+    other = serving(tmp_path / "other", env).start()
     try:
         assert other.graphql("{ users { id } }", token=token)["errors"][0]["extensions"]["code"] == "UNAUTHENTICATED"
     finally:

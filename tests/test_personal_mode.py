@@ -41,8 +41,7 @@ def two_providers(router_factory, upstream_factory, tmp_path):
 
 
 def test_accounts_off_needs_no_key_and_logs_the_local_user(router_factory, two_providers):
-    # serve's start-up warning: a process
-    router = router_factory(config=two_providers, env={"ENABLE_ACCOUNT_MANAGEMENT": "false"}, process=True)
+    router = router_factory(config=two_providers, env={"ENABLE_ACCOUNT_MANAGEMENT": "false"})
     for key in ("anything", "sk-whatever"):
         client = openai.OpenAI(base_url=router.v1, api_key=key, max_retries=0)
         assert client.chat.completions.create(model="a-only", messages=MESSAGES).choices[0].message.content
@@ -59,24 +58,23 @@ def test_accounts_off_binds_loopback_unless_a_host_is_set(router_factory, two_pr
     address = non_loopback_address()
     if address is None:
         pytest.skip("this machine has no non-loopback IPv4 address to test binding with")
-    personal = router_factory(
-        config=two_providers, env={"ENABLE_ACCOUNT_MANAGEMENT": "false"}, start=False, process=True
-    )
+    # `serve` without --host (serve's own start-up decides the address: router.cli.serve_settings), one
+    # router at a time so that each may run in this process.
+    personal = router_factory(config=two_providers, env={"ENABLE_ACCOUNT_MANAGEMENT": "false"}, start=False)
     personal.bind_loopback = False
     personal.start()
     assert not reachable(address, personal.port)
     assert "Listening on 127.0.0.1 only" in personal.log()
+    personal.stop()
 
-    team = router_factory(config=two_providers, start=False, process=True)  # accounts on: the default 0.0.0.0
+    team = router_factory(config=two_providers, start=False)  # accounts on: the default 0.0.0.0
     team.bind_loopback = False
     team.start()
     assert reachable(address, team.port)
+    team.stop()
 
     explicit = router_factory(
-        config=two_providers,
-        env={"ENABLE_ACCOUNT_MANAGEMENT": "false", "SERVER_HOST": "0.0.0.0"},
-        start=False,
-        process=True,
+        config=two_providers, env={"ENABLE_ACCOUNT_MANAGEMENT": "false", "SERVER_HOST": "0.0.0.0"}, start=False
     )
     explicit.bind_loopback = False
     explicit.start()
