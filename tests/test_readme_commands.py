@@ -22,6 +22,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.test_cli import run_cli, serving
 from tests.upstream import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -149,8 +150,8 @@ def run_readme(tmp_path: Path) -> Iterator:
                 if process[3] == "serve":
                     served = Served(process, env, cwd, port)
                     servers.append(served)
-                else:
-                    result = subprocess.run(process, env=env, cwd=cwd, capture_output=True, text=True, timeout=60)
+                else:  # the CLI's `main` in this process where it may run (no Python start-up), else a process
+                    result = run_cli(cwd, env, *process[3:])
                     assert result.returncode == 0, f"{line!r} failed: {result.stderr}"
                     outputs.append(result.stdout)
         assert served is not None, "the README's block does not serve"
@@ -194,13 +195,14 @@ def test_quick_start_runs_as_written(run_readme, tmp_path):
     models = httpx.get(f"{served.url}/v1/models", headers={"Authorization": f"Bearer {alice_key}"})
     assert models.status_code == 200 and models.json()["object"] == "list"
     assert "${OPENAI_API_KEY} not set" in served.log()
-    # Once the key is there, the same file brings the provider in (and its models, from `override`).
+    # Once the key is there, the same file brings the provider in (and its models, from `override`). Not a
+    # README command: `serve`'s start-up in this process where it may run, on the same files.
     served.stop()
-    port = free_port()
-    env = {**fresh_env(port), "ADMIN_PASSWORD": "change-me", "OPENAI_API_KEY": "sk-placeholder"}
-    again = Served([sys.executable, "-m", "router", "serve", "--config", "config.yaml"], env, tmp_path, port)
+    env = {**fresh_env(0), "ADMIN_PASSWORD": "change-me", "OPENAI_API_KEY": "sk-placeholder"}
+    again = serving(tmp_path / "data", env, tmp_path / "config.yaml")
+    again.env = {**env, "DATA_DIR": str(tmp_path / "data"), "SERVER_PORT": str(again.port)}  # no more than that
+    again.start()
     try:
-        again.wait_ready()
         listed = httpx.get(f"{again.url}/v1/models", headers={"Authorization": f"Bearer {alice_key}"}).json()
         assert "gpt-4o-mini" in [m["id"] for m in listed["data"]]
     finally:
