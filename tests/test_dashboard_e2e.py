@@ -46,6 +46,33 @@ CHROMIUM_ARGS = [
     "--disable-sync",
 ]
 FEED_DEADLINE_S = 2.0
+# The Usage page's live hour view subscribes to usageTicks every 5 s (usage.js TICK_S) and folds a
+# tick in only once a first one has anchored it: 5 to 15 s of waiting per check. In these tests
+# its subscriptions ask for 1 s intervals instead (the view folds each tick by the tick's own
+# intervalS, so the same code runs); what the page asked for is kept in `window.__hourTickAsked`.
+HOUR_TICK_S = 5
+ONE_SECOND_HOUR_TICKS = """
+(() => {
+  const send = WebSocket.prototype.send;
+  window.__hourTickAsked = [];
+  WebSocket.prototype.send = function (data) {
+    if (typeof data === "string" && data.includes("subscription UsageLive")) {
+      const message = JSON.parse(data);
+      if (message.type === "subscribe") {
+        window.__hourTickAsked.push(message.payload.variables.s);
+        message.payload.variables.s = 1;
+        data = JSON.stringify(message);
+      }
+    }
+    return send.call(this, data);
+  };
+})();
+"""
+
+
+def hour_ticks_asked(page) -> set[int]:
+    """The intervals the Usage page's hour view asked usageTicks for (before ONE_SECOND_HOUR_TICKS)."""
+    return set(page.evaluate("window.__hourTickAsked"))
 
 
 def _require_browser():
@@ -141,6 +168,7 @@ def browser():
 def page(browser, router_factory):
     router = router_factory()
     context = browser.new_context(viewport={"width": 1280, "height": 860}, base_url=router.url)
+    context.add_init_script(ONE_SECOND_HOUR_TICKS)
     context.grant_permissions(["clipboard-read", "clipboard-write"], origin=router.url)
     pg = context.new_page()
     pg.set_default_timeout(10_000)
@@ -348,6 +376,7 @@ def test_dashboard_end_to_end(page, upstream):
     for _ in range(2):
         client.chat.completions.create(model="test-model", messages=[{"role": "user", "content": "while watching"}])
     wait_until(lambda: float(chart.get_attribute("data-total") or 0) >= before + 2, 15, "the hour view to count 2 more")
+    assert hour_ticks_asked(page) == {HOUR_TICK_S}
     page.click(".segmented button[data-value=MODEL]")
     expect(page.locator(".legend")).to_contain_text("test-model")
     page.click(".segmented button[data-value=USER]")
@@ -439,6 +468,7 @@ def test_live_feed_reconnects_after_router_restart(browser, router_factory, upst
     api_key = router.add_user("reconnecting-user")
     context = browser.new_context(viewport={"width": 1280, "height": 860}, base_url=router.url)
     context.clock.install()  # the pages' clock runs on, and the test jumps the 10 s before "disconnected"
+    context.add_init_script(ONE_SECOND_HOUR_TICKS)
     page = context.new_page()
     page.set_default_timeout(15_000)
     try:
@@ -484,6 +514,7 @@ def test_live_feed_reconnects_after_router_restart(browser, router_factory, upst
         assert page.locator("#live-requests .readout").text_content() != "0 req/s"
         # the Usage hour counts it too, without a refresh (re-anchored after the reconnect, then ticks)
         wait_until(lambda: float(usage_requests.get_attribute("data-total") or 0) >= 1, 20, "the hour to count it")
+        assert hour_ticks_asked(usage) == {HOUR_TICK_S}
     finally:
         context.close()
 
