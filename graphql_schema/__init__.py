@@ -160,16 +160,17 @@ async def _body_over(conn: Request | WebSocket, limit: int) -> bool:
     return isinstance(conn, Request) and conn.method == "POST" and len(await conn.body()) > limit
 
 
-SESSION_RECHECK_S = 5.0  # how soon an open WebSocket notices that its session was logged out
 _WATCH_KEY = "llm_router.session_watch"
 
 
 async def _end_with_session(context: AdminContext, expiry: float) -> None:
-    """Closes a WebSocket (4401) when its session token expires or is logged out."""
+    """Closes a WebSocket (4401) when its session token expires, or within ADMIN_SESSION_RECHECK_S once
+    it is logged out."""
     token = context.token
     assert token is not None
+    recheck_s = context.settings.admin_session_recheck_s
     while True:
-        await asyncio.sleep(max(0.0, min(expiry - time.time(), SESSION_RECHECK_S)))
+        await asyncio.sleep(max(0.0, min(expiry - time.time(), recheck_s)))
         if time.time() >= expiry:
             reason = "The admin session has expired: log in again."
         elif await context.security.revocations.is_revoked(token):

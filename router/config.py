@@ -68,6 +68,7 @@ class Settings:
 
     admin_password: str | None = None
     admin_session_ttl_s: float = 12 * 3600
+    admin_session_recheck_s: float = 5.0  # how soon an open admin WebSocket notices a logout
     admin_session_secret: str | None = None
     cors_origins: list[str] = field(default_factory=list)
     graphql_max_depth: int = 10
@@ -172,6 +173,7 @@ _ENV: dict[str, tuple[str, Any]] = {
     "SUBSCRIBER_QUEUE_SIZE": ("subscriber_queue_size", int),
     "ADMIN_PASSWORD": ("admin_password", str),
     "ADMIN_SESSION_TTL_S": ("admin_session_ttl_s", float),
+    "ADMIN_SESSION_RECHECK_S": ("admin_session_recheck_s", float),
     "ADMIN_SESSION_SECRET": ("admin_session_secret", str),
     "CORS_ORIGINS": ("cors_origins", _env_list),
     "GRAPHQL_MAX_DEPTH": ("graphql_max_depth", int),
@@ -299,6 +301,8 @@ def validate_settings(settings: Settings) -> None:
             raise ConfigError(f"setting {f.name}: must not be negative")
     if settings.client_header_timeout_s <= 0 or settings.client_body_timeout_s <= 0:
         raise ConfigError("CLIENT_HEADER_TIMEOUT_S and CLIENT_BODY_TIMEOUT_S must be positive")
+    if settings.admin_session_recheck_s <= 0:
+        raise ConfigError("environment variable ADMIN_SESSION_RECHECK_S: must be positive")
     if settings.max_attempts < 1:
         raise ConfigError("environment variable MAX_ATTEMPTS: must be at least 1")
     try:

@@ -24,6 +24,7 @@ from websockets.exceptions import ConnectionClosed
 from graphql_schema.limits import count_aliases
 from router.auth import AdminTokens
 from router.bodies import MAX_JSON_DEPTH, TooDeep, check_json_depth, loads_limited
+from router.config import ConfigError, load_settings
 from tests.conftest import ADMIN_PASSWORD, RouterProcess, require_redis
 from tests.test_graphql_api import GqlEnv, fails, gql, ok, start_env, stop_env, unique
 
@@ -34,7 +35,12 @@ LOGIN = "mutation($p: String!) { login(password: $p) { token expiresAt } }"
 def genv(tmp_path_factory) -> Iterator[GqlEnv]:
     gql_env, databases = start_env(
         tmp_path_factory.mktemp("hardening-graphql"),
-        {"METRICS_TOKEN": "metrics-secret", "ADMIN_SESSION_TTL_S": "4", "LOG_LEVEL": "WARNING"},
+        {
+            "METRICS_TOKEN": "metrics-secret",
+            "ADMIN_SESSION_TTL_S": "2",  # whole seconds: a token expires 1 to 2 s after its login
+            "ADMIN_SESSION_RECHECK_S": "0.1",
+            "LOG_LEVEL": "WARNING",
+        },
     )
     yield gql_env
     stop_env(gql_env, databases)
@@ -338,7 +344,7 @@ def test_logout_revokes_a_session_at_once(router):
 
 
 async def test_a_websocket_ends_when_its_session_expires(router):
-    token = ok(router, LOGIN, {"p": ADMIN_PASSWORD}, token=None)["login"]["token"]  # ADMIN_SESSION_TTL_S=4
+    token = ok(router, LOGIN, {"p": ADMIN_PASSWORD}, token=None)["login"]["token"]  # ADMIN_SESSION_TTL_S=2
     started = time.monotonic()
     async with connect(f"ws://127.0.0.1:{router.port}/graphql", subprotocols=["graphql-transport-ws"]) as ws:
         await ws.send(json.dumps({"type": "connection_init", "payload": {"Authorization": f"Bearer {token}"}}))
@@ -349,6 +355,7 @@ async def test_a_websocket_ends_when_its_session_expires(router):
             while True:
                 await asyncio.wait_for(ws.recv(), 15)
     assert closed.value.rcvd is not None and closed.value.rcvd.code == 4401
+    assert "expired" in closed.value.rcvd.reason
     assert time.monotonic() - started < 10
 
 
@@ -361,6 +368,15 @@ async def test_a_websocket_ends_when_its_session_is_logged_out(router):
         with pytest.raises(ConnectionClosed) as closed:
             await asyncio.wait_for(ws.recv(), 15)
     assert closed.value.rcvd is not None and closed.value.rcvd.code == 4401
+    assert "logged out" in closed.value.rcvd.reason  # noticed by a recheck (ADMIN_SESSION_RECHECK_S), not the expiry
+
+
+def test_the_session_recheck_period_is_a_positive_setting():
+    assert load_settings({}, dotenv=False).admin_session_recheck_s == 5.0
+    assert load_settings({"ADMIN_SESSION_RECHECK_S": "0.1"}, dotenv=False).admin_session_recheck_s == 0.1
+    for bad in ("0", "-1"):
+        with pytest.raises(ConfigError, match=r"ADMIN_SESSION_RECHECK_S|admin_session_recheck_s"):
+            load_settings({"ADMIN_SESSION_RECHECK_S": bad}, dotenv=False)
 
 
 def test_metrics_token(router):
