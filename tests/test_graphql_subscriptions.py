@@ -40,7 +40,7 @@ def genv(tmp_path_factory) -> Iterator[GqlEnv]:
         tmp_path_factory.mktemp("graphql-ws"),
         {
             "SUBSCRIBER_QUEUE_SIZE": str(QUEUE_SIZE),
-            "LOG_FLUSH_INTERVAL_S": "0.05",
+            "LOG_FLUSH_INTERVAL_S": "0.005",
             # The stuck-subscriber tests fatten each message with 5,000 aliases: allow that here.
             "GRAPHQL_MAX_ALIASES": "10000",
             "GRAPHQL_MAX_TOKENS": "50000",
