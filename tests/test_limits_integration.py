@@ -56,17 +56,23 @@ def chat(router, key: str | None = None, **body) -> httpx.Response:
     )
 
 
-def start_slow_router(router_factory, upstream_factory, tmp_path, chunks: int = 3):
-    upstream = upstream_factory(name="alpha", models=["test-model"], stream_delay_s=0.3, stream_chunks=chunks)
+def start_slow_router(router_factory, upstream_factory, tmp_path, chunks: int = 3, delay_s: float = 0.0):
+    """A router whose backend holds every stream after its first chunk until `router.upstream.release_streams()`,
+    then sends `chunks` chunks `delay_s` apart: a stream holds its slot (and its reservation) until the test
+    has seen what it needs."""
+    upstream = upstream_factory(
+        name="alpha", models=["test-model"], stream_delay_s=delay_s, stream_chunks=chunks, hold_streams=True
+    )
     config = write_config(tmp_path / "config.yaml", {"alpha": {"url": upstream.base_url}})
     router = router_factory(config=config, env={"LIMITS_DEFAULT_MAX_TOKENS": "100"})
     router.api_key = router.add_user("alice")
+    router.upstream = upstream
     return router
 
 
 @pytest.fixture
 def slow_router(router_factory, upstream_factory, tmp_path):
-    """A router whose backend streams 3 chunks 0.3 s apart (a request holds its slot ~1 s)."""
+    """A router whose backend holds streams until the test releases them."""
     return start_slow_router(router_factory, upstream_factory, tmp_path)
 
 
@@ -98,7 +104,7 @@ def test_rpm_headers_and_the_openai_sdk_error(router_with_backend):
 
 
 def test_tpm_reserves_then_settles_plain_and_streamed(router_factory, upstream_factory, tmp_path):
-    router = start_slow_router(router_factory, upstream_factory, tmp_path, chunks=10)  # streams last ~3 s
+    router = start_slow_router(router_factory, upstream_factory, tmp_path, chunks=10)  # streams held until released
     set_user_limits(router, "alice", {"tpm": 250})
     plain = chat(router, max_tokens=150)
     assert plain.status_code == 200
@@ -120,6 +126,7 @@ def test_tpm_reserves_then_settles_plain_and_streamed(router_factory, upstream_f
             assert three.json()["error"]["type"] == "tokens"
             assert three.json()["error"]["code"] == "rate_limit_exceeded"
             assert quota(router, "alice")["tokensThisMinute"] > 250  # overshoot by at most one request
+            router.upstream.release_streams()
             list(two.iter_bytes())
         list(one.iter_bytes())
     # Settled with the streams' real usage: far below the limit again.
@@ -131,7 +138,7 @@ def test_tpm_reserves_then_settles_plain_and_streamed(router_factory, upstream_f
 
 
 def test_user_concurrency_429_and_the_sdk_retries_after_retry_after(router_factory, upstream_factory, tmp_path):
-    router = start_slow_router(router_factory, upstream_factory, tmp_path, chunks=8)  # holds its slot ~2.4 s
+    router = start_slow_router(router_factory, upstream_factory, tmp_path, chunks=8)  # held until released
     set_user_limits(router, "alice", {"maxConcurrent": 1})
     holding = threading.Thread(target=lambda: chat(router, stream=True))
     holding.start()
@@ -143,7 +150,16 @@ def test_user_concurrency_429_and_the_sdk_retries_after_retry_after(router_facto
     assert refused.status_code == 429 and refused.headers["retry-after"] == "1"
     assert "in flight at once" in refused.json()["error"]["message"]
 
+    def release_after_the_sdks_first_refusal() -> None:  # its retry comes the Retry-After (1 s) later
+        try:
+            until(lambda: sum(r["status_code"] == 429 for r in router.request_logs()) >= 2, 30)
+        finally:
+            router.upstream.release_streams()
+
+    releasing = threading.Thread(target=release_after_the_sdks_first_refusal)
+    releasing.start()
     reply = client_for(router, retries=6).chat.completions.create(model="test-model", messages=MESSAGES)
+    releasing.join()
     holding.join()
     assert reply.choices[0].message.content == "alpha says: hello there"
     deadline = time.monotonic() + 10
@@ -184,8 +200,10 @@ def test_budget_refuses_with_insufficient_quota(router_with_backend):
 
 
 def test_backend_queue_is_fair_and_visible(router_factory, upstream_factory, tmp_path):
-    router = start_slow_router(router_factory, upstream_factory, tmp_path, chunks=6)  # one slot: ~1.8 s
-    slot_s = 1.8
+    # Streams are held until the queue is as below; then each holds the slot 6 x 0.12 s (long enough that
+    # waiting for all of alice's would break the latency bound below, as with the 1.8 s slots before).
+    router = start_slow_router(router_factory, upstream_factory, tmp_path, chunks=6, delay_s=0.12)
+    slot_s = 0.72
     bob = router.add_user("bob")
     set_backend_limits(router, "alpha", {"maxConcurrent": 1})
     finished: list[tuple[str, float]] = []
@@ -202,13 +220,11 @@ def test_backend_queue_is_fair_and_visible(router_factory, upstream_factory, tmp
     flood = [threading.Thread(target=stream, args=(f"alice{i}", router.api_key)) for i in range(5)]
     for thread in flood:
         thread.start()
-    deadline = time.monotonic() + 10
-    while True:
-        backend = router.gql_ok("{ backends { quota { queued inFlight } } }")["backends"][0]
-        if backend["quota"]["queued"] >= 3:
-            break
-        assert time.monotonic() < deadline, backend
-        time.sleep(0.02)
+
+    def backend_quota() -> dict:
+        return router.gql_ok("{ backends { quota { queued inFlight } } }")["backends"][0]["quota"]
+
+    until(lambda: backend_quota() == {"queued": 4, "inFlight": 1}, 10, "alice's five did not take the slot and queue")
     metrics = httpx.get(f"{router.url}/metrics").text
     [depth] = [
         line for line in metrics.splitlines() if line.startswith('llm_router_backend_queue_depth{backend="alpha"}')
@@ -216,6 +232,8 @@ def test_backend_queue_is_fair_and_visible(router_factory, upstream_factory, tmp
     assert float(depth.split()[-1]) >= 2
     bob_thread = threading.Thread(target=stream, args=("bob", bob))
     bob_thread.start()
+    until(lambda: backend_quota()["queued"] == 5, 10, "bob did not queue behind alice's four")
+    router.upstream.release_streams()
     for thread in [*flood, bob_thread]:
         thread.join(60)
     order = [who for who, _ in finished]
@@ -248,6 +266,7 @@ def test_a_client_leaving_the_queue_leaves_at_once(slow_router):
     while router.gql_ok("{ backends { quota { queued } } }")["backends"][0]["quota"]["queued"]:
         assert time.monotonic() < deadline, "the disconnected client stayed in the queue"
         time.sleep(0.02)
+    router.upstream.release_streams()
     holding.join()
     rows = router.wait_for_logs(2)
     assert any(r["status_code"] == 499 and "disconnected" in (r["error"] or "") for r in rows), rows

@@ -59,6 +59,10 @@ class UpstreamServer:
     # After a stream's final event ([DONE], message_stop) the connection stays open this long before it
     # ends, as a server slow to close does (the client has its whole answer by then).
     linger_after_end_s: float = 0.0
+    # Chat/completions streams (of 2 chunks or more) hold after their first chunk until `release_streams()`:
+    # the test lets them go on once it has seen what it needs (requests queued, tokens reserved), not after
+    # a delay that a busy machine may outlast.
+    hold_streams: bool = False
     required_key: str | None = None
     # Usage details as vLLM reports them (prompt_tokens_details / completion_tokens_details) when non-zero.
     cached_tokens: int = 0
@@ -79,6 +83,7 @@ class UpstreamServer:
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
         self.stream_cancelled = threading.Event()
+        self._streams_released = asyncio.Event()
         self.stored: dict[str, dict[str, Any]] = {}  # Responses API: id -> (response, input items)
         self._stored_inputs: dict[str, list[dict[str, Any]]] = {}
 
@@ -134,9 +139,15 @@ class UpstreamServer:
         await self._runner.setup()
         await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
 
+    def release_streams(self) -> None:
+        """Let held streams, and every later one, go on (from any thread)."""
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._streams_released.set)
+
     def stop(self) -> None:
         if self._loop is None:
             return
+        self.release_streams()  # a stream still held would keep the cleanup waiting
         asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(10)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(10)
@@ -308,6 +319,8 @@ class UpstreamServer:
         created = int(time.time())
         try:
             for i in range(self.stream_chunks):
+                if i == 1 and self.hold_streams:  # the router answers its client once the first chunk is there
+                    await self._streams_released.wait()
                 if self.stream_delay_s:
                     await asyncio.sleep(self.stream_delay_s)
                 if chat:
