@@ -221,7 +221,7 @@ _CHOICES = {
     "routing_strategy": ("weighted", "least_busy"),
     "model_list_style": ("plain", "aliased"),
     "log_format": ("text", "json"),
-    "upstream_transport": ("aiohttp", "pyreqwest", "httpx"),
+    "upstream_transport": ("aiohttp", "h1", "pyreqwest", "httpx"),
     "server": ("granian", "uvicorn"),
     "script_isolation": ("thread", "process"),
 }

@@ -260,6 +260,10 @@ class PyreqwestUpstream:
 
 
 def make_upstream_client(transport: str, connect_timeout_s: float, read_timeout_s: float) -> UpstreamClient:
+    if transport == "h1":
+        from router.upstream_h1 import H1Upstream
+
+        return H1Upstream(connect_timeout_s, read_timeout_s)
     if transport == "pyreqwest":
         return PyreqwestUpstream(connect_timeout_s, read_timeout_s)
     if transport == "httpx":

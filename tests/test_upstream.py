@@ -25,7 +25,7 @@ from router.upstream import (
 )
 from tests.conftest import write_config
 
-TRANSPORTS = ["aiohttp", "pyreqwest", "httpx"]
+TRANSPORTS = ["aiohttp", "h1", "pyreqwest", "httpx"]
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
@@ -182,6 +182,7 @@ async def test_cancelled_stream_read_drops_the_connection(transport: str) -> Non
     "transport",
     [
         "aiohttp",
+        "h1",
         "httpx",
         pytest.param(
             "pyreqwest",

@@ -1,0 +1,211 @@
+"""The h1 transport (router/upstream_h1.py) on the wire: what its pool reuses and what it never does.
+
+What every transport must do (timeouts, connect errors, cancellation, cookies) is in test_upstream.py;
+this module covers the client's own framing and pool against a raw asyncio server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import zlib
+
+import pytest
+
+from router.upstream import UpstreamError
+from router.upstream_h1 import MAX_HEAD_BYTES, H1Upstream
+from tests.test_upstream import RawServer, client, read_head
+
+OK_JSON = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{}"
+
+
+class Counting(RawServer):
+    """A RawServer that counts connections and keeps every request head it read."""
+
+    def __init__(self, answer: bytes = OK_JSON, requests_per_connection: int = 100) -> None:
+        self.connections = 0
+        self.heads: list[bytes] = []
+        self.answer = answer
+        self.serving = 0
+
+        async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            self.connections += 1
+            self.serving += 1
+            try:
+                for _ in range(requests_per_connection):
+                    self.heads.append(await read_head(reader))
+                    writer.write(self.answer)
+                    await writer.drain()
+                writer.close()  # this many requests, then the backend closes the connection
+            except (asyncio.IncompleteReadError, ConnectionError):
+                pass
+            finally:
+                self.serving -= 1
+
+        super().__init__(handler)
+
+    async def __aexit__(self, *exc: object) -> None:
+        for _ in range(500):  # the client closed its connections: let their handlers see it and end
+            if not self.serving:
+                break
+            await asyncio.sleep(0.01)
+        await super().__aexit__(*exc)
+
+
+async def test_a_connection_is_reused_once_its_answer_was_read() -> None:
+    async with Counting() as server, client("h1") as upstream:
+        for _ in range(3):
+            response = await upstream.send("POST", server.url + "/v1/x", {}, b"{}", False)
+            assert await response.read() == b"{}"
+    assert server.connections == 1 and len(server.heads) == 3
+
+
+async def test_a_stream_closed_half_read_is_not_reused() -> None:
+    sse = b"data: one\n\n"
+    answer = (
+        b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
+        + b"%x\r\n%s\r\n" % (len(sse), sse)
+    )  # and no end: the stream goes on
+    async with Counting(answer) as server, client("h1") as upstream:
+        for _ in range(2):
+            response = await upstream.send("POST", server.url + "/v1/x", {}, b"{}", True)
+            chunks = response.iter_chunks()
+            assert await anext(chunks) == sse
+            await response.close()
+    assert server.connections == 2
+
+
+async def test_the_request_on_the_wire() -> None:
+    async with Counting() as server, client("h1") as upstream:
+        response = await upstream.send(
+            "POST", server.url + "/v1/chat/completions?a=1", {"X-Request-ID": "r1"}, b'{"x":1}', False
+        )
+        await response.read()
+        response = await upstream.send("GET", server.url + "/v1/models", {"Accept-Encoding": "identity"}, None, False)
+        await response.read()
+        port = server.url.rsplit(":", 1)[1]
+    post, get = (head.split(b"\r\n") for head in server.heads)
+    assert post[0] == b"POST /v1/chat/completions?a=1 HTTP/1.1"
+    assert f"Host: 127.0.0.1:{port}".encode() in post
+    assert b"Content-Length: 7" in post and b"X-Request-ID: r1" in post
+    assert b"Accept-Encoding: gzip, deflate" in post
+    assert get[0] == b"GET /v1/models HTTP/1.1"
+    assert not any(line.lower().startswith(b"content-length") for line in get)
+    assert [line for line in get if line.lower().startswith(b"accept-encoding")] == [b"Accept-Encoding: identity"]
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "deflate"])
+async def test_compressed_answers_are_decompressed(encoding: str) -> None:
+    body = b'{"choices": []}' * 200
+    packed = gzip.compress(body) if encoding == "gzip" else zlib.compress(body)
+    answer = b"HTTP/1.1 200 OK\r\ncontent-encoding: %s\r\ncontent-length: %d\r\n\r\n%s" % (
+        encoding.encode(),
+        len(packed),
+        packed,
+    )
+    async with Counting(answer) as server, client("h1") as upstream:
+        response = await upstream.send("POST", server.url + "/v1/x", {}, b"{}", False)
+        assert await response.read() == body
+
+
+async def test_an_answer_that_ends_with_the_connection_is_read_whole() -> None:
+    async def until_close(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_head(reader)
+        writer.write(b'HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n\r\n{"a":')
+        await writer.drain()
+        writer.write(b" 1}")
+        writer.close()
+
+    async with RawServer(until_close) as server, client("h1") as upstream:
+        response = await upstream.send("POST", server.url + "/v1/x", {}, b"{}", False)
+        assert await response.read() == b'{"a": 1}'
+
+
+async def test_a_body_cut_short_is_an_error_not_a_short_answer() -> None:
+    async def cut(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_head(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n{}")
+        writer.close()
+
+    async with RawServer(cut) as server, client("h1") as upstream:
+        response = await upstream.send("POST", server.url + "/v1/x", {}, b"{}", False)
+        with pytest.raises(UpstreamError, match="mid-answer"):
+            await response.read()
+
+
+async def test_an_interim_answer_is_skipped() -> None:
+    answer = b"HTTP/1.1 103 Early Hints\r\nlink: </a>\r\n\r\n" + OK_JSON
+    async with Counting(answer) as server, client("h1") as upstream:
+        response = await upstream.send("POST", server.url + "/v1/x", {}, b"{}", False)
+        assert response.status == 200 and "link" not in response.headers
+        assert await response.read() == b"{}"
+
+
+async def test_a_huge_answer_head_is_refused() -> None:
+    header = b"x-filler: " + b"a" * 8000 + b"\r\n"
+    answer = b"HTTP/1.1 200 OK\r\n" + header * (MAX_HEAD_BYTES // len(header) + 2) + b"content-length: 2\r\n\r\n{}"
+    async with Counting(answer) as server, client("h1") as upstream:
+        with pytest.raises(UpstreamError, match="head is too large"):
+            await upstream.send("POST", server.url + "/v1/x", {}, b"{}", False)
+
+
+async def test_a_header_with_a_line_break_is_never_sent() -> None:
+    async with Counting() as server, client("h1") as upstream:
+        with pytest.raises(UpstreamError, match="line break"):
+            await upstream.send("POST", server.url + "/v1/x", {"X-A": "a\r\nX-Injected: 1"}, b"{}", False)
+    assert server.heads == []
+
+
+async def test_connections_are_bounded_and_a_request_waits_for_a_free_one() -> None:
+    release, two_waiting = asyncio.Event(), asyncio.Event()
+    connected = 0
+
+    async def slow(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal connected
+        connected += 1
+        await read_head(reader)
+        if connected == 2:
+            two_waiting.set()
+        await release.wait()
+        writer.write(OK_JSON)
+        await writer.drain()
+        while True:  # keep serving this connection
+            try:
+                await read_head(reader)
+            except asyncio.IncompleteReadError:
+                return
+            writer.write(OK_JSON)
+            await writer.drain()
+
+    async with RawServer(slow) as server:
+        upstream = H1Upstream(1.0, 5.0, max_connections=2)
+        try:
+
+            async def one() -> bytes:
+                response = await upstream.send("POST", server.url + "/v1/x", {}, b"{}", False)
+                return await response.read()
+
+            tasks = [asyncio.create_task(one()) for _ in range(3)]
+            await asyncio.wait_for(two_waiting.wait(), 5)
+            while not upstream._slot_waiters:  # the third request queues for a slot, it does not connect
+                await asyncio.sleep(0)
+            assert connected == 2
+            release.set()
+            assert await asyncio.gather(*tasks) == [b"{}"] * 3
+            assert connected == 2
+        finally:
+            await upstream.aclose()
+
+
+async def test_a_pooled_connection_the_backend_closed_is_not_used() -> None:
+    async with Counting(requests_per_connection=1) as server, client("h1") as upstream:  # answers once, then closes
+        response = await upstream.send("POST", server.url + "/v1/x", {}, b"{}", False)
+        assert await response.read() == b"{}"
+        idle = next(iter(upstream._idle.values()))[0]
+        for _ in range(200):  # the backend's close reaches the pooled connection
+            if idle.closed:
+                break
+            await asyncio.sleep(0.01)
+        response = await upstream.send("POST", server.url + "/v1/x", {}, b"{}", False)
+        assert await response.read() == b"{}"
+    assert server.connections == 2
