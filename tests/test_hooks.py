@@ -11,7 +11,8 @@ import openai
 import pytest
 
 from router.scripts.engine import WALL_FACTOR
-from tests.conftest import RouterProcess, write_config
+from tests.conftest import RouterProcess, in_process_dialect, write_config
+from tests.inprocess import RouterThread
 from tests.upstream import UpstreamServer
 
 MESSAGES = [{"role": "user", "content": "hello secret world"}]
@@ -26,11 +27,14 @@ def echo_upstream():
 
 @pytest.fixture(scope="module")
 def router(tmp_path_factory, echo_upstream):
+    """One router for the module (each test has its own users, backends and scripts): in this process where
+    its SQLite may be."""
     data = tmp_path_factory.mktemp("scripts")
     config = write_config(data / "config.yaml", {"echo": {"url": echo_upstream.base_url}})
-    process = RouterProcess(data, {"SCRIPT_TIMEOUT_MS": "1000", "SCRIPT_MAX_MEMORY_MB": "32"}, config).start()
-    yield process
-    process.stop()
+    env = {"SCRIPT_TIMEOUT_MS": "1000", "SCRIPT_MAX_MEMORY_MB": "32"}
+    server = (RouterThread if in_process_dialect(env) else RouterProcess)(data, env, config).start()
+    yield server
+    server.stop()
 
 
 def new_user(router) -> tuple[str, str]:
@@ -335,10 +339,8 @@ def test_a_spinning_script_does_not_delay_other_users(router):
     assert while_spinning < baseline + 0.5, (baseline, while_spinning)
 
 
-def test_scripts_see_the_api_and_each_responses_event_by_name(router_with_backend, upstream):
-    router = router_with_backend
-    user_id = router.gql_ok("{ users { id name } }")["users"]
-    alice = next(u["id"] for u in user_id if u["name"] == "alice")
+def test_scripts_see_the_api_and_each_responses_event_by_name(router, echo_upstream):
+    user_id, key = new_user(router)
     code = """
 function onRequest(context) {
   context.request.headers['x-api-path'] = context.request.path;
@@ -349,25 +351,14 @@ function onStreamChunk(context) {
   return context;
 }
 """
-    router.gql_ok(
-        "mutation($in: CreateScriptInput!) { createScript(input: $in) { id } }",
-        {
-            "in": {
-                "name": f"s-{uuid.uuid4().hex[:6]}",
-                "type": "PER_USER",
-                "userId": alice,
-                "code": code,
-                "isActive": True,
-            }
-        },
-    )
-    client = openai.OpenAI(base_url=router.v1, api_key=router.api_key, max_retries=0)
+    add_script(router, code, user_id=user_id)
+    client = openai.OpenAI(base_url=router.v1, api_key=key, max_retries=0)
     deadline_events = None
     for _ in range(50):  # the catalog reload that activates the script takes a moment
-        events = list(client.responses.create(model="test-model", input="hi", stream=True))
+        events = list(client.responses.create(model="m", input="hi", stream=True))
         deadline_events = "".join(e.delta for e in events if e.type == "response.output_text.delta")
-        if deadline_events == "TOK0 TOK1 TOK2 ":
+        if deadline_events == "TOK0 TOK1 TOK2 TOK3 ":
             break
-    assert deadline_events == "TOK0 TOK1 TOK2 "
+    assert deadline_events == "TOK0 TOK1 TOK2 TOK3 "  # the echo upstream streams 4 chunks
     assert events[-1].type == "response.completed"
-    assert upstream.requests_to("/v1/responses")[-1].headers["x-api-path"] == "/v1/responses"
+    assert echo_upstream.requests_to("/v1/responses")[-1].headers["x-api-path"] == "/v1/responses"
