@@ -248,6 +248,36 @@ class _Server(uvicorn.Server):
                 await asyncio.wait_for(self._wake.wait(), 0.1)
             should_exit = await self.on_tick(counter)
 
+    async def shutdown(self, sockets: list | None = None) -> None:
+        """uvicorn's shutdown (the same steps and waits) with its fixed 0.1 s pause after asking the
+        connections to close, and its 0.1 s polls, replaced by 5 ms polls: a stop took 0.1 s more
+        than its work, for every in-process router of the suite."""
+        logging.getLogger("uvicorn.error").info("Shutting down")
+        for server in self.servers:
+            server.close()
+        for sock in sockets or []:
+            sock.close()
+        for connection in list(self.server_state.connections):
+            connection.shutdown()
+        await asyncio.sleep(0)  # idle connections close on the loop's next turn
+
+        async def drained() -> None:
+            while (self.server_state.connections or self.server_state.tasks) and not self.force_exit:
+                await asyncio.sleep(0.005)
+            for server in self.servers:
+                await server.wait_closed()
+
+        try:
+            await asyncio.wait_for(drained(), timeout=self.config.timeout_graceful_shutdown)
+        except TimeoutError:
+            logging.getLogger("uvicorn.error").error(
+                "Cancel %s running task(s), timeout graceful shutdown exceeded", len(self.server_state.tasks)
+            )
+            for task in self.server_state.tasks:
+                task.cancel(msg="Task cancelled, timeout graceful shutdown exceeded")
+        if not self.force_exit:
+            await self.lifespan.shutdown()
+
     def exit_now(self) -> None:
         """From another thread: as `should_exit = True` (a graceful shutdown), without the wait for a tick."""
         self.should_exit = True
