@@ -142,10 +142,15 @@ def _pg_admin(url: str, sql: str) -> None:
     run_async(run())
 
 
-def create_pg_database(url: str) -> str:
-    """A new empty database on the server of `url`; returns its URL."""
+def create_pg_database(url: str, migrated: str | None = None) -> str:
+    """A new database on the server of `url`; returns its URL. Empty, or with `migrated` ("core" or
+    "analytics"), what the migrations make of that app's database (a copy of `Migrated`'s template)."""
     name = f"llmrouter_test_{uuid.uuid4().hex[:12]}"
-    _pg_admin(url, f'CREATE DATABASE "{name}"')
+    template = Migrated.postgres_template(url, migrated) if migrated else None
+    if template:
+        _pg_admin(url, f'CREATE DATABASE "{name}" TEMPLATE "{template.rsplit("/", 1)[1]}"')
+    else:
+        _pg_admin(url, f'CREATE DATABASE "{name}"')
     base = url.rsplit("/", 1)[0]
     return f"{base}/{name}"
 
@@ -191,6 +196,109 @@ def until(predicate, within: float = 10.0, what: str = "") -> None:
         time.sleep(0.02)
 
 
+# --- pre-migrated databases ------------------------------------------------------------------
+
+
+class Migrated:
+    """The databases of a freshly migrated router, made once per test process and copied for each new one.
+
+    A fresh router otherwise runs every migration (about 0.13 s per SQLite database, more on
+    PostgreSQL), and the suite starts several hundred routers. A copy is what the migrations would
+    have made: the router finds every migration applied and goes on as after a restart. The
+    migrations themselves run from nothing where a test asks for it (`seed_databases = False`,
+    test_scale_out.py's migration tests, the CLI's `(new, empty)` databases).
+    """
+
+    _sqlite: dict[str, bytes] | None = None
+    _postgres: dict[str, str] = {}  # app -> template database URL, on the server of TEST_POSTGRES_URL
+
+    @classmethod
+    def _migrate(cls, core_url: str, analytics_url: str) -> bool:
+        """Run the router's own start-up migrations, unless Tortoise's one global context is taken
+        (a router or test of this process holds it): then the caller migrates for real."""
+        from tortoise import context
+
+        from router.config import load_settings
+        from router.db import close_db, init_db
+
+        if context._global_context is not None:
+            return False
+        settings = load_settings({"CORE_DB_URL": core_url, "ANALYTICS_DB_URL": analytics_url}, dotenv=False)
+
+        async def migrate() -> None:
+            await init_db(settings)
+            await close_db()
+
+        run_async(migrate())
+        return True
+
+    @classmethod
+    def sqlite(cls) -> dict[str, bytes] | None:
+        """{"core.db": ..., "analytics.db": ...}: the files' bytes, or None when they cannot be made now."""
+        if cls._sqlite is None:
+            import tempfile
+
+            from router.config import sqlite_url
+
+            with tempfile.TemporaryDirectory() as tmp:
+                core, analytics = Path(tmp, "core.db"), Path(tmp, "analytics.db")
+                if not cls._migrate(sqlite_url(str(core)), sqlite_url(str(analytics))):
+                    return None
+                cls._sqlite = {"core.db": core.read_bytes(), "analytics.db": analytics.read_bytes()}
+        return cls._sqlite
+
+    @classmethod
+    def postgres_template(cls, server: str, app: str) -> str | None:
+        """A migrated database of `app` ("core" or "analytics") to `CREATE DATABASE ... TEMPLATE` from."""
+        if not cls._postgres:
+            core, analytics = create_pg_database(server), create_pg_database(server)
+            if not cls._migrate(core, analytics):
+                drop_pg_database(server, core)
+                drop_pg_database(server, analytics)
+                return None
+            cls._postgres.update(core=core, analytics=analytics)
+        return cls._postgres[app]
+
+    @classmethod
+    def drop(cls) -> None:
+        server = postgres_url()
+        for url in cls._postgres.values():
+            if server:
+                drop_pg_database(server, url)
+        cls._postgres.clear()
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    Migrated.drop()
+
+
+def seed_databases(env: dict[str, str]) -> None:
+    """Copy migrated SQLite files to where a router with this environment keeps its databases, when
+    neither is there yet (nor a journal of it) and their directory exists (a router that makes its
+    data directory, with its mode, is left to do so)."""
+    from router.config import ConfigError, load_settings
+    from router.db import _sqlite_path
+
+    try:
+        settings = load_settings(env, dotenv=False)
+    except ConfigError:  # a test of a bad setting: the router says so itself
+        return
+    paths = {"core.db": _sqlite_path(settings.core_db_url), "analytics.db": _sqlite_path(settings.analytics_db_url)}
+    files = [Path(path) for path in paths.values() if path is not None]
+    if len(files) != 2 or not all(file.parent.is_dir() for file in files):
+        return
+    if any(Path(f"{file}{suffix}").exists() for file in files for suffix in ("", "-journal", "-wal")):
+        return
+    migrated = Migrated.sqlite()
+    if migrated is None:
+        return
+    for name, path in paths.items():
+        assert path is not None
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)  # as the router creates them
+        with os.fdopen(fd, "wb") as file:
+            file.write(migrated[name])
+
+
 # --- the router as a subprocess ---------------------------------------------------------------
 
 
@@ -215,6 +323,7 @@ class RouterProcess:
         self.proc: subprocess.Popen | None = None
         self._log: BinaryIO | None = None
         self.bind_loopback = True  # tests set False to see the router's own default
+        self.seed_databases = True  # False: a fresh router migrates its new databases itself
         self.log_path = data_dir / f"router-{self.port}.log"
 
     @property
@@ -240,6 +349,8 @@ class RouterProcess:
             args += ["--config", str(self.config)]
         args += extra_args or []
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        if self.seed_databases and not any(arg.startswith("--data-dir") for arg in args):  # another directory
+            seed_databases(self.env)
         self._log = open(self.log_path, "ab")  # noqa: SIM115
         # Its own process group: a stop that times out kills the workers too, not only their parent.
         self.proc = subprocess.Popen(
@@ -466,7 +577,7 @@ def router_factory(tmp_path: Path) -> Iterator:
         env = dict(env or {})
         if use_pg and "CORE_DB_URL" not in env:
             server = require_postgres()
-            core, analytics = create_pg_database(server), create_pg_database(server)
+            core, analytics = create_pg_database(server, "core"), create_pg_database(server, "analytics")
             databases.extend([core, analytics])
             env.update(CORE_DB_URL=core, ANALYTICS_DB_URL=analytics)
         in_thread = (

@@ -38,6 +38,7 @@ from tests.conftest import (
     RouterProcess,
     in_process_dialect,
     process_dialect,
+    seed_databases,
     skip_unless_process_dialect,
     write_config,
 )
@@ -86,6 +87,7 @@ async def in_process(
         **(env or {}),
     }
     settings = load_settings(environ, dotenv=False)
+    seed_databases(environ)
     app = create_app(settings)
     async with LifespanManager(app, startup_timeout=30, shutdown_timeout=30) as manager:
         admin = app.state.admin
@@ -152,6 +154,8 @@ class RouterThread(RouterProcess):
         if not in_process_dialect(self.env):
             raise RuntimeError(f"its databases are not {process_dialect()} (one SQL dialect per test process)")
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        if self.seed_databases:
+            seed_databases(self.env)
         settings = serve_settings(load_settings(self.env, dotenv=False), args).with_overrides(server="uvicorn")
         self._capture_logs(settings)
         RouterThread.active = self

@@ -459,6 +459,7 @@ def test_workers_2_start_together_and_serve(tmp_path, upstream, database, server
         env.update(CORE_DB_URL="", ANALYTICS_DB_URL="")  # SQLite files in DATA_DIR, even under TEST_DB=postgres
     config = write_config(tmp_path / "config.yaml", {"alpha": {"url": upstream.base_url}})
     router = RouterProcess(tmp_path / "w", env, config)
+    router.seed_databases = False  # the workers' own migrations of new databases are what is tested
     try:
         router.start(extra_args=["--workers", "2"], timeout=60)
         # Both workers migrated the fresh databases at the same moment: once, without errors.
