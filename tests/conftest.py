@@ -36,6 +36,38 @@ from tests.upstream import UpstreamServer, free_port
 ADMIN_PASSWORD = "test-admin-password"
 
 
+def _share_default_ssl_contexts() -> None:
+    """httpx builds a new SSL context for every client (a CA bundle read and parsed: 30-100 ms), so
+    for every `httpx.post(...)` of a test and every SDK client (the OpenAI and Anthropic SDKs use
+    its fork httpx2), while the tests speak plain HTTP on loopback. The default one (verify=True,
+    no cert) is built once per test process and CA source (SSL_CERT_FILE, SSL_CERT_DIR or the
+    library's default, in the libraries' order); any other verify is built as before."""
+    import importlib
+    import ssl
+
+    for name in ("httpx", "httpx2"):
+        try:
+            transports = importlib.import_module(f"{name}._transports.default")
+        except ImportError:
+            continue
+        build = transports.create_ssl_context
+        made: dict[tuple[str, str], ssl.SSLContext] = {}
+
+        def create_ssl_context(verify=True, cert=None, trust_env=True, build=build, made=made):
+            if verify is not True or cert:
+                return build(verify=verify, cert=cert, trust_env=trust_env)
+            source = ("", "")
+            for variable in ("SSL_CERT_FILE", "SSL_CERT_DIR"):
+                if trust_env and os.environ.get(variable):
+                    source = (variable, os.environ[variable])
+                    break
+            if source not in made:
+                made[source] = build(verify=verify, cert=cert, trust_env=trust_env)
+            return made[source]
+
+        transports.create_ssl_context = create_ssl_context
+
+
 def pytest_configure(config: pytest.Config) -> None:
     """tmp_path (and so every test router's SQLite) on tmpfs where there is one: the same code paths,
     without a disk sync per commit (a fresh router's migrations took 0.4-0.6 s on disk, 0.17 s there).
@@ -43,6 +75,7 @@ def pytest_configure(config: pytest.Config) -> None:
     shm = Path("/dev/shm")
     if config.option.basetemp is None and shm.is_dir() and os.access(shm, os.W_OK):
         os.environ.setdefault("PYTEST_DEBUG_TEMPROOT", str(shm))
+    _share_default_ssl_contexts()
 
 
 # --- order and distribution over xdist workers ------------------------------------------------
