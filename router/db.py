@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import importlib
 import logging
 import os
+import pkgutil
 import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -134,6 +136,7 @@ async def init_db(settings: Settings, create_schema: bool = True) -> None:
 # database was made by the schema generator of earlier versions, i.e. it is at `0001_initial`.
 _INITIAL_TABLES = {"core": "users", "analytics": "request_logs"}
 _INITIAL_MIGRATION = "0001_initial"
+_MIGRATIONS_TABLE = "tortoise_migrations"  # Tortoise's MigrationRecorder's table
 
 
 async def migrate_db(settings: Settings) -> None:
@@ -151,6 +154,8 @@ async def migrate_db(settings: Settings) -> None:
 
 
 async def _migrate_app(conn: BaseDBAsyncClient, app: str, app_config: dict[str, Any]) -> None:
+    if await _all_recorded(conn, app, app_config["migrations"]):
+        return
     executor = MigrationExecutor(conn, {app: app_config})
     await executor.recorder.ensure_schema(executor._schema_editor(atomic=False))
     applied = [key for key in await executor.recorder.applied_migrations() if key.app_label == app]
@@ -162,6 +167,24 @@ async def _migrate_app(conn: BaseDBAsyncClient, app: str, app_config: dict[str, 
         names = ", ".join(step.migration.name for step in steps)
         log.info("%s database: applying migrations %s", app, names)
         await executor.migrate()
+
+
+def _committed_migrations(package: str) -> set[str]:
+    """The migrations Tortoise's loader finds in `package`: its modules not starting with `_` or `~`."""
+    path = importlib.import_module(package).__path__
+    return {name for _, name, is_pkg in pkgutil.iter_modules(path) if not is_pkg and name[0] not in "_~"}
+
+
+async def _all_recorded(conn: BaseDBAsyncClient, app: str, package: str) -> bool:
+    """Whether every committed migration of `app` is recorded as applied: a restart's usual case,
+    answered by two queries instead of Tortoise's executor (its migration-record model parses the
+    source of `tortoise/migrations/recorder.py` anew, its loader reloads every migration module and
+    builds the graph: 15-40 ms per database at every start)."""
+    if not await _table_exists(conn, _MIGRATIONS_TABLE):
+        return False
+    placeholder = "$1" if conn.capabilities.dialect == "postgres" else "?"
+    _, rows = await conn.execute_query(f"SELECT name FROM {_MIGRATIONS_TABLE} WHERE app = {placeholder}", [app])
+    return _committed_migrations(package) <= {row["name"] for row in rows}
 
 
 async def _table_exists(conn: BaseDBAsyncClient, table: str) -> bool:
