@@ -281,7 +281,7 @@ def test_langfuse_down_does_not_slow_requests(start_router, backend_config, rece
         LANGFUSE_FLUSH_AT="1",
         LANGFUSE_FLUSH_INTERVAL="0.01",
         LANGFUSE_TIMEOUT="20",
-        SHUTDOWN_GRACE_S="3",
+        SHUTDOWN_GRACE_S="1",  # how long the stop waits for the stuck exporter before ending it
     )
     router = start_router(backend_config, env)
     client = OpenAI(base_url=router.v1, api_key=router.api_key, max_retries=0, timeout=10)

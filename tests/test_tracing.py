@@ -46,7 +46,7 @@ def test_the_langfuse_sdk_runs_in_a_child_process_that_stops_with_the_router(rou
             "LANGFUSE_PUBLIC_KEY": "pk-test",
             "LANGFUSE_SECRET_KEY": "sk-test",
             "LANGFUSE_HOST": f"http://127.0.0.1:{free_port()}",  # nobody there: exports fail in the child
-            "SHUTDOWN_GRACE_S": "3",
+            "SHUTDOWN_GRACE_S": "1",  # how long the stop waits for the exporter's failing retries
         },
     )
     assert httpx.post(f"{router.v1}/chat/completions", json={}, timeout=10).status_code == 401  # traced too
