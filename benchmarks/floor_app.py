@@ -1,8 +1,8 @@
 """The floor: a bare ASGI proxy that only forwards the body and relays the answer (or the SSE stream).
 
 No framework, no auth, no parsing, no logging: what a Python proxy on this server and client costs
-at the least. `FLOOR_UPSTREAM` is the mock's base URL; `FLOOR_CLIENT` is aiohttp, pyreqwest or
-pyqwest. Run it like the router: `granian --interface asgi --loop uvloop --factory
+at the least. `FLOOR_UPSTREAM` is the mock's base URL; `FLOOR_CLIENT` is aiohttp, h1 (the router's
+own), pyreqwest or pyqwest. Run it like the router: `granian --interface asgi --loop uvloop --factory
 benchmarks.floor_app:create` or `uvicorn --factory benchmarks.floor_app:create`.
 """
 
@@ -99,9 +99,24 @@ def _pyqwest() -> tuple[Forward, Callable[[], Awaitable[None]]]:
     return forward, transport.aclose
 
 
+def _h1() -> tuple[Forward, Callable[[], Awaitable[None]]]:
+    """The router's own HTTP/1.1 client (router/upstream_h1.py), as the floor of the router's pairing."""
+    from router.upstream_h1 import H1Upstream
+
+    client = H1Upstream(10.0, 60.0)
+
+    async def forward(url: str, body: bytes) -> tuple[int, bytes, AsyncIterator[bytes] | None]:
+        resp = await client.send("POST", url, _HEADERS, body, b'"stream":true' in body)
+        if resp.headers.get("content-type", "").startswith("text/event-stream"):
+            return resp.status, b"text/event-stream", resp.iter_chunks()
+        return resp.status, await resp.read(), None
+
+    return forward, client.aclose
+
+
 def create() -> Callable[[dict[str, Any], Receive, Send], Awaitable[None]]:
     upstream = os.environ["FLOOR_UPSTREAM"].rstrip("/")
-    forward, close = {"aiohttp": _aiohttp, "pyreqwest": _pyreqwest, "pyqwest": _pyqwest}[
+    forward, close = {"aiohttp": _aiohttp, "h1": _h1, "pyreqwest": _pyreqwest, "pyqwest": _pyqwest}[
         os.environ.get("FLOOR_CLIENT", "aiohttp")
     ]()
 

@@ -336,8 +336,8 @@ def run_ab(ctx: Ctx) -> dict[str, Any]:
             router.start(dict(e.split("=", 1) for e in env))
             routers[name] = router
         floors = start_floors(ctx, ctx.args.floors) if ctx.args.floor else []
-        # TTFT through the floor needs a floor in front of the slow mock (granian + aiohttp, the router's pairing)
-        slow_floor = start_floor("granian", "aiohttp", ctx.slow.url, ctx.cpus.router, ctx.work) if ttft_n else None
+        # TTFT through the floor needs a floor in front of the slow mock (granian + h1, the router's pairing)
+        slow_floor = start_floor("granian", "h1", ctx.slow.url, ctx.cpus.router, ctx.work) if ttft_n else None
         targets = [(name, r.url, r.key, r.pid) for name, r in routers.items()]
         targets += [(f.name, f.url, None, f.pid) for f in floors]
         for round_ in range(ctx.args.rounds):
@@ -387,11 +387,11 @@ def ttft_added(ttfts: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
     return out
 
 
-FLOORS = (("granian", "aiohttp"), ("uvicorn", "aiohttp"), ("granian", "pyreqwest"))
+FLOORS = (("granian", "h1"), ("granian", "aiohttp"), ("uvicorn", "h1"), ("granian", "pyreqwest"))
 
 
 def start_floors(ctx: Ctx, only: str = "") -> list[Floor]:
-    """The bare forward-and-relay app on the router's pairing (granian+aiohttp), the fallback's, the fastest.
+    """The bare forward-and-relay app on the router's pairing (granian+h1), the fallbacks', pyreqwest's.
 
     `only`: a comma-separated subset as `server+client` (A/B runs that need one floor, not three).
     """
@@ -462,7 +462,11 @@ def run_matrix(ctx: Ctx) -> dict[str, Any]:
     finally:
         router.stop()
 
-    variants = (("router-pyreqwest", {"UPSTREAM_TRANSPORT": "pyreqwest"}), ("router-uvicorn", {"SERVER": "uvicorn"}))
+    variants = (
+        ("router-aiohttp", {"UPSTREAM_TRANSPORT": "aiohttp"}),
+        ("router-pyreqwest", {"UPSTREAM_TRANSPORT": "pyreqwest"}),
+        ("router-uvicorn", {"SERVER": "uvicorn"}),
+    )
     for label, env in variants:
         router.start({**ctx.router_env, **env})
         try:
@@ -1008,7 +1012,7 @@ def parse_args() -> argparse.Namespace:
     )
     p.add_argument("--rounds", type=int, default=5, help="A/B rounds")
     p.add_argument("--floor", action="store_true", help="A/B: measure the floor apps in the same rounds")
-    p.add_argument("--floors", default="", help="with --floor: only these, e.g. granian+aiohttp,granian+pyreqwest")
+    p.add_argument("--floors", default="", help="with --floor: only these, e.g. granian+h1,granian+pyreqwest")
     p.add_argument(
         "--ab-cells", default="ns:64,st:64,ns:16,ns:1", help="A/B cells: ns|st:concurrency,... and ttft:N (N streams)"
     )

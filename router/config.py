@@ -102,7 +102,7 @@ class Settings:
     redis_prefix: str = "llm-router"  # Redis key and channel prefix: one per router cluster
     log_format: str = "text"
     log_level: str = "INFO"
-    upstream_transport: str = "aiohttp"  # or "pyreqwest", "httpx"
+    upstream_transport: str = "h1"  # or "aiohttp", "pyreqwest", "httpx"
     server: str = "granian"  # or "uvicorn"
     max_request_header_kb: float = 64.0
     client_header_timeout_s: float = 10.0
@@ -221,7 +221,7 @@ _CHOICES = {
     "routing_strategy": ("weighted", "least_busy"),
     "model_list_style": ("plain", "aliased"),
     "log_format": ("text", "json"),
-    "upstream_transport": ("aiohttp", "h1", "pyreqwest", "httpx"),
+    "upstream_transport": ("h1", "aiohttp", "pyreqwest", "httpx"),
     "server": ("granian", "uvicorn"),
     "script_isolation": ("thread", "process"),
 }

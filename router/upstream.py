@@ -1,8 +1,8 @@
 """The pooled HTTP client that talks to backends, behind one small interface.
 
-Two transports implement it: aiohttp (the default: measured ~10x cheaper per request than httpx's
-own transport, see benchmarks/README.md) and httpx (kept for respx-based unit tests and as a
-fallback, `UPSTREAM_TRANSPORT=httpx`). The proxy only sees `UpstreamClient`/`UpstreamResponse`.
+The proxy only sees `UpstreamClient`/`UpstreamResponse`. Four transports implement it: `h1`, the
+router's own HTTP/1.1 client (router/upstream_h1.py, the default: the cheapest per request, see
+benchmarks/README.md), aiohttp, pyreqwest and httpx (fallbacks, `UPSTREAM_TRANSPORT`).
 """
 
 from __future__ import annotations

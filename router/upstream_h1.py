@@ -11,12 +11,15 @@ redirects, no proxies, bodies already in memory). This client does that part and
 - cancelling a request at any point closes its connection at once (the backend sees the client
   leave), and a connection goes back to the pool only after its answer was read to the end;
 - `gzip`/`deflate` answers are decompressed; header names and values are checked for line
-  breaks before anything is sent; the answer's head is bounded (`MAX_HEAD_BYTES`).
+  breaks before anything is sent; the answer's head is bounded (`MAX_HEAD_BYTES`);
+- `user:password@` in a URL is sent as HTTP Basic unless an Authorization header is given (the
+  backend's key wins; aiohttp refuses the pair with a ValueError).
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import re
 import ssl
 import zlib
@@ -24,7 +27,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Mapping
 from functools import lru_cache
 from typing import Any, cast
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 import httptools
 from multidict import CIMultiDict, CIMultiDictProxy
@@ -41,8 +44,8 @@ _LINE_BREAK = re.compile(r"[\r\n\x00]")
 
 
 @lru_cache(maxsize=4096)
-def _split(url: str) -> tuple[tuple[str, str, int], str, str]:
-    """((scheme, host, port), Host header, request target) of an http(s) URL."""
+def _split(url: str) -> tuple[tuple[str, str, int], str, str, str | None]:
+    """((scheme, host, port), Host header, request target, Basic credentials or None) of an http(s) URL."""
     parts = urlsplit(url)
     scheme = parts.scheme.lower()
     if scheme not in ("http", "https") or not parts.hostname:
@@ -58,19 +61,29 @@ def _split(url: str) -> tuple[tuple[str, str, int], str, str]:
         target = f"{target}?{parts.query}"
     if _UNSAFE_TARGET.search(target):
         raise UpstreamError("upstream connection failed: the URL has characters a request line cannot carry")
-    return (scheme, host, port), host_header, target
+    basic = None
+    if parts.username is not None:  # user:password@ in a backend URL: HTTP Basic, as aiohttp and httpx send it
+        userinfo = f"{unquote(parts.username)}:{unquote(parts.password or '')}"
+        basic = "Basic " + base64.b64encode(userinfo.encode()).decode()
+    return (scheme, host, port), host_header, target, basic
 
 
-def _request_head(method: str, target: str, host: str, headers: dict[str, str], length: int | None) -> bytes:
+def _request_head(
+    method: str, target: str, host: str, headers: dict[str, str], length: int | None, basic: str | None
+) -> bytes:
     lines = [f"{method} {target} HTTP/1.1\r\nHost: {host}\r\n"]
-    encoding_asked = False
+    encoding_asked = authorized = False
     for name, value in headers.items():
         if _LINE_BREAK.search(name) or _LINE_BREAK.search(value):
             raise UpstreamError(f"upstream connection failed: header {name!r} contains a line break")
         lines.append(f"{name}: {value}\r\n")
-        encoding_asked = encoding_asked or name.lower() == "accept-encoding"
+        lowered = name.lower()
+        encoding_asked = encoding_asked or lowered == "accept-encoding"
+        authorized = authorized or lowered == "authorization"
     if not encoding_asked:  # what aiohttp asks for by default; answers are decompressed either way
         lines.append("Accept-Encoding: gzip, deflate\r\n")
+    if basic is not None and not authorized:  # a backend key's Authorization wins over the URL's credentials
+        lines.append(f"Authorization: {basic}\r\n")
     if length is not None:
         lines.append(f"Content-Length: {length}\r\n")
     lines.append("\r\n")
@@ -335,8 +348,8 @@ class H1Upstream:
     async def send(
         self, method: str, url: str, headers: dict[str, str], body: bytes | None, stream: bool
     ) -> UpstreamResponse:
-        key, host, target = _split(url)
-        head = _request_head(method, target, host, headers, None if body is None else len(body))
+        key, host, target, basic = _split(url)
+        head = _request_head(method, target, host, headers, None if body is None else len(body), basic)
         conn = await self._connection(key)
         assert conn.transport is not None
         loop = asyncio.get_running_loop()

@@ -26,11 +26,12 @@ def in_flight(router, backend: str) -> float:
 def test_an_attempt_that_raises_unexpectedly_leaves_nothing_in_flight(
     router_factory, upstream_factory, tmp_path, stream
 ):
-    """A backend URL with credentials plus a key makes the HTTP client raise ValueError, not UpstreamError."""
+    """A backend URL with credentials plus a key makes aiohttp's client raise ValueError, not UpstreamError
+    (the default transport sends the key instead: aiohttp is chosen here for its unexpected exception)."""
     up = upstream_factory(name="creds", models=["m"])
     url = up.base_url.replace("http://", "http://user:pw@")
     config = write_config(tmp_path / "c.yaml", {"creds": {"url": url, "api_key": "k", "override": ["m"]}})
-    router = router_factory(config=config)
+    router = router_factory(config=config, env={"UPSTREAM_TRANSPORT": "aiohttp"})
     key = router.add_user("alice")
     for _ in range(3):
         response = httpx.post(

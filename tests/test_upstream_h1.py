@@ -7,6 +7,7 @@ this module covers the client's own framing and pool against a raw asyncio serve
 from __future__ import annotations
 
 import asyncio
+import base64
 import gzip
 import zlib
 
@@ -209,3 +210,16 @@ async def test_a_pooled_connection_the_backend_closed_is_not_used() -> None:
         response = await upstream.send("POST", server.url + "/v1/x", {}, b"{}", False)
         assert await response.read() == b"{}"
     assert server.connections == 2
+
+
+async def test_url_credentials_are_sent_as_basic_unless_a_key_is() -> None:
+    async with Counting() as server, client("h1") as upstream:
+        url = server.url.replace("http://", "http://us%40er:p%3Aw@") + "/v1/x"
+        for headers in ({}, {"Authorization": "Bearer backend-key"}):
+            response = await upstream.send("POST", url, headers, b"{}", False)
+            await response.read()
+    basic, keyed = (
+        [line for line in head.split(b"\r\n") if line.lower().startswith(b"authorization")] for head in server.heads
+    )
+    assert basic == [b"Authorization: Basic " + base64.b64encode(b"us@er:p:w")]
+    assert keyed == [b"Authorization: Bearer backend-key"]
