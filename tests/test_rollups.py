@@ -8,6 +8,7 @@ from __future__ import annotations
 import random
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -16,7 +17,13 @@ from router import analytics_queries as aq
 from router.config import Settings, sqlite_url
 from router.db import close_db, init_db
 from router.usage import RequestRecord, insert_log_rows
-from tests.conftest import create_pg_database, drop_pg_database, require_postgres, skip_unless_process_dialect
+from tests.conftest import (
+    create_pg_database,
+    drop_pg_database,
+    require_postgres,
+    seed_databases,
+    skip_unless_process_dialect,
+)
 
 T0 = datetime(2026, 3, 9, 22, 17, 5, tzinfo=UTC)
 SPAN = timedelta(days=4, hours=3)
@@ -56,23 +63,38 @@ async def write(batch: list[RequestRecord], size: int = 37) -> None:
         await insert_log_rows(batch[start : start + size])
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
-def db_urls(request, tmp_path) -> Iterator[tuple[str, str]]:
-    """(core, analytics) URLs of two empty databases: SQLite files, or fresh PostgreSQL databases."""
-    skip_unless_process_dialect(request.param)  # the tests open them with Tortoise in this process
-    if request.param == "sqlite":
-        yield sqlite_url(str(tmp_path / "core.db")), sqlite_url(str(tmp_path / "analytics.db"))
+def database_pair(dialect: str, tmp_path: Path, migrated: bool) -> Iterator[tuple[str, str]]:
+    """(core, analytics) URLs of two new databases, SQLite files or PostgreSQL databases: empty, or
+    `migrated` (copies of what the migrations make, as a new test router gets)."""
+    skip_unless_process_dialect(dialect)  # the tests open them with Tortoise in this process
+    if dialect == "sqlite":
+        urls = sqlite_url(str(tmp_path / "core.db")), sqlite_url(str(tmp_path / "analytics.db"))
+        if migrated:
+            seed_databases({"CORE_DB_URL": urls[0], "ANALYTICS_DB_URL": urls[1]})
+        yield urls
         return
     server = require_postgres()
-    urls = create_pg_database(server), create_pg_database(server)
+    apps = ("core", "analytics") if migrated else (None, None)
+    urls = create_pg_database(server, apps[0]), create_pg_database(server, apps[1])
     yield urls
     for url in urls:
         drop_pg_database(server, url)
 
 
+@pytest.fixture(params=["sqlite", "postgres"])
+def db_urls(request, tmp_path) -> Iterator[tuple[str, str]]:
+    """Two empty databases."""
+    yield from database_pair(request.param, tmp_path, migrated=False)
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def migrated_db_urls(request, tmp_path) -> Iterator[tuple[str, str]]:
+    yield from database_pair(request.param, tmp_path, migrated=True)
+
+
 @pytest.fixture
-async def analytics_db(db_urls) -> Any:
-    await init_db(Settings(core_db_url=db_urls[0], analytics_db_url=db_urls[1]))
+async def analytics_db(migrated_db_urls) -> Any:
+    await init_db(Settings(core_db_url=migrated_db_urls[0], analytics_db_url=migrated_db_urls[1]))
     yield
     await close_db()
 

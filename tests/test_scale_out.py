@@ -35,6 +35,7 @@ from tests.conftest import (
     drop_pg_database,
     require_postgres,
     require_redis,
+    router_for,
     skip_unless_process_dialect,
     until,
     write_config,
@@ -526,7 +527,7 @@ def test_database_from_before_migrations_starts_and_is_recorded(tmp_path, upstre
         await Tortoise.close_connections()
 
     asyncio.run(old_style())
-    router = RouterProcess(data, {"CORE_DB_URL": "", "ANALYTICS_DB_URL": ""})
+    router = router_for(data, {"CORE_DB_URL": "", "ANALYTICS_DB_URL": ""})  # serve's start-up, in-process
     try:
         router.start()
         names = [u["name"] for u in gql(router, "{ users { name } }")["users"]]
