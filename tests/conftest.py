@@ -501,18 +501,23 @@ class RouterProcess:
     def wait_for_key(self, key: str, timeout: float = 15.0, streak: int = 1) -> None:
         """Wait until the running router accepts a key made elsewhere (another process, the CLI).
 
-        With several workers, ask for `streak` successes in a row: each request is a new
-        connection, which the kernel spreads over the workers.
+        With several workers, ask for `streak` successes in a row (each request is a new
+        connection, which the kernel spreads over the workers) spanning two catalog polls
+        (CATALOG_POLL_INTERVAL_S): every worker reloads the catalog once per poll, so by then each
+        has seen the key, while a quick streak may all have reached one worker (the kernel need not
+        take turns) before the other had polled.
         """
-        deadline = time.monotonic() + timeout
+        started = time.monotonic()
+        deadline = started + timeout
+        span = 2 * float(self.env.get("CATALOG_POLL_INTERVAL_S") or 5) if streak > 1 else 0.0
         in_a_row = 0
-        while in_a_row < streak:
+        while in_a_row < streak or time.monotonic() - started < span:
             if time.monotonic() > deadline:
                 raise AssertionError("the router did not pick up the new key")
             response = httpx.get(f"{self.v1}/models", headers={"Authorization": f"Bearer {key}"}, timeout=5)
             in_a_row = in_a_row + 1 if response.status_code != 401 else 0
-            if in_a_row == 0:
-                time.sleep(0.05)
+            if in_a_row == 0 or in_a_row >= streak:
+                time.sleep(0.02)
 
     def graphql(self, query: str, variables: dict | None = None, token: str | None = ADMIN_PASSWORD) -> dict:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
