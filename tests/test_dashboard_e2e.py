@@ -195,6 +195,12 @@ def nav(page, view: str) -> None:
     page.wait_for_selector(f".page[data-page={view}]")
 
 
+def serves_test_model(v1: str, key: str) -> bool:
+    """The router knows `key` and lists a backend's test-model to it."""
+    r = httpx.get(f"{v1}/models", headers={"Authorization": f"Bearer {key}"}, timeout=5)
+    return r.status_code == 200 and any(m["id"].endswith("test-model") for m in r.json()["data"])
+
+
 def wait_until(predicate, timeout: float, what: str, interval: float = 0.1):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -294,11 +300,9 @@ def test_dashboard_end_to_end(page, upstream):
     }
 
     # The router must have picked up the new user and the backend's models before /v1 is called.
-    def models_listed():
-        r = httpx.get(f"{router.v1}/models", headers={"Authorization": f"Bearer {api_key}"}, timeout=5)
-        return r.status_code == 200 and any(m["id"].endswith("test-model") for m in r.json()["data"])
-
-    wait_until(models_listed, 20, "the new backend's models to be served to the new key")
+    wait_until(
+        lambda: serves_test_model(router.v1, api_key), 20, "the new backend's models to be served to the new key"
+    )
     nav(page, "backends")
     expect(page.locator("tr[data-backend-name=e2e-upstream]")).to_contain_text("test-model", timeout=15_000)
     shot(page, "backends.png")
@@ -1061,12 +1065,8 @@ def test_usage_legend_colours_are_stable_and_no_user_is_not_red(page, upstream):
             "mutation($i: CreateUserInput!) { createUser(input: $i) { apiKey } }",
             {"i": {"name": name, "allBackends": True}},
         )["createUser"]["apiKey"]
-        wait_until(
-            lambda k=keys[name]: (
-                httpx.get(f"{router.v1}/models", headers={"Authorization": f"Bearer {k}"}).status_code == 200
-            ),
-            20,
-            "the user to be served",
+        wait_until(  # the key is known and the new backend's models are listed: a 200 alone is only the first
+            lambda k=keys[name]: serves_test_model(router.v1, k), 20, "the user to be served test-model"
         )
         for _ in range(count):
             OpenAI(base_url=router.v1, api_key=keys[name], max_retries=0).chat.completions.create(
