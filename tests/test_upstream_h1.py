@@ -8,8 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
+import datetime
 import gzip
+import ssl
 import zlib
+from pathlib import Path
 
 import pytest
 
@@ -223,3 +227,70 @@ async def test_url_credentials_are_sent_as_basic_unless_a_key_is() -> None:
     )
     assert basic == [b"Authorization: Basic " + base64.b64encode(b"us@er:p:w")]
     assert keyed == [b"Authorization: Bearer backend-key"]
+
+
+# --- TLS (the hosted APIs) --------------------------------------------------------------------------
+
+
+def self_signed(tmp_path: Path, host: str) -> tuple[Path, Path]:
+    """A certificate for `host` and its key, as PEM files."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, host)])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=1))
+        .not_valid_after(now + datetime.timedelta(hours=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(host)]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_file, key_file = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    return cert_file, key_file
+
+
+@pytest.mark.parametrize("name_in_url, verified", [("localhost", True), ("127.0.0.1", False)])
+async def test_https_verifies_the_backend_certificate_and_its_name(tmp_path: Path, name_in_url: str, verified: bool):
+    cert_file, key_file = self_signed(tmp_path, "localhost")
+    server_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_tls.load_cert_chain(cert_file, key_file)
+    heads: list[bytes] = []
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError, ssl.SSLError):
+            heads.append(await read_head(reader))
+            writer.write(OK_JSON)
+            await writer.drain()
+            await reader.read()
+        writer.close()
+
+    server = await asyncio.start_server(answer, "127.0.0.1", 0, ssl=server_tls)
+    port = server.sockets[0].getsockname()[1]
+    upstream = H1Upstream(2.0, 5.0)
+    upstream._ssl = ssl.create_default_context(cafile=str(cert_file))  # trust this test's certificate only
+    try:
+        url = f"https://{name_in_url}:{port}/v1/x"
+        if verified:
+            response = await upstream.send("POST", url, {}, b"{}", False)
+            assert (response.status, await response.read()) == (200, b"{}")
+            assert f"Host: localhost:{port}".encode() in heads[0]
+        else:  # the certificate does not name 127.0.0.1: refused before any byte of the request is sent
+            with pytest.raises(UpstreamError, match="CERTIFICATE_VERIFY_FAILED"):
+                await upstream.send("POST", url, {}, b"{}", False)
+            assert heads == []
+    finally:
+        await upstream.aclose()
+        server.close()
