@@ -40,7 +40,7 @@ def cpu_seconds_self(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
 
 
-def _cmdline(pid: int) -> bytes:
+def cmdline(pid: int) -> bytes:
     try:
         return Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
@@ -51,7 +51,7 @@ def cpu_seconds(pid: int, only: bytes | None = None) -> float:
     """utime + stime of `pid` and its descendants (those whose command line holds `only`), in seconds."""
     total = 0
     for p in children_of(pid):
-        if only is not None and only not in _cmdline(p):
+        if only is not None and only not in cmdline(p):
             continue
         try:
             stat = Path(f"/proc/{p}/stat").read_text()
