@@ -432,12 +432,15 @@ class H1Upstream:
         try:
             async with asyncio.timeout(self._connect_timeout_s):
                 await loop.create_connection(lambda: conn, host, port, ssl=tls, server_hostname=host if tls else None)
-        except TimeoutError as exc:
-            conn.closed, conn.holds_slot = True, False  # the caller frees the slot
-            raise UpstreamTimeout("upstream timed out") from exc
-        except (OSError, ssl.SSLError) as exc:
+        except BaseException as exc:
+            # The caller frees the slot; a connection_lost still to come (a cancel right after the
+            # connection was made) must not free it a second time.
             conn.closed, conn.holds_slot = True, False
-            raise UpstreamError(f"upstream connection failed: {exc.__class__.__name__}: {exc}") from exc
+            if isinstance(exc, TimeoutError):
+                raise UpstreamTimeout("upstream timed out") from exc
+            if isinstance(exc, OSError):  # ssl.SSLError included
+                raise UpstreamError(f"upstream connection failed: {exc.__class__.__name__}: {exc}") from exc
+            raise
         return conn
 
     def _tls(self) -> ssl.SSLContext:

@@ -294,3 +294,26 @@ async def test_https_verifies_the_backend_certificate_and_its_name(tmp_path: Pat
     finally:
         await upstream.aclose()
         server.close()
+
+
+async def test_a_cancel_at_any_point_keeps_the_open_connection_count_true() -> None:
+    """Whether a request is cancelled while connecting, sending or reading, the pool's count of open
+    connections (what bounds them) ends equal to the connections really open."""
+    async with Counting() as server, client("h1") as upstream:
+        assert isinstance(upstream, H1Upstream)
+
+        async def one() -> None:
+            response = await upstream.send("POST", server.url + "/v1/x", {}, b"{}", False)
+            await response.read()
+
+        for turns in range(60):
+            task = asyncio.create_task(one())
+            for _ in range(turns):
+                await asyncio.sleep(0)
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            for _ in range(5):  # closed transports report connection_lost on a later turn
+                await asyncio.sleep(0)
+            really_open = sum(1 for conns in upstream._idle.values() for conn in conns if not conn.closed)
+            assert upstream._open == really_open, f"cancelled after {turns} turns"
