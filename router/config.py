@@ -9,8 +9,6 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from router.crypto import check_secrets_key
 from router.protocols.translate import BACKEND_APIS, unknown_apis
 from router.upstream_auth import api_key_problem, auth_header_problem, normal_auth_header
@@ -410,6 +408,8 @@ def load_config_file(path: str, environ: dict[str, str] | None = None) -> Config
     A server referencing an unset `${VAR}` is not an error: it comes back in `disabled` (so a
     config with optional providers starts without their keys).
     """
+    import yaml  # here, not at the top: only `--config`/CONFIG_FILE reads YAML
+
     environ = dict(os.environ) if environ is None else environ
     try:
         text = Path(path).read_text()
