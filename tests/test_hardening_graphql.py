@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import statistics
 import threading
 import time
@@ -25,7 +24,7 @@ from graphql_schema.limits import count_aliases
 from router.auth import AdminTokens
 from router.bodies import MAX_JSON_DEPTH, TooDeep, check_json_depth, loads_limited
 from router.config import ConfigError, load_settings
-from tests.conftest import ADMIN_PASSWORD, RouterProcess, require_redis
+from tests.conftest import ADMIN_PASSWORD, RouterProcess
 from tests.test_graphql_api import GqlEnv, fails, gql, ok, start_env, stop_env, unique
 
 LOGIN = "mutation($p: String!) { login(password: $p) { token expiresAt } }"
@@ -423,26 +422,6 @@ def test_wrong_logins_from_an_address_do_not_lock_out_a_known_browser(router):
         assert "Too many failed attempts" in blocked["errors"][0]["message"]
     forged = {"Cookie": "llm_router_device=abc.forged", **shared}
     assert fails(router, LOGIN, {"p": ADMIN_PASSWORD}, token=None, headers=forged)["retryAfterSeconds"] >= 1
-
-
-@pytest.mark.redis
-def test_logout_reaches_every_process_through_redis(tmp_path):
-    url = require_redis()
-    env = {
-        "REDIS_URL": url,
-        "REDIS_PREFIX": f"t-{os.getpid()}-{time.time_ns()}",
-        "ADMIN_SESSION_SECRET": "shared-secret",
-    }
-    first = RouterProcess(tmp_path / "a", env).start()
-    second = RouterProcess(tmp_path / "b", {**env, "CORE_DB_PATH": str(tmp_path / "a" / "core.db")}).start()
-    try:
-        token = ok(first, LOGIN, {"p": ADMIN_PASSWORD}, token=None)["login"]["token"]
-        assert ok(second, "{ users { id } }", token=token)
-        assert ok(first, "mutation { logout }", token=token)["logout"]
-        assert fails(second, "{ users { id } }", token=token)["code"] == "UNAUTHENTICATED"
-    finally:
-        first.stop()
-        second.stop()
 
 
 # --- the router stays up -----------------------------------------------------------------------

@@ -3,13 +3,16 @@
 Redis going away and coming back under traffic.
 
 The two-router tests set CATALOG_POLL_INTERVAL_S=60, so an admin change seen by the other router
-within a second or two can only have come through Redis. Each test uses its own REDIS_PREFIX, so
+within a second or two can only have come through Redis. Most of them share one pair of router
+processes (`cluster`, started once per module), each test with its own users and models; the tests
+that need other settings or stop Redis start their own. Each pair uses its own REDIS_PREFIX, so
 tests running in parallel on one Redis never see each other's messages.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import shutil
 import signal
@@ -40,20 +43,23 @@ from tests.conftest import (
     until,
     write_config,
 )
-from tests.test_graphql_api import CREATE_PERMISSION, CREATE_USER, DELETE_PERMISSION
-from tests.upstream import free_port
+from tests.test_graphql_api import CREATE_PERMISSION, CREATE_USER, DELETE_PERMISSION, fails, ok
+from tests.test_hardening_graphql import LOGIN
+from tests.upstream import UpstreamServer, free_port
 
 MESSAGES = [{"role": "user", "content": "hi"}]
 PROPAGATION_S = 3.0  # generous for a loaded CI machine; the catalog poll is 60 s
 
 
-def chat(router: RouterProcess, key: str, request_id: str | None = None, timeout: float = 30) -> httpx.Response:
+def chat(
+    router: RouterProcess, key: str, request_id: str | None = None, timeout: float = 30, model: str = "test-model"
+) -> httpx.Response:
     headers = {"Authorization": f"Bearer {key}"}
     if request_id:
         headers["X-Request-ID"] = request_id
     return httpx.post(
         f"{router.v1}/chat/completions",
-        json={"model": "test-model", "messages": MESSAGES},
+        json={"model": model, "messages": MESSAGES},
         headers=headers,
         timeout=timeout,
     )
@@ -83,41 +89,82 @@ class Cluster:
     a: RouterProcess
     b: RouterProcess
     env: dict[str, str]
+    upstreams: dict[str, UpstreamServer]
+
+
+@contextlib.contextmanager
+def new_pg_databases() -> Iterator[dict[str, str]]:
+    """CORE_DB_URL and ANALYTICS_DB_URL of two new, empty PostgreSQL databases (dropped afterwards)."""
+    server = require_postgres()
+    urls = {"CORE_DB_URL": create_pg_database(server), "ANALYTICS_DB_URL": create_pg_database(server)}
+    try:
+        yield urls
+    finally:
+        for url in urls.values():
+            drop_pg_database(server, url)
 
 
 @pytest.fixture
 def pg_databases() -> Iterator[dict[str, str]]:
-    server = require_postgres()
-    urls = {"CORE_DB_URL": create_pg_database(server), "ANALYTICS_DB_URL": create_pg_database(server)}
-    yield urls
-    for url in urls.values():
-        drop_pg_database(server, url)
+    with new_pg_databases() as urls:
+        yield urls
 
 
-def start_cluster(tmp_path: Path, upstream, env: dict[str, str], routers: list[RouterProcess]) -> Cluster:
-    config = write_config(tmp_path / "config.yaml", {"alpha": {"url": upstream.base_url}})
+def start_cluster(
+    tmp_path: Path, upstreams: dict[str, UpstreamServer], env: dict[str, str], routers: list[RouterProcess]
+) -> Cluster:
+    """A (with config.yaml's backends, one per upstream) and B, on the same databases and Redis."""
+    config = write_config(tmp_path / "config.yaml", {name: {"url": u.base_url} for name, u in upstreams.items()})
     a = RouterProcess(tmp_path / "a", env, config)
     routers.append(a)
     a.start()
     b = RouterProcess(tmp_path / "b", env)
     routers.append(b)
     b.start()
-    return Cluster(a, b, env)
+    return Cluster(a, b, env, upstreams)
+
+
+@pytest.fixture(scope="module")
+def module_cluster(tmp_path_factory) -> Iterator[Cluster]:
+    """The module's pair of router processes: backend alpha (test-model) for most tests, and good and
+    bad (health-model only, so that no other test's request goes there) for the health test."""
+    redis_url = require_redis()
+    upstreams = {
+        "alpha": UpstreamServer(name="alpha", models=["test-model", "shared-model"]).start(),
+        "bad": UpstreamServer(name="bad", models=["health-model"]).start(),
+        "good": UpstreamServer(name="good", models=["health-model"]).start(),
+    }
+    routers: list[RouterProcess] = []
+    try:
+        with new_pg_databases() as databases:
+            env = {
+                **databases,
+                "REDIS_URL": redis_url,
+                "REDIS_PREFIX": f"test-{uuid.uuid4().hex[:12]}",
+                "CATALOG_POLL_INTERVAL_S": "60",
+                "LOG_FLUSH_INTERVAL_S": "0.05",
+                "HEALTH_FAILURE_THRESHOLD": "1",  # the health test: one failure marks a backend down...
+                "HEALTH_COOLDOWN_S": "60",  # ...for the rest of the module
+                "MAX_ATTEMPTS": "2",
+                "ADMIN_SESSION_SECRET": "shared-secret",  # both processes accept one admin session
+            }
+            try:
+                yield start_cluster(tmp_path_factory.mktemp("cluster"), upstreams, env, routers)
+            finally:
+                for router in routers:
+                    router.stop()
+    finally:
+        for upstream in upstreams.values():
+            upstream.stop()
 
 
 @pytest.fixture
-def cluster(tmp_path, upstream, pg_databases) -> Iterator[Cluster]:
-    env = {
-        **pg_databases,
-        "REDIS_URL": require_redis(),
-        "REDIS_PREFIX": f"test-{uuid.uuid4().hex[:12]}",
-        "CATALOG_POLL_INTERVAL_S": "60",
-        "LOG_FLUSH_INTERVAL_S": "0.05",
-    }
-    routers: list[RouterProcess] = []
-    yield start_cluster(tmp_path, upstream, env, routers)
-    for router in routers:
-        router.stop()
+def cluster(module_cluster: Cluster) -> Cluster:
+    """The module's pair, both running (a test that stopped one gets it back: one start, not two)."""
+    for router in (module_cluster.a, module_cluster.b):
+        if not router.running:
+            router.start()
+    return module_cluster
 
 
 # --- admin changes travel at once -------------------------------------------------------------
@@ -148,29 +195,16 @@ def test_permission_revoked_through_b_is_refused_on_a(cluster):
     until_status(cluster.b, key, 401)
 
 
-def test_backend_marked_down_by_one_process_is_down_on_all(tmp_path, upstream_factory, pg_databases):
+def test_backend_marked_down_by_one_process_is_down_on_all(cluster):
     """Health: B learns that A marked a backend down (cooldown), and skips it without trying it."""
-    good = upstream_factory(name="good", models=["test-model"])
-    bad = upstream_factory(name="bad", models=["test-model"])
-    env = {
-        **pg_databases,
-        "REDIS_URL": require_redis(),
-        "REDIS_PREFIX": f"test-{uuid.uuid4().hex[:12]}",
-        "CATALOG_POLL_INTERVAL_S": "60",
-        "HEALTH_FAILURE_THRESHOLD": "1",
-        "HEALTH_COOLDOWN_S": "60",
-        "MAX_ATTEMPTS": "2",
-    }
-    config = write_config(tmp_path / "config.yaml", {"bad": {"url": bad.base_url}, "good": {"url": good.base_url}})
-    a = RouterProcess(tmp_path / "a", env, config).start()
-    b = RouterProcess(tmp_path / "b", env).start()
+    a, b, bad = cluster.a, cluster.b, cluster.upstreams["bad"]
+    key = a.add_user("hal")
+    b.wait_for_key(key)
+    bad.fail_status = 500
     try:
-        key = a.add_user("hal")
-        b.wait_for_key(key)
-        bad.fail_status = 500
         # Round-robin over two backends: within two requests A tries `bad`, fails over, marks it down.
         for _ in range(2):
-            assert chat(a, key).status_code == 200
+            assert chat(a, key, model="health-model").status_code == 200
         assert any(r.path == "/v1/chat/completions" for r in bad.received)
         deadline = time.monotonic() + PROPAGATION_S
         healthy = {}
@@ -179,14 +213,21 @@ def test_backend_marked_down_by_one_process_is_down_on_all(tmp_path, upstream_fa
             if healthy.get("bad") is False:
                 break
             time.sleep(0.02)
-        assert healthy == {"bad": False, "good": True}
+        assert healthy == {"alpha": True, "bad": False, "good": True}
         tried_bad = len(bad.requests_to("/v1/chat/completions"))
         for _ in range(4):
-            assert chat(b, key).status_code == 200
+            assert chat(b, key, model="health-model").status_code == 200
         assert len(bad.requests_to("/v1/chat/completions")) == tried_bad  # B never tried it
     finally:
-        a.stop()
-        b.stop()
+        bad.fail_status = None
+
+
+def test_logout_reaches_every_process_through_redis(cluster):
+    """An admin session (one ADMIN_SESSION_SECRET) logged out on A is refused on B at once."""
+    token = ok(cluster.a, LOGIN, {"p": ADMIN_PASSWORD}, token=None)["login"]["token"]
+    assert ok(cluster.b, "{ users { id } }", token=token)
+    assert ok(cluster.a, "mutation { logout }", token=token)["logout"]
+    assert fails(cluster.b, "{ users { id } }", token=token)["code"] == "UNAUTHENTICATED"
 
 
 # --- live subscriptions see every process -----------------------------------------------------
@@ -250,8 +291,10 @@ async def test_subscriber_on_a_receives_requests_served_by_b_exactly_once(cluste
 # --- a graceful stop under load loses nothing -------------------------------------------------
 
 
-def test_sigterm_under_load_every_finished_request_is_logged(cluster, upstream):
+def test_sigterm_under_load_every_finished_request_is_logged(cluster):
     key = cluster.a.add_user("dan")
+    upstream = cluster.upstreams["alpha"]
+    before = upstream.stream_delay_s, upstream.stream_chunks
     upstream.stream_delay_s = 0.02
     upstream.stream_chunks = 10
     finished: list[str] = []
@@ -284,13 +327,16 @@ def test_sigterm_under_load_every_finished_request_is_logged(cluster, upstream):
                         finished.append(rid)
 
     threads = [threading.Thread(target=load, args=(i % 2 == 0,)) for i in range(8)]
-    for thread in threads:
-        thread.start()
-    until(lambda: len(finished) > 10, 30, "no load reached the router")
-    assert cluster.a.stop(signal.SIGTERM) in (0, -signal.SIGTERM)
-    stop.set()
-    for thread in threads:
-        thread.join(30)
+    try:
+        for thread in threads:
+            thread.start()
+        until(lambda: len(finished) > 10, 30, "no load reached the router")
+        assert cluster.a.stop(signal.SIGTERM) in (0, -signal.SIGTERM)  # the `cluster` fixture starts it again
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(30)
+        upstream.stream_delay_s, upstream.stream_chunks = before
     logged = {row["request_id"] for row in cluster.a.request_logs()}
     missing = [rid for rid in finished if rid not in logged]
     assert not missing, f"{len(missing)} of {len(finished)} finished requests are not in the log"
@@ -364,7 +410,7 @@ def test_redis_stopped_and_restarted_mid_traffic(tmp_path, upstream, pg_database
     statuses: list[int] = []
     stop = threading.Event()
     try:
-        cluster = start_cluster(tmp_path, upstream, env, routers)
+        cluster = start_cluster(tmp_path, {"alpha": upstream}, env, routers)
         key = cluster.a.add_user("eve")
         cluster.b.wait_for_key(key)
 
@@ -453,7 +499,8 @@ def all_migrations() -> list[tuple[str, str]]:
     ("database", "server"), [("sqlite", "granian"), ("sqlite", "uvicorn"), ("postgres", "granian")]
 )
 def test_workers_2_start_together_and_serve(tmp_path, upstream, database, server, request):
-    env: dict[str, str] = {"LOG_FLUSH_INTERVAL_S": "0.05", "SERVER": server}
+    # A catalog poll every 0.1 s: wait_for_key's streak spans two (0.2 s, not 1 s) to know both workers have a key.
+    env: dict[str, str] = {"LOG_FLUSH_INTERVAL_S": "0.05", "SERVER": server, "CATALOG_POLL_INTERVAL_S": "0.1"}
     if database == "postgres":
         env.update(request.getfixturevalue("pg_databases"))
     else:
