@@ -111,12 +111,17 @@ class Settings:
     response_affinity_ttl_s: float = 30 * 86400.0
     response_affinity_max: int = 100_000
     sse_max_event_mb: float = 16.0  # one upstream stream event larger than this breaks the stream off (502)
+    max_upstream_answer_mb: float = 256.0  # a backend's whole (non-stream) answer larger than this: 502
     # Upstream response headers passed to clients besides the built-in allow-list (router/proxy.py).
     upstream_response_headers: list[str] = field(default_factory=list)
 
     queue_timeout_s: float = 30.0  # longest wait for a slot of a backend at its maxConcurrent
     limits_default_max_tokens: int = 1024  # TPM reservation for a request without max_tokens
     budget_sync_interval_s: float = 10.0  # how often spend counters are raised to the rollups' totals
+
+    @property
+    def max_upstream_answer_bytes(self) -> int:
+        return int(self.max_upstream_answer_mb * 1024 * 1024)
 
     @property
     def sse_max_event_bytes(self) -> int:
@@ -212,6 +217,7 @@ _ENV: dict[str, tuple[str, Any]] = {
     "RESPONSE_AFFINITY_TTL_S": ("response_affinity_ttl_s", float),
     "RESPONSE_AFFINITY_MAX": ("response_affinity_max", int),
     "SSE_MAX_EVENT_MB": ("sse_max_event_mb", float),
+    "MAX_UPSTREAM_ANSWER_MB": ("max_upstream_answer_mb", float),
     "UPSTREAM_RESPONSE_HEADERS": ("upstream_response_headers", _env_list),
 }
 

@@ -51,7 +51,15 @@ from router.protocols.anthropic import anthropic_model_list
 from router.routing import candidate_backends
 from router.runtime import Runtime
 from router.scripts import RawJSON
-from router.upstream import SSESplitter, UpstreamError, UpstreamResponse, last_sse_event, sse_data, sse_event_name
+from router.upstream import (
+    AnswerTooLarge,
+    SSESplitter,
+    UpstreamError,
+    UpstreamResponse,
+    last_sse_event,
+    sse_data,
+    sse_event_name,
+)
 from router.upstream_auth import upstream_auth
 from router.urls import allowed_proxy_url
 from router.usage import RequestRecord
@@ -708,6 +716,9 @@ async def plain_response(call: Call, attempt: Attempt, upstream: UpstreamRespons
     rt, record, hooks, translator = call.rt, call.record, outgoing.hooks, outgoing.translator
     try:
         body = await upstream.read()
+    except AnswerTooLarge as exc:
+        record.error = f"{attempt.target.name}: {exc}"
+        raise errors.upstream_failed(f"Backend '{attempt.target.name}' failed: {exc}.") from None
     except UpstreamError as exc:
         raise errors.upstream_error(exc, str(exc)) from None
     finally:

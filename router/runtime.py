@@ -52,7 +52,10 @@ class Runtime:
         self.settings = settings
         self.catalog = Catalog(SecretBox(settings.secrets_key))
         self.upstream: UpstreamClient = make_upstream_client(
-            settings.upstream_transport, settings.upstream_connect_timeout_s, settings.upstream_timeout_s
+            settings.upstream_transport,
+            settings.upstream_connect_timeout_s,
+            settings.upstream_timeout_s,
+            settings.max_upstream_answer_bytes,
         )
         self.models = ModelDirectory(self.upstream)
         self.health = HealthTracker(settings.health_failure_threshold, settings.health_cooldown_s)

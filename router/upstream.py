@@ -25,6 +25,25 @@ class UpstreamTimeout(UpstreamError):
     """The backend did not answer (or send the next byte) in time."""
 
 
+DEFAULT_MAX_ANSWER_BYTES = 256 * 1024 * 1024  # MAX_UPSTREAM_ANSWER_MB's default
+
+
+class AnswerTooLarge(UpstreamError):
+    """A backend's answer (decompressed) is larger than the router keeps in memory for one request."""
+
+    def __init__(self, max_bytes: int) -> None:
+        super().__init__(f"the backend's answer is larger than {max_bytes / 1024 / 1024:g} MB (MAX_UPSTREAM_ANSWER_MB)")
+
+
+def _bounded(chunks: list[bytes], chunk: bytes, size: int, max_bytes: int) -> int:
+    """Add `chunk` to an answer being read whole; its new size, or AnswerTooLarge."""
+    size += len(chunk)
+    if size > max_bytes:
+        raise AnswerTooLarge(max_bytes)
+    chunks.append(chunk)
+    return size
+
+
 class UpstreamResponse(Protocol):
     @property
     def status(self) -> int: ...
@@ -53,21 +72,29 @@ class UpstreamClient(Protocol):
 
 
 class _AiohttpResponse:
-    __slots__ = ("_errors", "_resp", "headers", "status")
+    __slots__ = ("_errors", "_max_bytes", "_resp", "headers", "status")
 
-    def __init__(self, resp: aiohttp.ClientResponse, errors: tuple[type[Exception], ...]) -> None:
+    def __init__(self, resp: aiohttp.ClientResponse, errors: tuple[type[Exception], ...], max_bytes: int) -> None:
         self._resp = resp
         self._errors = errors
+        self._max_bytes = max_bytes
         self.status = resp.status
         self.headers = resp.headers
 
     async def read(self) -> bytes:
+        chunks: list[bytes] = []
+        size = 0
         try:
-            return await self._resp.read()
+            async for chunk in self._resp.content.iter_any():
+                size = _bounded(chunks, chunk, size, self._max_bytes)
         except self._errors as exc:
             raise _as_upstream_error(exc) from exc
+        except AnswerTooLarge:
+            self._resp.close()  # not read to the end: not back into the pool
+            raise
         finally:
             self._resp.release()
+        return b"".join(chunks)
 
     async def iter_chunks(self) -> AsyncIterator[bytes]:
         try:
@@ -91,7 +118,14 @@ def _as_upstream_error(exc: BaseException) -> UpstreamError:
 class AiohttpUpstream:
     """One aiohttp session (connection pool) for every backend."""
 
-    def __init__(self, connect_timeout_s: float, read_timeout_s: float, max_connections: int = 1000) -> None:
+    def __init__(
+        self,
+        connect_timeout_s: float,
+        read_timeout_s: float,
+        max_connections: int = 1000,
+        max_answer_bytes: int = DEFAULT_MAX_ANSWER_BYTES,
+    ) -> None:
+        self._max_answer_bytes = max_answer_bytes
         import aiohttp
 
         self._errors: tuple[type[Exception], ...] = (TimeoutError, aiohttp.ClientError)
@@ -111,7 +145,7 @@ class AiohttpUpstream:
             resp = await self._session.request(method, url, headers=headers, data=body, allow_redirects=False)
         except self._send_errors as exc:
             raise _as_upstream_error(exc) from exc
-        return _AiohttpResponse(resp, self._errors)
+        return _AiohttpResponse(resp, self._errors, self._max_answer_bytes)
 
     async def aclose(self) -> None:
         await self._session.close()
@@ -129,17 +163,22 @@ def _httpx_error(exc: httpx.HTTPError) -> UpstreamError:
 
 
 class _HttpxResponse:
-    __slots__ = ("_errors", "_resp", "headers", "status")
+    __slots__ = ("_errors", "_max_bytes", "_resp", "headers", "status")
 
-    def __init__(self, resp: httpx.Response, errors: type[httpx.HTTPError]) -> None:
+    def __init__(self, resp: httpx.Response, errors: type[httpx.HTTPError], max_bytes: int) -> None:
         self._resp = resp
         self._errors = errors
+        self._max_bytes = max_bytes
         self.status = resp.status_code
         self.headers = resp.headers
 
     async def read(self) -> bytes:
+        chunks: list[bytes] = []
+        size = 0
         try:
-            return await self._resp.aread()
+            async for chunk in self._resp.aiter_bytes():
+                size = _bounded(chunks, chunk, size, self._max_bytes)
+            return b"".join(chunks)
         except self._errors as exc:
             raise _httpx_error(exc) from exc
         finally:
@@ -157,7 +196,14 @@ class _HttpxResponse:
 
 
 class HttpxUpstream:
-    def __init__(self, connect_timeout_s: float, read_timeout_s: float, max_connections: int = 1000) -> None:
+    def __init__(
+        self,
+        connect_timeout_s: float,
+        read_timeout_s: float,
+        max_connections: int = 1000,
+        max_answer_bytes: int = DEFAULT_MAX_ANSWER_BYTES,
+    ) -> None:
+        self._max_answer_bytes = max_answer_bytes
         import httpx
 
         self._errors = httpx.HTTPError
@@ -177,7 +223,7 @@ class HttpxUpstream:
             resp = await self._client.send(request, stream=True)
         except self._errors as exc:
             raise _httpx_error(exc) from exc
-        return _HttpxResponse(resp, self._errors)
+        return _HttpxResponse(resp, self._errors, self._max_answer_bytes)
 
     async def aclose(self) -> None:
         await self._client.aclose()
@@ -189,18 +235,26 @@ class HttpxUpstream:
 class _PyreqwestResponse:
     """A response whose body is read in Rust; `close` drops the connection if the body was not read."""
 
-    __slots__ = ("_errors", "_request", "_resp", "headers", "status")
+    __slots__ = ("_errors", "_max_bytes", "_request", "_resp", "headers", "status")
 
-    def __init__(self, resp: Any, request: Any | None, errors: type[Exception]) -> None:
+    def __init__(self, resp: Any, request: Any | None, errors: type[Exception], max_bytes: int) -> None:
         self._resp = resp
         self._errors = errors
+        self._max_bytes = max_bytes
         self._request = request  # the streamed request (its `__aexit__` closes), None when fully read
         self.status: int = resp.status
         self.headers: Mapping[str, str] = resp.headers
 
     async def read(self) -> bytes:
+        """The whole answer. The bound is checked on its Content-Length before reading and on its
+        size after: pyreqwest reads a chunked answer whole in Rust (h1, the default, stops at it)."""
         try:
+            declared = self.headers.get("content-length", "")
+            if declared.isdigit() and int(declared) > self._max_bytes:
+                raise AnswerTooLarge(self._max_bytes)
             body: bytes = (await self._resp.bytes()).to_bytes()
+            if len(body) > self._max_bytes:
+                raise AnswerTooLarge(self._max_bytes)
             return body
         except self._errors as exc:
             raise _pyreqwest_error(exc) from exc
@@ -236,7 +290,14 @@ class PyreqwestUpstream:
     Rust task running). Streams are closed at once.
     """
 
-    def __init__(self, connect_timeout_s: float, read_timeout_s: float, max_connections: int = 1000) -> None:
+    def __init__(
+        self,
+        connect_timeout_s: float,
+        read_timeout_s: float,
+        max_connections: int = 1000,
+        max_answer_bytes: int = DEFAULT_MAX_ANSWER_BYTES,
+    ) -> None:
+        self._max_answer_bytes = max_answer_bytes
         from pyreqwest.client import ClientBuilder
         from pyreqwest.exceptions import PyreqwestError
 
@@ -259,10 +320,10 @@ class PyreqwestUpstream:
             builder = builder.body_bytes(body)
         try:
             if not stream:
-                return _PyreqwestResponse(await builder.build().send(), None, self._errors)
+                return _PyreqwestResponse(await builder.build().send(), None, self._errors, self._max_answer_bytes)
             # A read buffer of 0: return at the response head, not after the first 64 KiB of the stream.
             request = builder.streamed_read_buffer_limit(0).build_streamed()
-            return _PyreqwestResponse(await request.__aenter__(), request, self._errors)
+            return _PyreqwestResponse(await request.__aenter__(), request, self._errors, self._max_answer_bytes)
         except self._errors as exc:
             raise _pyreqwest_error(exc) from exc
 
@@ -270,16 +331,22 @@ class PyreqwestUpstream:
         await self._client.close()
 
 
-def make_upstream_client(transport: str, connect_timeout_s: float, read_timeout_s: float) -> UpstreamClient:
+def make_upstream_client(
+    transport: str,
+    connect_timeout_s: float,
+    read_timeout_s: float,
+    max_answer_bytes: int = DEFAULT_MAX_ANSWER_BYTES,
+) -> UpstreamClient:
+    """The client `UPSTREAM_TRANSPORT` names; `max_answer_bytes` bounds an answer read whole."""
     if transport == "h1":
         from router.upstream_h1 import H1Upstream
 
-        return H1Upstream(connect_timeout_s, read_timeout_s)
+        return H1Upstream(connect_timeout_s, read_timeout_s, max_answer_bytes=max_answer_bytes)
     if transport == "pyreqwest":
-        return PyreqwestUpstream(connect_timeout_s, read_timeout_s)
+        return PyreqwestUpstream(connect_timeout_s, read_timeout_s, max_answer_bytes=max_answer_bytes)
     if transport == "httpx":
-        return HttpxUpstream(connect_timeout_s, read_timeout_s)
-    return AiohttpUpstream(connect_timeout_s, read_timeout_s)
+        return HttpxUpstream(connect_timeout_s, read_timeout_s, max_answer_bytes=max_answer_bytes)
+    return AiohttpUpstream(connect_timeout_s, read_timeout_s, max_answer_bytes=max_answer_bytes)
 
 
 # --- server-sent events -----------------------------------------------------------------------

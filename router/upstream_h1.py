@@ -11,7 +11,9 @@ redirects, no proxies, bodies already in memory). This client does that part and
 - cancelling a request at any point closes its connection at once (the backend sees the client
   leave), and a connection goes back to the pool only after its answer was read to the end;
 - `gzip`/`deflate` answers are decompressed; header names and values are checked for line
-  breaks before anything is sent; the answer's head is bounded (`MAX_HEAD_BYTES`);
+  breaks before anything is sent; the answer's head is bounded (`MAX_HEAD_BYTES`), and so is its
+  body (`max_answer_bytes`): a whole answer read at once, and what a stream has buffered unread,
+  decompressed bytes counted (a small compressed answer cannot expand without bound);
 - `user:password@` in a URL is sent as HTTP Basic unless an Authorization header is given (the
   backend's key wins; aiohttp refuses the pair with a ValueError).
 """
@@ -32,13 +34,20 @@ from urllib.parse import unquote, urlsplit
 import httptools
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from router.upstream import UpstreamError, UpstreamResponse, UpstreamTimeout
+from router.upstream import (
+    DEFAULT_MAX_ANSWER_BYTES,
+    AnswerTooLarge,
+    UpstreamError,
+    UpstreamResponse,
+    UpstreamTimeout,
+)
 
 IDLE_S = 15.0  # an idle pooled connection older than this is closed, not reused (aiohttp's default)
 MAX_HEAD_BYTES = 256 * 1024  # status line and headers of one answer
 MAX_HEADERS = 500
 PAUSE_AT_BYTES = 1024 * 1024  # unread body bytes buffered before the socket stops being read
 _JOIN_BELOW = 64 * 1024  # a body smaller than this is written with the head in one send
+_INFLATE_STEP = 256 * 1024  # decompressed bytes made per step (checked against the bound between steps)
 _UNSAFE_TARGET = re.compile(r"[^\x21-\x7e]")  # a request target must be printable ASCII without spaces
 _LINE_BREAK = re.compile(r"[\r\n\x00]")
 
@@ -138,8 +147,11 @@ class _Connection(asyncio.Protocol):
 class _Exchange:
     """One request's answer as it arrives: llhttp's callbacks fill it, the response reads it."""
 
-    def __init__(self, conn: _Connection, loop: asyncio.AbstractEventLoop, read_timeout_s: float, head_only: bool):
+    def __init__(
+        self, conn: _Connection, loop: asyncio.AbstractEventLoop, read_timeout_s: float, head_only: bool, max_bytes: int
+    ) -> None:
         self.conn = conn
+        self.max_bytes = max_bytes
         self.loop = loop
         self.read_timeout_s = read_timeout_s
         self.head_only = head_only
@@ -189,11 +201,23 @@ class _Exchange:
 
     def on_body(self, body: bytes) -> None:
         if self.decompress is not None:
-            body = self.decompress.decompress(body)
-            if not body:
-                return
+            self._inflate(body)
+        elif body:
+            self._add(body)
+
+    def _inflate(self, body: bytes) -> None:
+        """Decompress in steps: a bomb fails at the bound instead of expanding in one call."""
+        while body:
+            piece = self.decompress.decompress(body, _INFLATE_STEP)
+            body = self.decompress.unconsumed_tail
+            if piece:
+                self._add(piece)
+
+    def _add(self, body: bytes) -> None:
         self.chunks.append(body)
         self.buffered += len(body)
+        if self.buffered > self.max_bytes:
+            raise AnswerTooLarge(self.max_bytes)
         if self.buffered > PAUSE_AT_BYTES and not self.paused:
             self.paused = True
             self.conn.pause_reading()
@@ -205,7 +229,7 @@ class _Exchange:
         if self.decompress is not None:
             rest = self.decompress.flush()
             if rest:
-                self.chunks.append(rest)
+                self._add(rest)
         self.keep_alive = self.parser.should_keep_alive()
         self.complete = True
         self._wake()
@@ -301,10 +325,15 @@ class _H1Response:
     async def read(self) -> bytes:
         exchange = self._exchange
         parts: list[bytes] = []
+        size = 0
         try:
             while (chunk := exchange.take()) is not None:
                 if chunk:
                     parts.append(chunk)
+                    size += len(chunk)
+                    if size > exchange.max_bytes:
+                        exchange.conn.close()  # the rest is not read: the connection is not reused
+                        raise AnswerTooLarge(exchange.max_bytes)
                 else:
                     await exchange.wait()
         finally:
@@ -335,8 +364,15 @@ class _H1Response:
 class H1Upstream:
     """The client: one pool of HTTP/1.1 connections for every backend."""
 
-    def __init__(self, connect_timeout_s: float, read_timeout_s: float, max_connections: int = 1000) -> None:
+    def __init__(
+        self,
+        connect_timeout_s: float,
+        read_timeout_s: float,
+        max_connections: int = 1000,
+        max_answer_bytes: int = DEFAULT_MAX_ANSWER_BYTES,
+    ) -> None:
         self._connect_timeout_s = connect_timeout_s
+        self._max_answer_bytes = max_answer_bytes
         self._read_timeout_s = read_timeout_s
         self._max = max_connections
         self._idle: dict[tuple[str, str, int], list[_Connection]] = {}
@@ -353,7 +389,7 @@ class H1Upstream:
         conn = await self._connection(key)
         assert conn.transport is not None
         loop = asyncio.get_running_loop()
-        exchange = _Exchange(conn, loop, self._read_timeout_s, method == "HEAD")
+        exchange = _Exchange(conn, loop, self._read_timeout_s, method == "HEAD", self._max_answer_bytes)
         conn.exchange = exchange
         try:
             if body is not None and len(body) < _JOIN_BELOW:

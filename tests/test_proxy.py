@@ -551,6 +551,25 @@ def test_a_malformed_upstream_answer_is_a_502_with_an_error_row(scripted, reply,
     assert row["status_code"] == 502 and row["error"]
 
 
+def test_an_answer_over_max_upstream_answer_mb_is_a_502_and_one_under_it_passes(scripted):
+    router, answer = scripted({"MAX_UPSTREAM_ANSWER_MB": "1"})
+    text = "x" * (900 * 1024)
+    answer(Scripted(body={"choices": [{"message": {"role": "assistant", "content": text}}]}))
+    assert (
+        post(router, "/chat/completions", {"model": "m", "messages": HI}).json()["choices"][0]["message"]["content"]
+        == text
+    )
+    answer(Scripted(body={"choices": [{"message": {"role": "assistant", "content": text * 2}}]}))
+    response = post(router, "/chat/completions", {"model": "m", "messages": HI})
+    assert response.status_code == 502, response.text
+    error = response.json()["error"]
+    assert (
+        error["code"] == "bad_gateway" and "Backend 's'" in error["message"] and "larger than 1 MB" in error["message"]
+    )
+    statuses = {row["status_code"]: row for row in router.wait_for_logs(2)}
+    assert statuses.keys() == {200, 502} and "larger than 1 MB" in statuses[502]["error"]
+
+
 def test_an_oversized_stream_event_breaks_the_stream_off(scripted):
     router, answer = scripted({"SSE_MAX_EVENT_MB": "1"})
     huge = chunk("x" * (2 * 1024 * 1024))

@@ -72,7 +72,7 @@ def test_a_huge_request_head_gets_431_and_does_not_hold_other_requests(router_fa
     thread.join()
     assert result["answer"].startswith(b"HTTP/1.1 431"), result["answer"][:200]
     assert result["sent"] < 16 * 1024 * 1024  # refused early, not after reading 64 MB
-    assert max(during) < 50 * baseline + 250, (baseline, during)  # today's code: ~5 s
+    assert max(during) < 50 * baseline + 1000, (baseline, during)  # before the limit: ~5 s
 
 
 @pytest.mark.parametrize("server", SERVERS)
@@ -108,7 +108,7 @@ def test_half_sent_requests_are_closed_within_the_client_timeouts(router_factory
     bodies = [a for a in answers if a]
     assert all(a.startswith(b"HTTP/1.1 408") for a in bodies), bodies  # bodies too slow: 408, then closed
     assert len(bodies) == 6
-    assert healthz_ms(router) < 50 * baseline + 250
+    assert healthz_ms(router) < 50 * baseline + 1000  # responsive: the half-sent requests hold no worker
 
 
 @pytest.mark.parametrize("server", SERVERS)

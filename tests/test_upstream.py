@@ -16,6 +16,8 @@ import httpx
 import pytest
 
 from router.upstream import (
+    DEFAULT_MAX_ANSWER_BYTES,
+    AnswerTooLarge,
     SSESplitter,
     UpstreamClient,
     UpstreamError,
@@ -98,9 +100,11 @@ async def closes_without_answer(reader: asyncio.StreamReader, writer: asyncio.St
 
 
 @contextlib.asynccontextmanager
-async def client(transport: str, read_timeout_s: float = 30.0) -> AsyncIterator[UpstreamClient]:
+async def client(
+    transport: str, read_timeout_s: float = 30.0, max_answer_bytes: int = DEFAULT_MAX_ANSWER_BYTES
+) -> AsyncIterator[UpstreamClient]:
     """An upstream client of `transport`, closed afterwards."""
-    upstream = make_upstream_client(transport, connect_timeout_s=1.0, read_timeout_s=read_timeout_s)
+    upstream = make_upstream_client(transport, 1.0, read_timeout_s, max_answer_bytes)
     try:
         yield upstream
     finally:
@@ -143,6 +147,40 @@ async def test_a_body_that_stops_coming_is_a_timeout(transport: str) -> None:
             response = await upstream.send("POST", server.url + "/v1/x", {}, b"{}", False)
             await response.read()
         assert isinstance(info.value, UpstreamTimeout)
+
+
+def answering(answer: bytes, chunked: bool = False) -> Handler:
+    """A handler that answers one request with `answer` as its body (chunked: in 64 KiB chunks)."""
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_head(reader)
+        if not chunked:
+            writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n" % len(answer))
+            writer.write(answer)
+        else:
+            writer.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n")
+            for start in range(0, len(answer), 65536):
+                piece = answer[start : start + 65536]
+                writer.write(b"%x\r\n%s\r\n" % (len(piece), piece))
+            writer.write(b"0\r\n\r\n")
+        with contextlib.suppress(ConnectionError):
+            await writer.drain()
+
+    return handler
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+@pytest.mark.parametrize("chunked", [False, True])
+async def test_an_answer_over_the_bound_is_an_error_and_one_at_it_is_read(transport: str, chunked: bool) -> None:
+    bound = 256 * 1024
+    async with client(transport, max_answer_bytes=bound) as upstream:
+        async with RawServer(answering(b"x" * bound, chunked)) as server:
+            response = await upstream.send("POST", server.url + "/v1/x", {}, b"{}", False)
+            assert await response.read() == b"x" * bound
+        async with RawServer(answering(b"x" * (bound + 1), chunked)) as server:
+            response = await upstream.send("POST", server.url + "/v1/x", {}, b"{}", False)
+            with pytest.raises(AnswerTooLarge, match=r"larger than 0\.25 MB"):
+                await response.read()
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from router.upstream import UpstreamError
+from router.upstream import AnswerTooLarge, UpstreamError, UpstreamResponse
 from router.upstream_h1 import MAX_HEAD_BYTES, H1Upstream
 from tests.test_upstream import RawServer, client, read_head
 
@@ -111,6 +111,28 @@ async def test_compressed_answers_are_decompressed(encoding: str) -> None:
     async with Counting(answer) as server, client("h1") as upstream:
         response = await upstream.send("POST", server.url + "/v1/x", {}, b"{}", False)
         assert await response.read() == body
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_a_compressed_answer_stops_expanding_at_the_bound(stream: bool) -> None:
+    """A 'gzip bomb' (64 MiB of zeros in ~64 KiB): decompressed in steps, refused past the bound."""
+    packed = gzip.compress(bytes(64 * 1024 * 1024), compresslevel=9)
+    answer = b"HTTP/1.1 200 OK\r\ncontent-encoding: gzip\r\ncontent-length: %d\r\n\r\n%s" % (len(packed), packed)
+    async with Counting(answer) as server, client("h1", max_answer_bytes=2 * 1024 * 1024) as upstream:
+        response = await upstream.send("POST", server.url + "/v1/x", {}, b"{}", stream)
+        with pytest.raises(AnswerTooLarge):
+            if stream:  # a stream's bound is on what it has buffered unread: read nothing
+                await asyncio.wait_for(upstream_bytes_unread(response), 10)
+            else:
+                await response.read()
+
+
+async def upstream_bytes_unread(response: UpstreamResponse) -> None:
+    chunks = response.iter_chunks()
+    await anext(chunks)  # the first piece came before the bound was passed; the next read fails
+    await asyncio.sleep(0)
+    async for _ in chunks:
+        pass
 
 
 async def test_an_answer_that_ends_with_the_connection_is_read_whole() -> None:
