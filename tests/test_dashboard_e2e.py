@@ -46,20 +46,23 @@ CHROMIUM_ARGS = [
     "--disable-sync",
 ]
 FEED_DEADLINE_S = 2.0
-# The Usage page's live hour view subscribes to usageTicks every 5 s (usage.js TICK_S) and folds a
-# tick in only once a first one has anchored it: 5 to 15 s of waiting per check. In these tests
-# its subscriptions ask for 1 s intervals instead (the view folds each tick by the tick's own
-# intervalS, so the same code runs); what the page asked for is kept in `window.__hourTickAsked`.
+# The dashboard subscribes to usageTicks every 2 s (the Live page's charts, live.js TICK_S) and
+# every 5 s (the Usage page's live hour view, usage.js TICK_S, which folds a tick in only once a
+# first one has anchored it: 5 to 15 s of waiting per check). In these tests both subscriptions
+# ask for 1 s intervals instead (both views fold each tick by the tick's own intervalS, so the
+# same code runs); what each page asked for is kept in `window.__ticksAsked`, by operation name.
+LIVE_TICK_S = 2
 HOUR_TICK_S = 5
-ONE_SECOND_HOUR_TICKS = """
+ONE_SECOND_TICKS = """
 (() => {
   const send = WebSocket.prototype.send;
-  window.__hourTickAsked = [];
+  window.__ticksAsked = { Ticks: [], UsageLive: [] };
   WebSocket.prototype.send = function (data) {
-    if (typeof data === "string" && data.includes("subscription UsageLive")) {
+    const operation = typeof data === "string" && /subscription (Ticks|UsageLive)\\b/.exec(data);
+    if (operation) {
       const message = JSON.parse(data);
       if (message.type === "subscribe") {
-        window.__hourTickAsked.push(message.payload.variables.s);
+        window.__ticksAsked[operation[1]].push(message.payload.variables.s);
         message.payload.variables.s = 1;
         data = JSON.stringify(message);
       }
@@ -70,9 +73,14 @@ ONE_SECOND_HOUR_TICKS = """
 """
 
 
+def live_ticks_asked(page) -> set[int]:
+    """The intervals the Live page's charts asked usageTicks for (before ONE_SECOND_TICKS)."""
+    return set(page.evaluate("window.__ticksAsked.Ticks"))
+
+
 def hour_ticks_asked(page) -> set[int]:
-    """The intervals the Usage page's hour view asked usageTicks for (before ONE_SECOND_HOUR_TICKS)."""
-    return set(page.evaluate("window.__hourTickAsked"))
+    """The intervals the Usage page's hour view asked usageTicks for (before ONE_SECOND_TICKS)."""
+    return set(page.evaluate("window.__ticksAsked.UsageLive"))
 
 
 def _require_browser():
@@ -168,7 +176,7 @@ def browser():
 def page(browser, router_factory):
     router = router_factory()
     context = browser.new_context(viewport={"width": 1280, "height": 860}, base_url=router.url)
-    context.add_init_script(ONE_SECOND_HOUR_TICKS)
+    context.add_init_script(ONE_SECOND_TICKS)
     context.grant_permissions(["clipboard-read", "clipboard-write"], origin=router.url)
     pg = context.new_page()
     pg.set_default_timeout(10_000)
@@ -354,6 +362,7 @@ def test_dashboard_end_to_end(page, upstream):
     expect(page.locator("#feed tr[data-user=e2e-user]")).to_have_count(5)
     wait_until(lambda: float(tokens_panel.get_attribute("data-value") or 0) > 0, 10, "tokens/s above 0 for the shot")
     shot(page, "live.png")
+    assert live_ticks_asked(page) == {LIVE_TICK_S}
 
     # --- usage chart renders with data, and the last hour updates by itself ---
     nav(page, "usage")
@@ -472,7 +481,7 @@ def test_live_feed_reconnects_after_router_restart(browser, router_factory, upst
     api_key = router.add_user("reconnecting-user")
     context = browser.new_context(viewport={"width": 1280, "height": 860}, base_url=router.url)
     context.clock.install()  # the pages' clock runs on, and the test jumps the 10 s before "disconnected"
-    context.add_init_script(ONE_SECOND_HOUR_TICKS)
+    context.add_init_script(ONE_SECOND_TICKS)
     page = context.new_page()
     page.set_default_timeout(15_000)
     try:
@@ -519,6 +528,7 @@ def test_live_feed_reconnects_after_router_restart(browser, router_factory, upst
         # the Usage hour counts it too, without a refresh (re-anchored after the reconnect, then ticks)
         wait_until(lambda: float(usage_requests.get_attribute("data-total") or 0) >= 1, 20, "the hour to count it")
         assert hour_ticks_asked(usage) == {HOUR_TICK_S}
+        assert live_ticks_asked(page) == {LIVE_TICK_S}
     finally:
         context.close()
 
