@@ -1,19 +1,26 @@
 """Limits shared by two router processes through one Redis (and one PostgreSQL), and what happens when
 Redis goes away: each process falls back to its own counters, /v1 keeps answering, and sharing
-resumes when Redis is back."""
+resumes when Redis is back.
+
+The tests share one pair of router processes per module (`pair`), each with its own users; their
+Redis is a private redis-server where there is one (so that the outage test may stop it), else
+TEST_REDIS_URL's with a prefix of their own.
+"""
 
 from __future__ import annotations
 
+import shutil
 import threading
-import time
 import uuid
 from collections import Counter
+from collections.abc import Iterator
 
 import httpx
 import pytest
 
 from tests.conftest import RouterProcess, require_redis, until, write_config
-from tests.test_scale_out import RedisServer, pg_databases, wait_for_log  # noqa: F401 - pg_databases is a fixture
+from tests.test_scale_out import RedisServer, new_pg_databases, wait_for_log
+from tests.upstream import UpstreamServer
 
 MESSAGES = [{"role": "user", "content": "hi"}]
 
@@ -38,28 +45,48 @@ def limits_of(router: RouterProcess, kind: str, name: str, limits: dict) -> None
     )
 
 
-def start_pair(tmp_path, upstream, env: dict[str, str]) -> tuple[RouterProcess, RouterProcess]:
-    config = write_config(tmp_path / "config.yaml", {"alpha": {"url": upstream.base_url}})
-    a = RouterProcess(tmp_path / "a", env, config).start()
-    b = RouterProcess(tmp_path / "b", env).start()
-    return a, b
+class Pair(tuple[RouterProcess, RouterProcess]):
+    """(A, B), A with config.yaml's backend alpha; their upstream, and their private Redis (or None)."""
+
+    upstream: UpstreamServer
+    redis_server: RedisServer | None
 
 
-@pytest.fixture
-def pair(tmp_path, upstream_factory, pg_databases):  # noqa: F811 - the fixture imported above
-    upstream = upstream_factory(name="alpha", models=["test-model"], stream_delay_s=0.3, stream_chunks=6)
-    env = {
-        **pg_databases,
-        "REDIS_URL": require_redis(),
-        "REDIS_PREFIX": f"test-{uuid.uuid4().hex[:12]}",
-        "LOG_FLUSH_INTERVAL_S": "0.05",
-        "BUDGET_SYNC_INTERVAL_S": "0.5",
-    }
-    a, b = start_pair(tmp_path, upstream, env)
-    a.upstream = upstream  # tests wait on what it received
-    yield a, b
-    for router in (a, b):
-        router.stop()
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory) -> Iterator[Pair]:
+    """Two router processes on the same PostgreSQL databases and Redis, for the whole module.
+
+    Their upstream holds every stream after its first chunk until `upstream.release_streams()`
+    (`hold_new_streams()` holds the next ones again): a test lets a stream end once it has seen
+    what it needs (a slot taken, tokens reserved, a request queued), not after a fixed delay."""
+    tmp = tmp_path_factory.mktemp("pair")
+    shared_redis = require_redis()
+    redis_server = RedisServer(tmp / "redis").start() if shutil.which("redis-server") else None
+    upstream = UpstreamServer(name="alpha", models=["test-model"], stream_chunks=6, hold_streams=True).start()
+    routers: list[RouterProcess] = []
+    try:
+        with new_pg_databases() as databases:
+            env = {
+                **databases,
+                "REDIS_URL": redis_server.url if redis_server else shared_redis,
+                "REDIS_PREFIX": f"test-{uuid.uuid4().hex[:12]}",
+                "LOG_FLUSH_INTERVAL_S": "0.05",
+                "BUDGET_SYNC_INTERVAL_S": "0.5",
+            }
+            config = write_config(tmp / "config.yaml", {"alpha": {"url": upstream.base_url}})
+            try:
+                routers.append(RouterProcess(tmp / "a", env, config).start())
+                routers.append(RouterProcess(tmp / "b", env).start())
+                pair = Pair(routers)
+                pair.upstream, pair.redis_server = upstream, redis_server
+                yield pair
+            finally:
+                for router in routers:
+                    router.stop()
+    finally:
+        upstream.stop()
+        if redis_server is not None:
+            redis_server.stop()
 
 
 def new_user(a: RouterProcess, b: RouterProcess, name: str, limits: dict) -> str:
@@ -87,29 +114,34 @@ def test_rpm_4_across_two_processes_admits_exactly_4(pair):
 
 def test_concurrency_tpm_budget_and_backend_queue_across_processes(pair):
     a, b = pair
+    upstream = pair.upstream
     # User concurrency: a stream held on A makes B refuse at once.
     key = new_user(a, b, "cora", {"maxConcurrent": 1})
-    streams_before = len([r for r in a.upstream.received if isinstance(r.body, dict) and r.body.get("stream")])
+    streams_before = len([r for r in upstream.received if isinstance(r.body, dict) and r.body.get("stream")])
+    upstream.hold_new_streams()
     holding = threading.Thread(target=chat, args=(a, key), kwargs={"stream": True})
     holding.start()
     # Poll B only once A's stream holds the slot (a check on B could otherwise take it from A first).
     until(
         lambda: (
-            len([r for r in a.upstream.received if isinstance(r.body, dict) and r.body.get("stream")]) > streams_before
+            len([r for r in upstream.received if isinstance(r.body, dict) and r.body.get("stream")]) > streams_before
         ),
         what="A's stream never reached the upstream",
     )
     until(lambda: chat(b, key).status_code == 429, what="B never saw A's slot")
+    upstream.release_streams()
     holding.join()
     until(lambda: chat(b, key).status_code == 200, what="the slot was not freed")
 
     # TPM: a long stream's reservation on A leaves no room on B until it is settled.
     key = new_user(a, b, "tina", {"tpm": 300})
+    upstream.hold_new_streams()
     holding = threading.Thread(target=chat, args=(a, key), kwargs={"stream": True, "max_tokens": 290})
     holding.start()
     until(lambda: chat(b, key, max_tokens=5).status_code == 429, what="B admitted past A's reservation")
     refused = chat(b, key, max_tokens=5)
     assert refused.json()["error"]["type"] in ("tokens", "requests") and refused.headers["retry-after"]
+    upstream.release_streams()
     holding.join()
     until(lambda: chat(b, key, max_tokens=5).status_code == 200, what="the reservation was not settled")
 
@@ -125,45 +157,55 @@ def test_concurrency_tpm_budget_and_backend_queue_across_processes(pair):
     # Backend maxConcurrent: B queues behind A's stream instead of failing.
     key = new_user(a, b, "quinn", {})
     limits_of(a, "backend", "alpha", {"maxConcurrent": 1})
-    until(lambda: b.gql_ok("{ backends { limits { maxConcurrent } } }")["backends"][0]["limits"]["maxConcurrent"] == 1)
-    holding = threading.Thread(target=chat, args=(a, key), kwargs={"stream": True})
-    holding.start()
-    until(lambda: a.gql_ok("{ backends { quota { inFlight } } }")["backends"][0]["quota"]["inFlight"] == 1)
-    started = time.monotonic()
-    queued = chat(b, key)
-    waited = time.monotonic() - started
-    holding.join()
-    assert queued.status_code == 200 and waited > 0.5  # it waited for A's slot (a stream of ~1.8 s)
-
-
-def test_redis_going_away_falls_back_to_per_process_counters(tmp_path, upstream, pg_databases):  # noqa: F811
-    redis_server = RedisServer(tmp_path / "redis").start()
-    env = {**pg_databases, "REDIS_URL": redis_server.url, "REDIS_PREFIX": "limits-outage"}
-    a, b = start_pair(tmp_path, upstream, env)
     try:
-        key = new_user(a, b, "olga", {"rpm": 3})
-        assert [chat(r, key).status_code for r in (a, b, a, b)] == [200, 200, 200, 429]
+        until(
+            lambda: b.gql_ok("{ backends { limits { maxConcurrent } } }")["backends"][0]["limits"]["maxConcurrent"] == 1
+        )
+        upstream.hold_new_streams()
+        holding = threading.Thread(target=chat, args=(a, key), kwargs={"stream": True})
+        holding.start()
+        until(lambda: a.gql_ok("{ backends { quota { inFlight } } }")["backends"][0]["quota"]["inFlight"] == 1)
+        answers: list[httpx.Response] = []
+        queued = threading.Thread(target=lambda: answers.append(chat(b, key)))
+        queued.start()
+        queued.join(0.5)
+        assert queued.is_alive() and not answers  # B waits for A's slot while A's stream holds it...
+        upstream.release_streams()
+        queued.join(30)
+        holding.join()
+        assert [r.status_code for r in answers] == [200]  # ...and is served once A's stream ends
+    finally:
+        upstream.release_streams()
+        limits_of(a, "backend", "alpha", {})  # the module's other tests go on without a backend limit
 
-        redis_server.stop()
+
+def test_redis_going_away_falls_back_to_per_process_counters(pair):
+    a, b = pair
+    redis_server = pair.redis_server
+    if redis_server is None:
+        pytest.skip("needs the redis-server program (apt-get install redis-server) to run a Redis that it stops")
+    key = new_user(a, b, "olga", {"rpm": 3})
+    assert [chat(r, key).status_code for r in (a, b, a, b)] == [200, 200, 200, 429]
+
+    before = {router.port: len(router.log()) for router in (a, b)}
+    redis_server.stop()
+    try:
         # Every request is answered; each process now counts on its own (up to the full limit each).
         statuses = [chat(r, key).status_code for r in (a, b) * 4]
         assert set(statuses) <= {200, 429} and Counter(statuses)[200] >= 1
         for router in (a, b):
-            wait_for_log(router, "Redis unavailable for limits")
+            wait_for_log(router, "Redis unavailable for limits", after=before[router.port])
         assert Counter(chat(r, key).status_code for r in (a, a, a, a)) == {429: 4}  # A's own minute is full
 
         mark = len(b.log())
-        redis_server.start()
-        wait_for_log(b, "limits are shared across processes", after=mark)
-        wait_for_log(a, "limits are shared across processes")
-        # Shared again (each logged it as it switched back): a fresh Redis has no counts, so the two
-        # processes together admit 3.
-        statuses = [chat(r, key).status_code for r in (a, b) * 3]
-        assert Counter(statuses) == {200: 3, 429: 3}, statuses
     finally:
-        for router in (a, b):
-            router.stop()
-        redis_server.stop()
+        redis_server.start()
+    wait_for_log(b, "limits are shared across processes", after=mark)
+    wait_for_log(a, "limits are shared across processes", after=before[a.port])
+    # Shared again (each logged it as it switched back): a fresh Redis has no counts, so the two
+    # processes together admit 3.
+    statuses = [chat(r, key).status_code for r in (a, b) * 3]
+    assert Counter(statuses) == {200: 3, 429: 3}, statuses
 
 
 def test_workers_without_redis_say_counters_are_per_process(router_factory, upstream, tmp_path):

@@ -14,7 +14,7 @@ from websockets.exceptions import ConnectionClosed
 
 from router.quota_events import QuotaEvent, QuotaEventFeed
 from tests.test_graphql_subscriptions import Subscriber
-from tests.test_limits_redis import chat, new_user, pair, pg_databases  # noqa: F401 - fixtures
+from tests.test_limits_redis import chat, new_user, pair  # noqa: F401 - pair is a fixture
 
 FIELDS = "kind subject subjectId subjectName userId backendId limit retryAfterS at suppressedBefore"
 

@@ -144,6 +144,15 @@ class UpstreamServer:
         if self._loop is not None:
             self._loop.call_soon_threadsafe(self._streams_released.set)
 
+    def hold_new_streams(self) -> None:
+        """After a `release_streams()`: streams that start from now on hold again, until the next one."""
+        if self._loop is not None:
+
+            async def clear() -> None:
+                self._streams_released.clear()
+
+            asyncio.run_coroutine_threadsafe(clear(), self._loop).result(10)
+
     def stop(self) -> None:
         if self._loop is None:
             return
