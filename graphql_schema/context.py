@@ -135,6 +135,12 @@ class Revocations:
             log.warning("could not check session revocations in Redis: %s", exc)
             return False
 
+    async def close(self) -> None:
+        """Close the Redis client (its connections), if one was made."""
+        client, self._redis = self._redis, None
+        if client is not None:
+            await client.aclose()
+
 
 DEVICE_COOKIE = "llm_router_device"
 DEVICE_COOKIE_MAX_AGE_S = 30 * 24 * 3600
@@ -165,6 +171,9 @@ class AdminSecurity:
     @property
     def enabled(self) -> bool:
         return self.tokens.enabled
+
+    async def close(self) -> None:
+        await self.revocations.close()
 
     def issue_device(self) -> str:
         nonce = secrets.token_urlsafe(12)

@@ -135,6 +135,8 @@ def create_app(settings: Settings | None = None) -> RequestLimits:
             yield
         finally:
             await runtime.stop()
+            if (security := getattr(app.state, "admin_security", None)) is not None:
+                await security.close()  # its Redis client, made on the first session check
             await close_db()
             log.info("llm-router stopped")
             flush_logs()  # a worker process may end without logging.shutdown

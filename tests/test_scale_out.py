@@ -230,6 +230,20 @@ def test_logout_reaches_every_process_through_redis(cluster):
     assert fails(cluster.b, "{ users { id } }", token=token)["code"] == "UNAUTHENTICATED"
 
 
+def test_an_in_process_router_with_redis_closes_its_connections_when_it_stops(tmp_path):
+    """The session revocation check's Redis client is closed with the app (it was left open: uvloop's
+    loop.close() then met an open transport, and under warnings-as-errors never returned)."""
+    skip_unless_process_dialect("sqlite")
+    from tests.inprocess import RouterThread
+
+    env = {"REDIS_URL": require_redis(), "REDIS_PREFIX": f"test-{uuid.uuid4().hex[:12]}"}
+    router = RouterThread(tmp_path / "r", {**env, "CORE_DB_URL": "", "ANALYTICS_DB_URL": ""}).start()
+    try:
+        assert gql(router, "{ users { id } }") == {"users": []}  # an admin token: checked against Redis's revocations
+    finally:
+        assert router.stop(timeout=10) == 0
+
+
 # --- live subscriptions see every process -----------------------------------------------------
 
 
