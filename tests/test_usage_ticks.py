@@ -23,7 +23,7 @@ from websockets.exceptions import ConnectionClosed
 
 from router import live
 from router.usage import RequestRecord
-from tests.conftest import RouterProcess, require_redis, write_config
+from tests.conftest import RouterProcess, require_redis, router_for, write_config
 from tests.inprocess import RouterThread
 from tests.test_graphql_api import CREATE_BACKEND, GqlEnv, start_env, stop_env
 from tests.test_graphql_subscriptions import V1, StuckClient, Subscriber, agql, new_user, open_subscription
@@ -261,6 +261,60 @@ async def test_a_tick_is_executed_once_per_selection_and_shared():
         await stream.aclose()
 
 
+# --- two processes sharing Redis --------------------------------------------------------------
+
+
+@pytest.fixture
+def redis_pair(tmp_path: Path, upstream) -> Iterator[tuple[RouterProcess, RouterProcess]]:
+    """Two routers (personal mode: no keys to share) on the same Redis prefix, each with its own database:
+    a router process, and one in this process where it may be (the tests below start the module's
+    in-process router: these come first), else another router process."""
+    env = {
+        "REDIS_URL": require_redis(),
+        "REDIS_PREFIX": f"test-{uuid.uuid4().hex[:12]}",
+        "ENABLE_ACCOUNT_MANAGEMENT": "false",
+    }
+    routers: list[RouterProcess] = []
+    for name, kind in (("a", router_for), ("b", RouterProcess)):
+        config = write_config(tmp_path / f"{name}.yaml", {"alpha": {"url": upstream.base_url}})
+        routers.append(kind(tmp_path / name, env, config))
+    try:
+        for router in routers:
+            router.start()
+        yield routers[0], routers[1]
+    finally:
+        for router in routers:
+            router.stop()
+
+
+async def test_two_processes_sharing_redis_show_the_same_totals(redis_pair):
+    a, b = redis_pair
+    on_a, on_b = await tick_subscription(a), await tick_subscription(b)
+    try:
+        await next_tick(on_a)
+        await next_tick(on_b)
+        tokens = await chat_usage(a.v1, "local", 3) + await chat_usage(b.v1, "local", 4)
+        seen_a, seen_b = await ticks_until(on_a, 7), await ticks_until(on_b, 7)
+
+        def per_second(ticks: list[dict[str, Any]]) -> dict[str, tuple[int, int]]:
+            return {
+                t["at"]: (sum(r["requests"] for r in t["rows"]), sum(r["totalTokens"] for r in t["rows"]))
+                for t in ticks
+                if t["rows"]
+            }
+
+        def percentiles(ticks: list[dict[str, Any]]) -> dict[str, list[tuple[float, float]]]:
+            return {t["at"]: [(r["p50LatencyMs"], r["p95LatencyMs"]) for r in t["rows"]] for t in ticks if t["rows"]}
+
+        assert per_second(seen_a) == per_second(seen_b)  # the same intervals, the same numbers
+        assert percentiles(seen_a) == percentiles(seen_b)  # histograms merged through Redis
+        assert sum(n for n, _ in per_second(seen_a).values()) == 7  # each request counted once
+        assert sum(t for _, t in per_second(seen_a).values()) == tokens
+    finally:
+        await on_a.close()
+        await on_b.close()
+
+
 # --- totals -----------------------------------------------------------------------------------
 
 
@@ -390,58 +444,6 @@ async def test_usage_ticks_without_a_valid_token_are_refused(router, token):
     with pytest.raises(ConnectionClosed) as closed:
         await sub.message()
     assert closed.value.rcvd is not None and closed.value.rcvd.code == 4403
-
-
-# --- two processes sharing Redis --------------------------------------------------------------
-
-
-@pytest.fixture
-def redis_pair(tmp_path: Path, upstream) -> Iterator[tuple[RouterProcess, RouterProcess]]:
-    """Two routers (personal mode: no keys to share) on the same Redis prefix, each with its own database."""
-    env = {
-        "REDIS_URL": require_redis(),
-        "REDIS_PREFIX": f"test-{uuid.uuid4().hex[:12]}",
-        "ENABLE_ACCOUNT_MANAGEMENT": "false",
-    }
-    routers: list[RouterProcess] = []
-    for name in ("a", "b"):
-        config = write_config(tmp_path / f"{name}.yaml", {"alpha": {"url": upstream.base_url}})
-        routers.append(RouterProcess(tmp_path / name, env, config))
-    try:
-        for router in routers:
-            router.start()
-        yield routers[0], routers[1]
-    finally:
-        for router in routers:
-            router.stop()
-
-
-async def test_two_processes_sharing_redis_show_the_same_totals(redis_pair):
-    a, b = redis_pair
-    on_a, on_b = await tick_subscription(a), await tick_subscription(b)
-    try:
-        await next_tick(on_a)
-        await next_tick(on_b)
-        tokens = await chat_usage(a.v1, "local", 3) + await chat_usage(b.v1, "local", 4)
-        seen_a, seen_b = await ticks_until(on_a, 7), await ticks_until(on_b, 7)
-
-        def per_second(ticks: list[dict[str, Any]]) -> dict[str, tuple[int, int]]:
-            return {
-                t["at"]: (sum(r["requests"] for r in t["rows"]), sum(r["totalTokens"] for r in t["rows"]))
-                for t in ticks
-                if t["rows"]
-            }
-
-        def percentiles(ticks: list[dict[str, Any]]) -> dict[str, list[tuple[float, float]]]:
-            return {t["at"]: [(r["p50LatencyMs"], r["p95LatencyMs"]) for r in t["rows"]] for t in ticks if t["rows"]}
-
-        assert per_second(seen_a) == per_second(seen_b)  # the same intervals, the same numbers
-        assert percentiles(seen_a) == percentiles(seen_b)  # histograms merged through Redis
-        assert sum(n for n, _ in per_second(seen_a).values()) == 7  # each request counted once
-        assert sum(t for _, t in per_second(seen_a).values()) == tokens
-    finally:
-        await on_a.close()
-        await on_b.close()
 
 
 # --- requestLogged with a rate cap ------------------------------------------------------------
