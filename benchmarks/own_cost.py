@@ -1,0 +1,171 @@
+"""The router's own CPU per request: its app called in-process, without an HTTP server in front.
+
+The matrix (run.py) measures the router behind granian, so the server's share and the noise of a
+shared machine sit in every number. This drives the real app (`create_app`, lifespan, a user and
+its key made by the CLI, request logging on, the h1 client to the benchmarks' mock on the other CPU)
+by calling it as an ASGI server would, `concurrency` requests at a time, and reports the process's
+CPU time (all threads: the event loop and the log writer's) per request. The mock runs in another
+process, so its CPU is not counted. What is left is the router's own code plus its upstream client:
+the part the floor app (floor_app.py) does not have, plus the client both share.
+
+    .venv/bin/python benchmarks/own_cost.py [--requests 20000] [--rounds 5] [--stream] [--profile out.prof]
+    .venv/bin/python benchmarks/own_cost.py --router-src /tmp/wt      # another checkout's router
+
+Rounds alternate nothing: run two checkouts one after the other, twice, to compare.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+
+
+async def drive(app: Any, key: str, requests: int, concurrency: int, stream: bool) -> None:
+    """`requests` POSTs to /v1/chat/completions, `concurrency` at a time, each read to its end."""
+    body = b'{"model":"bench-model","messages":[{"role":"user","content":"hi"}]%s}' % (
+        b',"stream":true' if stream else b""
+    )
+    headers = [
+        (b"host", b"127.0.0.1"),
+        (b"authorization", f"Bearer {key}".encode()),
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+    ]
+    left = requests
+
+    async def one() -> None:
+        scope = {
+            "type": "http",
+            "asgi": {"version": "3.0"},
+            "http_version": "1.1",
+            "method": "POST",
+            "scheme": "http",
+            "path": "/v1/chat/completions",
+            "raw_path": b"/v1/chat/completions",
+            "query_string": b"",
+            "root_path": "",
+            "headers": headers,
+            "client": ("127.0.0.1", 50000),
+            "server": ("127.0.0.1", 8000),
+            "state": {},
+        }
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[dict[str, Any]] = loop.create_future()
+        sent = [False]
+
+        def receive() -> asyncio.Future[dict[str, Any]]:
+            """Like granian's: a future, no coroutine; the disconnect comes when the response is over."""
+            if sent[0]:
+                return done
+            sent[0] = True
+            first: asyncio.Future[dict[str, Any]] = loop.create_future()
+            first.set_result({"type": "http.request", "body": body, "more_body": False})
+            return first
+
+        status = 0
+
+        async def send(message: dict[str, Any]) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            elif not message.get("more_body", False) and not done.done():
+                done.set_result({"type": "http.disconnect"})
+
+        await app(scope, receive, send)
+        if status != 200:
+            raise RuntimeError(f"status {status}")
+
+    async def worker() -> None:
+        nonlocal left
+        while left > 0:
+            left -= 1
+            await one()
+
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+
+
+async def measure(args: argparse.Namespace, key: str, settings: Any) -> list[float]:
+    from asgi_lifespan import LifespanManager
+
+    from router.app import create_app
+
+    app = create_app(settings)
+    per_request: list[float] = []
+    async with LifespanManager(app):
+        deadline = time.monotonic() + 30
+        while True:  # the router lists the mock's models after its first poll
+            try:
+                await drive(app, key, 1, 1, args.stream)
+                break
+            except RuntimeError:
+                if time.monotonic() > deadline:
+                    raise
+                await asyncio.sleep(0.05)
+        await drive(app, key, 500, args.concurrency, args.stream)  # warm-up: pool, caches, JIT-less warmth
+        for _ in range(args.rounds):
+            cpu0 = time.process_time()
+            if args.profile:
+                import cProfile
+
+                profiler = cProfile.Profile()
+                profiler.enable()
+                await drive(app, key, args.requests, args.concurrency, args.stream)
+                profiler.disable()
+                profiler.dump_stats(args.profile)
+            else:
+                await drive(app, key, args.requests, args.concurrency, args.stream)
+            per_request.append((time.process_time() - cpu0) / args.requests * 1e6)
+    return per_request
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--requests", type=int, default=20000)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--concurrency", type=int, default=64)
+    parser.add_argument("--stream", action="store_true")
+    parser.add_argument("--profile", help="cProfile the last round into this file")
+    parser.add_argument("--router-src", help="run another checkout's router")
+    parser.add_argument("--cpu", type=int, default=0, help="pin this process to this CPU (the mock gets the other)")
+    args = parser.parse_args()
+    sys.path.insert(0, str(Path(args.router_src).resolve() if args.router_src else HERE.parent))
+    sys.path.insert(1, str(HERE))
+    import services
+    import uvloop
+
+    from router.config import load_settings
+
+    cpus = os.cpu_count() or 1
+    if hasattr(os, "sched_setaffinity") and cpus > 1:
+        os.sched_setaffinity(0, {args.cpu})
+    mock = services.start_mock(str((args.cpu + 1) % cpus) if cpus > 1 else None)
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            src = Path(args.router_src).resolve() if args.router_src else services.REPO
+            router = services.Router(Path(tmp), src, None, {"mock": f"{mock.url}/v1"}, [services.MODEL])
+            router.prepare()
+            env = router.env()
+            config = str(Path(tmp) / "config.yaml")
+            from router.cli import start_up
+
+            settings = load_settings({**env, "CONFIG_FILE": config, "LOG_LEVEL": "WARNING"}, dotenv=False)
+            settings = start_up(settings.with_overrides(config_file=config), prune=False, environ=env)
+            results = uvloop.run(measure(args, router.key, settings))
+    finally:
+        services.stop_process(mock.proc)
+    kind = "stream" if args.stream else "non-stream"
+    rounds = ", ".join(f"{r:.1f}" for r in results)
+    print(f"{kind} c{args.concurrency}: {statistics.median(results):.1f} µs CPU per request (median; rounds {rounds})")
+
+
+if __name__ == "__main__":
+    main()
