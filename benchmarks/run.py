@@ -310,10 +310,14 @@ def run_subscribers(ctx: Ctx) -> dict[str, Any]:
     return {"summary": summary, "samples": samples}
 
 
+NOOP_SCRIPT_KEY = "BENCH_NOOP_SCRIPT"  # a variant's `BENCH_NOOP_SCRIPT=1`: not router environment
+
+
 def run_ab(ctx: Ctx) -> dict[str, Any]:
     """Variants of the router measured in alternation (A B C A B C ...), so they share the same noise.
 
-    `--variant NAME=SRC[,K=V...]`: a checkout to run the router from, plus router environment.
+    `--variant NAME=SRC[,K=V...]`: a checkout to run the router from, plus router environment;
+    `BENCH_NOOP_SCRIPT=1` among them activates one no-op PER_BACKEND script (the script cell's).
     """
     routers: dict[str, Router] = {}
     specs = [x.split(":") for x in ctx.args.ab_cells.split(",")]
@@ -333,7 +337,12 @@ def run_ab(ctx: Ctx) -> dict[str, Any]:
                 [MODEL, SLOW_MODEL],
             )
             router.prepare()
-            router.start(dict(e.split("=", 1) for e in env))
+            settings = dict(e.split("=", 1) for e in env)
+            noop_script = settings.pop(NOOP_SCRIPT_KEY, "") == "1"
+            router.start(settings)
+            if noop_script:  # the variant runs with one active no-op PER_BACKEND script
+                create_noop_script(router)
+                time.sleep(1.0)  # the catalog refresh is asynchronous
             routers[name] = router
         floors = start_floors(ctx, ctx.args.floors) if ctx.args.floor else []
         # TTFT through the floor needs a floor in front of the slow mock (granian + h1, the router's pairing)

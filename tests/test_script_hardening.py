@@ -287,7 +287,10 @@ def test_policy_script_on_a_30_mb_prompt_does_not_hold_other_users(router):
     baseline, with_script = (statistics.quantiles(durations[k], n=10)[-1] for k in (plain_key, policed_key))
     assert with_script < baseline * 1.5 + 0.15, (baseline, with_script)  # 90th percentiles: robust to a hiccup
     response = send(policed_key)
-    assert response.status_code == 500 and "exceeded" in response.json()["error"]["message"]  # the limit held
+    # The limits held: the script needs more than 64 MB for a 30 MB prompt (it runs with 256 MB), and which
+    # limit stops it first depends on how fast the context gets into V8 (JSON.parse: memory, ~150 ms in).
+    message = response.json()["error"]["message"]
+    assert response.status_code == 500 and ("exceeded 200 ms" in message or "out of memory" in message), message
 
 
 # --- issue 18 item 2: one context builder for live traffic and for testScript -----------------------

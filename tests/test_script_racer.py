@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from py_mini_racer import JSEvalException, JSParseException, MiniRacer
+from py_mini_racer import JSEvalException, JSOOMException, JSParseException, MiniRacer
 
 from router.scripts import ScriptEngine, ScriptSource, racer, threadstate
 
@@ -75,6 +75,43 @@ async def test_errors_are_raised_as_by_eval_cancelable(context):
     with pytest.raises(JSEvalException, match="boom"):
         await racer.evaluate(context, "throw new Error('boom')", sync_s=0)
     assert await racer.evaluate(context, "'still usable'") == "still usable"
+
+
+async def test_a_function_is_called_with_a_string_as_this_and_nothing_compiled(context):
+    """racer.call: the engine's way in (engine.py), a JSON text as `this` and the arguments in an array."""
+    function = (
+        await racer.evaluate(context, "(function (n) { 'use strict'; return n + JSON.parse(this).a; })")
+    ).raw_handle
+    argv = (await racer.evaluate(context, "['a is ']")).raw_handle
+    for i in range(3):
+        text = racer.source(context, f'{{"a": {i}, "__proto__": 1}}'.encode())
+        assert await racer.call(context, function, text, argv, sync_s=5.0) == f"a is {i}"
+    with pytest.raises(JSEvalException, match="SyntaxError"):
+        await racer.call(context, function, racer.source(context, b"{"), argv)
+    spin = (await racer.evaluate(context, "(function () { while (true) {} })")).raw_handle
+    stuck = asyncio.create_task(racer.call(context, spin, argv, argv, sync_s=0))
+    await asyncio.sleep(0.05)
+    stuck.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await stuck
+    assert (
+        await asyncio.wait_for(racer.call(context, function, racer.source(context, b'{"a": 9}'), argv), 10) == "a is 9"
+    )
+    assert not racer._waiters
+
+
+async def test_a_call_stopped_by_the_memory_limit_is_an_oom_as_in_eval():
+    opened = await asyncio.to_thread(racer.open_context, asyncio.get_running_loop())
+    context = opened.racer
+    try:
+        context.set_hard_memory_limit(16 << 20)
+        grow = "(function () { const a = []; for (;;) a.push({x: a.length, y: 'z' + a.length}); })"
+        function = (await racer.evaluate(context, grow)).raw_handle
+        argv = (await racer.evaluate(context, "[]")).raw_handle
+        with pytest.raises(JSOOMException):
+            await racer.call(context, function, argv, argv, sync_s=0)
+    finally:
+        await asyncio.to_thread(opened.close)
 
 
 async def test_cancelling_the_caller_stops_the_isolate(context):

@@ -39,7 +39,7 @@ from typing import Any
 import orjson
 
 from .datatypes import ScriptSource
-from .engine import _MIN_WALL_S, _SETUP_TIMEOUT_S, STUCK_S, WALL_FACTOR, ScriptEngine, _call_source, _ScriptFault
+from .engine import _MIN_WALL_S, _SETUP_TIMEOUT_S, STUCK_S, WALL_FACTOR, ScriptEngine, _payload, _ScriptFault
 
 QUARANTINE_S = 60.0
 _DRAIN_S = 5.0
@@ -48,7 +48,7 @@ _PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])
 _PASSED_ENV = frozenset({"PATH", "LANG", "LC_ALL", "LC_CTYPE", "TMPDIR", "LOG_LEVEL", "VIRTUAL_ENV"})
 
 # Messages (JSON arrays), router -> child:
-#   ["c", call id, script id, name, version, code or null (known), hook, JS call source]
+#   ["c", call id, script id, name, version, code or null (known), hook, the context as JSON text]
 #   ["r", {script id: version}]   retain      ["x", script id]   evict
 # child -> router:
 #   ["a", call id, [answers] or null (no such hook), [hooks], open contexts]   ["f", call id, error]
@@ -155,14 +155,14 @@ class IsolatedScriptEngine(ScriptEngine):
                     "(the script host was restarted)"
                 )
             del self._quarantine[script.id]
-        js = _call_source(hook, context).decode()  # the frame is JSON
+        payload = _payload(context).decode()  # the frame is JSON
         child = await self._live_child()
         code = None if child.sent.get(script.id) == script.version else script.code
         child.sent[script.id] = script.version
         call_id = next(child.ids)
         future: asyncio.Future[Any] = child.loop.create_future()
         child.pending[call_id] = future
-        child.send(["c", call_id, script.id, script.name, script.version, code, hook, js])
+        child.send(["c", call_id, script.id, script.name, script.version, code, hook, payload])
         try:
             async with asyncio.timeout(self._answer_within):
                 answer = await future
@@ -336,7 +336,7 @@ async def _serve(timeout_ms: float, max_memory_mb: int, stuck_after_s: float) ->
             transport.write(_frame(message))
 
     async def call(message: list[Any]) -> None:
-        _, call_id, script_id, name, version, code, hook, js = message
+        _, call_id, script_id, name, version, code, hook, payload = message
         source = sources.get(script_id)
         if code is not None:
             source = sources[script_id] = ScriptSource(script_id, name, code, version)
@@ -344,7 +344,7 @@ async def _serve(timeout_ms: float, max_memory_mb: int, stuck_after_s: float) ->
             send(["f", call_id, "internal error: the script host does not have this script version"])
             return
         try:
-            envs = await engine._evaluate_js(source, hook, js)
+            envs = await engine._evaluate_js(source, hook, payload)
         except _ScriptFault as e:
             send(["f", call_id, str(e)])
             return

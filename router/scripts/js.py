@@ -234,6 +234,11 @@ _RUNTIME_TEMPLATE = r"""
       hooks = h;
       return stringify(Object.keys(h).filter((k) => typeof h[k] === 'function'));
     },
+    // The engine's way in (a function call, nothing to compile): `this` is the context as JSON text
+    // (JSON.parse: a "__proto__" key is an own property), `name` the hook; without a name, take().
+    call(name) {
+      return name === undefined ? rt.take() : rt.start(name, parse(this));
+    },
     start(name, ctx) {
       pending = null;
       const f = hooks[name];

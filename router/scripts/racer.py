@@ -41,7 +41,7 @@ from collections.abc import Callable
 from contextlib import AbstractContextManager
 from typing import Any
 
-from py_mini_racer import MiniRacer, mini_racer
+from py_mini_racer import JSEvalException, JSOOMException, MiniRacer, mini_racer
 from py_mini_racer._context import Context as _MRContext
 from py_mini_racer._value_handle import ValueHandle
 
@@ -114,18 +114,21 @@ class _Calls:
         self._tokens = itertools.count()
         self._cond = threading.Condition()  # reentrant: see above
         self._shut = False
-        # Evaluations not answered yet: callback id -> mini-racer's task id (see `shut`).
+        # Evaluations and function calls not answered yet: callback id -> mini-racer's task id (see `shut`).
         self.pending: dict[int, int] = {}
-        eval_ = self.__getattr__("mr_eval")
+        for name in ("mr_eval", "mr_call_function"):  # both take the callback id last
+            setattr(self, name, self._tracking(self.__getattr__(name)))
+
+    def _tracking(self, submit: Callable[..., Any]) -> Callable[..., Any]:
         pending = self.pending
 
-        def mr_eval(context_id: int, code: Any, callback_id: int) -> Any:
-            task = eval_(context_id, code, callback_id)
-            if callback_id:  # 0: a synchronous eval, answered before the call returns to its caller
-                pending[callback_id] = task
+        def tracked(*args: Any) -> Any:
+            task = submit(*args)
+            if args[-1]:  # callback id 0: a synchronous task, answered before the call returns to its caller
+                pending[args[-1]] = task
             return task
 
-        self.mr_eval = mr_eval
+        return tracked
 
     def __getattr__(self, name: str) -> Callable[..., Any]:
         function = getattr(self._dll, name)
@@ -280,17 +283,51 @@ async def evaluate(
     ``slow`` is called when that was not enough, before the answer is awaited. The V8 task is
     cancelled only when no answer came (a task that answered is done: mini-racer frees it).
     ``code``: JavaScript, as text, UTF-8 bytes or a string made by :func:`source`."""
-    ctx = racer._ctx
-    if ctx is None:
-        raise RuntimeError("the mini-racer context is closed")
+    ctx = _open(racer)
     if isinstance(code, str):
         code = code.encode()
     handle = code if isinstance(code, ValueHandle) else source(racer, code)
+    return await _run(ctx, lambda callback_id: ctx._dll.mr_eval(ctx._ctx, handle.raw, callback_id), sync_s, slow)
+
+
+async def call(
+    racer: MiniRacer,
+    function: ValueHandle,
+    this: ValueHandle,
+    argv: ValueHandle,
+    sync_s: float = SYNC_WAIT_S,
+    slow: Callable[[], object] | None = None,
+) -> Any:
+    """``function`` (a handle of a JS function) called with ``this`` and the arguments in the JS array
+    ``argv``, waited for like :func:`evaluate`. Nothing is compiled (an eval compiles its source, ~0.07 ms
+    for a 1 KB call that V8 has not seen before). mini-racer reports a call stopped by the memory limit
+    as an ordinary error; like its eval, this looks at the limit's flag and raises JSOOMException then."""
+    ctx = _open(racer)
+
+    def submit(callback_id: int) -> Any:
+        return ctx._dll.mr_call_function(ctx._ctx, function.raw, this.raw, argv.raw, callback_id)
+
+    try:
+        return await _run(ctx, submit, sync_s, slow)
+    except JSEvalException:
+        if ctx._dll.mr_hard_memory_limit_reached(ctx._ctx):
+            raise JSOOMException from None
+        raise
+
+
+def _open(racer: MiniRacer) -> _MRContext:
+    ctx = racer._ctx
+    if ctx is None:
+        raise RuntimeError("the mini-racer context is closed")
+    return ctx
+
+
+async def _run(ctx: _MRContext, submit: Callable[[int], Any], sync_s: float, slow: Callable[[], object] | None) -> Any:
     callback_id = next(ctx._next_async_callback_id)
     key = (_key(ctx), callback_id)
     waiter = _Waiter(ctx.event_loop)
     _waiters[key] = waiter
-    task_id = ctx._dll.mr_eval(ctx._ctx, handle.raw, callback_id)
+    task_id = submit(callback_id)
     answered = False
     try:
         value = await waiter.wait(sync_s, slow)
