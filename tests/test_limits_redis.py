@@ -1,6 +1,7 @@
-"""Limits shared by two router processes through one Redis (and one PostgreSQL), and what happens when
-Redis goes away: each process falls back to its own counters, /v1 keeps answering, and sharing
-resumes when Redis is back.
+"""Limits shared by two router processes through one Redis (and one PostgreSQL), the `quotaEvents`
+subscription over real WebSockets (graphql-transport-ws) on both, and what happens when Redis goes
+away: each process falls back to its own counters, /v1 keeps answering, and sharing resumes when
+Redis is back.
 
 The tests share one pair of router processes per module (`pair`), each with its own users; their
 Redis is a private redis-server where there is one (so that the outage test may stop it), else
@@ -9,16 +10,22 @@ TEST_REDIS_URL's with a prefix of their own.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import shutil
 import threading
+import time
 import uuid
 from collections import Counter
 from collections.abc import Iterator
+from typing import Any
 
 import httpx
 import pytest
+from websockets.exceptions import ConnectionClosed
 
 from tests.conftest import RouterProcess, require_redis, until, write_config
+from tests.test_graphql_subscriptions import Subscriber
 from tests.test_scale_out import RedisServer, new_pg_databases, wait_for_log
 from tests.upstream import UpstreamServer
 
@@ -155,9 +162,11 @@ def test_concurrency_tpm_budget_and_backend_queue_across_processes(pair):
     assert chat(b, key).json()["error"]["code"] == "insufficient_quota"
 
     # Backend maxConcurrent: B queues behind A's stream instead of failing.
-    key = new_user(a, b, "quinn", {})
     limits_of(a, "backend", "alpha", {"maxConcurrent": 1})
     try:
+        # The limit first, then the user: B taking quinn's key shows that B's catalog (which its limiter reads,
+        # unlike GraphQL's `limits`: the database) is at least as new as the limit.
+        key = new_user(a, b, "quinn", {})
         until(
             lambda: b.gql_ok("{ backends { limits { maxConcurrent } } }")["backends"][0]["limits"]["maxConcurrent"] == 1
         )
@@ -169,7 +178,8 @@ def test_concurrency_tpm_budget_and_backend_queue_across_processes(pair):
         queued = threading.Thread(target=lambda: answers.append(chat(b, key)))
         queued.start()
         queued.join(0.5)
-        assert queued.is_alive() and not answers  # B waits for A's slot while A's stream holds it...
+        # B waits for A's slot while A's stream holds it...
+        assert queued.is_alive() and not answers, [(r.status_code, r.text) for r in answers]
         upstream.release_streams()
         queued.join(30)
         holding.join()
@@ -177,6 +187,75 @@ def test_concurrency_tpm_budget_and_backend_queue_across_processes(pair):
     finally:
         upstream.release_streams()
         limits_of(a, "backend", "alpha", {})  # the module's other tests go on without a backend limit
+
+
+# --- quotaEvents: a refusal on one process reaches the subscribers of both, filtered by user ---------
+
+
+QUOTA_FIELDS = "kind subject subjectId subjectName userId backendId limit retryAfterS at suppressedBefore"
+
+
+async def next_event(sub: Subscriber, timeout: float = 10.0) -> dict[str, Any]:
+    message = await sub.message(timeout)
+    assert message["type"] == "next" and not message["payload"].get("errors"), message
+    return message["payload"]["data"]["quotaEvents"]
+
+
+async def subscribe(router, args: str = "") -> Subscriber:
+    sub = await Subscriber.connect(router)
+    await sub.acknowledged()
+    await sub.subscribe(f"subscription {{ quotaEvents{args} {{ {QUOTA_FIELDS} }} }}")
+    return sub
+
+
+async def refused_until_seen(router, key: str, sub: Subscriber) -> dict[str, Any]:
+    """Requests refused until `sub` gets an event: once a second one passes the throttle (and a subscription
+    just opened may not be registered yet when the first is sent)."""
+    for _ in range(20):
+        assert (await asyncio.to_thread(chat, router, key)).status_code == 429
+        with contextlib.suppress(TimeoutError):
+            return await next_event(sub, timeout=1.2)
+    raise AssertionError("no quota event reached the subscriber")
+
+
+async def test_quota_events_reach_subscribers_of_every_process(pair) -> None:
+    a, b = pair
+    key = new_user(a, b, "quincy", {"rpm": 1})
+    other_key = new_user(a, b, "olive", {"rpm": 1})
+    users = {u["name"]: u["id"] for u in a.gql_ok("{ users { id name } }")["users"]}
+    on_a = await subscribe(a)
+    on_b = await subscribe(b, f'(userId: "{users["quincy"]}")')
+    only_olive = await subscribe(b, f'(userId: "{users["olive"]}")')
+    try:
+        assert (await asyncio.to_thread(chat, a, key)).status_code == 200
+        seen_b = await refused_until_seen(a, key, on_b)
+        assert (seen_b["kind"], seen_b["subject"], seen_b["subjectName"]) == ("RPM", "USER", "quincy")
+        assert seen_b["subjectId"] == seen_b["userId"] == users["quincy"] and seen_b["backendId"] is not None
+        assert seen_b["limit"] == 1 and 1 <= seen_b["retryAfterS"] <= 60
+        seen_a = await next_event(on_a)
+        assert seen_a["subjectName"] == "quincy" and seen_a["kind"] == "RPM"
+
+        # A flood of 15 refusals: about one event a second, each counting the refusals left out before it.
+        started = time.monotonic()
+        statuses = await asyncio.gather(*(asyncio.to_thread(chat, a, key) for _ in range(15)))
+        assert {r.status_code for r in statuses} == {429}
+        events = counted = 0
+        while counted < 15:
+            later = await refused_until_seen(a, key, on_b)
+            events, counted = events + 1, counted + 1 + later["suppressedBefore"]
+        assert events <= time.monotonic() - started + 1, (events, counted)
+
+        # The filtered subscriber got none of quincy's: its first event is olive's.
+        assert (await asyncio.to_thread(chat, b, other_key)).status_code == 200
+        olive = await refused_until_seen(b, other_key, only_olive)
+        assert olive["subjectName"] == "olive"
+    finally:
+        for sub in (on_a, on_b, only_olive):
+            await sub.close()
+    refused = await Subscriber.connect(b, token="wrong-password")
+    await refused.subscribe(f"subscription {{ quotaEvents {{ {QUOTA_FIELDS} }} }}")
+    with pytest.raises(ConnectionClosed):
+        await refused.message()
 
 
 def test_redis_going_away_falls_back_to_per_process_counters(pair):
