@@ -97,8 +97,16 @@ def pair(tmp_path_factory) -> Iterator[Pair]:
 
 
 def new_user(a: RouterProcess, b: RouterProcess, name: str, limits: dict) -> str:
-    key = a.add_user(name)
+    """A user with `limits`, known to both routers with its limits.
+
+    Its key is made again after the limits are set: B accepting that key means B's catalog is at
+    least as new as the limits (GraphQL's `limits` read the database, which may be ahead of it).
+    """
+    a.add_user(name)
     limits_of(a, "user", name, limits)
+    user_id = next(u["id"] for u in a.gql_ok("{ users { id name } }")["users"] if u["name"] == name)
+    key = a.gql_ok("mutation($id: ID!) { regenerateApiKey(id: $id) { apiKey } }", {"id": user_id})
+    key = key["regenerateApiKey"]["apiKey"]
     b.wait_for_key(key)
     until(lambda: quota_limits(b, name) == limits, what="b did not see the limits")
     return key
