@@ -435,6 +435,10 @@ class RouterProcess:
         try:
             if self.proc is None or self.proc.poll() is not None:
                 return self.proc.returncode if self.proc else 0
+            if sig == signal.SIGKILL:  # the whole group: a worker of a killed server must not live on
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.proc.pid, signal.SIGKILL)
+                return self.proc.wait()
             self.proc.send_signal(sig)
             try:
                 return self.proc.wait(timeout)
