@@ -606,6 +606,14 @@ def write_config(path: Path, servers: dict[str, dict]) -> Path:
     return path
 
 
+@pytest.fixture(autouse=True)
+def _close_sdk_clients() -> Iterator[None]:
+    """The SDK clients the test made with tests/clients.py, closed when it ends."""
+    yield
+    if clients := sys.modules.get("tests.clients"):  # not imported: none made (and no SDK import for it)
+        clients.close_all()
+
+
 @pytest.fixture
 def upstream_factory() -> Iterator:
     servers: list[UpstreamServer] = []

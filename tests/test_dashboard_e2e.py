@@ -18,6 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.clients import openai_client
 from tests.conftest import ADMIN_PASSWORD
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -244,7 +245,6 @@ def assert_labels_do_not_overlap(page, within: str) -> None:
 
 @pytest.mark.browser
 def test_dashboard_end_to_end(page, upstream):
-    from openai import OpenAI
     from playwright.sync_api import expect
 
     router = page.router_process
@@ -323,7 +323,7 @@ def test_dashboard_end_to_end(page, upstream):
     wait_until(lambda: int(live_charts.get_attribute("data-ticks") or 0) >= 1, 10, "the first usage tick")
     tokens_panel = page.locator("#live-tokens")
     expect(tokens_panel.locator(".readout")).to_have_text("0 tok/s")  # no chat completion yet
-    client = OpenAI(base_url=router.v1, api_key=api_key, max_retries=0, timeout=30)
+    client = openai_client(router, api_key, timeout=30)
     reply = client.chat.completions.create(model="test-model", messages=[{"role": "user", "content": "hi from e2e"}])
     assert reply.choices[0].message.content
     finished = time.monotonic()
@@ -471,7 +471,6 @@ def test_dashboard_reports_api_errors_in_words(page):
 @pytest.mark.browser
 def test_live_feed_reconnects_after_router_restart(browser, router_factory, upstream, tmp_path):
     """Live traffic and the Usage hour (in a second tab) keep working across a router restart, and say so."""
-    from openai import OpenAI
     from playwright.sync_api import expect
 
     from tests.conftest import write_config
@@ -517,7 +516,7 @@ def test_live_feed_reconnects_after_router_restart(browser, router_factory, upst
         # the charts resume: new ticks, the time it was down is a gap, and traffic shows again
         wait_until(lambda: int(charts.get_attribute("data-last-at") or 0) > last_before, 15, "ticks after the restart")
 
-        client = OpenAI(base_url=router.v1, api_key=api_key, max_retries=0, timeout=30)
+        client = openai_client(router, api_key, timeout=30)
         client.chat.completions.create(model="test-model", messages=[{"role": "user", "content": "after restart"}])
         expect(page.locator("#feed tr[data-user=reconnecting-user]")).to_have_count(1, timeout=5_000)
         requests = page.locator("#live-requests")
@@ -703,7 +702,6 @@ def test_new_user_dialog_picks_backends_and_says_what_the_key_can_do(page, upstr
 @pytest.mark.browser
 def test_logs_page_filters_pages_exports_and_opens_request_detail(page, upstream, tmp_path):
     """Issue 18 item 4: server-side filters, cursor paging, CSV/JSONL export, the request detail view."""
-    from openai import OpenAI
     from playwright.sync_api import expect
 
     router = page.router_process
@@ -726,10 +724,10 @@ def test_logs_page_filters_pages_exports_and_opens_request_detail(page, upstream
 
     wait_until(lambda: served(keys["bob"]), 20, "the new users and backend to be served")
     for i in range(5):
-        OpenAI(base_url=router.v1, api_key=keys["alice"], max_retries=0).chat.completions.create(
+        openai_client(router, keys["alice"]).chat.completions.create(
             model="test-model", messages=[{"role": "user", "content": f"alice {i}"}]
         )
-    OpenAI(base_url=router.v1, api_key=keys["bob"], max_retries=0).embeddings.create(model="test-model", input="bob")
+    openai_client(router, keys["bob"]).embeddings.create(model="test-model", input="bob")
     wait_until(
         lambda: router.gql_ok("{ requestLogs { totalCount } }")["requestLogs"]["totalCount"] >= 6, 15, "6 log rows"
     )
@@ -982,7 +980,6 @@ def test_prices_page_creates_edits_and_deletes_prices(page, upstream):
 @pytest.mark.browser
 def test_scripts_test_panel_uses_the_live_context_shape(page, upstream):
     """Issue 18 item 2: the template and the Test panel use the context live hooks get."""
-    from openai import OpenAI
     from playwright.sync_api import expect
 
     router = page.router_process
@@ -1000,7 +997,7 @@ def test_scripts_test_panel_uses_the_live_context_shape(page, upstream):
         return r.status_code == 200 and bool(r.json()["data"])
 
     wait_until(served, 20, "the user and backend to be served")
-    OpenAI(base_url=router.v1, api_key=api_key, max_retries=0).chat.completions.create(
+    openai_client(router, api_key).chat.completions.create(
         model="test-model", messages=[{"role": "user", "content": "secret prompt"}]
     )
     wait_until(
@@ -1061,7 +1058,6 @@ def test_scripts_test_panel_uses_the_live_context_shape(page, upstream):
 @pytest.mark.browser
 def test_usage_legend_colours_are_stable_and_no_user_is_not_red(page, upstream):
     """Issue 18 item 12: a group keeps its colour between views; "(no user)" is grey, not an alarm."""
-    from openai import OpenAI
     from playwright.sync_api import expect
 
     router = page.router_process
@@ -1079,7 +1075,7 @@ def test_usage_legend_colours_are_stable_and_no_user_is_not_red(page, upstream):
             lambda k=keys[name]: serves_test_model(router.v1, k), 20, "the user to be served test-model"
         )
         for _ in range(count):
-            OpenAI(base_url=router.v1, api_key=keys[name], max_retries=0).chat.completions.create(
+            openai_client(router, keys[name]).chat.completions.create(
                 model="test-model", messages=[{"role": "user", "content": "hi"}]
             )
     refused = httpx.post(f"{router.v1}/chat/completions", headers={"Authorization": "Bearer sk-wrong"}, json={})

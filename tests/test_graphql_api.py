@@ -19,11 +19,11 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import openai
 import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
+from tests.clients import openai_client
 from tests.conftest import (
     ADMIN_PASSWORD,
     RouterProcess,
@@ -110,12 +110,9 @@ def unique(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:8]}"
 
 
-def client(router: RouterProcess, key: str) -> openai.OpenAI:
-    return openai.OpenAI(base_url=router.v1, api_key=key, max_retries=0, timeout=30)
-
-
 def chat(router: RouterProcess, key: str, model: str = "test-model", text: str = "hi") -> str:
-    completion = client(router, key).chat.completions.create(model=model, messages=[{"role": "user", "content": text}])
+    client = openai_client(router, key, timeout=30)
+    completion = client.chat.completions.create(model=model, messages=[{"role": "user", "content": text}])
     return completion.choices[0].message.content or ""
 
 

@@ -7,10 +7,10 @@ import time
 import uuid
 
 import httpx
-import openai
 import pytest
 
 from router.scripts.engine import WALL_FACTOR
+from tests.clients import openai_client
 from tests.conftest import RouterProcess, in_process_dialect, write_config
 from tests.inprocess import RouterThread
 from tests.upstream import UpstreamServer
@@ -181,7 +181,7 @@ function onStreamChunk(c) {
 }""",
         user_id=user_id,
     )
-    client = openai.OpenAI(base_url=router.v1, api_key=key, max_retries=0)
+    client = openai_client(router, key)
     raw = client.chat.completions.with_raw_response.create(model="m", messages=MESSAGES, stream=True)
     assert raw.headers["x-stream-seen"] == "true"
     text = "".join(c.choices[0].delta.content or "" for c in raw.parse() if c.choices)
@@ -352,7 +352,7 @@ function onStreamChunk(context) {
 }
 """
     add_script(router, code, user_id=user_id)
-    client = openai.OpenAI(base_url=router.v1, api_key=key, max_retries=0)
+    client = openai_client(router, key)
     deadline_events = None
     for _ in range(50):  # the catalog reload that activates the script takes a moment
         events = list(client.responses.create(model="m", input="hi", stream=True))

@@ -13,6 +13,7 @@ import httpx
 import openai
 import pytest
 
+from tests.clients import openai_client
 from tests.conftest import until, write_config
 
 MESSAGES = [{"role": "user", "content": "hello there"}]
@@ -41,10 +42,6 @@ def quota(router, name: str) -> dict:
         "{ users { name quota { requestsThisMinute tokensThisMinute inFlight spentUsd periodStart periodEnd } } }"
     )["users"]
     return next(u["quota"] for u in users if u["name"] == name)
-
-
-def client_for(router, key: str | None = None, retries: int = 0) -> openai.OpenAI:
-    return openai.OpenAI(base_url=router.v1, api_key=key or router.api_key, max_retries=retries)
 
 
 def chat(router, key: str | None = None, **body) -> httpx.Response:
@@ -81,7 +78,7 @@ def test_rpm_headers_and_the_openai_sdk_error(router_with_backend):
     unlimited = chat(router)
     assert unlimited.status_code == 200 and "x-ratelimit-limit-requests" not in unlimited.headers
     set_user_limits(router, "alice", {"rpm": 2})
-    client = client_for(router)
+    client = openai_client(router)
     first = client.chat.completions.with_raw_response.create(model="test-model", messages=MESSAGES)
     assert first.headers["x-ratelimit-limit-requests"] == "2"
     assert first.headers["x-ratelimit-remaining-requests"] == "1"
@@ -158,7 +155,7 @@ def test_user_concurrency_429_and_the_sdk_retries_after_retry_after(router_facto
 
     releasing = threading.Thread(target=release_after_the_sdks_first_refusal)
     releasing.start()
-    reply = client_for(router, retries=6).chat.completions.create(model="test-model", messages=MESSAGES)
+    reply = openai_client(router, max_retries=6).chat.completions.create(model="test-model", messages=MESSAGES)
     releasing.join()
     holding.join()
     assert reply.choices[0].message.content == "alpha says: hello there"
@@ -185,7 +182,7 @@ def test_budget_refuses_with_insufficient_quota(router_with_backend):
         "{ id } }"
     )
     set_user_limits(router, "alice", {"budgetUsd": 0.5, "budgetPeriod": "DAY"})
-    client = client_for(router)
+    client = openai_client(router)
     client.chat.completions.create(model="test-model", messages=MESSAGES)  # costs ~ $1: over budget after it
     with pytest.raises(openai.RateLimitError) as refused:
         client.chat.completions.create(model="test-model", messages=MESSAGES)

@@ -14,6 +14,7 @@ import pytest
 
 from router.protocols import ADAPTERS
 from router.upstream_auth import upstream_key_header
+from tests.clients import anthropic_client
 from tests.conftest import write_config
 from tests.upstream import UpstreamServer
 
@@ -38,7 +39,7 @@ def env(router_factory, upstream_factory, tmp_path):
 
 def client(env: Env, **kwargs) -> anthropic.Anthropic:
     auth = kwargs or {"api_key": env.key}
-    return anthropic.Anthropic(base_url=env.router.url, max_retries=0, timeout=30, **auth)
+    return anthropic_client(env.router, timeout=30, **auth)
 
 
 def test_plain_message_with_the_key_as_api_key(env: Env) -> None:

@@ -7,6 +7,7 @@ import openai
 import pytest
 
 from router.protocols import upstream_url
+from tests.clients import openai_client
 from tests.conftest import write_config
 
 MODEL = "multi-model"
@@ -17,7 +18,7 @@ def env(router_factory, upstream_factory, tmp_path):
     upstream = upstream_factory(name="multi", models=[MODEL])
     router = router_factory(config=write_config(tmp_path / "c.yaml", {"multi": {"url": upstream.base_url}}))
     key = router.add_user("alice")
-    sdk = openai.OpenAI(base_url=router.v1, api_key=key, max_retries=0, timeout=30)
+    sdk = openai_client(router, key, timeout=30)
     return router, upstream, key, sdk
 
 

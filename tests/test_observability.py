@@ -19,13 +19,13 @@ from typing import Any
 
 import httpx
 import pytest
-from openai import OpenAI
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceRequest,
     ExportTraceServiceResponse,
 )
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.clients import openai_client
 from tests.conftest import write_config
 from tests.upstream import free_port
 
@@ -184,7 +184,7 @@ def attr_json(attrs: dict, key: str) -> Any:
 def test_each_request_becomes_a_langfuse_trace(start_router, backend_config, upstream, receiver):
     lf = receiver("ok")
     router = start_router(backend_config, langfuse_env(lf.url))
-    client = OpenAI(base_url=router.v1, api_key=router.api_key, max_retries=0)
+    client = openai_client(router)
     messages = [{"role": "user", "content": "hello trace"}]
 
     plain = client.chat.completions.with_raw_response.create(
@@ -252,7 +252,7 @@ def test_errors_are_traced_and_content_can_be_left_out(start_router, backend_con
     lf = receiver("ok")
     env = langfuse_env(lf.url, LANGFUSE_CAPTURE_CONTENT="false", LANGFUSE_FLUSH_INTERVAL="0.05")
     router = start_router(backend_config, env)
-    client = OpenAI(base_url=router.v1, api_key=router.api_key, max_retries=0)
+    client = openai_client(router)
     client.chat.completions.create(model="test-model", messages=[{"role": "user", "content": "secret prompt"}])
     response = httpx.post(
         f"{router.v1}/chat/completions",
@@ -284,7 +284,7 @@ def test_langfuse_down_does_not_slow_requests(start_router, backend_config, rece
         SHUTDOWN_GRACE_S="1",  # how long the stop waits for the stuck exporter before ending it
     )
     router = start_router(backend_config, env)
-    client = OpenAI(base_url=router.v1, api_key=router.api_key, max_retries=0, timeout=10)
+    client = openai_client(router, timeout=10)
     client.chat.completions.create(model="test-model", messages=[{"role": "user", "content": "first"}])
     if lf is not None:
         lf.wait_for(lambda: lf.posts)  # the exporter now hangs on Langfuse
@@ -328,7 +328,7 @@ def labels(**kw: str) -> tuple:
 
 def test_metrics_count_the_requests_made(router_with_backend):
     router = router_with_backend
-    client = OpenAI(base_url=router.v1, api_key=router.api_key, max_retries=0)
+    client = openai_client(router)
     before = scrape(router)
     assert before[("llm_router_backend_healthy", labels(backend="alpha"))] == 1
     assert before[("llm_router_requests_in_flight", labels(backend="alpha"))] == 0
@@ -370,7 +370,7 @@ def test_metrics_count_the_requests_made(router_with_backend):
 
 def test_metrics_user_label_only_when_enabled(start_router, backend_config):
     router = start_router(backend_config, {"METRICS_USER_LABELS": "true"})
-    client = OpenAI(base_url=router.v1, api_key=router.api_key, max_retries=0)
+    client = openai_client(router)
     client.chat.completions.create(model="test-model", messages=[{"role": "user", "content": "hi"}])
     after = scrape(router)
     assert after[("llm_router_requests_total", labels(backend="alpha", model="test-model", status="200", user="alice"))]
@@ -407,7 +407,7 @@ def test_metrics_sum_over_workers_with_multiproc_dir(router_factory, backend_con
 
 def test_json_logs_are_one_object_per_line(start_router, backend_config):
     router = start_router(backend_config, {"LOG_FORMAT": "json"})
-    client = OpenAI(base_url=router.v1, api_key=router.api_key, max_retries=0)
+    client = openai_client(router)
     client.chat.completions.create(
         model="test-model", messages=[{"role": "user", "content": "hi"}], extra_headers={"X-Request-ID": "req-json-7"}
     )
@@ -423,7 +423,7 @@ def test_json_logs_are_one_object_per_line(start_router, backend_config):
 def test_responses_and_unknown_paths_are_traced_too(start_router, backend_config, receiver):
     lf = receiver("ok")
     router = start_router(backend_config, langfuse_env(lf.url))
-    client = OpenAI(base_url=router.v1, api_key=router.api_key, max_retries=0)
+    client = openai_client(router)
     client.responses.create(model="test-model", input="hello", extra_headers={"X-Request-ID": "req-resp-1"})
     events = list(client.responses.create(model="test-model", input="hi", stream=True))
     assert events[-1].type == "response.completed"

@@ -5,9 +5,9 @@ from __future__ import annotations
 import socket
 
 import httpx
-import openai
 import pytest
 
+from tests.clients import openai_client
 from tests.conftest import write_config
 
 MESSAGES = [{"role": "user", "content": "hi"}]
@@ -43,7 +43,7 @@ def two_providers(router_factory, upstream_factory, tmp_path):
 def test_accounts_off_needs_no_key_and_logs_the_local_user(router_factory, two_providers):
     router = router_factory(config=two_providers, env={"ENABLE_ACCOUNT_MANAGEMENT": "false"})
     for key in ("anything", "sk-whatever"):
-        client = openai.OpenAI(base_url=router.v1, api_key=key, max_retries=0)
+        client = openai_client(router, key)
         assert client.chat.completions.create(model="a-only", messages=MESSAGES).choices[0].message.content
     keyless = httpx.post(f"{router.v1}/chat/completions", json={"model": "shared", "messages": MESSAGES}, timeout=30)
     assert keyless.status_code == 200
@@ -84,7 +84,7 @@ def test_accounts_off_binds_loopback_unless_a_host_is_set(router_factory, two_pr
 def test_aliased_model_list_routes_each_entry_to_its_backend(router_factory, two_providers):
     router = router_factory(config=two_providers, env={"MODEL_LIST_STYLE": "aliased"})
     key = router.add_user("pat")
-    client = openai.OpenAI(base_url=router.v1, api_key=key, max_retries=0)
+    client = openai_client(router, key)
     listed = {m.id: m.owned_by for m in client.models.list()}
     assert listed == {"[alpha]shared": "alpha", "[alpha]a-only": "alpha", "[beta]shared": "beta"}
     for model_id, backend in listed.items():
@@ -96,5 +96,5 @@ def test_aliased_model_list_routes_each_entry_to_its_backend(router_factory, two
 def test_accounts_on_by_default_with_plain_model_ids(router_with_backend):
     router = router_with_backend
     assert httpx.get(f"{router.v1}/models").status_code == 401
-    models = openai.OpenAI(base_url=router.v1, api_key=router.api_key).models.list()
+    models = openai_client(router).models.list()
     assert {m.id for m in models} == {"test-model", "shared-model"}

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import httpx
-import openai
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from router.protocols import ADAPTERS, DROP, Usage, parse_usage
+from tests.clients import openai_client
 from tests.conftest import write_config
 
 MESSAGES = [{"role": "user", "content": "hello"}]
@@ -89,7 +89,7 @@ def test_usage_details_reach_the_request_log_and_graphql(router_factory, upstrea
         tmp_path / "c.yaml", {"detailed": {"url": detailed.base_url}, "silent": {"url": silent.base_url}}
     )
     router = router_factory(config=config)
-    client = openai.OpenAI(base_url=router.v1, api_key=router.add_user("alice"), max_retries=0)
+    client = openai_client(router, router.add_user("alice"))
 
     plain = client.chat.completions.create(model="m", messages=MESSAGES)
     assert plain.usage.prompt_tokens_details.cached_tokens == 5

@@ -10,19 +10,15 @@ import time
 from collections import Counter
 
 import httpx
-import openai
 import pytest
 
 from router.errors import ApiError
 from router.proxy import parse_payload
+from tests.clients import openai_client
 from tests.conftest import require_postgres, write_config
 from tests.upstream import Scripted
 
 MESSAGES = [{"role": "user", "content": "hello there"}]
-
-
-def client_for(router, key: str | None = None) -> openai.OpenAI:
-    return openai.OpenAI(base_url=router.v1, api_key=key or router.api_key, max_retries=0)
 
 
 def post(router, path: str, body, key: str | None = None, **kwargs) -> httpx.Response:
@@ -43,7 +39,7 @@ def assert_openai_error(response: httpx.Response, status: int) -> dict:
 
 
 def test_openai_sdk_models_chat_stream_completions_embeddings(router_with_backend, upstream):
-    client = client_for(router_with_backend)
+    client = openai_client(router_with_backend)
 
     assert {m.id for m in client.models.list()} == {"test-model", "shared-model"}
     assert all(m.owned_by == "alpha" for m in client.models.list())
@@ -74,7 +70,7 @@ def test_openai_sdk_models_chat_stream_completions_embeddings(router_with_backen
 
 
 def test_stream_with_client_requested_usage_keeps_the_usage_chunk(router_with_backend):
-    client = client_for(router_with_backend)
+    client = openai_client(router_with_backend)
     chunks = list(
         client.chat.completions.create(
             model="test-model", messages=MESSAGES, stream=True, stream_options={"include_usage": True}
@@ -155,7 +151,7 @@ def test_permissions_limit_models_and_backends(router_factory, upstream_factory,
     router = router_factory(config=config)
     key = router.add_user("dave", permissions="alpha")
 
-    assert {m.id for m in client_for(router, key).models.list()} == {"a-model", "shared"}
+    assert {m.id for m in openai_client(router, key).models.list()} == {"a-model", "shared"}
     error = assert_openai_error(post(router, "/chat/completions", {"model": "b-model", "messages": MESSAGES}, key), 403)
     assert error["type"] == "permission_error"
     error = assert_openai_error(
@@ -179,7 +175,7 @@ def test_model_filter_override_and_append(router_factory, upstream_factory, tmp_
     )
     router = router_factory(config=config)
     key = router.add_user("erin")
-    models = {m.id: m.owned_by for m in client_for(router, key).models.list()}
+    models = {m.id: m.owned_by for m in openai_client(router, key).models.list()}
     assert models == {"llama-3-70b": "filtered", "extra-model": "filtered", "only-this": "fixed"}
     upstream_listing = [r for r in up.requests_to("/v1/models")]
     assert len(upstream_listing) >= 1  # asked for "filtered"; never for "fixed" (override)
@@ -331,7 +327,7 @@ def test_a_client_leaving_after_the_final_event_is_not_a_disconnect(router_facto
     lingering = upstream_factory(name="lingering", models=["m"], linger_after_end_s=30)
     router = router_factory(config=write_config(tmp_path / "c.yaml", {"lingering": {"url": lingering.base_url}}))
     key = router.add_user("carol")
-    stream = client_for(router, key).chat.completions.create(
+    stream = openai_client(router, key).chat.completions.create(
         model="m", messages=MESSAGES, stream=True, stream_options={"include_usage": True}
     )
     chunks = list(stream)  # the SDK stops reading at [DONE] and closes the response
@@ -408,7 +404,7 @@ def test_postgres_urls(router_factory, upstream, tmp_path):
         config = write_config(tmp_path / "c.yaml", {"alpha": {"url": upstream.base_url}})
         router = router_factory(config=config, env={"CORE_DB_URL": core, "ANALYTICS_DB_URL": analytics})
         key = router.add_user("oscar")
-        chat = client_for(router, key).chat.completions.create(model="test-model", messages=MESSAGES)
+        chat = openai_client(router, key).chat.completions.create(model="test-model", messages=MESSAGES)
         assert chat.choices[0].message.content.startswith("alpha")
         rows = router.wait_for_logs(1)
         assert rows[0]["user_name"] == "oscar" and rows[0]["total_tokens"] > 0
@@ -499,7 +495,7 @@ def test_usage_the_client_did_not_ask_for_is_removed_even_beside_choices(scripte
     """LiteLLM puts `usage` on a final chunk whose choices are not empty: keep the chunk, drop the field."""
     router, answer = scripted()
     answer(Scripted(events=[(None, chunk("Hel")), (None, chunk("lo", USAGE)), (None, b"[DONE]")]))
-    client = openai.OpenAI(base_url=router.v1, api_key=router.api_key, max_retries=0)
+    client = openai_client(router)
     chunks = list(client.chat.completions.create(model="m", messages=HI, stream=True))
     assert "".join(c.choices[0].delta.content for c in chunks) == "Hello"
     assert all(c.usage is None for c in chunks)

@@ -10,14 +10,11 @@ import httpx
 import openai
 import pytest
 
+from tests.clients import openai_client
 from tests.conftest import RouterProcess, require_redis, write_config
 from tests.upstream import Scripted
 
 INPUT = [{"role": "user", "content": "hello there"}]
-
-
-def client_for(router, key: str) -> openai.OpenAI:
-    return openai.OpenAI(base_url=router.v1, api_key=key, max_retries=0)
 
 
 @pytest.fixture
@@ -32,7 +29,7 @@ def two_backends(upstream_factory, tmp_path):
 def test_create_plain_and_streamed_with_usage_details(router_factory, two_backends):
     config = two_backends[2]
     router = router_factory(config=config)
-    client = client_for(router, router.add_user("alice"))
+    client = openai_client(router, router.add_user("alice"))
 
     response = client.responses.create(model="m", input=INPUT)
     assert response.output_text == "tok0 tok1 tok2 "
@@ -93,7 +90,7 @@ def test_stream_reaches_the_client_byte_for_byte(router_factory, upstream_factor
 def test_stored_responses_stay_with_their_backend(router_factory, two_backends):
     config = two_backends[2]
     router = router_factory(config=config)
-    client = client_for(router, router.add_user("alice"))
+    client = openai_client(router, router.add_user("alice"))
     created = [client.responses.create(model="m", input=INPUT) for _ in range(4)]
     servers = [r.metadata["server"] for r in created]
     assert sorted(servers) == ["a", "a", "b", "b"]  # round-robin spread them
@@ -125,7 +122,7 @@ def test_stored_responses_stay_with_their_backend(router_factory, two_backends):
 def test_other_users_get_the_404_of_an_unknown_id(router_factory, two_backends):
     config = two_backends[2]
     router = router_factory(config=config)
-    alice = client_for(router, router.add_user("alice"))
+    alice = openai_client(router, router.add_user("alice"))
     bob_key = router.add_user("bob")
     mine = alice.responses.create(model="m", input=INPUT)
     unknown = "resp_" + uuid.uuid4().hex
@@ -152,13 +149,13 @@ def test_bindings_survive_a_restart_through_the_request_log(router_factory, two_
     config = two_backends[2]
     first = router_factory(config=config, data_dir=tmp_path / "r")
     key = first.add_user("alice")
-    client = client_for(first, key)
+    client = openai_client(first, key)
     created = [client.responses.create(model="m", input=INPUT) for _ in range(2)]
     first.wait_for_logs(2)
     first.stop()
     same_databases = {k: first.env[k] for k in ("CORE_DB_URL", "ANALYTICS_DB_URL") if k in first.env}  # PostgreSQL
     second = router_factory(env=same_databases, config=config, data_dir=tmp_path / "r")
-    client = client_for(second, key)
+    client = openai_client(second, key)
     for response in created:
         assert client.responses.retrieve(response.id).metadata == response.metadata
         follow_up = client.responses.create(model="m", input="again", previous_response_id=response.id)
@@ -176,8 +173,8 @@ def test_bindings_are_shared_through_redis(two_backends, tmp_path):
     first = RouterProcess(tmp_path / "one", env, config).start()
     second = RouterProcess(tmp_path / "two", env, config).start()
     try:
-        created = [client_for(first, "local").responses.create(model="m", input=INPUT) for _ in range(4)]
-        client = client_for(second, "local")
+        created = [openai_client(first, "local").responses.create(model="m", input=INPUT) for _ in range(4)]
+        client = openai_client(second, "local")
         for response in created:
             assert client.responses.retrieve(response.id).metadata["server"] == response.metadata["server"]
     finally:

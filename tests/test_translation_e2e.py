@@ -21,6 +21,7 @@ import openai
 import pytest
 
 from router import protocols
+from tests.clients import anthropic_client, openai_client
 from tests.conftest import RouterProcess, router_for, write_config
 from tests.test_graphql_api import fails, ok, unique
 from tests.test_translate import ANTHROPIC_MESSAGE, FUNCTION_TOOL, WEATHER_TOOL, anthropic_stream_events
@@ -104,10 +105,10 @@ class Env:
         self.replies[:] = list(answers)
 
     def anthropic(self) -> anthropic.Anthropic:
-        return anthropic.Anthropic(base_url=self.router.url, auth_token=self.key, max_retries=0, timeout=30)
+        return anthropic_client(self.router, auth_token=self.key, timeout=30)
 
     def openai(self) -> openai.OpenAI:
-        return openai.OpenAI(base_url=self.router.v1, api_key=self.key, max_retries=0, timeout=30)
+        return openai_client(self.router, self.key, timeout=30)
 
 
 @pytest.fixture(scope="module")
@@ -229,7 +230,7 @@ def log_of(env: Env, request_id: str) -> dict[str, Any]:
 @needs_messages
 def test_anthropic_client_on_chat_backend_text(env: Env) -> None:
     env.reply(completion("Hello from a chat server.", stop_reason="END"))
-    client = anthropic.Anthropic(base_url=env.router.url, api_key=env.key, max_retries=0, timeout=30)  # x-api-key
+    client = anthropic_client(env.router, api_key=env.key, timeout=30)  # x-api-key
     raw = client.messages.with_raw_response.create(
         model=CHAT_MODEL,
         max_tokens=200,
@@ -487,7 +488,7 @@ def test_scripts_see_the_request_and_events_as_the_client_has_them(env: Env) -> 
         "isActive": True,
     }
     router.gql_ok("mutation($i: CreateScriptInput!) { createScript(input: $i) { id } }", {"i": script})
-    client = anthropic.Anthropic(base_url=router.url, auth_token=created["apiKey"], max_retries=0, timeout=30)
+    client = anthropic_client(router, auth_token=created["apiKey"], timeout=30)
     env.reply(streamed({"content": "quiet "}, {"content": "words"}))
     with client.messages.stream(model=CHAT_MODEL, max_tokens=9, messages=[{"role": "user", "content": "x"}]) as stream:
         message = stream.get_final_message()
