@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import gc
 import io
 import json
 import os
@@ -612,6 +613,16 @@ def _close_sdk_clients() -> Iterator[None]:
     yield
     if clients := sys.modules.get("tests.clients"):  # not imported: none made (and no SDK import for it)
         clients.close_all()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _collect_at_module_end() -> Iterator[None]:
+    """A cyclic collection after each module, so that a socket it left open (an unclosed client in a
+    reference cycle) fails the module's last test on its ResourceWarning, not whichever later test
+    collects (an in-process router's start-up does). 0.1-140 ms a module, median 3 ms (most of the
+    heap is frozen by the routers' tune_gc)."""
+    yield
+    gc.collect()
 
 
 @pytest.fixture
