@@ -403,12 +403,14 @@ class SSESplitter:
                     self._keep(chunk)
                     return events
                 start = end + 2
+            self._check(self._size + start)  # the event's last piece counts too
             events.append(b"".join(self._parts) + chunk[:start])
             self._parts, self._size = [], 0
         while True:
             end = chunk.find(b"\n\n", start)
             if end < 0:
                 break
+            self._check(end + 2 - start)
             events.append(chunk[start : end + 2])
             start = end + 2
         if start < len(chunk):
@@ -416,15 +418,25 @@ class SSESplitter:
         return events
 
     def _keep(self, piece: bytes) -> None:
+        self._check(self._size + len(piece))
         self._size += len(piece)
-        if self._size > self._max:
-            self._parts, self._size = [], 0
-            raise SSEEventTooLarge(self._max)
         self._parts.append(piece)
 
+    def _check(self, event_bytes: int) -> None:
+        if event_bytes > self._max:
+            self._parts, self._size = [], 0
+            raise SSEEventTooLarge(self._max)
+
     def is_clean(self, chunk: bytes) -> bool:
-        """True when `chunk` is whole events and nothing is buffered: it can be passed on as it is."""
-        return not self._parts and not self._cr and chunk.endswith(b"\n\n") and b"\r" not in chunk
+        """True when `chunk` is whole events, none of them too large, and nothing is buffered: it can be
+        passed on as it is. (A chunk longer than the largest event may hold one: it goes through `feed`.)"""
+        return (
+            not self._parts
+            and not self._cr
+            and len(chunk) <= self._max
+            and chunk.endswith(b"\n\n")
+            and b"\r" not in chunk
+        )
 
     def rest(self) -> bytes:
         """Whatever is left when the stream ends without a final blank line."""

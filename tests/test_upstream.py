@@ -18,6 +18,7 @@ import pytest
 from router.upstream import (
     DEFAULT_MAX_ANSWER_BYTES,
     AnswerTooLarge,
+    SSEEventTooLarge,
     SSESplitter,
     UpstreamClient,
     UpstreamError,
@@ -299,6 +300,21 @@ def test_sse_splitter_handles_split_and_joined_events():
     assert splitter.feed(b"data: tail") == [] and splitter.rest() == b"data: tail"
     assert sse_data(b"event: x\ndata: a\ndata: b\n\n") == b"a\nb"
     assert sse_data(b": comment\n\n") is None
+
+
+@pytest.mark.parametrize("first", [0, 50, 99, 100, 101, 150])
+def test_sse_splitter_refuses_an_event_over_its_bound_however_it_is_cut(first: int) -> None:
+    """An event of 101 bytes against a bound of 100: cut after `first` bytes, or whole in one chunk."""
+    event = b"data: " + b"x" * 93 + b"\n\n"  # 101 bytes
+    fitting = b"data: " + b"x" * 92 + b"\n\n"  # 100 bytes
+    splitter = SSESplitter(100)
+    assert splitter.feed(fitting) == [fitting] and splitter.is_clean(fitting)
+    assert not splitter.is_clean(event)  # not passed on as it is: split, where the bound is checked
+    with pytest.raises(SSEEventTooLarge):
+        splitter.feed(event[:first])
+        splitter.feed(event[first:])
+    splitter = SSESplitter(100)
+    assert splitter.feed(fitting[:first]) + splitter.feed(fitting[first:]) == [fitting]
 
 
 # --- one client for every user: nothing an upstream set comes back on another request -------------
