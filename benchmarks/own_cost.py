@@ -10,6 +10,7 @@ the part the floor app (floor_app.py) does not have, plus the client both share.
 
     .venv/bin/python benchmarks/own_cost.py [--requests 20000] [--rounds 5] [--stream] [--profile out.prof]
     .venv/bin/python benchmarks/own_cost.py --router-src /tmp/wt      # another checkout's router
+    .venv/bin/python benchmarks/own_cost.py 2>/dev/null               # the per-request log lines to /dev/null
 
 Rounds alternate nothing: run two checkouts one after the other, twice, to compare.
 """
@@ -136,6 +137,11 @@ def main() -> None:
     parser.add_argument("--profile", help="cProfile the last round into this file")
     parser.add_argument("--router-src", help="run another checkout's router")
     parser.add_argument("--cpu", type=int, default=0, help="pin this process to this CPU (the mock gets the other)")
+    parser.add_argument(
+        "--log-level",
+        default="INFO",
+        help="the router's LOG_LEVEL (INFO, the default, writes its one line per request, as served; to stderr)",
+    )
     args = parser.parse_args()
     sys.path.insert(0, str(Path(args.router_src).resolve() if args.router_src else HERE.parent))
     sys.path.insert(1, str(HERE))
@@ -157,7 +163,10 @@ def main() -> None:
             config = str(Path(tmp) / "config.yaml")
             from router.cli import start_up
 
-            settings = load_settings({**env, "CONFIG_FILE": config, "LOG_LEVEL": "WARNING"}, dotenv=False)
+            settings = load_settings({**env, "CONFIG_FILE": config, "LOG_LEVEL": args.log_level}, dotenv=False)
+            from router.logging_setup import setup_logging
+
+            setup_logging(settings)  # as `serve` does: the access line per request, the handler that batches it
             settings = start_up(settings.with_overrides(config_file=config), prune=False, environ=env)
             results = uvloop.run(measure(args, router.key, settings))
     finally:
