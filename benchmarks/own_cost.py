@@ -11,6 +11,7 @@ the part the floor app (floor_app.py) does not have, plus the client both share.
     .venv/bin/python benchmarks/own_cost.py [--requests 20000] [--rounds 5] [--stream] [--profile out.prof]
     .venv/bin/python benchmarks/own_cost.py --router-src /tmp/wt      # another checkout's router
     .venv/bin/python benchmarks/own_cost.py 2>/dev/null               # the per-request log lines to /dev/null
+    .venv/bin/python benchmarks/own_cost.py --floor [--stream]        # the floor app (floor_app.py, h1) the same way
 
 Rounds alternate nothing: run two checkouts one after the other, twice, to compare.
 """
@@ -94,12 +95,19 @@ async def drive(app: Any, key: str, requests: int, concurrency: int, stream: boo
     await asyncio.gather(*(worker() for _ in range(concurrency)))
 
 
-async def measure(args: argparse.Namespace, key: str, settings: Any) -> list[float]:
+async def measure(args: argparse.Namespace, key: str, settings: Any, mock_url: str) -> list[float]:
     from asgi_lifespan import LifespanManager
 
-    from router.app import create_app
+    app: Any
+    if args.floor:  # the bare forward-and-relay app on the router's client (h1): what the router adds is the rest
+        import floor_app
 
-    app = create_app(settings)
+        os.environ.update(FLOOR_UPSTREAM=mock_url, FLOOR_CLIENT="h1")
+        app = floor_app.create()
+    else:
+        from router.app import create_app
+
+        app = create_app(settings)
     per_request: list[float] = []
     async with LifespanManager(app):
         deadline = time.monotonic() + 30
@@ -137,6 +145,7 @@ def main() -> None:
     parser.add_argument("--profile", help="cProfile the last round into this file")
     parser.add_argument("--router-src", help="run another checkout's router")
     parser.add_argument("--cpu", type=int, default=0, help="pin this process to this CPU (the mock gets the other)")
+    parser.add_argument("--floor", action="store_true", help="drive benchmarks/floor_app.py (h1) instead of the router")
     parser.add_argument(
         "--log-level",
         default="INFO",
@@ -168,10 +177,10 @@ def main() -> None:
 
             setup_logging(settings)  # as `serve` does: the access line per request, the handler that batches it
             settings = start_up(settings.with_overrides(config_file=config), prune=False, environ=env)
-            results = uvloop.run(measure(args, router.key, settings))
+            results = uvloop.run(measure(args, router.key, settings, mock.url))
     finally:
         services.stop_process(mock.proc)
-    kind = "stream" if args.stream else "non-stream"
+    kind = ("floor " if args.floor else "") + ("stream" if args.stream else "non-stream")
     rounds = ", ".join(f"{r:.1f}" for r in results)
     print(f"{kind} c{args.concurrency}: {statistics.median(results):.1f} µs CPU per request (median; rounds {rounds})")
 
