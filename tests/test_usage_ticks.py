@@ -278,13 +278,11 @@ def redis_pair(tmp_path: Path, upstream) -> Iterator[tuple[RouterProcess, Router
     for name, kind in (("a", router_for), ("b", RouterProcess)):
         config = write_config(tmp_path / f"{name}.yaml", {"alpha": {"url": upstream.base_url}})
         routers.append(kind(tmp_path / name, env, config))
-    try:
+    with contextlib.ExitStack() as stopping:  # each router is stopped even if stopping another raised
         for router in routers:
+            stopping.callback(router.stop)
             router.start()
         yield routers[0], routers[1]
-    finally:
-        for router in routers:
-            router.stop()
 
 
 async def test_two_processes_sharing_redis_show_the_same_totals(redis_pair):
