@@ -175,7 +175,9 @@ async def test_an_in_process_context_that_ignores_termination_is_reported(
 
 async def test_a_context_that_ignores_termination_retires_the_host_and_parks_the_script() -> None:
     sort = SORT
-    engine = IsolatedScriptEngine(timeout_ms=100, stuck_after_s=0.2)
+    # The sort runs ~0.35 s on a fast machine; the host polls every stuck_after_s / 2: 0.05 s finds the
+    # abandoned context still sorting (0.2 s left a window of ~50 ms that a 0.1 s poll could miss).
+    engine = IsolatedScriptEngine(timeout_ms=100, stuck_after_s=0.05)
     try:
         source = ScriptSource(7, "sorter", sort, "1")
         result = await engine.run_hook(source, "onRequest", REQ)
