@@ -14,6 +14,7 @@ import logging
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 from router.crypto import SecretBox
 from router.limits import NO_LIMITS, BudgetPeriod, Limits
@@ -126,6 +127,9 @@ class Snapshot:
     active_scripts: tuple[ScriptEntry, ...] = ()
     prices: PriceTable = field(default_factory=PriceTable)
     revision: int = 0
+    # What the proxy derives from this snapshot per (user, model, API) and keeps while it lasts
+    # (router.proxy.plan_route): a new snapshot starts empty.
+    routes: dict[Any, Any] = field(default_factory=dict, compare=False, repr=False)
 
 
 async def load_snapshot(secrets: SecretBox | None = None) -> Snapshot:

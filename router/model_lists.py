@@ -104,6 +104,7 @@ class ModelDirectory:
         self._snapshot = Snapshot()
         self._refresh_tasks: set[asyncio.Task[bool]] = set()
         self._failing: dict[int, str] = {}  # backend id -> last error, so a failure streak is logged once
+        self.version = 0  # moves whenever the resolved lists may have changed (what routes cached from them check)
 
     def models_of(self, backend_id: int) -> frozenset[str]:
         return self._resolved.get(backend_id, frozenset())
@@ -136,6 +137,7 @@ class ModelDirectory:
             )
         self._ordered = ordered
         self._resolved = {backend_id: frozenset(models) for backend_id, models in ordered.items()}
+        self.version += 1
 
     async def refresh_backend(self, backend: BackendEntry) -> bool:
         """Fetch one backend's `/models`; keep the last good list on failure."""

@@ -30,7 +30,7 @@ from router import errors, protocols
 from router.affinity import MAX_RESPONSE_ID, Binding
 from router.auth import authenticate
 from router.bodies import ensure_json_depth
-from router.catalog import BackendEntry, ScriptEntry, UserEntry, split_alias
+from router.catalog import BackendEntry, ScriptEntry, Snapshot, UserEntry, split_alias
 from router.errors import ApiError
 from router.hooks import (
     backend_view,
@@ -122,6 +122,24 @@ class RoutePlan:
 
     upstream_model: str
     targets: list[Target]  # in the order to try; health is checked when trying
+    unlimited: bool = False  # neither the user nor any target's backend has limits (no limiter to ask)
+
+
+@dataclass(frozen=True, slots=True)
+class ModelRoute:
+    """What routing by model decides for one (user, model, client API) until the catalog snapshot or the
+    model lists change (kept in `Snapshot.routes`): the permitted candidates in catalog order, the target
+    of each that speaks the API, and the whole plan when there is a single candidate (nothing to order)."""
+
+    user: UserEntry
+    models_version: int
+    candidates: list[BackendEntry]
+    targets: dict[int, Target]  # backend id -> its target (backends that speak neither API are absent)
+    plan: RoutePlan | None
+    unlimited: bool
+
+
+MAX_CACHED_ROUTES = 4096
 
 
 # --- endpoints --------------------------------------------------------------------------------
@@ -321,6 +339,8 @@ def plan_route(rt: Runtime, user: UserEntry, model: str, request: Request, adapt
     A backend that does not speak the client's API is asked in one the request translates to
     (`Target.api`); one that speaks neither is no candidate.
     """
+    if not request.scope["query_string"] and not model.startswith("["):  # no ?proxy=, no [alias]: by model
+        return route_by_model(rt, user, model, adapter)
     proxy_url = request.query_params.get("proxy") if request.scope["query_string"] else None
     alias, bare_model = split_alias(model)
     if proxy_url is None and alias is not None and "://" in alias:
@@ -335,12 +355,44 @@ def plan_route(rt: Runtime, user: UserEntry, model: str, request: Request, adapt
         if not user.may_use(backend.id):
             raise errors.forbidden(f"You are not allowed to use backend '{alias}'.")
         return RoutePlan(bare_model, speaking(adapter, [backend], model))
+    return route_by_model(rt, user, model, adapter)
+
+
+def route_by_model(rt: Runtime, user: UserEntry, model: str, adapter: Adapter) -> RoutePlan:
+    """The backends serving `model` that `user` may use, in the order to try them (a 403/404 if none).
+
+    What does not change between requests is worked out once per snapshot and model lists (`ModelRoute`);
+    per request only the order (round-robin or least busy) is decided, as before.
+    """
+    snapshot = rt.catalog.snapshot
+    key = (user.id, model, adapter)
+    route: ModelRoute | None = snapshot.routes.get(key)
+    if route is None or route.user is not user or route.models_version != rt.models.version:
+        route = _model_route(rt, snapshot, user, model, adapter)
+    if route.plan is not None:
+        return route.plan
+    targets = route.targets
+    ordered = [t for b in rt.order_backends(route.candidates) if (t := targets.get(b.id)) is not None]
+    return RoutePlan(model, ordered, route.unlimited)
+
+
+def _model_route(rt: Runtime, snapshot: Snapshot, user: UserEntry, model: str, adapter: Adapter) -> ModelRoute:
+    version = rt.models.version
     candidates, any_forbidden = candidate_backends(snapshot.backends_by_id.values(), rt.models.models_of, user, model)
     if not candidates:
         if any_forbidden:
             raise errors.forbidden(f"You are not allowed to use model '{model}'.")
         raise errors.model_not_found(model, close_model_names(model, (m["id"] for m in model_list(rt, user))))
-    return RoutePlan(model, speaking(adapter, rt.order_backends(candidates), model))
+    speaking_targets = speaking(adapter, candidates, model)  # in candidate order, so each target's backend
+    targets = {t.backend.id: t for t in speaking_targets if t.backend is not None}
+    unlimited = not user.limits and not any(b.limits for b in candidates)
+    plan = RoutePlan(model, speaking_targets, unlimited) if len(candidates) == 1 else None
+    route = ModelRoute(user, version, candidates, targets, plan, unlimited)
+    if snapshot.users_by_id.get(user.id) is user:  # not a user of an older snapshot (it changed meanwhile)
+        if len(snapshot.routes) >= MAX_CACHED_ROUTES:
+            snapshot.routes.clear()
+        snapshot.routes[(user.id, model, adapter)] = route
+    return route
 
 
 def speaking(adapter: Adapter, backends: list[BackendEntry], model: str) -> list[Target]:
