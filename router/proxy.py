@@ -16,7 +16,7 @@ import logging
 import re
 import secrets
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -44,7 +44,7 @@ from router.hooks import (
     user_view,
     visible_headers,
 )
-from router.limits import LimitExceeded, add_limit_headers, answer_headers
+from router.limits import NOT_LIMITED, LimitExceeded, add_limit_headers, answer_headers
 from router.model_lists import close_model_names
 from router.protocols import DROP, Adapter, translate
 from router.protocols.anthropic import anthropic_model_list
@@ -537,9 +537,9 @@ class Outgoing:
 class Attempt:
     """One try at one target: its in-flight count, its upstream response and its health record.
 
-    `async with Attempt(...)` counts the request in flight; leaving the block releases it (and
-    closes the upstream response) whatever happened, unless `keep()` handed the attempt to a
-    streaming response, which then releases it when the stream ends. `release` runs once.
+    Creating it counts the request in flight; `forward` releases it (and closes the upstream
+    response) whatever happened, unless `keep()` handed the attempt to a streaming response, which
+    then releases it when the stream ends. `release` runs once.
     """
 
     __slots__ = ("_kept", "_released", "response", "rt", "target")
@@ -550,20 +550,7 @@ class Attempt:
         self.response: UpstreamResponse | None = None
         self._kept = False
         self._released = False
-
-    async def __aenter__(self) -> Attempt:
-        self.rt.enter(self.target.backend)
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        if not self._kept:
-            await self.release()
-
-    async def send(
-        self, method: str, url: str, headers: dict[str, str], body: bytes | None, stream: bool
-    ) -> UpstreamResponse:
-        self.response = await self.rt.upstream.send(method, url, headers, body, stream)
-        return self.response
+        rt.enter(target.backend)
 
     def failed(self, reason: str | None = None) -> None:
         self.rt.record_failure(self.target.backend, reason)
@@ -591,57 +578,60 @@ class Attempt:
             self.rt.leave(self.target.backend)
 
 
-def targets_to_try(rt: Runtime, route: RoutePlan) -> Iterator[Target]:
-    """The route's targets that are available now, at most MAX_ATTEMPTS of them."""
-    tried = 0
-    for target in route.targets:
-        if tried >= rt.settings.max_attempts:
-            return
-        if target.backend is not None and not rt.health.is_available(target.backend.id):
-            continue
-        tried += 1
-        yield target
-
-
-def should_retry(status: int, attempts: int, max_attempts: int, has_next: bool) -> bool:
-    """Fail over on 429 and 5xx while attempts and healthy targets remain (nothing was sent yet)."""
-    return (status == 429 or status >= 500) and attempts < max_attempts and has_next
-
-
 def unreachable(target: Target, exc: UpstreamError) -> ApiError:
     return errors.upstream_error(exc, f"Backend '{target.name}' could not be reached.")
 
 
 async def forward(call: Call, route: RoutePlan) -> Response:
-    """Try the targets in order; retry on connect errors, timeouts, 429 and 5xx before any byte is sent."""
+    """Try the targets in order; retry on connect errors, timeouts, 429 and 5xx before any byte is sent.
+
+    The targets tried are those available when their turn comes, at most MAX_ATTEMPTS of them; a 429
+    or 5xx fails over while attempts and healthy targets remain (nothing was sent to the client yet).
+    """
     rt, record = call.rt, call.record
     # The client's bytes go upstream as they came unless something must change in them.
     untouched = not call.has_body or (route.upstream_model == call.payload["model"] and not record.stream)
     if call.has_body:
         call.payload = call.adapter.with_model(call.payload, route.upstream_model)
     failure: ApiError | None = None
-    for record.attempts, target in enumerate(targets_to_try(rt, route), 1):
-        record.backend_id = target.backend.id if target.backend else None
+    max_attempts = rt.settings.max_attempts
+    attempts = 0
+    for target in route.targets:
+        if attempts >= max_attempts:
+            break
+        backend = target.backend
+        if backend is not None and not rt.health.is_available(backend.id):
+            continue
+        record.attempts = attempts = attempts + 1
+        record.backend_id = backend.id if backend is not None else None
         record.backend_name = target.name
         record.translated_to = None  # set again if this target is asked in another API
+        if route.unlimited and record.admission is None:
+            record.admission = NOT_LIMITED  # what the limiter answers when no one has limits, without asking it
+        else:
+            try:
+                await admit(call, target)
+            except LimitExceeded as exc:
+                if exc.scope != "backend":
+                    raise
+                failure = exc  # this backend is at its limits; the next candidate may not be
+                continue
+        scripts = scripts_for(rt.catalog.snapshot, call.user.id, backend.id if backend is not None else None)
         try:
-            await admit(call, target)
-        except LimitExceeded as exc:
-            if exc.scope != "backend":
-                raise
-            failure = exc  # this backend is at its limits; the next candidate may not be
-            continue
-        try:
-            outgoing = await prepare(call, target, untouched)
+            if scripts:
+                outgoing: Outgoing | Response = await prepare(call, target, untouched, scripts)
+            else:
+                outgoing = outgoing_of(call, target, untouched)
         except translate.TranslationError as exc:  # another target may speak the client's API
             failure, record.error = errors.bad_request(str(exc), "not_translatable"), f"{target.name}: {exc}"
             record.attempt_failed(record.error)
             continue
         if isinstance(outgoing, Response):
             return outgoing
-        async with Attempt(rt, target) as attempt:
+        attempt = Attempt(rt, target)
+        try:
             try:
-                upstream = await attempt.send(
+                attempt.response = upstream = await rt.upstream.send(
                     call.method,
                     protocols.upstream_url(target.base_url, outgoing.path, outgoing.adapter.at_root),
                     upstream_headers(target, record.request_id, outgoing.headers, call.has_body),
@@ -653,18 +643,21 @@ async def forward(call: Call, route: RoutePlan) -> Response:
                 failure, record.error = unreachable(target, exc), f"{target.name}: {exc}"
                 record.attempt_failed(record.error)
                 continue
-            has_next = _has_next(rt, route, target)
-            if should_retry(upstream.status, record.attempts, rt.settings.max_attempts, has_next):
-                if upstream.status >= 500:
-                    attempt.failed(f"HTTP {upstream.status}")
-                record.error = f"{target.name}: HTTP {upstream.status}"
+            status = upstream.status
+            if (status == 429 or status >= 500) and attempts < max_attempts and _has_next(rt, route, target):
+                if status >= 500:
+                    attempt.failed(f"HTTP {status}")
+                record.error = f"{target.name}: HTTP {status}"
                 record.attempt_failed(record.error)
                 continue
-            attempt.settle(upstream.status)
+            attempt.settle(status)
             record.error = None
-            if record.stream and upstream.status == 200 and _is_sse(upstream):
+            if record.stream and status == 200 and _is_sse(upstream):
                 return await stream_response(call, attempt, outgoing)
             return await plain_response(call, attempt, upstream, outgoing)
+        finally:
+            if not (attempt._kept or attempt._released):  # else a stream owns it, or it is over
+                await attempt.release()
     raise failure or errors.no_healthy_backend(record.model or "", unhealthy_targets(rt, route), time.time())
 
 
@@ -694,13 +687,11 @@ def _is_sse(upstream: UpstreamResponse) -> bool:
     return upstream.headers.get("content-type", "").startswith("text/event-stream")
 
 
-async def prepare(call: Call, target: Target, untouched: bool) -> Outgoing | Response:
-    """Run the onRequest hooks for this target; the body and headers to send, or a script's own answer."""
-    hooks = AttemptScripts(
-        scripts_for(call.rt.catalog.snapshot, call.user.id, target.backend.id if target.backend else None)
-    )
+async def prepare(call: Call, target: Target, untouched: bool, scripts: tuple[ScriptEntry, ...]) -> Outgoing | Response:
+    """Run the onRequest hooks (`scripts`, for this target); the body and headers to send, or a script's own answer."""
+    hooks = AttemptScripts(scripts)
     body, extra_headers, body_changed = call.payload, None, False
-    if hooks.scripts:
+    if scripts:
         raw_json = untouched and not call.adapter.form_body
         client_body = None if not call.has_body else RawJSON(call.raw_body) if raw_json else call.payload
         path, headers = call.request.scope["path"], visible_headers(call.request.headers)
@@ -714,6 +705,25 @@ async def prepare(call: Call, target: Target, untouched: bool) -> Outgoing | Res
         body, extra_headers, body_changed = outcome.body, outcome.headers, outcome.body_changed
         if call.has_body:
             call.record.model = body.get("model", call.record.model)
+    return outgoing_of(call, target, untouched, hooks, body, extra_headers, body_changed)
+
+
+NO_SCRIPTS = AttemptScripts()  # an attempt no script applies to (its context stays None: nothing to share)
+
+
+def outgoing_of(
+    call: Call,
+    target: Target,
+    untouched: bool,
+    hooks: AttemptScripts = NO_SCRIPTS,
+    body: dict[str, Any] | None = None,
+    extra_headers: dict[str, str] | None = None,
+    body_changed: bool = False,
+) -> Outgoing:
+    """What goes upstream (after the onRequest hooks, if any): `body` (the client's payload if None) in the
+    target's API, and the headers the client's API passes on plus those of the scripts."""
+    if body is None:
+        body = call.payload
     passed = call.adapter.passed_headers(call.request.headers)
     if passed:
         extra_headers = {**passed, **(extra_headers or {})}
@@ -757,8 +767,11 @@ def answer_from_script(rt: Runtime, record: RequestRecord, early: tuple[int, dic
 
 
 def _has_next(rt: Runtime, route: RoutePlan, current: Target) -> bool:
-    index = route.targets.index(current)
-    return any(t.backend is None or rt.health.is_healthy(t.backend.id) for t in route.targets[index + 1 :])
+    targets = route.targets
+    if targets[-1] is current:
+        return False
+    index = targets.index(current)
+    return any(t.backend is None or rt.health.is_healthy(t.backend.id) for t in targets[index + 1 :])
 
 
 # --- plain answers --------------------------------------------------------------------------
