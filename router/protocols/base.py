@@ -37,11 +37,6 @@ def _int(value: Any) -> int:
     return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0
 
 
-def _detail(usage: dict[str, Any], key: str, field: str) -> int:
-    details = usage.get(key)
-    return _int(details.get(field)) if isinstance(details, dict) else 0
-
-
 def parse_usage(usage: Any) -> Usage | None:
     """A `usage` object in any of the shapes upstreams send (chat, Responses, Anthropic), or None.
 
@@ -50,26 +45,34 @@ def parse_usage(usage: Any) -> Usage | None:
     input_tokens_details.cached_tokens, output_tokens_details.reasoning_tokens. Anthropic:
     input_tokens, output_tokens, cache_read_input_tokens, cache_creation_input_tokens (the prompt
     then counts all three, as OpenAI's prompt_tokens includes its cached tokens).
+
+    Runs for every answer: fields that are absent cost a dict look-up, no call.
     """
     if not isinstance(usage, dict):
         return None
-    cache_read, cache_write = _int(usage.get("cache_read_input_tokens")), _int(usage.get("cache_creation_input_tokens"))
-    # Anthropic's input_tokens leaves out the cached part; the router counts prompts as OpenAI does
-    # (cached tokens included), so prices and limits treat both APIs alike.
-    prompt = _int(usage.get("prompt_tokens", usage.get("input_tokens")))
-    if "prompt_tokens" not in usage and "input_tokens" in usage:
-        prompt += cache_read + cache_write
-    return Usage(
-        prompt=prompt,
-        completion=_int(usage.get("completion_tokens", usage.get("output_tokens"))),
-        total=_int(usage.get("total_tokens")),
-        cached=_detail(usage, "prompt_tokens_details", "cached_tokens")
-        or _detail(usage, "input_tokens_details", "cached_tokens")
-        or cache_read,
-        cache_write=cache_write,
-        reasoning=_detail(usage, "completion_tokens_details", "reasoning_tokens")
-        or _detail(usage, "output_tokens_details", "reasoning_tokens"),
-    )
+    get = usage.get
+    cache_read = _int(value) if (value := get("cache_read_input_tokens")) is not None else 0
+    cache_write = _int(value) if (value := get("cache_creation_input_tokens")) is not None else 0
+    if "prompt_tokens" in usage:
+        prompt = _int(usage["prompt_tokens"])
+    else:
+        # Anthropic's input_tokens leaves out the cached part; the router counts prompts as OpenAI does
+        # (cached tokens included), so prices and limits treat both APIs alike.
+        prompt = _int(get("input_tokens"))
+        if "input_tokens" in usage:
+            prompt += cache_read + cache_write
+    completion = _int(usage["completion_tokens"]) if "completion_tokens" in usage else _int(get("output_tokens"))
+    total = _int(value) if (value := get("total_tokens")) is not None else 0
+    cached = reasoning = 0
+    if isinstance(details := get("prompt_tokens_details"), dict):
+        cached = _int(details.get("cached_tokens"))
+    if not cached and isinstance(details := get("input_tokens_details"), dict):
+        cached = _int(details.get("cached_tokens"))
+    if isinstance(details := get("completion_tokens_details"), dict):
+        reasoning = _int(details.get("reasoning_tokens"))
+    if not reasoning and isinstance(details := get("output_tokens_details"), dict):
+        reasoning = _int(details.get("reasoning_tokens"))
+    return Usage(prompt, completion, total, cached or cache_read, cache_write, reasoning)
 
 
 class Drop:
