@@ -16,7 +16,7 @@ import logging
 import re
 import secrets
 import time
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -29,7 +29,7 @@ from starlette.types import Receive, Scope, Send
 from router import errors, protocols
 from router.affinity import MAX_RESPONSE_ID, Binding
 from router.auth import authenticate
-from router.bodies import ensure_json_depth
+from router.bodies import MAX_JSON_DEPTH, ensure_json_depth
 from router.catalog import BackendEntry, ScriptEntry, Snapshot, UserEntry, split_alias
 from router.errors import ApiError
 from router.hooks import (
@@ -194,12 +194,16 @@ async def handle_generation(request: Request) -> Response:
     rt: Runtime = request.app.state.runtime
     endpoint = request.scope["path"]  # not request.url: building a URL parses the Host header
     adapter = protocols.ADAPTERS[endpoint]
-    record = RequestRecord(request_id=request_id_of(request), endpoint=endpoint)
+    headers = request.headers
+    record = RequestRecord(request_id=request_id_from(headers), endpoint=endpoint)
     try:
-        user = authenticate(request.headers, rt.catalog.snapshot, rt.local_user)
+        user = authenticate(headers, rt.catalog.snapshot, rt.local_user)
         record.user_id, record.user_name = user.id, user.name
-        raw_body = await read_body(request, rt.settings.max_request_body_bytes)
-        payload = parse_payload(raw_body, adapter, request.headers.get("content-type", ""))
+        limit = rt.settings.max_request_body_bytes
+        raw_body = read_ahead(request, limit)
+        if raw_body is None:
+            raw_body = await read_body(request, limit)
+        payload = parse_payload(raw_body, adapter, headers.get("content-type", "") if adapter.form_body else "")
         record.model = adapter.model_of(payload)
         record.stream = adapter.is_stream(payload)
         if rt.tracer.enabled:
@@ -209,15 +213,15 @@ async def handle_generation(request: Request) -> Response:
         route = route or plan_route(rt, user, record.model, request, adapter)
         call = Call(rt, request, record, user, adapter, payload, raw_body, path=adapter.path)
         response = await forward(call, route)
-        if record.admission is not None:
+        if record.admission is not None and record.admission is not NOT_LIMITED:
             add_limit_headers(response, record.admission, limit_header_style(adapter))
         return response
     except ApiError as err:
         rt.finish(record, err.status, err.message)
-        headers = {**err.headers, "x-request-id": record.request_id}
+        answer = {**err.headers, "x-request-id": record.request_id}
         if record.admission is not None or isinstance(err, LimitExceeded):
-            headers.update(answer_headers(record.admission, err, limit_header_style(adapter)))
-        return adapter.error_response(err, headers)
+            answer.update(answer_headers(record.admission, err, limit_header_style(adapter)))
+        return adapter.error_response(err, answer)
     except asyncio.CancelledError:  # the client went away before the answer started (app.V1FastPath)
         rt.finish(record, 499, "client disconnected")
         raise
@@ -289,21 +293,34 @@ async def handle_stored_response(request: Request) -> Response:
 
 
 def request_id_of(request: Request) -> str:
-    incoming = request.headers.get("x-request-id")
+    return request_id_from(request.headers)
+
+
+def request_id_from(headers: Mapping[str, str]) -> str:
+    """The client's X-Request-ID if it is one the router can log and send on, else a new one."""
+    incoming = headers.get("x-request-id")
     if incoming and len(incoming) <= 128 and incoming.isprintable():
         return incoming
     return f"{_REQUEST_ID_PREFIX}{next(_request_counter):016x}"
 
 
+def read_ahead(request: Request, limit: int) -> bytes | None:
+    """The body read ahead within the limits (app.V1FastPath), or a 413; None when it is still to be read."""
+    if not hasattr(request, "_body"):
+        return None
+    body: bytes = request._body
+    declared = request.headers.get("content-length")
+    if len(body) > limit or (declared and declared.isdigit() and int(declared) > limit):
+        raise errors.too_large(limit / 1024 / 1024)
+    return body
+
+
 async def read_body(request: Request, limit: int) -> bytes:
+    if (body := read_ahead(request, limit)) is not None:
+        return body
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > limit:
         raise errors.too_large(limit / 1024 / 1024)
-    if hasattr(request, "_body"):  # read ahead within the limits (app.V1FastPath)
-        body: bytes = await request.body()
-        if len(body) > limit:
-            raise errors.too_large(limit / 1024 / 1024)
-        return body
     chunks = []
     size = 0
     async for chunk in request.stream():
@@ -326,7 +343,8 @@ def parse_payload(body: bytes, adapter: Adapter | str, content_type: str = "") -
         payload = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
         raise errors.bad_request(f"The request body is not valid JSON: {exc}", "invalid_json") from None
-    ensure_json_depth(body, payload)
+    if body.count(b"{") + body.count(b"[") > MAX_JSON_DEPTH:  # fewer brackets: not that deep (no call)
+        ensure_json_depth(body, payload)
     if not isinstance(payload, dict):
         raise errors.bad_request("The request body must be a JSON object.", "invalid_json")
     adapter.validate(payload)
@@ -792,9 +810,11 @@ async def plain_response(call: Call, attempt: Attempt, upstream: UpstreamRespons
     if upstream.status < 400:
         upstream_api = outgoing.adapter
         content_type = upstream.headers.get("content-type", "")
-        if upstream_api.json_answers and upstream.status != 204 and _claims_json(content_type):
-            parsed = _loads(body)
-        if upstream_api.json_answers and malformed_answer(content_type, parsed, body, upstream.status):
+        if upstream_api.json_answers and upstream.status != 204:
+            parsed, malformed = json_answer(content_type, body)
+        else:
+            malformed = False
+        if malformed:
             attempt.failed()
             raise errors.upstream_failed(
                 f"Backend '{attempt.target.name}' answered {upstream.status} with a body that is not valid "
@@ -838,22 +858,20 @@ async def plain_response(call: Call, attempt: Attempt, upstream: UpstreamRespons
     return Response(body, status_code=status, headers=headers)
 
 
-def _claims_json(content_type: str) -> bool:
-    media = content_type.split(";", 1)[0].strip().lower()
-    return media == "application/json" or media.endswith("+json")
-
-
-def malformed_answer(content_type: str, parsed: Any, body: bytes, status: int) -> bool:
-    """A success no client of a JSON API can use: an HTML page, or a body that says JSON and is not.
+def json_answer(content_type: str, body: bytes) -> tuple[Any, bool]:
+    """A JSON API's successful answer (not a 204): its JSON if it says it is JSON (else None), and whether
+    it is malformed, a success no client can use: an HTML page, or a body that says JSON and is not.
 
     Other content types (text, binary) pass through untouched: scripts and clients may expect them.
     """
-    if status == 204:
-        return False
-    media = content_type.split(";", 1)[0].strip().lower()
-    if media in ("text/html", "application/xhtml+xml"):
-        return True
-    return _claims_json(content_type) and parsed is None
+    media = "application/json" if content_type == "application/json" else content_type.split(";", 1)[0].strip().lower()
+    if media == "application/json" or media.endswith("+json"):
+        try:
+            parsed = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            return None, True
+        return parsed, parsed is None  # `null` says JSON and is no answer either
+    return None, media in ("text/html", "application/xhtml+xml")
 
 
 def _loads(body: bytes) -> Any:
