@@ -46,12 +46,16 @@ def authenticate(headers: Mapping[str, str], snapshot: Snapshot, local_user: Use
     """The user behind a /v1 request's API key (`local_user` when accounts are off), or an OpenAI 401."""
     if local_user is not None:
         return local_user
-    token = bearer_token(headers.get("authorization")) or headers.get("x-api-key")
+    authorization = headers.get("authorization")
+    if authorization and authorization.startswith("Bearer "):  # bearer_token's answer, the usual way spelt
+        token = authorization[7:].strip() or headers.get("x-api-key")
+    else:
+        token = bearer_token(authorization) or headers.get("x-api-key")
     if not token:
         raise errors.unauthorized(
             "Missing API key: send 'Authorization: Bearer <your router key>' (or 'x-api-key: <your router key>')."
         )
-    user = snapshot.users_by_key_hash.get(hash_api_key(token))
+    user = snapshot.users_by_key_hash.get(hashlib.sha256(token.encode()).hexdigest())  # hash_api_key, inlined
     if user is None:
         raise errors.unauthorized("Invalid API key.")
     if not user.is_active:
