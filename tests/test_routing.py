@@ -65,3 +65,33 @@ def test_health_cooldown_and_probe():
     assert health.is_available(1)
     health.record_success(1)
     assert health.is_healthy(1) and health.is_available(1)
+
+
+def test_routes_by_model_last_as_long_as_the_snapshot_and_the_model_lists():
+    from types import SimpleNamespace
+
+    from router import protocols
+    from router.catalog import Snapshot
+    from router.proxy import route_by_model
+
+    a, b = (BackendEntry(i, n, f"http://{n}/v1", None, None, None, None, 1, True) for i, n in ((1, "a"), (2, "b")))
+    user = UserEntry(1, "u", None, True, True, frozenset())
+    lists = {1: frozenset({"m"}), 2: frozenset()}
+    models = SimpleNamespace(version=1, models_of=lambda backend_id: lists[backend_id])
+    catalog = SimpleNamespace(snapshot=Snapshot(users_by_id={1: user}, backends_by_id={1: a, 2: b}))
+    rt = SimpleNamespace(catalog=catalog, models=models, order_backends=list)
+    chat = protocols.ADAPTERS["/v1/chat/completions"]
+
+    def names(who: UserEntry) -> list[str]:
+        return [t.name for t in route_by_model(rt, who, "m", chat).targets]  # type: ignore[arg-type]
+
+    assert names(user) == ["a"]
+    lists[2] = frozenset({"m"})
+    assert names(user) == ["a"]  # the lists' version did not move: what was worked out stands
+    models.version = 2
+    assert names(user) == ["a", "b"]
+    narrowed = UserEntry(1, "u", None, True, False, frozenset({2}))
+    catalog.snapshot = Snapshot(users_by_id={1: narrowed}, backends_by_id={1: a, 2: b})
+    assert names(narrowed) == ["b"]
+    assert names(user) == ["a", "b"]  # a user of the older snapshot keeps its own permissions...
+    assert names(narrowed) == ["b"]  # ...and is not kept in the newer snapshot's routes
