@@ -16,6 +16,7 @@ from router import errors
 
 MAX_JSON_DEPTH = 200  # orjson writes at most 254 levels; the rest is headroom for wrapping (scripts)
 _ORJSON_DUMPS_DEPTH = 254
+_COUNT_BELOW = 4096  # bytes (characters) under which counting brackets costs less than serialising
 
 
 class TooDeep(ValueError):
@@ -29,12 +30,19 @@ def json_depth_error() -> str:
 def check_json_depth(raw: bytes | str, value: Any) -> None:
     """Raise TooDeep if `value` (parsed from `raw`) is nested deeper than MAX_JSON_DEPTH.
 
-    Cheap: documents with fewer brackets than the limit are accepted on a count; the others are
-    checked by serialising `value` under enough extra levels that orjson's own limit is ours.
+    Cheap: documents shorter than the limit cannot be that deep, small ones with fewer brackets
+    than the limit are accepted on a count; the others are checked by serialising `value` under
+    enough extra levels that orjson's own limit is ours (orjson writes back whatever it read, so
+    only the depth can fail). Past `_COUNT_BELOW` that costs less than counting: ~0.1 ns a byte
+    against ~0.5 (a 145 kB chat: 16 µs against 75).
     """
-    opening = raw.count("[") + raw.count("{") if isinstance(raw, str) else raw.count(b"[") + raw.count(b"{")
-    if opening <= MAX_JSON_DEPTH:
+    size = len(raw)
+    if size <= MAX_JSON_DEPTH:
         return
+    if size < _COUNT_BELOW:
+        opening = raw.count("[") + raw.count("{") if isinstance(raw, str) else raw.count(b"[") + raw.count(b"{")
+        if opening <= MAX_JSON_DEPTH:
+            return
     wrapped = value
     for _ in range(_ORJSON_DUMPS_DEPTH - MAX_JSON_DEPTH):
         wrapped = [wrapped]

@@ -309,6 +309,16 @@ def test_json_depth_rules():
         check_json_depth(raw, json.loads(raw))
     wide = json.dumps([{"a": [1]}] * 5000).encode()  # many brackets, shallow: accepted
     check_json_depth(wide, json.loads(wide))
+    padding = b'"' + b"x" * 10_000 + b'"'  # long documents are checked by serialising, not counting
+    for depth in (MAX_JSON_DEPTH, MAX_JSON_DEPTH + 1):
+        for raw in (b"[" * depth + padding + b"]" * depth, b'{"a":' * depth + padding + b"}" * depth):
+            if depth > MAX_JSON_DEPTH:
+                with pytest.raises(TooDeep):
+                    check_json_depth(raw, json.loads(raw))
+            else:
+                check_json_depth(raw, json.loads(raw))
+    for short in (b"[" * MAX_JSON_DEPTH, "{" * MAX_JSON_DEPTH):  # not even parsed: too short to be too deep
+        check_json_depth(short, None)
 
 
 def test_options_404_and_405_are_well_formed(router):
