@@ -607,8 +607,9 @@ async def forward(call: Call, route: RoutePlan) -> Response:
     or 5xx fails over while attempts and healthy targets remain (nothing was sent to the client yet).
     """
     rt, record = call.rt, call.record
-    # The client's bytes go upstream as they came unless something must change in them.
-    untouched = not call.has_body or (route.upstream_model == call.payload["model"] and not record.stream)
+    # The client's bytes go upstream as they came unless something must change in them (a stream's only
+    # change then is asking for usage: Adapter.stream_wire).
+    as_sent = not call.has_body or route.upstream_model == call.payload["model"]
     if call.has_body:
         call.payload = call.adapter.with_model(call.payload, route.upstream_model)
     failure: ApiError | None = None
@@ -637,9 +638,9 @@ async def forward(call: Call, route: RoutePlan) -> Response:
         scripts = scripts_for(rt.catalog.snapshot, call.user.id, backend.id if backend is not None else None)
         try:
             if scripts:
-                outgoing: Outgoing | Response = await prepare(call, target, untouched, scripts)
+                outgoing: Outgoing | Response = await prepare(call, target, as_sent, scripts)
             else:
-                outgoing = outgoing_of(call, target, untouched)
+                outgoing = outgoing_of(call, target, as_sent)
         except translate.TranslationError as exc:  # another target may speak the client's API
             failure, record.error = errors.bad_request(str(exc), "not_translatable"), f"{target.name}: {exc}"
             record.attempt_failed(record.error)
@@ -705,12 +706,12 @@ def _is_sse(upstream: UpstreamResponse) -> bool:
     return upstream.headers.get("content-type", "").startswith("text/event-stream")
 
 
-async def prepare(call: Call, target: Target, untouched: bool, scripts: tuple[ScriptEntry, ...]) -> Outgoing | Response:
+async def prepare(call: Call, target: Target, as_sent: bool, scripts: tuple[ScriptEntry, ...]) -> Outgoing | Response:
     """Run the onRequest hooks (`scripts`, for this target); the body and headers to send, or a script's own answer."""
     hooks = AttemptScripts(scripts)
     body, extra_headers, body_changed = call.payload, None, False
     if scripts:
-        raw_json = untouched and not call.adapter.form_body
+        raw_json = as_sent and not call.record.stream and not call.adapter.form_body
         client_body = None if not call.has_body else RawJSON(call.raw_body) if raw_json else call.payload
         path, headers = call.request.scope["path"], visible_headers(call.request.headers)
         context = build_context(
@@ -723,7 +724,7 @@ async def prepare(call: Call, target: Target, untouched: bool, scripts: tuple[Sc
         body, extra_headers, body_changed = outcome.body, outcome.headers, outcome.body_changed
         if call.has_body:
             call.record.model = body.get("model", call.record.model)
-    return outgoing_of(call, target, untouched, hooks, body, extra_headers, body_changed)
+    return outgoing_of(call, target, as_sent, hooks, body, extra_headers, body_changed)
 
 
 NO_SCRIPTS = AttemptScripts()  # an attempt no script applies to (its context stays None: nothing to share)
@@ -732,7 +733,7 @@ NO_SCRIPTS = AttemptScripts()  # an attempt no script applies to (its context st
 def outgoing_of(
     call: Call,
     target: Target,
-    untouched: bool,
+    as_sent: bool,
     hooks: AttemptScripts = NO_SCRIPTS,
     body: dict[str, Any] | None = None,
     extra_headers: dict[str, str] | None = None,
@@ -748,10 +749,12 @@ def outgoing_of(
     adapter, stream = call.adapter, call.record.stream
     if target.api is not None:
         return translated(call, target.api, body, extra_headers, hooks)
-    if untouched and not body_changed:
+    if as_sent and not body_changed and not stream:
         wire = call.raw_body
     elif adapter.form_body:
         wire = adapter.encode_form(call.raw_body, call.request.headers.get("content-type", ""), body)
+    elif stream and as_sent and not body_changed:
+        wire = adapter.stream_wire(call.raw_body, body) or orjson.dumps(adapter.with_stream_usage(body))
     else:
         wire = orjson.dumps(adapter.with_stream_usage(body) if stream else body)
     strip_usage = stream and not adapter.client_wants_usage(body)

@@ -60,6 +60,29 @@ def test_usage_merges_stream_reports_and_sums_when_no_total():
     assert record.total_tokens == 5
 
 
+def test_stream_wire_is_with_stream_usage_made_from_the_clients_bytes():
+    import orjson
+
+    from router.protocols import ADAPTERS
+
+    bodies = [
+        b'{"model": "m", "stream": true}',
+        b'{"model":"m","stream":true,"messages":[{"role":"user","content":"}"}]}\n',
+        b'{"model":"m","stream":true,"stream_options":{"include_usage":true,"x":1}}',
+        b'{"model":"m","stream":true,"stream_options":{"include_usage":false}}',
+        b'{"model":"m","stream":true,"stream_options":null}',
+    ]
+    for path in ("/v1/chat/completions", "/v1/completions", "/v1/messages", "/v1/responses"):
+        adapter = ADAPTERS[path]
+        for raw in bodies:
+            payload = orjson.loads(raw)
+            wire = adapter.stream_wire(raw, payload)
+            assert wire is None or orjson.loads(wire) == adapter.with_stream_usage(orjson.loads(raw)), (path, raw)
+            assert wire is not None or b"stream_options" in raw, (path, raw)  # encoded again only when it must be
+        as_sent = adapter.stream_wire(bodies[0], orjson.loads(bodies[0])) is bodies[0]
+        assert as_sent == (path in ("/v1/messages", "/v1/responses"))  # nothing to ask: the client's bytes
+
+
 def test_chat_adapter_asks_for_stream_usage_and_frames_events():
     from router.errors import bad_request
     from router.protocols import ADAPTERS

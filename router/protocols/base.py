@@ -150,6 +150,11 @@ class Adapter:
         """The payload asking the upstream to report usage in its stream (unchanged if it always does)."""
         return payload
 
+    def stream_wire(self, raw: bytes, payload: dict[str, Any]) -> bytes | None:
+        """`with_stream_usage(payload)` as bytes made from the client's own (`raw`, which `payload` was parsed
+        from and still is): no encoding of a body that may be large. None when they cannot be used."""
+        return raw if self.with_stream_usage(payload) is payload else None
+
     def passed_headers(self, headers: Mapping[str, str]) -> dict[str, str]:
         """Client request headers that reach an upstream of this API unchanged (e.g. anthropic-version)."""
         return {}

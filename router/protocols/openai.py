@@ -18,6 +18,12 @@ class ChatCompletions(Adapter):
     def with_stream_usage(self, payload: dict[str, Any]) -> dict[str, Any]:
         return {**payload, "stream_options": {**(payload.get("stream_options") or {}), "include_usage": True}}
 
+    def stream_wire(self, raw: bytes, payload: dict[str, Any]) -> bytes | None:
+        if "stream_options" in payload:  # as the client sent them if they ask for usage already
+            return raw if self.client_wants_usage(payload) else None
+        end = raw.rstrip()  # an object with a model at least: `{...}`, its last member before the brace
+        return end[:-1] + b',"stream_options":{"include_usage":true}}' if end.endswith(b"}") else None
+
     def client_wants_usage(self, payload: dict[str, Any]) -> bool:
         options = payload.get("stream_options")
         return isinstance(options, dict) and options.get("include_usage") is True
