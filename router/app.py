@@ -192,27 +192,26 @@ class V1FastPath:
         await self.other(scope, receive, send)
 
     async def with_body(self, scope: Scope, first: Message, receive: Receive, send: Send) -> None:
-        """An HTTP request whose first message (the whole body, from RequestLimits) was already received."""
-        if scope["method"] == "POST" and scope["path"] in protocols.ADAPTERS:
-            scope["app"] = self.app
-            await self._generation(scope, first, receive, send)
-            return
-        await self.other(scope, replay(first, receive), send)
+        """An HTTP request whose first message (the whole body, from RequestLimits) was already received.
 
-    async def _generation(self, scope: Scope, first: Message, receive: Receive, send: Send) -> None:
-        """Run the proxy; if the client goes away before the answer starts, cancel it.
-
-        Neither server cancels a handler whose client left, so without this a non-stream request
-        would keep its upstream generating for nobody. Cancelling the handler cancels the
-        upstream request (the transport closes that connection) and logs a 499.
+        A generation runs the proxy here, in this one frame; if the client goes away before the
+        answer starts, it is cancelled. Neither server cancels a handler whose client left, so
+        without this a non-stream request would keep its upstream generating for nobody.
+        Cancelling the handler cancels the upstream request (the transport closes that
+        connection) and logs a 499.
         """
+        if scope["method"] != "POST" or scope["path"] not in protocols.ADAPTERS:
+            await self.other(scope, replay(first, receive), send)
+            return
+        scope["app"] = self.app
         if first["type"] != "http.request" or first.get("more_body", False):  # body not read ahead: no watch
             replayed = replay(first, receive)
             response = await proxy.handle_generation(Request(scope, replayed, send))
             await response(scope, replayed, send)
             return
         # The server's own receive (granian: a future, no task): completes on http.disconnect.
-        gone: asyncio.Future[Any] = asyncio.ensure_future(receive())  # completes on http.disconnect
+        pending = receive()  # a coroutine with uvicorn: a task watches for it
+        gone: asyncio.Future[Message] = pending if asyncio.isfuture(pending) else asyncio.ensure_future(pending)
         task = asyncio.current_task()
         left = False
 
@@ -229,25 +228,27 @@ class V1FastPath:
         gone.add_done_callback(client_gone)
 
         async def receive_after_body() -> Message:  # the body is the Request's already
-            # Listeners (the streaming response, a queued admission) share the one receive: one
-            # of them being cancelled must not cancel it for the others.
+            # Nothing on this path listens (the answers below are sent without it); a listener
+            # that is cancelled must not cancel the watch's receive.
             disconnect: Message = await asyncio.shield(gone)
             return disconnect
 
         try:
-            request = Request(scope, receive_after_body, send)
-            request._body = first.get("body", b"")  # what Request.body() caches: read once, ahead
-            request._headers = IndexedHeaders(scope)  # what Request.headers caches
             try:
-                response = await proxy.handle_generation(request)
-                if isinstance(response, proxy.RelayResponse):  # still watched: leaving cancels the relay
+                response = await proxy.handle_generation(V1Request(scope, receive_after_body, send, first))
+                if type(response) is proxy.RelayResponse:  # still watched: leaving cancels the relay
                     await response.send_events(send)
             finally:
                 gone.remove_done_callback(client_gone)
-            if isinstance(response, proxy.RelayResponse):
+            if type(response) is proxy.RelayResponse:
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
-                return
-            await response(scope, receive_after_body, send)
+            elif response.background is None and type(response).__call__ is _RESPONSE_CALL:
+                # What Response.__call__ sends
+                start = {"type": "http.response.start", "status": response.status_code, "headers": response.raw_headers}
+                await send(start)
+                await send({"type": "http.response.body", "body": response.body})
+            else:
+                await response(scope, receive_after_body, send)
         except asyncio.CancelledError:
             # Our own cancel of a request whose client left (logged as such) ends here: not an error
             # for the server to report. Any other cancellation (a shutdown) goes on.
@@ -257,6 +258,21 @@ class V1FastPath:
         finally:
             if not gone.done():
                 gone.cancel()
+
+
+_RESPONSE_CALL = Response.__call__
+
+
+class V1Request(Request):
+    """The Request of a /v1 generation: its body read ahead (what `Request.body()` caches) and its
+    headers indexed (what `Request.headers` caches), set up in one step."""
+
+    def __init__(self, scope: Scope, receive: Receive, send: Send, first: Message) -> None:
+        # What Request.__init__ sets (tests/test_app.py holds them alike), and the two caches
+        self.scope, self._receive, self._send, self._form = scope, receive, send, None
+        self._stream_consumed = self._is_disconnected = False
+        self._body = first.get("body", b"")
+        self._headers = IndexedHeaders(scope)
 
 
 class IndexedHeaders(Headers):

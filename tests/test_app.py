@@ -1,4 +1,4 @@
-"""router.app: the /v1 fast path's request headers answer as Starlette's do."""
+"""router.app: the /v1 fast path's request is what Starlette's would be."""
 
 from __future__ import annotations
 
@@ -6,8 +6,9 @@ import random
 
 import pytest
 from starlette.datastructures import Headers
+from starlette.requests import Request
 
-from router.app import IndexedHeaders
+from router.app import IndexedHeaders, V1Request
 
 
 def test_indexed_headers_answer_as_starlettes() -> None:
@@ -27,3 +28,22 @@ def test_indexed_headers_answer_as_starlettes() -> None:
                 with pytest.raises(KeyError):
                     indexed[name]
         assert indexed.raw == plain.raw and dict(indexed) == dict(plain)
+
+
+async def _receive() -> dict:
+    return {"type": "http.disconnect"}
+
+
+async def _send(message: dict) -> None:
+    pass
+
+
+def test_v1_request_is_set_up_as_starlettes() -> None:
+    """`V1Request` sets what `Request.__init__` sets (a Starlette upgrade that adds an attribute fails
+    here), plus the body read ahead and the indexed headers."""
+    scope = {"type": "http", "method": "POST", "headers": [(b"content-type", b"application/json")]}
+    plain = Request(scope, _receive, _send)
+    fast = V1Request(scope, _receive, _send, {"type": "http.request", "body": b"{}"})
+    assert vars(plain).keys() <= vars(fast).keys()
+    assert all(getattr(fast, name) == value for name, value in vars(plain).items())
+    assert fast._body == b"{}" and fast.headers.get("content-type") == "application/json"
