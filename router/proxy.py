@@ -858,7 +858,27 @@ async def plain_response(call: Call, attempt: Attempt, upstream: UpstreamRespons
             parsed,
         )
     rt.finish(record, upstream.status, error)
-    return Response(body, status_code=status, headers=headers)
+    return PlainResponse(body, status, headers)
+
+
+class PlainResponse(Response):
+    """What `Response(body, status_code=status, headers=headers)` is (the same raw headers, content-length
+    added unless given or the status has no body), built in one pass over the headers."""
+
+    def __init__(self, body: bytes, status: int, headers: Mapping[str, str]) -> None:
+        self.status_code = status
+        self.background = None
+        self.body = body
+        raw = []
+        length = status >= 200 and status != 204 and status != 304
+        for key, value in headers.items():
+            name = key.lower().encode("latin-1")
+            if name == b"content-length":
+                length = False
+            raw.append((name, value.encode("latin-1")))
+        if length:
+            raw.append((b"content-length", b"%d" % len(body)))
+        self.raw_headers = raw
 
 
 def json_answer(content_type: str, body: bytes) -> tuple[Any, bool]:
@@ -974,9 +994,12 @@ def _snippet(body: bytes, limit: int = 200) -> str:
 class RelayResponse(StreamingResponse):
     """A streaming response that always closes its relay, even if its body never started."""
 
-    def __init__(self, relay: Relay, status: int, headers: dict[str, str]) -> None:
-        self.events = relay.events()
-        super().__init__(self.events, status_code=status, headers=headers)
+    def __init__(self, relay: Relay, status: int, headers: Mapping[str, str]) -> None:
+        # What StreamingResponse(self.events, status_code=status, headers=headers) sets, in one step
+        self.events = self.body_iterator = relay.events()
+        self.status_code = status
+        self.background = None
+        self.raw_headers = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
         self.relay = relay
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

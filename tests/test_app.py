@@ -1,13 +1,16 @@
-"""router.app: the /v1 fast path's request is what Starlette's would be."""
+"""router.app: the /v1 fast path's request and answers are what Starlette's would be."""
 
 from __future__ import annotations
 
 import random
+from types import SimpleNamespace
 
 import pytest
 from starlette.datastructures import Headers
 from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
 
+from router import proxy
 from router.app import IndexedHeaders, V1Request
 
 
@@ -47,3 +50,21 @@ def test_v1_request_is_set_up_as_starlettes() -> None:
     assert vars(plain).keys() <= vars(fast).keys()
     assert all(getattr(fast, name) == value for name, value in vars(plain).items())
     assert fast._body == b"{}" and fast.headers.get("content-type") == "application/json"
+
+
+def test_answers_carry_the_headers_starlette_would_give_them() -> None:
+    """`PlainResponse` and `RelayResponse` are built without Starlette's header pass: same raw headers,
+    content-length added as Starlette adds it (not when given, not for 1xx/204/304)."""
+    rng = random.Random(19)
+    names = ["Content-Type", "content-length", "Content-Length", "x-request-id", "Retry-After", "x-ratelimit-limit"]
+    for _ in range(300):
+        headers = {rng.choice(names): str(rng.randint(0, 99)) for _ in range(rng.randint(0, 5))}
+        status = rng.choice([100, 200, 201, 204, 304, 400, 429, 500])
+        body = b"x" * rng.randint(0, 20)
+        lean, starlettes = proxy.PlainResponse(body, status, headers), Response(body, status, headers)
+        assert (lean.raw_headers, lean.body, lean.status_code) == (starlettes.raw_headers, body, status)
+        assert dict(lean.headers) == dict(starlettes.headers) and lean.background is None
+
+        relay = SimpleNamespace(events=lambda: iter(()))
+        streamed, streamings = proxy.RelayResponse(relay, status, headers), StreamingResponse([], status, headers)
+        assert (streamed.raw_headers, streamed.status_code) == (streamings.raw_headers, status)
