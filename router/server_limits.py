@@ -44,10 +44,13 @@ class RequestLimits:
             first = await receive()  # a request without a body answers at once
             if first["type"] == "http.request" and first.get("more_body", False):
                 declared = _declared_length(scope)
+                body = first.get("body", b"")
                 try:
-                    if declared is not None and declared == len(first.get("body", b"")) and declared <= limit:
+                    if declared is not None and declared == len(body) and declared <= limit:
                         # granian sends a small body whole, then an empty end: no network wait, no deadline
-                        body = await _read_rest(first, receive, limit, declared)
+                        end = await receive()
+                        if end["type"] != "http.request" or end.get("more_body", False) or end.get("body"):
+                            body = await _read_rest(first, replay(end, receive), limit, declared)
                     else:
                         async with asyncio.timeout(self.body_timeout_s):
                             body = await _read_rest(first, receive, limit, declared)

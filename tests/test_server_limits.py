@@ -153,3 +153,44 @@ def test_websocket_messages_are_bounded(router_factory, server):
 
     assert asyncio.run(run()) == 1009
     assert healthz_ms(router) < 5000
+
+
+@pytest.mark.parametrize(
+    ("end", "expected"),
+    [
+        ({"type": "http.request", "body": b"", "more_body": False}, b'{"a":1}'),  # granian's way
+        ({"type": "http.request", "body": b"", "more_body": True}, b'{"a":1}'),  # the end after another message
+        ({"type": "http.request", "body": b"23", "more_body": False}, b'{"a":1}23'),  # more than declared
+        ({"type": "http.request", "body": b"x" * 100, "more_body": False}, 413),
+        ({"type": "http.disconnect"}, None),
+    ],
+)
+async def test_a_whole_first_body_is_read_with_what_follows_it(end, expected) -> None:
+    """A first message with the whole declared body: what comes after it (the empty end, or anything
+    else) is read as any body is; the app gets the body in one message, or is not called."""
+    from router.server_limits import RequestLimits
+
+    body = b'{"a":1}'
+    messages = [{"type": "http.request", "body": body, "more_body": True}, end]
+    if end.get("more_body"):
+        messages.append({"type": "http.request", "body": b"", "more_body": False})
+    seen: list = []
+    sent: list = []
+
+    async def app(scope, receive, send) -> None:
+        seen.append(await receive())
+
+    async def receive() -> dict:
+        return messages.pop(0)
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    scope = {"type": "http", "method": "POST", "path": "/graphql", "headers": [(b"content-length", b"7")]}
+    await RequestLimits(app, v1_body_bytes=50, other_body_bytes=50, body_timeout_s=5)(scope, receive, send)
+    if expected == 413:
+        assert not seen and sent[0]["status"] == 413
+    elif expected is None:
+        assert not seen and not sent
+    else:
+        assert seen == [{"type": "http.request", "body": expected, "more_body": False}] and not messages
