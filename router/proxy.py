@@ -58,6 +58,7 @@ from router.upstream import (
     UpstreamResponse,
     last_sse_event,
     sse_data,
+    sse_event_around,
     sse_event_name,
 )
 from router.upstream_auth import upstream_auth
@@ -1070,8 +1071,12 @@ class Relay:
             async for chunk in self._all_chunks():
                 if self.translator is not None:
                     out = await self._translate(chunk)
+                elif self.inspect_every_event or not self.splitter.is_clean(chunk):
+                    out = await self._rewrite(chunk)
+                elif (wanted := self.adapter.wanted_at(chunk)) < 0:
+                    out = chunk  # whole events with nothing to read in them (the common case): as they came
                 else:
-                    out = chunk if self._passes_as_is(chunk) else await self._rewrite(chunk)
+                    out = await self._rewrite_clean(chunk, wanted)
                 if out:
                     self._first_byte()
                     yield out
@@ -1131,9 +1136,20 @@ class Relay:
         if record.ttft_ms is None:
             record.ttft_ms = (time.time() - record.started_at) * 1000.0
 
-    def _passes_as_is(self, chunk: bytes) -> bool:
-        """Whole events with nothing to read in them (the common case): forward as they came."""
-        return not self.inspect_every_event and self.splitter.is_clean(chunk) and not self.adapter.wants_event(chunk)
+    async def _rewrite_clean(self, chunk: bytes, wanted: int) -> bytes:
+        """Whole events (`SSESplitter.is_clean`), something to read at `wanted`: only the events the
+        adapter wants are cut out and read, the bytes between them pass as they came."""
+        out = []
+        done = 0
+        while wanted >= 0:
+            start, end = sse_event_around(chunk, done, wanted)
+            if start > done:
+                out.append(chunk[done:start])
+            out.append(await self._event(chunk[start:end]))
+            done = end
+            wanted = self.adapter.wanted_at(chunk, done)
+        out.append(chunk[done:])
+        return b"".join(out)
 
     async def _rewrite(self, chunk: bytes) -> bytes:
         out = []

@@ -445,6 +445,25 @@ class SSESplitter:
         return rest
 
 
+def sse_event_around(chunk: bytes, start: int, at: int) -> tuple[int, int]:
+    """Where the event holding byte `at` (not a line break) begins and ends in `chunk`, whole events
+    (LF line ends, ending with a blank line) cut as `SSESplitter.feed` cuts them from `start` (where
+    one begins), without cutting the events before it.
+
+    A run of line breaks is cut in pairs from its start (each pair ends an event), so the event
+    begins after the last pair: one byte earlier when the run is odd.
+    """
+    blank = chunk.rfind(b"\n\n", start, at)
+    if blank < 0:
+        begin = start
+    else:
+        run = blank
+        while run > start and chunk[run - 1] == 10:  # the run of line breaks ending with this pair
+            run -= 1
+        begin = blank + 2 if (blank - run) % 2 == 0 else blank + 1
+    return begin, chunk.find(b"\n\n", at) + 2
+
+
 def sse_data(event: bytes) -> bytes | None:
     """The `data:` payload of one event (lines joined), or None if it has none."""
     parts = [line[5:].lstrip(b" ") for line in event.split(b"\n") if line.startswith(b"data:")]

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from router.protocols import ADAPTERS, Usage, parse_usage
-from router.upstream import SSEEventTooLarge, SSESplitter
+from router.upstream import SSEEventTooLarge, SSESplitter, sse_event_around
 
 _line = st.text(alphabet=st.characters(blacklist_characters="\r\n", blacklist_categories=("Cs",)), max_size=30).map(
     str.encode
@@ -58,6 +58,52 @@ def test_an_event_beyond_the_bound_raises(limit, chunk_size):
     ok = b"data: ok\n\n"
     if len(ok) <= limit:  # a whole event is bounded too (a smaller bound refuses this one as well)
         assert splitter.feed(ok) == [ok]
+
+
+# Lines that hit what the adapters look for in raw events (usage, a Responses id), among others.
+_marked_line = _line | st.sampled_from(
+    [b'{"usage": {"prompt_tokens": 1}}', b"response.created", b'{"type": "response.completed"}', b'"usage"']
+)
+_marked_event = st.lists(
+    st.tuples(st.sampled_from([b"data: ", b"event: ", b"", b"\n"]), _marked_line), min_size=1, max_size=4
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(_marked_event, min_size=1, max_size=6))
+def test_the_events_a_whole_chunk_is_searched_for_are_the_ones_splitting_finds(events):
+    """The relay's one pass over a chunk of whole events (`Adapter.wanted_at`, `sse_event_around`)
+    reads the events splitting and asking `wants_event` of each would, cut at the same bytes."""
+    split = SSESplitter().feed(_render(events, crlf=False))
+    chunk = b"".join(split)  # whole events (an odd line break after the last would start the next)
+    assert SSESplitter().is_clean(chunk) or not chunk
+    spans, start = [], 0
+    for event in split:
+        spans.append((start, start + len(event)))
+        start += len(event)
+    for adapter in ADAPTERS.values():
+        expected = [span for span, event in zip(spans, split, strict=True) if adapter.wants_event(event)]
+        found, done = [], 0
+        while (at := adapter.wanted_at(chunk, done)) >= 0:
+            found.append(sse_event_around(chunk, done, at))
+            done = found[-1][1]
+        assert found == expected, adapter.name
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=60).map(lambda b: b.replace(b"\r", b"") + b"\n\n"), st.data())
+def test_the_event_around_a_byte_is_the_one_splitting_gives(chunk, data):
+    events = SSESplitter().feed(chunk)
+    starts = [0]
+    for event in events:
+        starts.append(starts[-1] + len(event))
+    boundary = data.draw(st.sampled_from(starts[:-1]))
+    inside = [i for i in range(boundary, len(chunk)) if chunk[i] != 10]
+    if not inside:
+        return
+    at = data.draw(st.sampled_from(inside))
+    index = max(i for i, start in enumerate(starts[:-1]) if start <= at)
+    assert sse_event_around(chunk, boundary, at) == (starts[index], starts[index + 1])
 
 
 def test_splitting_is_linear_in_the_event_size():

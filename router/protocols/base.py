@@ -172,6 +172,12 @@ class Adapter:
         """Whether a raw stream event must be parsed (usage, a response id); others pass unparsed."""
         return self.usage_marker in raw
 
+    def wanted_at(self, raw: bytes, start: int = 0) -> int:
+        """Where the first of the bytes `wants_event` looks for is in `raw` from `start` (-1: nowhere), so
+        a chunk of many events is searched once. Override it with `wants_event`: an event is wanted
+        exactly when this finds something in it (the bytes hold no line break, so no blank line)."""
+        return raw.find(self.usage_marker, start)
+
     def response_id_of_body(self, body: Any) -> str | None:
         """The id under which the upstream stored this answer (stateful APIs)."""
         return None

@@ -18,6 +18,8 @@ from router.protocols.base import Adapter, Usage, parse_usage
 
 # Events that carry the whole response object: the first gives its id, the final ones its usage.
 _FINAL_EVENTS = frozenset({"response.completed", "response.incomplete", "response.failed"})
+# What `Responses.wants_event` looks for in a raw event.
+_MARKERS = (b"response.created", b"response.completed", Adapter.usage_marker)
 
 
 def _response_of(data: Any) -> dict[str, Any] | None:
@@ -34,6 +36,10 @@ class Responses(Adapter):
 
     def wants_event(self, raw: bytes) -> bool:
         return b"response.created" in raw or b"response.completed" in raw or self.usage_marker in raw
+
+    def wanted_at(self, raw: bytes, start: int = 0) -> int:
+        hits = [at for marker in _MARKERS if (at := raw.find(marker, start)) >= 0]
+        return min(hits) if hits else -1
 
     def traced_input(self, payload: dict[str, Any]) -> Any:
         return payload.get("input")
