@@ -200,10 +200,14 @@ class _Exchange:
         self._wake()
 
     def on_body(self, body: bytes) -> None:
+        """Each HTTP chunk (as `_add`, inline: a stream's many small chunks); `feed` wakes the reader once."""
         if self.decompress is not None:
             self._inflate(body)
         elif body:
-            self._add(body)
+            self.chunks.append(body)
+            self.buffered += len(body)
+            if self.buffered > self.max_bytes:
+                raise AnswerTooLarge(self.max_bytes)
 
     def _inflate(self, body: bytes) -> None:
         """Decompress in steps: a bomb fails at the bound instead of expanding in one call."""
@@ -218,10 +222,6 @@ class _Exchange:
         self.buffered += len(body)
         if self.buffered > self.max_bytes:
             raise AnswerTooLarge(self.max_bytes)
-        if self.buffered > PAUSE_AT_BYTES and not self.paused:
-            self.paused = True
-            self.conn.pause_reading()
-        self._wake()
 
     def on_message_complete(self) -> None:
         if self.status == 0:  # the end of an interim answer
@@ -249,6 +249,11 @@ class _Exchange:
             )
         except (httptools.HttpParserError, zlib.error) as exc:
             self.fail(UpstreamError(f"upstream connection failed: invalid HTTP answer: {exc}"))
+        if self.chunks:
+            if self.buffered > PAUSE_AT_BYTES and not self.paused:
+                self.paused = True
+                self.conn.pause_reading()
+            self._wake()
 
     def eof(self) -> None:
         if self.complete or self.error is not None:
