@@ -197,6 +197,14 @@ def test_response_affinity_falls_back_from_memory_to_redis_to_the_log():
     asyncio.run(run())
 
 
+def test_a_later_usage_report_wins_in_every_field_it_reports():
+    from dataclasses import fields
+
+    full = Usage(*range(1, len(fields(Usage)) + 1))
+    assert Usage().merged(full) == full and full.merged(Usage()) == full
+    assert full.merged(Usage(completion=9)) == Usage(1, 9, 3, 4, 5, 6)
+
+
 def test_usage_parsing():
     chat = ADAPTERS["/v1/chat/completions"]
     usage_of = chat.usage_of_body

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import orjson
@@ -26,7 +26,14 @@ class Usage:
 
     def merged(self, newer: Usage) -> Usage:
         """This usage updated by a later report: every field the later one reports wins."""
-        return Usage(*(getattr(newer, f.name) or getattr(self, f.name) for f in fields(Usage)))
+        return Usage(
+            newer.prompt or self.prompt,
+            newer.completion or self.completion,
+            newer.total or self.total,
+            newer.cached or self.cached,
+            newer.cache_write or self.cache_write,
+            newer.reasoning or self.reasoning,
+        )
 
     @property
     def total_tokens(self) -> int:
