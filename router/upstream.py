@@ -466,6 +466,8 @@ def sse_event_around(chunk: bytes, start: int, at: int) -> tuple[int, int]:
 
 def sse_data(event: bytes) -> bytes | None:
     """The `data:` payload of one event (lines joined), or None if it has none."""
+    if event.startswith(b"data:") and event.find(b"\n") == len(event) - 2 and event.endswith(b"\n\n"):
+        return event[5:-2].lstrip(b" ")  # one `data:` line and the blank line (the common event)
     parts = [line[5:].lstrip(b" ") for line in event.split(b"\n") if line.startswith(b"data:")]
     if not parts:
         return None

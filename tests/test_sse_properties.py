@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from router.protocols import ADAPTERS, Usage, parse_usage
-from router.upstream import SSEEventTooLarge, SSESplitter, sse_event_around
+from router.upstream import SSEEventTooLarge, SSESplitter, sse_data, sse_event_around
 
 _line = st.text(alphabet=st.characters(blacklist_characters="\r\n", blacklist_categories=("Cs",)), max_size=30).map(
     str.encode
@@ -104,6 +104,15 @@ def test_the_event_around_a_byte_is_the_one_splitting_gives(chunk, data):
     at = data.draw(st.sampled_from(inside))
     index = max(i for i, start in enumerate(starts[:-1]) if start <= at)
     assert sse_event_around(chunk, boundary, at) == (starts[index], starts[index + 1])
+
+
+@settings(max_examples=300, deadline=None)
+@given(_marked_event | st.lists(st.tuples(st.just(b"data:"), _line), min_size=1, max_size=1), st.booleans())
+def test_an_events_data_is_its_data_lines_joined(event, ended):
+    raw = _render([event], crlf=False)
+    raw = raw if ended else raw[:-1]
+    lines = [line[5:].lstrip(b" ") for line in raw.split(b"\n") if line.startswith(b"data:")]
+    assert sse_data(raw) == (b"\n".join(lines) if lines else None)
 
 
 def test_splitting_is_linear_in_the_event_size():
