@@ -47,6 +47,7 @@ MAX_HEAD_BYTES = 256 * 1024  # status line and headers of one answer
 MAX_HEADERS = 500
 PAUSE_AT_BYTES = 1024 * 1024  # unread body bytes buffered before the socket stops being read
 _JOIN_BELOW = 64 * 1024  # a body smaller than this is written with the head in one send
+_CLOCK_RESOLUTION_S = 0.001  # a timer may fire this much before its time (libuv's are in ms)
 _INFLATE_STEP = 256 * 1024  # decompressed bytes made per step (checked against the bound between steps)
 _UNSAFE_TARGET = re.compile(r"[^\x21-\x7e]")  # a request target must be printable ASCII without spaces
 _LINE_BREAK = re.compile(r"[\r\n\x00]")
@@ -167,6 +168,8 @@ class _Exchange:
         self.keep_alive = False  # read in llhttp's callback: the parser forgets it once the answer ended
         self.error: UpstreamError | None = None
         self.waiter: asyncio.Future[None] | None = None
+        self.deadline = 0.0  # when the current wait times out
+        self.timer: asyncio.TimerHandle | None = None  # armed at or before the deadline, while reading
         self.decompress: Any = None
 
     # --- llhttp callbacks ---
@@ -285,17 +288,39 @@ class _Exchange:
     # --- the reader's side ---
 
     async def wait(self) -> None:
-        """Until something new arrived (head, body, end or error), at most the read timeout."""
-        self.waiter = waiter = self.loop.create_future()
-        timer = self.loop.call_later(self.read_timeout_s, _time_out, waiter)
+        """Until something new arrived (head, body, end or error), at most the read timeout.
+
+        One timer serves every wait of the answer (a stream waits once per chunk): a wait moves the
+        deadline, the timer, when it fires early, moves itself to it (`_check_deadline`).
+        """
+        loop = self.loop
+        self.waiter = waiter = loop.create_future()
+        self.deadline = loop.time() + self.read_timeout_s
+        if self.timer is None:
+            self.timer = loop.call_at(self.deadline, self._check_deadline)
         try:
             await waiter
         except BaseException:
             self.conn.close()
             raise
         finally:
-            timer.cancel()
             self.waiter = None
+
+    def _check_deadline(self) -> None:
+        self.timer = None
+        waiter = self.waiter
+        if waiter is None or waiter.done():  # nobody waits: the next wait arms the timer again
+            return
+        if self.loop.time() + _CLOCK_RESOLUTION_S >= self.deadline:
+            waiter.set_exception(UpstreamTimeout("upstream timed out"))
+        else:
+            self.timer = self.loop.call_at(self.deadline, self._check_deadline)
+
+    def stop_timer(self) -> None:
+        """The answer is done with (read, or given up): no timer keeps it alive."""
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
 
     def take(self) -> bytes | None:
         """The body bytes that arrived since the last call, b"" when none, None at the end."""
@@ -310,11 +335,6 @@ class _Exchange:
         if self.error is not None:
             raise self.error
         return None if self.complete else b""
-
-
-def _time_out(waiter: asyncio.Future[None]) -> None:
-    if not waiter.done():
-        waiter.set_exception(UpstreamTimeout("upstream timed out"))
 
 
 class _H1Response:
@@ -363,6 +383,7 @@ class _H1Response:
         if not self._released:
             self._released = True
             exchange = self._exchange
+            exchange.stop_timer()
             exchange.conn.pool._release(exchange.conn, exchange.complete and exchange.keep_alive)
 
 
@@ -408,6 +429,7 @@ class H1Upstream:
                     raise exchange.error
                 await exchange.wait()
         except BaseException:
+            exchange.stop_timer()
             conn.close()
             raise
         return _H1Response(exchange)

@@ -150,6 +150,31 @@ async def test_a_body_that_stops_coming_is_a_timeout(transport: str) -> None:
         assert isinstance(info.value, UpstreamTimeout)
 
 
+async def events_then_stall(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """Six events 0.1 s apart (0.6 s in all), then nothing."""
+    await read_head(reader)
+    writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n")
+    for n in range(6):
+        await asyncio.sleep(0.1)
+        event = b"data: %d\n\n" % n
+        writer.write(b"%x\r\n%s\r\n" % (len(event), event))
+        await writer.drain()
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_the_read_timeout_bounds_each_wait_of_a_stream_not_the_whole_stream(transport: str) -> None:
+    async with RawServer(events_then_stall) as server, client(transport, read_timeout_s=0.35) as upstream:
+        response = await upstream.send("POST", server.url + "/v1/x", {}, b"{}", True)
+        received = b""
+        try:
+            with pytest.raises(UpstreamTimeout):
+                async for chunk in response.iter_chunks():
+                    received += chunk
+        finally:
+            await response.close()
+        assert received == b"".join(b"data: %d\n\n" % n for n in range(6))
+
+
 def answering(answer: bytes, chunked: bool = False) -> Handler:
     """A handler that answers one request with `answer` as its body (chunked: in 64 KiB chunks)."""
 
