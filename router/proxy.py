@@ -1059,26 +1059,30 @@ class Relay:
             self.chunk_context = stream_chunk_context(hooks.context)
         self.inspect_every_event = self.collect or bool(self.chunk_scripts)
 
-    async def _all_chunks(self) -> AsyncIterator[bytes]:
-        for chunk in self.head:
-            yield chunk
-        self.head = []
-        async for chunk in self.chunks:
-            yield chunk
-
     async def events(self) -> AsyncGenerator[bytes, None]:
+        head, self.head = self.head, []  # the chunks read before the relay started, then the rest
+        chunks, splitter, adapter = self.chunks, self.splitter, self.adapter
+        translated, inspected = self.translator is not None, self.inspect_every_event
         try:
-            async for chunk in self._all_chunks():
-                if self.translator is not None:
+            while True:
+                if head:
+                    chunk = head.pop(0)
+                else:
+                    try:
+                        chunk = await anext(chunks)
+                    except StopAsyncIteration:
+                        break
+                if translated:
                     out = await self._translate(chunk)
-                elif self.inspect_every_event or not self.splitter.is_clean(chunk):
+                elif inspected or not splitter.is_clean(chunk):
                     out = await self._rewrite(chunk)
-                elif (wanted := self.adapter.wanted_at(chunk)) < 0:
+                elif (wanted := adapter.wanted_at(chunk)) < 0:
                     out = chunk  # whole events with nothing to read in them (the common case): as they came
                 else:
                     out = await self._rewrite_clean(chunk, wanted)
                 if out:
-                    self._first_byte()
+                    if not self.sent:  # the first byte the client gets
+                        self._first_byte()
                     yield out
                     self.sent = out
             if self.translator is not None:
