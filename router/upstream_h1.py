@@ -168,7 +168,7 @@ class _Exchange:
         self.keep_alive = False  # read in llhttp's callback: the parser forgets it once the answer ended
         self.error: UpstreamError | None = None
         self.waiter: asyncio.Future[None] | None = None
-        self.deadline = 0.0  # when the current wait times out
+        self.deadline = 0.0  # when the current wait times out (0: when the timer fires)
         self.timer: asyncio.TimerHandle | None = None  # armed at or before the deadline, while reading
         self.decompress: Any = None
 
@@ -295,9 +295,11 @@ class _Exchange:
         """
         loop = self.loop
         self.waiter = waiter = loop.create_future()
-        self.deadline = loop.time() + self.read_timeout_s
         if self.timer is None:
-            self.timer = loop.call_at(self.deadline, self._check_deadline)
+            self.timer = loop.call_later(self.read_timeout_s, self._check_deadline)
+            self.deadline = 0.0  # the timer's own time
+        else:
+            self.deadline = loop.time() + self.read_timeout_s
         try:
             await waiter
         except BaseException:
@@ -311,10 +313,11 @@ class _Exchange:
         waiter = self.waiter
         if waiter is None or waiter.done():  # nobody waits: the next wait arms the timer again
             return
-        if self.loop.time() + _CLOCK_RESOLUTION_S >= self.deadline:
+        left = self.deadline - self.loop.time()
+        if left <= _CLOCK_RESOLUTION_S:
             waiter.set_exception(UpstreamTimeout("upstream timed out"))
         else:
-            self.timer = self.loop.call_at(self.deadline, self._check_deadline)
+            self.timer = self.loop.call_later(left, self._check_deadline)
 
     def stop_timer(self) -> None:
         """The answer is done with (read, or given up): no timer keeps it alive."""
@@ -383,7 +386,9 @@ class _H1Response:
         if not self._released:
             self._released = True
             exchange = self._exchange
-            exchange.stop_timer()
+            if exchange.timer is not None:
+                exchange.timer.cancel()
+                exchange.timer = None
             exchange.conn.pool._release(exchange.conn, exchange.complete and exchange.keep_alive)
 
 
