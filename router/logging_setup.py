@@ -78,6 +78,11 @@ class TextFormatter(logging.Formatter):
             return super().formatTime(record, datefmt)
         return f"{self._seconds(record.created)},{int(record.msecs):03d}"  # logging's default_msec_format
 
+    def line(self, created: float, level: str, name: str, message: str) -> str:
+        """What `format` makes of a record without exception or stack (`direct_handler`'s lines)."""
+        msecs = int((created - int(created)) * 1000)  # as logging.LogRecord computes it
+        return f"{self._seconds(created)},{msecs:03d} {level} {name}: {escape_controls(bounded_message(message))}"
+
     def format(self, record: logging.LogRecord) -> str:
         record.message = escape_controls(bounded_message(record.getMessage()))
         record.asctime = self.formatTime(record, self.datefmt)
@@ -107,6 +112,11 @@ class JsonFormatter(logging.Formatter):
         }
         if record.exc_info:
             entry["exception"] = redact_text(self.formatException(record.exc_info))
+        return orjson.dumps(entry).decode()
+
+    def line(self, created: float, level: str, name: str, message: str) -> str:
+        """What `format` makes of a record without exception (`direct_handler`'s lines)."""
+        entry = {"time": self._seconds(created), "level": level, "logger": name, "message": bounded_message(message)}
         return orjson.dumps(entry).decode()
 
 
@@ -143,6 +153,19 @@ class TurnBufferedHandler(logging.StreamHandler[TextIO]):
         except Exception:
             self.handleError(record)
             return
+        self._keep(line)
+
+    def info(self, name: str, message: str) -> None:
+        """What `logging.getLogger(name).info(message)` has this handler write (see `direct_handler`).
+
+        The line is the formatter's, as for a LogRecord made now; no LogRecord is made.
+        """
+        formatter: TextFormatter | JsonFormatter = self.formatter  # type: ignore[assignment]  # direct_handler checked
+        line = formatter.line(time.time(), "INFO", name, message) + self.terminator
+        with self.lock:  # type: ignore[union-attr]  # made by Handler.__init__
+            self._keep(line)
+
+    def _keep(self, line: str) -> None:
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
@@ -167,6 +190,38 @@ class TurnBufferedHandler(logging.StreamHandler[TextIO]):
                 pass
         finally:
             self.release()
+
+
+def direct_handler(logger: logging.Logger) -> TurnBufferedHandler | None:
+    """The handler an INFO record of `logger` reaches, when its `info` may write the line instead.
+
+    That is when it is the only handler on the way (the served set-up: `setup_logging`'s, on the root
+    logger), with the router's formatter, no filter on the way and the default LogRecord factory, and
+    `logger` is enabled for INFO: logging would then do nothing but have it format and keep the line.
+    Anything else (a test's capturing handler, a filter, another formatter): None, and the caller logs.
+    """
+    if not logger.isEnabledFor(logging.INFO) or logging.getLogRecordFactory() is not logging.LogRecord:
+        return None
+    found: TurnBufferedHandler | None = None
+    current: logging.Logger | None = logger
+    while current is not None:
+        if current.filters:
+            return None
+        for handler in current.handlers:
+            if (
+                found is not None
+                or type(handler) is not TurnBufferedHandler
+                or handler.filters
+                or handler.level > logging.INFO
+                or type(handler.formatter) not in _LINE_FORMATTERS
+            ):
+                return None
+            found = handler
+        current = current.parent if current.propagate else None
+    return found
+
+
+_LINE_FORMATTERS = (TextFormatter, JsonFormatter)
 
 
 def flush_logs() -> None:

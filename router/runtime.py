@@ -16,6 +16,7 @@ from router.health import HealthChecker
 from router.hooks import retain_scripts
 from router.limits import Admission, Limiter, RedisStore, make_store
 from router.live import HealthFeed, UsageTicker
+from router.logging_setup import direct_handler
 from router.metrics import LiveValues, Metrics
 from router.model_lists import ModelDirectory
 from router.quota_events import QuotaEventFeed
@@ -29,6 +30,8 @@ if TYPE_CHECKING:
     from router.tracing import LangfuseTracer
 
 log = logging.getLogger("router.requests")
+# The per-request INFO line (its arguments: `Runtime.finish`).
+ACCESS_LINE = "request id=%s %s %s user=%s backend=%s model=%s status=%d tokens=%d/%d latency_ms=%.1f%s"
 
 LOCAL_USER_NAME = "local"
 
@@ -255,20 +258,25 @@ class Runtime:
             self.settle(record.admission, record)
         self.tracer.record(record)
         self.metrics.observe(record)
-        log.info(
-            "request id=%s %s %s user=%s backend=%s model=%s status=%d tokens=%d/%d latency_ms=%.1f%s",
-            record.request_id,
-            record.method,
-            record.endpoint,
-            record.user_name,
-            record.backend_name,
-            record.model,
-            record.status_code,
-            record.prompt_tokens,
-            record.completion_tokens,
-            record.latency_ms,
-            f" error={record.error[:200]!r}" if record.error else "",
-        )
+        if log.isEnabledFor(logging.INFO):
+            args = (
+                record.request_id,
+                record.method,
+                record.endpoint,
+                record.user_name,
+                record.backend_name,
+                record.model,
+                record.status_code,
+                record.prompt_tokens,
+                record.completion_tokens,
+                record.latency_ms,
+                f" error={record.error[:200]!r}" if record.error else "",
+            )
+            handler = direct_handler(log)
+            if handler is not None:  # the served set-up: the same line, without a LogRecord (~3 µs)
+                handler.info(log.name, ACCESS_LINE % args)
+            else:
+                log.info(ACCESS_LINE, *args)
 
     def settle(self, admission: Admission, record: RequestRecord) -> None:
         """In `finish`: the request's real tokens and cost replace its reservation; slots are freed."""

@@ -7,7 +7,17 @@ import io
 import logging
 import random
 
-from router.logging_setup import _CONTROL, JsonFormatter, TextFormatter, TurnBufferedHandler, _escape, escape_controls
+import pytest
+
+from router.logging_setup import (
+    _CONTROL,
+    JsonFormatter,
+    TextFormatter,
+    TurnBufferedHandler,
+    _escape,
+    direct_handler,
+    escape_controls,
+)
 
 
 def _logger(stream: io.StringIO) -> tuple[logging.Logger, TurnBufferedHandler]:
@@ -69,3 +79,39 @@ def test_cached_times_match_loggings_own() -> None:
         record.created, record.msecs = created, (created - int(created)) * 1000
         assert TextFormatter().format(record).split(" INFO ")[0] == plain.format(record)
         assert JsonFormatter().format(record).split('"time":"')[1][:19] == plain.formatTime(record, "%Y-%m-%dT%H:%M:%S")
+
+
+@pytest.mark.parametrize("formatter", [TextFormatter, JsonFormatter])
+async def test_a_direct_info_line_is_the_line_logging_writes(formatter: type[logging.Formatter], monkeypatch) -> None:
+    stream = io.StringIO()
+    handler = TurnBufferedHandler(stream)
+    handler.setFormatter(formatter())
+    parent = logging.getLogger("test.logging_setup.direct")
+    parent.handlers[:] = [handler]
+    parent.propagate = False
+    parent.setLevel(logging.INFO)
+    logger = logging.getLogger("test.logging_setup.direct.requests")
+    messages = ["request id=a POST /v1 user=x\nforged", "model=é日\u2028 %s %d", "http://u:p@host/ x" + "z" * 9000, ""]
+    for created in (1_764_460_800.0004, 1_764_460_800.9996, 1_764_460_801.5):
+        monkeypatch.setattr("time.time", lambda created=created: created)  # logging's LogRecord and the handler's
+        for message in messages:
+            assert direct_handler(logger) is handler
+            logger.info("%s", message)
+            handler.info(logger.name, message)
+    await asyncio.sleep(0)
+    lines = stream.getvalue().split("\n")[:-1]  # (JSON keeps a U+2028 as it is)
+    assert len(lines) == 2 * 3 * len(messages) and lines[0::2] == lines[1::2]
+
+    extra = logging.StreamHandler(io.StringIO())
+    for change, undo in (
+        (lambda: parent.addHandler(extra), lambda: parent.removeHandler(extra)),
+        (lambda: logger.addFilter(logging.Filter("x")), lambda: logger.filters.clear()),
+        (lambda: handler.addFilter(logging.Filter("x")), lambda: handler.filters.clear()),
+        (lambda: handler.setFormatter(logging.Formatter()), lambda: handler.setFormatter(formatter())),
+        (lambda: handler.setLevel(logging.WARNING), lambda: handler.setLevel(logging.NOTSET)),
+        (lambda: parent.setLevel(logging.WARNING), lambda: parent.setLevel(logging.INFO)),
+    ):
+        change()
+        assert direct_handler(logger) is None  # logging's own way then
+        undo()
+        assert direct_handler(logger) is handler
