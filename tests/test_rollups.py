@@ -221,6 +221,22 @@ async def test_usage_equals_sums_of_the_raw_rows(analytics_db):
     assert sum(r.requests for r in await aq.usage(aq.LogFilter())) == 700
 
 
+async def test_every_row_is_stored_as_recorded_whatever_the_batch_size(analytics_db):
+    from router.models.analytics import RequestLog
+    from router.usage import LOG_COLUMNS
+
+    batch = records(1 + 63 + 64 + 65 + 200, seed=3)
+    for i, r in enumerate(batch):
+        r.attempt_errors = [f"attempt {i}: refused"] if i % 7 == 0 else None
+        r.ttft_ms, r.stream, r.translated_to = (12.5, True, "/v1/messages") if i % 3 == 0 else (None, False, None)
+    at = 0
+    for size in (1, 63, 64, 65, 200):  # SQLite's rows go in 64 a statement, the rest one a statement
+        await insert_log_rows(batch[at : at + size])
+        at += size
+    stored = await RequestLog.all().order_by("id").values_list(*LOG_COLUMNS)
+    assert [tuple(row) for row in stored] == [r.as_tuple() for r in batch]
+
+
 async def test_status_and_error_filters_read_the_log(analytics_db):
     batch = records(300, seed=5)
     await write(batch)
