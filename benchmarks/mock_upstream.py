@@ -238,15 +238,21 @@ class MockServer:
             transport.write(self.at_once[kind])
             return
         transport.write(STREAM_HEAD)
-        loop = asyncio.get_running_loop()
-        pieces = [*self.events[kind], STREAM_END]
-        for i, piece in enumerate(pieces):
-            loop.call_later(self.chunk_delay_s * (i + 1), _write_if_open, transport, piece)
+        _write_in_turn(asyncio.get_running_loop(), transport, [*self.events[kind], STREAM_END], 0, self.chunk_delay_s)
 
 
-def _write_if_open(transport: asyncio.Transport, data: bytes) -> None:
-    if not transport.is_closing():
-        transport.write(data)
+def _write_in_turn(
+    loop: asyncio.AbstractEventLoop, transport: asyncio.Transport, pieces: list[bytes], index: int, delay_s: float
+) -> None:
+    """Each piece `delay_s` after the one before. Chained, not all timers at once: uvloop rounds a delay
+    to whole milliseconds and pieces due in the same one could go out of order (the end of the
+    answer before its last events, which a client then reads as the start of its next answer)."""
+    if transport.is_closing():
+        return
+    if index > 0:
+        transport.write(pieces[index - 1])
+    if index < len(pieces):
+        loop.call_later(delay_s, _write_in_turn, loop, transport, pieces, index + 1, delay_s)
 
 
 async def serve(host: str, port: int, model: str, chunk_delay_s: float) -> None:

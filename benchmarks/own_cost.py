@@ -12,6 +12,7 @@ the part the floor app (floor_app.py) does not have, plus the client both share.
     .venv/bin/python benchmarks/own_cost.py --router-src /tmp/wt      # another checkout's router
     .venv/bin/python benchmarks/own_cost.py 2>/dev/null               # the per-request log lines to /dev/null
     .venv/bin/python benchmarks/own_cost.py --floor [--stream]        # the floor app (floor_app.py, h1) the same way
+    .venv/bin/python benchmarks/own_cost.py --stream --chunk-delay-ms 0.2   # a stream's events in reads of their own
 
 Rounds alternate nothing: run two checkouts one after the other, twice, to compare.
 """
@@ -145,6 +146,12 @@ def main() -> None:
     parser.add_argument("--profile", help="cProfile the last round into this file")
     parser.add_argument("--router-src", help="run another checkout's router")
     parser.add_argument("--cpu", type=int, default=0, help="pin this process to this CPU (the mock gets the other)")
+    parser.add_argument(
+        "--chunk-delay-ms",
+        type=float,
+        default=0.0,
+        help="the mock sends a stream's chunks this far apart (each arrives in a read of its own, as real streams do)",
+    )
     parser.add_argument("--floor", action="store_true", help="drive benchmarks/floor_app.py (h1) instead of the router")
     parser.add_argument(
         "--log-level",
@@ -162,7 +169,8 @@ def main() -> None:
     cpus = os.cpu_count() or 1
     if hasattr(os, "sched_setaffinity") and cpus > 1:
         os.sched_setaffinity(0, {args.cpu})
-    mock = services.start_mock(str((args.cpu + 1) % cpus) if cpus > 1 else None)
+    mock_cpu = str((args.cpu + 1) % cpus) if cpus > 1 else None
+    mock = services.start_mock(mock_cpu, chunk_delay_ms=args.chunk_delay_ms)
     try:
         with tempfile.TemporaryDirectory() as tmp:
             src = Path(args.router_src).resolve() if args.router_src else services.REPO
