@@ -244,9 +244,9 @@ class MockServer:
 def _write_in_turn(
     loop: asyncio.AbstractEventLoop, transport: asyncio.Transport, pieces: list[bytes], index: int, delay_s: float
 ) -> None:
-    """Each piece `delay_s` after the one before. Chained, not all timers at once: uvloop rounds a delay
-    to whole milliseconds and pieces due in the same one could go out of order (the end of the
-    answer before its last events, which a client then reads as the start of its next answer)."""
+    """Each piece `delay_s` after the one before. Chained, not all timers at once: with every piece
+    scheduled at once, a piece was seen going out after the answer's end under load (which a client
+    then reads as the start of its next answer on the connection)."""
     if transport.is_closing():
         return
     if index > 0:
