@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from router.upstream import AnswerTooLarge, UpstreamError, UpstreamResponse
-from router.upstream_h1 import MAX_HEAD_BYTES, H1Upstream
+from router.upstream_h1 import MAX_HEAD_BYTES, MAX_HEADERS, H1Upstream
 from tests.test_upstream import RawServer, client, read_head
 
 OK_JSON = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{}"
@@ -174,6 +174,35 @@ async def test_a_huge_answer_head_is_refused() -> None:
     async with Counting(answer) as server, client("h1") as upstream:
         with pytest.raises(UpstreamError, match="head is too large"):
             await upstream.send("POST", server.url + "/v1/x", {}, b"{}", False)
+
+
+async def test_an_answer_has_at_most_max_headers_headers() -> None:
+    def answer(count: int) -> bytes:
+        fillers = b"".join(b"x-h%d: %d\r\n" % (i, i) for i in range(count - 1))
+        return b"HTTP/1.1 200 OK\r\n" + fillers + b"content-length: 2\r\n\r\n{}"
+
+    async with Counting(answer(MAX_HEADERS)) as server, client("h1") as upstream:
+        response = await upstream.send("POST", server.url + "/v1/x", {}, b"{}", False)
+        assert len(response.headers) == MAX_HEADERS and await response.read() == b"{}"
+    async with Counting(answer(MAX_HEADERS + 1)) as server, client("h1") as upstream:
+        with pytest.raises(UpstreamError, match="head is too large"):
+            await upstream.send("POST", server.url + "/v1/x", {}, b"{}", False)
+
+
+async def test_answer_headers_keep_their_order_case_and_repeats() -> None:
+    head = b"HTTP/1.1 200 OK\r\nX-Dup: 1\r\nSet-Thing:  a b \r\nx-dup: 2\r\nX-Latin: \xe9\r\n"
+    answer = head + b"content-length: 2\r\n\r\n{}"
+    async with Counting(answer) as server, client("h1") as upstream:
+        response = await upstream.send("POST", server.url + "/v1/x", {}, b"{}", False)
+        assert list(response.headers.items()) == [
+            ("X-Dup", "1"),
+            ("Set-Thing", "a b "),  # llhttp trims the leading whitespace only
+            ("x-dup", "2"),
+            ("X-Latin", "\xe9"),
+            ("content-length", "2"),
+        ]
+        assert response.headers["x-DUP"] == "1" and response.headers.get("set-thing") == "a b "
+        assert await response.read() == b"{}"
 
 
 async def test_a_header_with_a_line_break_is_never_sent() -> None:
