@@ -161,6 +161,7 @@ class _Exchange:
         self.status = 0
         self.raw_headers: list[str] = []  # name, value, name, value, ...: no tuple per header
         self.head_bytes = 0
+        self.bytes_before_head = 0  # llhttp hands a header over only once it is whole: count what it holds
         self.headers: CIMultiDictProxy[str] | None = None
         self.chunks: deque[bytes] = deque()
         self.buffered = 0
@@ -251,8 +252,14 @@ class _Exchange:
         if self.complete or self.error is not None:
             self.conn.close()  # more than one answer's worth of bytes: never reuse this connection
             return
+        if self.headers is None:
+            self.bytes_before_head += len(data)
         try:
             self.parser.feed_data(data)
+            if self.headers is None and self.bytes_before_head > MAX_HEAD_BYTES:  # e.g. one endless header
+                raise UpstreamError("upstream connection failed: the answer's head is too large")
+        except UpstreamError as exc:
+            self.fail(exc)
         except httptools.HttpParserCallbackError as exc:
             cause = exc.__context__
             self.fail(

@@ -176,6 +176,14 @@ async def test_a_huge_answer_head_is_refused() -> None:
             await upstream.send("POST", server.url + "/v1/x", {}, b"{}", False)
 
 
+async def test_one_endless_header_is_refused_at_the_head_bound() -> None:
+    """llhttp hands a header over only once it is whole: the bytes it holds count as they arrive."""
+    answer = b"HTTP/1.1 200 OK\r\nx-endless: " + b"a" * (4 * MAX_HEAD_BYTES)
+    async with Counting(answer) as server, client("h1") as upstream:
+        with pytest.raises(UpstreamError, match="head is too large"):
+            await upstream.send("POST", server.url + "/v1/x", {}, b"{}", False)
+
+
 async def test_an_answer_has_at_most_max_headers_headers() -> None:
     def answer(count: int) -> bytes:
         fillers = b"".join(b"x-h%d: %d\r\n" % (i, i) for i in range(count - 1))
