@@ -177,12 +177,12 @@ class Adapter:
 
     def wants_event(self, raw: bytes) -> bool:
         """Whether a raw stream event must be parsed (usage, a response id); others pass unparsed."""
-        return self.usage_marker in raw
+        return self.wanted_at(raw) >= 0
 
     def wanted_at(self, raw: bytes, start: int = 0) -> int:
-        """Where the first of the bytes `wants_event` looks for is in `raw` from `start` (-1: nowhere), so
-        a chunk of many events is searched once. Override it with `wants_event`: an event is wanted
-        exactly when this finds something in it (the bytes hold no line break, so no blank line)."""
+        """Where the first of the bytes that make an event wanted is in `raw` from `start` (-1: nowhere),
+        so a chunk of many events is searched once; `wants_event` follows from it. An adapter that must
+        read other events overrides this (the bytes it looks for hold no line break, so no blank line)."""
         return raw.find(self.usage_marker, start)
 
     def response_id_of_body(self, body: Any) -> str | None:

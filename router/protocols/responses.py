@@ -18,7 +18,7 @@ from router.protocols.base import Adapter, Usage, parse_usage
 
 # Events that carry the whole response object: the first gives its id, the final ones its usage.
 _FINAL_EVENTS = frozenset({"response.completed", "response.incomplete", "response.failed"})
-# What `Responses.wants_event` looks for in a raw event.
+# What makes a raw event one `Responses` must read (its id, its usage).
 _MARKERS = (b"response.created", b"response.completed", Adapter.usage_marker)
 
 
@@ -33,9 +33,6 @@ class Responses(Adapter):
     streamable: ClassVar[bool] = True
     stateful: ClassVar[bool] = True
     final_events: ClassVar[frozenset[str]] = _FINAL_EVENTS
-
-    def wants_event(self, raw: bytes) -> bool:
-        return b"response.created" in raw or b"response.completed" in raw or self.usage_marker in raw
 
     def wanted_at(self, raw: bytes, start: int = 0) -> int:
         hits = [at for marker in _MARKERS if (at := raw.find(marker, start)) >= 0]
