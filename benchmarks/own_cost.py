@@ -13,6 +13,7 @@ the part the floor app (floor_app.py) does not have, plus the client both share.
     .venv/bin/python benchmarks/own_cost.py 2>/dev/null               # the per-request log lines to /dev/null
     .venv/bin/python benchmarks/own_cost.py --floor [--stream]        # the floor app (floor_app.py, h1) the same way
     .venv/bin/python benchmarks/own_cost.py --stream --chunk-delay-ms 0.2   # a stream's events in reads of their own
+    .venv/bin/python benchmarks/own_cost.py --without writer,access-line  # what those parts cost (the difference)
 
 Rounds alternate nothing: run two checkouts one after the other, twice, to compare.
 """
@@ -96,6 +97,41 @@ async def drive(app: Any, key: str, requests: int, concurrency: int, stream: boo
     await asyncio.gather(*(worker() for _ in range(concurrency)))
 
 
+# What `--without` switches off, each by replacing one method with one that does nothing: the
+# difference to a run with everything on is what that part costs per request (its deferred work too:
+# the writer's rows in SQLite, on its thread).
+WITHOUT = {
+    "accounting": "everything Runtime.finish does after RequestRecord.finish (the parts below, limits, prices)",
+    "writer": "the request-log row (LogWriter.submit: the batch INSERTs, rollups and their thread)",
+    "access-line": "the per-request log line (the router.requests logger set to WARNING)",
+    "metrics": "Prometheus counters (Metrics.observe)",
+    "ticker": "live usage ticks (UsageTicker.add)",
+}
+
+
+def switch_off(parts: set[str]) -> None:
+    """Replace what `parts` name (keys of WITHOUT) with nothing, before the app is made."""
+    import logging
+
+    from router import live, metrics, runtime, usage
+
+    def nothing(*args: Any) -> None:
+        return None
+
+    if unknown := parts - WITHOUT.keys():
+        raise SystemExit(f"--without: unknown {', '.join(sorted(unknown))} (known: {', '.join(WITHOUT)})")
+    if "accounting" in parts:
+        runtime.Runtime.finish = lambda self, record, status, error=None: record.finish(status, error)  # type: ignore[method-assign]
+    if "writer" in parts:
+        usage.LogWriter.submit = nothing  # type: ignore[method-assign]
+    if "access-line" in parts:
+        runtime.log.setLevel(logging.WARNING)
+    if "metrics" in parts:
+        metrics.Metrics.observe = nothing  # type: ignore[method-assign]
+    if "ticker" in parts:
+        live.UsageTicker.add = nothing  # type: ignore[method-assign]
+
+
 async def measure(args: argparse.Namespace, key: str, settings: Any, mock_url: str) -> list[float]:
     from asgi_lifespan import LifespanManager
 
@@ -108,6 +144,7 @@ async def measure(args: argparse.Namespace, key: str, settings: Any, mock_url: s
     else:
         from router.app import create_app
 
+        switch_off(set(filter(None, args.without.split(","))))
         app = create_app(settings)
     per_request: list[float] = []
     async with LifespanManager(app):
@@ -157,6 +194,11 @@ def main() -> None:
         "--log-level",
         default="INFO",
         help="the router's LOG_LEVEL (INFO, the default, writes its one line per request, as served; to stderr)",
+    )
+    parser.add_argument(
+        "--without",
+        default="",
+        help="switch these parts off, comma-separated: " + "; ".join(f"{k}: {v}" for k, v in WITHOUT.items()),
     )
     args = parser.parse_args()
     sys.path.insert(0, str(Path(args.router_src).resolve() if args.router_src else HERE.parent))
