@@ -85,12 +85,17 @@ def _request_head(
     lines = [f"{method} {target} HTTP/1.1\r\nHost: {host}\r\n"]
     encoding_asked = authorized = False
     for name, value in headers.items():
-        if _LINE_BREAK.search(name) or _LINE_BREAK.search(value):
-            raise UpstreamError(f"upstream connection failed: header {name!r} contains a line break")
         lines.append(f"{name}: {value}\r\n")
         lowered = name.lower()
         encoding_asked = encoding_asked or lowered == "accept-encoding"
         authorized = authorized or lowered == "authorization"
+    # The header lines hold one CR and one LF each and no NUL unless a name or value has one: three
+    # scans of their text instead of a regex search per name and per value (~1.5 µs a request).
+    fields = "".join(lines[1:])
+    if fields.count("\n") != len(headers) or fields.count("\r") != len(headers) or "\x00" in fields:
+        for name, value in headers.items():
+            if _LINE_BREAK.search(name) or _LINE_BREAK.search(value):
+                raise UpstreamError(f"upstream connection failed: header {name!r} contains a line break")
     if not encoding_asked:  # what aiohttp asks for by default; answers are decompressed either way
         lines.append("Accept-Encoding: gzip, deflate\r\n")
     if basic is not None and not authorized:  # a backend key's Authorization wins over the URL's credentials
