@@ -207,6 +207,19 @@ _POSTGRES_INSERT = _INSERT + f"({', '.join(f'${i}' for i in range(1, len(LOG_COL
 # than they save on the smaller batches). 64 rows' parameters are within SQLite's bound (999 before 3.32).
 _SQLITE_ROWS = 64 if sqlite3.sqlite_version_info >= (3, 32, 0) else 999 // len(LOG_COLUMNS)
 _SQLITE_ROW = "(" + ", ".join("?" * len(LOG_COLUMNS)) + ")"
+
+
+def _null(value: None) -> None:
+    return None
+
+
+# Python's sqlite3 "adapts" each parameter that is not exactly an int, float, str or bytes: for a None
+# or a bool with no adapter registered it looks up `__adapt__` and `__conform__`, and each miss raises
+# and formats an AttributeError. A log row has about six. Registered, they are found at once and bind
+# the same values (NULL; 0 or 1): ~1 µs less per row (benchmarks/README.md). Process-wide, as
+# Tortoise's own adapters (Decimal, date, datetime) are.
+sqlite3.register_adapter(type(None), _null)
+sqlite3.register_adapter(bool, int)
 _SQLITE_INSERTS = {1: _INSERT + _SQLITE_ROW, _SQLITE_ROWS: _INSERT + ", ".join([_SQLITE_ROW] * _SQLITE_ROWS)}
 
 
