@@ -13,6 +13,7 @@ flush interval is set to 30 s, so that its batches fill to LOG_BATCH_SIZE as the
 
     .venv/bin/python benchmarks/instr_cost.py                       # non-stream, c64
     .venv/bin/python benchmarks/instr_cost.py --stream
+    .venv/bin/python benchmarks/instr_cost.py --floor               # the bare forward-and-relay app, the same way
     .venv/bin/python benchmarks/instr_cost.py --without writer      # what the request-log row costs (the difference)
     .venv/bin/python benchmarks/instr_cost.py --router-src /tmp/wt  # another checkout's router
     .venv/bin/python benchmarks/instr_cost.py --functions 40        # and the C functions that cost most per request
@@ -57,6 +58,8 @@ def callgrind(args: argparse.Namespace, requests: int, out: Path) -> int:
     ]
     if args.stream:
         command.append("--stream")
+    if args.floor:
+        command.append("--floor")
     if args.router_src:
         command += ["--router-src", args.router_src]
     env = {**os.environ, "LOG_FLUSH_INTERVAL_S": "30"}
@@ -94,6 +97,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--stream", action="store_true")
     parser.add_argument("--without", default="", help="as own_cost.py's --without")
+    parser.add_argument("--floor", action="store_true", help="the floor app (floor_app.py, h1) instead of the router")
     parser.add_argument("--router-src", help="run another checkout's router")
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--small", type=int, default=1000, help="requests in the first run")
@@ -112,7 +116,7 @@ def main() -> None:
         small = callgrind(args, args.small, small_out)
         large = callgrind(args, args.large, large_out)
         per_request = (large - small) / (args.large - args.small)
-        kind = "stream" if args.stream else "non-stream"
+        kind = ("floor " if args.floor else "") + ("stream" if args.stream else "non-stream")
         without = f" without {args.without}" if args.without else ""
         print(f"{kind} c{args.concurrency}{without}: {per_request:,.0f} instructions per request")
         if args.functions:
