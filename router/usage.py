@@ -207,6 +207,7 @@ _POSTGRES_INSERT = _INSERT + f"({', '.join(f'${i}' for i in range(1, len(LOG_COL
 # than they save on the smaller batches). 64 rows' parameters are within SQLite's bound (999 before 3.32).
 _SQLITE_ROWS = 64 if sqlite3.sqlite_version_info >= (3, 32, 0) else 999 // len(LOG_COLUMNS)
 _SQLITE_ROW = "(" + ", ".join("?" * len(LOG_COLUMNS)) + ")"
+_SQLITE_INSERTS = {1: _INSERT + _SQLITE_ROW, _SQLITE_ROWS: _INSERT + ", ".join([_SQLITE_ROW] * _SQLITE_ROWS)}
 
 
 def _null(value: None) -> None:
@@ -220,7 +221,6 @@ def _null(value: None) -> None:
 # Tortoise's own adapters (Decimal, date, datetime) are.
 sqlite3.register_adapter(type(None), _null)
 sqlite3.register_adapter(bool, int)
-_SQLITE_INSERTS = {1: _INSERT + _SQLITE_ROW, _SQLITE_ROWS: _INSERT + ", ".join([_SQLITE_ROW] * _SQLITE_ROWS)}
 
 
 def _sqlite_inserts(records: list[RequestRecord]) -> list[tuple[str, list[Any]]]:
