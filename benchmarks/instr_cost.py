@@ -19,8 +19,10 @@ flush interval is set to 30 s, so that its batches fill to LOG_BATCH_SIZE as the
     .venv/bin/python benchmarks/instr_cost.py --functions 40        # and the C functions that cost most per request
     .venv/bin/python benchmarks/instr_cost.py --functions 40 --inclusive   # ... with what they call
 
-Instructions are not time (a cache miss costs more than an add), but for the same kind of work they
-move together: here ~4 instructions per ns of CPU (460k per non-stream request at ~115 µs).
+Instructions are not time: ~4 per ns of CPU on average here (460k per non-stream request at ~115
+µs), but a tight C loop (a string scan, SQLite's) runs many more per ns than the interpreter does, so
+compare versions of the same code with counts and read shares between kinds of work from CPU time
+(own_cost.py --without).
 """
 
 from __future__ import annotations
