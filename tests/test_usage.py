@@ -69,16 +69,17 @@ def test_none_and_bools_bind_as_sqlite_would_without_the_adapters():
     """router.usage registers adapters for None and bool (they skip sqlite3's failing attribute look-ups);
     what is stored stays NULL and the integers 0 and 1."""
     import sqlite3
+    from contextlib import closing
 
     import router.usage  # noqa: F401  (registers them)
 
-    conn = sqlite3.connect(":memory:")
-    conn.execute("CREATE TABLE t (a, b, c)")
-    conn.execute("INSERT INTO t VALUES (?, ?, ?)", (None, True, False))
-    assert conn.execute("SELECT typeof(a), typeof(b), b, typeof(c), c FROM t").fetchone() == (
-        "null",
-        "integer",
-        1,
-        "integer",
-        0,
-    )
+    with closing(sqlite3.connect(":memory:")) as conn:
+        conn.execute("CREATE TABLE t (a, b, c)")
+        conn.execute("INSERT INTO t VALUES (?, ?, ?)", (None, True, False))
+        assert conn.execute("SELECT typeof(a), typeof(b), b, typeof(c), c FROM t").fetchone() == (
+            "null",
+            "integer",
+            1,
+            "integer",
+            0,
+        )
