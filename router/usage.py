@@ -404,9 +404,7 @@ class LogWriter:
 
     def submit(self, record: RequestRecord) -> None:
         if len(self._pending) >= self.max_buffer:
-            self._pending.popleft()
-            self.dropped += 1
-            log.error("request log buffer full (%d rows): dropped the oldest row", self.max_buffer)
+            self._drop_oldest(len(self._pending) - self.max_buffer + 1)
         self._pending.append(record)
         if len(self._pending) >= self.batch_size:
             self._wake.set()
@@ -440,10 +438,20 @@ class LogWriter:
         except Exception as exc:
             self._pending.extendleft(reversed(batch))
             log.warning("writing %d request log rows failed (will retry): %s", len(batch), exc)
+            # Rows submitted while the batch was out of the buffer did not see it: the bound
+            # holds again only once the oldest of the put-back rows go.
+            if len(self._pending) > self.max_buffer:
+                self._drop_oldest(len(self._pending) - self.max_buffer)
             return False
         self.written += len(batch)
         self.on_written.emit(batch)
         return True
+
+    def _drop_oldest(self, count: int) -> None:
+        for _ in range(count):
+            self._pending.popleft()
+        self.dropped += count
+        log.error("request log buffer full (%d rows): dropped the oldest %d", self.max_buffer, count)
 
     async def flush(self) -> None:
         """Write everything pending now (used by tests and on shutdown)."""

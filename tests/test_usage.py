@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime, timedelta, timezone
 
 from graphql_schema.types import RequestLogEntry
+from router import usage
 from router.models.analytics import RequestLog
 from router.usage import LOG_COLUMNS, WIRE_FIELDS, RequestRecord, new_log_id, rollup_rows
 
@@ -83,3 +85,29 @@ def test_none_and_bools_bind_as_sqlite_would_without_the_adapters():
             "integer",
             0,
         )
+
+
+async def test_the_buffer_bound_holds_when_a_failed_batch_is_put_back(monkeypatch) -> None:
+    """Rows submitted while a batch is out of the buffer (being written) did not count it: when the
+    write fails and the batch goes back, the oldest rows beyond the bound are dropped, not kept."""
+    writing, fail = asyncio.Event(), asyncio.Event()
+
+    async def failing_insert(batch: list[RequestRecord]) -> None:
+        writing.set()
+        await fail.wait()
+        raise OSError("disk I/O error")
+
+    monkeypatch.setattr(usage, "insert_log_rows", failing_insert)
+    writer = usage.LogWriter(batch_size=4, max_buffer=5)
+    records = [RequestRecord(f"r{i}", "/v1/chat/completions") for i in range(9)]
+    for record in records[:4]:
+        writer.submit(record)
+    batch = asyncio.create_task(writer._write_batch())
+    await writing.wait()
+    for record in records[4:]:  # five more while four are out: nine rows, bound five
+        writer.submit(record)
+    fail.set()
+    assert await batch is False
+    assert writer.queue_depth == 5
+    assert [r.request_id for r in writer._pending] == [r.request_id for r in records[4:]]
+    assert writer.dropped == 4
