@@ -21,6 +21,7 @@ from graphql_schema import graphql_routes
 from router import errors, protocols, proxy
 from router.admin_ui import admin_routes
 from router.auth import bearer_matches
+from router.client_watch import ClientWatch, LateWatches
 from router.config import Settings, load_settings
 from router.crypto import SecretBox
 from router.db import close_db, init_db
@@ -183,6 +184,7 @@ class V1FastPath:
         self.app = app
         self.other = other  # the same app, maybe behind the proxy-headers wrapper
         self.state = app.state
+        self.watches = LateWatches()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["method"] == "POST" and scope["path"] in protocols.ADAPTERS:
@@ -195,10 +197,11 @@ class V1FastPath:
         """An HTTP request whose first message (the whole body, from RequestLimits) was already received.
 
         A generation runs the proxy here, in this one frame; if the client goes away before the
-        answer starts, it is cancelled. Neither server cancels a handler whose client left, so
+        answer is sent, it is cancelled. Neither server cancels a handler whose client left, so
         without this a non-stream request would keep its upstream generating for nobody.
         Cancelling the handler cancels the upstream request (the transport closes that
-        connection) and logs a 499.
+        connection) and logs a 499. The watch starts once the request has run
+        `client_watch.WATCH_AFTER_S` (most finish sooner, and watching costs).
         """
         if scope["method"] != "POST" or scope["path"] not in protocols.ADAPTERS:
             await self.other(scope, replay(first, receive), send)
@@ -209,28 +212,14 @@ class V1FastPath:
             response = await proxy.handle_generation(Request(scope, replayed, send))
             await response(scope, replayed, send)
             return
-        # The server's own receive (granian: a future, no task): completes on http.disconnect.
-        pending = receive()  # a coroutine with uvicorn: a task watches for it
-        gone: asyncio.Future[Message] = pending if asyncio.isfuture(pending) else asyncio.ensure_future(pending)
         task = asyncio.current_task()
-        left = False
-
-        def client_gone(future: asyncio.Future[Any]) -> None:
-            nonlocal left
-            try:
-                message = future.result()
-            except BaseException:  # cancelled by us, or the server failed the receive
-                return
-            if task is not None and message.get("type") == "http.disconnect":
-                left = True
-                task.cancel()
-
-        gone.add_done_callback(client_gone)
+        watch = ClientWatch(receive, task, asyncio.get_running_loop().time())
+        self.watches.add(watch)  # started if the request lasts (client_watch.WATCH_AFTER_S)
 
         async def receive_after_body() -> Message:  # the body is the Request's already
             # Nothing on this path listens (the answers below are sent without it); a listener
             # that is cancelled must not cancel the watch's receive.
-            disconnect: Message = await asyncio.shield(gone)
+            disconnect: Message = await asyncio.shield(watch.disconnected())
             return disconnect
 
         try:
@@ -239,7 +228,8 @@ class V1FastPath:
                 if type(response) is proxy.RelayResponse:  # still watched: leaving cancels the relay
                     await response.send_events(send)
             finally:
-                gone.remove_done_callback(client_gone)
+                self.watches.discard(watch)
+                watch.stop()
             if type(response) is proxy.RelayResponse:
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
             elif response.background is None and type(response).__call__ is _RESPONSE_CALL:
@@ -252,12 +242,11 @@ class V1FastPath:
         except asyncio.CancelledError:
             # Our own cancel of a request whose client left (logged as such) ends here: not an error
             # for the server to report. Any other cancellation (a shutdown) goes on.
-            if left and task is not None and task.uncancel() == 0:
+            if watch.left and task is not None and task.uncancel() == 0:
                 return
             raise
         finally:
-            if not gone.done():
-                gone.cancel()
+            watch.close()
 
 
 _RESPONSE_CALL = Response.__call__

@@ -1,0 +1,99 @@
+"""router.client_watch: a request's client is watched once it has lasted; leaving then cancels it."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from router.client_watch import ClientWatch, LateWatches
+
+
+class FakeServer:
+    """A server's `receive` after the body: each call gives a future that the client's leaving completes."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.futures: list[asyncio.Future[dict[str, Any]]] = []
+
+    def receive(self) -> asyncio.Future[dict[str, Any]]:
+        self.calls += 1
+        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self.futures.append(future)
+        return future
+
+    def client_leaves(self) -> None:
+        for future in self.futures:
+            if not future.done():
+                future.set_result({"type": "http.disconnect"})
+
+
+async def _watched(watches: LateWatches, server: FakeServer, work: asyncio.Event) -> ClientWatch:
+    task = asyncio.current_task()
+    watch = ClientWatch(server.receive, task, asyncio.get_running_loop().time())  # type: ignore[arg-type]
+    watches.add(watch)
+    try:
+        await work.wait()
+    finally:
+        watches.discard(watch)
+        watch.close()
+    return watch
+
+
+async def test_a_short_request_never_asks_the_server() -> None:
+    watches, server, done = LateWatches(after_s=0.05), FakeServer(), asyncio.Event()
+    task = asyncio.create_task(_watched(watches, server, done))
+    await asyncio.sleep(0)
+    done.set()
+    await task
+    assert server.calls == 0 and len(watches) == 0
+    await asyncio.sleep(0.08)  # the timer armed for it finds nothing due
+    assert server.calls == 0
+
+
+async def test_a_lasting_request_is_watched_and_cancelled_when_its_client_leaves() -> None:
+    watches, server, never = LateWatches(after_s=0.02), FakeServer(), asyncio.Event()
+    task = asyncio.create_task(_watched(watches, server, never))
+    while server.calls == 0:  # started by the shared timer, not by the request
+        await asyncio.sleep(0.005)
+    assert len(watches) == 0
+    server.client_leaves()
+    await asyncio.wait([task])
+    assert task.cancelled()
+
+
+async def test_watches_start_each_when_due_and_a_discarded_one_never() -> None:
+    watches, server = LateWatches(after_s=0.03), FakeServer()
+    now = asyncio.get_running_loop().time()
+    overdue, ended, later = (ClientWatch(server.receive, None, t) for t in (now - 1, now, now))  # type: ignore[arg-type]
+    for watch in (overdue, ended, later):
+        watches.add(watch)
+    watches.discard(ended)  # its request ended before it was due
+    while server.calls < 1:
+        await asyncio.sleep(0.005)
+    while server.calls < 2:
+        await asyncio.sleep(0.005)
+    assert asyncio.get_running_loop().time() >= now + 0.03  # the second waited until it was due
+    assert len(watches) == 0 and not ended._started and overdue._started and later._started
+    for watch in (overdue, later):
+        watch.close()
+    assert all(f.cancelled() for f in server.futures)  # the server's receive is not left waiting
+
+
+async def test_leaving_after_stop_cancels_nothing_and_an_early_receive_is_the_same_future() -> None:
+    server = FakeServer()
+    watch = ClientWatch(server.receive, asyncio.current_task(), 0.0)  # type: ignore[arg-type]
+    early = watch.disconnected()  # something read the server's next message before the watch began
+    watch.start()
+    assert watch.disconnected() is early and server.calls == 1
+    watch.stop()
+    server.client_leaves()
+    await asyncio.sleep(0)
+    assert not watch.left  # the answer was being finished: nothing to cancel
+
+
+async def test_after_zero_watches_at_once() -> None:
+    watches, server = LateWatches(after_s=0), FakeServer()
+    watch = ClientWatch(server.receive, asyncio.current_task(), 0.0)  # type: ignore[arg-type]
+    watches.add(watch)
+    assert server.calls == 1 and len(watches) == 0
+    watch.close()
