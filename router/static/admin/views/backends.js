@@ -44,6 +44,9 @@ export async function mount(el) {
   async function load({ quiet = false } = {}) {
     try {
       const data = await gql(`query Backends { backends { ${BACKEND_FIELDS} } }`);
+      // The periodic refresh redraws only what changed: a redraw replaces every row (and its buttons
+      // under the pointer) and would do so every REFRESH_MS for nothing.
+      if (quiet && JSON.stringify(data.backends) === JSON.stringify(backends)) return;
       backends = data.backends;
       clear(status);
       draw();
