@@ -47,8 +47,8 @@ class Metrics:
         mine, direct = self.get("non-stream", 1, key), self.get("non-stream", 1, key, "direct")
         return mine - direct if mine is not None and direct is not None else None
 
-    def ttft_added(self) -> float | None:
-        mine, direct = self.ttft.get(self.target), self.ttft.get("direct")
+    def ttft_added(self, target: str | None = None) -> float | None:
+        mine, direct = self.ttft.get(target or self.target), self.ttft.get("direct")
         return mine["p50_ms"] - direct["p50_ms"] if mine and direct else None
 
     def cpu_delta(self, other: str) -> float | None:
@@ -148,6 +148,14 @@ def targets_table(results: dict[str, Any]) -> list[str]:
             verdict(ttft, lambda v: v <= 0.5),
             "+21 ms",
             ratio(ttft, ANCHOR["ttft_added_ms"], False) if ttft and ttft > 0 else "",
+        ),
+        (
+            "— of which the bare floor granian+h1 adds (same run)",
+            "—",
+            fmt(m.ttft_added("floor granian+h1"), 3, " ms"),
+            "",
+            "—",
+            "",
         ),
         (
             "router CPU per non-stream request (c64)",

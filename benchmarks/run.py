@@ -487,6 +487,13 @@ def run_matrix(ctx: Ctx) -> dict[str, Any]:
             cells += matrix(floor.name, floor.url, ctx, None, floor.pid, (16, 64))
         finally:
             stop_process(floor.proc)
+    # What the bare proxy on the router's server and client adds to the first token: the part of the
+    # router's TTFT that is the stack's, not the router's.
+    slow_floor = start_floor("granian", "h1", ctx.slow.url, ctx.cpus.router, ctx.work)
+    try:
+        section["ttft"].append(ttft(slow_floor.name, slow_floor.url, ctx, None))
+    finally:
+        stop_process(slow_floor.proc)
     langfuse_cells(ctx, router, section)
     return section
 
