@@ -10,6 +10,7 @@ import asyncio
 import base64
 import contextlib
 import datetime
+import gc
 import gzip
 import ssl
 import zlib
@@ -63,6 +64,38 @@ async def test_a_connection_is_reused_once_its_answer_was_read() -> None:
             response = await upstream.send("POST", server.url + "/v1/x", {}, b"{}", False)
             assert await response.read() == b"{}"
     assert server.connections == 1 and len(server.heads) == 3
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["non-stream", "stream"])
+async def test_an_answer_read_whole_leaves_no_cycle_for_the_gc(stream: bool) -> None:
+    """An exchange and its parser (which holds the exchange's callbacks) are freed by reference
+    counting once the answer is whole: a cycle per request made the GC pause the loop for ms."""
+    sse = b"data: one\n\ndata: [DONE]\n\n"
+    answer = (
+        b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
+        + b"%x\r\n%s\r\n0\r\n\r\n" % (len(sse), sse)
+        if stream
+        else OK_JSON
+    )
+    async with Counting(answer) as server, client("h1") as upstream:
+        gc.collect()
+        gc.disable()
+        gc.set_debug(gc.DEBUG_SAVEALL)
+        try:
+            for _ in range(20):
+                response = await upstream.send("POST", server.url + "/v1/x", {}, b"{}", stream)
+                if stream:
+                    assert b"".join([chunk async for chunk in response.iter_chunks()]) == sse
+                else:
+                    assert await response.read() == b"{}"
+            gc.collect()
+            cyclic = [type(o).__name__ for o in gc.garbage if type(o).__module__ == "router.upstream_h1"]
+        finally:
+            gc.set_debug(0)
+            gc.garbage.clear()
+            gc.enable()
+    assert cyclic == []
+    assert server.connections == 1
 
 
 async def test_a_stream_closed_half_read_is_not_reused() -> None:
