@@ -12,11 +12,14 @@ leaves sooner has its upstream request cancelled at most that much later.
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Any
 
 from starlette.types import Message, Receive
 
 WATCH_AFTER_S = 0.05
+
+log = logging.getLogger("router")
 
 
 class ClientWatch:
@@ -107,4 +110,7 @@ class LateWatches:
                 self._timer = loop.call_at(watch.started_at + self.after_s, self._start_due)
                 return
             del waiting[watch]
-            watch.start()
+            try:
+                watch.start()
+            except Exception:  # one server's refusal must not leave the others unwatched
+                log.exception("watching a client for its leaving failed")

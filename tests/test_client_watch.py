@@ -27,6 +27,15 @@ class FakeServer:
                 future.set_result({"type": "http.disconnect"})
 
 
+async def _until(condition: Any) -> None:
+    """Wait for `condition()` (the shared timer runs on the loop), failing after 2 s."""
+    for _ in range(400):
+        if condition():
+            return
+        await asyncio.sleep(0.005)
+    raise AssertionError("the watch did not start")
+
+
 async def _watched(watches: LateWatches, server: FakeServer, work: asyncio.Event) -> ClientWatch:
     task = asyncio.current_task()
     watch = ClientWatch(server.receive, task, asyncio.get_running_loop().time())  # type: ignore[arg-type]
@@ -53,8 +62,7 @@ async def test_a_short_request_never_asks_the_server() -> None:
 async def test_a_lasting_request_is_watched_and_cancelled_when_its_client_leaves() -> None:
     watches, server, never = LateWatches(after_s=0.02), FakeServer(), asyncio.Event()
     task = asyncio.create_task(_watched(watches, server, never))
-    while server.calls == 0:  # started by the shared timer, not by the request
-        await asyncio.sleep(0.005)
+    await _until(lambda: server.calls > 0)  # started by the shared timer, not by the request
     assert len(watches) == 0
     server.client_leaves()
     await asyncio.wait([task])
@@ -68,10 +76,7 @@ async def test_watches_start_each_when_due_and_a_discarded_one_never() -> None:
     for watch in (overdue, ended, later):
         watches.add(watch)
     watches.discard(ended)  # its request ended before it was due
-    while server.calls < 1:
-        await asyncio.sleep(0.005)
-    while server.calls < 2:
-        await asyncio.sleep(0.005)
+    await _until(lambda: server.calls >= 2)
     assert asyncio.get_running_loop().time() >= now + 0.03  # the second waited until it was due
     assert len(watches) == 0 and not ended._started and overdue._started and later._started
     for watch in (overdue, later):
@@ -97,3 +102,19 @@ async def test_after_zero_watches_at_once() -> None:
     watches.add(watch)
     assert server.calls == 1 and len(watches) == 0
     watch.close()
+
+
+async def test_a_receive_that_raises_leaves_the_other_watches_started(caplog) -> None:
+    watches, server = LateWatches(after_s=0.01), FakeServer()
+
+    def refusing() -> asyncio.Future[dict[str, Any]]:
+        raise RuntimeError("ASGI flow error")
+
+    now = asyncio.get_running_loop().time()
+    broken = ClientWatch(refusing, None, now - 1)  # type: ignore[arg-type]
+    fine = ClientWatch(server.receive, None, now - 1)  # type: ignore[arg-type]
+    watches.add(broken)
+    watches.add(fine)
+    await _until(lambda: server.calls >= 1)
+    assert len(watches) == 0 and "watching a client for its leaving failed" in caplog.text
+    fine.close()
