@@ -212,9 +212,10 @@ class V1FastPath:
             response = await proxy.handle_generation(Request(scope, replayed, send))
             await response(scope, replayed, send)
             return
-        task = asyncio.current_task()
-        watch = ClientWatch(receive, task, asyncio.get_running_loop().time())
-        self.watches.add(watch)  # started if the request lasts (client_watch.WATCH_AFTER_S)
+        loop = asyncio.get_running_loop()
+        task = asyncio.current_task(loop)
+        watch = ClientWatch(receive, task, loop.time())
+        self.watches.add(watch, loop)  # started if the request lasts (client_watch.WATCH_AFTER_S)
 
         async def receive_after_body() -> Message:  # the body is the Request's already
             # Nothing on this path listens (the answers below are sent without it); a listener

@@ -84,17 +84,20 @@ class LateWatches:
         self.after_s = after_s
         self._waiting: dict[ClientWatch, None] = {}  # oldest first: watches are added as they start
         self._timer: asyncio.TimerHandle | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None  # the timer's (an app may outlive a loop)
 
     def __len__(self) -> int:
         return len(self._waiting)
 
-    def add(self, watch: ClientWatch) -> None:
+    def add(self, watch: ClientWatch, loop: asyncio.AbstractEventLoop) -> None:
+        """Watch `watch` from `watch.started_at + after_s` on (`loop`: the running loop)."""
         if self.after_s <= 0:
             watch.start()
             return
         self._waiting[watch] = None
-        if self._timer is None:
-            self._timer = asyncio.get_running_loop().call_at(watch.started_at + self.after_s, self._start_due)
+        if self._timer is None or self._loop is not loop:
+            self._loop = loop
+            self._timer = loop.call_at(watch.started_at + self.after_s, self._start_due)
 
     def discard(self, watch: ClientWatch) -> None:
         self._waiting.pop(watch, None)
@@ -102,6 +105,8 @@ class LateWatches:
     def _start_due(self) -> None:
         self._timer = None
         loop = asyncio.get_running_loop()
+        if loop is not self._loop:  # a timer of a loop that has since been replaced
+            return
         due = loop.time() - self.after_s
         waiting = self._waiting
         while waiting:

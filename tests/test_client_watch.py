@@ -39,7 +39,7 @@ async def _until(condition: Any) -> None:
 async def _watched(watches: LateWatches, server: FakeServer, work: asyncio.Event) -> ClientWatch:
     task = asyncio.current_task()
     watch = ClientWatch(server.receive, task, asyncio.get_running_loop().time())  # type: ignore[arg-type]
-    watches.add(watch)
+    watches.add(watch, asyncio.get_running_loop())
     try:
         await work.wait()
     finally:
@@ -74,7 +74,7 @@ async def test_watches_start_each_when_due_and_a_discarded_one_never() -> None:
     now = asyncio.get_running_loop().time()
     overdue, ended, later = (ClientWatch(server.receive, None, t) for t in (now - 1, now, now))  # type: ignore[arg-type]
     for watch in (overdue, ended, later):
-        watches.add(watch)
+        watches.add(watch, asyncio.get_running_loop())
     watches.discard(ended)  # its request ended before it was due
     await _until(lambda: server.calls >= 2)
     assert asyncio.get_running_loop().time() >= now + 0.03  # the second waited until it was due
@@ -99,7 +99,7 @@ async def test_leaving_after_stop_cancels_nothing_and_an_early_receive_is_the_sa
 async def test_after_zero_watches_at_once() -> None:
     watches, server = LateWatches(after_s=0), FakeServer()
     watch = ClientWatch(server.receive, asyncio.current_task(), 0.0)  # type: ignore[arg-type]
-    watches.add(watch)
+    watches.add(watch, asyncio.get_running_loop())
     assert server.calls == 1 and len(watches) == 0
     watch.close()
 
@@ -113,8 +113,29 @@ async def test_a_receive_that_raises_leaves_the_other_watches_started(caplog) ->
     now = asyncio.get_running_loop().time()
     broken = ClientWatch(refusing, None, now - 1)  # type: ignore[arg-type]
     fine = ClientWatch(server.receive, None, now - 1)  # type: ignore[arg-type]
-    watches.add(broken)
-    watches.add(fine)
+    watches.add(broken, asyncio.get_running_loop())
+    watches.add(fine, asyncio.get_running_loop())
     await _until(lambda: server.calls >= 1)
     assert len(watches) == 0 and "watching a client for its leaving failed" in caplog.text
     fine.close()
+
+
+def test_watches_still_start_on_a_new_loop_after_the_old_one_closed_with_its_timer_armed() -> None:
+    """An app can outlive an event loop (tests run one app's lifespan per loop): the timer armed on
+    a closed loop never fires, so the next loop arms its own."""
+    watches = LateWatches(after_s=0.01)
+
+    async def armed_then_abandoned() -> None:
+        server = FakeServer()
+        watches.add(ClientWatch(server.receive, None, asyncio.get_running_loop().time()), asyncio.get_running_loop())  # type: ignore[arg-type]
+
+    async def on_the_next_loop() -> int:
+        server = FakeServer()
+        watch = ClientWatch(server.receive, None, asyncio.get_running_loop().time() - 1)  # type: ignore[arg-type]
+        watches.add(watch, asyncio.get_running_loop())
+        await _until(lambda: server.calls >= 1)
+        watch.close()
+        return server.calls
+
+    asyncio.run(armed_then_abandoned())
+    assert asyncio.run(on_the_next_loop()) == 1
