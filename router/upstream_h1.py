@@ -162,9 +162,10 @@ class _Exchange:
         self.loop = loop
         self.read_timeout_s = read_timeout_s
         self.head_only = head_only
-        # The parser holds this exchange's callbacks (bound methods): a reference cycle, which
-        # `on_message_complete` breaks. Left to the cyclic GC, it cost ~5 µs per request and a
-        # pause of several ms every ~2,000 (benchmarks/README.md, session 9).
+        # The parser holds this exchange's callbacks (bound methods): a reference cycle, broken
+        # when nothing more can come for it (the answer is whole, released half-read, or the
+        # request failed). Left to the cyclic GC, it cost ~5 µs per request and a pause of several
+        # ms every ~2,000 (benchmarks/README.md, session 9).
         self.parser: httptools.HttpResponseParser | None = httptools.HttpResponseParser(self)
         self.status = 0
         self.raw_headers: list[str] = []  # name, value, name, value, ...: no tuple per header
@@ -272,10 +273,7 @@ class _Exchange:
         except UpstreamError as exc:
             self.fail(exc)
         except httptools.HttpParserCallbackError as exc:
-            cause = exc.__context__
-            self.fail(
-                cause if isinstance(cause, UpstreamError) else UpstreamError(f"upstream connection failed: {exc}")
-            )
+            self.fail(_callback_error(exc))
         except (httptools.HttpParserError, zlib.error) as exc:
             self.fail(UpstreamError(f"upstream connection failed: invalid HTTP answer: {exc}"))
         if self.chunks:
@@ -366,6 +364,13 @@ class _Exchange:
         return None if self.complete else b""
 
 
+def _callback_error(exc: httptools.HttpParserCallbackError) -> UpstreamError:
+    """What one of llhttp's callbacks raised, or a generic error. Not worked out in `feed`'s frame:
+    a local there holding the error would be reached from the error's own traceback (a cycle)."""
+    cause = exc.__context__
+    return cause if isinstance(cause, UpstreamError) else UpstreamError(f"upstream connection failed: {exc}")
+
+
 class _H1Response:
     __slots__ = ("_exchange", "_released", "headers", "status")
 
@@ -416,6 +421,7 @@ class _H1Response:
                 exchange.timer.cancel()
                 exchange.timer = None
             exchange.conn.pool._release(exchange.conn, exchange.complete and exchange.keep_alive)
+            exchange.parser = None  # a half-read answer's connection is closed: nothing more comes for it
 
 
 class H1Upstream:
@@ -462,6 +468,10 @@ class H1Upstream:
         except BaseException:
             exchange.stop_timer()
             conn.close()
+            conn.exchange = None
+            # Nothing more comes for it (see _Exchange.__init__); and the error, raised on from
+            # here, would hold this frame, which holds the exchange: another cycle.
+            exchange.parser = exchange.error = None
             raise
         return _H1Response(exchange)
 

@@ -98,6 +98,41 @@ async def test_an_answer_read_whole_leaves_no_cycle_for_the_gc(stream: bool) -> 
     assert server.connections == 1
 
 
+@pytest.mark.parametrize("ending", ["stream closed half-read", "cancelled before the head", "refused head"])
+async def test_an_exchange_ended_early_leaves_no_cycle_for_the_gc(ending: str) -> None:
+    sse = b"data: one\n\n"
+    answers = {
+        "stream closed half-read": b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
+        b"transfer-encoding: chunked\r\n\r\n" + b"%x\r\n%s\r\n" % (len(sse), sse),
+        "cancelled before the head": b"",  # never answers
+        "refused head": b"HTTP/1.1 200 OK\r\nx: " + b"a" * (MAX_HEAD_BYTES + 10) + b"\r\n\r\n",
+    }
+    async with Counting(answers[ending]) as server, client("h1") as upstream:
+        gc.collect()
+        gc.disable()
+        gc.set_debug(gc.DEBUG_SAVEALL)
+        try:
+            for _ in range(5):
+                if ending == "stream closed half-read":
+                    response = await upstream.send("POST", server.url + "/v1/x", {}, b"{}", True)
+                    assert await anext(response.iter_chunks()) == sse
+                    await response.close()
+                elif ending == "cancelled before the head":
+                    with pytest.raises(TimeoutError):
+                        await asyncio.wait_for(upstream.send("POST", server.url + "/v1/x", {}, b"{}", False), 0.05)
+                else:
+                    with pytest.raises(UpstreamError):
+                        await upstream.send("POST", server.url + "/v1/x", {}, b"{}", False)
+            await asyncio.sleep(0.05)  # the closed connections' last callbacks
+            gc.collect()
+            cyclic = [type(o).__name__ for o in gc.garbage if type(o).__module__ == "router.upstream_h1"]
+        finally:
+            gc.set_debug(0)
+            gc.garbage.clear()
+            gc.enable()
+    assert cyclic == []
+
+
 async def test_a_stream_closed_half_read_is_not_reused() -> None:
     sse = b"data: one\n\n"
     answer = (
