@@ -16,6 +16,7 @@ from router.errors import ApiError
 from router.proxy import parse_payload
 from tests.clients import openai_client
 from tests.conftest import require_postgres, write_config
+from tests.gc_probe import left_for_the_gc
 from tests.upstream import Scripted
 
 MESSAGES = [{"role": "user", "content": "hello there"}]
@@ -588,47 +589,32 @@ def test_an_oversized_stream_event_breaks_the_stream_off(scripted):
 # --- nothing a request leaves behind needs the cyclic GC -------------------------------------------
 
 
-def _router_owned(objects: list[object]) -> list[str]:
-    """The objects among `objects` that the router's code made: its classes, or functions, methods,
-    coroutines and frames of its modules (not the test client's, not the test upstream's)."""
-    owned = []
-    for obj in objects:
-        func = getattr(obj, "__func__", obj)
-        code = next(
-            (c for name in ("__code__", "cr_code", "ag_code", "gi_code", "f_code") if (c := getattr(func, name, None))),
-            None,
-        )
-        module = getattr(type(obj), "__module__", "") or ""
-        if module.startswith(("router.", "graphql_schema.")) or (code is not None and "/router/" in code.co_filename):
-            owned.append(f"{type(obj).__qualname__} {getattr(func, '__qualname__', '')}")
-    return owned
+def _router_owned(obj: object) -> str | None:
+    """What the router's code made: its classes, or functions, methods, coroutines and frames of its
+    modules (not the test client's, not the test upstream's); None for anything else."""
+    func = getattr(obj, "__func__", obj)
+    code = next(
+        (c for name in ("__code__", "cr_code", "ag_code", "gi_code", "f_code") if (c := getattr(func, name, None))),
+        None,
+    )
+    module = getattr(type(obj), "__module__", "") or ""
+    if module.startswith(("router.", "graphql_schema.")) or (code is not None and "/router/" in code.co_filename):
+        return f"{type(obj).__qualname__} {getattr(func, '__qualname__', '')}"
+    return None
 
 
 async def test_requests_leave_no_reference_cycles(tmp_path, upstream) -> None:
     """Every request's objects are freed by reference counting: a cycle per request (the h1 client's
     parser and its exchange had one) made the GC pause the event loop for ms every ~2,000 requests."""
-    import gc
-
     from tests.inprocess import in_process
 
     async with in_process(tmp_path, {"alpha": {"url": upstream.base_url}}) as router:
         assert (await router.chat("test-model")).status_code == 200  # warm: pools, caches
-        gc.collect()
-        gc.disable()
-        gc.set_debug(gc.DEBUG_SAVEALL)
-        try:
+        with left_for_the_gc(_router_owned) as owned:
             for _ in range(5):
                 assert (await router.chat("test-model")).status_code == 200
                 assert (await router.chat("test-model", stream=True)).status_code == 200
                 assert (await router.chat("no-such-model")).status_code == 404
-                refused = await router.client.post(
-                    "/v1/chat/completions", json={}, headers={"Authorization": "Bearer x"}
-                )
-                assert refused.status_code == 401
-            gc.collect()
-            owned = _router_owned(gc.garbage)
-        finally:
-            gc.set_debug(0)
-            gc.garbage.clear()
-            gc.enable()
+                refused = {"Authorization": "Bearer x"}
+                assert (await router.client.post("/v1/chat/completions", json={}, headers=refused)).status_code == 401
     assert owned == []

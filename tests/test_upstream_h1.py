@@ -10,7 +10,6 @@ import asyncio
 import base64
 import contextlib
 import datetime
-import gc
 import gzip
 import ssl
 import zlib
@@ -20,6 +19,7 @@ import pytest
 
 from router.upstream import AnswerTooLarge, UpstreamError, UpstreamResponse
 from router.upstream_h1 import MAX_HEAD_BYTES, MAX_HEADERS, H1Upstream
+from tests.gc_probe import left_for_the_gc
 from tests.test_upstream import RawServer, client, read_head
 
 OK_JSON = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{}"
@@ -66,6 +66,10 @@ async def test_a_connection_is_reused_once_its_answer_was_read() -> None:
     assert server.connections == 1 and len(server.heads) == 3
 
 
+def _h1_object(obj: object) -> str | None:
+    return type(obj).__name__ if type(obj).__module__ == "router.upstream_h1" else None
+
+
 @pytest.mark.parametrize("stream", [False, True], ids=["non-stream", "stream"])
 async def test_an_answer_read_whole_leaves_no_cycle_for_the_gc(stream: bool) -> None:
     """An exchange and its parser (which holds the exchange's callbacks) are freed by reference
@@ -78,22 +82,13 @@ async def test_an_answer_read_whole_leaves_no_cycle_for_the_gc(stream: bool) -> 
         else OK_JSON
     )
     async with Counting(answer) as server, client("h1") as upstream:
-        gc.collect()
-        gc.disable()
-        gc.set_debug(gc.DEBUG_SAVEALL)
-        try:
+        with left_for_the_gc(_h1_object) as cyclic:
             for _ in range(20):
                 response = await upstream.send("POST", server.url + "/v1/x", {}, b"{}", stream)
                 if stream:
                     assert b"".join([chunk async for chunk in response.iter_chunks()]) == sse
                 else:
                     assert await response.read() == b"{}"
-            gc.collect()
-            cyclic = [type(o).__name__ for o in gc.garbage if type(o).__module__ == "router.upstream_h1"]
-        finally:
-            gc.set_debug(0)
-            gc.garbage.clear()
-            gc.enable()
     assert cyclic == []
     assert server.connections == 1
 
@@ -108,10 +103,7 @@ async def test_an_exchange_ended_early_leaves_no_cycle_for_the_gc(ending: str) -
         "refused head": b"HTTP/1.1 200 OK\r\nx: " + b"a" * (MAX_HEAD_BYTES + 10) + b"\r\n\r\n",
     }
     async with Counting(answers[ending]) as server, client("h1") as upstream:
-        gc.collect()
-        gc.disable()
-        gc.set_debug(gc.DEBUG_SAVEALL)
-        try:
+        with left_for_the_gc(_h1_object) as cyclic:
             for _ in range(5):
                 if ending == "stream closed half-read":
                     response = await upstream.send("POST", server.url + "/v1/x", {}, b"{}", True)
@@ -124,12 +116,6 @@ async def test_an_exchange_ended_early_leaves_no_cycle_for_the_gc(ending: str) -
                     with pytest.raises(UpstreamError):
                         await upstream.send("POST", server.url + "/v1/x", {}, b"{}", False)
             await asyncio.sleep(0.05)  # the closed connections' last callbacks
-            gc.collect()
-            cyclic = [type(o).__name__ for o in gc.garbage if type(o).__module__ == "router.upstream_h1"]
-        finally:
-            gc.set_debug(0)
-            gc.garbage.clear()
-            gc.enable()
     assert cyclic == []
 
 
