@@ -678,7 +678,10 @@ async def forward(call: Call, route: RoutePlan) -> Response:
         finally:
             if not (attempt._kept or attempt._released):  # else a stream owns it, or it is over
                 await attempt.release()
-    raise failure or errors.no_healthy_backend(record.model or "", unhealthy_targets(rt, route), time.time())
+    try:
+        raise failure or errors.no_healthy_backend(record.model or "", unhealthy_targets(rt, route), time.time())
+    finally:
+        failure = None  # this frame is in the error's traceback: holding the error too would be a cycle
 
 
 def unhealthy_targets(rt: Runtime, route: RoutePlan) -> list[tuple[str, float | None]]:

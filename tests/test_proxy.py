@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import signal
+import socket
 import threading
 import time
 from collections import Counter
@@ -603,18 +604,29 @@ def _router_owned(obj: object) -> str | None:
     return None
 
 
-async def test_requests_leave_no_reference_cycles(tmp_path, upstream) -> None:
+async def test_requests_leave_no_reference_cycles(tmp_path, upstream, upstream_factory) -> None:
     """Every request's objects are freed by reference counting: a cycle per request (the h1 client's
     parser and its exchange had one) made the GC pause the event loop for ms every ~2,000 requests."""
     from tests.inprocess import in_process
 
-    async with in_process(tmp_path, {"alpha": {"url": upstream.base_url}}) as router:
+    with socket.socket() as unused:
+        unused.bind(("127.0.0.1", 0))
+        down = f"http://127.0.0.1:{unused.getsockname()[1]}/v1"  # nothing listens there
+    failing = upstream_factory(name="failing", models=["failing-model"], fail_status=500)
+    servers = {
+        "alpha": {"url": upstream.base_url},
+        "down": {"url": down, "override": ["down-model"]},
+        "failing": {"url": failing.base_url, "override": ["failing-model"]},
+    }
+    async with in_process(tmp_path, servers) as router:
         assert (await router.chat("test-model")).status_code == 200  # warm: pools, caches
         with left_for_the_gc(_router_owned) as owned:
             for _ in range(5):
+                assert (await router.chat("down-model")).status_code in (502, 503)  # then cooling down
+                assert (await router.chat("failing-model")).status_code in (500, 502, 503)
                 assert (await router.chat("test-model")).status_code == 200
                 assert (await router.chat("test-model", stream=True)).status_code == 200
                 assert (await router.chat("no-such-model")).status_code == 404
                 refused = {"Authorization": "Bearer x"}
                 assert (await router.client.post("/v1/chat/completions", json={}, headers=refused)).status_code == 401
-    assert owned == []
+    assert owned == [], "\n".join(owned)
