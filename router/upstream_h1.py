@@ -28,7 +28,7 @@ import zlib
 from collections import deque
 from collections.abc import AsyncIterator, Mapping
 from functools import lru_cache
-from typing import Any, cast
+from typing import Any, NoReturn, cast
 from urllib.parse import unquote, urlsplit
 
 import httptools
@@ -300,6 +300,9 @@ class _Exchange:
 
     def fail(self, error: UpstreamError) -> None:
         if self.error is None and not self.complete:
+            # Kept as a message only: the frames it was raised through (llhttp's callbacks) hold
+            # this exchange, and `raise_error` raises a copy, so no traceback ever leads back here.
+            error.__traceback__ = error.__context__ = error.__cause__ = None
             self.error = error
         self.conn.close()
         self._wake()
@@ -360,8 +363,15 @@ class _Exchange:
                 self.conn.resume_reading()
             return chunk
         if self.error is not None:
-            raise self.error
+            self.raise_error()
         return None if self.complete else b""
+
+    def raise_error(self) -> NoReturn:
+        """Raise (a copy of) the error the exchange failed with: raised itself, it would hold the
+        frames that raised it, and they this exchange, which holds it (a cycle for the GC)."""
+        assert self.error is not None
+        error = self.error
+        raise type(error).__new__(type(error), *error.args)
 
 
 def _callback_error(exc: httptools.HttpParserCallbackError) -> UpstreamError:
@@ -463,7 +473,7 @@ class H1Upstream:
                     conn.transport.write(body)
             while exchange.headers is None:
                 if exchange.error is not None:
-                    raise exchange.error
+                    exchange.raise_error()
                 await exchange.wait()
         except BaseException:
             exchange.stop_timer()

@@ -93,7 +93,9 @@ async def test_an_answer_read_whole_leaves_no_cycle_for_the_gc(stream: bool) -> 
     assert server.connections == 1
 
 
-@pytest.mark.parametrize("ending", ["stream closed half-read", "cancelled before the head", "refused head"])
+@pytest.mark.parametrize(
+    "ending", ["stream closed half-read", "cancelled before the head", "refused head", "stream broken mid-way"]
+)
 async def test_an_exchange_ended_early_leaves_no_cycle_for_the_gc(ending: str) -> None:
     sse = b"data: one\n\n"
     answers = {
@@ -101,6 +103,8 @@ async def test_an_exchange_ended_early_leaves_no_cycle_for_the_gc(ending: str) -
         b"transfer-encoding: chunked\r\n\r\n" + b"%x\r\n%s\r\n" % (len(sse), sse),
         "cancelled before the head": b"",  # never answers
         "refused head": b"HTTP/1.1 200 OK\r\nx: " + b"a" * (MAX_HEAD_BYTES + 10) + b"\r\n\r\n",
+        "stream broken mid-way": b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
+        b"transfer-encoding: chunked\r\n\r\n" + b"%x\r\n%s\r\nzz\r\n" % (len(sse), sse),  # not a chunk size
     }
     async with Counting(answers[ending]) as server, client("h1") as upstream:
         with left_for_the_gc(_h1_object) as cyclic:
@@ -109,6 +113,10 @@ async def test_an_exchange_ended_early_leaves_no_cycle_for_the_gc(ending: str) -
                     response = await upstream.send("POST", server.url + "/v1/x", {}, b"{}", True)
                     assert await anext(response.iter_chunks()) == sse
                     await response.close()
+                elif ending == "stream broken mid-way":
+                    response = await upstream.send("POST", server.url + "/v1/x", {}, b"{}", True)
+                    with pytest.raises(UpstreamError, match="invalid HTTP answer"):
+                        [chunk async for chunk in response.iter_chunks()]
                 elif ending == "cancelled before the head":
                     with pytest.raises(TimeoutError):
                         await asyncio.wait_for(upstream.send("POST", server.url + "/v1/x", {}, b"{}", False), 0.05)
