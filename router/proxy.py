@@ -634,7 +634,9 @@ async def forward(call: Call, route: RoutePlan) -> Response:
             except LimitExceeded as exc:
                 if exc.scope != "backend":
                     raise
-                failure = exc  # this backend is at its limits; the next candidate may not be
+                # This backend is at its limits; the next candidate may not be. Kept without its
+                # traceback, which holds this frame (a cycle with `failure`).
+                failure = exc.with_traceback(None)
                 continue
         scripts = scripts_for(rt.catalog.snapshot, call.user.id, backend.id if backend is not None else None)
         try:

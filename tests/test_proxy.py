@@ -630,3 +630,22 @@ async def test_requests_leave_no_reference_cycles(tmp_path, upstream, upstream_f
                 refused = {"Authorization": "Bearer x"}
                 assert (await router.client.post("/v1/chat/completions", json={}, headers=refused)).status_code == 401
     assert owned == [], "\n".join(owned)
+
+
+async def test_failing_over_from_a_backend_at_its_limits_leaves_no_reference_cycles(tmp_path, upstream_factory) -> None:
+    from tests.inprocess import in_process
+
+    full, spare = (upstream_factory(name=n, models=["shared-model"]) for n in ("full", "spare"))
+    servers = {"full": {"url": full.base_url}, "spare": {"url": spare.base_url}}
+    async with in_process(tmp_path, servers) as router:
+        backends = (await router.gql("{ backends { id name } }"))["data"]["backends"]
+        full_id = next(b["id"] for b in backends if b["name"] == "full")
+        mutation = "mutation($id: ID!, $l: LimitsInput!) { setBackendLimits(backendId: $id, limits: $l) { id } }"
+        assert "errors" not in await router.gql(mutation, {"id": full_id, "l": {"rpm": 1}})
+        for _ in range(3):  # warm: whichever comes first, "full" has had its one request a minute
+            assert (await router.chat("shared-model")).status_code == 200
+        with left_for_the_gc(_router_owned) as owned:
+            for _ in range(4):
+                assert (await router.chat("shared-model")).status_code == 200
+    assert owned == [], "\n".join(owned)
+    assert sum(r.path.endswith("/chat/completions") for r in full.received) == 1
