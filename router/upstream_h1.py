@@ -333,7 +333,10 @@ class _Exchange:
             self.conn.close()
             raise
         finally:
+            # A timeout is the future's exception, and this frame is in its traceback: holding the
+            # future here too would be a cycle.
             self.waiter = None
+            del waiter
 
     def _check_deadline(self) -> None:
         self.timer = None

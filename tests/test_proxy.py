@@ -613,17 +613,20 @@ async def test_requests_leave_no_reference_cycles(tmp_path, upstream, upstream_f
         unused.bind(("127.0.0.1", 0))
         down = f"http://127.0.0.1:{unused.getsockname()[1]}/v1"  # nothing listens there
     failing = upstream_factory(name="failing", models=["failing-model"], fail_status=500)
+    slow = upstream_factory(name="slow", models=["slow-model"], stream_delay_s=1.0)
     servers = {
         "alpha": {"url": upstream.base_url},
         "down": {"url": down, "override": ["down-model"]},
         "failing": {"url": failing.base_url, "override": ["failing-model"]},
+        "slow": {"url": slow.base_url, "override": ["slow-model"]},
     }
-    async with in_process(tmp_path, servers) as router:
+    async with in_process(tmp_path, servers, env={"UPSTREAM_TIMEOUT_S": "0.2"}) as router:
         assert (await router.chat("test-model")).status_code == 200  # warm: pools, caches
         with left_for_the_gc(_router_owned) as owned:
             for _ in range(5):
                 assert (await router.chat("down-model")).status_code in (502, 503)  # then cooling down
                 assert (await router.chat("failing-model")).status_code in (500, 502, 503)
+                assert (await router.chat("slow-model", stream=True)).status_code in (502, 503, 504)  # no first event
                 assert (await router.chat("test-model")).status_code == 200
                 assert (await router.chat("test-model", stream=True)).status_code == 200
                 assert (await router.chat("no-such-model")).status_code == 404
