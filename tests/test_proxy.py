@@ -614,11 +614,15 @@ async def test_requests_leave_no_reference_cycles(tmp_path, upstream, upstream_f
         down = f"http://127.0.0.1:{unused.getsockname()[1]}/v1"  # nothing listens there
     failing = upstream_factory(name="failing", models=["failing-model"], fail_status=500)
     slow = upstream_factory(name="slow", models=["slow-model"], stream_delay_s=1.0)
+    chunk = {"id": "c", "object": "chat.completion.chunk", "choices": [{"index": 0, "delta": {"content": "hi"}}]}
+    broken = upstream_factory(name="broken", script=lambda path, body: Scripted(events=[(None, chunk)], abort=True))
     servers = {
         "alpha": {"url": upstream.base_url},
         "down": {"url": down, "override": ["down-model"]},
         "failing": {"url": failing.base_url, "override": ["failing-model"]},
         "slow": {"url": slow.base_url, "override": ["slow-model"]},
+        "broken": {"url": broken.base_url, "override": ["broken-model"]},
+        "chat-only": {"url": upstream.base_url, "override": ["chat-only-model"], "apis": ["chat_completions"]},
     }
     async with in_process(tmp_path, servers, env={"UPSTREAM_TIMEOUT_S": "0.2"}) as router:
         assert (await router.chat("test-model")).status_code == 200  # warm: pools, caches
@@ -627,6 +631,14 @@ async def test_requests_leave_no_reference_cycles(tmp_path, upstream, upstream_f
                 assert (await router.chat("down-model")).status_code in (502, 503)  # then cooling down
                 assert (await router.chat("failing-model")).status_code in (500, 502, 503)
                 assert (await router.chat("slow-model", stream=True)).status_code in (502, 503, 504)  # no first event
+                cut = await router.chat("broken-model", stream=True)  # the upstream drops the connection mid-stream
+                assert cut.status_code == 200 and b"error" in cut.content
+                translated = await router.client.post(
+                    "/v1/messages",
+                    json={"model": "chat-only-model", "max_tokens": 5, "messages": MESSAGES, "stream": True},
+                    headers={"x-api-key": router.api_key},
+                )
+                assert translated.status_code == 200 and b"message_start" in translated.content
                 assert (await router.chat("test-model")).status_code == 200
                 assert (await router.chat("test-model", stream=True)).status_code == 200
                 assert (await router.chat("no-such-model")).status_code == 404
