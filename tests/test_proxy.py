@@ -323,6 +323,22 @@ def test_client_disconnect_mid_stream_closes_the_upstream(router_factory, upstre
     assert row["status_code"] == 499 and row["error"] == "client disconnected"
 
 
+def test_a_client_leaving_mid_stream_leaves_no_reference_cycles(router_factory, upstream_factory, tmp_path):
+    slow = upstream_factory(name="slow", models=["m"], stream_chunks=200, stream_delay_s=0.05)
+    router = router_factory(config=write_config(tmp_path / "c.yaml", {"slow": {"url": slow.base_url}}))
+    key = router.add_user("mallory")
+    body = {"model": "m", "messages": MESSAGES, "stream": True}
+    headers = {"Authorization": f"Bearer {key}"}
+    with left_for_the_gc(_router_owned) as owned:
+        for _ in range(3):
+            with httpx.stream("POST", f"{router.v1}/chat/completions", json=body, headers=headers, timeout=30) as r:
+                assert next(r.iter_lines()).startswith("data: ")
+        rows = router.wait_for_logs(3)
+        time.sleep(0.2)  # the relays' last steps after their rows were queued
+    assert [row["status_code"] for row in rows] == [499] * 3
+    assert owned == [], "\n".join(owned)
+
+
 def test_a_client_leaving_after_the_final_event_is_not_a_disconnect(router_factory, upstream_factory, tmp_path):
     """The OpenAI SDK closes its connection at `[DONE]`, often before the upstream ends the stream: the
     client got the whole answer, so the row says 200 with its usage, not 499 (and the upstream is closed)."""
