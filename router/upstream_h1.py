@@ -482,9 +482,7 @@ class H1Upstream:
             exchange.stop_timer()
             conn.close()
             conn.exchange = None
-            # Nothing more comes for it (see _Exchange.__init__); and the error, raised on from
-            # here, would hold this frame, which holds the exchange: another cycle.
-            exchange.parser = exchange.error = None
+            exchange.parser = None  # nothing more comes for it (see _Exchange.__init__)
             raise
         return _H1Response(exchange)
 
