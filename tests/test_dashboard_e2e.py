@@ -1131,22 +1131,27 @@ def test_usage_legend_colours_are_stable_and_no_user_is_not_red(page, upstream):
     assert not page.problems, page.problems
 
 
+def user_of_a_dead_backend(router, name: str) -> str:
+    """A backend "down" serving `ghost-model` where nothing listens, and the API key of a new user `name`."""
+    from tests.upstream import free_port
+
+    router.gql_ok(
+        "mutation($i: CreateBackendInput!) { createBackend(input: $i) { id } }",
+        {"i": {"name": "down", "baseUrl": f"http://127.0.0.1:{free_port()}/v1", "modelOverride": ["ghost-model"]}},
+    )
+    return router.gql_ok(
+        "mutation($i: CreateUserInput!) { createUser(input: $i) { apiKey } }",
+        {"i": {"name": name, "allBackends": True}},
+    )["createUser"]["apiKey"]
+
+
 @pytest.mark.browser
 def test_request_detail_shows_failed_attempts_and_their_errors(page):
     """A request whose upstream is down: the detail view lists why each attempt failed."""
     from playwright.sync_api import expect
 
-    from tests.upstream import free_port
-
     router = page.router_process
-    router.gql_ok(
-        "mutation($i: CreateBackendInput!) { createBackend(input: $i) { id } }",
-        {"i": {"name": "down", "baseUrl": f"http://127.0.0.1:{free_port()}/v1", "modelOverride": ["ghost-model"]}},
-    )
-    api_key = router.gql_ok(
-        "mutation($i: CreateUserInput!) { createUser(input: $i) { apiKey } }",
-        {"i": {"name": "unlucky", "allBackends": True}},
-    )["createUser"]["apiKey"]
+    api_key = user_of_a_dead_backend(router, "unlucky")
 
     def failed_upstream() -> bool:
         r = httpx.post(
@@ -1175,3 +1180,48 @@ def test_request_detail_shows_failed_attempts_and_their_errors(page):
     expect(detail.locator("dd[data-field=error]")).not_to_be_empty()
     expect(detail.locator("dd[data-field=status] .badge")).to_have_class(re.compile(r"\bbad\b"))
     assert not page.problems, page.problems
+
+
+@pytest.mark.browser
+def test_logs_page_shows_the_latest_query_when_an_earlier_answer_comes_late(page):
+    """Changing a filter while the previous page is still loading: the older answer, arriving last,
+    must not replace the newer one (it did, and a CI run saw 6 rows where 2 per page were asked)."""
+    from playwright.sync_api import expect
+
+    router = page.router_process
+    api_key = user_of_a_dead_backend(router, "paged")
+    for _ in range(3):  # three log rows, whatever their status
+        httpx.post(
+            f"{router.v1}/chat/completions",
+            headers={"Authorization": f"Bearer {api_key}"},
+            json={"model": "ghost-model", "messages": [{"role": "user", "content": "hi"}]},
+            timeout=10,
+        )
+    total = lambda: router.gql_ok("{ requestLogs { totalCount } }")["requestLogs"]["totalCount"]  # noqa: E731
+    wait_until(lambda: total() >= 3, 15, "3 log rows")
+
+    page.goto("/admin#/logs")
+    page.fill("#password", ADMIN_PASSWORD)
+    page.click("form.login-card button[type=submit]")
+    page.wait_for_selector(".page[data-page=logs]")
+    expect(page.locator("#logs tr.clickable")).to_have_count(3)
+
+    held = []
+
+    def hold_the_next_full_page(route) -> None:
+        if not held and '"first":50' in (route.request.post_data or ""):
+            held.append(route)  # answered below, after the newer query's answer
+            return
+        route.continue_()
+
+    page.route("**/graphql", hold_the_next_full_page)
+    page.click("#logs-apply")  # 50 per page: held
+    wait_until(lambda: bool(held), 10, "the first query to be held")
+    page.evaluate("() => { const s = document.querySelector('#logs-page-size'); s.add(new Option('2 / page', '2')); }")
+    page.select_option("#logs-page-size", "2")
+    expect(page.locator("#logs tr.clickable")).to_have_count(2)
+    with page.expect_response(lambda r: r.request == held[0].request):
+        held[0].continue_()
+    page.evaluate("() => new Promise((done) => setTimeout(done, 100))")  # its answer handled
+    assert page.locator("#logs tr.clickable").count() == 2
+    expect(page.locator("#logs-info")).to_contain_text("1 to 2 of 3")

@@ -124,10 +124,13 @@ export async function mount(el) {
     );
   }
 
+  let loading = 0; // the latest load: an earlier one's answer arriving after it is stale
   async function load() {
+    const mine = ++loading;
     const after = cursors[cursors.length - 1];
     try {
       const page = await fetchPage(Number(pageSize.value), after, DETAIL_FIELDS);
+      if (mine !== loading) return;
       nextCursor = page.nextCursor;
       totalCount = page.totalCount;
       clear(status);
@@ -143,7 +146,7 @@ export async function mount(el) {
       prev.disabled = cursors.length <= 1;
       next.disabled = !nextCursor;
     } catch (err) {
-      clear(status).append(errorBox(err, { retry: load }));
+      if (mine === loading) clear(status).append(errorBox(err, { retry: load }));
     }
   }
 
