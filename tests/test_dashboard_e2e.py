@@ -921,6 +921,46 @@ def test_backends_page_health_test_connection_apis_limits_and_user_spend(fast_he
 
 
 @pytest.mark.browser
+def test_backends_page_keeps_a_local_change_when_an_earlier_refresh_answers_late(fast_health_page, upstream):
+    """The 10 s refresh asked before a Disable and answered after it: its (older) backends must not
+    draw the disabled backend as enabled again."""
+    from playwright.sync_api import expect
+
+    page = fast_health_page
+    page.router_process.gql_ok(
+        "mutation($i: CreateBackendInput!) { createBackend(input: $i) { id } }",
+        {"i": {"name": "alive", "baseUrl": upstream.base_url}},
+    )
+    page.reload()
+    alive = page.locator("tr[data-backend-name=alive]")
+    expect(alive).not_to_contain_text("disabled")
+
+    held = []
+
+    def hold_the_refresh(route) -> None:
+        if not held and "query Backends" in (route.request.post_data or ""):
+            held.append((route, route.fetch()))  # the answer as it is now (enabled), given after the Disable
+            return
+        route.continue_()
+
+    page.route("**/graphql", hold_the_refresh)
+    page.clock.fast_forward(10_000)  # the page's quiet refresh (REFRESH_MS)
+    for _ in range(100):  # route handlers run while Playwright is called: wait through it
+        if held:
+            break
+        page.wait_for_timeout(100)
+    assert held, "the refresh was not asked for"
+    alive.get_by_role("button", name="Disable").click()
+    expect(alive).to_contain_text("disabled")
+    route, answer = held[0]
+    with page.expect_response(lambda r: r.request == route.request):
+        route.fulfill(response=answer)
+    page.evaluate("() => new Promise((done) => setTimeout(done, 100))")  # its answer handled
+    expect(alive).to_contain_text("disabled", timeout=1)
+    assert not page.problems, page.problems
+
+
+@pytest.mark.browser
 def test_prices_page_creates_edits_and_deletes_prices(page, upstream):
     """The Prices page over modelPrices / createModelPrice / updateModelPrice / deleteModelPrice."""
     from playwright.sync_api import expect

@@ -41,9 +41,20 @@ export async function mount(el) {
     ),
   );
 
+  // Bumped by every load and every local change: a load whose answer comes after either is stale (a
+  // quiet refresh sent before a Disable would otherwise draw the backend enabled again).
+  let version = 0;
+  function replace(next) {
+    version++;
+    backends = next;
+    draw();
+  }
+
   async function load({ quiet = false } = {}) {
+    const mine = ++version;
     try {
       const data = await gql(`query Backends { backends { ${BACKEND_FIELDS} } }`);
+      if (mine !== version) return;
       // The periodic refresh redraws only what changed: a redraw replaces every row (and its buttons
       // under the pointer) and would do so every REFRESH_MS for nothing.
       if (quiet && JSON.stringify(data.backends) === JSON.stringify(backends)) return;
@@ -51,7 +62,7 @@ export async function mount(el) {
       clear(status);
       draw();
     } catch (err) {
-      if (!quiet || !backends.length) clear(status).append(errorBox(err, { retry: load }));
+      if (mine === version && (!quiet || !backends.length)) clear(status).append(errorBox(err, { retry: load }));
     }
   }
 
@@ -83,8 +94,7 @@ export async function mount(el) {
         { id: b.id },
       );
       const t = data.testBackendConnection;
-      backends = backends.map((x) => (x.id === b.id ? t.backend : x));
-      draw();
+      replace(backends.map((x) => (x.id === b.id ? t.backend : x)));
       await modal(`Connection test: ${b.name}`, (close) => [
         h(
           "dl.detail-list#connection-test",
@@ -233,9 +243,7 @@ export async function mount(el) {
       return form;
     }, { wide: true });
     if (!saved) return;
-    if (creating) backends.push(saved);
-    else backends = backends.map((x) => (x.id === saved.id ? saved : x));
-    draw();
+    replace(creating ? [...backends, saved] : backends.map((x) => (x.id === saved.id ? saved : x)));
     toast(`${creating ? "Created" : "Saved"} backend ${saved.name}.`, "ok");
   }
 
@@ -243,8 +251,7 @@ export async function mount(el) {
     try {
       const op = isActive ? "activateBackend" : "deactivateBackend";
       const data = await gql(`mutation SetBackendActive($id: ID!) { ${op}(id: $id) { ${BACKEND_FIELDS} } }`, { id: b.id });
-      backends = backends.map((x) => (x.id === b.id ? data[op] : x));
-      draw();
+      replace(backends.map((x) => (x.id === b.id ? data[op] : x)));
       toast(`${b.name} is now ${isActive ? "enabled" : "disabled"}.`, "ok");
     } catch (err) {
       toastError(err);
@@ -254,8 +261,7 @@ export async function mount(el) {
   function remove(b) {
     return confirmDelete("backend", `Delete ${b.name}? Its permissions and per-backend scripts go with it. This cannot be undone.`, async () => {
       await gql("mutation DeleteBackend($id: ID!) { deleteBackend(id: $id) }", { id: b.id });
-      backends = backends.filter((x) => x.id !== b.id);
-      draw();
+      replace(backends.filter((x) => x.id !== b.id));
       toast(`Deleted ${b.name}.`, "ok");
     });
   }
