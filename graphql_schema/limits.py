@@ -7,6 +7,10 @@ In order, for every operation (HTTP or WebSocket):
    (graphql-core's `max_tokens`). Parse errors carry `extensions.code = GRAPHQL_PARSE_FAILED`.
 3. Validation (the standard rules plus depth, aliases, fragments) and then the cost estimate;
    failures carry `GRAPHQL_VALIDATION_FAILED`.
+Documents up to CACHED_CHARS long are kept once parsed, and once they passed validation
+(`KnownDocuments`): a client asks the same few again and again (the dashboard's pages and polls),
+and parsing and validating one costs milliseconds of the event loop the API shares. The cost
+estimate depends on the variables and runs every time.
 Documents longer than OFFLOAD_CHARS are parsed and validated on a worker thread (one at a time),
 so a large document never holds the event loop for long; graphql-core's own validation budgets
 (overlapping fields, fragment work) are lowered to VALIDATION_BUDGET / FRAGMENT_WORK_BUDGET so
@@ -21,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -72,6 +77,49 @@ def lower_validation_budgets() -> None:
     validation_context.MAX_FRAGMENT_WORK = FRAGMENT_WORK_BUDGET
 
 
+CACHED_CHARS = 16_384
+CACHED_DOCUMENTS = 256
+
+
+class KnownDocuments:
+    """Parsed documents by (query text, token limit), least recently used out beyond `size`, and
+    whether each passed validation with a given set of rules (only a pass is kept: the errors of a
+    failed document are built again). Per process: a pure function of the text and the schema."""
+
+    def __init__(self, size: int = CACHED_DOCUMENTS) -> None:
+        self.size = size
+        self._documents: OrderedDict[tuple[str, int], tuple[DocumentNode, set[tuple[str, ...]]]] = OrderedDict()
+
+    def get(self, query: str, max_tokens: int) -> DocumentNode | None:
+        entry = self._documents.get((query, max_tokens))
+        if entry is None:
+            return None
+        self._documents.move_to_end((query, max_tokens))
+        return entry[0]
+
+    def put(self, query: str, max_tokens: int, document: DocumentNode) -> None:
+        if len(query) > CACHED_CHARS:
+            return
+        self._documents[(query, max_tokens)] = (document, set())
+        if len(self._documents) > self.size:
+            self._documents.popitem(last=False)
+
+    def passed(self, query: str, max_tokens: int, document: DocumentNode, rules: tuple[str, ...]) -> bool:
+        entry = self._documents.get((query, max_tokens))
+        return entry is not None and entry[0] is document and rules in entry[1]
+
+    def mark_passed(self, query: str, max_tokens: int, document: DocumentNode, rules: tuple[str, ...]) -> None:
+        entry = self._documents.get((query, max_tokens))
+        if entry is not None and entry[0] is document:
+            entry[1].add(rules)
+
+
+def rules_key(rules: tuple[Any, ...]) -> tuple[str, ...]:
+    """What a set of validation rules is, across operations: strawberry's depth limiter makes a new
+    rule class per operation, alike for one schema (its limit is the schema's)."""
+    return tuple(f"{rule.__module__}.{rule.__qualname__}" for rule in rules)
+
+
 @dataclass(frozen=True)
 class QueryLimitSettings:
     max_query_chars: int
@@ -86,10 +134,13 @@ class QueryLimitSettings:
 class QueryLimits(SchemaExtension):
     """Runs parsing and validation itself (see the module docstring), with the limits above."""
 
-    def __init__(self, limits: QueryLimitSettings, pool: concurrent.futures.Executor) -> None:
+    def __init__(
+        self, limits: QueryLimitSettings, pool: concurrent.futures.Executor, known: KnownDocuments | None = None
+    ) -> None:
         lower_validation_budgets()
         self.limits = limits
         self.pool = pool
+        self.known = known if known is not None else KnownDocuments(0)
 
     async def on_parse(self) -> AsyncIterator[None]:
         ctx = self.execution_context
@@ -107,16 +158,30 @@ class QueryLimits(SchemaExtension):
                 )
             else:
                 try:
-                    ctx.graphql_document = await self._offload(len(query), parse, query, **self._parse_options())
+                    ctx.graphql_document = await self._parse(query)
                 except GraphQLError as error:
                     self._refuse(auth_error if auth_error is not None else with_code(error, PARSE_FAILED))
         yield
+
+    async def _parse(self, query: str) -> DocumentNode:
+        options = self._parse_options()
+        document = self.known.get(query, options["max_tokens"])
+        if document is None:
+            document = await self._offload(len(query), parse, query, **options)
+            self.known.put(query, options["max_tokens"], document)
+        return document
 
     async def on_validate(self) -> AsyncIterator[None]:
         ctx = self.execution_context
         document = ctx.graphql_document
         if ctx.pre_execution_errors is None and document is not None:
-            found = await self._offload(len(ctx.query or ""), self._validate, document, tuple(ctx.validation_rules))
+            query, tokens, rules = ctx.query or "", self._parse_options()["max_tokens"], tuple(ctx.validation_rules)
+            if self.known.passed(query, tokens, document, rules_key(rules)):
+                found = await self._offload(len(query), self._cost_errors, document)
+            else:
+                found = await self._offload(len(query), self._validate, document, rules)
+                if not found:
+                    self.known.mark_passed(query, tokens, document, rules_key(rules))
             auth_error: GraphQLError | None = getattr(ctx.context, "auth_error", None)
             if (
                 found
@@ -150,6 +215,11 @@ class QueryLimits(SchemaExtension):
         errors = list(validate_document(schema, document, rules))
         if errors:
             return errors
+        return self._cost_errors(document)
+
+    def _cost_errors(self, document: DocumentNode) -> list[GraphQLError]:
+        """The cost estimate's refusal, if any (it depends on the variables: never kept)."""
+        schema: GraphQLSchema = self.execution_context.schema._schema
         operation = get_operation_ast(document, self.execution_context.operation_name)
         if operation is None:
             return []

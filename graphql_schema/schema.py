@@ -15,7 +15,7 @@ from strawberry.tools import merge_types
 from graphql_schema.context import allowed_roots, public_only
 from graphql_schema.descriptions import describe
 from graphql_schema.errors import AdminErrors, log_unexpected
-from graphql_schema.limits import QueryLimits, QueryLimitSettings
+from graphql_schema.limits import KnownDocuments, QueryLimits, QueryLimitSettings
 from graphql_schema.mutations import Mutation
 from graphql_schema.queries import Query
 from graphql_schema.quota_events import QuotaEventsSubscription
@@ -60,13 +60,14 @@ def build_schema(settings: Settings | None = None) -> AdminSchema:
     )
     # Large documents are parsed and validated here, one at a time, off the event loop.
     pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="graphql-parse")
+    known = KnownDocuments()  # the documents clients repeat, parsed and validated once
     schema = AdminSchema(
         query=Query,
         mutation=Mutation,
         subscription=merge_types("Subscription", (Subscription, QuotaEventsSubscription)),
         execution_context_class=SharedEventExecution,  # a usage tick is executed once for all its subscribers
         extensions=[
-            lambda: QueryLimits(limits, pool),
+            lambda: QueryLimits(limits, pool, known),
             AdminAuth,
             lambda: QueryDepthLimiter(max_depth=max_depth),
             AdminErrors,

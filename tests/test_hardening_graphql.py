@@ -182,6 +182,62 @@ def test_query_size_aliases_fragments_and_cost_are_limited_for_admins(router):
     assert "c" in ok(router, query, {"n": 10})
 
 
+def test_a_repeated_document_still_costs_by_its_variables_and_needs_a_token(router):
+    """Kept once it passed (graphql_schema.limits.KnownDocuments): the cost is still worked out from
+    each request's variables, and a caller without a token still gets nothing."""
+    fields = "id requestId createdAt userId userName backendId backendName model endpoint statusCode stream"
+    fields += " promptTokens completionTokens totalTokens"
+    page = f"requestLogs(first: $n) {{ items {{ {fields} }} }}"
+    query = f"query {unique('Kept').replace('-', '_')}($n: Int) {{ a: {page} b: {page} c: {page} }}"
+    assert "c" in ok(router, query, {"n": 10})
+    assert "c" in ok(router, query, {"n": 10})
+    error = fails(router, query, {"n": 500})
+    assert error["code"] == "GRAPHQL_VALIDATION_FAILED" and error["cost"] > error["maxCost"]
+    assert fails(router, query, {"n": 10}, token=None)["code"] == "UNAUTHENTICATED"
+    assert "c" in ok(router, query, {"n": 10})
+
+
+async def test_a_repeated_document_is_parsed_and_validated_once(monkeypatch):
+    from graphql_schema import build_schema, limits
+    from tests.test_graphql_schema import _context
+
+    calls: list[str] = []
+    parse, validate = limits.parse, limits.validate_document
+    monkeypatch.setattr(limits, "parse", lambda *a, **k: calls.append("parse") or parse(*a, **k))
+    monkeypatch.setattr(limits, "validate_document", lambda *a, **k: calls.append("validate") or validate(*a, **k))
+    schema = build_schema()
+    for _ in range(3):
+        result = await schema.execute("query Again { __typename }", context_value=_context())
+        assert result.errors is None and result.data == {"__typename": "Query"}
+    assert calls == ["parse", "validate"]
+    # A document that fails validation is validated again each time (its errors are not kept).
+    for _ in range(2):
+        result = await schema.execute("query Wrong { nope }", context_value=_context())
+        assert [e.extensions["code"] for e in result.errors] == ["GRAPHQL_VALIDATION_FAILED"]
+    assert calls == ["parse", "validate", "parse", "validate", "validate"]
+
+
+def test_known_documents_are_bounded():
+    from graphql import parse
+
+    from graphql_schema.limits import CACHED_CHARS, KnownDocuments
+
+    known = KnownDocuments(size=2)
+    for text in ("{ a }", "{ b }", "{ c }"):
+        known.put(text, 100, parse(text))
+    assert known.get("{ a }", 100) is None and known.get("{ b }", 100) is not None
+    assert known.get("{ b }", 200) is None  # kept per token limit: a caller without a token has a lower one
+    known.put("{ d }", 100, parse("{ d }"))  # b was used last: c goes
+    assert known.get("{ c }", 100) is None and known.get("{ b }", 100) is not None
+    long_text = "{ " + "a " * CACHED_CHARS + "}"
+    known.put(long_text, 100, parse("{ a }"))
+    assert known.get(long_text, 100) is None
+    document = known.get("{ b }", 100)
+    assert document is not None and not known.passed("{ b }", 100, document, ("rule",))
+    known.mark_passed("{ b }", 100, document, ("rule",))
+    assert known.passed("{ b }", 100, document, ("rule",)) and not known.passed("{ b }", 100, document, ("other",))
+
+
 def test_fragment_doubling_is_counted_without_exploring_it():
     # f0 spreads f1 twice, f1 spreads f2 twice, ...: 2**29 paths, counted in microseconds.
     fragments = " ".join(f"fragment f{i} on Query {{ ...f{i + 1} ...f{i + 1} }}" for i in range(29))
