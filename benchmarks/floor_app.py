@@ -120,6 +120,10 @@ def create() -> Callable[[dict[str, Any], Receive, Send], Awaitable[None]]:
         os.environ.get("FLOOR_CLIENT", "aiohttp")
     ]()
 
+    # FLOOR_HOLD_HEAD=1: a stream's head goes out with its first event, not when the upstream's head
+    # comes (the router waits for the first event: a stream that does not start well can fail over).
+    hold_head = os.environ.get("FLOOR_HOLD_HEAD") == "1"
+
     async def app(scope: dict[str, Any], receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
             while True:
@@ -146,8 +150,13 @@ def create() -> Callable[[dict[str, Any], Receive, Send], Awaitable[None]]:
             await send({"type": "http.response.start", "status": status, "headers": headers})
             await send({"type": "http.response.body", "body": data})
             return
-        await send({"type": "http.response.start", "status": status, "headers": [(b"content-type", data)]})
+        start = {"type": "http.response.start", "status": status, "headers": [(b"content-type", data)]}
+        if not hold_head:
+            await send(start)
         async for chunk in stream:
+            if hold_head and start:  # the head with the first event, as the router sends it
+                await send(start)
+                start = {}
             await send({"type": "http.response.body", "body": chunk, "more_body": True})
         await send({"type": "http.response.body", "body": b""})
 
