@@ -134,13 +134,11 @@ class QueryLimitSettings:
 class QueryLimits(SchemaExtension):
     """Runs parsing and validation itself (see the module docstring), with the limits above."""
 
-    def __init__(
-        self, limits: QueryLimitSettings, pool: concurrent.futures.Executor, known: KnownDocuments | None = None
-    ) -> None:
+    def __init__(self, limits: QueryLimitSettings, pool: concurrent.futures.Executor, known: KnownDocuments) -> None:
         lower_validation_budgets()
         self.limits = limits
         self.pool = pool
-        self.known = known if known is not None else KnownDocuments(0)
+        self.known = known
 
     async def on_parse(self) -> AsyncIterator[None]:
         ctx = self.execution_context
@@ -176,12 +174,13 @@ class QueryLimits(SchemaExtension):
         document = ctx.graphql_document
         if ctx.pre_execution_errors is None and document is not None:
             query, tokens, rules = ctx.query or "", self._parse_options()["max_tokens"], tuple(ctx.validation_rules)
-            if self.known.passed(query, tokens, document, rules_key(rules)):
+            key = rules_key(rules)
+            if self.known.passed(query, tokens, document, key):
                 found = await self._offload(len(query), self._cost_errors, document)
             else:
                 found = await self._offload(len(query), self._validate, document, rules)
                 if not found:
-                    self.known.mark_passed(query, tokens, document, rules_key(rules))
+                    self.known.mark_passed(query, tokens, document, key)
             auth_error: GraphQLError | None = getattr(ctx.context, "auth_error", None)
             if (
                 found
