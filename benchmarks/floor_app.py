@@ -9,6 +9,7 @@ benchmarks.floor_app:create` or `uvicorn --factory benchmarks.floor_app:create`.
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -114,6 +115,12 @@ def _h1() -> tuple[Forward, Callable[[], Awaitable[None]]]:
     return forward, client.aclose
 
 
+def _burn(ns: int) -> None:
+    end = time.thread_time_ns() + ns
+    while time.thread_time_ns() < end:
+        pass
+
+
 def create() -> Callable[[dict[str, Any], Receive, Send], Awaitable[None]]:
     upstream = os.environ["FLOOR_UPSTREAM"].rstrip("/")
     forward, close = {"aiohttp": _aiohttp, "h1": _h1, "pyreqwest": _pyreqwest, "pyqwest": _pyqwest}[
@@ -123,6 +130,20 @@ def create() -> Callable[[dict[str, Any], Receive, Send], Awaitable[None]]:
     # FLOOR_HOLD_HEAD=1: a stream's head goes out with its first event, not when the upstream's head
     # comes (the router waits for the first event: a stream that does not start well can fail over).
     hold_head = os.environ.get("FLOOR_HOLD_HEAD") == "1"
+    # FLOOR_BURN_US=N: N µs of plain Python work per request before forwarding, to see how the served
+    # cost of a request grows with the Python it runs (the router's own part is ~90 µs in-process).
+    burn_ns = int(float(os.environ.get("FLOOR_BURN_US", "0")) * 1000)
+
+    # FLOOR_ESSENTIALS=1 (h1 only): the least any router with auth and request logging does besides
+    # forwarding, written as lean as Python allows (lean_floor.py): what a rewrite could reach at best.
+    essentials = None
+    if os.environ.get("FLOOR_ESSENTIALS") == "1":
+        try:
+            from benchmarks import lean_floor
+        except ImportError:  # run as a script's module (own_cost.py puts benchmarks/ on the path)
+            import lean_floor  # type: ignore[no-redef]
+
+        essentials = lean_floor.create(upstream)
 
     async def app(scope: dict[str, Any], receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -137,6 +158,11 @@ def create() -> Callable[[dict[str, Any], Receive, Send], Awaitable[None]]:
         if scope["path"] == "/healthz":
             await send({"type": "http.response.start", "status": 200, "headers": []})
             await send({"type": "http.response.body", "body": b"ok"})
+            return
+        if burn_ns:
+            _burn(burn_ns)
+        if essentials is not None:
+            await essentials(scope, receive, send)
             return
         chunks = []
         more = True
