@@ -2,8 +2,9 @@
 
 No framework, no auth, no parsing, no logging: what a Python proxy on this server and client costs
 at the least. `FLOOR_UPSTREAM` is the mock's base URL; `FLOOR_CLIENT` is aiohttp, h1 (the router's
-own), pyreqwest or pyqwest. Run it like the router: `granian --interface asgi --loop uvloop --factory
-benchmarks.floor_app:create` or `uvicorn --factory benchmarks.floor_app:create`.
+own), h1-lean (h1 with a router's essentials: lean_floor.py), pyreqwest or pyqwest. Run it like
+the router: `granian --interface asgi --loop uvloop --factory benchmarks.floor_app:create` or
+`uvicorn --factory benchmarks.floor_app:create`.
 """
 
 from __future__ import annotations
@@ -123,8 +124,10 @@ def _burn(ns: int) -> None:
 
 def create() -> Callable[[dict[str, Any], Receive, Send], Awaitable[None]]:
     upstream = os.environ["FLOOR_UPSTREAM"].rstrip("/")
-    forward, close = {"aiohttp": _aiohttp, "h1": _h1, "pyreqwest": _pyreqwest, "pyqwest": _pyqwest}[
-        os.environ.get("FLOOR_CLIENT", "aiohttp")
+    client = os.environ.get("FLOOR_CLIENT", "aiohttp")
+    # h1-lean: the h1 client with the essentials of a router (FLOOR_ESSENTIALS below), as its own floor
+    forward, close = {"aiohttp": _aiohttp, "h1": _h1, "h1-lean": _h1, "pyreqwest": _pyreqwest, "pyqwest": _pyqwest}[
+        client
     ]()
 
     # FLOOR_HOLD_HEAD=1: a stream's head goes out with its first event, not when the upstream's head
@@ -134,10 +137,10 @@ def create() -> Callable[[dict[str, Any], Receive, Send], Awaitable[None]]:
     # cost of a request grows with the Python it runs (the router's own part is ~90 µs in-process).
     burn_ns = int(float(os.environ.get("FLOOR_BURN_US", "0")) * 1000)
 
-    # FLOOR_ESSENTIALS=1 (h1 only): the least any router with auth and request logging does besides
-    # forwarding, written as lean as Python allows (lean_floor.py): what a rewrite could reach at best.
+    # FLOOR_ESSENTIALS=1 or FLOOR_CLIENT=h1-lean (h1 only): the least any router with auth and request
+    # logging does besides forwarding, written as lean as Python allows (lean_floor.py).
     essentials = None
-    if os.environ.get("FLOOR_ESSENTIALS") == "1":
+    if os.environ.get("FLOOR_ESSENTIALS") == "1" or client == "h1-lean":
         try:
             from benchmarks import lean_floor
         except ImportError:  # run as a script's module (own_cost.py puts benchmarks/ on the path)

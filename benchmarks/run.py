@@ -396,7 +396,14 @@ def ttft_added(ttfts: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
     return out
 
 
-FLOORS = (("granian", "h1"), ("granian", "aiohttp"), ("uvicorn", "h1"), ("granian", "pyreqwest"))
+# granian+h1-lean: the router's pairing with only a router's essentials (lean_floor.py), for comparison
+FLOORS = (
+    ("granian", "h1"),
+    ("granian", "aiohttp"),
+    ("uvicorn", "h1"),
+    ("granian", "pyreqwest"),
+    ("granian", "h1-lean"),
+)
 
 
 def start_floors(ctx: Ctx, only: str = "") -> list[Floor]:
