@@ -569,7 +569,8 @@ class Attempt:
         self.response: UpstreamResponse | None = None
         self._kept = False
         self._released = False
-        rt.enter(target.backend)
+        if target.backend is not None:
+            rt.in_flight.enter(target.backend.id)
 
     def failed(self, reason: str | None = None) -> None:
         self.rt.record_failure(self.target.backend, reason)
@@ -578,8 +579,8 @@ class Attempt:
         """Record the backend's health from the status it answered with."""
         if status >= 500:
             self.rt.record_failure(self.target.backend, f"HTTP {status}")
-        else:
-            self.rt.record_success(self.target.backend)
+        elif self.target.backend is not None:
+            self.rt.health.record_success(self.target.backend.id)
 
     def keep(self) -> Attempt:
         """The caller (a streaming response) now owns the release."""
@@ -594,7 +595,8 @@ class Attempt:
             if self.response is not None:
                 await self.response.close()
         finally:
-            self.rt.leave(self.target.backend)
+            if self.target.backend is not None:
+                self.rt.in_flight.leave(self.target.backend.id)
 
 
 def unreachable(target: Target, exc: UpstreamError) -> ApiError:
@@ -611,7 +613,7 @@ async def forward(call: Call, route: RoutePlan) -> Response:
     # The client's bytes go upstream as they came unless something must change in them (a stream's only
     # change then is asking for usage: Adapter.stream_wire).
     as_sent = not call.has_body or route.upstream_model == call.payload["model"]
-    if call.has_body:
+    if not as_sent:
         call.payload = call.adapter.with_model(call.payload, route.upstream_model)
     failure: ApiError | None = None
     max_attempts = rt.settings.max_attempts
@@ -638,7 +640,12 @@ async def forward(call: Call, route: RoutePlan) -> Response:
                 # traceback, which holds this frame (a cycle with `failure`).
                 failure = exc.with_traceback(None)
                 continue
-        scripts = scripts_for(rt.catalog.snapshot, call.user.id, backend.id if backend is not None else None)
+        snapshot = rt.catalog.snapshot
+        scripts = (
+            scripts_for(snapshot, call.user.id, backend.id if backend is not None else None)
+            if snapshot.active_scripts
+            else ()
+        )
         try:
             if scripts:
                 outgoing: Outgoing | Response = await prepare(call, target, as_sent, scripts)
@@ -839,9 +846,10 @@ async def plain_response(call: Call, attempt: Attempt, upstream: UpstreamRespons
             parsed = parsed if parsed is not None else _loads(body)
             if call.accounts_usage:
                 record.set_usage(upstream_api.usage_of_body(parsed))
-                response_id = upstream_api.response_id_of_body(parsed) if translator is None else None
-                if response_id is not None:
-                    remember_response(call, attempt.target, response_id)
+                if upstream_api.stateful and translator is None:
+                    response_id = upstream_api.response_id_of_body(parsed)
+                    if response_id is not None:
+                        remember_response(call, attempt.target, response_id)
             if rt.tracer.enabled:
                 record.output = parsed
     else:
