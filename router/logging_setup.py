@@ -24,6 +24,7 @@ MAX_MESSAGE_CHARS = 8192
 # C0 and C1 controls, DEL, Unicode line/paragraph separators and bidirectional overrides.
 _CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
 _NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+_PRINTABLE_ASCII = bytes(range(0x20, 0x7F))
 
 
 def _escape(match: re.Match[str]) -> str:
@@ -35,9 +36,14 @@ def _escape(match: re.Match[str]) -> str:
     return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
 
 
+def _plain_ascii(text: str) -> bool:
+    """ASCII without controls: nothing to escape (one C-level pass; faster than `str.isprintable`)."""
+    return text.isascii() and not text.encode().translate(None, _PRINTABLE_ASCII)
+
+
 def escape_controls(text: str) -> str:
     """`text` on one line: control characters as backslash escapes."""
-    if text.isascii() and text.isprintable():  # the common case, without the regex (ASCII controls are unprintable)
+    if _plain_ascii(text):  # the common case, without the regex
         return text
     return _CONTROL.sub(_escape, text)
 
@@ -47,6 +53,13 @@ def bounded_message(text: str) -> str:
     if len(text) > MAX_MESSAGE_CHARS:
         text = f"{text[:MAX_MESSAGE_CHARS]}... ({len(text) - MAX_MESSAGE_CHARS} more characters)"
     return redact_text(text)
+
+
+def shown_message(text: str) -> str:
+    """`escape_controls(bounded_message(text))`; the common case (short, plain ASCII, no URL userinfo) as it is."""
+    if len(text) <= MAX_MESSAGE_CHARS and "@" not in text and _plain_ascii(text):
+        return text
+    return escape_controls(bounded_message(text))
 
 
 class _SecondCache:
@@ -81,10 +94,10 @@ class TextFormatter(logging.Formatter):
     def line(self, created: float, level: str, name: str, message: str) -> str:
         """What `format` makes of a record without exception or stack (`direct_handler`'s lines)."""
         msecs = int((created - int(created)) * 1000)  # as logging.LogRecord computes it
-        return f"{self._seconds(created)},{msecs:03d} {level} {name}: {escape_controls(bounded_message(message))}"
+        return f"{self._seconds(created)},{msecs:03d} {level} {name}: {shown_message(message)}"
 
     def format(self, record: logging.LogRecord) -> str:
-        record.message = escape_controls(bounded_message(record.getMessage()))
+        record.message = shown_message(record.getMessage())
         record.asctime = self.formatTime(record, self.datefmt)
         line = self.formatMessage(record)
         details = []

@@ -36,6 +36,23 @@ ACCESS_LINE = "request id=%s %s %s user=%s backend=%s model=%s status=%d tokens=
 LOCAL_USER_NAME = "local"
 
 
+def access_args(record: RequestRecord) -> tuple[object, ...]:
+    """ACCESS_LINE's arguments for a finished request."""
+    return (
+        record.request_id,
+        record.method,
+        record.endpoint,
+        record.user_name,
+        record.backend_name,
+        record.model,
+        record.status_code,
+        record.prompt_tokens,
+        record.completion_tokens,
+        record.latency_ms,
+        f" error={record.error[:200]!r}" if record.error else "",
+    )
+
+
 class NullTracer:
     """Tracing off: nothing collected, nothing sent."""
 
@@ -258,25 +275,11 @@ class Runtime:
             self.settle(record.admission, record)
         self.tracer.record(record)
         self.metrics.observe(record)
-        if log.isEnabledFor(logging.INFO):
-            args = (
-                record.request_id,
-                record.method,
-                record.endpoint,
-                record.user_name,
-                record.backend_name,
-                record.model,
-                record.status_code,
-                record.prompt_tokens,
-                record.completion_tokens,
-                record.latency_ms,
-                f" error={record.error[:200]!r}" if record.error else "",
-            )
-            handler = direct_handler(log)
-            if handler is not None:  # the served set-up: the same line, without a LogRecord (~3 µs)
-                handler.info(log.name, ACCESS_LINE % args)
-            else:
-                log.info(ACCESS_LINE, *args)
+        handler = direct_handler(log)  # None also when the line is not logged (log level above INFO)
+        if handler is not None:  # the served set-up: the same line, without a LogRecord (~3 µs)
+            handler.info(log.name, ACCESS_LINE % access_args(record))
+        elif log.isEnabledFor(logging.INFO):
+            log.info(ACCESS_LINE, *access_args(record))
 
     def settle(self, admission: Admission, record: RequestRecord) -> None:
         """In `finish`: the request's real tokens and cost replace its reservation; slots are freed."""
