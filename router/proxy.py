@@ -16,7 +16,7 @@ import logging
 import re
 import secrets
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -954,17 +954,19 @@ async def read_stream_head(chunks: AsyncIterator[bytes], max_event_bytes: int) -
     Nothing is sent before this: a stream that does not start as SSE still gets a proper 502.
     """
     head: list[bytes] = []
-    splitter = SSESplitter(max_event_bytes)
+    splitter = None  # made only when the first chunk does not start with a simple event
     try:
         while True:
             try:
                 chunk = await anext(chunks)
             except StopAsyncIteration:
-                rest = splitter.rest()
+                rest = splitter.rest() if splitter is not None else b""
                 return head, sse_data(rest) if rest.strip() else None
             head.append(chunk)
-            if len(head) == 1 and (data := _first_data(chunk)) is not None:
-                return head, data
+            if splitter is None:
+                if (data := _first_data(chunk)) is not None:
+                    return head, data
+                splitter = SSESplitter(max_event_bytes)
             for event in splitter.feed(chunk):
                 data = sse_data(event)
                 if data is not None:
@@ -1009,8 +1011,8 @@ class RelayResponse(StreamingResponse):
     """A streaming response that always closes its relay, even if its body never started."""
 
     def __init__(self, relay: Relay, status: int, headers: Mapping[str, str]) -> None:
-        # What StreamingResponse(self.events, status_code=status, headers=headers) sets, in one step
-        self.events = self.body_iterator = relay.events()
+        # What StreamingResponse(..., status_code=status, headers=headers) sets, in one step; the
+        # body is the relay's (`stream_response`), not an iterator's
         self.status_code = status
         self.background = None
         self.raw_headers = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
@@ -1022,6 +1024,12 @@ class RelayResponse(StreamingResponse):
         finally:
             await self.relay.close()
 
+    async def stream_response(self, send: Send) -> None:
+        """Starlette's way: the head, the relayed events, the end."""
+        await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
+        await self.relay.send_to(send)
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
     async def send_events(self, send: Send) -> None:
         """The lean path (app.V1FastPath): the head and each event straight to the server's `send`.
 
@@ -1029,16 +1037,13 @@ class RelayResponse(StreamingResponse):
         caller cancels this task when the client leaves, which closes the upstream stream. The
         caller sends the final empty body once it stopped watching.
         """
-        events = self.events
         try:
             await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
-            async for chunk in events:
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            await self.relay.send_to(send)
         except asyncio.CancelledError:
             self.relay.client_left()
             raise
         finally:
-            await events.aclose()
             await self.relay.close()
 
 
@@ -1063,16 +1068,21 @@ class Relay:
         self.error: str | None = None
         self.closed = False
         self.sent = b""  # the last events the client was sent (it asked for more after them)
-        hooks = outgoing.hooks
-        scripts = call.rt.scripts
-        self.chunk_scripts = tuple(s for s in hooks.reversed if scripts.has_hook(script_source(s), "onStreamChunk"))
+        self.sending = False  # an event is being sent
+        self.chunk_scripts: tuple[ScriptEntry, ...] = ()
         self.chunk_context: dict[str, Any] = {}
-        if self.chunk_scripts and hooks.context is not None:
-            # Each event crosses into V8: leave the (possibly large) request body out.
-            self.chunk_context = stream_chunk_context(hooks.context)
+        hooks = outgoing.hooks
+        if hooks.scripts:
+            scripts = call.rt.scripts
+            self.chunk_scripts = tuple(s for s in hooks.reversed if scripts.has_hook(script_source(s), "onStreamChunk"))
+            if self.chunk_scripts and hooks.context is not None:
+                # Each event crosses into V8: leave the (possibly large) request body out.
+                self.chunk_context = stream_chunk_context(hooks.context)
         self.inspect_every_event = self.collect or bool(self.chunk_scripts)
 
-    async def events(self) -> AsyncGenerator[bytes, None]:
+    async def send_to(self, send: Send) -> None:
+        """Relay the stream: each chunk's events, as the client gets them, in a `http.response.body`
+        message to `send`. Sent from here, not yielded: no async generator between upstream and `send`."""
         head, self.head = self.head, []  # the chunks read before the relay started, then the rest
         chunks, splitter, adapter = self.chunks, self.splitter, self.adapter
         translated, inspected = self.translator is not None, self.inspect_every_event
@@ -1096,33 +1106,48 @@ class Relay:
                 if out:
                     if not self.sent:  # the first byte the client gets
                         self._first_byte()
-                    yield out
+                    self.sending = True
+                    await send({"type": "http.response.body", "body": out, "more_body": True})
+                    self.sending = False
                     self.sent = out
             if self.translator is not None:
-                yield await self._translated_end()
+                await self._send(send, await self._translated_end())
                 return
             rest = self.splitter.rest()
             if rest.strip():
-                yield rest
+                await self._send(send, rest)
         except UpstreamError as exc:
             self.error, self.status = f"stream interrupted: {exc}", errors.upstream_error(exc, "").status
             if self.translator is not None:  # the end of a broken stream in the client's API
-                yield await self._translated_end()
+                await self._send(send, await self._translated_end())
                 return
-            yield self.adapter.stream_error(errors.upstream_failed(f"The upstream stream broke off: {exc}"))
+            await self._send(
+                send, adapter.stream_error(errors.upstream_failed(f"The upstream stream broke off: {exc}"))
+            )
         except ApiError as exc:  # a failing onStreamChunk: end the stream with the error
             self.error, self.status = exc.message, exc.status
-            yield self.adapter.stream_error(exc)
-        except (asyncio.CancelledError, GeneratorExit):
-            if not self.client_has_all():  # else it left after the final event, before the upstream closed
+            await self._send(send, adapter.stream_error(exc))
+        except asyncio.CancelledError:
+            # Left while an event was being sent, or while waiting for upstream before the final event
+            # (after it, the client has its whole answer and merely left before the upstream closed)
+            if self.sending or not self.client_has_all():
                 self.error, self.status = "client disconnected", 499
             raise
         except Exception as exc:
+            if self.sending:  # the server could not send: the client is gone
+                if not self.client_has_all():
+                    self.error, self.status = "client disconnected", 499
+                raise
             log.exception("stream %s failed unexpectedly", self.call.record.request_id)
             self.error, self.status = f"internal error: {exc.__class__.__name__}", 500
-            yield self.adapter.stream_error(errors.internal_error())
+            await self._send(send, adapter.stream_error(errors.internal_error()))
         finally:
             await self.close()
+
+    async def _send(self, send: Send, body: bytes) -> None:
+        self.sending = True
+        await send({"type": "http.response.body", "body": body, "more_body": True})
+        self.sending = False
 
     def client_left(self) -> None:
         """The client went away while an event was being sent (not while waiting for upstream)."""

@@ -412,16 +412,8 @@ class _H1Response:
             self._release()
         return parts[0] if len(parts) == 1 else b"".join(parts)
 
-    async def iter_chunks(self) -> AsyncIterator[bytes]:
-        exchange = self._exchange
-        try:
-            while (chunk := exchange.take()) is not None:
-                if chunk:
-                    yield chunk
-                else:
-                    await exchange.wait()
-        finally:
-            self._release()
+    def iter_chunks(self) -> AsyncIterator[bytes]:
+        return _Chunks(self)
 
     async def close(self) -> None:
         self._release()
@@ -435,6 +427,33 @@ class _H1Response:
                 exchange.timer = None
             exchange.conn.pool._release(exchange.conn, exchange.complete and exchange.keep_alive)
             exchange.parser = None  # a half-read answer's connection is closed: nothing more comes for it
+
+
+class _Chunks:
+    """A stream's body as it arrives, for `_H1Response.iter_chunks`: an iterator, not an async
+    generator, so a stream pays for no generator frame and no asyncio first-iteration hook."""
+
+    __slots__ = ("_response",)
+
+    def __init__(self, response: _H1Response) -> None:
+        self._response = response
+
+    def __aiter__(self) -> _Chunks:
+        return self
+
+    async def __anext__(self) -> bytes:
+        response = self._response
+        exchange = response._exchange
+        try:
+            while (chunk := exchange.take()) is not None:
+                if chunk:
+                    return chunk
+                await exchange.wait()
+        except BaseException:
+            response._release()
+            raise
+        response._release()
+        raise StopAsyncIteration
 
 
 class H1Upstream:
