@@ -233,14 +233,6 @@ class Runtime:
             return order_least_busy(candidates, self.in_flight.cluster)  # local + other processes (Redis)
         return self.round_robin.order(candidates)
 
-    def enter(self, backend: BackendEntry | None) -> None:
-        if backend is not None:
-            self.in_flight.enter(backend.id)
-
-    def leave(self, backend: BackendEntry | None) -> None:
-        if backend is not None:
-            self.in_flight.leave(backend.id)
-
     def record_failure(self, backend: BackendEntry | None, reason: str | None = None) -> None:
         if backend is not None and self.health.record_failure(backend.id, reason):
             log.warning(
@@ -249,10 +241,6 @@ class Runtime:
                 self.settings.health_cooldown_s,
                 self.health.status(backend.id).reason,
             )
-
-    def record_success(self, backend: BackendEntry | None) -> None:
-        if backend is not None:
-            self.health.record_success(backend.id)
 
     # --- accounting ---
 
