@@ -270,9 +270,9 @@ class IndexedHeaders(Headers):
     about six names; `Headers` scans the whole list for each and raises KeyError for an absent one).
     Same answers: the first value of a name, names as the server gave them (lower case in ASGI)."""
 
-    def __init__(self, scope: Scope) -> None:
-        super().__init__(scope=scope)
-        self._index = {name: value for name, value in reversed(self._list)}  # the first one wins
+    def __init__(self, scope: Scope) -> None:  # what Headers(scope=scope) sets, and the index
+        self._list = raw = scope["headers"] = list(scope["headers"])
+        self._index: dict[bytes, bytes] = dict(reversed(raw))  # the first one wins
 
     def __getitem__(self, key: str) -> str:
         value = self._index.get(key.lower().encode("latin-1"))
