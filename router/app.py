@@ -6,7 +6,8 @@ import asyncio
 import contextlib
 import gc
 import logging
-from collections.abc import AsyncIterator
+import sys
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from starlette.applications import Starlette
@@ -213,24 +214,16 @@ class V1FastPath:
             await response(scope, replayed, send)
             return
         loop = asyncio.get_running_loop()
-        task = asyncio.current_task(loop)
-        watch = ClientWatch(receive, task, loop.time())
+        watch = ClientWatch(receive, _current_task(loop), loop.time())
         self.watches.add(watch, loop)  # started if the request lasts (client_watch.WATCH_AFTER_S)
-
-        async def receive_after_body() -> Message:  # the body is the Request's already
-            # Nothing on this path listens (the answers below are sent without it); a listener
-            # that is cancelled must not cancel the watch's receive.
-            disconnect: Message = await asyncio.shield(watch.disconnected())
-            return disconnect
-
+        receive_after_body = watch.receive_after_body  # the body is the Request's already
         try:
             try:
                 response = await proxy.handle_generation(V1Request(scope, receive_after_body, send, first))
                 if type(response) is proxy.RelayResponse:  # still watched: leaving cancels the relay
                     await response.send_events(send)
             finally:
-                self.watches.discard(watch)
-                watch.stop()
+                self.watches.end(watch)
             if type(response) is proxy.RelayResponse:
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
             elif response.background is None and type(response).__call__ is _RESPONSE_CALL:
@@ -243,13 +236,17 @@ class V1FastPath:
         except asyncio.CancelledError:
             # Our own cancel of a request whose client left (logged as such) ends here: not an error
             # for the server to report. Any other cancellation (a shutdown) goes on.
-            if watch.left and task is not None and task.uncancel() == 0:
+            if watch.left and watch.task is not None and watch.task.uncancel() == 0:
                 return
             raise
         finally:
             watch.close()
 
 
+# asyncio.current_task is a Python function on 3.11 (C from 3.12); on 3.11 its table is looked up directly
+_current_task: Callable[[asyncio.AbstractEventLoop], asyncio.Task[Any] | None] = (
+    asyncio.tasks._current_tasks.get if sys.version_info < (3, 12) else asyncio.current_task  # type: ignore[attr-defined]
+)
 _RESPONSE_CALL = Response.__call__
 
 
@@ -270,9 +267,9 @@ class IndexedHeaders(Headers):
     about six names; `Headers` scans the whole list for each and raises KeyError for an absent one).
     Same answers: the first value of a name, names as the server gave them (lower case in ASGI)."""
 
-    def __init__(self, scope: Scope) -> None:
-        super().__init__(scope=scope)
-        self._index = {name: value for name, value in reversed(self._list)}  # the first one wins
+    def __init__(self, scope: Scope) -> None:  # what Headers(scope=scope) sets, and the index
+        self._list = raw = scope["headers"] = list(scope["headers"])
+        self._index: dict[bytes, bytes] = dict(reversed(raw))  # the first one wins
 
     def __getitem__(self, key: str) -> str:
         value = self._index.get(key.lower().encode("latin-1"))

@@ -49,6 +49,12 @@ class ClientWatch:
             self._gone = pending if asyncio.isfuture(pending) else asyncio.ensure_future(pending)
         return self._gone
 
+    async def receive_after_body(self) -> Message:
+        """The request's `receive` once its body is read: the disconnect, when it comes."""
+        # A listener that is cancelled must not cancel the watch's receive.
+        disconnect: Message = await asyncio.shield(self.disconnected())
+        return disconnect
+
     def stop(self) -> None:
         """The answer is being finished: leaving no longer cancels anything."""
         self._stopped = True
@@ -59,9 +65,11 @@ class ClientWatch:
 
     def close(self) -> None:
         """The request is over: the server's receive is not waited on any longer."""
-        self.stop()
-        if self._gone is not None and not self._gone.done():
-            self._gone.cancel()
+        self._stopped = True
+        if self._gone is not None:  # else it was never asked (most requests): nothing to undo
+            self.stop()
+            if not self._gone.done():
+                self._gone.cancel()
 
     def _client_gone(self, future: asyncio.Future[Message]) -> None:
         try:
@@ -101,6 +109,13 @@ class LateWatches:
 
     def discard(self, watch: ClientWatch) -> None:
         self._waiting.pop(watch, None)
+
+    def end(self, watch: ClientWatch) -> None:
+        """`discard` and `watch.stop()` in one call: the answer of `watch`'s request is being finished."""
+        self._waiting.pop(watch, None)
+        watch._stopped = True
+        if watch._started:
+            watch.stop()
 
     def _start_due(self) -> None:
         self._timer = None

@@ -139,3 +139,20 @@ def test_watches_still_start_on_a_new_loop_after_the_old_one_closed_with_its_tim
 
     asyncio.run(armed_then_abandoned())
     assert asyncio.run(on_the_next_loop()) == 1
+
+
+async def test_end_discards_a_waiting_watch_and_stops_a_started_one() -> None:
+    watches, server = LateWatches(after_s=0.01), FakeServer()
+    now = asyncio.get_running_loop().time()
+    waiting = ClientWatch(server.receive, asyncio.current_task(), now + 10)  # type: ignore[arg-type]
+    started = ClientWatch(server.receive, asyncio.current_task(), now - 1)  # type: ignore[arg-type]
+    watches.add(started, asyncio.get_running_loop())
+    await _until(lambda: server.calls >= 1)
+    watches.add(waiting, asyncio.get_running_loop())
+    watches.end(waiting)
+    watches.end(started)
+    assert len(watches) == 0 and not waiting._started and not started._started
+    server.client_leaves()
+    await asyncio.sleep(0)
+    assert not started.left and server.calls == 1  # leaving after the end cancels nothing
+    started.close()
