@@ -6,8 +6,7 @@ import asyncio
 import contextlib
 import gc
 import logging
-import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 from starlette.applications import Starlette
@@ -214,7 +213,7 @@ class V1FastPath:
             await response(scope, replayed, send)
             return
         loop = asyncio.get_running_loop()
-        watch = ClientWatch(receive, _current_task(loop), loop.time())
+        watch = ClientWatch(receive, asyncio.current_task(loop), loop.time())
         self.watches.add(watch, loop)  # started if the request lasts (client_watch.WATCH_AFTER_S)
         receive_after_body = watch.receive_after_body  # the body is the Request's already
         try:
@@ -243,10 +242,6 @@ class V1FastPath:
             watch.close()
 
 
-# asyncio.current_task is a Python function on 3.11 (C from 3.12); on 3.11 its table is looked up directly
-_current_task: Callable[[asyncio.AbstractEventLoop], asyncio.Task[Any] | None] = (
-    asyncio.tasks._current_tasks.get if sys.version_info < (3, 12) else asyncio.current_task  # type: ignore[attr-defined]
-)
 _RESPONSE_CALL = Response.__call__
 
 
