@@ -1106,7 +1106,7 @@ class Relay:
                 if out:
                     if not self.sent:  # the first byte the client gets
                         self._first_byte()
-                    self.sending = True
+                    self.sending = True  # `_send`, inlined: this runs for every chunk of every stream
                     await send({"type": "http.response.body", "body": out, "more_body": True})
                     self.sending = False
                     self.sent = out
