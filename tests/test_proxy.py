@@ -3,6 +3,7 @@ by the openai SDK and httpx, and what admins see and users receive at its edges.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import signal
 import socket
@@ -321,6 +322,63 @@ def test_client_disconnect_mid_stream_closes_the_upstream(router_factory, upstre
     assert slow.stream_cancelled.wait(5), "the upstream stream was not closed"
     row = router.wait_for_logs(1)[0]
     assert row["status_code"] == 499 and row["error"] == "client disconnected"
+
+
+@pytest.mark.parametrize("leaving", ["while-waiting", "while-sending"])
+async def test_a_client_leaving_a_stream_on_starlettes_path_is_a_499(tmp_path, upstream_factory, leaving) -> None:
+    """A body that was not read ahead takes Starlette's way (app.V1FastPath.with_body). There the
+    client's leaving shows as an `http.disconnect` while the relay waits for upstream (ASGI before 2.4)
+    or as a `send` that fails (2.4 on). Either way the row says 499 and the upstream is closed."""
+    from starlette.requests import ClientDisconnect
+
+    from tests.inprocess import in_process
+    from tests.test_storage_security import request_log_rows
+
+    slow = upstream_factory(name="slow", models=["m"], stream_chunks=200, stream_delay_s=0.05)
+    async with in_process(tmp_path, {"slow": {"url": slow.base_url}}) as router:
+        body = json.dumps({"model": "m", "messages": [{"role": "user", "content": "hi"}], "stream": True}).encode()
+        scope = {
+            "type": "http",
+            "asgi": {"version": "3.0", "spec_version": "2.4" if leaving == "while-sending" else "2.3"},
+            "http_version": "1.1",
+            "method": "POST",
+            "scheme": "http",
+            "path": "/v1/chat/completions",
+            "raw_path": b"/v1/chat/completions",
+            "query_string": b"",
+            "root_path": "",
+            "headers": [(b"authorization", f"Bearer {router.api_key}".encode())],
+            "client": ("127.0.0.1", 1),
+            "server": ("127.0.0.1", 80),
+        }
+        got_an_event = asyncio.Event()
+        messages = [{"type": "http.request", "body": body[10:], "more_body": False}]
+
+        async def receive() -> dict:
+            if messages:
+                return messages.pop(0)
+            await got_an_event.wait()
+            return {"type": "http.disconnect"}
+
+        sent: list[dict] = []
+
+        async def send(message: dict) -> None:
+            if got_an_event.is_set() and leaving == "while-sending":
+                raise OSError("the client is gone")
+            sent.append(message)
+            if message.get("body"):
+                got_an_event.set()
+
+        first = {"type": "http.request", "body": body[:10], "more_body": True}  # not read ahead
+        try:
+            await asyncio.wait_for(router.app.app.with_body(scope, first, receive, send), 10)
+        except ClientDisconnect:
+            assert leaving == "while-sending"  # Starlette's word for the failed send, to the server
+        assert sent[0]["status"] == 200 and b"data: " in sent[1]["body"]
+        assert await asyncio.to_thread(slow.stream_cancelled.wait, 5), "the upstream stream was not closed"
+        await router.runtime.writer.flush()
+    [row] = request_log_rows(tmp_path)
+    assert (row["status_code"], row["error"]) == (499, "client disconnected")
 
 
 def test_a_client_leaving_mid_stream_leaves_no_reference_cycles(router_factory, upstream_factory, tmp_path):
