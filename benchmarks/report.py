@@ -378,6 +378,8 @@ _ENTRY_FRAMES = (
 
 
 def profile_lines(p: dict[str, Any]) -> list[str]:
+    if p.get("skipped"):
+        return [f"Not measured: {p['skipped']}."]
     out = []
     for name in ("nonstream", "stream", "nonstream_script"):
         s = p.get(name)

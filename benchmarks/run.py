@@ -1108,7 +1108,11 @@ def main() -> None:
             if args.profile:
                 sections["profile"] = lambda: run_profile(ctx, args.profile)
             for name, run in sections.items():
-                results[name] = {"measured_at": results["machine"]["date"], "duration_s": ctx.duration, **run()}
+                section = run()
+                if "skipped" in section and results.get(name) and "skipped" not in results[name]:
+                    log(f"{name}: {section['skipped']}; the earlier measurement stays in {output.name}")
+                    continue
+                results[name] = {"measured_at": results["machine"]["date"], "duration_s": ctx.duration, **section}
                 output.write_text(json.dumps(results, indent=2))
         finally:
             stop_process(fast.proc)
