@@ -452,13 +452,18 @@ def render(results: dict[str, Any]) -> str:
         "",
     ]
     if matrix:
-        ttft = ", ".join(f"{t['target']} p50 {t['p50_ms']} ms (n={t['n']})" for t in matrix.get("ttft", []))
+        ttft = ", ".join(
+            f"{t['target']} p50 {t['p50_ms']} ms (n={t['n']}"
+            + (f", median of {t['rounds']} rounds)" if "rounds" in t else ")")
+            for t in matrix.get("ttft", [])
+        )
         lines += [
             f"### The matrix ({matrix.get('duration_s')} s per cell, measured {matrix.get('measured_at')})",
             "",
             *matrix_table(matrix["cells"]),
             "",
-            f"Time to first token, stream with 10 ms between chunks (Python client, sequential): {ttft}.",
+            "Time to first token, stream with 10 ms between chunks (Python client, sequential, the targets in "
+            f"turns): {ttft}.",
             "",
         ]
         for reason in matrix.get("skipped", {}).values():
