@@ -9,7 +9,10 @@ warm-up cancelled out. Every thread of the router's process is counted (the log 
 included).
 
 Under callgrind the router runs ~30x slower, so what depends on time would change: the log writer's
-flush interval is set to 30 s, so that its batches fill to LOG_BATCH_SIZE as they do under load.
+flush interval is set to 30 s, so that its batches fill to LOG_BATCH_SIZE as they do under load, and
+a request's disconnect watch starts after 30x its 50 ms, so that it starts for as few requests as
+when served (c64 requests last ~10 ms; under callgrind, before session 13, every one lasted past
+50 ms and was watched).
 
     .venv/bin/python benchmarks/instr_cost.py                       # non-stream, c64
     .venv/bin/python benchmarks/instr_cost.py --stream
@@ -38,6 +41,9 @@ import tempfile
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+# Under callgrind the router runs about this much slower; what is timed is stretched by it (see above).
+SLOWDOWN = 30
+WATCH_AFTER_S = 0.05  # router/client_watch.py's (not imported: --router-src may name another checkout)
 _LINE = re.compile(r"\s*([\d,]+) \(\s*[\d.]+%\)\s+(.*)")
 
 
@@ -64,6 +70,8 @@ def callgrind(args: argparse.Namespace, requests: int, out: Path) -> int:
         command.append("--floor")
     if args.router_src:
         command += ["--router-src", args.router_src]
+    if not args.floor:  # a request lasts ~30x longer: without this every one would be watched, as few are served
+        command += ["--watch-after-s", str(WATCH_AFTER_S * SLOWDOWN)]
     env = {**os.environ, "LOG_FLUSH_INTERVAL_S": "30"}
     result = subprocess.run(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     if result.returncode != 0:

@@ -146,6 +146,8 @@ async def measure(args: argparse.Namespace, key: str, settings: Any, mock_url: s
 
         switch_off(set(filter(None, args.without.split(","))))
         app = create_app(settings)
+        if args.watch_after_s is not None:  # RequestLimits -> V1FastPath's LateWatches
+            app.watches.after_s = args.watch_after_s
     per_request: list[float] = []
     async with LifespanManager(app):
         deadline = time.monotonic() + 30
@@ -188,6 +190,11 @@ def main() -> None:
         type=float,
         default=0.0,
         help="the mock sends a stream's chunks this far apart (each arrives in a read of its own, as real streams do)",
+    )
+    parser.add_argument(
+        "--watch-after-s",
+        type=float,
+        help="start a request's disconnect watch after this long (the router's: client_watch.WATCH_AFTER_S)",
     )
     parser.add_argument("--floor", action="store_true", help="drive benchmarks/floor_app.py (h1) instead of the router")
     parser.add_argument(
